@@ -1,0 +1,235 @@
+"""`moe-reward`: every operation of the dashboard, from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+# Sub-command modules beside this one; each exposes `register(subparsers)`.
+EXTRA_COMMANDS = ("cli_personalize", "cli_experiment", "cli_explore")
+
+
+def _progress_bar(desc: str):
+    bar = tqdm(total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}] {postfix}")
+
+    def stage(msg: str, frac: float) -> None:
+        bar.n = round(100 * frac)
+        bar.set_postfix_str(msg[:60])
+        bar.refresh()
+
+    return bar, stage
+
+
+def cmd_validate(args) -> int:
+    from .data import DataError, load_pairs
+
+    try:
+        res = load_pairs(args.data, skip_bad=True)
+    except DataError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for err in res.errors:
+        print(err)
+    groups = sorted({p.group for p in res.pairs if p.group})
+    users = sorted({p.user for p in res.pairs if p.user})
+    print(f"{len(res.pairs)} valid pairs, {len(res.errors)} malformed rows; {len(groups)} groups, {len(users)} users")
+    return 1 if res.errors else 0
+
+
+def cmd_embed(args) -> int:
+    from .data import load_pairs
+    from .embed import BackboneSpec, embed_pairs
+
+    res = load_pairs(args.data, skip_bad=args.skip_bad)
+    if res.errors:
+        print(f"skipped {len(res.errors)} malformed rows (first: {res.errors[0]})", file=sys.stderr)
+    spec = BackboneSpec(args.backbone, pooling=args.pooling, max_length=args.max_length, batch_size=args.batch_size)
+    feats = embed_pairs(res.pairs, spec, cache_dir=args.cache_dir or "default")
+    feats.save(args.out, dtype=args.dtype)
+    print(f"wrote {len(feats)} pairs x {feats.dim}-d ({feats.metadata['backbone']}, {feats.metadata['pooling']} pooling, "
+          f"{feats.metadata['truncated_inputs']} inputs truncated) to {args.out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .pipeline import TrainRequest, train_from_data
+    from .train import TrainConfig
+
+    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "batch_size", "sparsity_weight",
+                                                 "balance_weight", "diversity_weight", "specialization_weight")
+                 if getattr(args, k) is not None}
+    req = TrainRequest(data=args.data, kind=args.model, experts=args.experts, top_k=args.top_k,
+                       hidden_dim=args.hidden, backbone=args.backbone, max_length=args.max_length,
+                       validation=args.validation, test=args.test, split_seed=args.split_seed,
+                       skip_bad=args.skip_bad, train=TrainConfig.for_kind(args.model, **overrides))
+    bar, stage = _progress_bar(f"train {args.model}")
+    model, metrics = train_from_data(req, args.out, stage=stage)
+    bar.close()
+    t = metrics["test"]
+    nmi = "n/a" if t["routing_nmi"] is None else f"{t['routing_nmi']:.3f}"
+    print(f"{model.describe()}: test accuracy {t['accuracy']:.4f} on {t['n_pairs']} pairs, routing NMI {nmi}, "
+          f"trained in {metrics['train_seconds']:.1f}s; saved to {args.out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .analysis import evaluate
+    from .embed import BackboneSpec, load_features_or_pairs
+    from .pipeline import load_model
+
+    model = load_model(args.model)
+    meta = model.config.backbone or {}
+    spec = BackboneSpec(meta.get("backbone", "all-MiniLM-L6-v2"), meta.get("pooling", "auto"), int(meta.get("max_length", 256)))
+    feats = load_features_or_pairs(args.data, skip_bad=args.skip_bad, backbone=spec)
+    if args.split != "all":
+        ids_file = Path(args.model) / "split_ids.json"
+        if not ids_file.exists():
+            raise SystemExit(f"{ids_file}: no saved split; use --split all")
+        wanted = set(json.loads(ids_file.read_text())[args.split])
+        feats = feats.subset([i for i, p in enumerate(feats.pairs) if p.id in wanted])
+    res = evaluate(model, feats)
+    print(f"{res['model']}: accuracy {res['accuracy']:.4f} on {res['n_pairs']} pairs")
+    for g, v in res["per_group"].items():
+        print(f"  {g:24s} {v['accuracy']:.4f}  (n={v['n']})")
+    if res["routing_nmi"] is not None:
+        print(f"routing NMI(top-1 expert, group) = {res['routing_nmi']:.4f}, purity {res['routing_purity']:.4f}")
+    print("expert utilization (top-1 share): " + " ".join(f"{u:.3f}" for u in res["expert_utilization"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    import numpy as np
+
+    from .pipeline import backbone_for, load_model, score_texts
+
+    model = load_model(args.model)
+    weights = None
+    if args.profile:
+        weights = np.asarray(json.loads(Path(args.profile).read_text())["weights"], dtype=np.float32)
+    scored = score_texts(model, backbone_for(model), args.prompt, args.response, user_weights=weights)
+    out = [s.__dict__ for s in scored]
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    for s in scored:
+        top = sorted(range(len(s.routing)), key=lambda k: -s.routing[k])[: model.config.top_k]
+        print(f"reward {s.reward:+.4f}" + ("" if s.personalized_reward is None else f"  personalized {s.personalized_reward:+.4f}")
+              + f"  | {s.response[:70]!r}")
+        print("  routing: " + ", ".join(f"expert {k} {s.routing[k]:.3f}" for k in top))
+        print("  expert rewards: " + " ".join(f"{r:+.3f}" for r in s.expert_rewards))
+    return 0
+
+
+def cmd_make_dataset(args) -> int:
+    from . import controlled
+
+    return controlled.main(["--out", args.out, "--seed", str(args.seed), "--noise", str(args.noise)])
+
+
+def cmd_app(args) -> int:
+    import subprocess
+
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.address,
+                            "--server.port", str(args.port), "--browser.gatherUsageStats", "false"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moe-reward", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check a preference file and list every malformed row")
+    v.add_argument("--data", required=True)
+    v.set_defaults(func=cmd_validate)
+
+    def backbone_args(sp, default_max=256):
+        sp.add_argument("--backbone", default="all-MiniLM-L6-v2", help="HF model id or local path (default: shipped MiniLM)")
+        sp.add_argument("--max-length", type=int, default=default_max)
+
+    e = sub.add_parser("embed", help="embed a preference file into a portable features file")
+    e.add_argument("--data", required=True)
+    e.add_argument("--out", required=True, help="output .safetensors features file")
+    backbone_args(e)
+    e.add_argument("--pooling", default="auto", choices=["auto", "mean", "last"])
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    e.add_argument("--cache-dir", default=None)
+    e.add_argument("--skip-bad", action="store_true", help="drop malformed rows (and say how many) instead of stopping")
+    e.set_defaults(func=cmd_embed)
+
+    t = sub.add_parser("train", help="train a reward model (sparse MoE or a baseline)")
+    t.add_argument("--data", required=True, help="JSONL/CSV/Parquet preference file, a features .safetensors, or 'controlled'")
+    t.add_argument("--model", default="sparse", choices=["sparse", "dense", "single", "drm", "micro"])
+    t.add_argument("--experts", type=int, default=8)
+    t.add_argument("--top-k", type=int, default=2)
+    t.add_argument("--hidden", type=int, default=0, help="hidden units per expert head (0 = linear)")
+    t.add_argument("--out", required=True)
+    backbone_args(t)
+    t.add_argument("--validation", type=float, default=0.1)
+    t.add_argument("--test", type=float, default=0.1)
+    t.add_argument("--split-seed", type=int, default=0)
+    t.add_argument("--skip-bad", action="store_true")
+    for name, typ in (("epochs", int), ("lr", float), ("seed", int), ("batch-size", int), ("sparsity-weight", float),
+                      ("balance-weight", float), ("diversity-weight", float), ("specialization-weight", float)):
+        t.add_argument(f"--{name}", type=typ, default=None)
+    t.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="accuracy per group, routing NMI and utilization of a saved model")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--split", default="all", choices=["all", "train", "validation", "test"])
+    ev.add_argument("--json", default=None)
+    ev.add_argument("--skip-bad", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("score", help="score a prompt and one or more responses")
+    s.add_argument("--model", required=True)
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--response", required=True, action="append", help="repeat for several responses")
+    s.add_argument("--profile", default=None, help="a user profile JSON (from personalize) to also score under")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_score)
+
+    m = sub.add_parser("make-dataset", help="regenerate the controlled default dataset")
+    m.add_argument("--out", default="data/controlled/pairs.jsonl")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--noise", type=float, default=0.0)
+    m.set_defaults(func=cmd_make_dataset)
+
+    a = sub.add_parser("app", help="start the dashboard (streamlit)")
+    a.add_argument("--address", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8501)
+    a.set_defaults(func=cmd_app)
+
+    for name in EXTRA_COMMANDS:
+        try:
+            module = importlib.import_module(f"moe_reward.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"moe_reward.{name}":
+                raise
+            continue
+        module.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data import DataError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

