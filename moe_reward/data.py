@@ -228,34 +228,32 @@ def _read_json_array(path: Path) -> Iterator[tuple[int, Any, RowError | None]]:
         yield i, row, None
 
 
+_BAD_LINE = "__moe_reward_undecodable_line__"
+
+
 def _read_csv(path: Path) -> Iterator[tuple[int, Any, RowError | None]]:
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
-        bad_lines: set[int] = set()
     except UnicodeDecodeError:
         # Decode line by line so that one bad line costs one row, not the file.
-        text_lines, bad_lines = [], set()
-        for n, bline in enumerate(raw.split(b"\n"), start=1):
+        lines = []
+        for bline in raw.split(b"\n"):
             try:
-                text_lines.append(bline.decode("utf-8"))
+                lines.append(bline.decode("utf-8"))
             except UnicodeDecodeError:
-                bad_lines.add(n)
-                text_lines.append("")
-        text = "\n".join(text_lines)
+                lines.append(_BAD_LINE)
+        text = "\n".join(lines)
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    last_line = 1
     for row in reader:
         lineno = reader.line_num
-        if any(last_line < b <= lineno for b in bad_lines):
+        values = list(row.values())
+        if any(isinstance(v, str) and _BAD_LINE in v for v in values):
             yield lineno, None, RowError(str(path), lineno, None, "not valid UTF-8")
         elif None in row:
             yield lineno, None, RowError(str(path), lineno, None, "more fields than the header")
-        elif not any((v or "").strip() for v in row.values()):
-            pass
-        else:
+        elif any((v or "").strip() for v in values if isinstance(v, str)):
             yield lineno, {k: (v if v != "" else None) for k, v in row.items()}, None
-        last_line = lineno
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int, Any, RowError | None]]:

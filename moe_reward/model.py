@@ -40,6 +40,7 @@ class ModelConfig:
     num_experts: int = 8
     top_k: int = 2
     hidden_dim: int = 0  # 0: linear expert heads; >0: one hidden layer per expert
+    shared_head: bool = False  # experts = shared head + own head (see __init__)
     router_noise: float = 0.3  # std of the gating noise added to router logits while training (sparse)
     expert_names: list[str] = field(default_factory=list)  # optional labels, e.g. after describing experts
     backbone: dict = field(default_factory=dict)  # how the inputs were embedded (name, pooling, max_length)
@@ -102,6 +103,9 @@ class SparseMoERewardModel(nn.Module):
             self.head = nn.Parameter(torch.randn(k, h) / h**0.5)
         else:
             self.head = nn.Parameter(torch.randn(k, d) / d**0.5)
+        # A head shared by all experts learns what every context agrees on (from all the data), so the
+        # experts' own heads only carry what differs; each expert's reward is shared + own.
+        self.shared_head = nn.Parameter(torch.zeros(self.head.shape[-1])) if config.shared_head and k > 1 else None
         # Standardization of the inputs, fitted on the training features (see train.py): backbone
         # embeddings of prompts are all alike (high cosine), so centering makes the context visible.
         self.register_buffer("prompt_mean", torch.zeros(d))
@@ -126,8 +130,11 @@ class SparseMoERewardModel(nn.Module):
         response = response / self.response_scale
         if self.config.hidden_dim:
             z = torch.relu(torch.einsum("bd,kdh->bkh", response, self.hidden) + self.hidden_bias)
-            return (z * self.head).sum(-1)
-        return response @ self.head.T
+            return (z * self.expert_heads()).sum(-1)
+        return response @ self.expert_heads().T
+
+    def expert_heads(self) -> torch.Tensor:
+        return self.head if self.shared_head is None else self.head + self.shared_head
 
     def router_logits(self, prompt: torch.Tensor, user_bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.config.kind in ROUTED_KINDS:

@@ -1,0 +1,21 @@
+.PHONY: install check lint test bench app dataset
+
+install:
+	pip install -r requirements.txt && pip install --no-deps -e .
+
+lint:
+	ruff check moe_reward tests pages app.py bench
+
+test:
+	pytest
+
+check: lint test
+
+bench:
+	python bench/bench_embed.py && python bench/bench_train.py && python bench/bench_personalize.py && python bench/bench_app.py
+
+app:
+	streamlit run app.py --server.address 127.0.0.1 --browser.gatherUsageStats false
+
+dataset:
+	python -m moe_reward.controlled --out data/controlled/pairs.jsonl

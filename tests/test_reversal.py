@@ -1,0 +1,48 @@
+"""The defaults must make experts specialize where it matters: a preference that reverses with context.
+
+Data: the length criterion of the controlled dataset (written by `moe_reward.controlled`): the same
+short and long answers, preferred under "I'm in a hurry" cues and dispreferred under "explain in depth"
+cues. Held-out *questions* (not just held-out prompts) keep a single head from memorizing per-question
+quirks, so what is measured is whether the model reads the context.
+"""
+
+import numpy as np
+import pytest
+
+from moe_reward.analysis import evaluate, routing_purity, score_pairs
+from moe_reward.data import load_pairs
+from moe_reward.embed import embed_pairs
+from moe_reward.pipeline import TrainRequest, train_from_data
+
+
+@pytest.fixture(scope="module")
+def length_split():
+    pairs = [p for p in load_pairs("controlled").pairs if p.meta.get("criterion") == "length"]
+    assert 300 <= len(pairs) <= 800 and {p.group for p in pairs} == {"concise", "detailed"}
+    reversed_ids = {p.meta["reversal_of"] for p in pairs if p.meta.get("reversal_of")}
+    assert len(reversed_ids) > 100  # same two texts, opposite labels under opposite cues
+    features = embed_pairs(pairs)
+    questions = sorted({p.meta["question_id"] for p in pairs})
+    held_out = {q for i, q in enumerate(questions) if i % 5 == 0}
+    test = [i for i, p in enumerate(pairs) if p.meta["question_id"] in held_out]
+    train = [i for i, p in enumerate(pairs) if p.meta["question_id"] not in held_out]
+    return features.subset(train), features.subset(test)
+
+
+def fit(kind, features):
+    # Defaults of `moe-reward train --model KIND` (the pipeline splits off validation by prompt itself).
+    model, _ = train_from_data(TrainRequest(data="(in memory)", kind=kind, test=0.0), None, features=features)
+    return model
+
+
+def test_default_sparse_routes_contexts_apart_and_beats_single(length_split):
+    train, test = length_split
+    sparse, single = fit("sparse", train), fit("single", train)
+    groups = np.array([p.group for p in train.pairs])
+    top = score_pairs(sparse, train).top_expert
+    # the two contexts go to different experts: no expert serves both
+    assert routing_purity(top, groups) >= 0.95
+    assert not set(top[groups == "concise"]) & set(top[groups == "detailed"]) or routing_purity(top, groups) > 0.97
+    sparse_acc, single_acc = evaluate(sparse, test)["accuracy"], evaluate(single, test)["accuracy"]
+    assert sparse_acc >= single_acc + 0.10, (sparse_acc, single_acc)
+    assert sparse_acc >= 0.65
