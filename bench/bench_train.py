@@ -25,13 +25,14 @@ def synthetic_features(n: int, d: int = 384, groups: int = 8, seed: int = 0):
     from moe_reward.embed import PairFeatures
 
     rng = np.random.default_rng(seed)
-    directions = rng.normal(size=(groups, d)).astype(np.float32)
+    # Groups come in reversed couples (g and g+1 prefer opposite directions), so one head cannot fit them.
+    base_dirs = rng.normal(size=(groups // 2, d)).astype(np.float32) / np.sqrt(d)
+    directions = np.concatenate([base_dirs, -base_dirs])[np.arange(groups) % 2 * (groups // 2) + np.arange(groups) // 2]
     group = rng.integers(groups, size=n)
     prompt = rng.normal(size=(n, d)).astype(np.float32) * 0.3
     prompt[np.arange(n), group] += 3
-    base = rng.normal(size=(n, d)).astype(np.float32)
-    delta = rng.normal(size=(n, d)).astype(np.float32)
-    delta *= np.sign((delta * directions[group]).sum(1, keepdims=True))
+    base = rng.normal(size=(n, d)).astype(np.float32) / np.sqrt(d)
+    delta = directions[group] + 0.7 * rng.normal(size=(n, d)).astype(np.float32) / np.sqrt(d)
     norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     pairs = [PreferencePair("p", "c", "r", group=str(g), id=str(i)) for i, g in enumerate(group)]
     return PairFeatures(norm(prompt), norm(base + 0.3 * delta), norm(base - 0.3 * delta), pairs, {})

@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
 
     m = sub.add_parser("make-dataset", help="regenerate the controlled default dataset")
-    m.add_argument("--out", default="data/controlled/pairs.jsonl")
+    m.add_argument("--out", default="data/controlled/pairs.jsonl.gz")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--noise", type=float, default=0.0)
     m.set_defaults(func=cmd_make_dataset)

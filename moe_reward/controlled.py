@@ -22,8 +22,8 @@ Two kinds of pairs are produced (see ``data/README.md`` for the dataset card):
 
 Regenerate / verify the committed file with::
 
-    python -m moe_reward.controlled --out data/controlled/pairs.jsonl
-    python -m moe_reward.controlled --check data/controlled/pairs.jsonl
+    python -m moe_reward.controlled --out data/controlled/pairs.jsonl.gz
+    python -m moe_reward.controlled --check data/controlled/pairs.jsonl.gz
 
 Only the standard library is used and all randomness comes from seeded
 ``random.Random`` instances, so the output is byte-for-byte reproducible.
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gzip
 import json
 import random
 import re
@@ -72,7 +73,7 @@ PERSONA_PAIRS = 100
 #: Minimum number of axes on which the two persona-pair responses differ.
 PERSONA_MIN_DIFF = 2
 
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / "data" / "controlled" / "pairs.jsonl"
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "data" / "controlled" / "pairs.jsonl.gz"
 
 # Context cues. ``{q}`` is the question as written, ``{ql}`` the question with a
 # lower-cased first letter (used after a dash or comma). The cue *phrase*
@@ -598,18 +599,26 @@ def dumps(records: Iterable[Mapping]) -> str:
 
 
 def write(path, records: Iterable[Mapping]) -> Path:
-    """Write ``records`` as UTF-8 JSON Lines with ``\\n`` line endings."""
+    """Write ``records`` as UTF-8 JSON Lines with ``\\n`` line endings; gzip-compressed when the name ends
+    in ``.gz`` (with no timestamp or file name in the header, so the bytes are reproducible)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(dumps(records))
+    data = dumps(records).encode("utf-8")
+    if path.suffix == ".gz":
+        data = gzip.compress(data, compresslevel=9, mtime=0)
+    path.write_bytes(data)
     return path
+
+
+def read_text_bytes(path) -> bytes:
+    """The JSON Lines bytes of a file written by :func:`write` (gunzipped if needed)."""
+    raw = Path(path).read_bytes()
+    return gzip.decompress(raw) if Path(path).suffix == ".gz" else raw
 
 
 def load(path) -> list[dict]:
     """Read a JSON Lines file written by :func:`write`."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return [json.loads(line) for line in read_text_bytes(path).decode("utf-8").splitlines() if line.strip()]
 
 
 def stats(records: Sequence[Mapping]) -> dict:
@@ -660,8 +669,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     actual = None
     if args.check:
         try:
-            actual = Path(args.check).read_bytes()
-        except OSError as exc:
+            actual = read_text_bytes(args.check)
+        except (OSError, gzip.BadGzipFile) as exc:
             print(f"cannot read {args.check}: {exc}", file=sys.stderr)
             return 1
     records = generate(seed=args.seed, noise=args.noise)

@@ -8,6 +8,7 @@ dropped and counted in `LoadResult.errors`, and the good rows are kept.
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -199,25 +200,29 @@ def _jsonable(v: Any) -> bool:
 # ----------------------------------------------------------------------------- file readers
 
 
+def _read_bytes(path: Path) -> bytes:
+    """File contents, gunzipped when the name ends in .gz (the default dataset ships as .jsonl.gz)."""
+    return gzip.decompress(path.read_bytes()) if path.suffix.lower() == ".gz" else path.read_bytes()
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Any, RowError | None]]:
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield lineno, None, RowError(str(path), lineno, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line), None
-            except json.JSONDecodeError as exc:
-                yield lineno, None, RowError(str(path), lineno, None, f"bad JSON: {exc.msg} (column {exc.colno})")
+    for lineno, raw in enumerate(_read_bytes(path).split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield lineno, None, RowError(str(path), lineno, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
+            continue
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line), None
+        except json.JSONDecodeError as exc:
+            yield lineno, None, RowError(str(path), lineno, None, f"bad JSON: {exc.msg} (column {exc.colno})")
 
 
 def _read_json_array(path: Path) -> Iterator[tuple[int, Any, RowError | None]]:
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(_read_bytes(path).decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise DataError([RowError(str(path), 1, None, f"not valid UTF-8 ({exc.reason})")]) from None
     except json.JSONDecodeError as exc:
@@ -232,7 +237,7 @@ _BAD_LINE = "__moe_reward_undecodable_line__"
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, Any, RowError | None]]:
-    raw = path.read_bytes()
+    raw = _read_bytes(path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -335,7 +340,8 @@ def load_pairs(path: str | Path, skip_bad: bool = False, fmt: str | None = None)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    suffix = f".{fmt}" if fmt else path.suffix.lower()
+    suffixes = [x.lower() for x in path.suffixes]
+    suffix = f".{fmt}" if fmt else (suffixes[-2] if suffixes[-1:] == [".gz"] and len(suffixes) > 1 else path.suffix.lower())
     reader = READERS.get(suffix)
     if reader is None:
         raise ValueError(f"{path}: unknown format {suffix!r}; use one of {sorted(READERS)}")
@@ -394,7 +400,7 @@ def save_jsonl(pairs: Iterable[PreferencePair], path: str | Path) -> None:
 
 
 def default_dataset_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "data" / "controlled" / "pairs.jsonl"
+    return Path(__file__).resolve().parent.parent / "data" / "controlled" / "pairs.jsonl.gz"
 
 
 # ----------------------------------------------------------------------------- splits

@@ -270,11 +270,16 @@ class PairFeatures:
     def load(cls, path: str | Path) -> PairFeatures:
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="numpy") as fh:
-            meta = fh.metadata() or {}
-            if meta.get("format") != FEATURES_FORMAT:
-                raise ValueError(f"{path}: not a moe-reward features file (format={meta.get('format')!r})")
-            arrays = {k: fh.get_tensor(k).astype(np.float32) for k in ("prompt", "chosen", "rejected")}
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                meta = fh.metadata() or {}
+                if meta.get("format") != FEATURES_FORMAT:
+                    raise ValueError(f"{path}: not a moe-reward features file (format={meta.get('format')!r})")
+                arrays = {k: fh.get_tensor(k).astype(np.float32) for k in ("prompt", "chosen", "rejected")}
+        except ValueError:
+            raise
+        except Exception as exc:  # safetensors raises its own error type for corrupt files
+            raise ValueError(f"{path}: not a readable safetensors features file ({exc})") from exc
         pairs = [PreferencePair(**r) for r in json.loads(meta["records"])]
         return cls(pairs=pairs, metadata=json.loads(meta["metadata"]), **arrays)
 

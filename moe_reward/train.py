@@ -142,7 +142,56 @@ def loss_terms(model: SparseMoERewardModel, prompt, chosen, rejected, cfg: Train
     weights = {"bt": 1.0, "sparsity": cfg.sparsity_weight, "balance": cfg.balance_weight,
                "diversity": cfg.diversity_weight, "specialization": spec_weight}
     total = sum(weights[k] * v for k, v in terms.items())
-    return total, {k: float(v.detach()) for k, v in terms.items()}
+    logged = {k: float(v.detach()) for k, v in terms.items()}
+    # Accuracy of the batch as seen while training (noisy gating): free, unlike a full pass per epoch.
+    logged["accuracy"] = float((out.prob_chosen(mixture=model.config.kind == "micro") > 0.5).float().mean())
+    return total, logged
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+class AdamW:
+    """Adam with decoupled weight decay, for the few small tensors of a reward model.
+
+    Written out instead of `torch.optim.AdamW` because torch.optim's first step imports torch._dynamo
+    (and sympy): 2-5 s of start-up on every CLI call, dashboard training run and personalization fit.
+    """
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, lr: float | None = None) -> None:
+        lr = self.lr if lr is None else lr
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
+        for p, m, v in zip(self.params, self.m, self.v, strict=True):
+            if p.grad is None:
+                continue
+            m.mul_(b1).add_(p.grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            if self.weight_decay:
+                p.mul_(1 - lr * self.weight_decay)
+            p.addcdiv_(m / c1, (v / c2).sqrt_().add_(self.eps), value=-lr)
+
+
+def one_cycle_lr(step: int, total: int, peak: float, warmup: float = 0.1) -> float:
+    """Linear warm-up from peak/25 to peak over `warmup` of the steps, then cosine down to ~0."""
+    up = max(1, int(total * warmup))
+    if step < up:
+        return peak * (0.04 + 0.96 * step / up)
+    progress = min(1.0, (step - up) / max(1, total - up))
+    return peak * (1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 # ----------------------------------------------------------------------------- initialization
@@ -203,7 +252,7 @@ def init_experts_from_preference_clusters(model: SparseMoERewardModel, f: PairFe
                     spread = (members @ direction).std().clamp(min=1e-3) if len(members) > 1 else 1.0
                     model.head[j] = direction / spread
     prompt = torch.from_numpy(f.prompt)
-    opt = torch.optim.Adam(model.router.parameters(), lr=0.01)
+    opt = AdamW(model.router.parameters(), lr=0.01)
     for _ in range(router_steps):
         loss = F.cross_entropy(model.router_logits(prompt), assign)
         opt.zero_grad()
@@ -283,12 +332,10 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
     elif model_config.kind in ROUTED_KINDS and cfg.cluster_init and model.num_experts > 1:
         init_experts_from_preference_clusters(model, train, gen)
     params = [q for q in model.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(train)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.1, anneal_strategy="cos")
     anneal_steps = max(1, int(cfg.specialization_epochs * epochs * steps_per_epoch))
     history: list[dict] = []
     best = (math.inf, 0, None)
@@ -303,19 +350,18 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
             total, terms = loss_terms(model, p[idx], c[idx], r[idx], cfg, spec_w, noisy=True)
             if not torch.isfinite(total):
                 raise TrainingDiverged(
-                    f"loss became {float(total)} at epoch {epoch + 1}, step {step}: lower the learning rate "
+                    f"loss became {float(total.detach())} at epoch {epoch + 1}, step {step}: lower the learning rate "
                     f"(now {cfg.lr}) or check the features for NaN/inf values"
                 )
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             total.backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0)
-            opt.step()
-            sched.step()
+            opt.step(one_cycle_lr(step, epochs * steps_per_epoch, cfg.lr))
             step += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
         row = {"epoch": epoch + 1, **{f"train_{k}": v / n for k, v in sums.items()}}
-        row.update({f"train_{k}": v for k, v in validation_metrics(model, train).items()})
+        row["train_loss"] = row["train_bt"]
         if validation is not None and len(validation):
             row.update({f"val_{k}": v for k, v in validation_metrics(model, validation).items()})
         history.append(row)

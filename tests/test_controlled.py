@@ -14,7 +14,7 @@ from moe_reward import text_features as TF
 from moe_reward.controlled_content import QUESTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "controlled" / "pairs.jsonl"
+DATA = ROOT / "data" / "controlled" / "pairs.jsonl.gz"
 
 RECORD_KEYS = ["id", "prompt", "chosen", "rejected", "group", "user", "meta"]
 META_KEYS = ["topic", "question_id", "criterion", "pole", "cue", "reversal_of",
@@ -53,15 +53,16 @@ def test_generate_is_deterministic(records):
     assert C.dumps(C.generate()) == C.dumps(records)
 
 
-def test_committed_file_matches_generator(records):
-    assert DATA.exists(), "run: python -m moe_reward.controlled --out data/controlled/pairs.jsonl"
-    assert DATA.read_bytes() == C.dumps(records).encode("utf-8")
+def test_committed_file_matches_generator(records, tmp_path):
+    assert DATA.exists(), "run: python -m moe_reward.controlled --out data/controlled/pairs.jsonl.gz"
+    assert C.read_text_bytes(DATA) == C.dumps(records).encode("utf-8")
+    assert DATA.read_bytes() == C.write(tmp_path / "regen.jsonl.gz", records).read_bytes()
 
 
 def test_check_flag(tmp_path, capsys):
     assert C.main(["--check", str(DATA)]) == 0
     bad = tmp_path / "pairs.jsonl"
-    bad.write_bytes(DATA.read_bytes().replace(b"ctl-000001", b"ctl-999999", 1))
+    bad.write_bytes(C.read_text_bytes(DATA).replace(b"ctl-000001", b"ctl-999999", 1))
     assert C.main(["--check", str(bad)]) == 1
     assert C.main(["--check", str(tmp_path / "missing.jsonl")]) == 1
     capsys.readouterr()

