@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +51,10 @@ def cmd_embed(args) -> int:
         print(f"skipped {len(res.errors)} malformed rows (first: {res.errors[0]})", file=sys.stderr)
     spec = BackboneSpec(args.backbone, pooling=args.pooling, max_length=args.max_length, batch_size=args.batch_size)
     feats = embed_pairs(res.pairs, spec, cache_dir=args.cache_dir or "default")
-    feats.save(args.out, dtype=args.dtype)
+    source = None
+    if args.no_records:
+        source = os.path.relpath(Path(res.source).resolve(), Path(args.out).resolve().parent)
+    feats.save(args.out, dtype=args.dtype, include_records=not args.no_records, source=source)
     print(f"wrote {len(feats)} pairs x {feats.dim}-d ({feats.metadata['backbone']}, {feats.metadata['pooling']} pooling, "
           f"{feats.metadata['truncated_inputs']} inputs truncated) to {args.out}")
     return 0
@@ -160,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     backbone_args(e)
     e.add_argument("--pooling", default="auto", choices=["auto", "mean", "last"])
     e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    e.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"],
+                   help="int8: distinct vectors once, quantized per row (for shipping)")
+    e.add_argument("--no-records", action="store_true",
+                   help="store ids only and point at the data file (texts are joined on load)")
     e.add_argument("--cache-dir", default=None)
     e.add_argument("--skip-bad", action="store_true", help="drop malformed rows (and say how many) instead of stopping")
     e.set_defaults(func=cmd_embed)

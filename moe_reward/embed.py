@@ -255,14 +255,31 @@ class PairFeatures:
         return PairFeatures(self.prompt[index], self.chosen[index], self.rejected[index],
                             [self.pairs[i] for i in index], dict(self.metadata))
 
-    def save(self, path: str | Path, dtype: str = "float32") -> None:
-        """One safetensors file: the three matrices plus JSON metadata (backbone, ids, the records)."""
-        meta = {
-            "format": FEATURES_FORMAT,
-            "metadata": json.dumps(self.metadata),
-            "records": json.dumps([p.to_dict() for p in self.pairs], ensure_ascii=False),
-        }
-        tensors = {k: np.ascontiguousarray(getattr(self, k), dtype=dtype) for k in ("prompt", "chosen", "rejected")}
+    def save(self, path: str | Path, dtype: str = "float32", include_records: bool = True,
+             source: str | None = None) -> None:
+        """One safetensors file: the three matrices plus JSON metadata (backbone, ids, and the records).
+
+        ``dtype="int8"`` stores each distinct vector once, quantized per row (unit-norm embeddings lose
+        under 0.5% per component), for shipping; ``include_records=False`` stores only ids plus `source`
+        (a data file, relative to this file) that `load` joins on id.
+        """
+        if dtype not in ("float32", "float16", "int8"):
+            raise ValueError(f"dtype must be float32, float16 or int8, got {dtype!r}")
+        meta = {"format": FEATURES_FORMAT, "metadata": json.dumps(self.metadata), "ids": json.dumps(self.ids)}
+        if include_records:
+            meta["records"] = json.dumps([p.to_dict() for p in self.pairs], ensure_ascii=False)
+        elif source is None:
+            raise ValueError("include_records=False needs the source data file to join on")
+        if source is not None:
+            meta["source"] = source
+        if dtype == "int8":
+            stacked = np.concatenate([self.prompt, self.chosen, self.rejected]).astype(np.float32)
+            unique, index = np.unique(stacked, axis=0, return_inverse=True)
+            scale = np.abs(unique).max(1).clip(min=1e-12) / 127
+            tensors = {"vectors": np.round(unique / scale[:, None]).astype(np.int8),
+                       "scale": scale.astype(np.float32), "index": index.reshape(-1).astype(np.int32)}
+        else:
+            tensors = {k: np.ascontiguousarray(getattr(self, k), dtype=dtype) for k in ("prompt", "chosen", "rejected")}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata=meta)
 
@@ -275,13 +292,36 @@ class PairFeatures:
                 meta = fh.metadata() or {}
                 if meta.get("format") != FEATURES_FORMAT:
                     raise ValueError(f"{path}: not a moe-reward features file (format={meta.get('format')!r})")
-                arrays = {k: fh.get_tensor(k).astype(np.float32) for k in ("prompt", "chosen", "rejected")}
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
         except ValueError:
             raise
         except Exception as exc:  # safetensors raises its own error type for corrupt files
             raise ValueError(f"{path}: not a readable safetensors features file ({exc})") from exc
-        pairs = [PreferencePair(**r) for r in json.loads(meta["records"])]
+        if "vectors" in tensors:
+            full = tensors["vectors"].astype(np.float32) * tensors["scale"][:, None]
+            stacked = full[tensors["index"]]
+            n = len(stacked) // 3
+            arrays = {"prompt": stacked[:n], "chosen": stacked[n : 2 * n], "rejected": stacked[2 * n :]}
+        else:
+            arrays = {k: tensors[k].astype(np.float32) for k in ("prompt", "chosen", "rejected")}
+        if "records" in meta:
+            pairs = [PreferencePair(**r) for r in json.loads(meta["records"])]
+        else:
+            pairs = _join_source(Path(path), meta.get("source"), json.loads(meta["ids"]))
         return cls(pairs=pairs, metadata=json.loads(meta["metadata"]), **arrays)
+
+
+def _join_source(path: Path, source: str | None, ids: list[str]) -> list[PreferencePair]:
+    from .data import load_pairs
+
+    if not source:
+        raise ValueError(f"{path}: the features file has neither records nor a source data file")
+    data = load_pairs(path.parent / source)
+    by_id = {p.id: p for p in data.pairs}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} ids are not in {source} (first: {missing[0]}); re-run `moe-reward embed`")
+    return [by_id[i] for i in ids]
 
 
 def embed_pairs(pairs: Sequence[PreferencePair], backbone: Backbone | BackboneSpec | None = None,

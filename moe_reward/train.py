@@ -43,7 +43,7 @@ class TrainConfig:
     diversity_weight: float = 0.05
     specialization_weight: float = 1.0
     specialization_epochs: float = 0.5  # fraction of epochs over which the mixture term anneals to 0
-    cluster_init: bool = True  # warm-start experts and router from preference-direction clusters
+    cluster_init: bool = True  # warm-start experts and router from context-preference clusters
     patience: int = 10  # early stopping: epochs without a better validation loss
     seed: int = 0
     # Small matmuls gain nothing from more threads, and OpenMP threads that spin while another process
@@ -231,30 +231,59 @@ def spherical_kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iters: int =
     return (x @ c.T).argmax(-1)
 
 
-def init_experts_from_preference_clusters(model: SparseMoERewardModel, f: PairFeatures, gen: torch.Generator,
-                                          router_steps: int = 200) -> torch.Tensor:
-    """Warm start for routed kinds: cluster the pairs by the direction of their preference
-    (chosen minus rejected, standardized), point each expert at one cluster's mean direction, and teach
-    the router to predict each pair's cluster from its prompt.
+def fit_context_preferences(prompt: torch.Tensor, diff: torch.Tensor, gen: torch.Generator, rank: int = 16,
+                            steps: int = 300, batch: int = 2048, lr: float = 0.02) -> torch.Tensor:
+    """A low-rank, prompt-conditioned linear reward: margin_i = (P_i U V^T + w0) . D_i, fitted with BT.
 
-    Pairs decided by the same criterion have similar difference vectors, and a preference that reverses
-    with the context gives opposite vectors, so the clusters are the candidate specializations. Training
-    then refines (and may merge or move) them; this only breaks the symmetry between experts."""
+    Returns the preference vector it implies for each pair's prompt, [N, D]. It sees the interaction that
+    an MoE must discover (which context wants which direction) without any discrete choice to get stuck on.
+    """
+    n, d = diff.shape
+    u = (torch.randn(prompt.shape[1], rank, generator=gen) * 0.01).requires_grad_()
+    v = (torch.randn(d, rank, generator=gen) * 0.01).requires_grad_()
+    w0 = torch.zeros(d, requires_grad=True)
+    opt = AdamW([u, v, w0], lr=lr, weight_decay=1e-3)
+    for step in range(steps):
+        idx = torch.randint(n, (min(batch, n),), generator=gen)
+        margin = ((prompt[idx] @ u) * (diff[idx] @ v)).sum(-1) + diff[idx] @ w0
+        loss = F.softplus(-margin).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step(one_cycle_lr(step, steps, lr))
+    with torch.no_grad():
+        return (prompt @ u) @ v.T + w0
+
+
+def init_experts_from_context_preferences(model: SparseMoERewardModel, f: PairFeatures, gen: torch.Generator,
+                                          router_steps: int = 200, max_pairs: int = 20_000) -> torch.Tensor:
+    """Warm start for routed kinds, so that experts specialize by the context's preference.
+
+    1. Fit a low-rank prompt-conditioned reward (`fit_context_preferences`): each prompt gets the
+       preference vector it implies.
+    2. Cluster those vectors (spherical k-means, K clusters): prompts that want the same thing, e.g.
+       "be brief" in any wording on any topic, fall together; opposite wants fall apart.
+    3. Point expert k at cluster k's mean vector and teach the router to predict the cluster.
+    Training then refines the experts and the routing; this only decides who starts where, which is what
+    a plain MoE cannot do by itself (experts that start alike get the same gradients and never separate).
+    """
     k = model.num_experts
-    diff = torch.from_numpy(f.chosen - f.rejected) / model.response_scale
-    assign = spherical_kmeans(diff, k, gen)
+    n = len(f)
+    pick = torch.randperm(n, generator=gen)[:max_pairs] if n > max_pairs else torch.arange(n)
+    prompt = (torch.from_numpy(f.prompt[pick.numpy()]) - model.prompt_mean) / model.prompt_scale
+    diff = torch.from_numpy(f.chosen[pick.numpy()] - f.rejected[pick.numpy()]) / model.response_scale
+    wants = fit_context_preferences(prompt, diff, gen)
+    assign = spherical_kmeans(wants, k, gen)
     with torch.no_grad():
         if not model.config.hidden_dim:
             for j in range(k):
-                members = diff[assign == j]
+                members = wants[assign == j]
                 if len(members):
-                    direction = F.normalize(members.mean(0), dim=0)
-                    spread = (members @ direction).std().clamp(min=1e-3) if len(members) > 1 else 1.0
-                    model.head[j] = direction / spread
-    prompt = torch.from_numpy(f.prompt)
+                    head = members.mean(0)
+                    spread = (diff[assign == j] @ head).std() if len(members) > 1 else torch.tensor(1.0)
+                    model.head[j] = head / spread.clamp(min=1e-3)
     opt = AdamW(model.router.parameters(), lr=0.01)
     for _ in range(router_steps):
-        loss = F.cross_entropy(model.router_logits(prompt), assign)
+        loss = F.cross_entropy(model.router_logits(torch.from_numpy(f.prompt[pick.numpy()])), assign)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -330,7 +359,7 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
     if model_config.kind == "drm":
         fit_drm_basis(model, train)
     elif model_config.kind in ROUTED_KINDS and cfg.cluster_init and model.num_experts > 1:
-        init_experts_from_preference_clusters(model, train, gen)
+        init_experts_from_context_preferences(model, train, gen)
     params = [q for q in model.parameters() if q.requires_grad]
     opt = AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(train)

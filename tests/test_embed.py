@@ -61,3 +61,28 @@ def test_features_file_round_trip(backbone, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(ValueError, match="bad.safetensors"):
         PairFeatures.load(tmp_path / "bad.safetensors")
+
+
+def test_int8_features_without_records_join_their_source(tmp_path):
+    from moe_reward.data import save_jsonl
+
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(3, 2, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=-1, keepdims=True)
+    f = PairFeatures(vecs[0], vecs[1], vecs[2], PAIRS, {"backbone": "x"})
+    f.prompt[1] = f.prompt[0]  # repeated vectors are stored once
+    save_jsonl(PAIRS, tmp_path / "pairs.jsonl")
+    f.save(tmp_path / "f.safetensors", dtype="int8", include_records=False, source="pairs.jsonl")
+    g = PairFeatures.load(tmp_path / "f.safetensors")
+    assert g.pairs == PAIRS and np.abs(g.chosen - f.chosen).max() < 0.01 and np.array_equal(g.prompt[0], g.prompt[1])
+    with pytest.raises(ValueError, match="source"):
+        f.save(tmp_path / "g.safetensors", include_records=False)
+
+
+def test_shipped_default_features_match_the_dataset():
+    from moe_reward.data import default_dataset_path, load_pairs
+
+    shipped = default_dataset_path().parent / "features.safetensors"
+    f = PairFeatures.load(shipped)
+    assert f.ids == [p.id for p in load_pairs(default_dataset_path()).pairs]
+    assert f.metadata["backbone"] == "all-MiniLM-L6-v2" and f.dim == 384
