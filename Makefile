@@ -1,10 +1,10 @@
-.PHONY: install check lint test bench app dataset
+.PHONY: install check lint test bench app dataset default-artifacts
 
 install:
 	pip install -r requirements.txt && pip install --no-deps -e .
 
 lint:
-	ruff check moe_reward tests pages app.py bench
+	ruff check moe_reward tests pages app.py ui_common.py bench
 
 test:
 	pytest
@@ -19,3 +19,7 @@ app:
 
 dataset:
 	python -m moe_reward.controlled --out data/controlled/pairs.jsonl
+
+# The shipped features of the default dataset (int8, ids only; texts joined from pairs.jsonl.gz).
+default-artifacts:
+	moe-reward embed --data data/controlled/pairs.jsonl.gz --out data/controlled/features.safetensors --dtype int8 --no-records

@@ -7,29 +7,20 @@ Run: python bench/bench_embed.py [--n 1000]
 from __future__ import annotations
 
 import argparse
-import random
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from reversal_data import QUESTIONS  # noqa: E402
-
-from moe_reward.embed import Backbone, EmbeddingCache, embed_texts  # noqa: E402
+from moe_reward.data import load_pairs
+from moe_reward.embed import Backbone, EmbeddingCache, embed_texts
 
 
-def make_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """~95-token prompt+response texts built from real question/answer sentences."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        q, short, facts = rng.choice(QUESTIONS)
-        answer = " ".join([short] + rng.sample(facts, rng.randint(1, len(facts))))
-        out.append((f"({i}) {q}", answer))
-    return out
+def make_texts(n: int) -> list[tuple[str, str]]:
+    """(prompt, response) texts of the default dataset: real assistant-style answers, ~130 tokens."""
+    pairs = load_pairs("controlled").pairs
+    items = [(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)]
+    return list(dict.fromkeys(items))[:n]
 
 
 @torch.inference_mode()
@@ -63,7 +54,7 @@ def main() -> None:
         t0 = time.perf_counter()
         embed_texts(backbone, texts, EmbeddingCache(tmp, backbone.cache_key))  # fresh cache object: reads disk
         t_cached = time.perf_counter() - t0
-    print(f"texts: {len(texts)}, mean length {ntok:.0f} tokens, torch threads {torch.get_num_threads()}")
+    print(f"texts: {len(texts)} (prompt+response pairs of the default data), mean length {ntok:.0f} tokens, torch threads {torch.get_num_threads()}")
     print(f"plain transformers forward : {t_plain:7.2f} s  ({len(texts) / t_plain:6.1f} texts/s)")
     print(f"pipeline, first run        : {t_first:7.2f} s  ({len(texts) / t_first:6.1f} texts/s)")
     print(f"pipeline, cached re-run    : {t_cached:7.3f} s")

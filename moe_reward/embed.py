@@ -137,11 +137,12 @@ class Backbone:
         return p_ids + self.separator + r_ids
 
     @torch.inference_mode()
-    def encode_ids(self, ids: Sequence[list[int]], progress: ProgressFn | None = None, desc: str = "embed") -> np.ndarray:
+    def encode_ids(self, ids: Sequence[list[int]], progress: ProgressFn | None = None, desc: str = "embed",
+                   quiet: bool = False) -> np.ndarray:
         out = np.zeros((len(ids), self.dim), dtype=np.float32)
         order = np.argsort([-len(x) for x in ids], kind="stable")  # length-sorted: less padding
         pad = self.tokenizer.pad_token_id
-        bar = tqdm(total=len(ids), desc=desc, unit="text", disable=progress is not None or len(ids) < 64)
+        bar = tqdm(total=len(ids), desc=desc, unit="text", disable=quiet or progress is not None or len(ids) < 64)
         bs = self.spec.batch_size
         for start in range(0, len(ids), bs):
             idx = order[start : start + bs]
@@ -209,7 +210,7 @@ class EmbeddingCache:
 
 
 def embed_texts(backbone: Backbone, items: Sequence[tuple[str, str | None]], cache: EmbeddingCache | None = None,
-                progress: ProgressFn | None = None, desc: str = "embed") -> np.ndarray:
+                progress: ProgressFn | None = None, desc: str = "embed", chunk: int = 1024) -> np.ndarray:
     """Embed (prompt, response-or-None) items; each distinct item is computed once, cached ones never."""
     hashes = [EmbeddingCache.text_hash(p, r) for p, r in items]
     have = cache.get(hashes) if cache else {}
@@ -218,12 +219,20 @@ def embed_texts(backbone: Backbone, items: Sequence[tuple[str, str | None]], cac
         if h not in have and h not in todo:
             todo[h] = item
     if todo:
+        keys = list(todo)
         ids = [backbone.token_ids(p, r) for p, r in todo.values()]
-        mat = backbone.encode_ids(ids, progress=progress, desc=desc)
-        new = dict(zip(todo, mat, strict=True))
-        if cache:
-            cache.put(list(todo), mat)
-        have = {**have, **new}
+        bar = tqdm(total=len(ids), desc=desc, unit="text", disable=progress is not None or len(ids) < 64)
+        have = dict(have)
+        # Chunks go to the cache as they finish, so an interrupted long run keeps what it did.
+        for start in range(0, len(ids), chunk):
+            mat = backbone.encode_ids(ids[start : start + chunk], quiet=True)
+            if cache:
+                cache.put(keys[start : start + chunk], mat)
+            have.update(zip(keys[start : start + chunk], mat, strict=True))
+            bar.update(len(mat))
+            if progress:
+                progress(min(start + chunk, len(ids)), len(ids))
+        bar.close()
     elif progress:
         progress(len(items), len(items))
     return np.stack([have[h] for h in hashes]) if hashes else np.zeros((0, backbone.dim), np.float32)
@@ -347,4 +356,10 @@ def load_features_or_pairs(path: str | Path, skip_bad: bool = False, backbone: B
 
     if str(path).endswith(".safetensors"):
         return PairFeatures.load(path)
+    if str(path) == "controlled" and (backbone is None or resolve_backbone(backbone.name) == resolve_backbone(DEFAULT_BACKBONE)):
+        from .data import default_dataset_path
+
+        shipped = default_dataset_path().parent / "features.safetensors"
+        if shipped.is_file():  # the default data ships embedded (make default-artifacts)
+            return PairFeatures.load(shipped)
     return embed_pairs(load_pairs(path, skip_bad=skip_bad).pairs, backbone, cache_dir, progress)

@@ -1,5 +1,7 @@
 """A small preference set whose labels reverse with the prompt's context (written for the tests).
 
+Used by the dashboard tests (tests/app_workspace.py) for a tiny workspace with real text.
+
 The same two answers to a question, a short one and a long one, are preferred oppositely under
 "answer briefly" and "explain in depth" cues. A single reward head on the pair embedding cannot fit both;
 a model that routes the two contexts to different experts can.

@@ -1,0 +1,380 @@
+"""The dashboard's operations on the command line: workspace, default model, maps, routing, labels.
+
+    moe-reward build-default                 features + default sparse model + PCA map (as the app's first start)
+    moe-reward workspace                     models, data files, experiments and label counts
+    moe-reward project --model M --data D    2-D map (pca now, umap cached) -> CSV          (Expert map)
+    moe-reward routing-stats ...             utilization, entropy, group x expert, filters   (Routing statistics)
+    moe-reward select ... --out F            export filtered pairs with routing weights     (Expert map selection)
+    moe-reward expert --expert K ...         top-routed pairs, margins, agreement            (Expert detail)
+    moe-reward compare --model A --other B   accuracy, NMI and the pairs they disagree on    (Compare models)
+    moe-reward label ...                     store one label and update a stored profile     (Personalize)
+    moe-reward labels --out F                export stored labels (and `--profiles` to list profiles)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def register(subparsers) -> None:
+    b = subparsers.add_parser("build-default", help="build the dashboard's default model on the controlled data")
+    b.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    b.set_defaults(func=cmd_build_default)
+
+    w = subparsers.add_parser("workspace", help="list the workspace's models, data files, experiments and labels")
+    w.set_defaults(func=cmd_workspace)
+
+    def model_data(sp):
+        sp.add_argument("--model", required=True, help="a model name in the workspace, or a model directory")
+        sp.add_argument("--data", required=True, help="preference file or features .safetensors")
+
+    def filters(sp):
+        sp.add_argument("--group", action="append", default=None, help="keep these groups (repeatable)")
+        sp.add_argument("--correct", choices=["all", "yes", "no"], default="all")
+        sp.add_argument("--min-confidence", type=float, default=0.0, help="weight of the top expert, at least")
+        sp.add_argument("--max-confidence", type=float, default=1.0)
+
+    p = subparsers.add_parser("project", help="2-D map of prompt or pair embeddings (PCA, or UMAP cached on disk)")
+    model_data(p)
+    p.add_argument("--method", choices=["pca", "umap"], default="pca")
+    p.add_argument("--source", choices=["prompt", "pair"], default="prompt")
+    p.add_argument("--n-neighbors", type=int, default=15)
+    p.add_argument("--min-dist", type=float, default=0.1)
+    p.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="CSV of id, x, y, top_expert, group, margin (default: print a summary)")
+    p.set_defaults(func=cmd_project)
+
+    r = subparsers.add_parser("routing-stats", help="expert utilization, entropy, group x expert, co-activation")
+    model_data(r)
+    filters(r)
+    r.add_argument("--json", default=None, help="also write the statistics here")
+    r.set_defaults(func=cmd_routing_stats)
+
+    s = subparsers.add_parser("select", help="export pairs (with routing weights) matching filters")
+    model_data(s)
+    filters(s)
+    s.add_argument("--expert", type=int, default=None, help="only pairs whose top expert is this one")
+    s.add_argument("--out", required=True, help=".jsonl or .csv")
+    s.set_defaults(func=cmd_select)
+
+    e = subparsers.add_parser("expert", help="one expert: top-routed pairs, largest margins, agreement")
+    model_data(e)
+    e.add_argument("--expert", type=int, required=True)
+    e.add_argument("--top", type=int, default=5)
+    e.set_defaults(func=cmd_expert)
+
+    c = subparsers.add_parser("compare", help="two models on the same pairs, and the pairs they disagree on")
+    model_data(c)
+    c.add_argument("--other", required=True, help="the second model (name or directory)")
+    c.add_argument("--out", default=None, help="CSV of the disagreements")
+    c.set_defaults(func=cmd_compare)
+
+    lab = subparsers.add_parser("label", help="store one label in the workspace and update the stored profile")
+    model_data(lab)
+    lab.add_argument("--annotator", required=True)
+    lab.add_argument("--profile", default="default")
+    lab.add_argument("--adapter", default="hedge", choices=["hedge", "batch", "gradient"], help="for a new profile")
+    lab.add_argument("--pair", required=True, help="pair id in --data")
+    lab.add_argument("--prefer", required=True, choices=["chosen", "rejected"],
+                     help="which of the pair's two responses this annotator prefers")
+    lab.set_defaults(func=cmd_label)
+
+    ls = subparsers.add_parser("labels", help="export the workspace's stored labels (JSONL) or list profiles")
+    ls.add_argument("--annotator", default=None)
+    ls.add_argument("--out", default=None, help="JSONL file (default: print a count per annotator)")
+    ls.add_argument("--profiles", action="store_true", help="list profiles with their weights instead")
+    ls.set_defaults(func=cmd_labels)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _bar(desc: str):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}] {postfix}")
+
+    def stage(msg: str, frac: float) -> None:
+        bar.n = round(100 * min(max(frac, 0.0), 1.0))
+        bar.set_postfix_str(msg[:60])
+        bar.refresh()
+
+    return bar, stage
+
+
+def _model_dir(ws, name: str) -> Path:
+    """A directory given on the command line is used as is; a bare name resolves inside models/."""
+    path = Path(name)
+    if (path / "config.json").is_file():
+        return path
+    return ws.model_path(name)
+
+
+def _load(args, model_arg: str | None = None):
+    from .analysis import score_pairs
+    from .embed import BackboneSpec
+    from .pipeline import load_model
+    from .workspace import Workspace
+
+    ws = Workspace()
+    model_dir = _model_dir(ws, model_arg or args.model)
+    model = load_model(model_dir)
+    meta = model.config.backbone or {}
+    spec = BackboneSpec(meta.get("backbone", "all-MiniLM-L6-v2"), meta.get("pooling", "auto"), int(meta.get("max_length", 256)))
+    _, stage = _bar("features")
+    feats = ws.features_for(args.data, spec, progress=stage)
+    if feats.dim != model.config.input_dim:
+        raise ValueError(f"{args.data}: {feats.dim}-d features, but the model expects {model.config.input_dim}-d")
+    return ws, model_dir, model, feats, score_pairs(model, feats)
+
+
+def filter_mask(feats, scores, groups=None, correct="all", min_conf=0.0, max_conf=1.0, expert=None) -> np.ndarray:
+    """The Routing statistics / Expert map filters, as one boolean mask over the pairs."""
+    from .analysis import groups_of
+
+    g = groups_of(feats)
+    g = g if g is not None else np.array(["(none)"] * len(feats))
+    mask = (scores.confidence >= min_conf - 1e-9) & (scores.confidence <= max_conf + 1e-9)
+    if groups:
+        mask &= np.isin(g, groups)
+    if correct != "all":
+        mask &= scores.correct if correct == "yes" else ~scores.correct
+    if expert is not None:
+        mask &= scores.top_expert == expert
+    return mask
+
+
+def _pair_rows(feats, scores, index) -> list[dict]:
+    rows = []
+    for i in index:
+        p = feats.pairs[i]
+        rows.append({**{k: v for k, v in p.to_dict().items() if k != "meta"}, "margin": round(float(scores.margin[i]), 6),
+                     "correct": bool(scores.correct[i]), "top_expert": int(scores.top_expert[i]),
+                     "routing": scores.routing[i].round(6).tolist()})
+    return rows
+
+
+def _write_rows(rows: list[dict], out: str) -> None:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        flat = [{**{k: v for k, v in r.items() if k != "routing"},
+                 **{f"w_E{k}": w for k, w in enumerate(r.get("routing", []))}} for r in rows]
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(flat[0]) if flat else ["id"])
+            writer.writeheader()
+            writer.writerows(flat)
+    else:
+        with open(path, "w", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_build_default(args) -> int:
+    from .workspace import Workspace
+
+    ws = Workspace()
+    bar, stage = _bar("build default")
+    out = ws.ensure_default(progress=stage, force=args.force)
+    bar.close()
+    print(f"default model ready: {out}")
+    return 0
+
+
+def cmd_workspace(args) -> int:
+    from .model import load_metrics
+    from .store import LabelStore
+    from .workspace import Workspace
+
+    ws = Workspace()
+    print(f"workspace: {ws.root}")
+    print("models:")
+    for name in ws.list_models():
+        test = load_metrics(ws.model_path(name)).get("test", {})
+        acc = test.get("accuracy")
+        print(f"  {name:28s} {test.get('model', '')}" + ("" if acc is None else f"  test accuracy {acc:.4f}"))
+    print("data files:")
+    for d in ws.list_data():
+        print(f"  {d.label}")
+    print("experiments:")
+    for e in ws.list_experiments():
+        print(f"  {e.parent.name}")
+    if ws.labels_db.exists():
+        store = LabelStore(ws.labels_db)
+        print(f"labels: {store.count_labels()} from {len(store.annotators())} annotators")
+        store.close()
+    return 0
+
+
+def cmd_project(args) -> int:
+    from .projection import ProjectionParams, project
+    from .workspace import file_id
+
+    ws, model_dir, _model, feats, scores = _load(args)
+    params = ProjectionParams(args.method, args.source, args.n_neighbors, args.min_dist, args.metric, args.seed)
+    bar, stage = _bar(args.method)
+    proj = project(feats, params, ws.projections_dir, (file_id(model_dir), file_id(args.data)), progress=stage)
+    bar.close()
+    print(f"{params.method} of {len(feats)} {params.source} embeddings: "
+          + ("from the cache" if proj.cached else f"computed in {proj.seconds:.1f}s, cached under {ws.projections_dir}"))
+    if args.out:
+        rows = [{"id": p.id, "x": float(proj.coords[i, 0]), "y": float(proj.coords[i, 1]),
+                 "top_expert": int(scores.top_expert[i]), "group": p.group or "", "margin": float(scores.margin[i])}
+                for i, p in enumerate(feats.pairs)]
+        _write_rows(rows, args.out if args.out.endswith((".csv", ".jsonl")) else args.out + ".csv")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_routing_stats(args) -> int:
+    from .analysis import evaluate
+
+    _, _, model, feats, scores = _load(args)
+    mask = filter_mask(feats, scores, args.group, args.correct, args.min_confidence, args.max_confidence)
+    idx = np.flatnonzero(mask)
+    if not len(idx):
+        print("no pair matches the filters", file=sys.stderr)
+        return 1
+    ev = evaluate(model, feats.subset(idx), scores.subset(idx))
+    print(f"{len(idx)} of {len(feats)} pairs; accuracy {ev['accuracy']:.4f}, routing entropy {ev['routing_entropy']:.4f} "
+          f"(normalized {ev['routing_entropy_normalized']:.3f}), active experts per pair {ev['active_experts_per_pair']:.2f}")
+    print("utilization (top-1 share): " + " ".join(f"E{k} {u:.3f}" for k, u in enumerate(ev["expert_utilization"])))
+    print("mean routing weight:       " + " ".join(f"E{k} {u:.3f}" for k, u in enumerate(ev["expert_load"])))
+    if ev["group_expert_counts"]:
+        print("group x top expert:")
+        for g, counts in ev["group_expert_counts"].items():
+            print(f"  {g:24s} " + " ".join(f"{c:5d}" for c in counts))
+        print("expert accuracy per group:")
+        for e, per in ev["per_expert_group_accuracy"].items():
+            print(f"  E{e}: " + ", ".join(f"{g} {a:.2f}" for g, a in per.items()))
+    print("co-activation:")
+    for k, row in enumerate(ev["coactivation"]):
+        print(f"  E{k} " + " ".join(f"{v:.2f}" for v in row))
+    if args.json:
+        Path(args.json).write_text(json.dumps(ev, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_select(args) -> int:
+    _, _, _, feats, scores = _load(args)
+    mask = filter_mask(feats, scores, args.group, args.correct, args.min_confidence, args.max_confidence, args.expert)
+    rows = _pair_rows(feats, scores, np.flatnonzero(mask))
+    _write_rows(rows, args.out)
+    print(f"wrote {len(rows)} pairs to {args.out}")
+    return 0
+
+
+def cmd_expert(args) -> int:
+    from .analysis import expert_agreement
+
+    _, _, model, feats, scores = _load(args)
+    k = args.expert
+    if not 0 <= k < model.num_experts:
+        raise ValueError(f"--expert must be in [0, {model.num_experts - 1}]")
+    routed = scores.routing[:, k] > 0
+    print(f"E{k}: routed {int(routed.sum())} pairs, top expert for {(scores.top_expert == k).mean():.1%}, "
+          f"accuracy where routed {scores.expert_correct[routed, k].mean() if routed.any() else float('nan'):.3f}")
+    print("highest routing weight:")
+    for i in np.argsort(-scores.routing[:, k], kind="stable")[: args.top]:
+        print(f"  {scores.routing[i, k]:.3f}  {feats.pairs[i].id}  {feats.pairs[i].prompt[:70]!r}")
+    print("largest margins:")
+    for i in np.argsort(-np.abs(scores.expert_margins[:, k]), kind="stable")[: args.top]:
+        print(f"  {scores.expert_margins[i, k]:+.3f}  {feats.pairs[i].id}  {feats.pairs[i].prompt[:70]!r}")
+    agree = expert_agreement(scores)[k]
+    print("agreement: " + " ".join(f"E{j} {agree[j]:.2f}" for j in range(model.num_experts) if j != k))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .analysis import disagreements, evaluate, score_pairs
+    from .pipeline import load_model
+
+    ws, _, model_a, feats, a = _load(args)
+    model_b = load_model(_model_dir(ws, args.other))
+    if model_b.config.input_dim != feats.dim:
+        raise ValueError(f"{args.other} expects {model_b.config.input_dim}-d inputs: a different backbone")
+    b = score_pairs(model_b, feats)
+    for name, model, s in ((args.model, model_a, a), (args.other, model_b, b)):
+        ev = evaluate(model, feats, s)
+        nmi = "n/a" if ev["routing_nmi"] is None else f"{ev['routing_nmi']:.3f}"
+        print(f"{name}: {model.describe()}: accuracy {ev['accuracy']:.4f}, routing NMI {nmi}")
+        for g, v in ev["per_group"].items():
+            print(f"  {g:24s} {v['accuracy']:.4f}")
+    idx = disagreements(a, b)
+    print(f"{int((a.correct != b.correct).sum())} pairs where exactly one of them is right")
+    if args.out:
+        rows = [{"id": feats.pairs[i].id, "group": feats.pairs[i].group or "", "a_prob_chosen": float(a.prob_chosen[i]),
+                 "b_prob_chosen": float(b.prob_chosen[i]), "prompt": feats.pairs[i].prompt} for i in idx]
+        _write_rows(rows, args.out)
+        print(f"wrote {len(rows)} disagreements to {args.out}")
+    return 0
+
+
+def cmd_label(args) -> int:
+    """The Personalize page's label, from the command line: same profile, same store."""
+    from .personalize import Adapter, expert_margins_for, make_adapter, margin_scale_for, prior_from_routing
+    from .store import Label, LabelStore
+
+    ws, model_dir, model, feats, scores = _load(args)
+    ids = feats.ids
+    if args.pair not in ids:
+        raise ValueError(f"no pair {args.pair!r} in {args.data}")
+    i = ids.index(args.pair)
+    margins, logits = expert_margins_for(model, feats)
+    store = LabelStore(ws.labels_db)
+    rec = store.get_or_create_profile(args.annotator, args.profile, model_dir.name, args.adapter)
+    if rec.profile.get("num_experts") == model.num_experts:
+        adapter = Adapter.from_dict(rec.profile)
+    else:
+        adapter = make_adapter(rec.adapter, model.num_experts, prior_from_routing(scores.routing),
+                               margin_scale=margin_scale_for(margins))
+    p = feats.pairs[i]
+    prefer_chosen = args.prefer == "chosen"
+    m = margins[i] if prefer_chosen else -margins[i]
+    weights = adapter.update(m, p.id, logits[i])
+    pref, other = (p.chosen, p.rejected) if prefer_chosen else (p.rejected, p.chosen)
+    label_id = store.record_label(Label(args.annotator, p.id, p.prompt, pref, other, profile_id=rec.id),
+                                  adapter.to_dict(), weights.tolist(), adapter.n_labels)
+    store.close()
+    print(f"label #{label_id} stored; profile {args.annotator}/{args.profile} ({adapter.name}, {adapter.n_labels} labels): "
+          + " ".join(f"E{k} {w:.3f}" for k, w in enumerate(weights)))
+    return 0
+
+
+def cmd_labels(args) -> int:
+    from .store import LabelStore
+    from .workspace import Workspace
+
+    ws = Workspace()
+    if not ws.labels_db.exists():
+        print("no labels yet")
+        return 0
+    store = LabelStore(ws.labels_db)
+    if args.profiles:
+        for p in store.profiles(annotator=args.annotator):
+            w = p.profile.get("weights") or []
+            print(f"{p.annotator}/{p.name}  model={p.model}  adapter={p.adapter}  labels={store.count_labels(p.id)}  "
+                  + " ".join(f"E{k} {x:.3f}" for k, x in enumerate(w)))
+        store.close()
+        return 0
+    labels = store.labels(annotator=args.annotator)
+    store.close()
+    if args.out:
+        _write_rows([lab.__dict__ for lab in labels], args.out)
+        print(f"wrote {len(labels)} labels to {args.out}")
+    else:
+        counts: dict[str, int] = {}
+        for lab in labels:
+            counts[lab.annotator] = counts.get(lab.annotator, 0) + 1
+        print(f"{len(labels)} labels: " + ", ".join(f"{a} ({n})" for a, n in sorted(counts.items())))
+    return 0

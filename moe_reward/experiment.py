@@ -1,0 +1,572 @@
+"""The `experiment` pipeline: four model kinds, several seeds, routing quality and few-shot personalization.
+
+Protocol
+--------
+- **Users** are the values of `user_field` ("user" or "group") of the pairs. Pairs without a user are
+  training data and every user is held out. When *every* pair has a user (e.g. ``user_field="group"``),
+  a seeded third of the users (at least one, seed `user_seed`) is held out and the others' pairs train.
+  Held-out users' pairs -- and any other pair with the same texts (`data.pair_key`) -- never reach
+  training.
+- **Models**: for each seed s, the training pairs are split by prompt (`data.split_pairs`, seed s) into
+  train / validation / test, identically for every kind, and each kind of `kinds` is trained with
+  ``TrainConfig.for_kind(kind, seed=s)`` on the same cached backbone features. Accuracy, per-group
+  accuracy, routing NMI (top-1 expert vs group) and expert utilization come from `analysis.evaluate` on
+  the held-out test split.
+- **Personalization**: each held-out user's pairs are split (seed s) into an adaptation pool and a test
+  set (`user_test_fraction`). For k in `shots`, `draws` seeded draws of k pool labels fit each adapter,
+  starting from the model's average routing over its training features (`personalize.profile_prior`),
+  with per-expert margin scales from the training features when `margin_scale` is on. The accuracy on
+  the user's test set is averaged over draws, then over users; mean and sd are over seeds. k = 0 is the
+  prior profile itself. The same draws are used for every kind, adapter and the oracle (paired
+  comparison); users whose pool is smaller than k are skipped at that k.
+- **Oracle**: a single Bradley-Terry head (L2 logistic regression without intercept on the
+  standardized chosen-minus-rejected embeddings) trained on the same k labels of the user alone;
+  ``"pool"`` is that head trained on the user's whole pool, for reference.
+- **Active vs random** (sparse model, the adapter with the best mean accuracy over k >= 1): labels are
+  added one at a time from the pool, chosen by `personalize.select_next` ("active": the largest
+  expected profile movement) or at random (`draws` orders); accuracy at each k of `shots`.
+- **Weight shift** (sparse model, first seed, same adapter): the profile before/after fitting each user's
+  first min(32, pool) pool labels, its largest experts and the labels that moved them; the experts'
+  auto-labels (`describe.describe_experts` on the training split) say what those experts stand for.
+
+``results.json`` shape (k is a string; every statistic is ``{"mean": float|None, "sd": float|None}``
+over seeds)::
+
+    {"config": {...ExperimentConfig..., "users": [...], "n_pairs": {...}},
+     "models": {"<kind>": {"accuracy": stat, "per_group": {"<group>": stat},
+                           "routing_nmi": stat, "expert_utilization": [mean share of expert k],
+                           "personalization": {"<adapter>": {"<k>": stat}}}},
+     "oracle": {"<k>": stat, "pool": stat},
+     "active_vs_random": {"adapter": str, "active": {"<k>": stat}, "random": {"<k>": stat}},
+     "weight_shift": {"<user>": {"adapter": str, "n_labels": int, "before": [...], "after": [...],
+                                 "delta": [...], "top_experts": [[k, weight], ...],
+                                 "top_movers": {"<k>": [[pair_id, delta], ...]}}},
+     "expert_labels": {"<k>": "prefers: ...; prompts: ..."},   (lead model, first seed; {} if describe off)
+     "timings": {"embed_s": float, "train_s": {"<kind>": mean seconds}, "personalize_s": float,
+                 "total_s": float}}
+
+kinds are sparse/dense/single/drm and adapters hedge/batch/gradient by default.
+
+Cost: on 2 CPU cores with the embeddings cached, seeds=3 on the controlled data (~4.5k pairs) takes about
+4 minutes, most of it the gradient adapter's warm-started re-solves (every k, draw, user, kind and seed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .analysis import evaluate
+from .data import pair_key, split_pairs
+from .describe import describe_experts
+from .embed import BackboneSpec, PairFeatures, load_features_or_pairs
+from .model import MODEL_KINDS, ModelConfig, SparseMoERewardModel
+from .personalize import (
+    ADAPTERS,
+    expert_margins_for,
+    make_adapter,
+    margin_scale_for,
+    personalized_accuracy,
+    profile_prior,
+    select_next,
+    weight_shift,
+)
+from .train import TrainConfig, train_model
+
+DEFAULT_KINDS = ("sparse", "dense", "single", "drm")
+DEFAULT_SHOTS = (0, 1, 2, 4, 8, 16, 32)
+USER_FIELDS = ("user", "group")
+
+
+@dataclass
+class ExperimentConfig:
+    data: str = "controlled"
+    user_field: str = "user"
+    seeds: int = 3
+    experts: int = 8
+    top_k: int = 2
+    max_pairs: int | None = None  # seeded subsample of all pairs (before anything else), None = all
+    kinds: tuple[str, ...] = DEFAULT_KINDS
+    adapters: tuple[str, ...] = ADAPTERS
+    shots: tuple[int, ...] = DEFAULT_SHOTS
+    draws: int = 5  # label draws per (user, k)
+    user_test_fraction: float = 0.5  # of each held-out user's pairs, kept for testing the profile
+    holdout_fraction: float = 1 / 3  # of users held out when every pair has a user
+    user_seed: int = 0
+    validation: float = 0.1
+    test: float = 0.1
+    epochs: int | None = None  # TrainConfig overrides (None: the kind's default)
+    min_steps: int | None = None
+    margin_scale: bool = True  # normalize each expert's margins by its spread on the training features
+    adapter_params: dict = field(default_factory=dict)  # {"hedge": {"eta": 0.5}, ...}
+    backbone: str = "all-MiniLM-L6-v2"
+    max_length: int = 256
+    cache_dir: str | None = "default"
+    skip_bad: bool = False
+    figures: bool = True
+    describe: bool = True  # auto-label the lead model's experts (describe.py), to read the weight shifts
+
+    def __post_init__(self) -> None:
+        self.kinds, self.adapters = tuple(self.kinds), tuple(self.adapters)
+        self.shots = tuple(sorted({int(k) for k in self.shots}))
+        if self.user_field not in USER_FIELDS:
+            raise ValueError(f"user_field must be one of {USER_FIELDS}, got {self.user_field!r}")
+        if self.seeds < 1 or self.draws < 1:
+            raise ValueError("seeds and draws must be >= 1")
+        if self.experts < 1 or not 1 <= self.top_k <= self.experts:
+            raise ValueError(f"need experts >= 1 and 1 <= top_k <= experts, got {self.experts}, {self.top_k}")
+        if self.max_pairs is not None and self.max_pairs < 4:
+            raise ValueError("max_pairs must be >= 4")
+        bad = [k for k in self.kinds if k not in MODEL_KINDS] + [a for a in self.adapters if a not in ADAPTERS]
+        if bad or not self.kinds:
+            raise ValueError(f"unknown kinds/adapters {bad}; kinds: {MODEL_KINDS}, adapters: {ADAPTERS}")
+        if not self.shots or self.shots[0] < 0:
+            raise ValueError("shots must be non-negative label counts")
+        if not 0 < self.user_test_fraction < 1 or not 0 < self.holdout_fraction < 1:
+            raise ValueError("user_test_fraction and holdout_fraction are fractions in (0, 1)")
+
+
+def stat(values) -> dict:
+    """{"mean", "sd"} of the finite values (sd with ddof=1; 0 for one value; None when empty)."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if not len(v):
+        return {"mean": None, "sd": None}
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+
+
+# ----------------------------------------------------------------------------- data: users and splits
+
+
+@dataclass
+class UserSplit:
+    held_users: list[str]
+    train_index: list[int]  # pairs that may reach training (no held-out user, no duplicate of one)
+    user_index: dict[str, list[int]]  # held-out user -> their pairs
+    dropped_duplicates: int
+
+
+def split_users(features: PairFeatures, user_field: str, holdout_fraction: float = 1 / 3,
+                seed: int = 0) -> UserSplit:
+    users = [getattr(p, user_field) for p in features.pairs]
+    names = sorted({u for u in users if u is not None})
+    if not names:
+        raise ValueError(f"no pair has a {user_field!r}: nothing to personalize to "
+                         f"(try --user-field {'group' if user_field == 'user' else 'user'})")
+    if all(u is not None for u in users):
+        # Every pair belongs to someone: hold out a seeded third of them, train on the rest.
+        if len(names) < 2:
+            raise ValueError(f"every pair has the same {user_field}: no one is left to train on")
+        order = list(np.random.default_rng(seed).permutation(len(names)))
+        n_held = min(len(names) - 1, max(1, round(len(names) * holdout_fraction)))
+        held = sorted(names[i] for i in order[:n_held])
+    else:
+        held = names
+    held_set = set(held)
+    user_index: dict[str, list[int]] = {u: [] for u in held}
+    for i, u in enumerate(users):
+        if u in held_set:
+            user_index[u].append(i)
+    held_keys = {pair_key(features.pairs[i]) for idx in user_index.values() for i in idx}
+    train_index, dropped = [], 0
+    for i, u in enumerate(users):
+        if u in held_set:
+            continue
+        if pair_key(features.pairs[i]) in held_keys:
+            dropped += 1
+        else:
+            train_index.append(i)
+    return UserSplit(held, train_index, user_index, dropped)
+
+
+def user_pool_and_test(n: int, test_fraction: float, seed: int, user_number: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng([seed, user_number, 7]).permutation(n)
+    n_test = min(n - 1, max(1, round(n * test_fraction)))
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def label_draws(pool_size: int, k: int, draws: int, seed: int, user_number: int) -> list[np.ndarray]:
+    """The seeded k-label draws from a pool (shared by every kind, adapter and the oracle)."""
+    if k == 0:
+        return [np.zeros(0, dtype=np.int64)]
+    return [np.random.default_rng([seed, user_number, k, d]).choice(pool_size, k, replace=False)
+            for d in range(draws)]
+
+
+# ----------------------------------------------------------------------------- personalization
+
+
+@dataclass
+class UserData:
+    name: str
+    number: int
+    pool: np.ndarray  # indices into the user's own pairs
+    test: np.ndarray
+    ids: list[str]
+
+
+def _adapter(name: str, k: int, prior: np.ndarray, scale: np.ndarray | None, cfg: ExperimentConfig):
+    params = dict(cfg.adapter_params.get(name, {}))
+    if scale is not None:
+        params.setdefault("margin_scale", scale)
+    return make_adapter(name, k, prior, **params)
+
+
+def personalization_curves(margins: dict[str, tuple[np.ndarray, np.ndarray]], users: list[UserData],
+                           prior: np.ndarray, scale: np.ndarray | None, cfg: ExperimentConfig,
+                           seed: int) -> dict[str, dict[str, float]]:
+    """{adapter: {k: accuracy averaged over draws, then users}} for one model and seed."""
+    k_experts = len(prior)
+    out: dict[str, dict[str, float]] = {}
+    for name in cfg.adapters:
+        curve: dict[str, float] = {}
+        for k in cfg.shots:
+            per_user = []
+            for u in users:
+                if k > len(u.pool):
+                    continue
+                m, a = margins[u.name]
+                accs = []
+                for draw in label_draws(len(u.pool), k, cfg.draws, seed, u.number):
+                    idx = u.pool[draw]
+                    ad = _adapter(name, k_experts, prior, scale, cfg)
+                    if k:
+                        ad.fit(m[idx], [u.ids[i] for i in idx], a[idx])
+                    accs.append(personalized_accuracy(ad, m[u.test], a[u.test]))
+                per_user.append(float(np.mean(accs)))
+            if per_user:
+                curve[str(k)] = float(np.mean(per_user))
+        out[name] = curve
+    return out
+
+
+def oracle_curve(train: PairFeatures, user_feats: dict[str, PairFeatures], users: list[UserData],
+                 cfg: ExperimentConfig, seed: int) -> dict[str, float]:
+    """A user-only BT head (logistic regression on chosen - rejected) per k, and on the whole pool."""
+    from sklearn.linear_model import LogisticRegression
+
+    scale = (train.chosen - train.rejected).std(0)
+    scale = np.clip(scale, max(float(np.median(scale)) / 3, 1e-6), None)
+
+    def head_accuracy(f: PairFeatures, fit_idx: np.ndarray, test_idx: np.ndarray) -> float:
+        diff = (f.chosen - f.rejected) / scale
+        x = np.concatenate([diff[fit_idx], -diff[fit_idx]])  # both orientations: two classes, no intercept
+        y = np.r_[np.ones(len(fit_idx)), np.zeros(len(fit_idx))]
+        head = LogisticRegression(C=1.0, fit_intercept=False, max_iter=500).fit(x, y)
+        return float((diff[test_idx] @ head.coef_[0] > 0).mean())
+
+    out: dict[str, float] = {}
+    for k in [k for k in cfg.shots if k > 0]:
+        per_user = []
+        for u in users:
+            if k > len(u.pool):
+                continue
+            f = user_feats[u.name]
+            per_user.append(np.mean([head_accuracy(f, u.pool[d], u.test)
+                                     for d in label_draws(len(u.pool), k, cfg.draws, seed, u.number)]))
+        if per_user:
+            out[str(k)] = float(np.mean(per_user))
+    out["pool"] = float(np.mean([head_accuracy(user_feats[u.name], u.pool, u.test) for u in users]))
+    return out
+
+
+def active_and_random(margins: dict[str, tuple[np.ndarray, np.ndarray]], users: list[UserData], adapter: str,
+                      prior: np.ndarray, scale: np.ndarray | None, cfg: ExperimentConfig,
+                      seed: int) -> dict[str, dict[str, float]]:
+    """Accuracy after k sequentially chosen labels, active selection vs random order."""
+    curves: dict[str, dict[str, list[float]]] = {"active": {}, "random": {}}
+    for u in users:
+        m, a = margins[u.name]
+        mp, ap = m[u.pool], a[u.pool]
+        horizon = min(max(cfg.shots), len(u.pool))
+        runs = [("active", None)] + [("random", np.random.default_rng([seed, u.number, 99, d]))
+                                     for d in range(cfg.draws)]
+        per_strategy: dict[str, dict[int, list[float]]] = {"active": {}, "random": {}}
+        for strategy, rng in runs:
+            ad = _adapter(adapter, len(prior), prior, scale, cfg)
+            labeled = np.zeros(len(u.pool), dtype=bool)
+            for step in range(horizon + 1):
+                if step in cfg.shots:
+                    per_strategy[strategy].setdefault(step, []).append(
+                        personalized_accuracy(ad, m[u.test], a[u.test]))
+                if step == horizon:
+                    break
+                i = select_next(ad, mp, labeled, strategy=strategy, rng=rng)
+                labeled[i] = True
+                ad.update(mp[i], u.ids[u.pool[i]], ap[i])
+        for strategy, by_k in per_strategy.items():
+            for k, accs in by_k.items():
+                curves[strategy].setdefault(str(k), []).append(float(np.mean(accs)))
+    return {s: {k: float(np.mean(v)) for k, v in c.items()} for s, c in curves.items()}
+
+
+def shift_report(margins: dict[str, tuple[np.ndarray, np.ndarray]], users: list[UserData], adapter: str,
+                 prior: np.ndarray, scale: np.ndarray | None, cfg: ExperimentConfig, limit: int = 32) -> dict:
+    report = {}
+    for u in users:
+        m, a = margins[u.name]
+        idx = u.pool[:limit]
+        ad = _adapter(adapter, len(prior), prior, scale, cfg)
+        ad.fit(m[idx], [u.ids[i] for i in idx], a[idx])
+        shift = weight_shift(ad, top=2)
+        after = np.asarray(shift["after"])
+        top = np.argsort(-after, kind="stable")[:3]
+        report[u.name] = {
+            "adapter": adapter, "n_labels": int(len(idx)),
+            "before": [round(x, 6) for x in shift["before"]], "after": [round(x, 6) for x in shift["after"]],
+            "delta": [round(x, 6) for x in shift["delta"]],
+            "top_experts": [[int(k), round(float(after[k]), 6)] for k in top],
+            "top_movers": {str(k): [[pid, round(d, 6)] for pid, d in v] for k, v in shift["top_movers"].items()},
+        }
+    return report
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _train(kind: str, seed: int, parts: dict[str, PairFeatures], cfg: ExperimentConfig,
+           metadata: dict) -> tuple[SparseMoERewardModel, float]:
+    overrides = {k: getattr(cfg, k) for k in ("epochs", "min_steps") if getattr(cfg, k) is not None}
+    mcfg = ModelConfig(kind=kind, input_dim=parts["train"].dim, num_experts=cfg.experts, top_k=cfg.top_k,
+                       backbone=dict(metadata))
+    result = train_model(parts["train"], parts["validation"], mcfg, TrainConfig.for_kind(kind, seed=seed, **overrides))
+    return result.model, result.seconds
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None,
+                   progress: Callable[[str], None] | None = None) -> dict:
+    """Run the whole protocol (module docstring); write results.json, results.md and figures to `out`."""
+    t_start = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    say("embedding")
+    t0 = time.perf_counter()
+    features = load_features_or_pairs(cfg.data, skip_bad=cfg.skip_bad,
+                                      backbone=BackboneSpec(cfg.backbone, max_length=cfg.max_length),
+                                      cache_dir=cfg.cache_dir)
+    if cfg.max_pairs is not None and len(features) > cfg.max_pairs:
+        keep = np.sort(np.random.default_rng(cfg.user_seed).choice(len(features), cfg.max_pairs, replace=False))
+        features = features.subset(keep)
+    embed_s = time.perf_counter() - t0
+    us = split_users(features, cfg.user_field, cfg.holdout_fraction, cfg.user_seed)
+    train_pool = features.subset(us.train_index)
+    user_feats = {u: features.subset(idx) for u, idx in us.user_index.items() if len(idx) >= 2}
+    if not user_feats:
+        raise ValueError("no held-out user has at least 2 pairs")
+
+    per_seed: list[dict] = []
+    train_s: dict[str, list[float]] = {k: [] for k in cfg.kinds}
+    t_personal = 0.0
+    lead = "sparse" if "sparse" in cfg.kinds else cfg.kinds[0]  # the model of the selection and shift studies
+    best: str | None = None
+    bar = tqdm(total=cfg.seeds * len(cfg.kinds), desc="experiment", unit="model")
+    for seed in range(cfg.seeds):
+        splits = split_pairs(train_pool.pairs, cfg.validation, cfg.test, seed=seed)
+        parts = {n: train_pool.subset(getattr(splits, n)) for n in ("train", "validation", "test")}
+        held_out = parts["test"] if len(parts["test"]) else parts["validation"]
+        users = []
+        for number, (name, f) in enumerate(user_feats.items()):
+            pool, test = user_pool_and_test(len(f), cfg.user_test_fraction, seed, number)
+            users.append(UserData(name, number, pool, test, f.ids))
+        row: dict = {"models": {}, "oracle": oracle_curve(parts["train"], user_feats, users, cfg, seed)}
+        for kind in cfg.kinds:
+            bar.set_postfix_str(f"seed {seed} {kind}")
+            say(f"seed {seed + 1}/{cfg.seeds}: training {kind}")
+            model, seconds = _train(kind, seed, parts, cfg, features.metadata)
+            train_s[kind].append(seconds)
+            ev = evaluate(model, held_out)
+            t1 = time.perf_counter()
+            train_margins, _ = expert_margins_for(model, parts["train"])
+            scale = margin_scale_for(train_margins) if cfg.margin_scale else None
+            prior = profile_prior(model, parts["train"])
+            margins = {u: expert_margins_for(model, f) for u, f in user_feats.items()}
+            say(f"seed {seed + 1}/{cfg.seeds}: personalizing {kind}")
+            curves = personalization_curves(margins, users, prior, scale, cfg, seed)
+            model_row = {"eval": ev, "personalization": curves}
+            if kind == lead:
+                # The adapter for the selection study is picked once, on the first seed, and kept.
+                best = best or max(cfg.adapters, key=lambda a: np.mean([v for k, v in curves[a].items() if k != "0"] or [0]))
+                model_row["active_vs_random"] = {"adapter": best,
+                                                 **active_and_random(margins, users, best, prior, scale, cfg, seed)}
+                if seed == 0:
+                    model_row["weight_shift"] = shift_report(margins, users, best, prior, scale, cfg)
+                    if cfg.describe:
+                        say("describing experts")
+                        model_row["expert_labels"] = {str(d.expert): d.label for d in describe_experts(model, parts["train"])}
+            t_personal += time.perf_counter() - t1
+            row["models"][kind] = model_row
+            bar.update(1)
+        per_seed.append(row)
+    bar.close()
+
+    results = summarize(per_seed, cfg, us, features, user_feats)
+    results["timings"] = {"embed_s": round(embed_s, 3), "train_s": {k: round(float(np.mean(v)), 3) for k, v in train_s.items()},
+                          "personalize_s": round(t_personal, 3), "total_s": round(time.perf_counter() - t_start, 3)}
+    if out is not None:
+        write_outputs(results, out, figures=cfg.figures)
+    return results
+
+
+def summarize(per_seed: list[dict], cfg: ExperimentConfig, us: UserSplit, features: PairFeatures,
+              user_feats: dict[str, PairFeatures]) -> dict:
+    models: dict = {}
+    for kind in cfg.kinds:
+        rows = [r["models"][kind] for r in per_seed]
+        groups = sorted({g for r in rows for g in r["eval"]["per_group"]})
+        util = np.mean([r["eval"]["expert_utilization"] for r in rows], axis=0)
+        models[kind] = {
+            "accuracy": stat(r["eval"]["accuracy"] for r in rows),
+            "per_group": {g: stat(r["eval"]["per_group"].get(g, {}).get("accuracy") for r in rows) for g in groups},
+            "routing_nmi": stat(r["eval"]["routing_nmi"] for r in rows),
+            "expert_utilization": [round(float(x), 6) for x in util],
+            "personalization": {
+                a: {str(k): stat(r["personalization"][a].get(str(k)) for r in rows) for k in cfg.shots
+                    if any(str(k) in r["personalization"][a] for r in rows)}
+                for a in cfg.adapters
+            },
+        }
+    oracle_keys = [str(k) for k in cfg.shots if k > 0] + ["pool"]
+    oracle = {k: stat(r["oracle"].get(k) for r in per_seed) for k in oracle_keys
+              if any(k in r["oracle"] for r in per_seed)}
+    lead = "sparse" if "sparse" in cfg.kinds else cfg.kinds[0]
+    avr_rows = [r["models"][lead]["active_vs_random"] for r in per_seed]
+    active_vs_random = {"adapter": avr_rows[0]["adapter"], "model": lead}
+    for strategy in ("active", "random"):
+        keys = sorted({k for r in avr_rows for k in r[strategy]}, key=int)
+        active_vs_random[strategy] = {k: stat(r[strategy].get(k) for r in avr_rows) for k in keys}
+    config = asdict(cfg)
+    config.update(users=sorted(user_feats), n_pairs={
+        "total": len(features), "train_pool": len(us.train_index), "held_out_users": sum(len(f) for f in user_feats.values()),
+        "dropped_duplicates_of_user_pairs": us.dropped_duplicates})
+    return {"config": config, "models": models, "oracle": oracle, "active_vs_random": active_vs_random,
+            "weight_shift": per_seed[0]["models"][lead].get("weight_shift", {}),
+            "expert_labels": per_seed[0]["models"][lead].get("expert_labels", {})}
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _fmt(s: dict | None, digits: int = 3) -> str:
+    if not s or s.get("mean") is None:
+        return "–"
+    return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def results_markdown(results: dict) -> str:
+    cfg, models = results["config"], results["models"]
+    kinds = list(models)
+    parts = [f"# Experiment: {cfg['data']} (users from `{cfg['user_field']}`, {cfg['seeds']} seeds, "
+             f"{cfg['experts']} experts, top-{cfg['top_k']})",
+             f"Held-out users ({len(cfg['users'])}): {', '.join(cfg['users'])}. Pairs: {cfg['n_pairs']}. "
+             "Values are mean ± sd over seeds."]
+    parts.append("## Models (held-out test split of the training pairs)")
+    parts.append(_table(["kind", "accuracy", "routing NMI", "expert utilization (top-1 share)"],
+                        [[k, _fmt(m["accuracy"]), _fmt(m["routing_nmi"]), " ".join(f"{u:.2f}" for u in m["expert_utilization"])]
+                         for k, m in models.items()]))
+    groups = sorted({g for m in models.values() for g in m["per_group"]})
+    if groups:
+        parts.append("## Accuracy per group")
+        parts.append(_table(["group"] + kinds, [[g] + [_fmt(models[k]["per_group"].get(g)) for k in kinds] for g in groups]))
+    shots = [str(k) for k in cfg["shots"]]
+    parts.append("## Few-shot personalization on held-out users (accuracy on each user's test pairs)")
+    rows = []
+    for k in kinds:
+        for a, curve in models[k]["personalization"].items():
+            rows.append([k, a] + [_fmt(curve.get(s)) for s in shots])
+    rows.append(["oracle", "user-only BT head"] + [_fmt(results["oracle"].get(s)) for s in shots])
+    parts.append(_table(["model", "adapter"] + [f"k={s}" for s in shots], rows))
+    parts.append(f"Oracle on each user's whole pool: {_fmt(results['oracle'].get('pool'))}")
+    avr = results["active_vs_random"]
+    parts.append(f"## Active vs random label selection ({avr.get('model')} model, {avr['adapter']} adapter)")
+    keys = [s for s in shots if s in avr["active"]]
+    parts.append(_table(["strategy"] + [f"k={s}" for s in keys],
+                        [[s] + [_fmt(avr[s].get(k)) for k in keys] for s in ("active", "random")]))
+    if results["weight_shift"]:
+        parts.append("## Weight shift per user (first seed)")
+        rows = []
+        for user, ws in results["weight_shift"].items():
+            before = np.asarray(ws["before"])
+            top = ", ".join(f"e{k} {before[k]:.2f}→{w:.2f}" for k, w in ws["top_experts"])
+            label = results.get("expert_labels", {}).get(str(ws["top_experts"][0][0]), "")
+            rows.append([user, str(ws["n_labels"]), top, label])
+        parts.append(_table(["user", "labels", "top experts (before→after)", "top expert's auto-label"], rows))
+    if results.get("expert_labels"):
+        parts.append("## Expert auto-labels (first seed)")
+        parts.append(_table(["expert", "label"], [[f"e{k}", v] for k, v in results["expert_labels"].items()]))
+    t = results.get("timings", {})
+    if t:
+        parts.append("## Timings")
+        parts.append(f"embedding {t['embed_s']:.1f}s; training per model " +
+                     ", ".join(f"{k} {v:.1f}s" for k, v in t["train_s"].items()) +
+                     f"; personalization {t['personalize_s']:.1f}s; total {t['total_s']:.1f}s")
+    return "\n\n".join(parts) + "\n"
+
+
+def make_figures(results: dict) -> dict:
+    """Plotly figures: personalization curves per kind, routing NMI bars, active vs random."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    models = results["models"]
+    kinds = list(models)
+    curves = make_subplots(rows=1, cols=len(kinds), subplot_titles=kinds, shared_yaxes=True)
+    shot_order = [str(k) for k in results["config"]["shots"]]
+    palette = {"hedge": "#1f77b4", "batch": "#ff7f0e", "gradient": "#2ca02c", "oracle": "#7f7f7f"}
+    for col, kind in enumerate(kinds, start=1):
+        series = dict(models[kind]["personalization"])
+        series["oracle"] = {k: v for k, v in results["oracle"].items() if k != "pool"}
+        for name, curve in series.items():
+            ks = sorted((k for k, v in curve.items() if v["mean"] is not None), key=int)
+            curves.add_trace(go.Scatter(
+                x=ks, y=[curve[k]["mean"] for k in ks], name=name, legendgroup=name,
+                showlegend=col == 1, mode="lines+markers", line=dict(color=palette.get(name), dash="dash" if name == "oracle" else None),
+                error_y=dict(type="data", array=[curve[k]["sd"] for k in ks], visible=True)), row=1, col=col)
+        # Categorical axis: k doubles from 1, and k = 0 (the prior) has no place on a log axis.
+        curves.update_xaxes(type="category", categoryorder="array", categoryarray=shot_order, title_text="labels k",
+                            row=1, col=col)
+    curves.update_layout(title="Few-shot personalization accuracy on held-out users", yaxis_title="accuracy",
+                         height=420, width=320 * len(kinds) + 120)
+    nmi = go.Figure(go.Bar(x=kinds, y=[models[k]["routing_nmi"]["mean"] or 0 for k in kinds],
+                           error_y=dict(type="data", array=[models[k]["routing_nmi"]["sd"] or 0 for k in kinds])))
+    nmi.update_layout(title="Routing NMI (top-1 expert vs group) on the test split", yaxis_title="NMI")
+    avr = results["active_vs_random"]
+    active = go.Figure()
+    for strategy in ("active", "random"):
+        ks = sorted(avr[strategy], key=int)
+        active.add_trace(go.Scatter(x=ks, y=[avr[strategy][k]["mean"] for k in ks], name=strategy,
+                                    mode="lines+markers",
+                                    error_y=dict(type="data", array=[avr[strategy][k]["sd"] for k in ks])))
+    active.update_layout(title=f"Active vs random label selection ({avr['adapter']} adapter)",
+                         xaxis_title="labels k", yaxis_title="accuracy")
+    active.update_xaxes(type="category", categoryorder="array", categoryarray=shot_order)
+    return {"personalization_curves": curves, "routing_nmi": nmi, "active_vs_random": active}
+
+
+def write_outputs(results: dict, out: str | Path, figures: bool = True) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(results_markdown(results))
+    if figures:
+        try:
+            import kaleido  # noqa: F401  (PNG export only when it is installed)
+
+            png = True
+        except ImportError:
+            png = False
+        for name, fig in make_figures(results).items():
+            # "directory": one plotly.min.js beside the pages, so they open offline.
+            fig.write_html(out / f"{name}.html", include_plotlyjs="directory")
+            if png:
+                fig.write_image(out / f"{name}.png")
+    return out

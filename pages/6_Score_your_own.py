@@ -1,0 +1,85 @@
+"""Score your own: a prompt and two responses -> every expert's reward, the routing, the mix, your profile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+import ui_common as ui
+from moe_reward.pipeline import score_texts
+
+ui.page_header("Score your own", "Type a prompt and two responses: see what each expert thinks, how the router "
+               "mixes them, and the reward under a personal profile.")
+ctx = ui.context()
+if ctx is None:
+    st.stop()
+names = ctx.expert_names()
+store = ui.label_store(str(ctx.ws.labels_db))
+
+example = ctx.features.pairs[0]
+with st.form("score_form"):
+    prompt = st.text_area("Prompt", value=example.prompt, key="score_prompt")
+    c1, c2 = st.columns(2)
+    resp_a = c1.text_area("Response A", value=example.chosen, height=160, key="score_a")
+    resp_b = c2.text_area("Response B", value=example.rejected, height=160, key="score_b")
+    profiles = store.profiles(model=ctx.model_name)
+    session_adapter = (st.session_state.get("pz") or {}).get("adapter")
+    options = ["(none)"] + (["this session's profile"] if session_adapter is not None else []) \
+        + [f"{p.annotator} / {p.name}" for p in profiles if p.profile.get("weights")]
+    profile_pick = st.selectbox("Profile", options, key="score_profile",
+                                help="Replaces the router by a profile's expert weights (see Personalize)")
+    go_score = st.form_submit_button("Score", type="primary")
+
+if go_score:
+    if not prompt.strip() or not resp_a.strip() or not resp_b.strip():
+        st.error("Give a prompt and two responses.")
+        st.stop()
+    weights = None
+    if profile_pick == "this session's profile":
+        weights = np.asarray(session_adapter.weights, dtype=np.float32)
+    elif profile_pick != "(none)":
+        rec = profiles[[f"{p.annotator} / {p.name}" for p in profiles].index(profile_pick)]
+        weights = np.asarray(rec.profile["weights"], dtype=np.float32)
+        if weights.shape != (ctx.k,):
+            st.error(f"That profile has {weights.shape[0]} weights; the model has {ctx.k} experts.")
+            st.stop()
+    with st.spinner("Embedding (the backbone loads once)…"):
+        st.session_state["score_result"] = (score_texts(ctx.model, ctx.backbone(), prompt, [resp_a, resp_b],
+                                                        user_weights=weights), profile_pick)
+
+result = st.session_state.get("score_result")
+if result is None:
+    st.caption("Press **Score**.")
+    st.stop()
+scored, used_profile = result
+a, b = scored
+m = st.columns(4)
+m[0].metric("Reward A (routed mix)", f"{a.reward:+.3f}")
+m[1].metric("Reward B (routed mix)", f"{b.reward:+.3f}")
+m[2].metric("Preferred by the model", "A" if a.reward >= b.reward else "B", delta=f"margin {a.reward - b.reward:+.3f}")
+if a.personalized_reward is not None:
+    m[3].metric(f"Preferred under {ui.md(used_profile)}", "A" if a.personalized_reward >= b.personalized_reward else "B",
+                delta=f"margin {a.personalized_reward - b.personalized_reward:+.3f}")
+
+left, right = st.columns(2)
+with left:
+    fig = go.Figure([go.Bar(x=names, y=a.expert_rewards, name="A"), go.Bar(x=names, y=b.expert_rewards, name="B")])
+    fig.update_layout(title="Each expert's reward", barmode="group", height=340, margin=dict(t=40, b=10))
+    st.plotly_chart(fig, width="stretch", key="score_experts")
+with right:
+    fig = go.Figure([go.Bar(x=names, y=a.router_probs, name="router softmax", marker_color="#BAB0AC"),
+                     go.Bar(x=names, y=a.routing, name="routing used", marker_color="#4C78A8")])
+    fig.update_layout(title="Routing of this prompt", barmode="group", yaxis_range=[0, 1], height=340,
+                      margin=dict(t=40, b=10))
+    st.plotly_chart(fig, width="stretch", key="score_routing")
+
+table = pd.DataFrame({"expert": names, "reward A": np.round(a.expert_rewards, 4), "reward B": np.round(b.expert_rewards, 4),
+                      "A − B": np.round(np.subtract(a.expert_rewards, b.expert_rewards), 4),
+                      "routing": np.round(a.routing, 4)})
+st.dataframe(table, hide_index=True, width="stretch")
+rows = [{"": "routed mix", "A": round(a.reward, 4), "B": round(b.reward, 4)}]
+if a.personalized_reward is not None:
+    rows.append({"": f"profile: {used_profile}", "A": round(a.personalized_reward, 4), "B": round(b.personalized_reward, 4)})
+st.dataframe(pd.DataFrame(rows), hide_index=True)
