@@ -248,6 +248,14 @@ class PairFeatures:
     pairs: list[PreferencePair]
     metadata: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # One dtype everywhere downstream (training, scoring, projections), whatever the caller passed.
+        for name in ("prompt", "chosen", "rejected"):
+            setattr(self, name, np.ascontiguousarray(getattr(self, name), dtype=np.float32))
+        if not len(self.prompt) == len(self.chosen) == len(self.rejected) == len(self.pairs):
+            raise ValueError(f"features and pairs disagree in length: {len(self.prompt)}, {len(self.chosen)}, "
+                             f"{len(self.rejected)} vectors for {len(self.pairs)} pairs")
+
     def __len__(self) -> int:
         return len(self.pairs)
 
