@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from moe_reward import pipeline
 from moe_reward.analysis import PairScores, evaluate, groups_of, score_pairs
 from moe_reward.embed import BackboneSpec, PairFeatures
 from moe_reward.model import SparseMoERewardModel, load_metrics
@@ -60,9 +61,7 @@ def load_model(path: Path) -> SparseMoERewardModel:
 
 
 def backbone_spec(model: SparseMoERewardModel) -> BackboneSpec:
-    meta = model.config.backbone or {}
-    return BackboneSpec(meta.get("backbone", "all-MiniLM-L6-v2"), pooling=meta.get("pooling", "auto"),
-                        max_length=int(meta.get("max_length", 256)))
+    return pipeline.backbone_spec_for(model)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -70,7 +70,8 @@ def cmd_train(args) -> int:
     req = TrainRequest(data=args.data, kind=args.model, experts=args.experts, top_k=args.top_k,
                        hidden_dim=args.hidden, backbone=args.backbone, max_length=args.max_length,
                        validation=args.validation, test=args.test, split_seed=args.split_seed,
-                       skip_bad=args.skip_bad, train=TrainConfig.for_kind(args.model, **overrides))
+                       skip_bad=args.skip_bad, exclude_user_pairs=args.exclude_user_pairs,
+                       train=TrainConfig.for_kind(args.model, **overrides))
     bar, stage = _progress_bar(f"train {args.model}")
     model, metrics = train_from_data(req, args.out, stage=stage)
     bar.close()
@@ -83,13 +84,10 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .analysis import evaluate
-    from .embed import BackboneSpec, load_features_or_pairs
-    from .pipeline import load_model
+    from .pipeline import features_for_model, load_model
 
     model = load_model(args.model)
-    meta = model.config.backbone or {}
-    spec = BackboneSpec(meta.get("backbone", "all-MiniLM-L6-v2"), meta.get("pooling", "auto"), int(meta.get("max_length", 256)))
-    feats = load_features_or_pairs(args.data, skip_bad=args.skip_bad, backbone=spec)
+    feats = features_for_model(model, args.data, skip_bad=args.skip_bad)
     if args.split != "all":
         ids_file = Path(args.model) / "split_ids.json"
         if not ids_file.exists():
@@ -184,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test", type=float, default=0.1)
     t.add_argument("--split-seed", type=int, default=0)
     t.add_argument("--skip-bad", action="store_true")
+    t.add_argument("--exclude-user-pairs", action="store_true",
+                   help="train only on pairs without a user (keeps held-out annotators/personas out)")
     for name, typ in (("epochs", int), ("lr", float), ("seed", int), ("batch-size", int), ("sparsity-weight", float),
                       ("balance-weight", float), ("diversity-weight", float), ("specialization-weight", float)):
         t.add_argument(f"--{name}", type=typ, default=None)

@@ -74,13 +74,10 @@ def cmd_experiment(args) -> int:
 
 def cmd_describe(args) -> int:
     from .describe import describe_experts, save_descriptions
-    from .embed import BackboneSpec, load_features_or_pairs
-    from .pipeline import load_model
+    from .pipeline import features_for_model, load_model
 
     model = load_model(args.model)
-    meta = model.config.backbone or {}
-    spec = BackboneSpec(meta.get("backbone", "all-MiniLM-L6-v2"), meta.get("pooling", "auto"), int(meta.get("max_length", 256)))
-    feats = load_features_or_pairs(args.data, skip_bad=args.skip_bad, backbone=spec)
+    feats = features_for_model(model, args.data, skip_bad=args.skip_bad)
     descs = describe_experts(model, feats, top_n=args.top_n)
     for d in descs:
         print(f"expert {d.expert}: {d.share:.1%} of pairs — {d.label}")

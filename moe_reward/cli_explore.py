@@ -118,15 +118,13 @@ def _model_dir(ws, name: str) -> Path:
 
 def _load(args, model_arg: str | None = None):
     from .analysis import score_pairs
-    from .embed import BackboneSpec
-    from .pipeline import load_model
+    from .pipeline import backbone_spec_for, load_model
     from .workspace import Workspace
 
     ws = Workspace()
     model_dir = _model_dir(ws, model_arg or args.model)
     model = load_model(model_dir)
-    meta = model.config.backbone or {}
-    spec = BackboneSpec(meta.get("backbone", "all-MiniLM-L6-v2"), meta.get("pooling", "auto"), int(meta.get("max_length", 256)))
+    spec = backbone_spec_for(model)
     _, stage = _bar("features")
     feats = ws.features_for(args.data, spec, progress=stage)
     if feats.dim != model.config.input_dim:

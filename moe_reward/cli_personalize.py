@@ -42,7 +42,6 @@ def _parse_params(items: list[str]) -> dict:
 
 
 def cmd_personalize(args) -> int:
-    from .embed import BackboneSpec, load_features_or_pairs
     from .personalize import (
         expert_margins_for,
         make_adapter,
@@ -52,12 +51,10 @@ def cmd_personalize(args) -> int:
         select_next,
         weight_shift,
     )
-    from .pipeline import load_model
+    from .pipeline import features_for_model, load_model
 
     model = load_model(args.model)
-    meta = model.config.backbone or {}
-    spec = BackboneSpec(meta.get("backbone", "all-MiniLM-L6-v2"), meta.get("pooling", "auto"), int(meta.get("max_length", 256)))
-    feats = load_features_or_pairs(args.data, skip_bad=args.skip_bad, backbone=spec)
+    feats = features_for_model(model, args.data, skip_bad=args.skip_bad)
     owners = [getattr(p, args.user_field) for p in feats.pairs]
     counts: dict[str, int] = {}
     for u in owners:

@@ -40,6 +40,7 @@ class TrainRequest:
     test: float = 0.1
     split_seed: int = 0
     skip_bad: bool = False
+    exclude_user_pairs: bool = False  # keep annotator-labelled pairs out (e.g. held-out personas)
     train: TrainConfig | None = None
 
 
@@ -60,6 +61,10 @@ def train_from_data(req: TrainRequest, out: str | Path | None, stage: StageFn | 
             req.data, skip_bad=req.skip_bad, backbone=BackboneSpec(req.backbone, max_length=req.max_length),
             progress=lambda done, total: say(f"embedding {done}/{total} texts", 0.5 * done / max(total, 1)),
         )
+    if req.exclude_user_pairs:
+        features = features.subset([i for i, p in enumerate(features.pairs) if p.user is None])
+        if not len(features):
+            raise ValueError(f"{req.data}: every pair has a user; nothing left to train on without them")
     splits, parts = split_features(features, req.validation, req.test, req.split_seed)
     cfg = req.train or TrainConfig.for_kind(req.kind)
     mcfg = ModelConfig(kind=req.kind, input_dim=features.dim, num_experts=req.experts, top_k=req.top_k,
@@ -95,11 +100,20 @@ def load_model(directory: str | Path) -> SparseMoERewardModel:
     return SparseMoERewardModel.from_pretrained(directory)
 
 
-def backbone_for(model: SparseMoERewardModel) -> Backbone:
+def backbone_spec_for(model: SparseMoERewardModel) -> BackboneSpec:
+    """The backbone a saved model's features came from (recorded in its config at training time)."""
     meta = model.config.backbone or {}
-    spec = BackboneSpec(meta.get("backbone", "all-MiniLM-L6-v2"), pooling=meta.get("pooling", "auto"),
+    return BackboneSpec(meta.get("backbone", "all-MiniLM-L6-v2"), pooling=meta.get("pooling", "auto"),
                         max_length=int(meta.get("max_length", 256)))
-    return Backbone(spec)
+
+
+def backbone_for(model: SparseMoERewardModel) -> Backbone:
+    return Backbone(backbone_spec_for(model))
+
+
+def features_for_model(model: SparseMoERewardModel, data: str | Path, skip_bad: bool = False) -> PairFeatures:
+    """A data or features file as the model sees it: embedded (through the cache) with its own backbone."""
+    return load_features_or_pairs(data, skip_bad=skip_bad, backbone=backbone_spec_for(model))
 
 
 @dataclass

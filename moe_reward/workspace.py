@@ -179,10 +179,9 @@ class Workspace:
         feats = self.features_for(data, progress=lambda m, f: say(m, 0.6 * f))
         # Persona pairs are the held-out users of the Personalize page: never train on them. One expert
         # per criterion pole of the controlled data (12), two active per prompt.
-        general = [i for i, p in enumerate(feats.pairs) if p.user is None]
-        req = TrainRequest(data=str(data), experts=12, top_k=2)
-        train_from_data(req, out, stage=lambda m, f: say(m, 0.6 + 0.35 * f),
-                        features=feats.subset(general) if general else feats)
+        held_out = any(p.user is None for p in feats.pairs)  # only when something is left to train on
+        req = TrainRequest(data=str(data), experts=12, top_k=2, exclude_user_pairs=held_out)
+        train_from_data(req, out, stage=lambda m, f: say(m, 0.6 + 0.35 * f), features=feats)
         say("projecting (PCA)", 0.97)
         project(feats, ProjectionParams(method="pca"), self.projections_dir, key_parts=(str(out), str(data)))
         say("ready", 1.0)
