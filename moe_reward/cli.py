@@ -115,7 +115,11 @@ def cmd_score(args) -> int:
     model = load_model(args.model)
     weights = None
     if args.profile:
-        weights = np.asarray(json.loads(Path(args.profile).read_text())["weights"], dtype=np.float32)
+        profile = json.loads(Path(args.profile).read_text())
+        weights = np.asarray(profile["weights"], dtype=np.float32)
+        if weights.shape != (model.num_experts,):
+            raise ValueError(f"{args.profile}: a profile over {weights.size} experts, but {args.model} has "
+                             f"{model.num_experts}; fit the profile on this model (moe-reward personalize)")
     scored = score_texts(model, backbone_for(model), args.prompt, args.response, user_weights=weights)
     out = [s.__dict__ for s in scored]
     if args.json:
