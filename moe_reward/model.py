@@ -83,12 +83,13 @@ class PairOutput:
         return torch.sigmoid(self.margin)
 
 
-def top_k_gate(probs: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k largest router probabilities of each row and renormalize them to sum to 1."""
+def top_k_gate(probs: torch.Tensor, k: int, select: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the k largest router probabilities of each row (ranked by `select`, e.g. noisy logits, when
+    given) and renormalize them to sum to 1."""
     if k >= probs.shape[-1]:
         return probs
-    values, index = probs.topk(k, dim=-1)
-    gate = torch.zeros_like(probs).scatter(-1, index, values)
+    index = (probs if select is None else select).topk(k, dim=-1).indices
+    gate = torch.zeros_like(probs).scatter(-1, index, probs.gather(-1, index))
     return gate / gate.sum(-1, keepdim=True).clamp(min=1e-12)
 
 
@@ -148,10 +149,8 @@ class SparseMoERewardModel(nn.Module):
         probs = torch.softmax(logits, dim=-1)
         if self.config.kind != "sparse":
             return probs, probs
-        select = logits + torch.randn_like(logits) * self.config.router_noise if noisy else logits
-        index = select.topk(self.config.top_k, dim=-1).indices
-        gate = torch.zeros_like(probs).scatter(-1, index, probs.gather(-1, index))
-        return gate / gate.sum(-1, keepdim=True).clamp(min=1e-12), probs
+        select = logits + torch.randn_like(logits) * self.config.router_noise if noisy else None
+        return top_k_gate(probs, self.config.top_k, select), probs
 
     def routing(self, prompt: torch.Tensor, user_weights: torch.Tensor | None = None,
                 user_bias: torch.Tensor | None = None, noisy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

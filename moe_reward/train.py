@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -412,7 +412,3 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
     model.eval()
     return TrainResult(model, history, best_epoch=best[1] if best[2] is not None else len(history) - 1,
                        seconds=time.perf_counter() - start)
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

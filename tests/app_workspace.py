@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from reversal_data import reversal_pairs
 
 from moe_reward.data import PreferencePair
@@ -53,19 +52,14 @@ def tiny_features(seed: int = 0, n_pairs: int | None = None) -> PairFeatures:
 def build_tiny_workspace(root: str | Path, n_pairs: int | None = None, experts: int = 4) -> Workspace:
     """models/default-sparse (4 experts, top-2) and models/tiny-dense on uploads/tiny.safetensors,
     plus an experiments/tiny/results.json for the comparison page."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: thread hand-offs cost more than they save (30x on 2 busy cores)
-    try:
-        ws = Workspace(root)
-        feats = tiny_features(n_pairs=n_pairs)
-        data = ws.uploads_dir / "tiny.safetensors"
-        feats.save(data)
-        for name, kind in ((DEFAULT_MODEL, "sparse"), ("tiny-dense", "dense")):
-            req = TrainRequest(data=str(data), kind=kind, experts=experts, top_k=2,
-                               train=TrainConfig.for_kind(kind, epochs=15, min_steps=60, patience=15))
-            train_from_data(req, ws.model_path(name), features=feats)
-    finally:
-        torch.set_num_threads(threads)  # leave the process as it was
+    ws = Workspace(root)
+    feats = tiny_features(n_pairs=n_pairs)
+    data = ws.uploads_dir / "tiny.safetensors"
+    feats.save(data)
+    for name, kind in ((DEFAULT_MODEL, "sparse"), ("tiny-dense", "dense")):
+        req = TrainRequest(data=str(data), kind=kind, experts=experts, top_k=2,
+                           train=TrainConfig.for_kind(kind, epochs=15, min_steps=60, patience=15))
+        train_from_data(req, ws.model_path(name), features=feats)
     stat = lambda m: {"mean": m, "sd": 0.02}  # noqa: E731
     results = {
         "config": {"users": list(PERSONAS.values())},

@@ -8,7 +8,6 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pytest
-import torch
 
 from moe_reward.data import PreferencePair
 from moe_reward.describe import (
@@ -27,13 +26,6 @@ from moe_reward.train import TrainConfig, train_model
 DIM = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one intra-op thread; on a busy 2-core machine thread hand-offs dominate tiny ops."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 STEPS = "Here is how:\n1. Open the box.\n2. Lift the lid.\n3. Close it again."
 PLAIN = "Just open the box and lift the lid, then close it again."
 

@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from moe_reward.cli import main
 from moe_reward.data import PreferencePair, save_jsonl
@@ -19,13 +18,6 @@ from moe_reward.experiment import ExperimentConfig, run_experiment, split_users,
 DIM = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one intra-op thread; on a busy 2-core machine thread hand-offs dominate tiny ops."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def synthetic_features(seed: int = 0, n_general: int = 120, n_user: int = 24) -> PairFeatures:
