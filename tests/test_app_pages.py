@@ -291,7 +291,7 @@ def test_fresh_clone_builds_the_default_model_on_first_start(tmp_path, monkeypat
 def test_no_html_rendering_and_no_pickle_in_the_app():
     """Dataset text is never rendered as HTML, and nothing the app stores or caches is pickled."""
     sources = [ROOT / "app.py", ROOT / "ui_common.py", *sorted((ROOT / "pages").glob("*.py")),
-               *(ROOT / "moe_reward" / n for n in ("store.py", "projection.py", "workspace.py", "cli_explore.py"))]
+               *(ROOT / "moe_reward" / n for n in ("store.py", "projection.py", "workspace.py", "cli/explore.py"))]
     for path in sources:
         text = path.read_text()
         assert "unsafe_allow_html" not in text, path

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-# Sub-command modules beside this one; each exposes `register(subparsers)`.
-EXTRA_COMMANDS = ("cli_personalize", "cli_experiment", "cli_explore")
+# Sub-command modules of this package; each exposes `register(subparsers)`.
+EXTRA_COMMANDS = ("personalize", "experiment", "explore")
 
 
 def _progress_bar(desc: str):
@@ -27,7 +27,7 @@ def _progress_bar(desc: str):
 
 
 def cmd_validate(args) -> int:
-    from .data import DataError, load_pairs
+    from ..data import DataError, load_pairs
 
     try:
         res = load_pairs(args.data, skip_bad=True)
@@ -43,8 +43,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from .data import load_pairs
-    from .embed import BackboneSpec, embed_pairs
+    from ..data import load_pairs
+    from ..embed import BackboneSpec, embed_pairs
 
     res = load_pairs(args.data, skip_bad=args.skip_bad)
     if res.errors:
@@ -61,8 +61,8 @@ def cmd_embed(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .pipeline import TrainRequest, train_from_data
-    from .train import TrainConfig
+    from ..pipeline import TrainRequest, train_from_data
+    from ..train import TrainConfig
 
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "batch_size", "sparsity_weight",
                                                  "balance_weight", "diversity_weight", "specialization_weight")
@@ -83,8 +83,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .analysis import evaluate
-    from .pipeline import features_for_model, load_model
+    from ..analysis import evaluate
+    from ..pipeline import features_for_model, load_model
 
     model = load_model(args.model)
     feats = features_for_model(model, args.data, skip_bad=args.skip_bad)
@@ -110,7 +110,7 @@ def cmd_eval(args) -> int:
 def cmd_score(args) -> int:
     import numpy as np
 
-    from .pipeline import backbone_for, load_model, score_texts
+    from ..pipeline import backbone_for, load_model, score_texts
 
     model = load_model(args.model)
     weights = None
@@ -135,7 +135,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_make_dataset(args) -> int:
-    from . import controlled
+    from .. import controlled
 
     return controlled.main(["--out", args.out, "--seed", str(args.seed), "--noise", str(args.noise)])
 
@@ -221,19 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_app)
 
     for name in EXTRA_COMMANDS:
-        try:
-            module = importlib.import_module(f"moe_reward.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"moe_reward.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .data import DataError
+    from ..data import DataError
 
     try:
         return int(args.func(args) or 0)

@@ -117,9 +117,9 @@ def _model_dir(ws, name: str) -> Path:
 
 
 def _load(args, model_arg: str | None = None):
-    from .analysis import score_pairs
-    from .pipeline import backbone_spec_for, load_model
-    from .workspace import Workspace
+    from ..analysis import score_pairs
+    from ..pipeline import backbone_spec_for, load_model
+    from ..workspace import Workspace
 
     ws = Workspace()
     model_dir = _model_dir(ws, model_arg or args.model)
@@ -134,7 +134,7 @@ def _load(args, model_arg: str | None = None):
 
 def filter_mask(feats, scores, groups=None, correct="all", min_conf=0.0, max_conf=1.0, expert=None) -> np.ndarray:
     """The Routing statistics / Expert map filters, as one boolean mask over the pairs."""
-    from .analysis import groups_of
+    from ..analysis import groups_of
 
     g = groups_of(feats)
     g = g if g is not None else np.array(["(none)"] * len(feats))
@@ -178,7 +178,7 @@ def _write_rows(rows: list[dict], out: str) -> None:
 
 
 def cmd_build_default(args) -> int:
-    from .workspace import Workspace
+    from ..workspace import Workspace
 
     ws = Workspace()
     bar, stage = _bar("build default")
@@ -189,9 +189,9 @@ def cmd_build_default(args) -> int:
 
 
 def cmd_workspace(args) -> int:
-    from .model import load_metrics
-    from .store import LabelStore
-    from .workspace import Workspace
+    from ..model import load_metrics
+    from ..store import LabelStore
+    from ..workspace import Workspace
 
     ws = Workspace()
     print(f"workspace: {ws.root}")
@@ -214,8 +214,8 @@ def cmd_workspace(args) -> int:
 
 
 def cmd_project(args) -> int:
-    from .projection import ProjectionParams, project
-    from .workspace import file_id
+    from ..projection import ProjectionParams, project
+    from ..workspace import file_id
 
     ws, model_dir, _model, feats, scores = _load(args)
     params = ProjectionParams(args.method, args.source, args.n_neighbors, args.min_dist, args.metric, args.seed)
@@ -234,7 +234,7 @@ def cmd_project(args) -> int:
 
 
 def cmd_routing_stats(args) -> int:
-    from .analysis import evaluate
+    from ..analysis import evaluate
 
     _, _, model, feats, scores = _load(args)
     mask = filter_mask(feats, scores, args.group, args.correct, args.min_confidence, args.max_confidence)
@@ -273,7 +273,7 @@ def cmd_select(args) -> int:
 
 
 def cmd_expert(args) -> int:
-    from .analysis import expert_agreement
+    from ..analysis import expert_agreement
 
     _, _, model, feats, scores = _load(args)
     k = args.expert
@@ -294,8 +294,8 @@ def cmd_expert(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .analysis import disagreements, evaluate, score_pairs
-    from .pipeline import load_model
+    from ..analysis import disagreements, evaluate, score_pairs
+    from ..pipeline import load_model
 
     ws, _, model_a, feats, a = _load(args)
     model_b = load_model(_model_dir(ws, args.other))
@@ -320,8 +320,8 @@ def cmd_compare(args) -> int:
 
 def cmd_label(args) -> int:
     """The Personalize page's label, from the command line: same profile, same store."""
-    from .personalize import Adapter, expert_margins_for, make_adapter, margin_scale_for, prior_from_routing
-    from .store import Label, LabelStore
+    from ..personalize import Adapter, expert_margins_for, make_adapter, margin_scale_for, prior_from_routing
+    from ..store import Label, LabelStore
 
     ws, model_dir, model, feats, scores = _load(args)
     ids = feats.ids
@@ -350,8 +350,8 @@ def cmd_label(args) -> int:
 
 
 def cmd_labels(args) -> int:
-    from .store import LabelStore
-    from .workspace import Workspace
+    from ..store import LabelStore
+    from ..workspace import Workspace
 
     ws = Workspace()
     if not ws.labels_db.exists():

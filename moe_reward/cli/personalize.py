@@ -42,7 +42,7 @@ def _parse_params(items: list[str]) -> dict:
 
 
 def cmd_personalize(args) -> int:
-    from .personalize import (
+    from ..personalize import (
         expert_margins_for,
         make_adapter,
         margin_scale_for,
@@ -51,7 +51,7 @@ def cmd_personalize(args) -> int:
         select_next,
         weight_shift,
     )
-    from .pipeline import features_for_model, load_model
+    from ..pipeline import features_for_model, load_model
 
     model = load_model(args.model)
     feats = features_for_model(model, args.data, skip_bad=args.skip_bad)
