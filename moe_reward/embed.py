@@ -137,12 +137,15 @@ class Backbone:
         return p_ids + self.separator + r_ids
 
     @torch.inference_mode()
-    def encode_ids(self, ids: Sequence[list[int]], progress: ProgressFn | None = None, desc: str = "embed",
-                   quiet: bool = False) -> np.ndarray:
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        order = np.argsort([-len(x) for x in ids], kind="stable")  # length-sorted: less padding
+    def iter_hidden(self, ids: Sequence[list[int]]):
+        """Run the backbone over token-id lists in length-sorted batches (less padding).
+
+        Yields ``(index, hidden, mask)`` per batch: the rows of `ids` in the batch, the last hidden states
+        [B, T, D] (on the backbone's device and dtype) and the attention mask [B, T] (right padding).
+        Pooled embeddings (`encode_ids`) and per-token router inputs (`router_inputs`) both read this.
+        """
+        order = np.argsort([-len(x) for x in ids], kind="stable")
         pad = self.tokenizer.pad_token_id
-        bar = tqdm(total=len(ids), desc=desc, unit="text", disable=quiet or progress is not None or len(ids) < 64)
         bs = self.spec.batch_size
         for start in range(0, len(ids), bs):
             idx = order[start : start + bs]
@@ -153,18 +156,31 @@ class Backbone:
             for row, seq in enumerate(batch):
                 input_ids[row, : len(seq)] = torch.tensor(seq)
                 mask[row, : len(seq)] = 1
-            hidden = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
-            mask_f = mask.to(self.device).unsqueeze(-1).to(hidden.dtype)
-            if self.pooling == "mean":
-                pooled = (hidden * mask_f).sum(1) / mask_f.sum(1).clamp(min=1)
-            else:  # right padding: the last real token sits at length-1
-                last = mask.sum(1).to(self.device) - 1
-                pooled = hidden[torch.arange(hidden.shape[0], device=self.device), last]
-            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-            out[idx] = pooled.cpu().numpy()
-            bar.update(len(batch))
+            mask = mask.to(self.device)
+            hidden = self.model(input_ids=input_ids.to(self.device), attention_mask=mask).last_hidden_state
+            yield idx, hidden, mask
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] hidden states -> [B, D] unit-norm float32 embeddings (mean or last-token pooling)."""
+        if self.pooling == "mean":
+            mask_f = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask_f).sum(1) / mask_f.sum(1).clamp(min=1)
+        else:  # right padding: the last real token sits at length-1
+            last = mask.sum(1) - 1
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    def encode_ids(self, ids: Sequence[list[int]], progress: ProgressFn | None = None, desc: str = "embed",
+                   quiet: bool = False) -> np.ndarray:
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        bar = tqdm(total=len(ids), desc=desc, unit="text", disable=quiet or progress is not None or len(ids) < 64)
+        done = 0
+        for idx, hidden, mask in self.iter_hidden(ids):
+            out[idx] = self.pool(hidden, mask).cpu().numpy()
+            done += len(idx)
+            bar.update(len(idx))
             if progress:
-                progress(min(start + bs, len(ids)), len(ids))
+                progress(done, len(ids))
         bar.close()
         return out
 
