@@ -337,7 +337,10 @@ def draw_sample(categories: np.ndarray, cap: int, seed: int = 0, keep: np.ndarra
     cats, inverse = np.unique(categories, return_inverse=True)
     floor = max(1, cap // (4 * len(cats)))
     counts = np.bincount(inverse, minlength=len(cats))
-    quota = np.maximum(np.minimum(counts, floor), np.floor(counts * cap / n).astype(int))
+    small = counts <= floor  # drawn whole
+    room = max(cap - int(counts[small].sum()), 0)
+    share = np.floor(counts * room / max(int(counts[~small].sum()), 1)).astype(int)
+    quota = np.where(small, counts, np.maximum(np.minimum(share, counts), floor))
     picked = [rng.choice(np.flatnonzero(inverse == c), size=int(min(q, counts[c])), replace=False)
               for c, q in enumerate(quota)]
     if keep is not None and len(keep):

@@ -101,11 +101,11 @@ with right:
 left, right = st.columns(2)
 with left:
     frame = pd.DataFrame({"expert margin (chosen − rejected)": s.expert_margins[:, k],
-                          "pairs": np.where(routed, "routed here", "not routed here")})
+                          "pairs": np.where(routed, f"E{k} · routed here", "not routed here")})
     fig = px.histogram(frame, x="expert margin (chosen − rejected)", color="pairs", nbins=40, barmode="overlay",
                        title="Margin distribution", height=340, opacity=0.7,
-                       color_discrete_map={"routed here": color, "not routed here": NEUTRAL},
-                       category_orders={"pairs": ["routed here", "not routed here"]})
+                       color_discrete_map={f"E{k} · routed here": color, "not routed here": NEUTRAL},
+                       category_orders={"pairs": [f"E{k} · routed here", "not routed here"]})
     fig.add_vline(x=0, line_dash="dash", line_color="grey")
     fig.update_layout(margin=dict(t=40, b=10), yaxis_title="pairs")
     st.plotly_chart(fig, width="stretch", key="detail_hist")
@@ -118,7 +118,7 @@ with right:
                      "pairs routed": int((gm & routed).sum())})
     acc = pd.DataFrame(rows)
     fig = go.Figure([go.Bar(x=acc["group"], y=acc["all pairs"], name="all pairs of the group", marker_color=NEUTRAL),
-                     go.Bar(x=acc["group"], y=acc["routed here"], name="pairs routed here", marker_color=color)])
+                     go.Bar(x=acc["group"], y=acc["routed here"], name=f"E{k} · pairs routed here", marker_color=color)])
     fig.update_layout(title="This expert's accuracy per group", barmode="group", yaxis_range=[0, 1], height=340,
                       margin=dict(t=40, b=10), xaxis_title="group", yaxis_title="accuracy (its own margin's sign)")
     st.plotly_chart(fig, width="stretch", key="detail_group")
