@@ -102,8 +102,7 @@ def overview() -> None:
     ui.stat_metric(cols[0], "accuracy", values["accuracy"], scope)
     ui.stat_metric(cols[1], "routing_nmi", values["routing_nmi"], scope)
     ui.stat_metric(cols[2], "routing_entropy_normalized", values["routing_entropy_normalized"], scope)
-    cols[3].metric(f"Experts in use ({scope.label}, {scope.n} pairs)", f"{values['experts_in_use']} / {ctx.k}",
-                   help=ui.summary.STATS["experts_in_use"].definition)
+    ui.stat_metric(cols[3], "experts_in_use", values["experts_in_use"], scope, text=f"{values['experts_in_use']} / {ctx.k}")
 
     rows = []
     for sc in rel.scopes:

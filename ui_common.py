@@ -427,11 +427,19 @@ def fmt(x, digits: int = 3) -> str:
 
 
 def stat_metric(container, key: str, value, scope: summary.Scope | None = None, **kwargs) -> None:
-    """st.metric of a summary.STATS statistic: one label and one definition on every page; the subset
-    and its pair count in the label when given."""
+    """st.metric of a summary.STATS statistic: one label and one definition on every page; the subset and
+    its pair count written under the value (a grey note, no arrow) when given."""
     stat = summary.STATS.get(key) or summary.DIAGNOSTICS[key]
-    label = stat.label if scope is None else f"{stat.label} ({scope.label}, {scope.n} pairs)"
-    container.metric(label, stat.format(value), help=stat.definition, **kwargs)
+    shown = kwargs.pop("text", None) or stat.format(value)
+    if scope is None:
+        container.metric(stat.label, shown, help=stat.definition, **kwargs)
+    else:
+        container.metric(stat.label, shown, delta=scope_note(scope), delta_color="off", delta_arrow="off",
+                         help=f"{stat.definition} On the {scope.label}, {scope.n} pairs.", **kwargs)
+
+
+def scope_note(scope: summary.Scope) -> str:
+    return f"{scope.label} · {scope.n} pairs"
 
 
 def table(frame: pd.DataFrame, max_rows: int = 60, **kwargs) -> None:

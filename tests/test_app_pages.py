@@ -51,7 +51,7 @@ def test_overview_with_navigation(home):
     assert at.sidebar.selectbox(key="model_name").value == "default-sparse"
     assert at.sidebar.selectbox(key="data_label").value == "uploads/tiny.safetensors"
     labels = [m.label for m in at.metric]
-    assert labels[0].startswith("Accuracy (held-out test split, ") and any(lab.startswith("Routing NMI (") for lab in labels)
+    assert labels[0] == "Accuracy" and at.metric[0].delta.startswith("held-out test split") and "Routing NMI" in labels
     assert any(t.value.startswith("E0") or t.value == "**E0**" for t in at.markdown)
     at.sidebar.selectbox(key="model_name").select("tiny-dense").run()
     assert not at.exception and "tiny" in at.markdown[0].value and "dense" in at.markdown[0].value
@@ -288,7 +288,7 @@ def test_fresh_clone_builds_the_default_model_on_first_start(tmp_path, monkeypat
     at = run("app.py")
     assert (tmp_path / "fresh" / "models" / "default-sparse" / "model.safetensors").is_file()
     assert at.sidebar.selectbox(key="model_name").value == "default-sparse"
-    assert any(m.label.startswith("Accuracy (held-out test split") for m in at.metric)
+    assert any(m.label == "Accuracy" and m.delta.startswith("held-out test split") for m in at.metric)
 
 
 def test_no_html_rendering_and_no_pickle_in_the_app():

@@ -108,21 +108,21 @@ def test_overview_headline_is_held_out_and_matches_routing_statistics(home):
     assert at.sidebar.selectbox(key="model_name").value == "default-sparse"
     split = json.loads((home / "models" / "default-sparse" / "split_ids.json").read_text())
     n_test = len(split["test"])
-    acc = metric(at, "Accuracy (")
-    assert acc.label == f"Accuracy (held-out test split, {n_test} pairs)"
+    acc = metric(at, "Accuracy")
+    assert at.metric[0] == acc and acc.delta == f"held-out test split · {n_test} pairs"
     # the value is the accuracy on exactly the saved test ids
     model = SparseMoERewardModel.from_pretrained(home / "models" / "default-sparse")
     feats = tiny_features()
     test = feats.subset([i for i, p in enumerate(feats.pairs) if p.id in set(split["test"])])
     assert acc.value == f"{evaluate(model, test)['accuracy']:.3f}"
-    assert all(f"({'held-out test split'}, {n_test} pairs)" in m.label for m in at.metric)
+    assert all(m.delta == f"held-out test split · {n_test} pairs" for m in at.metric)  # every metric says its subset
     subsets = at.dataframe[0].value  # the same statistics on every subset, the training split included
     assert subsets["subset"].tolist()[0] == "held-out test split" and "training split (seen in training)" in subsets["subset"].tolist()
     assert any(f"only {n_test} pairs" in w.value for w in at.warning)  # a 10-pair test split is flagged
     # Routing statistics shows the same statistic with the same value on the same subset
     rs = app("pages/1_Routing_statistics.py")
-    for name in ("Routing NMI (", "Routing entropy (", "Accuracy ("):
-        assert metric(rs, name).label == metric(at, name).label
+    for name in ("Routing NMI", "Routing entropy", "Accuracy"):
+        assert metric(rs, name).delta == metric(at, name).delta
         assert metric(rs, name).value == metric(at, name).value
 
 
@@ -155,11 +155,11 @@ def test_selecting_a_model_selects_its_data_and_foreign_data_is_flagged(home):
     at.sidebar.selectbox(key="model_name").select("other-sparse").run()
     assert not at.exception
     assert at.sidebar.selectbox(key="data_label").value == "uploads/other.safetensors"
-    assert metric(at, "Accuracy (").label.startswith("Accuracy (held-out test split")
+    assert metric(at, "Accuracy").delta.startswith("held-out test split")
     assert not any("not the data the model was trained on" in w.value for w in at.warning)
     at.sidebar.selectbox(key="data_label").select("uploads/tiny.safetensors").run()  # evaluate elsewhere: said plainly
     assert any("not the data the model was trained on" in w.value for w in at.warning)
-    assert metric(at, "Accuracy (").label.startswith("Accuracy (all pairs (data the model never saw)")
+    assert metric(at, "Accuracy").delta.startswith("all pairs (data the model never saw)")
     at.sidebar.selectbox(key="model_name").select("default-sparse").run()
     assert at.sidebar.selectbox(key="data_label").value == "uploads/tiny.safetensors"
 
