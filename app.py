@@ -79,8 +79,9 @@ def expert_cards(ctx, used: np.ndarray) -> None:
                 if d.feature_correlations:
                     best = sorted(d.feature_correlations.items(), key=lambda kv: -abs(kv[1]))[:3]
                     st.text("features: " + ", ".join(f"{f} {r:+.2f}" for f, r in best))
-            st.page_link("pages/3_Expert_detail.py", label=f"E{k} in detail", icon=":material/arrow_forward:",
-                         query_params={"model": ctx.model_name, "data": ctx.data.label, "expert": str(k)})
+            if st.button(f"E{k} in detail", key=f"ov_open_{k}", icon=":material/arrow_forward:", type="tertiary",
+                         on_click=ui.open_expert, args=(k,)):
+                st.switch_page("pages/3_Expert_detail.py")
 
 
 def overview() -> None:

@@ -262,34 +262,53 @@ def training_data_label(ws: Workspace, model_dir: Path, data: list[DataFile]) ->
 _default_data_label = training_data_label  # (older name)
 
 
+# The sidebar's choice lives in these plain keys; the widgets are views of them. (A widget drawn by the
+# entry script before st.navigation can come back as a new widget on the first rerun after a page load,
+# at its default; re-seeding it from the plain key every run keeps the user's choice.)
+MODEL_CHOICE, DATA_CHOICE = "_chosen_model", "_chosen_data"
+
+
 def _on_model_change() -> None:
     """Selecting a model selects the data it was trained on (the dataset selector can still change it)."""
     ws = workspace()
     name = st.session_state.get("model_name")
+    st.session_state[MODEL_CHOICE] = name
     data = ws.list_data()
     if name in ws.list_models() and data:
-        st.session_state["data_label"] = training_data_label(ws, ws.model_path(name), data)
+        label = training_data_label(ws, ws.model_path(name), data)
+        st.session_state["data_label"] = st.session_state[DATA_CHOICE] = label
+
+
+def _on_data_change() -> None:
+    st.session_state[DATA_CHOICE] = st.session_state.get("data_label")
 
 
 def _restore_from_url(models: list[str], labels: list[str]) -> None:
-    """A link's view becomes the selection: on a session's first run, and whenever the address carries
-    parameters this session did not write itself (a link followed inside the app). Model, data and expert
-    are applied here; the rest wait in URL_STATE for the page they belong to (see `init_state`)."""
-    current = {k: st.query_params.get_all(k) for k in st.query_params}
-    if URL_STATE in st.session_state and (not current or current == st.session_state.get("_url_written")):
+    """A link's view becomes the selection, on the session's first run (opening a link starts a session).
+    Model, data and expert are applied here; the rest wait in URL_STATE for the page they belong to (see
+    `init_state`). Later runs never read the address back: the browser's copy of it can lag behind what
+    the session wrote, and must not undo a choice the user just made."""
+    if URL_STATE in st.session_state:
         return
+    current = {k: st.query_params.get_all(k) for k in st.query_params}
     st.session_state[URL_STATE] = {k: (v[0] if len(v) == 1 else v) for k, v in current.items() if v}
-    st.session_state["_url_written"] = current
     model = st.query_params.get("model")
-    if model in models and model != st.session_state.get("model_name"):
-        st.session_state["model_name"] = model
-        st.session_state.pop("data_label", None)  # the model's own data, unless the link names one
+    if model in models:
+        st.session_state[MODEL_CHOICE] = model
+        st.session_state.pop(DATA_CHOICE, None)  # the model's own data, unless the link names one
     data = st.query_params.get("data")
     if data in labels:
-        st.session_state["data_label"] = data
+        st.session_state[DATA_CHOICE] = data
     expert = st.query_params.get("expert")
     if expert is not None and str(expert).isdigit():
         st.session_state[SHARED_EXPERT] = int(expert)
+
+
+def open_expert(k: int) -> None:
+    """A button callback: show expert k on Expert detail (and the map's highlight)."""
+    st.session_state[SHARED_EXPERT] = int(k)
+    st.session_state["detail_expert"] = int(k)
+    (st.session_state.get(URL_STATE) or {}).pop("expert", None)  # an older link's expert no longer applies
 
 
 def url_value(name: str, default=None):
@@ -322,7 +341,6 @@ def share_view(**params) -> None:
     current = {k: st.query_params.get_all(k) for k in st.query_params}
     if current != wanted:
         st.query_params.from_dict({k: v if len(v) > 1 else v[0] for k, v in wanted.items()})
-    st.session_state["_url_written"] = wanted
 
 
 def view_link(**params) -> str:
@@ -344,15 +362,18 @@ def sidebar(ws: Workspace) -> tuple[str, DataFile] | None:
         _restore_from_url(models, labels)
         pending = st.session_state.pop("_pending_model", None)  # e.g. just trained (set before the widget exists)
         if pending in models:
-            st.session_state["model_name"] = pending
-            st.session_state.pop("data_label", None)  # and its data
-        if st.session_state.get("model_name") not in models:
-            st.session_state["model_name"] = models[0]
+            st.session_state[MODEL_CHOICE] = pending
+            st.session_state.pop(DATA_CHOICE, None)  # and its data
+        if st.session_state.get(MODEL_CHOICE) not in models:
+            st.session_state[MODEL_CHOICE] = models[0]
+            st.session_state.pop(DATA_CHOICE, None)
+        st.session_state["model_name"] = st.session_state[MODEL_CHOICE]
         name = st.selectbox("Model", models, key="model_name", help=f"Saved models under {ws.models_dir}",
                             on_change=_on_model_change)
-        if st.session_state.get("data_label") not in labels:
-            st.session_state["data_label"] = training_data_label(ws, ws.model_path(name), data)
-        label = st.selectbox("Dataset", labels, key="data_label",
+        if st.session_state.get(DATA_CHOICE) not in labels:
+            st.session_state[DATA_CHOICE] = training_data_label(ws, ws.model_path(name), data)
+        st.session_state["data_label"] = st.session_state[DATA_CHOICE]
+        label = st.selectbox("Dataset", labels, key="data_label", on_change=_on_data_change,
                              help="Selecting a model selects the data it was trained on; pick another file to see "
                                   "how it transfers.")
         picked = data[labels.index(label)]
@@ -559,3 +580,4 @@ def report_button(ctx: Context) -> None:
                                           " (PNG figures need kaleido and a Chromium)"))
         st.download_button("Download the report (HTML)", Path(path).read_bytes(), Path(path).name, "text/html",
                             key="report_download", icon=":material/download:")
+

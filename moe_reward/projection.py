@@ -43,7 +43,7 @@ ProgressFn = Callable[[str, float], None]
 
 # Measured here (2 cores, 5,000 points), used until this workspace has timings of its own.
 UMAP_WARM_SECONDS_5K = {"low": 4.0, "high": 11.3}  # 12-d router/margins; 384-d text embeddings
-UMAP_COLD_EXTRA_SECONDS = 27.0  # import + numba compilation, once per process
+UMAP_COLD_EXTRA_SECONDS = 30.0  # import + numba compilation, once per process (bench_map.py: 34 s - 4 s)
 _umap_warm = threading.Event()  # set once a UMAP fit finished in this process
 
 
@@ -203,6 +203,20 @@ def umap_is_warm() -> bool:
     return _umap_warm.is_set()
 
 
+def warm_up_umap(progress: ProgressFn | None = None) -> float:
+    """Compile UMAP's numba code once in this process by fitting 4,200 random points (over 4,096, so the
+    nearest-neighbour descent used on real maps compiles too); the dashboard runs it as a background job
+    when the Expert map opens, so that a UMAP requested later takes seconds. Returns the seconds spent."""
+    t0 = time.perf_counter()
+    if not umap_is_warm():
+        x = np.random.default_rng(0).normal(size=(4200, 8)).astype(np.float32)
+        umap_2d(x, ProjectionParams("umap", "router", metric="euclidean"), progress,
+                estimate=UMAP_COLD_EXTRA_SECONDS + 3)
+    if progress:
+        progress("UMAP compiled", 1.0)
+    return time.perf_counter() - t0
+
+
 # ----------------------------------------------------------------------------- time estimates
 
 
@@ -221,10 +235,11 @@ def _history(cache_dir: str | Path | None) -> list[dict]:
 
 
 def estimate_seconds(params: ProjectionParams, n: int, dim: int, cache_dir: str | Path | None = None,
-                     warm: bool | None = None) -> float:
+                     warm: bool | None = None, compiling_for: float = 0.0) -> float:
     """Seconds a projection of n points will take here: this workspace's previous UMAP timings (warm
     ones, scaled as n^1.1) when there are any, else the timings measured on 2 cores, plus the one-off
-    compilation when this process has not fitted a UMAP yet."""
+    compilation when this process has not fitted a UMAP yet (less `compiling_for` seconds when a
+    warm-up is already under way)."""
     if params.method != "umap":
         return 0.05 + 2e-7 * n * dim
     warm = umap_is_warm() if warm is None else warm
@@ -238,7 +253,8 @@ def estimate_seconds(params: ProjectionParams, n: int, dim: int, cache_dir: str 
     if warm:
         return base
     cold = [m["seconds"] - m.get("warm_estimate", 0) for m in _history(cache_dir) if not m.get("warm")]
-    return base + (float(np.median(cold)) if cold else UMAP_COLD_EXTRA_SECONDS)
+    extra = float(np.median(cold)) if cold else UMAP_COLD_EXTRA_SECONDS
+    return base + max(extra - compiling_for, 0.0)
 
 
 # ----------------------------------------------------------------------------- cache

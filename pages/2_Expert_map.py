@@ -28,6 +28,8 @@ from moe_reward.projection import (
     points_in_box,
     points_in_polygon,
     project,
+    umap_is_warm,
+    warm_up_umap,
 )
 
 SOURCES = {"router": "routing (router logits)", "margins": "expert margins", "prompt": "prompt text",
@@ -35,6 +37,7 @@ SOURCES = {"router": "routing (router logits)", "margins": "expert margins", "pr
 LAYOUTS = {"anchors": "experts as anchors", "pca": "PCA", "umap": "UMAP"}
 COLOURS = ["top expert", "group", "reward margin", "correct"]
 DEFAULT_CAP = 20_000
+MAX_CAP = 1_000_000
 TABLE_PAGE = 500
 
 ui.page_header("Expert map", "Each point is a pair. By default it is placed by how the router routes its prompt, "
@@ -77,10 +80,13 @@ highlight = c4.selectbox("Expert", [None, *range(k_experts)], key="map_expert",
 if highlight is not None:
     st.session_state[ui.SHARED_EXPERT] = int(highlight)
 
+ui.init_state("map_cap", "cap", int)
+st.session_state["map_cap"] = min(max(int(st.session_state.get("map_cap", DEFAULT_CAP)), 1000), MAX_CAP)
 with st.expander("Drawing and UMAP settings"):
     d1, d2, d3, d4, d5 = st.columns(5)
-    cap = int(d1.number_input("Points drawn at most", 1000, 200_000, DEFAULT_CAP, 1000, key="map_cap",
-                              help="A stratified sample of this size is drawn; selections cover all pairs."))
+    cap = int(d1.number_input("Points drawn at most", 1000, MAX_CAP, step=1000, key="map_cap",
+                              help="A stratified sample of this size is drawn over a density layer of all pairs; "
+                                   "selections always cover all pairs."))
     n_neighbors = int(d2.number_input("UMAP n_neighbors", 2, 200, 15, key="umap_nn"))
     min_dist = float(d3.number_input("UMAP min_dist", 0.0, 1.0, 0.1, 0.05, key="umap_md"))
     metric = d4.selectbox("UMAP metric", METRICS, index=METRICS.index("euclidean" if source in ("router", "margins")
@@ -89,6 +95,9 @@ with st.expander("Drawing and UMAP settings"):
 
 wanted = ProjectionParams(layout, source, n_neighbors, min_dist, metric, seed)
 params, note = wanted, None
+warmup = jobs.get("umap-warmup")
+if not umap_is_warm() and warmup is None:  # compile UMAP in the background while the user looks around
+    warmup = jobs.submit("umap-warmup", warm_up_umap, "compiling UMAP (once per server)")
 if layout == "umap" and not is_cached(ctx.features, wanted, proj_dir, parts):
     params = ProjectionParams("anchors" if source == "router" else "pca", source)
     job_key = ui.projection_job_key(ctx, wanted)
@@ -99,7 +108,8 @@ if layout == "umap" and not is_cached(ctx.features, wanted, proj_dir, parts):
         job = None
     if job is None:
         dim = {"router": k_experts, "margins": k_experts}.get(source, ctx.features.dim)
-        eta = estimate_seconds(wanted, n, dim, proj_dir)
+        compiling = warmup.elapsed if warmup is not None and warmup.active else 0.0
+        eta = estimate_seconds(wanted, n, dim, proj_dir, compiling_for=compiling)
         st.info(f"UMAP of the {SOURCES[source]} for these settings is not computed yet: about {eta:.0f} s here "
                 f"({n} pairs), in the background. Showing {LAYOUTS[params.method]} meanwhile.")
         if st.button("Compute UMAP", type="primary", key="umap_go"):
@@ -240,6 +250,7 @@ elif lasso and lasso[0] == view_id:
     selected = points_in_polygon(xy, lasso[1], lasso[2])
 
 ui.share_view(view=source, layout=layout, color=color_by if color_by != COLOURS[0] else None,
+              cap=cap if cap != DEFAULT_CAP else None,
               expert=highlight, box=",".join(f"{v:.4g}" for v in box) if box and len(selected) else None,
               pair=selected_pair if sel_row is not None else None)
 
