@@ -9,6 +9,7 @@ import torch
 
 from .embed import PairFeatures
 from .model import SparseMoERewardModel
+from .router_inputs import RouterData, router_data
 
 
 @dataclass
@@ -46,16 +47,16 @@ class PairScores:
 
 @torch.no_grad()
 def score_pairs(model: SparseMoERewardModel, features: PairFeatures, user_weights: np.ndarray | None = None,
-                user_bias: np.ndarray | None = None, batch: int = 8192) -> PairScores:
+                user_bias: np.ndarray | None = None, batch: int = 8192, router: RouterData | None = None) -> PairScores:
     model.eval()
+    router = router if router is not None else router_data(model, features)
     parts: list[list[np.ndarray]] = [[] for _ in range(7)]
     uw = None if user_weights is None else torch.as_tensor(user_weights, dtype=torch.float32)
     ub = None if user_bias is None else torch.as_tensor(user_bias, dtype=torch.float32)
     for s in range(0, len(features), batch):
         sl = slice(s, s + batch)
-        p, c, r = (torch.from_numpy(np.ascontiguousarray(a[sl], np.float32))
-                   for a in (features.prompt, features.chosen, features.rejected))
-        out = model.pair(p, c, r, user_weights=uw, user_bias=ub)
+        c, r = (torch.from_numpy(np.ascontiguousarray(a[sl], np.float32)) for a in (features.chosen, features.rejected))
+        out = model.pair(router.batch(sl), c, r, user_weights=uw, user_bias=ub)
         rc, rr = model.expert_rewards(c), model.expert_rewards(r)
         prob = out.prob_chosen(mixture=model.config.kind == "micro" and uw is None)
         for i, a in enumerate((out.margin, prob, out.routing, out.router_probs, out.expert_margins, rc, rr)):

@@ -423,11 +423,40 @@ class Splits:
     test: list[int]
 
 
-def split_pairs(pairs: list[PreferencePair], validation: float = 0.1, test: float = 0.1, seed: int = 0) -> Splits:
-    """Deterministic split that keeps every pair of one prompt on the same side."""
+SPLIT_FIELDS = ("prompt", "group", "user", "id")  # plus "meta.<key>"
+
+
+def split_value(p: PreferencePair, by: str | None) -> str:
+    """The value that decides a pair's side of a split: its normalized prompt (default), a record field
+    (`group`, `user`, `id`) or ``meta.<key>`` (e.g. ``meta.question_id``). A pair without that field
+    falls back to its prompt, so it still never shares a prompt across sides."""
+    if by in (None, "", "prompt"):
+        return "prompt:" + prompt_key(p.prompt)
+    value = p.meta.get(by[5:]) if by.startswith("meta.") else getattr(p, by)
+    if value is None or value == "":
+        return "prompt:" + prompt_key(p.prompt)
+    return f"{by}:{value}"
+
+
+def check_split_field(by: str | None, pairs: list[PreferencePair] | None = None) -> None:
+    """Reject an unknown split field, or one that no pair has (a typo would silently split by prompt)."""
+    if by in (None, "", "prompt"):
+        return
+    if not (by in SPLIT_FIELDS or (by.startswith("meta.") and len(by) > 5)):
+        raise ValueError(f"split field must be one of {SPLIT_FIELDS} or meta.<key>, got {by!r}")
+    if pairs is not None and pairs and all(split_value(p, by).startswith("prompt:") for p in pairs):
+        raise ValueError(f"no pair has a value for split field {by!r}")
+
+
+def split_pairs(pairs: list[PreferencePair], validation: float = 0.1, test: float = 0.1, seed: int = 0,
+                by: str | None = None) -> Splits:
+    """Deterministic split that keeps every pair of one prompt -- or of one value of `by`, e.g.
+    ``meta.question_id`` for held-out questions -- on the same side."""
     if not 0 <= validation < 1 or not 0 <= test < 1 or validation + test >= 1:
         raise ValueError(f"bad split fractions: validation={validation}, test={test}")
-    keys = sorted({prompt_key(p.prompt) for p in pairs})
+    check_split_field(by, pairs)
+    values = [split_value(p, by) for p in pairs]
+    keys = sorted(set(values))
     random.Random(seed).shuffle(keys)
     n = len(keys)
     n_test, n_val = round(n * test), round(n * validation)
@@ -438,6 +467,6 @@ def split_pairs(pairs: list[PreferencePair], validation: float = 0.1, test: floa
     side = {k: "test" for k in keys[:n_test]}
     side.update({k: "validation" for k in keys[n_test : n_test + n_val]})
     out: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
-    for i, p in enumerate(pairs):
-        out[side.get(prompt_key(p.prompt), "train")].append(i)
+    for i, v in enumerate(values):
+        out[side.get(v, "train")].append(i)
     return Splits(**out)

@@ -31,12 +31,28 @@ from torch import nn
 
 MODEL_KINDS = ("sparse", "dense", "single", "drm", "micro")
 ROUTED_KINDS = ("sparse", "dense", "micro")  # kinds whose routing depends on the prompt
+ROUTER_CHANNELS = ("pooled", "lexical", "attention")  # what the router may read (see router_inputs.py)
+
+
+def parse_channels(spec: str) -> tuple[str, ...]:
+    """``"pooled+lexical"`` -> ("pooled", "lexical"): validated, in canonical order."""
+    parts = {p.strip() for p in str(spec).split("+") if p.strip()}
+    bad = sorted(parts - set(ROUTER_CHANNELS))
+    if bad or not parts:
+        raise ValueError(f"router input must be 'auto' or channels joined by '+' from {ROUTER_CHANNELS}, got {spec!r}")
+    return tuple(c for c in ROUTER_CHANNELS if c in parts)
 
 
 @dataclass
 class ModelConfig:
     kind: str = "sparse"
-    input_dim: int = 384
+    input_dim: int = 384  # expert inputs: the backbone's prompt+response embedding
+    # What the router reads (router_inputs.py): channels joined by "+", or "auto" (training chooses by
+    # validation likelihood and saves the choice). Only routed kinds read it.
+    router_input: str = "pooled"
+    lexical_vocabulary: list[str] = field(default_factory=list)  # the lexical channel's terms (fitted)
+    attention_queries: int = 2  # learned queries of the attention channel
+    max_prompt_tokens: int = 64  # token states the attention channel reads per prompt
     num_experts: int = 8
     top_k: int = 2
     hidden_dim: int = 0  # 0: linear expert heads; >0: one hidden layer per expert
@@ -58,6 +74,41 @@ class ModelConfig:
             raise ValueError(f"top_k must be in [1, num_experts={self.num_experts}], got {self.top_k}")
         if self.input_dim < 1 or self.hidden_dim < 0 or self.router_noise < 0:
             raise ValueError("input_dim must be >= 1, hidden_dim and router_noise >= 0")
+        if self.kind not in ROUTED_KINDS:
+            self.router_input = "pooled"  # no router: nothing to choose
+        if self.router_input != "auto":
+            self.router_input = "+".join(parse_channels(self.router_input))
+        if self.attention_queries < 1 or self.max_prompt_tokens < 1:
+            raise ValueError("attention_queries and max_prompt_tokens must be >= 1")
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        if self.router_input == "auto":
+            raise ValueError("router_input 'auto' is resolved by training (train.choose_router_input)")
+        return parse_channels(self.router_input)
+
+    @property
+    def vector_dim(self) -> int:
+        """Width of the router's vector channels (pooled prompt embedding and/or lexical TF-IDF)."""
+        ch = self.channels
+        return (self.input_dim if "pooled" in ch else 0) + (len(self.lexical_vocabulary) if "lexical" in ch else 0)
+
+
+@dataclass
+class RouterBatch:
+    """Router inputs of B prompts when the router reads more than one vector: the vector channels
+    [B, R] (or None) and, for the attention channel, token states [B, T, D] with their mask [B, T]."""
+
+    vector: torch.Tensor | None
+    tokens: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.vector) if self.vector is not None else len(self.tokens)
+
+
+def batch_size(prompt: torch.Tensor | RouterBatch) -> int:
+    return len(prompt) if isinstance(prompt, RouterBatch) else prompt.shape[0]
 
 
 @dataclass
@@ -109,12 +160,21 @@ class SparseMoERewardModel(nn.Module):
         self.shared_head = nn.Parameter(torch.zeros(self.head.shape[-1])) if config.shared_head and k > 1 else None
         # Standardization of the inputs, fitted on the training features (see train.py): backbone
         # embeddings of prompts are all alike (high cosine), so centering makes the context visible.
-        self.register_buffer("prompt_mean", torch.zeros(d))
-        self.register_buffer("prompt_scale", torch.ones(d))
         self.register_buffer("response_scale", torch.ones(d))
+        r = config.vector_dim
+        self.register_buffer("prompt_mean", torch.zeros(r))
+        self.register_buffer("prompt_scale", torch.ones(r))
+        self.queries = None
         # Rewards are only defined up to a shift per prompt, so heads carry no bias.
         if config.kind in ROUTED_KINDS:
-            self.router = nn.Linear(d, k)
+            channels = config.channels
+            if "lexical" in channels:  # idf weights of the vocabulary (used by router_inputs, saved here)
+                self.register_buffer("lexical_idf", torch.ones(len(config.lexical_vocabulary)))
+            if "attention" in channels:
+                self.queries = nn.Parameter(torch.randn(config.attention_queries, d) * 0.1)
+                self.register_buffer("token_scale", torch.ones(d))
+                r += config.attention_queries * d
+            self.router = nn.Linear(r, k)
             nn.init.normal_(self.router.weight, std=0.01)  # start near uniform routing
             nn.init.zeros_(self.router.bias)
         else:  # single and drm: one prompt-independent weight vector
@@ -137,11 +197,37 @@ class SparseMoERewardModel(nn.Module):
     def expert_heads(self) -> torch.Tensor:
         return self.head if self.shared_head is None else self.head + self.shared_head
 
-    def router_logits(self, prompt: torch.Tensor, user_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def attend(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention pooling of prompt token states [B, T, D] by the learned queries:
+        (pooled [B, Q, D], weights [B, Q, T]); a prompt without tokens pools to zeros."""
+        x = tokens.to(self.token_scale.dtype) / self.token_scale
+        scores = torch.einsum("btd,qd->bqt", x, self.queries) / x.shape[-1] ** 0.5
+        scores = scores.masked_fill(~mask.bool()[:, None, :], float("-inf"))
+        weights = torch.nan_to_num(torch.softmax(scores, -1), nan=0.0)
+        return torch.einsum("bqt,btd->bqd", weights, x), weights
+
+    def router_features(self, prompt: torch.Tensor | RouterBatch) -> torch.Tensor:
+        """The router's input after standardization: vector channels, then attention-pooled tokens."""
+        vector, tokens, mask = (prompt.vector, prompt.tokens, prompt.mask) if isinstance(prompt, RouterBatch) \
+            else (prompt, None, None)
+        parts = []
+        if self.prompt_mean.numel():
+            if vector is None or vector.shape[-1] != self.prompt_mean.numel():
+                got = None if vector is None else vector.shape[-1]
+                raise ValueError(f"this router reads {self.config.router_input} ({self.prompt_mean.numel()} values per "
+                                 f"prompt), got {got}; build its inputs with router_inputs.router_data")
+            parts.append((vector - self.prompt_mean) / self.prompt_scale)
+        if self.queries is not None:
+            if tokens is None:
+                raise ValueError("this router attends over prompt tokens: build its inputs with router_inputs.router_data")
+            parts.append(self.attend(tokens, mask)[0].flatten(1))
+        return torch.cat(parts, -1)
+
+    def router_logits(self, prompt: torch.Tensor | RouterBatch, user_bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.config.kind in ROUTED_KINDS:
-            logits = self.router((prompt - self.prompt_mean) / self.prompt_scale)
+            logits = self.router(self.router_features(prompt))
         else:
-            logits = self.global_logits.expand(prompt.shape[0], -1)
+            logits = self.global_logits.expand(batch_size(prompt), -1)
         return logits if user_bias is None else logits + user_bias
 
     def gate(self, logits: torch.Tensor, noisy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,7 +244,7 @@ class SparseMoERewardModel(nn.Module):
         router: a personalized profile; `user_bias` is added to the router's logits instead."""
         logits = self.router_logits(prompt, user_bias)
         if user_weights is not None:
-            w = user_weights.to(prompt.dtype).expand(prompt.shape[0], -1)
+            w = user_weights.to(logits.dtype).expand(logits.shape[0], -1)
             return w, torch.softmax(logits, -1), logits
         routing, probs = self.gate(logits, noisy)
         return routing, probs, logits
@@ -206,7 +292,8 @@ class SparseMoERewardModel(nn.Module):
         c = self.config
         route = {"sparse": f"top-{c.top_k} of {c.num_experts}", "dense": f"softmax over {c.num_experts}",
                  "micro": f"mixture of {c.num_experts}", "drm": f"{c.num_experts} PCA heads", "single": "one head"}
-        return f"{c.kind} ({route[c.kind]}, {'MLP' if c.hidden_dim else 'linear'} heads, input {c.input_dim}-d)"
+        router = f", router reads {c.router_input}" if c.kind in ROUTED_KINDS else ""
+        return f"{c.kind} ({route[c.kind]}, {'MLP' if c.hidden_dim else 'linear'} heads, input {c.input_dim}-d{router})"
 
 
 def load_metrics(directory: str | Path) -> dict:

@@ -414,10 +414,12 @@ def profile_prior(model, features=None, floor: float = 0.05, batch: int = 8192) 
     features, typically), or its global weights for prompt-independent kinds, or uniform."""
     k = model.num_experts
     if features is not None and len(features):
+        from .router_inputs import router_data
+
+        router = router_data(model, features)
         parts = []
         for s in range(0, len(features), batch):
-            prompt = torch.from_numpy(np.ascontiguousarray(features.prompt[s : s + batch], np.float32))
-            parts.append(model.routing(prompt)[0].numpy())
+            parts.append(model.routing(router.batch(slice(s, s + batch)))[0].numpy())
         return prior_from_routing(np.concatenate(parts), floor)
     if hasattr(model, "global_logits"):
         return prior_from_routing(torch.softmax(model.global_logits, -1).numpy()[None], floor)
@@ -427,12 +429,15 @@ def profile_prior(model, features=None, floor: float = 0.05, batch: int = 8192) 
 @torch.no_grad()
 def expert_margins_for(model, features, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """([N, K] expert margins chosen - rejected, [N, K] router logits of each pair's prompt)."""
+    from .router_inputs import router_data
+
     model.eval()
+    router = router_data(model, features)
     margins, logits = [], []
     for s in range(0, len(features), batch):
-        p, c, r = (torch.from_numpy(np.ascontiguousarray(x[s : s + batch], np.float32))
-                   for x in (features.prompt, features.chosen, features.rejected))
-        out = model.pair(p, c, r)
+        c, r = (torch.from_numpy(np.ascontiguousarray(x[s : s + batch], np.float32))
+                for x in (features.chosen, features.rejected))
+        out = model.pair(router.batch(slice(s, s + batch)), c, r)
         margins.append(out.expert_margins.numpy())
         logits.append(out.router_logits.numpy())
     k = model.num_experts

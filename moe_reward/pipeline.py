@@ -130,12 +130,18 @@ class ScoredResponse:
 def score_texts(model: SparseMoERewardModel, backbone: Backbone, prompt: str, responses: list[str],
                 user_weights: np.ndarray | None = None, cache_dir: str | Path | None = "default") -> list[ScoredResponse]:
     """Score free text with a saved model: embed (through the cache), route, and mix."""
+    from .data import PreferencePair
     from .embed import EmbeddingCache
+    from .router_inputs import router_data
 
     root = default_cache_dir() if cache_dir == "default" else cache_dir
     cache = EmbeddingCache(root, backbone.cache_key)
     emb = embed_texts(backbone, [(prompt, None)] + [(prompt, r) for r in responses], cache)
-    p = torch.from_numpy(emb[:1]).expand(len(responses), -1)
+    n = len(responses)
+    # The router reads the prompt the way it was trained to (its channels); one row per response.
+    rows = PairFeatures(np.repeat(emb[:1], n, 0), emb[1:], emb[1:], [PreferencePair(prompt, "-", "+")] * n,
+                        backbone.metadata())
+    p = router_data(model, rows, backbone=backbone, cache_dir=root).batch(slice(0, n))
     out = model(p, torch.from_numpy(emb[1:]))
     personal = None
     if user_weights is not None:

@@ -1,6 +1,19 @@
-"""Training: Bradley-Terry on the routed mix, plus the regularizers that make experts specialize.
+"""Training: discovery of what the prompt asks for, then Bradley-Terry on the routed mix with regularizers.
 
-Loss for a batch of pairs (all terms are means over the batch):
+Routed kinds (`sparse`, `dense`, `micro`) first settle what the router reads (`router_inputs.py`; "auto"
+chooses among candidate channels by validation likelihood). `sparse` then starts from a **discovery warm
+start** (`_build`):
+
+1. Fit a low-rank prompt-conditioned reward, margin = (P U) . (D V) + w0 . D, with a nuclear-norm
+   penalty (`fit_context_preferences`), on what the router reads (P) and the expert inputs (D); its
+   penalty, and the router input under "auto", are chosen on the validation pairs' likelihood.
+2. If the prompt predicts the preference on validation pairs beyond the shared part w0 (the per-pair gain
+   exceeds twice its standard error), cluster the preference codes P U into K groups (k-means), teach the
+   router to predict the group, and start each expert as its group's Bradley-Terry head shrunk toward w0
+   (shrinkage chosen on validation). Otherwise every expert starts as w0: a single-head model that has to
+   earn any specialization on the validation loss.
+
+Then all kinds train on (terms are means over the batch):
 
     bt            = softplus(-sum_k routing_k * margin_k)              Bradley-Terry on the routed mix
     sparsity      = H(router_probs) / log K                            local: each pair uses few experts
@@ -8,12 +21,14 @@ Loss for a batch of pairs (all terms are means over the batch):
     diversity     = mean_{k != l} corr(margin_k, margin_l)^2           experts differ
     specialization= -log sum_k router_probs_k * sigmoid(margin_k)      mixture likelihood (MiCRo / EM)
 
-Why the last term: with BT on the routed mix alone, experts that start alike receive the same gradient,
-and on data whose preference reverses with the context the average gradient cancels, so the model sits
-at a saddle where no expert specializes. The mixture likelihood gives each expert the gradient of the
-pairs it already explains best (its posterior responsibility), like EM for a mixture of experts, and
-teaches the router to send a prompt to the expert that explains it. It is annealed away over training
-so that the final model is the sparse top-k routed mix that is scored at test time.
+(only `sparse` uses the last four; the mixture term is annealed away over `specialization_epochs`).
+The kept checkpoint is the one with the lowest validation loss of the routed model, the warm start
+(epoch 0) included, so training that only overfits leaves the warm start in place.
+
+Why a warm start at all: experts that start alike receive the same gradient, and on data whose preference
+reverses with the context the average gradient cancels, so a plain MoE sits at a saddle where no expert
+specializes; and a pooled sentence embedding of the prompt is dominated by its topic, so a router that
+reads only that memorizes questions instead of finding the instruction that decides the preference.
 """
 
 from __future__ import annotations
@@ -21,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -29,6 +44,7 @@ import torch.nn.functional as F
 
 from .embed import PairFeatures
 from .model import ROUTED_KINDS, ModelConfig, PairOutput, SparseMoERewardModel, entropy, margins_to_loss
+from .router_inputs import AUTO_CANDIDATES, RouterData, fit_lexical, router_data
 
 
 @dataclass
@@ -43,6 +59,18 @@ class TrainConfig:
     diversity_weight: float = 0.05
     specialization_weight: float = 1.0
     specialization_epochs: float = 0.5  # fraction of epochs over which the mixture term anneals to 0
+    # Checkpoints are chosen on the validation loss of the routed model from this fraction of the mixture
+    # anneal on (0: from the warm start on, epoch 0 included); training stops after `patience` epochs
+    # without a better one, but not before `min_epochs_fraction` of the schedule.
+    select_after: float = 0.0
+    min_epochs_fraction: float = 0.3
+    # Discovery (routed kinds): penalties tried for the prompt-conditioned reward, its optimizer steps, the
+    # pairs it sees at most, and the validation pairs needed to choose anything by validation likelihood.
+    discovery_l2: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
+    discovery_steps: int = 400
+    discovery_max_pairs: int = 20_000
+    min_validation_pairs: int = 20
+    head_l2: tuple[float, ...] = (1e-3, 1e-2, 0.1, 1.0)  # shrinkage of warm-started experts toward the shared head
     cluster_init: bool = True  # warm-start experts and router from context-preference clusters
     patience: int = 10  # early stopping: epochs without a better validation loss
     seed: int = 0
@@ -58,8 +86,11 @@ class TrainConfig:
         for name in ("weight_decay", "sparsity_weight", "balance_weight", "diversity_weight", "specialization_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        if not 0 <= self.specialization_epochs <= 1:
-            raise ValueError("specialization_epochs is a fraction in [0, 1]")
+        if not 0 <= self.specialization_epochs <= 1 or not 0 <= self.select_after <= 1:
+            raise ValueError("specialization_epochs and select_after are fractions in [0, 1]")
+        self.discovery_l2 = tuple(float(x) for x in self.discovery_l2)
+        if not self.discovery_l2 or min(self.discovery_l2) <= 0:
+            raise ValueError("discovery_l2 needs at least one positive penalty")
 
     @classmethod
     def for_kind(cls, kind: str, **overrides) -> TrainConfig:
@@ -81,9 +112,11 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class TrainResult:
     model: SparseMoERewardModel
-    history: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)  # one row per epoch; row 0 is the warm start
+    best_epoch: int = 0  # the epoch whose weights were kept (0: the warm start itself)
     seconds: float = 0.0
+    epochs_planned: int = 0  # the schedule (small data sets get more epochs to reach min_steps)
+    discovery: dict = field(default_factory=dict)  # router input chosen, validation losses, warm start
 
     @property
     def final(self) -> dict:
@@ -197,106 +230,170 @@ def one_cycle_lr(step: int, total: int, peak: float, warmup: float = 0.1) -> flo
 # ----------------------------------------------------------------------------- initialization
 
 
-def fit_standardization(model: SparseMoERewardModel, f: PairFeatures) -> None:
+def fit_standardization(model: SparseMoERewardModel, f: PairFeatures, router: RouterData | None = None) -> None:
+    """Per-dimension mean/scale of the router's vector channels and scale of the expert inputs, fitted
+    on the training features (and the token scale of the attention channel)."""
     with torch.no_grad():
-        prompt = torch.from_numpy(f.prompt)
-        model.prompt_mean.copy_(prompt.mean(0))
         both = torch.from_numpy(np.concatenate([f.chosen, f.rejected]))
         if len(f) > 1:
-            model.prompt_scale.copy_(_floored_std(prompt))
             model.response_scale.copy_(_floored_std(both))
+        if router is None:
+            router = RouterData([f.prompt])
+        if model.prompt_mean.numel():
+            mean, std = router.moments()
+            model.prompt_mean.copy_(torch.from_numpy(mean))
+            if len(f) > 1:
+                model.prompt_scale.copy_(_floor(torch.from_numpy(std)))
+        if model.queries is not None and router.tokens is not None and len(router.tokens):
+            states = torch.from_numpy(router.tokens[router.mask].astype(np.float32))
+            if len(states) > 1:
+                model.token_scale.copy_(_floored_std(states))
 
 
 def _floored_std(x: torch.Tensor) -> torch.Tensor:
-    """Per-dimension std, floored at a third of the median so near-constant dimensions are not blown up."""
-    std = x.std(0)
+    return _floor(x.std(0))
+
+
+def _floor(std: torch.Tensor) -> torch.Tensor:
+    """Floor a per-dimension std at a third of its median so near-constant dimensions are not blown up."""
     return std.clamp(min=max(float(std.median()) / 3, 1e-6))
 
 
-def spherical_kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iters: int = 30) -> torch.Tensor:
-    """k-means on the unit sphere with k-means++ seeding; returns the cluster of each row."""
-    x = F.normalize(x, dim=-1)
-    centers = [x[torch.randint(len(x), (1,), generator=gen)].squeeze(0)]
-    for _ in range(1, k):
-        dist = (1 - x @ torch.stack(centers).T).min(-1).values.clamp(min=0)
-        probs = dist / dist.sum() if dist.sum() > 0 else torch.full_like(dist, 1 / len(dist))
-        centers.append(x[torch.multinomial(probs, 1, generator=gen)].squeeze(0))
-    c = torch.stack(centers)
-    for _ in range(iters):
-        assign = (x @ c.T).argmax(-1)
-        for j in range(k):
-            members = x[assign == j]
-            if len(members):
-                c[j] = F.normalize(members.sum(0), dim=0)
-    return (x @ c.T).argmax(-1)
+def _codes_model(prompt_dim: int, d: int, rank: int, gen: torch.Generator):
+    u = (torch.randn(prompt_dim, rank, generator=gen) * 0.1).requires_grad_()
+    v = (torch.randn(d, rank, generator=gen) * 0.1).requires_grad_()
+    w0 = torch.zeros(d, requires_grad=True)
+    return u, v, w0
 
 
-def fit_context_preferences(prompt: torch.Tensor, diff: torch.Tensor, gen: torch.Generator, rank: int = 16,
-                            steps: int = 300, batch: int = 2048, lr: float = 0.02) -> torch.Tensor:
-    """A low-rank, prompt-conditioned linear reward: margin_i = (P_i U V^T + w0) . D_i, fitted with BT.
+@dataclass
+class ContextFit:
+    """A fitted prompt-conditioned reward (see `fit_context_preferences`)."""
 
-    Returns the preference vector it implies for each pair's prompt, [N, D]. It sees the interaction that
-    an MoE must discover (which context wants which direction) without any discrete choice to get stuck on.
+    codes: torch.Tensor  # [N, rank] preference code of each training pair's prompt
+    w0: torch.Tensor  # [D] the prompt-independent part: what every prompt wants
+    train_loss: float
+    validation_loss: float | None  # BT loss on validation pairs (None without them)
+    context_free_loss: float | None  # the same, for the prompt-independent part w0 alone
+    gain_se: float | None  # standard error of the per-pair validation gain (context-free minus context loss)
+    l2: float
+
+    @property
+    def context_helps(self) -> bool | None:
+        """Whether the prompt predicts the preference on validation pairs beyond what every prompt shares:
+        the mean per-pair gain exceeds twice its standard error (None without validation pairs)."""
+        if self.validation_loss is None or self.context_free_loss is None or self.gain_se is None:
+            return None
+        return self.context_free_loss - self.validation_loss > 2 * self.gain_se
+
+def fit_context_preferences(model: SparseMoERewardModel, router: RouterData, diff: torch.Tensor,
+                            gen: torch.Generator, rank: int = 16, steps: int = 600, lr: float = 0.02,
+                            l2: float = 3e-3, validation: tuple[RouterData, torch.Tensor] | None = None,
+                            batch: int = 4096) -> ContextFit:
+    """A low-rank, prompt-conditioned linear reward: margin_i = (P_i U) . (D_i V) + w0 . D_i, fitted with BT,
+    where P_i is what the model's router reads of prompt i (standardized channels; attention queries are
+    fitted along) and D_i the standardized chosen-minus-rejected expert input.
+
+    Each pair's *preference code* P_i U says what its prompt asks for, in the few directions that change the
+    preference. The penalty l2 * (|U|^2 + |V|^2 + |w0|^2) is a nuclear-norm penalty on U V^T, so the fit
+    keeps few preference directions, each switched by prompt features that predict it across many pairs (a
+    cue such as "keep it short"), rather than memorizing prompts by topic. Full batch up to `batch` pairs.
     """
     n, d = diff.shape
-    u = (torch.randn(prompt.shape[1], rank, generator=gen) * 0.01).requires_grad_()
-    v = (torch.randn(d, rank, generator=gen) * 0.01).requires_grad_()
-    w0 = torch.zeros(d, requires_grad=True)
-    opt = AdamW([u, v, w0], lr=lr, weight_decay=1e-3)
+    extra = [model.queries] if model.queries is not None else []
+    with torch.no_grad():
+        width = model.router_features(router.batch(np.arange(min(n, 2)))).shape[1]
+    u, v, w0 = _codes_model(width, d, rank, gen)
+    opt = AdamW([u, v, w0, *extra], lr=lr)
+    full = n <= batch
+    p_all = None
     for step in range(steps):
-        idx = torch.randint(n, (min(batch, n),), generator=gen)
-        margin = ((prompt[idx] @ u) * (diff[idx] @ v)).sum(-1) + diff[idx] @ w0
-        loss = F.softplus(-margin).mean()
+        rows = np.arange(n) if full else torch.randint(n, (batch,), generator=gen).numpy()
+        if full and not extra:
+            if p_all is None:
+                with torch.no_grad():
+                    p_all = model.router_features(router.batch(rows))
+            p = p_all
+        else:
+            p = model.router_features(router.batch(rows))
+        dd = diff[rows]
+        margin = ((p @ u) * (dd @ v)).sum(-1) + dd @ w0
+        penalty = (u**2).sum() + (v**2).sum() + (w0**2).sum() + sum((q**2).sum() for q in extra)
+        loss = F.softplus(-margin).mean() + l2 * penalty
         opt.zero_grad()
         loss.backward()
         opt.step(one_cycle_lr(step, steps, lr))
-    with torch.no_grad():
-        return (prompt @ u) @ v.T + w0
+
+    @torch.no_grad()
+    def losses(data: RouterData, dd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        codes, with_context, free = [], [], []
+        for s in range(0, len(dd), batch):
+            rows = np.arange(s, min(s + batch, len(dd)))
+            c = model.router_features(data.batch(rows)) @ u
+            codes.append(c)
+            base = dd[rows] @ w0
+            with_context.append(F.softplus(-((c * (dd[rows] @ v)).sum(-1) + base)))
+            free.append(F.softplus(-base))
+        return torch.cat(codes), torch.cat(with_context), torch.cat(free)
+
+    codes, train_losses, _ = losses(router, diff)
+    val_loss = free_loss = gain_se = None
+    if validation is not None and len(validation[1]):
+        _, ctx, free = losses(*validation)
+        val_loss, free_loss = float(ctx.mean()), float(free.mean())
+        gain = free - ctx
+        gain_se = float(gain.std() / len(gain) ** 0.5) if len(gain) > 1 else math.inf
+    return ContextFit(codes, w0.detach().clone(), float(train_losses.mean()), val_loss, free_loss, gain_se, l2)
 
 
-def init_experts_from_context_preferences(model: SparseMoERewardModel, f: PairFeatures, gen: torch.Generator,
-                                          router_steps: int = 200, max_pairs: int = 20_000) -> torch.Tensor:
-    """Warm start for routed kinds, so that experts specialize by the context's preference.
+def kmeans(x: torch.Tensor, k: int, seed: int, n_init: int = 10) -> torch.Tensor:
+    """Euclidean k-means (scikit-learn, k-means++ with `n_init` restarts); the cluster of each row."""
+    from sklearn.cluster import KMeans
 
-    1. Fit a low-rank prompt-conditioned reward (`fit_context_preferences`): each prompt gets the
-       preference vector it implies.
-    2. Cluster those vectors (spherical k-means, K clusters): prompts that want the same thing, e.g.
-       "be brief" in any wording on any topic, fall together; opposite wants fall apart.
-    3. Point expert k at cluster k's mean vector and teach the router to predict the cluster.
-    Training then refines the experts and the routing; this only decides who starts where, which is what
-    a plain MoE cannot do by itself (experts that start alike get the same gradients and never separate).
-    """
-    k = model.num_experts
-    n = len(f)
-    pick = torch.randperm(n, generator=gen)[:max_pairs] if n > max_pairs else torch.arange(n)
-    prompt = (torch.from_numpy(f.prompt[pick.numpy()]) - model.prompt_mean) / model.prompt_scale
-    diff = torch.from_numpy(f.chosen[pick.numpy()] - f.rejected[pick.numpy()]) / model.response_scale
-    wants = fit_context_preferences(prompt, diff, gen)
-    assign = spherical_kmeans(wants, k, gen)
-    with torch.no_grad():
-        if not model.config.hidden_dim:
-            for j in range(k):
-                members = wants[assign == j]
-                if len(members):
-                    head = members.mean(0)
-                    spread = (diff[assign == j] @ head).std() if len(members) > 1 else torch.tensor(1.0)
-                    model.head[j] = head / spread.clamp(min=1e-3)
-    opt = AdamW(model.router.parameters(), lr=0.01)
-    for _ in range(router_steps):
-        loss = F.cross_entropy(model.router_logits(torch.from_numpy(f.prompt[pick.numpy()])), assign)
+    k = min(k, len(x))
+    labels = KMeans(k, n_init=n_init, random_state=seed).fit(x.double().numpy()).labels_
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def fit_bt_heads(diff: torch.Tensor, assign: torch.Tensor, k: int, anchor: torch.Tensor, l2: float,
+                 steps: int = 200, lr: float = 0.05) -> torch.Tensor:
+    """One Bradley-Terry head per cluster [k, D], fitted on the cluster's pairs and shrunk toward `anchor`
+    (the prompt-independent head): penalty l2 * |head_k - anchor|^2. A small cluster stays near the
+    consensus instead of memorizing its few pairs."""
+    delta = torch.zeros(k, diff.shape[1], requires_grad=True)
+    onehot = F.one_hot(assign, k).float()
+    counts = onehot.sum(0).clamp(min=1)
+    opt = AdamW([delta], lr=lr)
+    for _ in range(steps):
+        heads = anchor + delta
+        loss = ((onehot * F.softplus(-(diff @ heads.T))).sum(0) / counts).sum() + l2 * (delta**2).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return assign
+    return (anchor + delta).detach()
+
+
+def train_router_on_clusters(model: SparseMoERewardModel, router: RouterData, assign: torch.Tensor,
+                             steps: int = 300, batch: int = 4096) -> None:
+    """Teach the router to predict each training pair's cluster from its prompt (cross-entropy)."""
+    opt = AdamW([q for q in model.router.parameters()], lr=0.01)
+    gen = torch.Generator().manual_seed(0)
+    n = len(assign)
+    for _ in range(steps):
+        rows = np.arange(n) if n <= batch else torch.randint(n, (batch,), generator=gen).numpy()
+        loss = F.cross_entropy(model.router_logits(router.batch(rows)), assign[rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
 
 
 # ----------------------------------------------------------------------------- DRM basis
 
 
 def fit_drm_basis(model: SparseMoERewardModel, features: PairFeatures) -> None:
-    """DRM: heads = top-K principal directions of (chosen - rejected), each oriented to agree with the
-    labels and scaled so its margins have unit spread."""
-    diff = torch.from_numpy(features.chosen - features.rejected)
+    """DRM: heads = top-K principal directions of (chosen - rejected) *as the heads see it* (divided by
+    `response_scale`), each oriented to agree with the labels and scaled so its margins have unit spread."""
+    diff = torch.from_numpy(features.chosen - features.rejected) / model.response_scale
     k = model.num_experts
     _, _, v = torch.linalg.svd(diff - diff.mean(0), full_matrices=False)
     basis = v[:k].clone()
@@ -307,22 +404,104 @@ def fit_drm_basis(model: SparseMoERewardModel, features: PairFeatures) -> None:
         model.head.copy_(basis * (sign / scale)[:, None])
 
 
+# ----------------------------------------------------------------------------- router input and discovery
+
+
+def _diff(model: SparseMoERewardModel, f: PairFeatures, rows: np.ndarray | None = None) -> torch.Tensor:
+    c, r = (f.chosen, f.rejected) if rows is None else (f.chosen[rows], f.rejected[rows])
+    return torch.from_numpy(np.ascontiguousarray(c - r, np.float32)) / model.response_scale
+
+
+def _subsample(n: int, limit: int, gen: torch.Generator) -> np.ndarray:
+    return np.sort(torch.randperm(n, generator=gen)[:limit].numpy()) if n > limit else np.arange(n)
+
+
+def _prepare(model_config: ModelConfig, channels: str, train: PairFeatures, vocabulary: list[str],
+             idf: np.ndarray) -> tuple[SparseMoERewardModel, RouterData]:
+    """A model reading `channels`, with its lexical vocabulary and standardization fitted on `train`."""
+    mcfg = replace(model_config, router_input=channels,
+                   lexical_vocabulary=list(vocabulary) if "lexical" in channels.split("+") else [])
+    model = SparseMoERewardModel(mcfg)
+    if "lexical" in channels.split("+"):
+        model.lexical_idf.copy_(torch.from_numpy(idf))
+    data = router_data(model, train)
+    fit_standardization(model, train, data)
+    return model, data
+
+
+def _search_l2(name: str, model: SparseMoERewardModel, router: RouterData, diff: torch.Tensor,
+               validation: tuple[RouterData, torch.Tensor] | None, cfg: TrainConfig,
+               report: dict) -> tuple[float, ContextFit]:
+    """The penalty of `cfg.discovery_l2` with the best validation loss: from the grid's middle, walk up
+    while it improves, else down (without validation: the middle)."""
+    grid = sorted(cfg.discovery_l2)
+    scores: dict[int, tuple[float, ContextFit]] = {}
+
+    def score_at(j: int) -> float:
+        if j not in scores:
+            fit = fit_context_preferences(model, router, diff, torch.Generator().manual_seed(cfg.seed), l2=grid[j],
+                                          steps=cfg.discovery_steps, validation=validation)
+            score = fit.validation_loss if fit.validation_loss is not None else fit.train_loss
+            scores[j] = (score, fit)
+            report["validation_loss"][f"{name} l2={grid[j]:g}"] = round(score, 6)
+            if fit.context_free_loss is not None:
+                report["context_free_loss"] = round(fit.context_free_loss, 6)
+        return scores[j][0]
+
+    j = len(grid) // 2
+    if validation is not None:
+        for step in (1, -1):
+            moved = False
+            while 0 <= j + step < len(grid) and score_at(j + step) < score_at(j) - 1e-6:
+                j, moved = j + step, True
+            if moved:
+                break
+    return score_at(j), scores[j][1]
+
+
+def choose_router_input(candidates: list[tuple[str, SparseMoERewardModel, RouterData]], train: PairFeatures,
+                        validation: PairFeatures | None, cfg: TrainConfig, gen: torch.Generator
+                        ) -> tuple[int, ContextFit | None, dict]:
+    """Fit the prompt-conditioned reward (`fit_context_preferences`) for every candidate router input,
+    with its penalty searched on the log grid `cfg.discovery_l2` (from the middle, moving while the
+    validation loss improves); keep the fit with the lowest validation loss. Without enough validation
+    pairs there is nothing to choose on: the first candidate and the grid's middle penalty are used.
+    Returns (index of the winning candidate, its fit, a report of every validation loss)."""
+    report: dict = {"validation_loss": {}, "context_free_loss": None, "l2": None, "pairs": len(train)}
+    enough = validation is not None and len(validation) >= cfg.min_validation_pairs
+    if not enough:
+        candidates = candidates[:1]
+    rows = _subsample(len(train), cfg.discovery_max_pairs, gen)
+    best: tuple[float, int, ContextFit | None] = (math.inf, 0, None)
+    for i, (name, model, data) in enumerate(candidates):
+        sub, diff = data.subset(rows), _diff(model, train, rows)
+        val = None
+        if enough:
+            vrows = _subsample(len(validation), cfg.discovery_max_pairs, gen)
+            val = (router_data(model, validation).subset(vrows), _diff(model, validation, vrows))
+        score, fit = _search_l2(name, model, sub, diff, val, cfg, report)
+        if score < best[0] - 1e-9:
+            best = (score, i, fit)
+    winner = best[2]
+    report["router_input"] = candidates[best[1]][0]
+    report["l2"] = None if winner is None else winner.l2
+    report["rows"] = rows.tolist() if len(rows) < len(train) else None
+    return best[1], winner, report
+
+
 # ----------------------------------------------------------------------------- training loop
 
 
-def _tensors(f: PairFeatures) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (torch.from_numpy(np.ascontiguousarray(f.prompt, np.float32)),
-            torch.from_numpy(np.ascontiguousarray(f.chosen, np.float32)),
-            torch.from_numpy(np.ascontiguousarray(f.rejected, np.float32)))
-
-
 @torch.no_grad()
-def validation_metrics(model: SparseMoERewardModel, f: PairFeatures, batch: int = 8192) -> dict[str, float]:
+def validation_metrics(model: SparseMoERewardModel, f: PairFeatures, batch: int = 8192,
+                       router: RouterData | None = None) -> dict[str, float]:
     model.eval()
-    p, c, r = _tensors(f)
+    router = router if router is not None else router_data(model, f)
     losses, correct = [], []
     for s in range(0, len(f), batch):
-        out = model.pair(p[s : s + batch], c[s : s + batch], r[s : s + batch])
+        sl = slice(s, s + batch)
+        out = model.pair(router.batch(sl), torch.from_numpy(np.ascontiguousarray(f.chosen[sl], np.float32)),
+                         torch.from_numpy(np.ascontiguousarray(f.rejected[sl], np.float32)))
         prob = out.prob_chosen(mixture=model.config.kind == "micro")
         losses.append(-torch.log(prob.clamp(min=1e-12)))
         correct.append(prob > 0.5)
@@ -344,6 +523,75 @@ def train_model(train: PairFeatures, validation: PairFeatures | None, model_conf
         torch.set_num_threads(previous_threads)
 
 
+def _build(model_config: ModelConfig, train: PairFeatures, validation: PairFeatures | None, cfg: TrainConfig,
+           gen: torch.Generator) -> tuple[SparseMoERewardModel, RouterData, dict]:
+    """The model to train: its router input resolved ("auto" -> the candidate with the best validation
+    likelihood), standardization fitted, and -- for kinds that use it -- the discovery warm start."""
+    routed = model_config.kind in ROUTED_KINDS
+    wanted = list(AUTO_CANDIDATES) if routed and model_config.router_input == "auto" else [model_config.router_input]
+    vocabulary: list[str] = []
+    idf = np.zeros(0, np.float32)
+    if any("lexical" in c.split("+") for c in wanted):
+        vocabulary, idf = fit_lexical([p.prompt for p in train.pairs])
+        if len(vocabulary) < 2:
+            if wanted == [model_config.router_input]:
+                raise ValueError("the lexical router input needs prompts that share words (no word or word pair "
+                                 "occurs in 2 training prompts)")
+            wanted = [c for c in wanted if "lexical" not in c.split("+")]
+    candidates = [(c, *_prepare(model_config, c, train, vocabulary, idf)) for c in wanted]
+    report: dict = {"router_input": candidates[0][0]}
+    discover = routed and cfg.cluster_init and model_config.num_experts > 1
+    fit = None
+    if routed and (len(candidates) > 1 or discover):
+        chosen, fit, report = choose_router_input(candidates, train, validation, cfg, gen)
+        candidates = [candidates[chosen]]
+    _, model, data = candidates[0]
+    if model_config.kind == "drm":
+        fit_drm_basis(model, train)
+    if discover and fit is not None:
+        rows = np.asarray(report.pop("rows")) if report.get("rows") is not None else np.arange(len(train))
+        report["context_helps"] = fit.context_helps
+        if fit.context_helps is False:
+            # The prompt does not predict the preference (on validation pairs) beyond what every prompt
+            # shares: every expert starts as that shared head, i.e. as a single-head model, and training
+            # has to earn any specialization on the validation loss.
+            report["warm_start"] = "global"
+            if not model.config.hidden_dim:
+                with torch.no_grad():
+                    model.head.copy_(fit.w0.expand_as(model.head))
+        else:
+            report["warm_start"] = "clusters"
+            assign = kmeans(fit.codes, model.num_experts, cfg.seed)
+            report["cluster_sizes"] = np.bincount(assign.numpy(), minlength=model.num_experts).tolist()
+            train_router_on_clusters(model, data.subset(rows), assign)
+            if not model.config.hidden_dim:
+                report["head_l2"] = _init_heads(model, _diff(model, train, rows), assign, fit.w0, validation, cfg)
+    report.pop("rows", None)
+    return model, data, report
+
+
+def _init_heads(model: SparseMoERewardModel, diff: torch.Tensor, assign: torch.Tensor, anchor: torch.Tensor,
+                validation: PairFeatures | None, cfg: TrainConfig) -> float:
+    """Start each expert as its cluster's head, shrunk toward the shared head by the penalty of
+    `cfg.head_l2` that gives the routed model the lowest validation loss (the middle one without
+    validation pairs). Returns the penalty used."""
+    grid = sorted(cfg.head_l2)
+    if validation is None or len(validation) < cfg.min_validation_pairs:
+        grid = [grid[len(grid) // 2]]
+    val_router = router_data(model, validation) if len(grid) > 1 else None
+    best: tuple[float, float, torch.Tensor | None] = (math.inf, grid[0], None)
+    for l2 in grid:
+        heads = fit_bt_heads(diff, assign, model.num_experts, anchor, l2)
+        with torch.no_grad():
+            model.head.copy_(heads)
+        loss = validation_metrics(model, validation, router=val_router)["loss"] if val_router is not None else 0.0
+        if loss < best[0]:
+            best = (loss, l2, heads)
+    with torch.no_grad():
+        model.head.copy_(best[2])
+    return best[1]
+
+
 def _train(train: PairFeatures, validation: PairFeatures | None, model_config: ModelConfig, cfg: TrainConfig,
            progress: Callable[[int, int, dict], None] | None) -> TrainResult:
     if len(train) < 2:
@@ -352,14 +600,11 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
         raise ValueError(f"model input_dim={model_config.input_dim} but features are {train.dim}-d")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = SparseMoERewardModel(model_config)
     start = time.perf_counter()
-    p, c, r = _tensors(train)
-    fit_standardization(model, train)
-    if model_config.kind == "drm":
-        fit_drm_basis(model, train)
-    elif model_config.kind in ROUTED_KINDS and cfg.cluster_init and model.num_experts > 1:
-        init_experts_from_context_preferences(model, train, gen)
+    model, router, report = _build(model_config, train, validation, cfg, gen)
+    val_router = router_data(model, validation) if validation is not None and len(validation) else None
+    c = torch.from_numpy(np.ascontiguousarray(train.chosen, np.float32))
+    r = torch.from_numpy(np.ascontiguousarray(train.rejected, np.float32))
     params = [q for q in model.parameters() if q.requires_grad]
     opt = AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(train)
@@ -367,19 +612,30 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
     anneal_steps = max(1, int(cfg.specialization_epochs * epochs * steps_per_epoch))
     history: list[dict] = []
-    best = (math.inf, 0, None)
+
+    def evaluate_epoch(epoch: int, row: dict) -> float:
+        if val_router is not None:
+            row.update({f"val_{k}": v for k, v in validation_metrics(model, validation, router=val_router).items()})
+        return row.get("val_loss", row.get("train_loss", math.inf))
+
+    # The warm start is a candidate checkpoint too (epoch 0): training must improve on it to replace it.
+    start_row: dict = {"epoch": 0}
+    score = evaluate_epoch(0, start_row) if val_router is not None else math.inf
+    history.append(start_row)
+    best = (score, 0, {k: v.detach().clone() for k, v in model.state_dict().items()})
     step = 0
-    for epoch in range(epochs):
+    select_from = cfg.select_after * anneal_steps if cfg.specialization_weight else 0
+    for epoch in range(1, epochs + 1):
         model.train()
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen).numpy()
         sums: dict[str, float] = {}
         for s in range(0, n, cfg.batch_size):
             idx = order[s : s + cfg.batch_size]
             spec_w = cfg.specialization_weight * max(0.0, 1.0 - step / anneal_steps)
-            total, terms = loss_terms(model, p[idx], c[idx], r[idx], cfg, spec_w, noisy=True)
+            total, terms = loss_terms(model, router.batch(idx), c[idx], r[idx], cfg, spec_w, noisy=True)
             if not torch.isfinite(total):
                 raise TrainingDiverged(
-                    f"loss became {float(total.detach())} at epoch {epoch + 1}, step {step}: lower the learning rate "
+                    f"loss became {float(total.detach())} at epoch {epoch}, step {step}: lower the learning rate "
                     f"(now {cfg.lr}) or check the features for NaN/inf values"
                 )
             opt.zero_grad()
@@ -389,26 +645,19 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
             step += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
-        row = {"epoch": epoch + 1, **{f"train_{k}": v / n for k, v in sums.items()}}
+        row = {"epoch": epoch, **{f"train_{k}": v / n for k, v in sums.items()}}
         row["train_loss"] = row["train_bt"]
-        if validation is not None and len(validation):
-            row.update({f"val_{k}": v for k, v in validation_metrics(model, validation).items()})
+        score = evaluate_epoch(epoch, row)
         history.append(row)
-        score = row.get("val_loss", row["train_loss"])
-        # Only pick checkpoints once the mixture warm-up is over: before that the model is not yet the
-        # routed mix it will be used as (measured: picking earlier epochs costs 2 points of accuracy and
-        # 0.05 NMI on the default data, because they are selected on a still-specializing router).
-        if step >= anneal_steps or cfg.specialization_weight == 0:
-            if score < best[0] - 1e-5:
-                best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
-            elif epoch - best[1] >= max(cfg.patience, epochs // 10) and epoch >= epochs * 0.3:
-                if progress:
-                    progress(epoch + 1, epochs, row)
-                break
         if progress:
-            progress(epoch + 1, epochs, row)
-    if best[2] is not None:
-        model.load_state_dict(best[2])
+            progress(epoch, epochs, row)
+        if step < select_from:
+            continue
+        if score < best[0] - 1e-5:
+            best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        elif epoch - best[1] >= max(cfg.patience, epochs // 10) and epoch >= epochs * cfg.min_epochs_fraction:
+            break
+    model.load_state_dict(best[2])
     model.eval()
-    return TrainResult(model, history, best_epoch=best[1] if best[2] is not None else len(history) - 1,
-                       seconds=time.perf_counter() - start)
+    return TrainResult(model, history, best_epoch=best[1], seconds=time.perf_counter() - start,
+                       epochs_planned=epochs, discovery=report)
