@@ -13,9 +13,11 @@ the experts by its routing probabilities; instant at any size), ``pca`` (instant
 (non-linear; seconds once numba has compiled, ~30 s more the first time in a process, so the dashboard
 runs it as a background job). Results are cached on disk under (model, data, parameters) as a
 safetensors file of coordinates plus a JSON sidecar (timings included, which `estimate_seconds` reads),
-never a pickle. Measured on 2 cores for 5,000 pairs (bench/bench_map.py prints these): PCA < 0.1 s on
-12-d router logits and ~1 s on 384-d prompts; UMAP 4 s warm (12-d), 11 s warm (384-d cosine), +26-30 s
-numba compilation on the first fit of a process; openTSNE 35 s, PaCMAP 15-30 s, scikit-learn t-SNE 35-54 s.
+never a pickle. Measured on 2 cores for 5,000 pairs (bench/bench_map.py prints the first three): PCA
+0.003 s on 12-d router logits and ~1 s on 384-d prompts; UMAP 4.2 s warm (12-d), 11 s warm (384-d
+cosine), 34 s for the first fit of a process (numba compilation), which the dashboard starts in the
+background as soon as UMAP is chosen; openTSNE 35 s (2 threads), PaCMAP 15 s (12-d, after its own
+compilation; 30 s on 384-d), scikit-learn t-SNE 36-54 s. The anchors layout is instant at 1M pairs.
 """
 
 from __future__ import annotations
@@ -205,8 +207,8 @@ def umap_is_warm() -> bool:
 
 def warm_up_umap(progress: ProgressFn | None = None) -> float:
     """Compile UMAP's numba code once in this process by fitting 4,200 random points (over 4,096, so the
-    nearest-neighbour descent used on real maps compiles too); the dashboard runs it as a background job
-    when the Expert map opens, so that a UMAP requested later takes seconds. Returns the seconds spent."""
+    nearest-neighbour descent used on real maps compiles too); the Expert map runs it as a background job
+    as soon as UMAP is chosen, so that the fit requested next takes seconds. Returns the seconds spent."""
     t0 = time.perf_counter()
     if not umap_is_warm():
         x = np.random.default_rng(0).normal(size=(4200, 8)).astype(np.float32)

@@ -156,6 +156,11 @@ def test_score_your_own_scores(home):
     at.button[0].click().run()  # the form's submit button
     assert not at.exception, [e.value for e in at.exception]
     assert any(m.label == "Reward A (routed mix)" for m in at.metric)
+    a, b = (float(next(m.value for m in at.metric if m.label == f"Reward {x} (routed mix)")) for x in "AB")
+    verdict = next(m for m in at.metric if m.label == "The model prefers")
+    assert verdict.value == ("A" if a > b else "B")  # the winner named, and the delta's sign (its arrow) is A − B
+    assert float(verdict.delta) == pytest.approx(a - b, abs=2e-3)
+    assert any(f"The model prefers response {verdict.value}" in m.value for m in at.markdown)
 
 
 def test_data_page_lists_models_and_rejects_bad_names(home):
