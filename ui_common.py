@@ -526,9 +526,17 @@ def submit_projection(ctx: Context, params):
     from moe_reward.projection import project
 
     features, scores, cache_dir, parts = ctx.features, ctx.scores, ctx.ws.projections_dir, map_key(ctx)
-    return jobs.submit(projection_job_key(ctx, params),
-                       lambda report: project(features, params, cache_dir, parts, progress=report, scores=scores),
-                       f"{params.title()} of {len(features)} pairs")
+
+    def run(report):
+        warmup = jobs.get("umap-warmup")
+        if params.method == "umap" and warmup is not None and warmup.active:
+            # one compilation at a time: wait for the warm-up instead of competing with it for the cores
+            while warmup.active:
+                report(f"compiling UMAP (once per server): {warmup.message}", 0.02)
+                jobs.wait("umap-warmup", timeout=0.5)
+        return project(features, params, cache_dir, parts, progress=report, scores=scores)
+
+    return jobs.submit(projection_job_key(ctx, params), run, f"{params.title()} of {len(features)} pairs")
 
 
 def precompute_default_map(ws: Workspace, model_dir: Path, progress=None) -> None:
@@ -552,10 +560,8 @@ def precompute_default_map(ws: Workspace, model_dir: Path, progress=None) -> Non
 
 
 def job_progress(job, what: str) -> None:
-    """A running background job's progress bar with its own estimate of the time left."""
-    eta = job.eta_seconds
-    left = f", about {eta:.0f} s left" if eta is not None else ""
-    st.progress(job.fraction, text=f"{what}: {job.message or job.status} ({job.elapsed:.0f} s{left})")
+    """A running background job's progress bar; its message carries the job's own time estimate."""
+    st.progress(job.fraction, text=f"{what}: {job.message or job.status} ({job.elapsed:.0f} s so far)")
 
 
 def report_button(ctx: Context) -> None:

@@ -205,15 +205,22 @@ def umap_is_warm() -> bool:
     return _umap_warm.is_set()
 
 
-def warm_up_umap(progress: ProgressFn | None = None) -> float:
+def warm_up_umap(progress: ProgressFn | None = None, cache_dir: str | Path | None = None) -> float:
     """Compile UMAP's numba code once in this process by fitting 4,200 random points (over 4,096, so the
     nearest-neighbour descent used on real maps compiles too); the Expert map runs it as a background job
     as soon as UMAP is chosen, so that the fit requested next takes seconds. Returns the seconds spent."""
     t0 = time.perf_counter()
     if not umap_is_warm():
         x = np.random.default_rng(0).normal(size=(4200, 8)).astype(np.float32)
-        umap_2d(x, ProjectionParams("umap", "router", metric="euclidean"), progress,
-                estimate=UMAP_COLD_EXTRA_SECONDS + 3)
+        params = ProjectionParams("umap", "router", metric="euclidean")
+        warm_part = estimate_seconds(params, len(x), x.shape[1], cache_dir, warm=True)
+        umap_2d(x, params, progress, estimate=estimate_seconds(params, len(x), x.shape[1], cache_dir, warm=False))
+        if cache_dir is not None:  # what compiling cost here: later estimates use it
+            root = Path(cache_dir)
+            root.mkdir(parents=True, exist_ok=True)
+            meta = {"params": asdict(params), "n": len(x), "dim": x.shape[1], "warm": False, "warm_up": True,
+                    "seconds": round(time.perf_counter() - t0, 3), "warm_estimate": round(warm_part, 3)}
+            _atomic_write(root / "umap-warmup.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     if progress:
         progress("UMAP compiled", 1.0)
     return time.perf_counter() - t0

@@ -97,7 +97,7 @@ wanted = ProjectionParams(layout, source, n_neighbors, min_dist, metric, seed)
 params, note = wanted, None
 warmup = jobs.get("umap-warmup")
 if layout == "umap" and not umap_is_warm() and warmup is None:  # compile it while the user sets the parameters
-    warmup = jobs.submit("umap-warmup", warm_up_umap, "compiling UMAP (once per server)")
+    warmup = jobs.submit("umap-warmup", lambda report: warm_up_umap(report, proj_dir), "compiling UMAP (once per server)")
 if layout == "umap" and not is_cached(ctx.features, wanted, proj_dir, parts):
     params = ProjectionParams("anchors" if source == "router" else "pca", source)
     job_key = ui.projection_job_key(ctx, wanted)

@@ -351,6 +351,10 @@ def test_time_estimates_learn_from_this_workspace(tmp_path):
                                                           "seconds": 20.0, "warm": True})
     learned = pj.estimate_seconds(p, 8000, 12, tmp_path, warm=True)
     assert learned == pytest.approx(20.0, rel=1e-6)  # this machine's own timing, not the shipped constant
+    (tmp_path / "umap-warmup.json").write_text(json.dumps({"params": {"method": "umap"}, "n": 4200, "dim": 8,
+                                                           "warm": False, "seconds": 50.0, "warm_estimate": 5.0}))
+    assert pj.estimate_seconds(p, 8000, 12, tmp_path, warm=False) == pytest.approx(20.0 + 45.0)  # its compile time
+    assert pj.estimate_seconds(p, 8000, 12, tmp_path, warm=False, compiling_for=40) == pytest.approx(25.0)
     assert pj.estimate_seconds(pj.ProjectionParams("pca", "router"), 5000, 12) < 1
 
 
