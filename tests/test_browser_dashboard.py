@@ -176,7 +176,10 @@ def test_dashboard_tells_the_truth_in_a_browser(dash_server):
             # the stakeholder report: one click, then the file opens in Chromium, offline
             _open(page, url, "Overview")
             page.get_by_text("Stakeholder report", exact=True).click()
-            page.get_by_role("button", name="Write the stakeholder report").click()
+            write = page.get_by_role("button", name="Write the stakeholder report")
+            write.wait_for()
+            _wait_idle(page)
+            write.click()
             _wait_text(page, "Wrote ", timeout_ms=120_000)
             _wait_idle(page)
         except Exception:
