@@ -105,9 +105,12 @@ def groups_of(features: PairFeatures) -> np.ndarray | None:
     return None if all(g is None for g in groups) else np.array([g or "(none)" for g in groups])
 
 
-def evaluate(model: SparseMoERewardModel, features: PairFeatures, scores: PairScores | None = None) -> dict:
-    """Pairwise accuracy overall and per group, routing statistics, NMI(top-1 expert, group)."""
-    s = scores if scores is not None else score_pairs(model, features)
+def evaluate(model: SparseMoERewardModel, features: PairFeatures, scores: PairScores | None = None,
+             diagnostics: bool = False) -> dict:
+    """Pairwise accuracy overall and per group, routing statistics, NMI(top-1 expert, group); with
+    `diagnostics`, also `specialization_diagnostics` under ``"diagnostics"`` (seconds, not milliseconds)."""
+    router = router_data(model, features)
+    s = scores if scores is not None else score_pairs(model, features, router=router)
     k = model.num_experts
     n = len(features)
     groups = groups_of(features)
@@ -146,7 +149,98 @@ def evaluate(model: SparseMoERewardModel, features: PairFeatures, scores: PairSc
             result["per_expert_group_accuracy"][str(e)] = {
                 g: float(s.expert_correct[groups == g, e].mean()) for g in sorted(set(groups))
             }
+    if diagnostics:
+        result["diagnostics"] = specialization_diagnostics(model, features, s, router)
     return result
+
+
+# ----------------------------------------------------------------------------- specialization diagnostics
+
+DIAGNOSTIC_FOLDS = 5
+DIAGNOSTIC_MAX_PAIRS = 5000
+MIN_GROUP_PAIRS = 5  # groups with fewer pairs than this are left out of the probes
+
+
+def _folds(features: PairFeatures, rows: np.ndarray, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cross-validation folds that keep all pairs of one prompt on one side."""
+    from sklearn.model_selection import GroupKFold
+
+    prompts = [features.pairs[i].prompt for i in rows]
+    _, prompt_ids = np.unique(prompts, return_inverse=True)
+    n = min(n_folds, len(np.unique(prompt_ids)))
+    if n < 2:
+        return []
+    return list(GroupKFold(n_splits=n).split(rows, groups=prompt_ids))
+
+
+@torch.no_grad()
+def specialization_diagnostics(model: SparseMoERewardModel, features: PairFeatures, scores: PairScores,
+                               router: RouterData | None = None, seed: int = 0) -> dict:
+    """Where specialization fails: in what the router can see, or in what training found.
+
+    - ``contingency``: group x expert counts of each pair's top-1 expert.
+    - ``router_probe_nmi`` / ``router_probe_accuracy``: a *supervised* linear router (multinomial logistic
+      regression, given the groups) on the same standardized router inputs, cross-validated over prompts
+      (5 folds): the NMI it reaches is the ceiling that unsupervised routing could reach with this input.
+    - ``oracle_routing_accuracy``: one Bradley-Terry head per group on the experts' inputs, the group given
+      at test time, cross-validated the same way: what the experts' inputs allow with perfect routing.
+    - ``discovery_efficiency``: routing NMI / probe NMI (1 = training found all the probe can see).
+    Values are None where they do not apply (no groups, one expert, no router, too few pairs).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    groups = groups_of(features)
+    out: dict = {"contingency": {}, "router_probe_nmi": None, "router_probe_accuracy": None,
+                 "oracle_routing_accuracy": None, "discovery_efficiency": None, "pairs": 0, "folds": 0}
+    if groups is None or not len(features):
+        return out
+    k = model.num_experts
+    top = scores.top_expert
+    for g in sorted(set(groups)):
+        out["contingency"][g] = np.bincount(top[groups == g], minlength=k).tolist()
+    names, counts = np.unique(groups, return_counts=True)
+    keep = set(names[counts >= MIN_GROUP_PAIRS])
+    rows = np.flatnonzero([g in keep for g in groups])
+    if len(keep) < 2:
+        return out
+    if len(rows) > DIAGNOSTIC_MAX_PAIRS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, DIAGNOSTIC_MAX_PAIRS, replace=False))
+    folds = _folds(features, rows, DIAGNOSTIC_FOLDS)
+    if not folds:
+        return out
+    y = groups[rows]
+    out["pairs"], out["folds"] = int(len(rows)), len(folds)
+    diff = ((features.chosen[rows] - features.rejected[rows]) / model.response_scale.numpy()).astype(np.float64)
+    correct = np.zeros(len(rows), bool)
+    for fit_idx, test_idx in folds:
+        for g in np.unique(y[test_idx]):
+            fit_g = fit_idx[y[fit_idx] == g]
+            test_g = test_idx[y[test_idx] == g]
+            if not len(fit_g):
+                continue
+            x = np.concatenate([diff[fit_g], -diff[fit_g]])
+            t = np.r_[np.ones(len(fit_g)), np.zeros(len(fit_g))]
+            head = LogisticRegression(C=1.0, fit_intercept=False, max_iter=300).fit(x, t)
+            correct[test_g] = diff[test_g] @ head.coef_[0] > 0
+    out["oracle_routing_accuracy"] = float(correct.mean())
+    if model.config.kind in ("sparse", "dense", "micro") and k > 1:
+        router = router if router is not None else router_data(model, features)
+        x = model.router_features(router.batch(rows)).numpy().astype(np.float64)
+        predicted = np.empty(len(rows), dtype=object)
+        for fit_idx, test_idx in folds:
+            if len(np.unique(y[fit_idx])) < 2:
+                predicted[test_idx] = y[fit_idx][0]
+                continue
+            probe = LogisticRegression(C=1.0, max_iter=300).fit(x[fit_idx], y[fit_idx])
+            predicted[test_idx] = probe.predict(x[test_idx])
+        predicted = predicted.astype(str)
+        out["router_probe_nmi"] = normalized_mutual_information(predicted, y)
+        out["router_probe_accuracy"] = float((predicted == y).mean())
+        nmi = normalized_mutual_information(top[rows], y)
+        out["routing_nmi_probed_pairs"] = nmi
+        if out["router_probe_nmi"] > 1e-9:
+            out["discovery_efficiency"] = float(nmi / out["router_probe_nmi"])
+    return out
 
 
 def expert_agreement(scores: PairScores) -> np.ndarray:

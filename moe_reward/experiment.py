@@ -2,23 +2,31 @@
 
 Protocol
 --------
-- **Users** are the values of `user_field` ("user" or "group") of the pairs. Pairs without a user are
-  training data and every user is held out. When *every* pair has a user (e.g. ``user_field="group"``),
-  a seeded third of the users (at least one, seed `user_seed`) is held out and the others' pairs train.
-  Held-out users' pairs -- and any other pair with the same texts (`data.pair_key`) -- never reach
-  training.
-- **Models**: for each seed s, the training pairs are split by prompt (`data.split_pairs`, seed s) into
-  train / validation / test, identically for every kind, and each kind of `kinds` is trained with
-  ``TrainConfig.for_kind(kind, seed=s)`` on the same cached backbone features. Accuracy, per-group
-  accuracy, routing NMI (top-1 expert vs group) and expert utilization come from `analysis.evaluate` on
-  the held-out test split.
+- **Users** are the values of `user_field` ("user" or "group") of the pairs (`plan_folds`):
+  - when some pairs have no user (general pairs plus annotators or personas), one fold holds out every
+    user (or the names in `held_out_users`); the user-less pairs and other users' pairs train;
+  - when *every* pair has a user, **leave-one-user-out**: one fold per user (or per name in
+    `held_out_users`, at most `max_folds` chosen with `user_seed`), trained on the other users' pairs.
+  Held-out users' pairs never train, and neither does any pair that repeats a comparison of a held-out
+  user's *test* pairs (`data.pair_key`, `training_index`): when several annotators judged the same
+  comparisons, the others' labels on the held-out user's adaptation comparisons still train, so the
+  training pool does not collapse. Each fold's training pool is reported (``folds``), with a warning
+  when it is under `MIN_TRAIN_POOL` pairs.
+- **Models**: for each seed s and fold, the training pairs are split by prompt -- or by `split_by`, e.g.
+  ``meta.question_id`` for held-out questions -- (`data.split_pairs`, seed s) into train / validation /
+  test, identically for every kind, and each kind of `kinds` is trained with
+  ``TrainConfig.for_kind(kind, seed=s)`` on the same cached backbone features, its router reading
+  `router_input`. Accuracy, per-group accuracy, routing NMI (top-1 expert vs group), expert utilization
+  and the specialization diagnostics come from `analysis.evaluate` on the held-out test split, averaged
+  over folds.
 - **Personalization**: each held-out user's pairs are split (seed s) into an adaptation pool and a test
   set (`user_test_fraction`). For k in `shots`, `draws` seeded draws of k pool labels fit each adapter,
   starting from the model's average routing over its training features (`personalize.profile_prior`),
   with per-expert margin scales from the training features when `margin_scale` is on. The accuracy on
   the user's test set is averaged over draws, then over users; mean and sd are over seeds. k = 0 is the
   prior profile itself. The same draws are used for every kind, adapter and the oracle (paired
-  comparison); users whose pool is smaller than k are skipped at that k.
+  comparison); users whose pool is smaller than k are skipped at that k, and ``users_per_k`` lists who
+  was averaged at each k.
 - **Oracle**: a single Bradley-Terry head (L2 logistic regression without intercept on the
   standardized chosen-minus-rejected embeddings) trained on the same k labels of the user alone;
   ``"pool"`` is that head trained on the user's whole pool, for reference.
@@ -32,10 +40,16 @@ Protocol
 ``results.json`` shape (k is a string; every statistic is ``{"mean": float|None, "sd": float|None}``
 over seeds)::
 
-    {"config": {...ExperimentConfig..., "users": [...], "n_pairs": {...}},
+    {"config": {...ExperimentConfig..., "users": [...], "protocol": str, "n_pairs": {...}},
      "models": {"<kind>": {"accuracy": stat, "per_group": {"<group>": stat},
                            "routing_nmi": stat, "expert_utilization": [mean share of expert k],
-                           "personalization": {"<adapter>": {"<k>": stat}}}},
+                           "personalization": {"<adapter>": {"<k>": stat}},
+                           "diagnostics": {"router_probe_nmi": stat, "router_probe_accuracy": stat,
+                                           "oracle_routing_accuracy": stat, "discovery_efficiency": stat},
+                           "n_test_pairs": int}},
+     "users_per_k": {"<k>": [users averaged at k]},
+     "folds": [{"seed", "held_out", "train_pool", "excluded_repeats_of_test_comparisons", "warning"?}],
+     "warnings": [str],
      "oracle": {"<k>": stat, "pool": stat},
      "active_vs_random": {"adapter": str, "active": {"<k>": stat}, "random": {"<k>": stat}},
      "weight_shift": {"<user>": {"adapter": str, "n_labels": int, "before": [...], "after": [...],
@@ -55,6 +69,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -64,7 +79,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .analysis import evaluate
-from .data import pair_key, split_pairs
+from .data import check_split_field, pair_key, split_pairs
 from .describe import describe_experts
 from .embed import BackboneSpec, PairFeatures, load_features_or_pairs
 from .model import MODEL_KINDS, ModelConfig, SparseMoERewardModel
@@ -98,10 +113,14 @@ class ExperimentConfig:
     shots: tuple[int, ...] = DEFAULT_SHOTS
     draws: int = 5  # label draws per (user, k)
     user_test_fraction: float = 0.5  # of each held-out user's pairs, kept for testing the profile
-    holdout_fraction: float = 1 / 3  # of users held out when every pair has a user
+    held_out_users: tuple[str, ...] = ()  # the users to hold out (default: every user; see the protocol)
+    max_folds: int | None = 10  # leave-one-user-out: at most this many users (seeded by user_seed) get a fold
     user_seed: int = 0
     validation: float = 0.1
     test: float = 0.1
+    split_by: str | None = None  # split the training pool by this field (default: the prompt)
+    router_input: str = "auto"  # what routed kinds' routers read (router_inputs.py)
+    diagnostics: bool = True  # specialization diagnostics per kind (analysis.specialization_diagnostics)
     epochs: int | None = None  # TrainConfig overrides (None: the kind's default)
     min_steps: int | None = None
     margin_scale: bool = True  # normalize each expert's margins by its spread on the training features
@@ -129,8 +148,12 @@ class ExperimentConfig:
             raise ValueError(f"unknown kinds/adapters {bad}; kinds: {MODEL_KINDS}, adapters: {ADAPTERS}")
         if not self.shots or self.shots[0] < 0:
             raise ValueError("shots must be non-negative label counts")
-        if not 0 < self.user_test_fraction < 1 or not 0 < self.holdout_fraction < 1:
-            raise ValueError("user_test_fraction and holdout_fraction are fractions in (0, 1)")
+        if not 0 < self.user_test_fraction < 1:
+            raise ValueError("user_test_fraction is a fraction in (0, 1)")
+        self.held_out_users = tuple(str(u) for u in self.held_out_users)
+        if self.max_folds is not None and self.max_folds < 1:
+            raise ValueError("max_folds must be >= 1 (or None for every user)")
+        check_split_field(self.split_by)
 
 
 def stat(values) -> dict:
@@ -144,45 +167,78 @@ def stat(values) -> dict:
 # ----------------------------------------------------------------------------- data: users and splits
 
 
+MIN_TRAIN_POOL = 100  # a fold that trains on fewer pairs than this is reported with a warning
+
+
 @dataclass
-class UserSplit:
+class Fold:
+    """Users held out together, and all their pairs. Training for a fold uses every other pair except
+    those that repeat a comparison in a held-out user's *test* pairs (`training_index`)."""
+
     held_users: list[str]
-    train_index: list[int]  # pairs that may reach training (no held-out user, no duplicate of one)
-    user_index: dict[str, list[int]]  # held-out user -> their pairs
-    dropped_duplicates: int
+    user_index: dict[str, list[int]]
 
 
-def split_users(features: PairFeatures, user_field: str, holdout_fraction: float = 1 / 3,
-                seed: int = 0) -> UserSplit:
+@dataclass
+class Protocol:
+    name: str  # "held-out users" or "leave-one-user-out"
+    folds: list[Fold]
+    users: list[str]  # every held-out user, over all folds (sorted)
+    numbers: dict[str, int]  # a stable number per user (seeds each user's splits and label draws)
+
+
+def plan_folds(features: PairFeatures, user_field: str, held_out_users: tuple[str, ...] = (),
+               max_folds: int | None = None, seed: int = 0) -> Protocol:
+    """The experiment's folds.
+
+    - Some pairs have no user (e.g. general pairs plus annotators' or personas' pairs): one fold holds out
+      every user (or `held_out_users`); the user-less pairs and any non-held-out user's pairs train.
+    - Every pair has a user: **leave-one-user-out**, one fold per user (or per name in `held_out_users`;
+      at most `max_folds`, a seeded choice); each fold trains on the other users' pairs.
+    """
     users = [getattr(p, user_field) for p in features.pairs]
     names = sorted({u for u in users if u is not None})
     if not names:
         raise ValueError(f"no pair has a {user_field!r}: nothing to personalize to "
                          f"(try --user-field {'group' if user_field == 'user' else 'user'})")
-    if all(u is not None for u in users):
-        # Every pair belongs to someone: hold out a seeded third of them, train on the rest.
-        if len(names) < 2:
-            raise ValueError(f"every pair has the same {user_field}: no one is left to train on")
-        order = list(np.random.default_rng(seed).permutation(len(names)))
-        n_held = min(len(names) - 1, max(1, round(len(names) * holdout_fraction)))
-        held = sorted(names[i] for i in order[:n_held])
-    else:
-        held = names
-    held_set = set(held)
-    user_index: dict[str, list[int]] = {u: [] for u in held}
+    unknown = sorted(set(held_out_users) - set(names))
+    if unknown:
+        raise ValueError(f"held-out users not in the data: {unknown}; the {user_field}s are: {names[:20]}")
+    index: dict[str, list[int]] = {u: [] for u in names}
     for i, u in enumerate(users):
-        if u in held_set:
-            user_index[u].append(i)
-    held_keys = {pair_key(features.pairs[i]) for idx in user_index.values() for i in idx}
-    train_index, dropped = [], 0
-    for i, u in enumerate(users):
-        if u in held_set:
+        if u is not None:
+            index[u].append(i)
+    numbers = {u: n for n, u in enumerate(names)}
+    held = sorted(held_out_users) if held_out_users else names
+    if any(u is None for u in users):
+        return Protocol("held-out users", [Fold(held, {u: index[u] for u in held})], held, numbers)
+    if len(names) < 2:
+        raise ValueError(f"every pair has the same {user_field}: no one is left to train on")
+    if max_folds is not None and len(held) > max_folds:
+        pick = np.random.default_rng(seed).choice(len(held), max_folds, replace=False)
+        held = sorted(held[i] for i in pick)
+    return Protocol("leave-one-user-out", [Fold([u], {u: index[u]}) for u in held], held, numbers)
+
+
+def training_index(features: PairFeatures, user_field: str, fold: Fold,
+                   test_rows: dict[str, np.ndarray]) -> tuple[list[int], int]:
+    """(pairs that may train this fold, how many were excluded as repeats of a held-out test comparison).
+
+    Held-out users' own pairs never train. Another pair with the same texts as one of their *test* pairs
+    (`data.pair_key`: the same comparison, judged by someone else or by no one) never trains either, so
+    no test comparison is seen in training; comparisons in their adaptation pools may train (they are the
+    labels of other people)."""
+    held = set(fold.held_users)
+    excluded = {pair_key(features.pairs[fold.user_index[u][j]]) for u in fold.held_users for j in test_rows[u]}
+    train, dropped = [], 0
+    for i, p in enumerate(features.pairs):
+        if getattr(p, user_field) in held:
             continue
-        if pair_key(features.pairs[i]) in held_keys:
+        if pair_key(p) in excluded:
             dropped += 1
         else:
-            train_index.append(i)
-    return UserSplit(held, train_index, user_index, dropped)
+            train.append(i)
+    return train, dropped
 
 
 def user_pool_and_test(n: int, test_fraction: float, seed: int, user_number: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,14 +276,15 @@ def _adapter(name: str, k: int, prior: np.ndarray, scale: np.ndarray | None, cfg
 
 def personalization_curves(margins: dict[str, tuple[np.ndarray, np.ndarray]], users: list[UserData],
                            prior: np.ndarray, scale: np.ndarray | None, cfg: ExperimentConfig,
-                           seed: int) -> dict[str, dict[str, float]]:
-    """{adapter: {k: accuracy averaged over draws, then users}} for one model and seed."""
+                           seed: int) -> dict[str, dict[str, dict[str, float]]]:
+    """{adapter: {k: {user: accuracy averaged over draws}}} for one model and seed (users whose pool has
+    fewer than k pairs are absent at that k)."""
     k_experts = len(prior)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, dict[str, float]]] = {}
     for name in cfg.adapters:
-        curve: dict[str, float] = {}
+        curve: dict[str, dict[str, float]] = {}
         for k in cfg.shots:
-            per_user = []
+            per_user = {}
             for u in users:
                 if k > len(u.pool):
                     continue
@@ -239,16 +296,17 @@ def personalization_curves(margins: dict[str, tuple[np.ndarray, np.ndarray]], us
                     if k:
                         ad.fit(m[idx], [u.ids[i] for i in idx], a[idx])
                     accs.append(personalized_accuracy(ad, m[u.test], a[u.test]))
-                per_user.append(float(np.mean(accs)))
+                per_user[u.name] = float(np.mean(accs))
             if per_user:
-                curve[str(k)] = float(np.mean(per_user))
+                curve[str(k)] = per_user
         out[name] = curve
     return out
 
 
 def oracle_curve(train: PairFeatures, user_feats: dict[str, PairFeatures], users: list[UserData],
-                 cfg: ExperimentConfig, seed: int) -> dict[str, float]:
-    """A user-only BT head (logistic regression on chosen - rejected) per k, and on the whole pool."""
+                 cfg: ExperimentConfig, seed: int) -> dict[str, dict[str, float]]:
+    """{k: {user: accuracy}} of a user-only BT head (logistic regression on chosen - rejected) trained on k
+    of the user's labels, and on the whole pool (k = "pool")."""
     from sklearn.linear_model import LogisticRegression
 
     scale = (train.chosen - train.rejected).std(0)
@@ -261,26 +319,26 @@ def oracle_curve(train: PairFeatures, user_feats: dict[str, PairFeatures], users
         head = LogisticRegression(C=1.0, fit_intercept=False, max_iter=500).fit(x, y)
         return float((diff[test_idx] @ head.coef_[0] > 0).mean())
 
-    out: dict[str, float] = {}
+    out: dict[str, dict[str, float]] = {}
     for k in [k for k in cfg.shots if k > 0]:
-        per_user = []
+        per_user = {}
         for u in users:
             if k > len(u.pool):
                 continue
             f = user_feats[u.name]
-            per_user.append(np.mean([head_accuracy(f, u.pool[d], u.test)
-                                     for d in label_draws(len(u.pool), k, cfg.draws, seed, u.number)]))
+            per_user[u.name] = float(np.mean([head_accuracy(f, u.pool[d], u.test)
+                                              for d in label_draws(len(u.pool), k, cfg.draws, seed, u.number)]))
         if per_user:
-            out[str(k)] = float(np.mean(per_user))
-    out["pool"] = float(np.mean([head_accuracy(user_feats[u.name], u.pool, u.test) for u in users]))
+            out[str(k)] = per_user
+    out["pool"] = {u.name: head_accuracy(user_feats[u.name], u.pool, u.test) for u in users}
     return out
 
 
 def active_and_random(margins: dict[str, tuple[np.ndarray, np.ndarray]], users: list[UserData], adapter: str,
                       prior: np.ndarray, scale: np.ndarray | None, cfg: ExperimentConfig,
-                      seed: int) -> dict[str, dict[str, float]]:
-    """Accuracy after k sequentially chosen labels, active selection vs random order."""
-    curves: dict[str, dict[str, list[float]]] = {"active": {}, "random": {}}
+                      seed: int) -> dict[str, dict[str, dict[str, float]]]:
+    """{strategy: {k: {user: accuracy}}} after k sequentially chosen labels, active selection vs random."""
+    curves: dict[str, dict[str, dict[str, float]]] = {"active": {}, "random": {}}
     for u in users:
         m, a = margins[u.name]
         mp, ap = m[u.pool], a[u.pool]
@@ -302,8 +360,8 @@ def active_and_random(margins: dict[str, tuple[np.ndarray, np.ndarray]], users: 
                 ad.update(mp[i], u.ids[u.pool[i]], ap[i])
         for strategy, by_k in per_strategy.items():
             for k, accs in by_k.items():
-                curves[strategy].setdefault(str(k), []).append(float(np.mean(accs)))
-    return {s: {k: float(np.mean(v)) for k, v in c.items()} for s, c in curves.items()}
+                curves[strategy].setdefault(str(k), {})[u.name] = float(np.mean(accs))
+    return curves
 
 
 def shift_report(margins: dict[str, tuple[np.ndarray, np.ndarray]], users: list[UserData], adapter: str,
@@ -334,9 +392,20 @@ def _train(kind: str, seed: int, parts: dict[str, PairFeatures], cfg: Experiment
            metadata: dict) -> tuple[SparseMoERewardModel, float]:
     overrides = {k: getattr(cfg, k) for k in ("epochs", "min_steps") if getattr(cfg, k) is not None}
     mcfg = ModelConfig(kind=kind, input_dim=parts["train"].dim, num_experts=cfg.experts, top_k=cfg.top_k,
-                       backbone=dict(metadata))
+                       backbone=dict(metadata), router_input=cfg.router_input)
     result = train_model(parts["train"], parts["validation"], mcfg, TrainConfig.for_kind(kind, seed=seed, **overrides))
     return result.model, result.seconds
+
+
+def _merge(into: dict, part: dict) -> None:
+    """Merge nested {...: {user: value}} dicts (one per fold) into one."""
+    for key, value in part.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            _merge(into.setdefault(key, {}), value)
+        elif isinstance(value, dict):
+            into.setdefault(key, {}).update(value)
+        else:
+            into[key] = value
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None,
@@ -353,99 +422,160 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None,
         keep = np.sort(np.random.default_rng(cfg.user_seed).choice(len(features), cfg.max_pairs, replace=False))
         features = features.subset(keep)
     embed_s = time.perf_counter() - t0
-    us = split_users(features, cfg.user_field, cfg.holdout_fraction, cfg.user_seed)
-    train_pool = features.subset(us.train_index)
-    user_feats = {u: features.subset(idx) for u, idx in us.user_index.items() if len(idx) >= 2}
+    check_split_field(cfg.split_by, features.pairs)
+    protocol = plan_folds(features, cfg.user_field, cfg.held_out_users, cfg.max_folds, cfg.user_seed)
+    user_feats = {u: features.subset(idx) for fold in protocol.folds for u, idx in fold.user_index.items()
+                  if len(idx) >= 2}
     if not user_feats:
         raise ValueError("no held-out user has at least 2 pairs")
 
     per_seed: list[dict] = []
+    fold_reports: list[dict] = []
+    warnings: list[str] = []
     train_s: dict[str, list[float]] = {k: [] for k in cfg.kinds}
     t_personal = 0.0
     lead = "sparse" if "sparse" in cfg.kinds else cfg.kinds[0]  # the model of the selection and shift studies
     best: str | None = None
-    bar = tqdm(total=cfg.seeds * len(cfg.kinds), desc="experiment", unit="model")
+    bar = tqdm(total=cfg.seeds * len(protocol.folds) * len(cfg.kinds), desc="experiment", unit="model",
+               disable=not sys.stderr.isatty())
     for seed in range(cfg.seeds):
-        splits = split_pairs(train_pool.pairs, cfg.validation, cfg.test, seed=seed)
-        parts = {n: train_pool.subset(getattr(splits, n)) for n in ("train", "validation", "test")}
-        held_out = parts["test"] if len(parts["test"]) else parts["validation"]
-        users = []
-        for number, (name, f) in enumerate(user_feats.items()):
-            pool, test = user_pool_and_test(len(f), cfg.user_test_fraction, seed, number)
-            users.append(UserData(name, number, pool, test, f.ids))
-        row: dict = {"models": {}, "oracle": oracle_curve(parts["train"], user_feats, users, cfg, seed)}
-        for kind in cfg.kinds:
-            bar.set_postfix_str(f"seed {seed} {kind}")
-            say(f"seed {seed + 1}/{cfg.seeds}: training {kind}")
-            model, seconds = _train(kind, seed, parts, cfg, features.metadata)
-            train_s[kind].append(seconds)
-            ev = evaluate(model, held_out)
-            t1 = time.perf_counter()
-            train_margins, _ = expert_margins_for(model, parts["train"])
-            scale = margin_scale_for(train_margins) if cfg.margin_scale else None
-            prior = profile_prior(model, parts["train"])
-            margins = {u: expert_margins_for(model, f) for u, f in user_feats.items()}
-            say(f"seed {seed + 1}/{cfg.seeds}: personalizing {kind}")
-            curves = personalization_curves(margins, users, prior, scale, cfg, seed)
-            model_row = {"eval": ev, "personalization": curves}
-            if kind == lead:
-                # The adapter for the selection study is picked once, on the first seed, and kept.
-                best = best or max(cfg.adapters, key=lambda a: np.mean([v for k, v in curves[a].items() if k != "0"] or [0]))
-                model_row["active_vs_random"] = {"adapter": best,
-                                                 **active_and_random(margins, users, best, prior, scale, cfg, seed)}
-                if seed == 0:
-                    model_row["weight_shift"] = shift_report(margins, users, best, prior, scale, cfg)
-                    if cfg.describe:
-                        say("describing experts")
-                        model_row["expert_labels"] = {str(d.expert): d.label for d in describe_experts(model, parts["train"])}
-            t_personal += time.perf_counter() - t1
-            row["models"][kind] = model_row
-            bar.update(1)
+        row: dict = {"models": {k: {"evals": [], "personalization": {}} for k in cfg.kinds}, "oracle": {},
+                     "active_vs_random": {}, "weight_shift": {}, "expert_labels": {}}
+        for f_no, fold in enumerate(protocol.folds):
+            users, test_rows = [], {}
+            for name in fold.held_users:
+                if name not in user_feats:
+                    continue
+                pool, test = user_pool_and_test(len(user_feats[name]), cfg.user_test_fraction, seed,
+                                                protocol.numbers[name])
+                users.append(UserData(name, protocol.numbers[name], pool, test, user_feats[name].ids))
+                test_rows[name] = test
+            if not users:
+                continue
+            train_index, excluded = training_index(features, cfg.user_field, fold, test_rows)
+            report = {"seed": seed, "held_out": fold.held_users, "train_pool": len(train_index),
+                      "excluded_repeats_of_test_comparisons": excluded}
+            fold_reports.append(report)
+            if len(train_index) < MIN_TRAIN_POOL:
+                message = (f"seed {seed}, held out {', '.join(fold.held_users)}: only {len(train_index)} pairs left to "
+                           f"train on (fewer than {MIN_TRAIN_POOL}); its numbers mean little")
+                report["warning"] = message
+                if message not in warnings:
+                    warnings.append(message)
+            if len(train_index) < 4:
+                continue
+            pool_feats = features.subset(train_index)
+            splits = split_pairs(pool_feats.pairs, cfg.validation, cfg.test, seed=seed, by=cfg.split_by)
+            parts = {n: pool_feats.subset(getattr(splits, n)) for n in ("train", "validation", "test")}
+            if len(parts["train"]) < 2:
+                continue
+            held_out = parts["test"] if len(parts["test"]) else parts["validation"]
+            _merge(row["oracle"], oracle_curve(parts["train"], user_feats, users, cfg, seed))
+            for kind in cfg.kinds:
+                bar.set_postfix_str(f"seed {seed} fold {f_no} {kind}")
+                say(f"seed {seed + 1}/{cfg.seeds}, fold {f_no + 1}/{len(protocol.folds)}: training {kind}")
+                model, seconds = _train(kind, seed, parts, cfg, features.metadata)
+                train_s[kind].append(seconds)
+                ev = evaluate(model, held_out, diagnostics=cfg.diagnostics)
+                t1 = time.perf_counter()
+                train_margins, _ = expert_margins_for(model, parts["train"])
+                scale = margin_scale_for(train_margins) if cfg.margin_scale else None
+                prior = profile_prior(model, parts["train"])
+                margins = {u.name: expert_margins_for(model, user_feats[u.name]) for u in users}
+                say(f"seed {seed + 1}/{cfg.seeds}: personalizing {kind}")
+                curves = personalization_curves(margins, users, prior, scale, cfg, seed)
+                model_row = row["models"][kind]
+                model_row["evals"].append(ev)
+                _merge(model_row["personalization"], curves)
+                if kind == lead:
+                    # The adapter for the selection study is picked once, on the first fold of the first seed.
+                    best = best or max(cfg.adapters, key=lambda a: np.mean(
+                        [np.mean(list(v.values())) for k, v in curves[a].items() if k != "0"] or [0]))
+                    _merge(row["active_vs_random"], active_and_random(margins, users, best, prior, scale, cfg, seed))
+                    if seed == 0:
+                        row["weight_shift"].update(shift_report(margins, users, best, prior, scale, cfg))
+                        if cfg.describe and not row["expert_labels"]:
+                            say("describing experts")
+                            row["expert_labels"] = {str(d.expert): d.label
+                                                    for d in describe_experts(model, parts["train"])}
+                t_personal += time.perf_counter() - t1
+                bar.update(1)
         per_seed.append(row)
     bar.close()
+    if not any(r["models"][k]["evals"] for r in per_seed for k in cfg.kinds):
+        raise ValueError("no fold had enough pairs to train on: " + "; ".join(warnings))
 
-    results = summarize(per_seed, cfg, us, features, user_feats)
-    results["timings"] = {"embed_s": round(embed_s, 3), "train_s": {k: round(float(np.mean(v)), 3) for k, v in train_s.items()},
+    results = summarize(per_seed, cfg, protocol, features, user_feats, fold_reports, warnings, best)
+    results["timings"] = {"embed_s": round(embed_s, 3), "train_s": {k: round(float(np.mean(v)), 3) for k, v in train_s.items() if v},
                           "personalize_s": round(t_personal, 3), "total_s": round(time.perf_counter() - t_start, 3)}
     if out is not None:
         write_outputs(results, out, figures=cfg.figures)
     return results
 
 
-def summarize(per_seed: list[dict], cfg: ExperimentConfig, us: UserSplit, features: PairFeatures,
-              user_feats: dict[str, PairFeatures]) -> dict:
+def _user_mean(by_user: dict[str, float] | None) -> float | None:
+    return float(np.mean(list(by_user.values()))) if by_user else None
+
+
+def _fold_mean(values) -> float | None:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return float(np.mean(v)) if v else None
+
+
+DIAGNOSTIC_KEYS = ("router_probe_nmi", "router_probe_accuracy", "oracle_routing_accuracy", "discovery_efficiency")
+
+
+def summarize(per_seed: list[dict], cfg: ExperimentConfig, protocol: Protocol, features: PairFeatures,
+              user_feats: dict[str, PairFeatures], fold_reports: list[dict], warnings: list[str],
+              adapter: str | None) -> dict:
+    """Means over folds (models) or users (personalization) within a seed; mean and sd over seeds."""
     models: dict = {}
+    users_at_k: dict[str, list[str]] = {}
     for kind in cfg.kinds:
-        rows = [r["models"][kind] for r in per_seed]
-        groups = sorted({g for r in rows for g in r["eval"]["per_group"]})
-        util = np.mean([r["eval"]["expert_utilization"] for r in rows], axis=0)
+        evals = [r["models"][kind]["evals"] for r in per_seed]
+        groups = sorted({g for es in evals for e in es for g in e["per_group"]})
+        util = np.mean([e["expert_utilization"] for es in evals for e in es], axis=0)
+        curves = [r["models"][kind]["personalization"] for r in per_seed]
         models[kind] = {
-            "accuracy": stat(r["eval"]["accuracy"] for r in rows),
-            "per_group": {g: stat(r["eval"]["per_group"].get(g, {}).get("accuracy") for r in rows) for g in groups},
-            "routing_nmi": stat(r["eval"]["routing_nmi"] for r in rows),
+            "accuracy": stat(_fold_mean(e["accuracy"] for e in es) for es in evals),
+            "per_group": {g: stat(_fold_mean(e["per_group"].get(g, {}).get("accuracy") for e in es) for es in evals)
+                          for g in groups},
+            "routing_nmi": stat(_fold_mean(e["routing_nmi"] for e in es) for es in evals),
             "expert_utilization": [round(float(x), 6) for x in util],
             "personalization": {
-                a: {str(k): stat(r["personalization"][a].get(str(k)) for r in rows) for k in cfg.shots
-                    if any(str(k) in r["personalization"][a] for r in rows)}
+                a: {str(k): stat(_user_mean(c[a].get(str(k))) for c in curves) for k in cfg.shots
+                    if any(str(k) in c.get(a, {}) for c in curves)}
                 for a in cfg.adapters
             },
+            "diagnostics": {key: stat(_fold_mean((e.get("diagnostics") or {}).get(key) for e in es) for es in evals)
+                            for key in DIAGNOSTIC_KEYS},
+            "n_test_pairs": int(np.mean([sum(e["n_pairs"] for e in es) for es in evals])),
         }
+        for c in curves:
+            for a in c:
+                for k, by_user in c[a].items():
+                    users_at_k[k] = sorted(set(users_at_k.get(k, [])) | set(by_user))
     oracle_keys = [str(k) for k in cfg.shots if k > 0] + ["pool"]
-    oracle = {k: stat(r["oracle"].get(k) for r in per_seed) for k in oracle_keys
+    oracle = {k: stat(_user_mean(r["oracle"].get(k)) for r in per_seed) for k in oracle_keys
               if any(k in r["oracle"] for r in per_seed)}
     lead = "sparse" if "sparse" in cfg.kinds else cfg.kinds[0]
-    avr_rows = [r["models"][lead]["active_vs_random"] for r in per_seed]
-    active_vs_random = {"adapter": avr_rows[0]["adapter"], "model": lead}
+    active_vs_random: dict = {"adapter": adapter, "model": lead}
     for strategy in ("active", "random"):
-        keys = sorted({k for r in avr_rows for k in r[strategy]}, key=int)
-        active_vs_random[strategy] = {k: stat(r[strategy].get(k) for r in avr_rows) for k in keys}
+        keys = sorted({k for r in per_seed for k in r["active_vs_random"].get(strategy, {})}, key=int)
+        active_vs_random[strategy] = {k: stat(_user_mean(r["active_vs_random"][strategy].get(k)) for r in per_seed)
+                                      for k in keys}
     config = asdict(cfg)
-    config.update(users=sorted(user_feats), n_pairs={
-        "total": len(features), "train_pool": len(us.train_index), "held_out_users": sum(len(f) for f in user_feats.values()),
-        "dropped_duplicates_of_user_pairs": us.dropped_duplicates})
+    pools = [f["train_pool"] for f in fold_reports]
+    config.update(users=sorted(user_feats), protocol=protocol.name, n_pairs={
+        "total": len(features), "train_pool": int(np.mean(pools)) if pools else 0,
+        "train_pool_min": int(min(pools)) if pools else 0,
+        "held_out_users": sum(len(f) for f in user_feats.values()),
+        "dropped_duplicates_of_user_pairs": int(np.mean([f["excluded_repeats_of_test_comparisons"] for f in fold_reports]))
+        if fold_reports else 0})
     return {"config": config, "models": models, "oracle": oracle, "active_vs_random": active_vs_random,
-            "weight_shift": per_seed[0]["models"][lead].get("weight_shift", {}),
-            "expert_labels": per_seed[0]["models"][lead].get("expert_labels", {})}
+            "weight_shift": per_seed[0]["weight_shift"], "expert_labels": per_seed[0]["expert_labels"],
+            "users_per_k": {k: users_at_k[k] for k in sorted(users_at_k, key=int)},
+            "folds": fold_reports, "warnings": warnings}
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -465,26 +595,44 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def results_markdown(results: dict) -> str:
     cfg, models = results["config"], results["models"]
     kinds = list(models)
+    split = cfg.get("split_by") or "prompt"
     parts = [f"# Experiment: {cfg['data']} (users from `{cfg['user_field']}`, {cfg['seeds']} seeds, "
-             f"{cfg['experts']} experts, top-{cfg['top_k']})",
-             f"Held-out users ({len(cfg['users'])}): {', '.join(cfg['users'])}. Pairs: {cfg['n_pairs']}. "
-             "Values are mean ± sd over seeds."]
-    parts.append("## Models (held-out test split of the training pairs)")
+             f"{cfg['experts']} experts, top-{cfg['top_k']}, router input {cfg.get('router_input', 'pooled')})",
+             f"Protocol: {cfg.get('protocol', 'held-out users')}. Held-out users ({len(cfg['users'])}): "
+             f"{', '.join(cfg['users'])}. Pairs: {cfg['n_pairs']}. Values are mean ± sd over seeds."]
+    for w in results.get("warnings", []):
+        parts.append(f"**Warning:** {w}")
+    parts.append(f"## Models (held-out test split of the training pairs, split by {split}; "
+                 "about {} test pairs per seed)".format(next(iter(models.values())).get("n_test_pairs", "?")))
     parts.append(_table(["kind", "accuracy", "routing NMI", "expert utilization (top-1 share)"],
                         [[k, _fmt(m["accuracy"]), _fmt(m["routing_nmi"]), " ".join(f"{u:.2f}" for u in m["expert_utilization"])]
                          for k, m in models.items()]))
+    if any(m.get("diagnostics", {}).get("oracle_routing_accuracy", {}).get("mean") is not None for m in models.values()):
+        parts.append("## Specialization diagnostics (same test split; probes 5-fold cross-validated over prompts)\n\n"
+                     "Router probe: a supervised linear router on the same router input, given the groups (the NMI "
+                     "routing could reach). Oracle routing: one Bradley-Terry head per group, the group given. "
+                     "Discovery efficiency: routing NMI / probe NMI.")
+        parts.append(_table(["kind", "router probe NMI", "router probe accuracy", "oracle-routing accuracy",
+                             "discovery efficiency"],
+                            [[k] + [_fmt(m.get("diagnostics", {}).get(key)) for key in DIAGNOSTIC_KEYS]
+                             for k, m in models.items()]))
     groups = sorted({g for m in models.values() for g in m["per_group"]})
     if groups:
         parts.append("## Accuracy per group")
         parts.append(_table(["group"] + kinds, [[g] + [_fmt(models[k]["per_group"].get(g)) for k in kinds] for g in groups]))
     shots = [str(k) for k in cfg["shots"]]
+    per_k = results.get("users_per_k", {})
     parts.append("## Few-shot personalization on held-out users (accuracy on each user's test pairs)")
     rows = []
     for k in kinds:
         for a, curve in models[k]["personalization"].items():
             rows.append([k, a] + [_fmt(curve.get(s)) for s in shots])
     rows.append(["oracle", "user-only BT head"] + [_fmt(results["oracle"].get(s)) for s in shots])
-    parts.append(_table(["model", "adapter"] + [f"k={s}" for s in shots], rows))
+    parts.append(_table(["model", "adapter"] + [f"k={s} ({len(per_k.get(s, []))} users)" for s in shots], rows))
+    short = {s: sorted(set(cfg["users"]) - set(per_k.get(s, []))) for s in shots}
+    missing = [f"k={s}: {', '.join(u)}" for s, u in short.items() if u]
+    if missing:
+        parts.append("Users left out at a k (their adaptation pool is smaller than k): " + "; ".join(missing) + ".")
     parts.append(f"Oracle on each user's whole pool: {_fmt(results['oracle'].get('pool'))}")
     avr = results["active_vs_random"]
     parts.append(f"## Active vs random label selection ({avr.get('model')} model, {avr['adapter']} adapter)")

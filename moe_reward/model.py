@@ -154,7 +154,8 @@ class SparseMoERewardModel(nn.Module):
             self.hidden_bias = nn.Parameter(torch.zeros(k, h))
             self.head = nn.Parameter(torch.randn(k, h) / h**0.5)
         else:
-            self.head = nn.Parameter(torch.randn(k, d) / d**0.5)
+            # Random heads break the symmetry between experts; one head (a convex BT problem) starts at 0.
+            self.head = nn.Parameter(torch.randn(k, d) / d**0.5 if k > 1 else torch.zeros(k, d))
         # A head shared by all experts learns what every context agrees on (from all the data), so the
         # experts' own heads only carry what differs; each expert's reward is shared + own.
         self.shared_head = nn.Parameter(torch.zeros(self.head.shape[-1])) if config.shared_head and k > 1 else None

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-ADAPTERS = ("hedge", "batch", "gradient")
+ADAPTERS = ("hedge", "batch", "gradient", "signed")
 PROFILE_FORMAT = "moe-reward-profile/1"
 
 
@@ -236,41 +236,53 @@ class Adapter:
         return f"{type(self).__name__}(K={self.num_experts}, labels={self.n_labels}, params={self.params})"
 
 
+def _check_share(share: float) -> None:
+    if not 0 <= share < 1:
+        raise ValueError(f"share must be in [0, 1), got {share}")
+
+
 class HedgeAdapter(Adapter):
-    """Multiplicative weights: state = log-weights, one O(K) step per label."""
+    """Multiplicative weights with fixed share: state = the weights, one O(K) step per label.
+
+    After each label, ``w <- (1 - share) * hedge_step(w) + share * prior``: every expert keeps at least
+    ``share * prior_k``, so a profile that leaned on one expert after a few labels can still move to
+    another one when later labels disagree (plain Hedge locks onto one expert after ~5 labels)."""
 
     name = "hedge"
-    defaults = {"eta": 1.0, "loss": "logistic"}
+    defaults = {"eta": 0.5, "share": 0.05, "loss": "logistic"}
 
     def _validate(self) -> None:
         if self.params["eta"] < 0:
             raise ValueError(f"eta must be >= 0, got {self.params['eta']}")
         if self.params["loss"] not in ("logistic", "zero_one"):
             raise ValueError("loss must be 'logistic' or 'zero_one'")
+        _check_share(self.params["share"])
 
     def _initial_state(self) -> np.ndarray:
-        return np.log(np.clip(self.initial_weights, 1e-300, None))
+        return self.initial_weights.copy()
 
     def _round_loss(self, m: np.ndarray) -> np.ndarray:
         return (m <= 0).astype(np.float64) if self.params["loss"] == "zero_one" else self.expert_losses(m)
 
     def _next_state(self, state: np.ndarray) -> np.ndarray:
-        z = state - self.params["eta"] * self._round_loss(self._margins[-1])
-        return z - z.max()  # keep the log-weights bounded
+        z = np.log(np.clip(state, 1e-300, None)) - self.params["eta"] * self._round_loss(self._margins[-1])
+        share = self.params["share"]
+        return (1 - share) * softmax(z) + share * self.initial_weights
 
     def _weights_of(self, state: np.ndarray) -> np.ndarray:
-        return softmax(state)
+        return state / state.sum()
 
 
 class BatchAdapter(Adapter):
     """DRM-style closed form over all labels: state = [sum of per-expert losses..., n]."""
 
     name = "batch"
-    defaults = {"temperature": 0.2, "prior_strength": 2.0}
+    defaults = {"temperature": 0.2, "prior_strength": 2.0, "share": 0.05}
 
     def _validate(self) -> None:
         if self.params["temperature"] <= 0 or self.params["prior_strength"] < 0:
             raise ValueError("temperature must be > 0 and prior_strength >= 0")
+        _check_share(self.params["share"])
 
     def _initial_state(self) -> np.ndarray:
         return np.zeros(self.num_experts + 1)
@@ -283,7 +295,7 @@ class BatchAdapter(Adapter):
         if n == 0:
             return self.initial_weights.copy()
         fit = softmax(-state[:-1] / n / self.params["temperature"])
-        lam = n / (n + self.params["prior_strength"])
+        lam = (1 - self.params["share"]) * n / (n + self.params["prior_strength"])  # the prior keeps `share`
         return (1 - lam) * self.initial_weights + lam * fit
 
 
@@ -384,7 +396,46 @@ class GradientAdapter(Adapter):
         return {**super().to_dict(), "router_bias": self.router_bias.tolist()}
 
 
-ADAPTER_CLASSES: dict[str, type[Adapter]] = {"hedge": HedgeAdapter, "batch": BatchAdapter, "gradient": GradientAdapter}
+class SignedAdapter(Adapter):
+    """Signed weights: w in R^K (not on the simplex), Adam on the BT loss of the mixed margin
+    ``softplus(-m . w)`` plus ``l2 * |w - prior|^2``. A user who disagrees with what *every* expert
+    rewards (e.g. harmlessness judgments against experts that all learned helpfulness) gets negative
+    weights: the simplex adapters can at best mute the experts, this one can reverse them."""
+
+    name = "signed"
+    defaults = {"lr": 0.1, "steps": 300, "l2": 0.01, "tol": 1e-4}
+
+    def _validate(self) -> None:
+        p = self.params
+        if p["lr"] <= 0 or p["steps"] < 1 or p["l2"] < 0 or p["tol"] < 0:
+            raise ValueError("lr must be > 0, steps >= 1, l2 and tol >= 0")
+
+    def _initial_state(self) -> np.ndarray:
+        return self.initial_weights.copy()
+
+    def _weights_of(self, state: np.ndarray) -> np.ndarray:
+        return state
+
+    def _next_state(self, state: np.ndarray) -> np.ndarray:
+        p = self.params
+        # Solve in units of each expert's margin spread (m' = m / s, w' = w * s, so m . w = m' . w'):
+        # Adam's steps are then of comparable size for every expert.
+        s = self.margin_scale
+        m = np.stack(self._margins) / s
+        w, mom, vel = state * s, np.zeros_like(state), np.zeros_like(state)
+        anchor = self.initial_weights * s
+        for t in range(1, p["steps"] + 1):
+            g = -(sigmoid(-(m @ w))[:, None] * m).mean(0) + 2 * p["l2"] * (w - anchor)
+            if np.abs(g).max() < p["tol"]:
+                break
+            mom = 0.9 * mom + 0.1 * g
+            vel = 0.999 * vel + 0.001 * g * g
+            w = w - p["lr"] * (mom / (1 - 0.9**t)) / (np.sqrt(vel / (1 - 0.999**t)) + 1e-8)
+        return w / s
+
+
+ADAPTER_CLASSES: dict[str, type[Adapter]] = {"hedge": HedgeAdapter, "batch": BatchAdapter, "gradient": GradientAdapter,
+                                             "signed": SignedAdapter}
 
 
 def make_adapter(name: str, num_experts: int, initial_weights=None, **params) -> Adapter:

@@ -41,11 +41,14 @@ class TrainRequest:
     split_seed: int = 0
     skip_bad: bool = False
     exclude_user_pairs: bool = False  # keep annotator-labelled pairs out (e.g. held-out personas)
+    router_input: str = "auto"  # what the router reads (router_inputs.py); auto: chosen on validation
+    split_by: str | None = None  # keep every value of this field on one side (default: the prompt)
     train: TrainConfig | None = None
 
 
-def split_features(features: PairFeatures, validation: float, test: float, seed: int) -> tuple[Splits, dict[str, PairFeatures]]:
-    splits = split_pairs(features.pairs, validation=validation, test=test, seed=seed)
+def split_features(features: PairFeatures, validation: float, test: float, seed: int,
+                   by: str | None = None) -> tuple[Splits, dict[str, PairFeatures]]:
+    splits = split_pairs(features.pairs, validation=validation, test=test, seed=seed, by=by)
     parts = {name: features.subset(getattr(splits, name)) for name in ("train", "validation", "test")}
     return splits, parts
 
@@ -65,10 +68,10 @@ def train_from_data(req: TrainRequest, out: str | Path | None, stage: StageFn | 
         features = features.subset([i for i, p in enumerate(features.pairs) if p.user is None])
         if not len(features):
             raise ValueError(f"{req.data}: every pair has a user; nothing left to train on without them")
-    splits, parts = split_features(features, req.validation, req.test, req.split_seed)
+    splits, parts = split_features(features, req.validation, req.test, req.split_seed, req.split_by)
     cfg = req.train or TrainConfig.for_kind(req.kind)
     mcfg = ModelConfig(kind=req.kind, input_dim=features.dim, num_experts=req.experts, top_k=req.top_k,
-                       hidden_dim=req.hidden_dim, backbone=dict(features.metadata))
+                       hidden_dim=req.hidden_dim, backbone=dict(features.metadata), router_input=req.router_input)
 
     def on_epoch(epoch: int, epochs: int, row: dict) -> None:
         acc = row.get("val_accuracy", row.get("train_accuracy", float("nan")))
@@ -82,11 +85,15 @@ def train_from_data(req: TrainRequest, out: str | Path | None, stage: StageFn | 
         "request": {k: v for k, v in asdict(req).items() if k != "train"},
         "train_config": asdict(cfg),
         "splits": {name: len(getattr(splits, name)) for name in ("train", "validation", "test")},
-        "best_epoch": result.best_epoch + 1,
+        "best_epoch": result.best_epoch,  # 0: the warm start was kept
+        "epochs_planned": result.epochs_planned,
+        "epochs_run": len(result.history) - 1,
+        "discovery": result.discovery,
         "history": result.history,
         "train_seconds": round(result.seconds, 3),
         "total_seconds": round(time.perf_counter() - t0, 3),
-        "test": evaluate(result.model, held_out),
+        "test_subset": "test" if len(parts["test"]) else "validation",
+        "test": evaluate(result.model, held_out, diagnostics=True),
         "train": evaluate(result.model, parts["train"]),
     }
     if out is not None:

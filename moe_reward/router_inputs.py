@@ -194,7 +194,7 @@ class RouterData:
     states (distinct prompts [U, T, D] float16 with a mask, and the row of each pair's prompt)."""
 
     blocks: list  # np.ndarray [N, d] or scipy CSR [N, V], concatenated in order
-    tokens: np.ndarray | None = None  # [U, T, D] float16
+    tokens: np.ndarray | None = None  # [U, T, D] float32 (float16 beyond `FLOAT32_TOKEN_BYTES`)
     mask: np.ndarray | None = None  # [U, T] bool
     index: np.ndarray | None = None  # [N] row in `tokens`
 
@@ -222,7 +222,7 @@ class RouterData:
         if self.tokens is None:
             return vec_t  # type: ignore[return-value]
         u = self.index[rows]
-        tokens = torch.from_numpy(self.tokens[u].astype(np.float32))
+        tokens = torch.from_numpy(np.asarray(self.tokens[u], dtype=np.float32))
         return RouterBatch(vec_t, tokens, torch.from_numpy(self.mask[u]))
 
     def subset(self, rows: np.ndarray) -> RouterData:
@@ -247,10 +247,14 @@ class RouterData:
         return np.concatenate(means).astype(np.float32), np.concatenate(stds).astype(np.float32)
 
 
+FLOAT32_TOKEN_BYTES = 1 << 30  # token states of distinct prompts are kept as float32 up to this size
+
+
 def _pad_tokens(states: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     width = max(1, max(len(s) for s in states))
     dim = states[0].shape[1]
-    tokens = np.zeros((len(states), width, dim), np.float16)
+    dtype = np.float32 if len(states) * width * dim * 4 <= FLOAT32_TOKEN_BYTES else np.float16
+    tokens = np.zeros((len(states), width, dim), dtype)
     mask = np.zeros((len(states), width), bool)
     for i, s in enumerate(states):
         tokens[i, : len(s)] = s

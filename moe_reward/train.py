@@ -318,7 +318,7 @@ def fit_context_preferences(model: SparseMoERewardModel, router: RouterData, dif
             p = model.router_features(router.batch(rows))
         dd = diff[rows]
         margin = ((p @ u) * (dd @ v)).sum(-1) + dd @ w0
-        penalty = (u**2).sum() + (v**2).sum() + (w0**2).sum() + sum((q**2).sum() for q in extra)
+        penalty = (u**2).sum() + (v**2).sum() + (w0**2).sum()  # not the queries: where to look is free
         loss = F.softplus(-margin).mean() + l2 * penalty
         opt.zero_grad()
         loss.backward()
@@ -348,10 +348,15 @@ def fit_context_preferences(model: SparseMoERewardModel, router: RouterData, dif
 
 def kmeans(x: torch.Tensor, k: int, seed: int, n_init: int = 10) -> torch.Tensor:
     """Euclidean k-means (scikit-learn, k-means++ with `n_init` restarts); the cluster of each row."""
+    import warnings
+
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
 
     k = min(k, len(x))
-    labels = KMeans(k, n_init=n_init, random_state=seed).fit(x.double().numpy()).labels_
+    with warnings.catch_warnings():  # fewer distinct codes than clusters: some experts start empty, fine
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        labels = KMeans(k, n_init=n_init, random_state=seed).fit(x.double().numpy()).labels_
     return torch.from_numpy(labels.astype(np.int64))
 
 

@@ -13,7 +13,7 @@ import pytest
 from moe_reward.cli import main
 from moe_reward.data import PreferencePair, save_jsonl
 from moe_reward.embed import PairFeatures
-from moe_reward.experiment import ExperimentConfig, run_experiment, split_users, stat
+from moe_reward.experiment import ExperimentConfig, plan_folds, run_experiment, stat, training_index
 
 DIM = 10
 
@@ -57,10 +57,13 @@ def features_file(tmp_path_factory):
 
 def check_shape(results: dict, kinds, adapters, shots):
     assert set(results) == {"config", "models", "oracle", "active_vs_random", "weight_shift", "expert_labels",
-                            "timings"}
+                            "timings", "users_per_k", "folds", "warnings"}
     assert list(results["models"]) == list(kinds)
     for m in results["models"].values():
-        assert set(m) == {"accuracy", "per_group", "routing_nmi", "expert_utilization", "personalization"}
+        assert set(m) == {"accuracy", "per_group", "routing_nmi", "expert_utilization", "personalization",
+                          "diagnostics", "n_test_pairs"}
+        assert set(m["diagnostics"]) == {"router_probe_nmi", "router_probe_accuracy", "oracle_routing_accuracy",
+                                         "discovery_efficiency"}
         assert set(m["accuracy"]) == {"mean", "sd"}
         assert list(m["personalization"]) == list(adapters)
         for curve in m["personalization"].values():
@@ -77,7 +80,7 @@ def test_experiment_on_synthetic_features(features_file, tmp_path):
     cfg = ExperimentConfig(data=str(features_file), seeds=2, experts=2, top_k=1, epochs=4, min_steps=30,
                            shots=(0, 1, 4, 8), draws=2, figures=True)
     results = run_experiment(cfg, tmp_path / "out")
-    check_shape(results, ("sparse", "dense", "single", "drm"), ("hedge", "batch", "gradient"), (0, 1, 4, 8))
+    check_shape(results, ("sparse", "dense", "single", "drm"), ("hedge", "batch", "gradient", "signed"), (0, 1, 4, 8))
     assert results["config"]["users"] == ["long_fan", "short_fan"]
     assert set(results["weight_shift"]) == {"long_fan", "short_fan"}
     ws = results["weight_shift"]["long_fan"]
@@ -100,16 +103,78 @@ def test_held_out_users_never_reach_training():
     feats = synthetic_features(n_general=10, n_user=3)
     dup = feats.pairs[-1]
     feats.pairs[0] = PreferencePair(dup.prompt, dup.rejected, dup.chosen, group="concise", id="dup")  # same texts, no user
-    us = split_users(feats, "user")
-    assert us.held_users == ["long_fan", "short_fan"] and us.dropped_duplicates == 1
-    assert 0 not in us.train_index and all(feats.pairs[i].user is None for i in us.train_index)
-    # When every pair has a "user" (here: groups), a seeded third of them is held out.
-    us = split_users(feats, "group", seed=0)
-    assert len(us.held_users) == 1
-    assert split_users(feats, "group", seed=0).held_users == us.held_users
-    assert not any(feats.pairs[i].group in us.held_users for i in us.train_index)
+    protocol = plan_folds(feats, "user")
+    assert protocol.name == "held-out users" and len(protocol.folds) == 1
+    fold = protocol.folds[0]
+    assert fold.held_users == ["long_fan", "short_fan"]
+    # the duplicate repeats short_fan's last pair: excluded only when that pair is a test pair
+    last = len(fold.user_index["short_fan"]) - 1
+    train, dropped = training_index(feats, "user", fold, {"long_fan": np.array([0]), "short_fan": np.array([last])})
+    assert dropped == 1 and 0 not in train and all(feats.pairs[i].user is None for i in train)
+    train, dropped = training_index(feats, "user", fold, {"long_fan": np.array([0]), "short_fan": np.array([0])})
+    assert dropped == 0 and 0 in train
     with pytest.raises(ValueError, match="no pair has"):
-        split_users(feats.subset(range(10)), "user")
+        plan_folds(feats.subset(range(10)), "user")
+    with pytest.raises(ValueError, match="not in the data"):
+        plan_folds(feats, "user", held_out_users=("nobody",))
+
+
+def judges_features(n_comparisons: int = 40, judges=("a", "b", "c", "d")) -> PairFeatures:
+    """Every judge labels the same comparisons (a multi-annotator set): judge d disagrees with the rest."""
+    rng = np.random.default_rng(1)
+    better = rng.normal(size=DIM)  # the direction everyone but d prefers
+    pairs, prompt, chosen, rejected = [], [], [], []
+    for i in range(n_comparisons):
+        x = rng.normal(size=DIM) * 0.3 + better * 0.5  # x is the better response for everyone but d
+        y = rng.normal(size=DIM) * 0.3 - better * 0.5
+        for j in judges:
+            first = j != "d"
+            pairs.append(PreferencePair(f"q{i}", f"x{i}" if first else f"y{i}", f"y{i}" if first else f"x{i}",
+                                        user=j, group=j, id=f"{j}-{i}"))
+            prompt.append(np.zeros(DIM))
+            chosen.append(x if first else y)
+            rejected.append(y if first else x)
+    arrays = (np.asarray(a, dtype=np.float32) for a in (prompt, chosen, rejected))
+    return PairFeatures(*arrays, pairs, {"backbone": "synthetic", "pooling": "mean", "max_length": 8, "dim": DIM})
+
+
+def test_leave_one_user_out_never_trains_on_a_held_out_test_comparison():
+    feats = judges_features()
+    protocol = plan_folds(feats, "user")
+    assert protocol.name == "leave-one-user-out" and [f.held_users for f in protocol.folds] == [["a"], ["b"], ["c"], ["d"]]
+    fold = protocol.folds[3]
+    test = np.arange(0, 40, 2)  # half of d's comparisons are d's test pairs
+    train, dropped = training_index(feats, "user", fold, {"d": test})
+    test_keys = {feats.pairs[fold.user_index["d"][t]].prompt for t in test}
+    assert all(feats.pairs[i].user != "d" for i in train)
+    assert not any(feats.pairs[i].prompt in test_keys for i in train)  # no test comparison, by anyone
+    assert len(train) == 3 * 20 and dropped == 3 * 20  # the others' labels on d's pool comparisons still train
+    assert [f.held_users for f in plan_folds(feats, "user", held_out_users=("b", "d")).folds] == [["b"], ["d"]]
+    assert len(plan_folds(feats, "user", max_folds=2, seed=3).folds) == 2
+
+
+def test_experiment_with_held_out_users_lists_who_is_averaged_per_k():
+    feats = judges_features()
+    cfg = ExperimentConfig(data="unused", kinds=("single", "sparse"), adapters=("hedge", "signed"), seeds=1, experts=2,
+                           top_k=1, epochs=20, min_steps=300, shots=(0, 4, 16), draws=2, figures=False, describe=False,
+                           held_out_users=("d",), diagnostics=False)
+    import moe_reward.experiment as experiment
+
+    original = experiment.load_features_or_pairs
+    experiment.load_features_or_pairs = lambda *a, **k: feats
+    try:
+        results = run_experiment(cfg)
+    finally:
+        experiment.load_features_or_pairs = original
+    assert results["config"]["protocol"] == "leave-one-user-out" and results["config"]["users"] == ["d"]
+    assert results["users_per_k"] == {"0": ["d"], "4": ["d"], "16": ["d"]}
+    fold = results["folds"][0]
+    assert fold["held_out"] == ["d"] and fold["train_pool"] == 60 and "warning" in fold  # 60 < 100: warned
+    assert results["warnings"] and "only 60 pairs" in results["warnings"][0]
+    # d disagrees with everyone the model learned from: only the signed adapter can follow d
+    signed = results["models"]["single"]["personalization"]["signed"]
+    assert signed["0"]["mean"] < 0.2 and signed["16"]["mean"] > 0.8
+    assert results["models"]["single"]["personalization"]["hedge"]["16"]["mean"] < 0.2
 
 
 def test_stat_and_config_validation():
@@ -118,6 +183,8 @@ def test_stat_and_config_validation():
     assert stat([0.5]) == {"mean": 0.5, "sd": 0.0}
     with pytest.raises(ValueError, match="user_field"):
         ExperimentConfig(user_field="annotator")
+    with pytest.raises(ValueError, match="split field"):
+        ExperimentConfig(split_by="question")
     with pytest.raises(ValueError, match="unknown kinds"):
         ExperimentConfig(kinds=("sparse", "huge"))
 
@@ -175,7 +242,7 @@ def test_experiment_command_end_to_end_with_the_real_backbone(tmp_path, capsys):
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
-    check_shape(results, ("sparse", "dense", "single", "drm"), ("hedge", "batch", "gradient"), (0, 1, 2, 4))
+    check_shape(results, ("sparse", "dense", "single", "drm"), ("hedge", "batch", "gradient", "signed"), (0, 1, 2, 4))
     assert results["config"]["users"] == ["terse", "verbose"]
     assert results["config"]["n_pairs"]["train_pool"] == 32
     assert "wrote" in capsys.readouterr().out

@@ -25,7 +25,7 @@ from moe_reward.personalize import (
 
 K = 5
 PLANTED = 2
-VARIANTS = [("hedge", {}), ("hedge", {"loss": "zero_one"}), ("batch", {}), ("gradient", {}),
+VARIANTS = [("hedge", {}), ("hedge", {"loss": "zero_one"}), ("batch", {}), ("signed", {}), ("gradient", {}),
             ("gradient", {"mode": "router_bias"}), ("gradient", {"mode": "router_bias", "top_k": 2})]
 
 
@@ -44,7 +44,8 @@ def test_adapters_move_weight_to_the_expert_that_explains_the_user(name, params)
     before = adapter.weights[PLANTED]
     adapter.fit(margins[:24], [f"p{i}" for i in range(24)], logits[:24])
     w = adapter.weights
-    assert w.sum() == pytest.approx(1.0)
+    if name != "signed":  # signed weights live in R^K, not on the simplex
+        assert w.sum() == pytest.approx(1.0)
     assert w[PLANTED] > before + 0.2
     assert int(np.argmax(w)) == PLANTED
     assert personalized_accuracy(adapter, margins[24:], logits[24:]) > personalized_accuracy(
@@ -53,7 +54,52 @@ def test_adapters_move_weight_to_the_expert_that_explains_the_user(name, params)
 
 
 def test_every_adapter_is_covered():
-    assert {name for name, _ in VARIANTS} == set(ADAPTERS) == {"hedge", "batch", "gradient"}
+    assert {name for name, _ in VARIANTS} == set(ADAPTERS) == {"hedge", "batch", "gradient", "signed"}
+
+
+@pytest.mark.parametrize("name", ["hedge", "batch"])
+def test_the_floor_keeps_every_expert_reachable(name):
+    """Fixed share: however many labels favour one expert, every expert keeps share * prior."""
+    margins, _ = planted_user(n=200)
+    prior = np.array([0.4, 0.3, 0.1, 0.1, 0.1])
+    adapter = make_adapter(name, K, prior, share=0.05)
+    for i, m in enumerate(margins):
+        w = adapter.update(m, f"p{i}")
+        assert (w >= 0.05 * prior - 1e-12).all()
+    assert int(np.argmax(adapter.weights)) == PLANTED
+
+
+def test_hedge_keeps_learning_when_the_user_changes_their_mind():
+    """After 10 labels that favour expert 2, 30 labels that favour expert 4: the profile follows, which
+    plain Hedge (share 0) cannot do once it has locked onto expert 2."""
+    rng = np.random.default_rng(3)
+    first = rng.normal(size=(10, K))
+    first[:, PLANTED] = np.abs(first[:, PLANTED]) + 2
+    later = rng.normal(size=(30, K))
+    later[:, 4] = np.abs(later[:, 4]) + 2
+    later[:, PLANTED] = -np.abs(later[:, PLANTED]) - 2
+    labels = np.concatenate([first, later])
+    shared = make_adapter("hedge", K, eta=4.0, share=0.05)
+    shared.fit(labels)
+    locked = make_adapter("hedge", K, eta=4.0, share=0.0)
+    locked.fit(labels[:10])
+    assert locked.weights[PLANTED] > 0.999  # plain Hedge has locked on
+    assert int(np.argmax(shared.weights)) == 4 and shared.weights[4] > 0.8
+
+
+def test_signed_weights_recover_a_user_opposite_to_every_expert():
+    """Every expert agrees with the crowd; the user disagrees with all of them. Simplex profiles can only
+    mute experts (accuracy stays near the start); signed weights reverse them."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(120, 1))
+    margins = np.abs(base) * np.array([1.0, 0.8, 1.2, 0.9, 1.1]) + rng.normal(size=(120, K)) * 0.3
+    user = -margins  # oriented by the user's labels: every expert's margin is negative
+    fit, test = user[:32], user[32:]
+    for name in ("hedge", "batch", "gradient"):
+        assert personalized_accuracy(make_adapter(name, K).fit(fit) , test) < 0.2
+    signed = make_adapter("signed", K)
+    signed.fit(fit)
+    assert personalized_accuracy(signed, test) > 0.9 and signed.weights.sum() < 0
 
 
 def test_hedge_with_zero_learning_rate_never_moves():

@@ -71,14 +71,21 @@ def cmd_train(args) -> int:
                        hidden_dim=args.hidden, backbone=args.backbone, max_length=args.max_length,
                        validation=args.validation, test=args.test, split_seed=args.split_seed,
                        skip_bad=args.skip_bad, exclude_user_pairs=args.exclude_user_pairs,
+                       router_input=args.router_input, split_by=args.split_by,
                        train=TrainConfig.for_kind(args.model, **overrides))
     bar, stage = _progress_bar(f"train {args.model}")
     model, metrics = train_from_data(req, args.out, stage=stage)
     bar.close()
     t = metrics["test"]
     nmi = "n/a" if t["routing_nmi"] is None else f"{t['routing_nmi']:.3f}"
-    print(f"{model.describe()}: test accuracy {t['accuracy']:.4f} on {t['n_pairs']} pairs, routing NMI {nmi}, "
-          f"trained in {metrics['train_seconds']:.1f}s; saved to {args.out}")
+    print(f"{model.describe()}: {metrics['test_subset']} accuracy {t['accuracy']:.4f} on {t['n_pairs']} held-out pairs, "
+          f"routing NMI {nmi}, trained in {metrics['train_seconds']:.1f}s; saved to {args.out}")
+    disc = metrics.get("discovery") or {}
+    if disc.get("warm_start"):
+        print(f"  router reads {disc.get('router_input')}; warm start: {disc['warm_start']}"
+              + ("" if disc.get("context_helps") is not False else " (the prompt did not predict the preference "
+                 "on validation pairs beyond what all prompts share)"))
+    _print_diagnostics(t.get("diagnostics"))
     return 0
 
 
@@ -94,17 +101,30 @@ def cmd_eval(args) -> int:
             raise SystemExit(f"{ids_file}: no saved split; use --split all")
         wanted = set(json.loads(ids_file.read_text())[args.split])
         feats = feats.subset([i for i, p in enumerate(feats.pairs) if p.id in wanted])
-    res = evaluate(model, feats)
+    res = evaluate(model, feats, diagnostics=True)
     print(f"{res['model']}: accuracy {res['accuracy']:.4f} on {res['n_pairs']} pairs")
     for g, v in res["per_group"].items():
         print(f"  {g:24s} {v['accuracy']:.4f}  (n={v['n']})")
     if res["routing_nmi"] is not None:
         print(f"routing NMI(top-1 expert, group) = {res['routing_nmi']:.4f}, purity {res['routing_purity']:.4f}")
     print("expert utilization (top-1 share): " + " ".join(f"{u:.3f}" for u in res["expert_utilization"]))
+    _print_diagnostics(res.get("diagnostics"))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+def _print_diagnostics(d: dict | None) -> None:
+    if not d or d.get("oracle_routing_accuracy") is None:
+        return
+
+    def f(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    print(f"specialization diagnostics ({d['folds']}-fold cross-validated on {d['pairs']} pairs): "
+          f"supervised router probe NMI {f(d['router_probe_nmi'])} (the ceiling for this router input), "
+          f"oracle-routing accuracy {f(d['oracle_routing_accuracy'])}, discovery efficiency {f(d['discovery_efficiency'])}")
 
 
 def cmd_score(args) -> int:
@@ -216,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--skip-bad", action="store_true")
     t.add_argument("--exclude-user-pairs", action="store_true",
                    help="train only on pairs without a user (keeps held-out annotators/personas out)")
+    t.add_argument("--router-input", default="auto",
+                   help="what the router reads: auto (chosen on validation likelihood), or channels joined by '+' "
+                        "from pooled, lexical, attention (e.g. pooled+lexical)")
+    t.add_argument("--split-by", default=None,
+                   help="keep every value of this field on one side of the split: prompt (default), group, user, id "
+                        "or meta.<key> (e.g. meta.question_id for held-out questions)")
     for name, typ in (("epochs", int), ("lr", float), ("seed", int), ("batch-size", int), ("sparsity-weight", float),
                       ("balance-weight", float), ("diversity-weight", float), ("specialization-weight", float)):
         t.add_argument(f"--{name}", type=typ, default=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -23,6 +24,19 @@ def register(subparsers) -> None:
     e.add_argument("--experts", type=int, default=8)
     e.add_argument("--top-k", type=int, default=2)
     e.add_argument("--max-pairs", type=int, default=None, help="seeded subsample of the data")
+    e.add_argument("--split-by", default=None,
+                   help="split the training pool by this field: prompt (default), group, user, id or meta.<key> "
+                        "(e.g. meta.question_id: test on held-out questions)")
+    e.add_argument("--router-input", default="auto",
+                   help="what routed kinds read: auto (by validation likelihood) or channels joined by '+' from "
+                        "pooled, lexical, attention")
+    e.add_argument("--held-out-users", type=_names, default=(),
+                   help="comma-separated users to hold out (default: every user; leave-one-user-out when every "
+                        "pair has a user)")
+    e.add_argument("--max-folds", type=int, default=10,
+                   help="leave-one-user-out: at most this many users get a fold (chosen with --user-seed; 0 = all)")
+    e.add_argument("--user-seed", type=int, default=0, help="seed of the choice of held-out users")
+    e.add_argument("--no-diagnostics", action="store_true", help="skip the specialization diagnostics")
     e.add_argument("--out", required=True, help="output directory (results.json, results.md, figures)")
     # Defaults live in ExperimentConfig (not imported here: building the parser stays cheap).
     e.add_argument("--kinds", type=_names, default=None, help="comma-separated (default: sparse,dense,single,drm)")
@@ -55,12 +69,16 @@ def cmd_experiment(args) -> int:
     optional = {name: getattr(args, name) for name in ("kinds", "adapters", "shots") if getattr(args, name)}
     cfg = ExperimentConfig(
         **optional, data=args.data, user_field=args.user_field, seeds=args.seeds, experts=args.experts, top_k=args.top_k,
-        max_pairs=args.max_pairs, draws=args.draws,
+        max_pairs=args.max_pairs, draws=args.draws, split_by=args.split_by, router_input=args.router_input,
+        held_out_users=args.held_out_users, max_folds=args.max_folds or None, user_seed=args.user_seed,
+        diagnostics=not args.no_diagnostics,
         epochs=args.epochs, min_steps=args.min_steps, adapter_params=args.adapter_params,
         margin_scale=not args.no_margin_scale, figures=not args.no_figures, backbone=args.backbone,
         max_length=args.max_length, cache_dir=None if args.cache_dir == "none" else args.cache_dir, skip_bad=args.skip_bad,
     )
-    results = run_experiment(cfg, args.out)
+    results = run_experiment(cfg, args.out, progress=None)
+    for warning in results.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     k_show = "8" if 8 in cfg.shots else str(max(cfg.shots))
     for kind, m in results["models"].items():
         acc, nmi = m["accuracy"], m["routing_nmi"]
@@ -68,6 +86,9 @@ def cmd_experiment(args) -> int:
                          if k_show in c and c[k_show]["mean"] is not None)
         nmi_text = "n/a" if nmi["mean"] is None else f"{nmi['mean']:.3f}"
         print(f"{kind:7s} accuracy {acc['mean']:.3f} ± {acc['sd']:.3f}  NMI {nmi_text}  k={k_show}: {pers}")
+    split = cfg.split_by or "prompt"
+    print(f"(accuracy and NMI on the held-out test split of the training pool, split by {split}; "
+          f"protocol: {results['config']['protocol']}; k={k_show} averages {len(results['users_per_k'].get(k_show, []))} users)")
     print(f"wrote {Path(args.out) / 'results.json'} and results.md ({results['timings']['total_s']:.0f}s)")
     return 0
 
