@@ -44,10 +44,11 @@ def esc(text) -> str:
 
 
 def _table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """An HTML table; keys and cells are HTML already (callers escape any dataset text they put in)."""
     if not rows:
         return ""
     cols = columns or list(rows[0])
-    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+    head = "".join(f"<th>{c}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{r.get(c, '')}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

@@ -382,6 +382,7 @@ def test_report_is_self_contained_and_honest(home, tmp_path):
     n_test = len(json.loads((model_dir / "split_ids.json").read_text())["test"])
     assert f"held-out test split</b>\n({n_test} pairs)" in text
     assert "Router probe NMI" in text and "0.910" in text and "Group × top expert" in text
+    assert "&lt;span" not in text  # the contingency table's expert swatches are markup, not text
     assert "Personalization: one user" in text
     assert "No user or group in this data has enough pairs outside the training split" in text  # tiny: all split
     assert 'src="https://cdn.plot.ly' not in text and len(text) > 3_000_000  # plotly.js is inline: works offline
