@@ -17,6 +17,7 @@ For each expert k of a model on a set of pairs:
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,13 @@ FEATURE_WORDS: dict[str, tuple[str, str]] = {
     "refusal": ("refuses", "does not refuse"),
 }
 LABEL_MIN_CORRELATION = 0.15  # weaker correlations are not worth a word in the label
+# Speaker markers of dialogue formats (HH-RLHF "Human:" / "Assistant:", TRL's "user:" / "assistant:" turns
+# joined by data.py): format, not content, so they never count as keywords.
+ROLE_MARKER = re.compile(r"(?im)(^|\n|\s)(human|assistant|user|system|h|a)\s*:")
+
+
+def strip_role_markers(text: str) -> str:
+    return ROLE_MARKER.sub(r"\1", text)
 
 
 @dataclass
@@ -131,7 +139,8 @@ def describe_experts(model, features: PairFeatures, scores: PairScores | None = 
     k_experts = scores.routing.shape[1]
     n = len(features)
     top = scores.top_expert
-    prompt_docs = ["\n".join(features.pairs[i].prompt for i in np.flatnonzero(top == k)) for k in range(k_experts)]
+    prompt_docs = ["\n".join(strip_role_markers(features.pairs[i].prompt) for i in np.flatnonzero(top == k))
+                   for k in range(k_experts)]
     vocab, prompt_scores = class_tfidf(prompt_docs)
     diffs = feature_differences(features)
     out = []
@@ -140,7 +149,8 @@ def describe_experts(model, features: PairFeatures, scores: PairScores | None = 
         prompt_kw = _top_terms(vocab, prompt_scores[k], top_n) if len(routed) and vocab else []
         chosen_kw: list[tuple[str, float]] = []
         if len(routed):
-            docs = ["\n".join(features.pairs[i].chosen for i in routed), "\n".join(features.pairs[i].rejected for i in routed)]
+            docs = ["\n".join(strip_role_markers(features.pairs[i].chosen) for i in routed),
+                    "\n".join(strip_role_markers(features.pairs[i].rejected) for i in routed)]
             words, cs = class_tfidf(docs)
             if words:
                 chosen_kw = _top_terms(words, cs[0] - cs[1], top_n)

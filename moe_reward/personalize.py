@@ -538,6 +538,23 @@ def weight_shift(adapter: Adapter, top: int = 3) -> dict:
             "top_movers": movers}
 
 
+def span_report(adapter_or_margins, min_labels: int = 4) -> dict:
+    """Is this user *outside* what the experts span? From the user's labels (an adapter's, or margins [N, K]
+    oriented so that positive = the user's preferred response wins): each expert's agreement with the
+    labels, and ``outside`` when there are at least `min_labels` labels and every expert disagrees with
+    most of them -- no mix of experts on the simplex can follow such a user; the `signed` adapter can."""
+    if isinstance(adapter_or_margins, Adapter):
+        margins = np.stack(adapter_or_margins._margins) if adapter_or_margins.n_labels else \
+            np.zeros((0, adapter_or_margins.num_experts))
+    else:
+        margins = np.asarray(adapter_or_margins, dtype=np.float64)
+    n = len(margins)
+    agreement = (margins > 0).mean(0) if n else np.full(margins.shape[-1], np.nan)
+    best = float(np.nanmax(agreement)) if n else None
+    return {"n_labels": int(n), "expert_agreement": [None if not n else float(a) for a in agreement],
+            "best_expert_agreement": best, "outside": bool(n >= min_labels and best is not None and best < 0.5)}
+
+
 def disagreement_scores(adapter: Adapter, expert_margins: np.ndarray, eta: float = 1.0) -> np.ndarray:
     """[N] expected movement (L1) of the profile if each pair were labeled next.
 

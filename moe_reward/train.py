@@ -271,6 +271,7 @@ class ContextFit:
     """A fitted prompt-conditioned reward (see `fit_context_preferences`)."""
 
     codes: torch.Tensor  # [N, rank] preference code of each training pair's prompt
+    u: torch.Tensor  # [R, rank] router features -> preference code
     w0: torch.Tensor  # [D] the prompt-independent part: what every prompt wants
     train_loss: float
     validation_loss: float | None  # BT loss on validation pairs (None without them)
@@ -343,7 +344,8 @@ def fit_context_preferences(model: SparseMoERewardModel, router: RouterData, dif
         val_loss, free_loss = float(ctx.mean()), float(free.mean())
         gain = free - ctx
         gain_se = float(gain.std() / len(gain) ** 0.5) if len(gain) > 1 else math.inf
-    return ContextFit(codes, w0.detach().clone(), float(train_losses.mean()), val_loss, free_loss, gain_se, l2)
+    return ContextFit(codes, u.detach().clone(), w0.detach().clone(), float(train_losses.mean()), val_loss, free_loss,
+                      gain_se, l2)
 
 
 def kmeans(x: torch.Tensor, k: int, seed: int, n_init: int = 10) -> torch.Tensor:
@@ -376,6 +378,26 @@ def fit_bt_heads(diff: torch.Tensor, assign: torch.Tensor, k: int, anchor: torch
         loss.backward()
         opt.step()
     return (anchor + delta).detach()
+
+
+def router_from_centroids(model: SparseMoERewardModel, u: torch.Tensor, codes: torch.Tensor,
+                          assign: torch.Tensor) -> None:
+    """Route each prompt to the nearest cluster centroid in preference-code space: with code c = x U
+    (x the router features) and centroids C_k, -|c - C_k|^2 / tau = (2 c . C_k - |C_k|^2) / tau + const,
+    a linear router W = 2 C U^T / tau, b = -|C|^2 / tau. It reads exactly the prompt features the
+    context model found predictive (a cue, not the topic), so it routes unseen prompts as the clusters
+    split the training ones; tau is the mean squared distance of codes to their centroid."""
+    k = model.num_experts
+    centroids = torch.zeros(k, codes.shape[1])
+    for j in range(k):
+        members = codes[assign == j]
+        centroids[j] = members.mean(0) if len(members) else codes.mean(0)
+    tau = float(((codes - centroids[assign]) ** 2).sum(-1).mean().clamp(min=1e-6))
+    with torch.no_grad():
+        model.router.weight.copy_(2 * centroids @ u.T / tau)
+        model.router.bias.copy_(-(centroids**2).sum(-1) / tau)
+        empty = torch.bincount(assign, minlength=k) == 0
+        model.router.bias[empty] = -1e4 / tau  # an empty cluster receives nothing until training moves it
 
 
 def train_router_on_clusters(model: SparseMoERewardModel, router: RouterData, assign: torch.Tensor,
@@ -568,7 +590,7 @@ def _build(model_config: ModelConfig, train: PairFeatures, validation: PairFeatu
             report["warm_start"] = "clusters"
             assign = kmeans(fit.codes, model.num_experts, cfg.seed)
             report["cluster_sizes"] = np.bincount(assign.numpy(), minlength=model.num_experts).tolist()
-            train_router_on_clusters(model, data.subset(rows), assign)
+            router_from_centroids(model, fit.u, fit.codes, assign)
             if not model.config.hidden_dim:
                 report["head_l2"] = _init_heads(model, _diff(model, train, rows), assign, fit.w0, validation, cfg)
     report.pop("rows", None)

@@ -136,3 +136,18 @@ def test_llm_hook_against_a_local_fake_server():
         server.server_close()
     with pytest.raises(RuntimeError, match="unreachable"):
         llm_describe(desc, url, "tiny", timeout=2)
+
+
+def test_dialogue_role_markers_are_never_keywords(trained):
+    """HH-style prompts carry 'Human:' / 'Assistant:' on every turn: format, not content."""
+    model, feats = trained
+    dialogues = []
+    for p in feats.pairs:
+        prompt = f"\n\nHuman: {p.prompt}\n\nAssistant: Which box?\n\nHuman: The usual one.\n\nAssistant:"
+        dialogues.append(PreferencePair(prompt, f"Assistant: {p.chosen}", p.rejected, group=p.group, id=p.id))
+    hh = PairFeatures(feats.prompt, feats.chosen, feats.rejected, dialogues)
+    for d in describe_experts(model, hh):
+        words = " ".join(w for w, _ in d.prompt_keywords + d.chosen_keywords)
+        assert "human" not in words and "assistant" not in words, d
+    zebra = max(describe_experts(model, hh), key=lambda d: d.groups.get("zebra", 0))
+    assert any("zebra" in w for w, _ in zebra.prompt_keywords)

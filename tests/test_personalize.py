@@ -20,6 +20,7 @@ from moe_reward.personalize import (
     prior_from_routing,
     profile_prior,
     select_next,
+    span_report,
     weight_shift,
 )
 
@@ -233,3 +234,15 @@ def test_model_helpers_give_margins_logits_prior_and_scale():
         routed = model.pair(*(torch.from_numpy(a) for a in arrays),
                             user_weights=torch.as_tensor(adapter.weights, dtype=torch.float32))
     assert adapter.predict_margin(margins) == pytest.approx(routed.margin.numpy().astype(float), abs=1e-4)
+
+
+def test_span_report_says_when_a_user_is_outside_every_expert():
+    margins, _ = planted_user(n=12)
+    assert make_adapter("hedge", K).fit(margins) is not None
+    inside = span_report(margins)
+    assert not inside["outside"] and inside["best_expert_agreement"] == 1.0
+    assert span_report(-np.abs(margins))["outside"]  # every expert disagrees with every label
+    assert not span_report(-np.abs(margins[:3]))["outside"]  # too few labels to say
+    adapter = make_adapter("signed", K)
+    adapter.fit(-np.abs(margins))
+    assert span_report(adapter)["outside"] and span_report(adapter)["n_labels"] == 12

@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     e.add_argument("--split-by", default=None,
                    help="split the training pool by this field: prompt (default), group, user, id or meta.<key> "
                         "(e.g. meta.question_id: test on held-out questions)")
+    e.add_argument("--validation", type=float, default=0.1, help="fraction of the training pool for validation")
+    e.add_argument("--test", type=float, default=0.1, help="fraction of the training pool for the test split")
     e.add_argument("--router-input", default="auto",
                    help="what routed kinds read: auto (by validation likelihood) or channels joined by '+' from "
                         "pooled, lexical, attention")
@@ -69,7 +71,7 @@ def cmd_experiment(args) -> int:
     optional = {name: getattr(args, name) for name in ("kinds", "adapters", "shots") if getattr(args, name)}
     cfg = ExperimentConfig(
         **optional, data=args.data, user_field=args.user_field, seeds=args.seeds, experts=args.experts, top_k=args.top_k,
-        max_pairs=args.max_pairs, draws=args.draws, split_by=args.split_by, router_input=args.router_input,
+        max_pairs=args.max_pairs, draws=args.draws, split_by=args.split_by, validation=args.validation, test=args.test, router_input=args.router_input,
         held_out_users=args.held_out_users, max_folds=args.max_folds or None, user_seed=args.user_seed,
         diagnostics=not args.no_diagnostics,
         epochs=args.epochs, min_steps=args.min_steps, adapter_params=args.adapter_params,
