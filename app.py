@@ -26,7 +26,8 @@ PAGES = [
 
 def build_default_if_missing() -> None:
     """A fresh clone has no model: embed the controlled dataset, train the default model, project it.
-    One session builds; any other session that opens meanwhile waits for it (a lock shared by sessions)."""
+    One session builds; any other session that opens meanwhile waits for it (a lock shared by sessions).
+    The map's instant views are computed here; its UMAP view runs on in the background."""
     ws = ui.workspace()
     if ws.list_models():
         return
@@ -37,7 +38,8 @@ def build_default_if_missing() -> None:
             return
         bar = st.progress(0.0, text="starting")
         try:
-            ws.ensure_default(progress=lambda msg, frac: bar.progress(min(max(frac, 0.0), 1.0), text=msg))
+            out = ws.ensure_default(progress=lambda msg, frac: bar.progress(min(max(0.9 * frac, 0.0), 1.0), text=msg))
+            ui.precompute_default_map(ws, out, progress=lambda msg, frac: bar.progress(0.9 + 0.1 * frac, text=msg))
         except Exception as exc:
             note.empty()
             bar.empty()
@@ -47,32 +49,7 @@ def build_default_if_missing() -> None:
     note.empty()
 
 
-def overview() -> None:
-    ui.page_header("Overview", "A sparse Mixture-of-Experts reward model: what each expert prefers and how "
-                   "prompts are routed to them.")
-    ctx = ui.context()
-    if ctx is None:
-        return
-    ev, metrics = ctx.evaluation, ui.model_metrics(ctx.model_dir)
-    st.write(f"**{ui.md(ctx.model_name)}**: {ui.md(ctx.model.describe())} — evaluated on {ui.md(ctx.data.label)} "
-             f"({len(ctx.features)} pairs)")
-    cols = st.columns(5)
-    cols[0].metric("Accuracy (all pairs)", ui.fmt(ev["accuracy"]))
-    cols[1].metric("Held-out test accuracy", ui.fmt(metrics.get("test", {}).get("accuracy")),
-                   help="From training: the prompt-disjoint test split of the training data")
-    cols[2].metric("Routing NMI (expert, group)", ui.fmt(ev["routing_nmi"]))
-    used = np.asarray(ev["expert_utilization"])
-    cols[3].metric("Experts in use", f"{int((used > 0.01).sum())} / {ctx.k}",
-                   help="Experts that are the top choice for more than 1% of pairs")
-    cols[4].metric("Routing entropy (normalized)", ui.fmt(ev["routing_entropy_normalized"]))
-
-    names = ctx.expert_names()
-    fig = go.Figure(go.Bar(x=names, y=used, marker_color="#4C78A8", name="top-1 share"))
-    fig.add_bar(x=names, y=ev["expert_load"], marker_color="#F58518", name="mean routing weight")
-    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), title="Expert utilization", barmode="group")
-    st.plotly_chart(fig, width="stretch")
-
-    st.subheader("Experts")
+def expert_cards(ctx, used: np.ndarray) -> None:
     descriptions = {d.expert: d for d in ctx.descriptions()}
     if not descriptions:
         st.caption("Expert descriptions are unavailable (moe_reward.describe is not installed).")
@@ -85,10 +62,12 @@ def overview() -> None:
     for k in range(ctx.k):
         with cols[k % len(cols)].container(border=True):
             d = descriptions.get(k)
+            st.image(ui.swatch(ui.expert_color(k)), width=48)
             st.markdown(f"**E{k}**")
             if d is not None and d.label:
                 st.text(d.label)
-            st.caption(f"top expert for {used[k]:.0%} of pairs · accuracy where routed {ui.fmt(acc_routed[k], 2)}")
+            st.caption(f"top expert for {used[k]:.0%} of the {len(s.margin)} pairs · accuracy where routed "
+                       f"{ui.fmt(acc_routed[k], 2)}")
             if d is not None:
                 if d.prompt_keywords:
                     st.text("prompt words: " + ", ".join(t for t, _ in d.prompt_keywords[:5]))
@@ -100,13 +79,70 @@ def overview() -> None:
                 if d.feature_correlations:
                     best = sorted(d.feature_correlations.items(), key=lambda kv: -abs(kv[1]))[:3]
                     st.text("features: " + ", ".join(f"{f} {r:+.2f}" for f, r in best))
+            if st.button(f"E{k} in detail", key=f"ov_open_{k}", icon=":material/arrow_forward:", type="tertiary",
+                         on_click=ui.open_expert, args=(k,)):
+                st.switch_page("pages/3_Expert_detail.py")
+
+
+def overview() -> None:
+    ui.page_header("Overview", "A sparse Mixture-of-Experts reward model: what each expert prefers and how "
+                   "prompts are routed to them.")
+    ctx = ui.context()
+    if ctx is None:
+        return
+    ui.share_view()
+    rel = ctx.relation
+    scope, ev = ctx.scope_evaluation()
+    st.write(f"**{ui.md(ctx.model_name)}**: {ui.md(ctx.model.describe())} — on {ui.md(ctx.data.label)} "
+             f"({len(ctx.features)} pairs)")
+    if scope.key == "test":
+        st.caption(f"Headline numbers are on the held-out test split: {scope.n} pairs of the training data that "
+                   "the model never saw while training or choosing its checkpoint.")
+    values = ui.summary.headline_values(ev)
+    cols = st.columns(4)
+    ui.stat_metric(cols[0], "accuracy", values["accuracy"], scope)
+    ui.stat_metric(cols[1], "routing_nmi", values["routing_nmi"], scope)
+    ui.stat_metric(cols[2], "routing_entropy_normalized", values["routing_entropy_normalized"], scope)
+    ui.stat_metric(cols[3], "experts_in_use", values["experts_in_use"], scope, text=f"{values['experts_in_use']} / {ctx.k}")
+
+    rows = []
+    for sc in rel.scopes:
+        _, e = ctx.scope_evaluation(sc.key)
+        v = ui.summary.headline_values(e)
+        rows.append({"subset": sc.label, "pairs": sc.n, "accuracy": v["accuracy"], "routing NMI": v["routing_nmi"],
+                     "routing entropy": v["routing_entropy_normalized"]})
+    if len(rows) > 1:
+        st.markdown("**The same statistics on every subset of this file**")
+        ui.table(pd.DataFrame(rows).round(4))
+        st.caption("A model is only as good as its held-out numbers; the training split shows how much it fits "
+                   "the pairs it learned from.")
+
+    names = ctx.expert_names()
+    used = np.asarray(ev["expert_utilization"])
+    fig = go.Figure(go.Bar(x=names, y=used, marker_color=[ui.expert_color(k) for k in range(ctx.k)],
+                           name="top-1 share"))
+    fig.add_scatter(x=names, y=ev["expert_load"], mode="markers", name="mean routing weight",
+                    marker=dict(symbol="diamond", size=10, color="black"))
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10),
+                      title=f"Expert utilization ({scope.label}, {scope.n} pairs)",
+                      xaxis_title="expert", yaxis_title="share of pairs")
+    ui.expert_axis(fig, "x", ctx.k)
+    st.plotly_chart(fig, width="stretch", key="ov_util")
+
+    ui.diagnostics_section(ui.summary.diagnostics_of(ev) or ui.summary.diagnostics_of(ui.model_metrics(ctx.model_dir)),
+                           ctx.k)
+
+    st.subheader("Experts")
+    expert_cards(ctx, np.asarray(ctx.evaluation["expert_utilization"]))
     if ev["per_group"]:
-        st.subheader("Accuracy per group")
-        st.dataframe(pd.DataFrame([{"group": g, "accuracy": round(v["accuracy"], 4), "pairs": v["n"]}
-                                   for g, v in ev["per_group"].items()]), hide_index=True, width="stretch")
+        st.subheader(f"Accuracy per group ({scope.label})")
+        ui.table(pd.DataFrame([{"group": g, "accuracy": round(v["accuracy"], 4), "pairs": v["n"]}
+                               for g, v in ev["per_group"].items()]))
+    with st.expander("Stakeholder report"):
+        ui.report_button(ctx)
 
 
-st.set_page_config(page_title=ui.PAGE_TITLE, page_icon=":material/hub:", layout="wide")
+st.set_page_config(page_title=ui.PAGE_TITLE, page_icon=str(ui.ICON), layout="wide")
 build_default_if_missing()
 ui.sidebar(ui.workspace())
 st.session_state[ui.ENTRY_SIDEBAR] = True

@@ -12,13 +12,15 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from moe_reward import pipeline
+from moe_reward import pipeline, summary
 from moe_reward.analysis import PairScores, evaluate, groups_of, score_pairs
+from moe_reward.colors import EXPERT_COLORS, category_colors, expert_color, hex_to_rgb, natural_sorted
 from moe_reward.embed import BackboneSpec, PairFeatures
 from moe_reward.model import SparseMoERewardModel, load_metrics
 from moe_reward.store import LabelStore
@@ -26,6 +28,10 @@ from moe_reward.workspace import DataFile, Workspace, default_root, file_id, mod
 
 PAGE_TITLE = "MoE Reward Lens"
 ENTRY_SIDEBAR = "_sidebar_drawn_by_app"  # set by app.py: the sidebar is drawn before each page runs
+ICON = Path(__file__).resolve().parent / "assets" / "icon.png"  # a local file: no request to a font host
+URL_STATE = "_url_view"  # the query parameters this session was opened with, consumed once by the pages
+SHARED_EXPERT = "expert"  # the expert picked on any page (Expert map, Expert detail), an int
+__all__ = ["EXPERT_COLORS", "category_colors", "expert_color", "natural_sorted", "summary"]
 
 
 # ----------------------------------------------------------------------------- cached resources
@@ -88,6 +94,17 @@ def _evaluation(model_fid: str, data_fid: str, _model, _features, _scores) -> di
     return evaluate(_model, _features, _scores)
 
 
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _relation(model_fid: str, data_fid: str, model_dir: str, same_file: bool | None, data_name: str,
+              _features: PairFeatures) -> summary.DataRelation:
+    return summary.relate(model_dir, _features, same_file=same_file, data_name=data_name)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _scope_evaluation(model_fid: str, data_fid: str, scope: str, _model, _features, _scores, _index) -> dict:
+    return evaluate(_model, _features.subset(_index), _scores.subset(_index))
+
+
 @st.cache_resource(show_spinner="Describing experts…", max_entries=8)
 def _descriptions(model_fid: str, data_fid: str, cache_dir: str, _model, _features, _scores) -> list:
     """describe.py's expert descriptions, kept as JSON in the workspace (a few seconds on 10k pairs)."""
@@ -146,7 +163,22 @@ class Context:
 
     @property
     def evaluation(self) -> dict:
+        """Statistics on all pairs of the file (training pairs included when it is the training data)."""
         return _evaluation(self.model_fid, self.data_fid, self.model, self.features, self.scores)
+
+    @property
+    def relation(self) -> summary.DataRelation:
+        """How this data relates to the model's training data, and the subsets a number can be on."""
+        return _relation(self.model_fid, self.data_fid, str(self.model_dir), same_data(self.ws, self.model_dir, self.data),
+                         self.data.label, self.features)
+
+    def scope_evaluation(self, key: str | None = None) -> tuple[summary.Scope, dict]:
+        """(scope, statistics on it); the headline scope (held-out test split when there is one) by default."""
+        scope = self.relation.scope(key) if key else self.relation.headline
+        if scope.key == "all":
+            return scope, self.evaluation
+        return scope, _scope_evaluation(self.model_fid, self.data_fid, scope.key, self.model, self.features,
+                                        self.scores, scope.index)
 
     def descriptions(self) -> list:
         """describe.py's expert descriptions; [] if that module is unavailable."""
@@ -202,14 +234,119 @@ class Context:
         return frame
 
 
-def _default_data_label(ws: Workspace, model_dir: Path, data: list[DataFile]) -> str:
+def _matches(ws: Workspace, recorded: str | None, path: Path) -> bool:
+    """Whether a model's recorded training data (metrics.json "data") is this file."""
+    if not recorded:
+        return False
+    if recorded == "controlled":
+        return path.resolve().parent == ws.default_data_path().resolve().parent
+    try:
+        return Path(recorded).resolve() == path.resolve() or str(path) == recorded
+    except OSError:
+        return False
+
+
+def same_data(ws: Workspace, model_dir: Path, data: DataFile) -> bool:
+    return _matches(ws, model_training_data(model_dir), data.path)
+
+
+def training_data_label(ws: Workspace, model_dir: Path, data: list[DataFile]) -> str:
     """The data file the model was trained on, when it is listed; else the first one."""
-    trained_on = model_training_data(model_dir)
-    if trained_on:
-        for d in data:
-            if str(d.path) == str(Path(trained_on).resolve()) or str(d.path) == trained_on:
-                return d.label
+    recorded = model_training_data(model_dir)
+    for d in data:
+        if _matches(ws, recorded, d.path):
+            return d.label
     return data[0].label
+
+
+_default_data_label = training_data_label  # (older name)
+
+
+# The sidebar's choice lives in these plain keys; the widgets are views of them. (A widget drawn by the
+# entry script before st.navigation can come back as a new widget on the first rerun after a page load,
+# at its default; re-seeding it from the plain key every run keeps the user's choice.)
+MODEL_CHOICE, DATA_CHOICE = "_chosen_model", "_chosen_data"
+
+
+def _on_model_change() -> None:
+    """Selecting a model selects the data it was trained on (the dataset selector can still change it)."""
+    ws = workspace()
+    name = st.session_state.get("model_name")
+    st.session_state[MODEL_CHOICE] = name
+    data = ws.list_data()
+    if name in ws.list_models() and data:
+        label = training_data_label(ws, ws.model_path(name), data)
+        st.session_state["data_label"] = st.session_state[DATA_CHOICE] = label
+
+
+def _on_data_change() -> None:
+    st.session_state[DATA_CHOICE] = st.session_state.get("data_label")
+
+
+def _restore_from_url(models: list[str], labels: list[str]) -> None:
+    """A link's view becomes the selection, on the session's first run (opening a link starts a session).
+    Model, data and expert are applied here; the rest wait in URL_STATE for the page they belong to (see
+    `init_state`). Later runs never read the address back: the browser's copy of it can lag behind what
+    the session wrote, and must not undo a choice the user just made."""
+    if URL_STATE in st.session_state:
+        return
+    current = {k: st.query_params.get_all(k) for k in st.query_params}
+    st.session_state[URL_STATE] = {k: (v[0] if len(v) == 1 else v) for k, v in current.items() if v}
+    model = st.query_params.get("model")
+    if model in models:
+        st.session_state[MODEL_CHOICE] = model
+        st.session_state.pop(DATA_CHOICE, None)  # the model's own data, unless the link names one
+    data = st.query_params.get("data")
+    if data in labels:
+        st.session_state[DATA_CHOICE] = data
+    expert = st.query_params.get("expert")
+    if expert is not None and str(expert).isdigit():
+        st.session_state[SHARED_EXPERT] = int(expert)
+
+
+def open_expert(k: int) -> None:
+    """A button callback: show expert k on Expert detail (and the map's highlight)."""
+    st.session_state[SHARED_EXPERT] = int(k)
+    st.session_state["detail_expert"] = int(k)
+    (st.session_state.get(URL_STATE) or {}).pop("expert", None)  # an older link's expert no longer applies
+
+
+def url_value(name: str, default=None):
+    """A query parameter of the link this session was opened with (for the page it belongs to)."""
+    return (st.session_state.get(URL_STATE) or {}).get(name, default)
+
+
+def init_state(key: str, url_name: str, convert=str, valid=None) -> None:
+    """Before a widget exists: give it the link's value (once per link; afterwards the widget rules)."""
+    pending = st.session_state.get(URL_STATE) or {}
+    if url_name not in pending:
+        return
+    try:
+        value = convert(pending.pop(url_name))
+    except (TypeError, ValueError):
+        return
+    if valid is None or (value in valid if not isinstance(value, list) else all(v in valid for v in value)):
+        st.session_state[key] = value
+
+
+def share_view(**params) -> None:
+    """Write the current view into the URL (model, data and the page's own parameters), so that the
+    address bar is a link that reopens this view."""
+    base = {"model": st.session_state.get("model_name"), "data": st.session_state.get("data_label")}
+    wanted: dict[str, list[str]] = {}
+    for k, v in {**base, **params}.items():
+        if v is None or v == "" or (isinstance(v, (list, tuple)) and not v):
+            continue
+        wanted[k] = [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)]
+    current = {k: st.query_params.get_all(k) for k in st.query_params}
+    if current != wanted:
+        st.query_params.from_dict({k: v if len(v) > 1 else v[0] for k, v in wanted.items()})
+
+
+def view_link(**params) -> str:
+    """The query string of a view (for the 'link to this view' caption)."""
+    return "?" + urlencode([(k, x) for k, v in params.items() if v not in (None, "")
+                            for x in (v if isinstance(v, (list, tuple)) else [v])])
 
 
 def sidebar(ws: Workspace) -> tuple[str, DataFile] | None:
@@ -221,17 +358,29 @@ def sidebar(ws: Workspace) -> tuple[str, DataFile] | None:
         if not models or not data:
             st.warning("No model or no data file yet: see **Data & training**.")
             return None
+        labels = [d.label for d in data]
+        _restore_from_url(models, labels)
         pending = st.session_state.pop("_pending_model", None)  # e.g. just trained (set before the widget exists)
         if pending in models:
-            st.session_state["model_name"] = pending
-        if st.session_state.get("model_name") not in models:
-            st.session_state["model_name"] = models[0]
-        name = st.selectbox("Model", models, key="model_name", help=f"Saved models under {ws.models_dir}")
-        labels = [d.label for d in data]
-        if st.session_state.get("data_label") not in labels:
-            st.session_state["data_label"] = _default_data_label(ws, ws.model_path(name), data)
-        label = st.selectbox("Dataset", labels, key="data_label", help="The repository's data/ folder and your uploads")
-    return name, data[labels.index(label)]
+            st.session_state[MODEL_CHOICE] = pending
+            st.session_state.pop(DATA_CHOICE, None)  # and its data
+        if st.session_state.get(MODEL_CHOICE) not in models:
+            st.session_state[MODEL_CHOICE] = models[0]
+            st.session_state.pop(DATA_CHOICE, None)
+        st.session_state["model_name"] = st.session_state[MODEL_CHOICE]
+        name = st.selectbox("Model", models, key="model_name", help=f"Saved models under {ws.models_dir}",
+                            on_change=_on_model_change)
+        if st.session_state.get(DATA_CHOICE) not in labels:
+            st.session_state[DATA_CHOICE] = training_data_label(ws, ws.model_path(name), data)
+        st.session_state["data_label"] = st.session_state[DATA_CHOICE]
+        label = st.selectbox("Dataset", labels, key="data_label", on_change=_on_data_change,
+                             help="Selecting a model selects the data it was trained on; pick another file to see "
+                                  "how it transfers.")
+        picked = data[labels.index(label)]
+        if not same_data(ws, ws.model_path(name), picked):
+            st.caption(f"Trained on {md(Path(model_training_data(ws.model_path(name)) or 'unrecorded data').name)}, "
+                       "not on this file.")
+    return name, picked
 
 
 def current_selection(ws: Workspace) -> tuple[str, DataFile] | None:
@@ -266,7 +415,10 @@ def context() -> Context | None:
         st.error(f"{md(data.label)} has {features.dim}-d features but {md(name)} expects {model.config.input_dim}-d inputs "
                  "(a different backbone); pick another dataset or model.")
         return None
-    return Context(ws, name, model_dir, model, data, features, file_id(model_dir), file_id(data.path))
+    ctx = Context(ws, name, model_dir, model, data, features, file_id(model_dir), file_id(data.path))
+    if ctx.relation.warning:
+        st.warning(md(ctx.relation.warning), icon=":material/warning:")
+    return ctx
 
 
 def model_metrics(model_dir: Path) -> dict:
@@ -293,3 +445,145 @@ def chart(text) -> str:
 
 def fmt(x, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and x != x) else f"{x:.{digits}f}"
+
+
+def stat_metric(container, key: str, value, scope: summary.Scope | None = None, **kwargs) -> None:
+    """st.metric of a summary.STATS statistic: one label and one definition on every page; the subset and
+    its pair count written under the value (a grey note, no arrow) when given."""
+    stat = summary.STATS.get(key) or summary.DIAGNOSTICS[key]
+    shown = kwargs.pop("text", None) or stat.format(value)
+    if scope is None:
+        container.metric(stat.label, shown, help=stat.definition, **kwargs)
+    else:
+        container.metric(stat.label, shown, delta=scope_note(scope), delta_color="off", delta_arrow="off",
+                         help=f"{stat.definition} On the {scope.label}, {scope.n} pairs.", **kwargs)
+
+
+def scope_note(scope: summary.Scope) -> str:
+    return f"{scope.label} · {scope.n} pairs"
+
+
+def table(frame: pd.DataFrame, max_rows: int = 60, **kwargs) -> None:
+    """A small table shown whole (no inner scroll bar) up to `max_rows` rows."""
+    rows = len(frame)
+    height = 35 * (min(rows, max_rows) + 1) + 3
+    st.dataframe(frame, hide_index=True, width=kwargs.pop("width", "stretch"), height=height, **kwargs)
+
+
+def swatch(color: str, width: int = 48, height: int = 10) -> np.ndarray:
+    """A solid colour bar (an image: shows an expert's colour next to its name without any HTML)."""
+    return np.tile(np.array(hex_to_rgb(color), dtype=np.uint8), (height, width, 1))
+
+
+def expert_axis(fig, axis: str = "x", k: int | None = None) -> None:
+    """Experts in numeric order on a categorical axis (E0, E1, …, E10, not E0, E1, E10)."""
+    names = [f"E{i}" for i in range(k)] if k else None
+    update = fig.update_xaxes if axis == "x" else fig.update_yaxes
+    if names:
+        update(categoryorder="array", categoryarray=names)
+
+
+def diagnostics_section(diagnostics: dict | None, k: int, where: str = "held-out test split") -> None:
+    """The specialization diagnostics of a model (when its evaluation has them): one sentence per number,
+    and the group × expert contingency table."""
+    if not diagnostics:
+        return
+    st.subheader("Specialization diagnostics")
+    st.caption(f"From the model's evaluation on its {where}: whether a failure to specialize lies in what the "
+               "router can see or in how training found the groups.")
+    keys = [key for key in summary.DIAGNOSTICS if diagnostics.get(key) is not None]
+    if keys:
+        cols = st.columns(len(keys))
+        for col, key in zip(cols, keys, strict=True):
+            stat_metric(col, key, diagnostics[key])
+            col.caption(summary.DIAGNOSTICS[key].definition)
+    contingency = diagnostics.get("contingency")
+    if isinstance(contingency, dict) and contingency:
+        frame = pd.DataFrame({g: list(v) + [0] * (k - len(v)) for g, v in contingency.items()},
+                             index=[f"E{e}" for e in range(k)]).T
+        frame.index.name = "group"
+        st.markdown("**Group × top expert** (pairs)")
+        table(frame.reset_index())
+
+
+# ----------------------------------------------------------------------------- maps and background work
+
+
+def map_key(ctx: Context) -> tuple[str, str]:
+    """The cache key parts of a model's maps on a dataset (also used by `precompute_default_map`)."""
+    return ctx.model_fid, ctx.data_fid
+
+
+def projection_job_key(ctx: Context, params) -> str:
+    from moe_reward.projection import cache_key
+
+    return f"project:{cache_key(params, map_key(ctx), len(ctx.features))}"
+
+
+def submit_projection(ctx: Context, params):
+    """Compute a map in the background (moe_reward.jobs): one job per (model, data, parameters) per server."""
+    from moe_reward import jobs
+    from moe_reward.projection import project
+
+    features, scores, cache_dir, parts = ctx.features, ctx.scores, ctx.ws.projections_dir, map_key(ctx)
+
+    def run(report):
+        warmup = jobs.get("umap-warmup")
+        if params.method == "umap" and warmup is not None and warmup.active:
+            # one compilation at a time: wait for the warm-up instead of competing with it for the cores
+            while warmup.active:
+                report(f"compiling UMAP (once per server): {warmup.message}", 0.02)
+                jobs.wait("umap-warmup", timeout=0.5)
+        return project(features, params, cache_dir, parts, progress=report, scores=scores)
+
+    return jobs.submit(projection_job_key(ctx, params), run, f"{params.title()} of {len(features)} pairs")
+
+
+def precompute_default_map(ws: Workspace, model_dir: Path, progress=None) -> None:
+    """After the default model is built: the map's instant views now, its UMAP view in the background."""
+    from moe_reward import jobs
+    from moe_reward.projection import PRECOMPUTED_UMAP, cache_key, precompute_views, project
+
+    data = next((d for d in ws.list_data() if d.path == ws.default_data_path()), None)
+    if data is None:
+        return
+    model = load_model(model_dir)
+    features = load_features(ws, data.path, backbone_spec(model))
+    parts = (file_id(model_dir), file_id(data.path))
+    scores = _scores(parts[0], parts[1], model, features)
+    precompute_views(features, scores, ws.projections_dir, parts, umap=False, progress=progress)
+    for params in PRECOMPUTED_UMAP:
+        jobs.submit(f"project:{cache_key(params, parts, len(features))}",
+                    lambda report, p=params: project(features, p, ws.projections_dir, parts, progress=report,
+                                                     scores=scores),
+                    f"{params.title()} of {len(features)} pairs")
+
+
+def job_progress(job, what: str) -> None:
+    """A running background job's progress bar; its message carries the job's own time estimate."""
+    st.progress(job.fraction, text=f"{what}: {job.message or job.status} ({job.elapsed:.0f} s so far)")
+
+
+def report_button(ctx: Context) -> None:
+    """Write the stakeholder report (moe_reward.report) of the selected model and offer it for download."""
+    from moe_reward.report import build_report
+
+    st.caption("One self-contained HTML file with the held-out headline numbers, the experts and their "
+               "descriptions, the specialization diagnostics and a personalization example "
+               "(`moe-reward report --model DIR --out FILE` writes the same).")
+    if st.button("Write the stakeholder report", key="report_build", icon=":material/description:"):
+        with st.spinner("Writing the report…"):
+            out = ctx.ws.root / "reports" / f"{ctx.model_name}.html"
+            result = build_report(ctx.model_dir, ctx.data.path, out, model=ctx.model, features=ctx.features,
+                                  scores=ctx.scores, descriptions=ctx.descriptions(),
+                                  same_file=same_data(ctx.ws, ctx.model_dir, ctx.data), data_name=ctx.data.label)
+        st.session_state["report_path"] = str(result.html)
+        st.session_state["report_pngs"] = [str(p) for p in result.pngs]
+    path = st.session_state.get("report_path")
+    if path and Path(path).is_file():
+        pngs = st.session_state.get("report_pngs") or []
+        st.success(f"Wrote {md(path)}" + (f" and {len(pngs)} PNG figures" if pngs else
+                                          " (PNG figures need kaleido and a Chromium)"))
+        st.download_button("Download the report (HTML)", Path(path).read_bytes(), Path(path).name, "text/html",
+                            key="report_download", icon=":material/download:")
+

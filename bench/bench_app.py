@@ -63,12 +63,12 @@ def warm_start_browser(env: dict) -> tuple[float, float] | None:
                                          args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}")
-            page.get_by_text("Accuracy (all pairs)").wait_for(timeout=120_000)
+            page.get_by_text("Experts in use").wait_for(timeout=120_000)
             seconds = time.perf_counter() - t0
             t1 = time.perf_counter()
             second = browser.new_context().new_page()  # a new session: its own state, shared caches
             second.goto(f"http://127.0.0.1:{port}")
-            second.get_by_text("Accuracy (all pairs)").wait_for(timeout=120_000)
+            second.get_by_text("Experts in use").wait_for(timeout=120_000)
             again = time.perf_counter() - t1
             browser.close()
         return seconds, again

@@ -1,4 +1,10 @@
-"""Expert map: a 2-D map of the pairs, coloured by routing or outcome; select regions to inspect them."""
+"""Expert map: a 2-D map of the pairs, of what the model sees (routing, expert margins) or of the text
+embeddings, coloured by expert, group, margin or correctness; select a region to list and export its pairs.
+
+Scale: at most `cap` points are drawn (a stratified sample, every expert kept visible), over a density
+layer of all of them; a box or lasso selects among *all* pairs on the server, and the table pages through
+them. Non-linear layouts (UMAP) run as background jobs (moe_reward.jobs) with progress and an estimate.
+"""
 
 from __future__ import annotations
 
@@ -9,95 +15,300 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
-from moe_reward.projection import METRICS, ProjectionParams, is_cached, project
+from moe_reward import jobs
+from moe_reward.colors import NEUTRAL, expert_symbol, rgba
+from moe_reward.projection import (
+    METRICS,
+    ProjectionParams,
+    anchor_positions,
+    density_grid,
+    draw_sample,
+    estimate_seconds,
+    is_cached,
+    points_in_box,
+    points_in_polygon,
+    project,
+    umap_is_warm,
+    warm_up_umap,
+)
 
-PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC"]
+SOURCES = {"router": "routing (router logits)", "margins": "expert margins", "prompt": "prompt text",
+           "pair": "preference direction"}
+LAYOUTS = {"anchors": "experts as anchors", "pca": "PCA", "umap": "UMAP"}
+COLOURS = ["top expert", "group", "reward margin", "correct"]
+DEFAULT_CAP = 20_000
+MAX_CAP = 1_000_000
+TABLE_PAGE = 500
 
-ui.page_header("Expert map", "Each point is a pair, placed by its prompt embedding (what the router sees) or by its "
-               "preference direction. Drag a box or lasso to list the pairs inside.")
+ui.page_header("Expert map", "Each point is a pair. By default it is placed by how the router routes its prompt, "
+               "so that each expert is a region; other views place it by how the experts judge it or by its text. "
+               "Drag a box or lasso to list the pairs inside.")
 ctx = ui.context()
 if ctx is None:
     st.stop()
 
 s, names = ctx.scores, ctx.expert_names()
-key_parts = (ctx.model_fid, ctx.data_fid)
+n, k_experts = len(ctx.features), ctx.k
+routed_model = ctx.model.config.kind in ("sparse", "dense", "micro")
 proj_dir = ctx.ws.projections_dir
+parts = ui.map_key(ctx)
 
-c1, c2, c3 = st.columns([1, 1, 2])
-method = c1.radio("Projection", ["PCA", "UMAP"], horizontal=True, key="map_method")
-source = c2.radio("Embedding", ["prompt", "pair"], horizontal=True, key="map_source",
-                  help="prompt: the router's input. pair: the direction chosen − rejected.")
-color_by = c3.radio("Colour by", ["top expert", "group", "reward margin", "correct"], horizontal=True, key="map_color")
+# ----------------------------------------------------------------------------- controls (restored from a link)
+source_options = list(SOURCES) if routed_model else ["margins", "prompt", "pair"]
+ui.init_state("map_source", "view", str, source_options)
+ui.init_state("map_layout", "layout", str, list(LAYOUTS))
+ui.init_state("map_color", "color", str, COLOURS)
+ui.init_state("map_expert", "expert", int, list(range(k_experts)))
+if "map_expert" not in st.session_state and isinstance(st.session_state.get(ui.SHARED_EXPERT), int) \
+        and st.session_state[ui.SHARED_EXPERT] < k_experts:
+    st.session_state["map_expert"] = st.session_state[ui.SHARED_EXPERT]
+st.session_state.setdefault("map_source", source_options[0])
+c1, c2, c3, c4 = st.columns([2, 2, 3, 1])
+source = c1.radio("Show", source_options, format_func=SOURCES.get, horizontal=True, key="map_source",
+                  help="routing: the router's logits (experts appear as regions). expert margins: how each expert "
+                       "judges the pair. prompt text: the prompt's embedding (its topic). preference direction: "
+                       "the text embedding of chosen − rejected.")
+layouts = ["anchors", "pca", "umap"] if source == "router" else ["pca", "umap"]
+if st.session_state.get("map_layout") not in layouts:
+    st.session_state["map_layout"] = layouts[0]
+layout = c2.radio("Layout", layouts, format_func=LAYOUTS.get, horizontal=True, key="map_layout",
+                  help="experts as anchors: each expert a point on a circle, each pair at the mix of its routing "
+                       "probabilities (instant). PCA: instant. UMAP: non-linear, computed in the background.")
+color_by = c3.radio("Colour by", COLOURS, horizontal=True, key="map_color")
+highlight = c4.selectbox("Expert", [None, *range(k_experts)], key="map_expert",
+                         format_func=lambda e: "all" if e is None else f"E{e}", help="Bring one expert's pairs forward")
+if highlight is not None:
+    st.session_state[ui.SHARED_EXPERT] = int(highlight)
 
-params = ProjectionParams(method="pca", source=source)
-if method == "UMAP":
-    with st.form("umap_params"):
-        u1, u2, u3, u4 = st.columns(4)
-        n_neighbors = u1.number_input("n_neighbors", 2, 200, 15, key="umap_nn")
-        min_dist = u2.number_input("min_dist", 0.0, 1.0, 0.1, 0.05, key="umap_md")
-        metric = u3.selectbox("metric", METRICS, key="umap_metric")
-        seed = u4.number_input("seed", 0, 10_000, 0, key="umap_seed")
-        requested = st.form_submit_button("Compute UMAP", type="primary")
-    params = ProjectionParams("umap", source, int(n_neighbors), float(min_dist), metric, int(seed))
-    if not is_cached(ctx.features, params, proj_dir, key_parts):
-        if not requested:
-            st.info("UMAP for these parameters is not computed yet (the first run takes about a minute: "
-                    "import and compilation). Press **Compute UMAP**; showing PCA meanwhile.")
-            params = ProjectionParams(method="pca", source=source)
-        else:
-            bar = st.progress(0.0, text="starting UMAP")
-            project(ctx.features, params, proj_dir, key_parts,
-                    progress=lambda msg, frac: bar.progress(min(frac, 1.0), text=msg))
-            bar.empty()
+ui.init_state("map_cap", "cap", int)
+st.session_state["map_cap"] = min(max(int(st.session_state.get("map_cap", DEFAULT_CAP)), 1000), MAX_CAP)
+with st.expander("Drawing and UMAP settings"):
+    d1, d2, d3, d4, d5 = st.columns(5)
+    cap = int(d1.number_input("Points drawn at most", 1000, MAX_CAP, step=1000, key="map_cap",
+                              help="A stratified sample of this size is drawn over a density layer of all pairs; "
+                                   "selections always cover all pairs."))
+    n_neighbors = int(d2.number_input("UMAP n_neighbors", 2, 200, 15, key="umap_nn"))
+    min_dist = float(d3.number_input("UMAP min_dist", 0.0, 1.0, 0.1, 0.05, key="umap_md"))
+    metric = d4.selectbox("UMAP metric", METRICS, index=METRICS.index("euclidean" if source in ("router", "margins")
+                                                                      else "cosine"), key=f"umap_metric_{source}")
+    seed = int(d5.number_input("UMAP seed", 0, 10_000, 0, key="umap_seed"))
+
+wanted = ProjectionParams(layout, source, n_neighbors, min_dist, metric, seed)
+params, note = wanted, None
+warmup = jobs.get("umap-warmup")
+if layout == "umap" and not umap_is_warm() and warmup is None:  # compile it while the user sets the parameters
+    warmup = jobs.submit("umap-warmup", lambda report: warm_up_umap(report, proj_dir), "compiling UMAP (once per server)")
+if layout == "umap" and not is_cached(ctx.features, wanted, proj_dir, parts):
+    params = ProjectionParams("anchors" if source == "router" else "pca", source)
+    job_key = ui.projection_job_key(ctx, wanted)
+    job = jobs.get(job_key)
+    if job is not None and job.status == jobs.FAILED:
+        st.error(f"UMAP failed: {ui.md(job.error)}")
+        jobs.forget(job_key)
+        job = None
+    if job is None:
+        dim = {"router": k_experts, "margins": k_experts}.get(source, ctx.features.dim)
+        compiling = warmup.elapsed if warmup is not None and warmup.active else 0.0
+        eta = estimate_seconds(wanted, n, dim, proj_dir, compiling_for=compiling)
+        st.info(f"UMAP of the {SOURCES[source]} for these settings is not computed yet: about {eta:.0f} s here "
+                f"({n} pairs), in the background. Showing {LAYOUTS[params.method]} meanwhile.")
+        if st.button("Compute UMAP", type="primary", key="umap_go"):
+            job = ui.submit_projection(ctx, wanted)
+    if job is not None and job.active:
+
+        @st.fragment(run_every=1.0)
+        def umap_progress(key: str) -> None:
+            current = jobs.get(key)
+            if current is None or current.status == jobs.DONE:
+                st.rerun()  # the whole page, now with the UMAP from the cache
+            elif current.status == jobs.FAILED:
+                st.rerun()
+            else:
+                ui.job_progress(current, "UMAP")
+
+        umap_progress(job_key)
+        note = f"Showing {LAYOUTS[params.method]} until UMAP is ready; the page stays usable."
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def coords_for(_features, params: ProjectionParams, key_parts: tuple, cache_dir: str) -> np.ndarray:
-    return project(_features, params, cache_dir, key_parts).coords
+def coords_for(_features, _scores, params: ProjectionParams, key_parts: tuple, cache_dir: str) -> np.ndarray:
+    return project(_features, params, cache_dir, key_parts, scores=_scores).coords
 
 
-xy = coords_for(ctx.features, params, key_parts, str(proj_dir))
-pairs = ctx.features.pairs
-n = len(pairs)
-hover = [ui.chart(f"{p.id} · {p.group or ''} · {p.prompt[:80]}") for p in pairs]  # escaped: plotly reads HTML
-row = np.arange(n)
+@st.cache_resource(show_spinner=False, max_entries=8)
+def hover_texts(data_fid: str, _pairs) -> list[str]:
+    return [ui.chart(f"{p.id} · {p.group or ''} · {p.prompt[:70]}") for p in _pairs]  # escaped: plotly reads HTML
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def categories(model_fid: str, data_fid: str, color_by: str, _ctx) -> np.ndarray:
+    if color_by == "top expert":
+        return np.array([f"E{e}" for e in _ctx.scores.top_expert])
+    if color_by == "group":
+        return _ctx.groups
+    if color_by == "correct":
+        return np.where(_ctx.scores.correct, "correct", "incorrect")
+    return np.array([f"E{e}" for e in _ctx.scores.top_expert])  # margin colouring samples by expert
+
+
+xy = coords_for(ctx.features, s, params, parts, str(proj_dir))
+if note:
+    st.caption(note)
+
+# ----------------------------------------------------------------------------- selection state (all pairs)
+view_id = f"{params.method}-{params.source}-{params.n_neighbors}-{params.min_dist}-{params.metric}-{params.seed}"
+pair_ids = ctx.features.ids
+ui.init_state("map_box", "box", lambda v: [float(x) for x in str(v).split(",")][:4])
+ui.init_state("map_pair", "pair", str)
+if "map_box" in st.session_state and len(st.session_state["map_box"]) == 4 and st.session_state.get("map_box_view") is None:
+    st.session_state["map_box_view"] = view_id  # restored from a link: meant for this view
+selected_pair = st.session_state.get("map_pair")
+sel_row = pair_ids.index(selected_pair) if selected_pair in pair_ids else None
+
+cats = categories(ctx.model_fid, ctx.data_fid, color_by, ctx)
+draw = draw_sample(cats, cap, seed=0, keep=None if sel_row is None else np.array([sel_row]))
+hover = hover_texts(ctx.data_fid, ctx.features.pairs)
+big = len(draw) < n or n > 5000
+size, opacity = (4, 0.45) if n > 20_000 else (5, 0.6) if n > 2_000 else (7, 0.8)
 
 fig = go.Figure()
-if color_by in ("top expert", "group", "correct"):
-    if color_by == "top expert":
-        cats = np.array([names[e] for e in s.top_expert])
-    elif color_by == "group":
-        cats = ctx.groups
-    else:
-        cats = np.where(s.correct, "correct", "incorrect")
-    for j, cat in enumerate(sorted(set(cats))):
-        m = cats == cat
-        fig.add_trace(go.Scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers", name=ui.chart(cat), customdata=row[m],
-                                   text=[hover[i] for i in row[m]], hovertemplate="%{text}<extra></extra>",
-                                   marker=dict(size=7, opacity=0.8, color=PALETTE[j % len(PALETTE)])))
-else:
+if big:
+    gx, gy, counts = density_grid(xy, bins=150)
+    fig.add_trace(go.Heatmap(x=gx, y=gy, z=np.where(counts > 0, np.log1p(counts), np.nan), colorscale="Greys",
+                             showscale=False, opacity=0.35, hoverinfo="skip", name="density (all pairs)", zsmooth=False))
+if color_by == "reward margin":
     lim = float(np.percentile(np.abs(s.margin), 98)) or 1.0
-    fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name="pairs", customdata=row, text=hover,
+    fig.add_trace(go.Scattergl(x=xy[draw, 0], y=xy[draw, 1], mode="markers", name="pairs", customdata=draw,
+                               text=[hover[i] for i in draw],
                                hovertemplate="%{text}<br>margin %{marker.color:.3f}<extra></extra>",
-                               marker=dict(size=7, color=s.margin, colorscale="RdBu", cmin=-lim, cmax=lim,
-                                           colorbar=dict(title="margin"))))
-fig.update_layout(height=560, margin=dict(l=10, r=10, t=30, b=10), dragmode="select",
-                  title=f"{params.method.upper()} of {source} embeddings ({n} pairs)", legend=dict(itemsizing="constant"))
-event = st.plotly_chart(fig, width="stretch", key="expert_map", on_select="rerun", selection_mode=("box", "lasso"))
+                               marker=dict(size=size, color=s.margin[draw], colorscale="RdBu", cmin=-lim, cmax=lim,
+                                           opacity=opacity, colorbar=dict(title="margin"))))
+else:
+    palette = ui.category_colors(set(cats))
+    order = ui.natural_sorted(set(cats[draw]))
+    sizes = {c: int((cats[draw] == c).sum()) for c in order}
+    for cat in sorted(order, key=lambda c: -sizes[c]):  # large groups first: small ones stay visible on top
+        m = draw[cats[draw] == cat]
+        faded = highlight is not None and color_by == "top expert" and cat != f"E{highlight}"
+        color = NEUTRAL if faded else palette[cat]
+        symbol = expert_symbol(int(cat[1:])) if cat.startswith("E") and cat[1:].isdigit() else "circle"
+        fig.add_trace(go.Scattergl(
+            x=xy[m, 0], y=xy[m, 1], mode="markers", name=ui.chart(cat), customdata=m, text=[hover[i] for i in m],
+            hovertemplate="%{text}<extra>" + ui.chart(cat) + "</extra>", legendrank=order.index(cat),
+            marker=dict(size=size, color=rgba(color, 0.25 if faded else opacity), symbol=symbol)))
+    if highlight is not None and color_by == "top expert":  # drawn last: on top of everything
+        fig.data = tuple(sorted(fig.data, key=lambda t: t.name == f"E{highlight}"))
+if highlight is not None and color_by != "top expert":
+    m = draw[s.top_expert[draw] == highlight]
+    fig.add_trace(go.Scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers", name=f"top expert E{highlight}",
+                               hoverinfo="skip", marker=dict(size=size + 5, color="rgba(0,0,0,0)",
+                                                            line=dict(width=1.5, color=ui.expert_color(highlight)))))
+if params.method == "anchors":
+    pos = anchor_positions(k_experts) * 1.08
+    fig.add_trace(go.Scatter(x=pos[:, 0], y=pos[:, 1], mode="markers+text", text=names, textposition="middle center",
+                             name="expert anchors", hoverinfo="skip", showlegend=False,
+                             marker=dict(size=26, color=[ui.expert_color(e) for e in range(k_experts)],
+                                         line=dict(width=1, color="white")),
+                             textfont=dict(color="white", size=11)))
+if sel_row is not None:
+    fig.add_trace(go.Scatter(x=[xy[sel_row, 0]], y=[xy[sel_row, 1]], mode="markers", name=f"pair {ui.chart(selected_pair)}",
+                             hoverinfo="skip", marker=dict(symbol="star", size=18, color="gold",
+                                                           line=dict(width=1.5, color="black"))))
+axis = {"anchors": ("← routing mix →", "← routing mix →"), "pca": ("PC 1", "PC 2"), "umap": ("UMAP 1", "UMAP 2")}
+drawn = f"{len(draw)} of {n} pairs drawn over the density of all" if len(draw) < n else f"{n} pairs"
+fig.update_layout(height=620, margin=dict(l=10, r=10, t=40, b=10), dragmode="select",
+                  title=f"{params.title()} ({drawn})", legend=dict(itemsizing="constant", title=color_by),
+                  xaxis_title=axis[params.method][0], yaxis_title=axis[params.method][1])
+if params.method == "anchors":
+    fig.update_xaxes(showticklabels=False, scaleanchor="y")
+    fig.update_yaxes(showticklabels=False)
+event = st.plotly_chart(fig, width="stretch", key=f"map_{view_id}", on_select="rerun", selection_mode=("box", "lasso"),
+                        config={"displaylogo": False})
 
-points = (event or {}).get("selection", {}).get("points", []) if event else []
-selected = sorted({int(p["customdata"] if not isinstance(p["customdata"], list) else p["customdata"][0])
-                   for p in points if p.get("customdata") is not None})
+# A box or lasso selects among all pairs (not only the drawn ones), on the server.
+sel = (event or {}).get("selection", {}) if event else {}
+boxes, lassos = sel.get("box") or [], sel.get("lasso") or []
+if boxes:
+    b = boxes[-1]
+    st.session_state["map_box"] = [float(min(b["x"])), float(max(b["x"])), float(min(b["y"])), float(max(b["y"]))]
+    st.session_state["map_box_view"] = view_id
+    st.session_state.pop("map_lasso", None)
+elif lassos:
+    st.session_state["map_lasso"] = (view_id, list(lassos[-1]["x"]), list(lassos[-1]["y"]))
+    st.session_state.pop("map_box", None)
+elif st.session_state.get("map_sel_event") and not (sel.get("points") or []):
+    for key in ("map_box", "map_lasso"):  # the selection was cleared on the chart
+        st.session_state.pop(key, None)
+st.session_state["map_sel_event"] = bool(boxes or lassos)
+
+selected = np.zeros(0, dtype=np.int64)
+box = st.session_state.get("map_box")
+lasso = st.session_state.get("map_lasso")
+if box and len(box) == 4 and st.session_state.get("map_box_view") == view_id:
+    selected = points_in_box(xy, box[:2], box[2:])
+elif lasso and lasso[0] == view_id:
+    selected = points_in_polygon(xy, lasso[1], lasso[2])
+
+ui.share_view(view=source, layout=layout, color=color_by if color_by != COLOURS[0] else None,
+              cap=cap if cap != DEFAULT_CAP else None,
+              expert=highlight, box=",".join(f"{v:.4g}" for v in box) if box and len(selected) else None,
+              pair=selected_pair if sel_row is not None else None)
+
+# ----------------------------------------------------------------------------- the selected pair
+if sel_row is not None:
+    p = ctx.features.pairs[sel_row]
+    with st.container(border=True):
+        st.markdown(f"**Pair {ui.md(p.id)}**" + (f" · group {ui.md(p.group)}" if p.group else "")
+                    + f" · top expert E{int(s.top_expert[sel_row])} · margin {s.margin[sel_row]:+.3f} · "
+                    + ("the model prefers the chosen response" if s.correct[sel_row] else "the model prefers the rejected response"))
+        st.text("Prompt: " + p.prompt)
+        a, b = st.columns(2)
+        a.text("Chosen: " + p.chosen)
+        b.text("Rejected: " + p.rejected)
+        fig = go.Figure([go.Bar(x=names, y=s.router_probs[sel_row], name="router softmax",
+                                marker_color=[ui.expert_color(e) for e in range(k_experts)]),
+                         go.Scatter(x=names, y=s.expert_margins[sel_row], name="expert margin", mode="markers",
+                                    marker=dict(symbol="diamond", size=10, color="black"), yaxis="y2")])
+        fig.update_layout(height=260, margin=dict(t=30, b=10), title="Routing and each expert's margin",
+                          xaxis_title="expert", yaxis_title="routing probability",
+                          yaxis2=dict(title="margin (chosen − rejected)", overlaying="y", side="right"))
+        ui.expert_axis(fig, "x", k_experts)
+        st.plotly_chart(fig, width="stretch", key="map_pair_chart")
+        if st.button("Clear the pair", key="map_pair_clear"):
+            st.session_state.pop("map_pair", None)
+            st.rerun()
+
+# ----------------------------------------------------------------------------- the linked table
 st.subheader(f"Selection: {len(selected)} pairs")
-if not selected:
-    st.caption("Drag a box or a lasso on the map to select pairs; their routing weights appear here.")
+if not len(selected):
+    st.caption("Drag a box or a lasso on the map to select pairs (all pairs in the region, drawn or not); their "
+               "routing weights appear here. Click a row to see the pair.")
     st.stop()
-table = ctx.pair_table(np.array(selected))
-st.dataframe(table, hide_index=True, width="stretch", height=360)
+pages = (len(selected) - 1) // TABLE_PAGE + 1
+page = int(st.number_input(f"Page (of {pages}, {TABLE_PAGE} rows each)", 1, pages, 1, key="map_page")) if pages > 1 else 1
+rows = selected[(page - 1) * TABLE_PAGE: page * TABLE_PAGE]
+table = ctx.pair_table(rows)
+picked = st.dataframe(table, hide_index=True, width="stretch", height=360, key=f"map_table_{view_id}_{page}",
+                      on_select="rerun", selection_mode="single-row")
+chosen_rows = (picked or {}).get("selection", {}).get("rows", []) if picked else []
+if chosen_rows:
+    pid = str(table.iloc[chosen_rows[0]]["id"])  # the id the user saw, not a position that may have moved
+    if pid != st.session_state.get("map_pair"):
+        st.session_state["map_pair"] = pid
+        st.rerun()
+
+
+def _csv() -> bytes:
+    return ctx.pair_table(selected).to_csv(index=False).encode("utf-8")
+
+
+def _jsonl() -> bytes:
+    pairs = ctx.features.pairs
+    lines = (json.dumps({**pairs[i].to_dict(), "routing": s.routing[i].round(6).tolist(), "margin": float(s.margin[i])},
+                        ensure_ascii=False) for i in selected)
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
 c1, c2 = st.columns(2)
-c1.download_button("Download selection (CSV)", table.to_csv(index=False).encode("utf-8"), "selection.csv",
-                   "text/csv", key="dl_csv")
-jsonl = "\n".join(json.dumps({**pairs[i].to_dict(), "routing": s.routing[i].round(6).tolist(),
-                              "margin": float(s.margin[i])}, ensure_ascii=False) for i in selected)
-c2.download_button("Download selection (JSONL)", (jsonl + "\n").encode("utf-8"), "selection.jsonl",
-                   "application/jsonl", key="dl_jsonl")
+c1.download_button(f"Download all {len(selected)} (CSV)", _csv, "selection.csv", "text/csv", key="dl_csv")
+c2.download_button(f"Download all {len(selected)} (JSONL)", _jsonl, "selection.jsonl", "application/jsonl", key="dl_jsonl")

@@ -18,14 +18,27 @@ if ctx is None:
     st.stop()
 
 models = ctx.ws.list_models()
-others = [m for m in models if m != ctx.model_name] or models
+others = [m for m in models if m != ctx.model_name]  # never a model with itself
+if not others:
+    st.info(f"{ui.md(ctx.model_name)} is the only model in the workspace: train another one in **Data & training** "
+            "(or `moe-reward train`) to compare them.")
+    st.stop()
+ui.init_state("cmp_other", "other", str, others)
+if st.session_state.get("cmp_other") not in others:
+    st.session_state["cmp_other"] = others[0]
 other = st.selectbox("Compare with", others, key="cmp_other")
+ui.share_view(other=other)
 b_dir = ctx.ws.model_path(other)
 b_model = ui.load_model(b_dir)
 b_features = ui.load_features(ctx.ws, ctx.data.path, ui.backbone_spec(b_model))
 if b_features.dim != b_model.config.input_dim or [p.id for p in b_features.pairs] != ctx.features.ids:
     st.error(f"{ui.md(other)} cannot be scored on {ui.md(ctx.data.label)} (different backbone or input width).")
     st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def scored_subset(model_fid: str, data_fid: str, scope: str, _model, _features, _scores, _index) -> dict:
+    return evaluate(_model, _features.subset(_index), _scores.subset(_index))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -38,19 +51,36 @@ a_scores, a_eval = ctx.scores, ctx.evaluation
 b_scores, b_eval = scored(ui.file_id(b_dir), ctx.data_fid, b_model, b_features)
 label_a, label_b = f"A: {ctx.model_name}", f"B: {other}"
 
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def relation_of(model_fid: str, data_fid: str, model_dir: str, _features):
+    return ui.summary.relate(model_dir, _features)
+
+
+# Each model on its own held-out pairs of this file when it has some (its test split), else on all pairs.
 rows = []
-for label, model, ev in ((label_a, ctx.model, a_eval), (label_b, b_model, b_eval)):
-    rows.append({"model": label, "kind": model.describe(), "accuracy": round(ev["accuracy"], 4),
-                 "routing NMI": None if ev["routing_nmi"] is None else round(ev["routing_nmi"], 4),
-                 "routing entropy (norm.)": round(ev["routing_entropy_normalized"], 4),
-                 "active experts / pair": round(ev["active_experts_per_pair"], 2)})
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+for label, model, mdir, scores_ in ((label_a, ctx.model, ctx.model_dir, a_scores), (label_b, b_model, b_dir, b_scores)):
+    rel = relation_of(ui.file_id(mdir), ctx.data_fid, str(mdir), ctx.features)
+    scope = rel.headline
+    ev = scored_subset(ui.file_id(mdir), ctx.data_fid, scope.key, model, ctx.features, scores_, scope.index)
+    v = ui.summary.headline_values(ev)
+    rows.append({"model": label, "kind": model.describe(), "pairs of": scope.label, "pairs": scope.n,
+                 "accuracy": v["accuracy"], "routing NMI": v["routing_nmi"],
+                 "routing entropy": v["routing_entropy_normalized"], "active experts / pair": v["active_experts_per_pair"]})
+ui.table(pd.DataFrame(rows).round(4))
+st.caption(" ".join(f"{s.label}: {s.definition}" for s in (ui.summary.STATS[key] for key in
+                    ("accuracy", "routing_nmi", "routing_entropy_normalized"))))
+if len({r["pairs of"] for r in rows}) > 1 or len({r["pairs"] for r in rows}) > 1:
+    st.caption("The two models are on different pairs of this file (each on its own held-out test split); the "
+               "charts below use all pairs of the file for both.")
 
 groups = sorted(set(a_eval["per_group"]) | set(b_eval["per_group"]))
 if groups:
     fig = go.Figure([go.Bar(x=[ui.chart(g) for g in groups], y=[ev["per_group"].get(g, {}).get("accuracy") for g in groups], name=label)
                      for label, ev in ((label_a, a_eval), (label_b, b_eval))])
-    fig.update_layout(title="Accuracy per group", barmode="group", yaxis_range=[0, 1], height=340, margin=dict(t=40, b=10))
+    fig.update_layout(title=f"Accuracy per group (all {len(ctx.features)} pairs of the file)", barmode="group",
+                      yaxis_range=[0, 1], height=340, margin=dict(t=40, b=10), xaxis_title="group",
+                      yaxis_title="accuracy")
     st.plotly_chart(fig, width="stretch", key="cmp_groups")
 
 st.subheader("Personalization curves")
@@ -96,6 +126,6 @@ if len(idx):
     table.insert(3, "B P(chosen)", b_scores.prob_chosen[idx].round(3))
     table.insert(4, "A top expert", [f"E{e}" for e in a_scores.top_expert[idx]])
     table.insert(5, "B top expert", [f"E{e}" for e in b_scores.top_expert[idx]])
-    st.dataframe(table, hide_index=True, width="stretch", height=380)
+    ui.table(table, max_rows=12)
     st.download_button("Download (CSV)", table.to_csv(index=False).encode("utf-8"), "disagreements.csv", "text/csv",
                        key="cmp_dl")

@@ -55,31 +55,58 @@ if result is None:
     st.stop()
 scored, used_profile = result
 a, b = scored
+
+
+def verdict(ra: float, rb: float) -> tuple[str, str]:
+    """('A', 'A wins by 0.412') from two rewards."""
+    if ra == rb:
+        return "tie", "A and B get the same reward"
+    win, lose, gap = ("A", "B", ra - rb) if ra > rb else ("B", "A", rb - ra)
+    return win, f"{win} wins by {gap:.3f}"
+
+
+model_win, model_text = verdict(a.reward, b.reward)
 m = st.columns(4)
 m[0].metric("Reward A (routed mix)", f"{a.reward:+.3f}")
 m[1].metric("Reward B (routed mix)", f"{b.reward:+.3f}")
-m[2].metric("Preferred by the model", "A" if a.reward >= b.reward else "B", delta=f"margin {a.reward - b.reward:+.3f}")
+# The delta is A − B: its arrow and colour follow its sign (green ↑ when A is ahead, red ↓ when B is).
+m[2].metric("The model prefers", model_win, delta=round(a.reward - b.reward, 3), delta_color="normal",
+            help="delta: reward A − reward B under the model's own routing")
+lines = [f"**The model prefers response {model_win}**: {model_text} under its own routing."
+         if model_win != "tie" else "The model scores A and B the same."]
 if a.personalized_reward is not None:
-    m[3].metric(f"Preferred under {ui.md(used_profile)}", "A" if a.personalized_reward >= b.personalized_reward else "B",
-                delta=f"margin {a.personalized_reward - b.personalized_reward:+.3f}")
+    pa, pb = a.personalized_reward, b.personalized_reward
+    prof_win, prof_text = verdict(pa, pb)
+    m[3].metric(f"The profile {ui.md(used_profile)} prefers", prof_win, delta=round(pa - pb, 3), delta_color="normal",
+                help="delta: reward A − reward B under the profile's expert weights")
+    agree = "agreeing with" if prof_win == model_win else "unlike"
+    lines.append(f"**The profile {ui.md(used_profile)} prefers response {prof_win}**: {prof_text}, {agree} the model.")
+st.markdown("  \n".join(lines))
 
+colors = [ui.expert_color(k) for k in range(ctx.k)]
 left, right = st.columns(2)
 with left:
-    fig = go.Figure([go.Bar(x=names, y=a.expert_rewards, name="A"), go.Bar(x=names, y=b.expert_rewards, name="B")])
-    fig.update_layout(title="Each expert's reward", barmode="group", height=340, margin=dict(t=40, b=10))
+    fig = go.Figure([go.Bar(x=names, y=a.expert_rewards, name="A", marker_color=colors),
+                     go.Bar(x=names, y=b.expert_rewards, name="B", marker_color=colors, marker_pattern_shape="/")])
+    fig.update_layout(title="Each expert's reward (hatched: B)", barmode="group", height=340, margin=dict(t=40, b=10),
+                      xaxis_title="expert", yaxis_title="reward")
+    ui.expert_axis(fig, "x", ctx.k)
     st.plotly_chart(fig, width="stretch", key="score_experts")
 with right:
     fig = go.Figure([go.Bar(x=names, y=a.router_probs, name="router softmax", marker_color="#BAB0AC"),
-                     go.Bar(x=names, y=a.routing, name="routing used", marker_color="#4C78A8")])
+                     go.Bar(x=names, y=a.routing, name="routing used", marker_color=colors)])
     fig.update_layout(title="Routing of this prompt", barmode="group", yaxis_range=[0, 1], height=340,
-                      margin=dict(t=40, b=10))
+                      margin=dict(t=40, b=10), xaxis_title="expert", yaxis_title="weight")
+    ui.expert_axis(fig, "x", ctx.k)
     st.plotly_chart(fig, width="stretch", key="score_routing")
 
 table = pd.DataFrame({"expert": names, "reward A": np.round(a.expert_rewards, 4), "reward B": np.round(b.expert_rewards, 4),
                       "A − B": np.round(np.subtract(a.expert_rewards, b.expert_rewards), 4),
+                      "prefers": ["A" if x > y else "B" if y > x else "tie" for x, y in zip(a.expert_rewards, b.expert_rewards, strict=True)],
                       "routing": np.round(a.routing, 4)})
-st.dataframe(table, hide_index=True, width="stretch")
-rows = [{"": "routed mix", "A": round(a.reward, 4), "B": round(b.reward, 4)}]
+ui.table(table)
+rows = [{"": "routed mix", "A": round(a.reward, 4), "B": round(b.reward, 4), "prefers": model_win}]
 if a.personalized_reward is not None:
-    rows.append({"": f"profile: {used_profile}", "A": round(a.personalized_reward, 4), "B": round(b.personalized_reward, 4)})
-st.dataframe(pd.DataFrame(rows), hide_index=True)
+    rows.append({"": f"profile: {used_profile}", "A": round(a.personalized_reward, 4), "B": round(b.personalized_reward, 4),
+                 "prefers": verdict(a.personalized_reward, b.personalized_reward)[0]})
+ui.table(pd.DataFrame(rows), width="content")

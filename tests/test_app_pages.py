@@ -51,7 +51,7 @@ def test_overview_with_navigation(home):
     assert at.sidebar.selectbox(key="model_name").value == "default-sparse"
     assert at.sidebar.selectbox(key="data_label").value == "uploads/tiny.safetensors"
     labels = [m.label for m in at.metric]
-    assert "Accuracy (all pairs)" in labels and "Routing NMI (expert, group)" in labels
+    assert labels[0] == "Accuracy" and at.metric[0].delta.startswith("held-out test split") and "Routing NMI" in labels
     assert any(t.value.startswith("E0") or t.value == "**E0**" for t in at.markdown)
     at.sidebar.selectbox(key="model_name").select("tiny-dense").run()
     assert not at.exception and "tiny" in at.markdown[0].value and "dense" in at.markdown[0].value
@@ -71,14 +71,17 @@ def test_routing_statistics_filters(home):
     assert any("pairs match the filters" in c.value for c in at.caption)
 
 
-def test_expert_map_pca_and_umap_request(home):
+def test_expert_map_views_and_umap_request(home):
     at = run(PAGES["map"])
-    assert at.radio(key="map_method").value == "PCA"
+    assert at.radio(key="map_source").value == "router" and at.radio(key="map_layout").value == "anchors"
     for colour in ("group", "reward margin", "correct"):
         at.radio(key="map_color").set_value(colour).run()
         assert not at.exception
-    at.radio(key="map_method").set_value("UMAP").run()  # not computed until asked for
-    assert not at.exception and any("Compute UMAP" in i.value for i in at.info)
+    for source in ("margins", "prompt", "pair"):
+        at.radio(key="map_source").set_value(source).run()
+        assert not at.exception and at.radio(key="map_layout").value == "pca"
+    at.radio(key="map_layout").set_value("umap").run()  # not computed until asked for
+    assert not at.exception and any("not computed yet" in i.value for i in at.info)
 
 
 def test_expert_detail(home):
@@ -153,6 +156,11 @@ def test_score_your_own_scores(home):
     at.button[0].click().run()  # the form's submit button
     assert not at.exception, [e.value for e in at.exception]
     assert any(m.label == "Reward A (routed mix)" for m in at.metric)
+    a, b = (float(next(m.value for m in at.metric if m.label == f"Reward {x} (routed mix)")) for x in "AB")
+    verdict = next(m for m in at.metric if m.label == "The model prefers")
+    assert verdict.value == ("A" if a > b else "B")  # the winner named, and the delta's sign (its arrow) is A − B
+    assert float(verdict.delta) == pytest.approx(a - b, abs=2e-3)
+    assert any(f"The model prefers response {verdict.value}" in m.value for m in at.markdown)
 
 
 def test_data_page_lists_models_and_rejects_bad_names(home):
@@ -285,7 +293,7 @@ def test_fresh_clone_builds_the_default_model_on_first_start(tmp_path, monkeypat
     at = run("app.py")
     assert (tmp_path / "fresh" / "models" / "default-sparse" / "model.safetensors").is_file()
     assert at.sidebar.selectbox(key="model_name").value == "default-sparse"
-    assert any(m.label == "Accuracy (all pairs)" for m in at.metric)
+    assert any(m.label == "Accuracy" and m.delta.startswith("held-out test split") for m in at.metric)
 
 
 def test_no_html_rendering_and_no_pickle_in_the_app():
@@ -310,20 +318,25 @@ def test_markdown_and_chart_escaping(monkeypatch):
 
 
 @pytest.mark.slow
-def test_expert_map_umap_on_button_press_is_cached(home):
+def test_expert_map_umap_in_the_background_is_cached(home):
+    from moe_reward import jobs
+
     at = run(PAGES["map"])
-    at.radio(key="map_method").set_value("UMAP").run()
-    at.number_input(key="umap_nn").set_value(8)
-    at.button[0].click().run()  # "Compute UMAP" (the form's submit button)
+    at.radio(key="map_layout").set_value("umap").run()
+    at.number_input(key="umap_nn").set_value(8).run()
+    at.button(key="umap_go").click().run()  # submits a background job; the page returns at once
     assert not at.exception, [e.value for e in at.exception]
-    assert not any("Compute UMAP" in i.value for i in at.info)  # the map is UMAP now
+    for job in jobs.all_jobs():
+        jobs.wait(job.key, timeout=300)
+    at.run()
+    assert not any("not computed yet" in i.value for i in at.info)  # the map is UMAP now
+    assert "UMAP of router logits" in json.dumps(at.get("plotly_chart")[0].proto.spec)
     cached = list((home / "projections").glob("*.json"))
     assert any(json.loads(p.read_text())["params"]["n_neighbors"] == 8 for p in cached)
     again = run(PAGES["map"])  # a new session: the same parameters come from the disk cache, not a new fit
-    again.radio(key="map_method").set_value("UMAP").run()
-    again.number_input(key="umap_nn").set_value(8)
-    again.button[0].click().run()
-    assert not any("Compute UMAP" in i.value for i in again.info)
+    again.radio(key="map_layout").set_value("umap").run()
+    again.number_input(key="umap_nn").set_value(8).run()
+    assert not any("not computed yet" in i.value for i in again.info)
     assert len(list((home / "projections").glob("*.json"))) == len(cached)
 
 

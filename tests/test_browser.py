@@ -189,7 +189,7 @@ def _visit_pages(page) -> None:
         assert model == "tiny-dense", f"the model choice was lost on {title}: {model}"
         if title == "Expert map":
             _box_select(page)
-            _wait_text(page, "Download selection (CSV)")
+            _wait_text(page, "Download all")
             _wait_idle(page)
             assert not page.get_by_text("Selection: 0 pairs").count()
         if title == "Score your own":

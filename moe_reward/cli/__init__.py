@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 # Sub-command modules of this package; each exposes `register(subparsers)`.
-EXTRA_COMMANDS = ("personalize", "experiment", "explore")
+EXTRA_COMMANDS = ("personalize", "experiment", "explore", "report")
 
 
 def _progress_bar(desc: str):
@@ -151,7 +151,35 @@ def cmd_score(args) -> int:
               + f"  | {s.response[:70]!r}")
         print("  routing: " + ", ".join(f"expert {k} {s.routing[k]:.3f}" for k in top))
         print("  expert rewards: " + " ".join(f"{r:+.3f}" for r in s.expert_rewards))
+    for line in winner_lines(scored):
+        print(line)
     return 0
+
+
+def winner_lines(scored) -> list[str]:
+    """Which response wins, under the model's routing and under the profile (when one is given)."""
+    if len(scored) < 2:
+        return []
+    letters = [chr(ord("A") + i) if i < 26 else f"#{i + 1}" for i in range(len(scored))]
+
+    def verdict(values: list[float], under: str) -> str:
+        order = sorted(range(len(values)), key=lambda i: -values[i])
+        best, second = order[0], order[1]
+        gap = values[best] - values[second]
+        if gap == 0:
+            return f"{under}: a tie between response {letters[best]} and response {letters[second]}"
+        return (f"{under}: response {letters[best]} wins (reward {values[best]:+.4f}, "
+                f"{gap:.4f} above response {letters[second]})")
+
+    out = [verdict([s.reward for s in scored], "model (routed mix)")]
+    if scored[0].personalized_reward is not None:
+        personal = [s.personalized_reward for s in scored]
+        line = verdict(personal, "profile")
+        model_best = max(range(len(scored)), key=lambda i: scored[i].reward)
+        profile_best = max(range(len(scored)), key=lambda i: personal[i])
+        out.append(line + ("; the profile agrees with the model" if model_best == profile_best
+                           else "; the profile disagrees with the model"))
+    return out
 
 
 def cmd_make_dataset(args) -> int:

@@ -22,8 +22,10 @@ import numpy as np
 
 
 def register(subparsers) -> None:
-    b = subparsers.add_parser("build-default", help="build the dashboard's default model on the controlled data")
+    b = subparsers.add_parser("build-default", help="build the dashboard's default model on the controlled data "
+                              "and precompute its Expert map views")
     b.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    b.add_argument("--no-umap", action="store_true", help="precompute only the instant map views (skip UMAP, ~30 s)")
     b.set_defaults(func=cmd_build_default)
 
     w = subparsers.add_parser("workspace", help="list the workspace's models, data files, experiments and labels")
@@ -178,13 +180,24 @@ def _write_rows(rows: list[dict], out: str) -> None:
 
 
 def cmd_build_default(args) -> int:
-    from ..workspace import Workspace
+    from ..analysis import score_pairs
+    from ..pipeline import backbone_spec_for, load_model
+    from ..projection import precompute_views
+    from ..workspace import Workspace, file_id
 
     ws = Workspace()
     bar, stage = _bar("build default")
-    out = ws.ensure_default(progress=stage, force=args.force)
+    out = ws.ensure_default(progress=lambda m, f: stage(m, 0.5 * f), force=args.force)
+    # The Expert map's views, under the keys the dashboard looks them up by (model and data file ids).
+    data = ws.default_data_path()
+    model = load_model(out)
+    feats = ws.features_for(data, backbone_spec_for(model))
+    views = precompute_views(feats, score_pairs(model, feats), ws.projections_dir, (file_id(out), file_id(data)),
+                             umap=not args.no_umap, progress=lambda m, f: stage(m, 0.5 + 0.5 * f))
     bar.close()
-    print(f"default model ready: {out}")
+    computed = [v for v in views if not v.cached]
+    print(f"default model ready: {out}; map views: {len(views)} ({len(computed)} computed in "
+          f"{sum(v.seconds for v in computed):.1f}s, the rest from the cache)")
     return 0
 
 

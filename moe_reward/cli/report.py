@@ -1,0 +1,50 @@
+"""`moe-reward report`: the stakeholder report (the Overview's "Write the stakeholder report" button)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    r = subparsers.add_parser("report", help="write a self-contained HTML report of a model (+ PNG figures)")
+    r.add_argument("--model", required=True, help="a model directory, or a model name in the workspace")
+    r.add_argument("--out", required=True, help="the HTML file to write")
+    r.add_argument("--data", default=None,
+                   help="data to evaluate on (default: the data the model was trained on, from its metrics.json)")
+    r.add_argument("--no-png", action="store_true", help="skip the PNG figures (they need kaleido and a Chromium)")
+    r.set_defaults(func=cmd_report)
+
+
+def model_data_path(model_dir: Path, given: str | None) -> str:
+    """--data, else the model's recorded training data ('controlled' is the workspace's default data)."""
+    from ..summary import trained_on
+    from ..workspace import Workspace
+
+    data = given or trained_on(model_dir)
+    if not data:
+        raise ValueError(f"{model_dir}: its metrics.json does not say what it was trained on; pass --data")
+    if data == "controlled":
+        return str(Workspace().default_data_path())
+    if not Path(data).exists():
+        raise FileNotFoundError(f"{data} (recorded in {model_dir}/metrics.json) is not here; pass --data")
+    return data
+
+
+def cmd_report(args) -> int:
+    from ..report import build_report
+    from ..workspace import Workspace
+
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        model_dir = Workspace().model_path(args.model)
+    data = model_data_path(model_dir, args.data)
+    same = True  # (only consulted for a model without a saved split)
+    if args.data is not None:
+        try:
+            same = Path(args.data).resolve() == Path(model_data_path(model_dir, None)).resolve()
+        except (ValueError, FileNotFoundError):
+            same = None
+    result = build_report(model_dir, data, args.out, same_file=same, pngs=not args.no_png)
+    print(f"wrote {result.html}" + (f" and {len(result.pngs)} PNG figures in {result.pngs[0].parent}" if result.pngs
+                                    else "" if args.no_png else f" (no PNG figures: {result.png_error})"))
+    return 0
