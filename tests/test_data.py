@@ -150,3 +150,31 @@ def test_split_is_deterministic_and_keeps_prompts_together():
 def test_pair_key_ignores_order():
     p = PreferencePair("q", "a", "b")
     assert pair_key(p) == pair_key(PreferencePair("q ", "b", "a")) != pair_key(PreferencePair("q", "a", "c"))
+
+
+@pytest.mark.parametrize("by", ["meta.question_id", "group", "user"])
+def test_split_by_a_field_keeps_every_value_on_one_side(by):
+    pairs = [PreferencePair(f"{cue} question {q} take {t}", f"a{q}{t}{cue}", f"b{q}{t}{cue}", group=cue,
+                            user=f"u{(q + t) % 5}", id=f"{q}-{t}-{cue}", meta={"question_id": f"q{q}"})
+             for q in range(20) for t in range(3) for cue in ("short", "long", "formal", "casual", "steps", "prose")]
+    splits = split_pairs(pairs, 0.2, 0.2, seed=1, by=by)
+    assert sorted(splits.train + splits.validation + splits.test) == list(range(len(pairs)))
+
+    def value(p):
+        return p.meta["question_id"] if by.startswith("meta.") else getattr(p, by)
+
+    sides = [{value(pairs[i]) for i in getattr(splits, name)} for name in ("train", "validation", "test")]
+    assert all(sides) and not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    assert split_pairs(pairs, 0.2, 0.2, seed=1, by=by) == splits  # deterministic
+    if by == "meta.question_id":  # prompts differ within a question, so a prompt split would mix questions
+        by_prompt = split_pairs(pairs, 0.2, 0.2, seed=1)
+        train_q = {value(pairs[i]) for i in by_prompt.train}
+        assert train_q & {value(pairs[i]) for i in by_prompt.test}
+
+
+def test_split_by_rejects_unknown_or_absent_fields():
+    pairs = [PreferencePair(f"p{i}", "a", "b", id=str(i)) for i in range(6)]
+    with pytest.raises(ValueError, match="split field"):
+        split_pairs(pairs, by="question")
+    with pytest.raises(ValueError, match="no pair has a value"):
+        split_pairs(pairs, by="meta.question_id")
