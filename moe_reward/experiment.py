@@ -33,6 +33,7 @@ Protocol
 - **Active vs random** (sparse model, the adapter with the best mean accuracy over k >= 1): labels are
   added one at a time from the pool, chosen by `personalize.select_next` ("active": the largest
   expected profile movement) or at random (`draws` orders); accuracy at each k of `shots`.
+- **Per user**: ``personalization_per_user`` keeps each user's curve (mean and sd over seeds).
 - **Weight shift** (sparse model, first seed, same adapter): the profile before/after fitting each user's
   first min(32, pool) pool labels, its largest experts and the labels that moved them; the experts'
   auto-labels (`describe.describe_experts` on the training split) say what those experts stand for.
@@ -48,6 +49,7 @@ over seeds)::
                                            "oracle_routing_accuracy": stat, "discovery_efficiency": stat},
                            "n_test_pairs": int}},
      "users_per_k": {"<k>": [users averaged at k]},
+     "personalization_per_user": {"<kind>": {"<adapter>": {"<k>": {"<user>": stat}}}},
      "folds": [{"seed", "held_out", "train_pool", "excluded_repeats_of_test_comparisons", "warning"?}],
      "warnings": [str],
      "oracle": {"<k>": stat, "pool": stat},
@@ -572,7 +574,14 @@ def summarize(per_seed: list[dict], cfg: ExperimentConfig, protocol: Protocol, f
         "held_out_users": sum(len(f) for f in user_feats.values()),
         "dropped_duplicates_of_user_pairs": int(np.mean([f["excluded_repeats_of_test_comparisons"] for f in fold_reports]))
         if fold_reports else 0})
+    per_user = {kind: {a: {str(k): {u: stat(r["models"][kind]["personalization"].get(a, {}).get(str(k), {}).get(u)
+                                             for r in per_seed)
+                                    for u in users_at_k.get(str(k), [])}
+                           for k in cfg.shots}
+                       for a in cfg.adapters}
+                for kind in cfg.kinds}
     return {"config": config, "models": models, "oracle": oracle, "active_vs_random": active_vs_random,
+            "personalization_per_user": per_user,
             "weight_shift": per_seed[0]["weight_shift"], "expert_labels": per_seed[0]["expert_labels"],
             "users_per_k": {k: users_at_k[k] for k in sorted(users_at_k, key=int)},
             "folds": fold_reports, "warnings": warnings}

@@ -57,7 +57,7 @@ def features_file(tmp_path_factory):
 
 def check_shape(results: dict, kinds, adapters, shots):
     assert set(results) == {"config", "models", "oracle", "active_vs_random", "weight_shift", "expert_labels",
-                            "timings", "users_per_k", "folds", "warnings"}
+                            "timings", "users_per_k", "folds", "warnings", "personalization_per_user"}
     assert list(results["models"]) == list(kinds)
     for m in results["models"].values():
         assert set(m) == {"accuracy", "per_group", "routing_nmi", "expert_utilization", "personalization",
@@ -174,6 +174,7 @@ def test_experiment_with_held_out_users_lists_who_is_averaged_per_k():
     # d disagrees with everyone the model learned from: only the signed adapter can follow d
     signed = results["models"]["single"]["personalization"]["signed"]
     assert signed["0"]["mean"] < 0.2 and signed["16"]["mean"] > 0.8
+    assert results["personalization_per_user"]["single"]["signed"]["16"]["d"] == signed["16"]
     assert results["models"]["single"]["personalization"]["hedge"]["16"]["mean"] < 0.2
 
 
