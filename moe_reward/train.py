@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import sparse
 
 from .embed import PairFeatures
 from .model import ROUTED_KINDS, ModelConfig, PairOutput, SparseMoERewardModel, entropy, margins_to_loss
@@ -287,6 +288,35 @@ class ContextFit:
             return None
         return self.context_free_loss - self.validation_loss > 2 * self.gain_se
 
+def _projector(model: SparseMoERewardModel, router: RouterData, rows: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
+    """u -> (standardized router features of `rows`) @ u. Vector channels are multiplied block by block
+    without densifying the sparse lexical one: ((x - mean) / scale) @ u = x @ (u / scale) - (mean / scale) @ u;
+    with an attention channel the model computes the features (its queries are being fitted)."""
+    if model.queries is not None:
+        return lambda u: model.router_features(router.batch(rows)) @ u
+    mean, scale = model.prompt_mean, model.prompt_scale
+    blocks, start = [], 0
+    for b in router.blocks:
+        sub, sl = b[rows], slice(start, start + b.shape[1])
+        start += b.shape[1]
+        if sparse.issparse(sub):
+            coo = sub.tocoo()
+            t = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data.astype(np.float32), coo.shape,
+                                        check_invariants=False).coalesce()
+        else:
+            t = torch.from_numpy(np.ascontiguousarray(sub, dtype=np.float32))
+        blocks.append((t, sl))
+
+    def project(u: torch.Tensor) -> torch.Tensor:
+        us = u / scale[:, None]
+        out = -(mean @ us)
+        for t, sl in blocks:
+            out = out + (torch.sparse.mm(t, us[sl]) if t.is_sparse else t @ us[sl])
+        return out
+
+    return project
+
+
 def fit_context_preferences(model: SparseMoERewardModel, router: RouterData, diff: torch.Tensor,
                             gen: torch.Generator, rank: int = 16, steps: int = 600, lr: float = 0.02,
                             l2: float = 3e-3, validation: tuple[RouterData, torch.Tensor] | None = None,
@@ -306,19 +336,13 @@ def fit_context_preferences(model: SparseMoERewardModel, router: RouterData, dif
         width = model.router_features(router.batch(np.arange(min(n, 2)))).shape[1]
     u, v, w0 = _codes_model(width, d, rank, gen)
     opt = AdamW([u, v, w0, *extra], lr=lr)
-    full = n <= batch
-    p_all = None
+    order = np.arange(n) if n <= batch else torch.randperm(n, generator=gen).numpy()
+    chunks = np.array_split(order, math.ceil(n / batch))
+    project = [_projector(model, router, c) for c in chunks]  # what the router reads, times U
     for step in range(steps):
-        rows = np.arange(n) if full else torch.randint(n, (batch,), generator=gen).numpy()
-        if full and not extra:
-            if p_all is None:
-                with torch.no_grad():
-                    p_all = model.router_features(router.batch(rows))
-            p = p_all
-        else:
-            p = model.router_features(router.batch(rows))
-        dd = diff[rows]
-        margin = ((p @ u) * (dd @ v)).sum(-1) + dd @ w0
+        j = step % len(chunks)
+        dd = diff[chunks[j]]
+        margin = (project[j](u) * (dd @ v)).sum(-1) + dd @ w0
         penalty = (u**2).sum() + (v**2).sum() + (w0**2).sum()  # not the queries: where to look is free
         loss = F.softplus(-margin).mean() + l2 * penalty
         opt.zero_grad()
@@ -330,7 +354,7 @@ def fit_context_preferences(model: SparseMoERewardModel, router: RouterData, dif
         codes, with_context, free = [], [], []
         for s in range(0, len(dd), batch):
             rows = np.arange(s, min(s + batch, len(dd)))
-            c = model.router_features(data.batch(rows)) @ u
+            c = _projector(model, data, rows)(u)
             codes.append(c)
             base = dd[rows] @ w0
             with_context.append(F.softplus(-((c * (dd[rows] @ v)).sum(-1) + base)))
