@@ -612,13 +612,62 @@ def _build(model_config: ModelConfig, train: PairFeatures, validation: PairFeatu
                     model.head.copy_(fit.w0.expand_as(model.head))
         else:
             report["warm_start"] = "clusters"
-            assign = kmeans(fit.codes, model.num_experts, cfg.seed)
+            diff = _diff(model, train, rows)
+            assign = _choose_clusters(model, fit, diff, validation, cfg)
+            report["clusters"] = int(assign.max()) + 1
             report["cluster_sizes"] = np.bincount(assign.numpy(), minlength=model.num_experts).tolist()
             router_from_centroids(model, fit.u, fit.codes, assign)
             if not model.config.hidden_dim:
-                report["head_l2"] = _init_heads(model, _diff(model, train, rows), assign, fit.w0, validation, cfg)
+                report["head_l2"] = _init_heads(model, diff, assign, fit.w0, validation, cfg)
     report.pop("rows", None)
     return model, data, report
+
+
+CLUSTER_COUNTS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+def _choose_clusters(model: SparseMoERewardModel, fit: ContextFit, diff: torch.Tensor,
+                     validation: PairFeatures | None, cfg: TrainConfig) -> torch.Tensor:
+    """How many groups of preference codes to start experts from: the count (K, or fewer from
+    `CLUSTER_COUNTS`) whose warm-started routed model has the lowest validation loss. With more experts
+    than criteria, K clusters split a criterion arbitrarily between experts; fewer clusters keep one
+    expert per criterion and start the others, unused, as the shared head. Ties (within one standard
+    error) go to fewer clusters. K without validation pairs."""
+    k = model.num_experts
+    counts = sorted({c for c in CLUSTER_COUNTS if c < k} | {k})
+    if model.config.hidden_dim or validation is None or len(validation) < cfg.min_validation_pairs or len(counts) == 1:
+        return kmeans(fit.codes, k, cfg.seed)
+    val_router = router_data(model, validation)
+    l2 = sorted(cfg.head_l2)[len(cfg.head_l2) // 2]
+    tried: list[tuple[torch.Tensor, torch.Tensor]] = []  # (assignment, per-pair validation losses)
+    for c in counts:
+        assign = kmeans(fit.codes, c, cfg.seed)
+        router_from_centroids(model, fit.u, fit.codes, assign)
+        heads = fit_bt_heads(diff, assign, k, fit.w0, l2)
+        with torch.no_grad():
+            model.head.copy_(heads)
+        tried.append((assign, pair_losses(model, validation, val_router)))
+    # One-standard-error rule: the fewest clusters whose validation loss is within one standard error
+    # (of the per-pair difference) of the best count's.
+    best = min(range(len(tried)), key=lambda i: float(tried[i][1].mean()))
+    for assign, losses in tried:
+        gap = losses - tried[best][1]
+        if float(gap.mean()) <= float(gap.std()) / max(len(gap), 1) ** 0.5 + 1e-9:
+            return assign
+    return tried[best][0]
+
+
+@torch.no_grad()
+def pair_losses(model: SparseMoERewardModel, f: PairFeatures, router: RouterData, batch: int = 8192) -> torch.Tensor:
+    """[N] Bradley-Terry loss of the routed model on each pair."""
+    model.eval()
+    out = []
+    for s in range(0, len(f), batch):
+        sl = slice(s, s + batch)
+        o = model.pair(router.batch(sl), torch.from_numpy(np.ascontiguousarray(f.chosen[sl], np.float32)),
+                       torch.from_numpy(np.ascontiguousarray(f.rejected[sl], np.float32)))
+        out.append(-torch.log(o.prob_chosen(mixture=model.config.kind == "micro").clamp(min=1e-12)))
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 def _init_heads(model: SparseMoERewardModel, diff: torch.Tensor, assign: torch.Tensor, anchor: torch.Tensor,
