@@ -424,20 +424,6 @@ def router_from_centroids(model: SparseMoERewardModel, u: torch.Tensor, codes: t
         model.router.bias[empty] = -1e4 / tau  # an empty cluster receives nothing until training moves it
 
 
-def train_router_on_clusters(model: SparseMoERewardModel, router: RouterData, assign: torch.Tensor,
-                             steps: int = 300, batch: int = 4096) -> None:
-    """Teach the router to predict each training pair's cluster from its prompt (cross-entropy)."""
-    opt = AdamW([q for q in model.router.parameters()], lr=0.01)
-    gen = torch.Generator().manual_seed(0)
-    n = len(assign)
-    for _ in range(steps):
-        rows = np.arange(n) if n <= batch else torch.randint(n, (batch,), generator=gen).numpy()
-        loss = F.cross_entropy(model.router_logits(router.batch(rows)), assign[rows])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
 # ----------------------------------------------------------------------------- DRM basis
 
 
