@@ -76,12 +76,47 @@ def _load_features(root: str, data: str, _fid: str, spec: tuple) -> PairFeatures
 
 
 def load_features(ws: Workspace, data: Path, spec: BackboneSpec) -> PairFeatures:
-    """Features of a data file; the first time, embed it with a progress bar (then it is on disk)."""
-    if data.suffix != ".safetensors" and not ws.features_file(data, spec).is_file():
+    """Features of a data file. The first time, the file is embedded once in the background
+    (`Workspace.features_in_background`, keyed by file and backbone): this page shows its progress, and
+    leaving the page neither stops nor restarts it (any page asking for the file waits for the same job)."""
+    from moe_reward import jobs
+
+    job = ws.features_in_background(data, spec)
+    if job is not None:
         bar = st.progress(0.0, text=f"Embedding {data.name} with {spec.name} (once; cached afterwards)")
-        ws.features_for(data, spec, progress=lambda msg, frac: bar.progress(min(frac, 1.0), text=msg))
+        while job.active:
+            bar.progress(min(job.fraction, 1.0), text=f"Embedding {data.name}: {job.message or 'starting'} "
+                                                      f"({job.elapsed:.0f} s so far; runs on if you leave this page)")
+            jobs.wait(job.key, timeout=0.3)
         bar.empty()
+        if job.status == jobs.FAILED:
+            raise RuntimeError(f"embedding {data.name} failed: {job.error}")
+        if job.result is not None:  # embedded but not saved (a read-only workspace)
+            return job.result
     return _load_features(str(ws.root), str(data), file_id(data), (spec.name, spec.pooling, spec.max_length))
+
+
+def background_jobs() -> None:
+    """Embedding and training that run in the background (moe_reward.jobs), with live progress, on every
+    page; when the last one ends the page reruns to show its result."""
+    from moe_reward import jobs
+
+    def running():
+        return [j for j in jobs.all_jobs(active_only=True) if j.key.startswith(("embed:", "train:"))]
+
+    if not running():
+        return
+
+    @st.fragment(run_every=1.0)
+    def panel():
+        now = running()
+        if not now:
+            st.rerun()
+        st.caption("Running in the background")
+        for j in now:
+            st.progress(min(j.fraction, 1.0), text=f"{md(j.description)}: {md(j.message or j.status)} ({j.elapsed:.0f} s)")
+
+    panel()
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -354,6 +389,7 @@ def sidebar(ws: Workspace) -> tuple[str, DataFile] | None:
     models = ws.list_models()
     data = ws.list_data()
     with st.sidebar:
+        background_jobs()
         st.subheader("Model and data")
         if not models or not data:
             st.warning("No model or no data file yet: see **Data & training**.")

@@ -75,10 +75,14 @@ def train_from_data(req: TrainRequest, out: str | Path | None, stage: StageFn | 
 
     def on_epoch(epoch: int, epochs: int, row: dict) -> None:
         acc = row.get("val_accuracy", row.get("train_accuracy", float("nan")))
-        say(f"training epoch {epoch}/{epochs} (validation accuracy {acc:.3f})", 0.5 + 0.45 * epoch / epochs)
+        say(f"training: epoch {epoch} of at most {epochs}{schedule_note(cfg.epochs, epochs, cfg.min_steps, len(parts['train']))}"
+            f" · validation accuracy {acc:.3f}", 0.5 + 0.45 * epoch / epochs)
 
+    say(f"training on {len(parts['train'])} pairs ({len(parts['validation'])} validate, {len(parts['test'])} test)", 0.5)
     result = train_model(parts["train"], parts["validation"], mcfg, cfg, progress=on_epoch)
-    say("evaluating", 0.95)
+    epochs_run = len(result.history) - 1
+    say(f"evaluating (trained {epochs_run} of at most {result.epochs_planned} epochs, kept epoch {result.best_epoch})",
+        0.95)
     held_out = parts["test"] if len(parts["test"]) else parts["validation"]
     metrics = {
         "data": str(req.data),
@@ -86,8 +90,9 @@ def train_from_data(req: TrainRequest, out: str | Path | None, stage: StageFn | 
         "train_config": asdict(cfg),
         "splits": {name: len(getattr(splits, name)) for name in ("train", "validation", "test")},
         "best_epoch": result.best_epoch,  # 0: the warm start was kept
-        "epochs_planned": result.epochs_planned,
-        "epochs_run": len(result.history) - 1,
+        "epochs_requested": cfg.epochs,
+        "epochs_planned": result.epochs_planned,  # raised above the request to reach min_steps on small data
+        "epochs_run": epochs_run,  # fewer than planned: early stopping
         "discovery": result.discovery,
         "history": result.history,
         "train_seconds": round(result.seconds, 3),
@@ -96,11 +101,40 @@ def train_from_data(req: TrainRequest, out: str | Path | None, stage: StageFn | 
         "test": evaluate(result.model, held_out, diagnostics=True),
         "train": evaluate(result.model, parts["train"]),
     }
+    metrics["warnings"] = [w for w in (small_sample_warning(metrics["test"]["n_pairs"], metrics["test"]["accuracy"],
+                                                            metrics["test_subset"]),) if w]
     if out is not None:
         result.model.save_pretrained(out, metrics)
         (Path(out) / "split_ids.json").write_text(json.dumps({n: parts[n].ids for n in parts}))
     say("done", 1.0)
     return result.model, metrics
+
+
+MIN_HELD_OUT_PAIRS = 100  # below this, a held-out accuracy's 95% interval is wider than +-0.10
+
+
+def schedule_note(requested: int, planned: int, min_steps: int, n_train: int) -> str:
+    """Why the schedule has more epochs than were asked for (empty when it has not)."""
+    if planned <= requested:
+        return ""
+    return (f" ({requested} requested; raised so that {n_train} training pairs get at least {min_steps} optimizer "
+            "steps; early stopping ends it sooner when validation stops improving)")
+
+
+def small_sample_warning(n_pairs: int, accuracy: float | None, subset: str = "test") -> str | None:
+    """A warning when a held-out number rests on too few pairs to mean much (fewer than
+    MIN_HELD_OUT_PAIRS), with the 95% Wilson interval of the accuracy."""
+    if n_pairs >= MIN_HELD_OUT_PAIRS:
+        return None
+    if not n_pairs or accuracy is None or accuracy != accuracy:
+        return f"no {subset} pairs: there is no held-out number; use more data or a larger --test share"
+    z = 1.96
+    centre = (accuracy + z * z / (2 * n_pairs)) / (1 + z * z / n_pairs)
+    half = z * np.sqrt(accuracy * (1 - accuracy) / n_pairs + z * z / (4 * n_pairs * n_pairs)) / (1 + z * z / n_pairs)
+    return (f"{subset} accuracy {accuracy:.3f} on only {n_pairs} pairs: its 95% interval is "
+            f"{max(0.0, centre - half):.2f}-{min(1.0, centre + half):.2f}, too wide to compare models "
+            f"(at least {MIN_HELD_OUT_PAIRS} held-out pairs are needed for +-0.10); routing NMI on so few pairs "
+            "means as little")
 
 
 def load_model(directory: str | Path) -> SparseMoERewardModel:

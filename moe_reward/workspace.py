@@ -21,7 +21,12 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,13 +63,24 @@ class DataFile:
     path: Path
 
 
+class ModelNameTaken(ValueError):
+    """A model name that exists, or that another session is training right now."""
+
+
 class Workspace:
     def __init__(self, root: str | Path | None = None, data_dir: str | Path | None = None):
         self.root = Path(root).resolve() if root is not None else default_root()
         self.data_dir = Path(data_dir).resolve() if data_dir is not None else default_data_dir()
-        for sub in (self.models_dir, self.features_dir, self.uploads_dir, self.projections_dir, self.experiments_dir,
-                    self.descriptions_dir):
-            sub.mkdir(parents=True, exist_ok=True)
+        self.read_only: str | None = None  # why nothing can be written here (a read-only mount, a full disk...)
+        try:
+            for sub in (self.models_dir, self.features_dir, self.uploads_dir, self.projections_dir,
+                        self.experiments_dir, self.descriptions_dir):
+                sub.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root):
+                pass
+        except OSError as exc:
+            self.read_only = f"the workspace {self.root} cannot be written ({exc.strerror or exc})"
+        self.model_notes: dict[str, str] = {}  # model directories skipped by list_models, and why
 
     # ------------------------------------------------------------------ layout
     @property
@@ -97,9 +113,20 @@ class Workspace:
 
     # ------------------------------------------------------------------ models
     def list_models(self) -> list[str]:
-        """Saved models (directories with config.json + model.safetensors), the default one first."""
-        names = sorted(d.name for d in self.models_dir.iterdir()
-                       if d.is_dir() and not d.name.startswith(".") and (d / "config.json").is_file() and (d / "model.safetensors").is_file())
+        """Saved models that load, the default one first. A directory that does not load (a truncated
+        or hostile file, an unreadable metrics.json) is skipped; `model_notes` says why."""
+        names, notes = [], {}
+        if not self.models_dir.is_dir():
+            return []
+        for d in sorted(self.models_dir.iterdir()):
+            if not d.is_dir() or d.name.startswith(".") or not (d / "config.json").is_file():
+                continue  # hidden (staging) directories and folders that are not models
+            problem = model_problem(d)
+            if problem is None:
+                names.append(d.name)
+            else:
+                notes[d.name] = problem
+        self.model_notes = notes
         return sorted(names, key=lambda n: n != DEFAULT_MODEL)
 
     def model_path(self, name: str) -> Path:
@@ -110,6 +137,114 @@ class Workspace:
         if path.parent != self.models_dir.resolve():
             raise ValueError(f"model {name!r}: resolves outside {self.models_dir}")
         return path
+
+    # ------------------------------------------------------------------ training into the workspace
+    @contextmanager
+    def reserve_model(self, name: str, overwrite: bool = False) -> Iterator[Path]:
+        """Hold model name `name` while it is being trained: exactly one holder at a time, in this process
+        and across processes (an O_EXCL lock file; one left by a dead process is taken over). Raises
+        `ModelNameTaken` when another session holds it, or when the model exists and not `overwrite`.
+        Yields the model's final directory; `install_model` moves a finished model there."""
+        held = self.acquire_model_name(name, overwrite)
+        try:
+            yield self.model_path(name)
+        finally:
+            release_model_name(held)
+
+    def acquire_model_name(self, name: str, overwrite: bool = False) -> tuple[Path, str]:
+        """`reserve_model` without the context: returns the reservation for `release_model_name`."""
+        check_name(name, "model name")
+        if self.read_only:
+            raise OSError(f"cannot train into {self.models_dir}: {self.read_only}")
+        lock = self.models_dir / f".{name}.lock"
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                if _lock_alive(lock):
+                    raise ModelNameTaken(f"model {name!r} is being trained by another session right now; "
+                                         "pick another name or wait for it") from None
+                lock.unlink(missing_ok=True)  # left behind by a process that died
+            except OSError as exc:
+                raise OSError(f"cannot train into {self.models_dir}: {exc.strerror or exc}") from exc
+        else:
+            raise ModelNameTaken(f"model {name!r} is being trained by another session right now")
+        key = _new_lock_key()
+        _held_locks.add(key)
+        held = (lock, key)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps({"pid": os.getpid(), "key": key}))
+            if self.model_path(name).exists() and not overwrite:
+                raise ModelNameTaken(f"a model named {name!r} exists; tick 'Replace' or pick another name")
+        except BaseException:
+            release_model_name(held)
+            raise
+        return held
+
+    def train_in_background(self, name: str, req, overwrite: bool = False):
+        """Train models/<name> from `req` (pipeline.TrainRequest) as a background job "train:<name>":
+        the name is reserved first (raises `ModelNameTaken` at once when another session has it), the
+        data is embedded through its own keyed job (so a page asking for the same file waits for the same
+        work), the model trains in a hidden staging directory and appears under its name in one rename.
+        The job's result is the model's metrics."""
+        from . import jobs
+        from .pipeline import train_from_data
+
+        key = f"train:{name}"
+        held = self.acquire_model_name(name, overwrite)
+        try:
+            if jobs.get(key) is not None:  # an earlier training of this name (finished, or finishing: its
+                jobs.wait(key, timeout=30)  # reservation is released just before its job is marked done)
+                jobs.forget(key)
+            spec = BackboneSpec(req.backbone, max_length=req.max_length)
+
+            def run(report):
+                staging = self.models_dir / f".training-{uuid.uuid4().hex}"  # invisible until complete
+                try:
+                    embedding = self.features_in_background(req.data, spec)
+                    feats = None
+                    if embedding is not None:
+                        while embedding.active:
+                            report(f"embedding {Path(req.data).name}: {embedding.message or 'starting'}",
+                                   0.5 * embedding.fraction)
+                            jobs.wait(embedding.key, timeout=0.25)
+                        if embedding.status == jobs.FAILED:
+                            raise RuntimeError(f"embedding {Path(req.data).name} failed: {embedding.error}")
+                        feats = embedding.result
+                    if feats is None:
+                        report(f"reading the features of {Path(req.data).name}", 0.5)
+                        feats = self.features_for(req.data, spec, progress=lambda m, f: report(m, 0.5 * f))
+                    _, metrics = train_from_data(req, staging, stage=report, features=feats)
+                    self.install_model(staging, name, overwrite)
+                    return metrics
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    release_model_name(held)
+
+            job = jobs.submit(key, run, f"training {name}")
+        except BaseException:
+            release_model_name(held)
+            raise
+        return job
+
+    def install_model(self, staging: Path, name: str, overwrite: bool = False) -> Path:
+        """Move a finished model from its staging directory to models/<name> in one rename. Without
+        `overwrite` an existing model is never replaced (the rename fails instead)."""
+        out = self.model_path(name)
+        if out.exists() and overwrite:
+            old = self.models_dir / f".replaced-{name}-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+            return out
+        try:
+            os.rename(staging, out)  # atomic; fails if `out` appeared meanwhile (and is not empty)
+        except OSError as exc:
+            raise ModelNameTaken(f"a model named {name!r} appeared while this one trained; it was kept and "
+                                 "the new one was not saved") from exc
+        return out
 
     # ------------------------------------------------------------------ data
     def list_data(self) -> list[DataFile]:
@@ -154,10 +289,44 @@ class Workspace:
         if cached.is_file():
             return PairFeatures.load(cached)
         say = progress or (lambda _m, _f: None)
+        say(f"reading {data.name} and loading the backbone {spec.name}", 0.0)
+        preload_backbone_imports()
         feats = load_features_or_pairs(data, backbone=spec,
                                        progress=lambda d, t: say(f"embedding {d}/{t} texts", d / max(t, 1)))
-        feats.save(cached)
+        if self.read_only is None:
+            tmp = cached.with_name(f".{cached.stem}-{uuid.uuid4().hex[:8]}.safetensors")
+            try:
+                feats.save(tmp)
+                os.replace(tmp, cached)  # whole or absent: never a truncated features file
+            except OSError:
+                tmp.unlink(missing_ok=True)  # a full disk: embedded, used, just not kept
         return feats
+
+    def features_job_key(self, data: str | Path, spec: BackboneSpec | None = None) -> str:
+        data = self.default_data_path() if str(data) == "controlled" else Path(data)
+        return f"embed:{self.features_file(data, spec or BackboneSpec()).name}"
+
+    def features_in_background(self, data: str | Path, spec: BackboneSpec | None = None):
+        """Embed a data file once, in the background (moe_reward.jobs), keyed by the features file it
+        will write: a rerun, another page or another session asking for the same file gets the same job
+        and its progress. Returns the job; None when nothing needs embedding (features file or cache)."""
+        from . import jobs
+
+        data = self.default_data_path() if str(data) == "controlled" else Path(data)
+        spec = spec or BackboneSpec()
+        if data.suffix == ".safetensors" or self.features_file(data, spec).is_file():
+            return None
+        key = self.features_job_key(data, spec)
+        job = jobs.get(key)
+        if job is not None and job.status == jobs.DONE:
+            jobs.forget(key)  # done before, but its features file is gone: embed again
+        cached = self.features_file(data, spec)
+
+        def run(report):
+            feats = self.features_for(data, spec, progress=report)
+            return None if cached.is_file() else feats  # kept in memory only when it could not be saved
+
+        return jobs.submit(key, run, f"embedding {data.name}")
 
     # ------------------------------------------------------------------ the default artifact
     def has_default(self) -> bool:
@@ -204,8 +373,106 @@ def file_id(path: str | Path) -> str:
 
 
 def model_training_data(model_dir: str | Path) -> str | None:
-    """The data file a saved model was trained on (from its metrics.json), if recorded."""
+    """The data file a saved model was trained on (from its metrics.json), if recorded (None also when
+    metrics.json cannot be read)."""
     path = Path(model_dir) / "metrics.json"
-    if not path.is_file():
+    try:
+        data = json.loads(path.read_text()).get("data") if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
         return None
-    return json.loads(path.read_text()).get("data")
+    return data if isinstance(data, str) else None
+
+
+# ----------------------------------------------------------------------------- model directories
+
+_checked: dict[str, tuple[str, str | None]] = {}  # directory -> (file id, problem) of the last check
+_checked_lock = threading.Lock()
+
+
+def model_problem(model_dir: str | Path) -> str | None:
+    """Why a model directory cannot be used (one line naming the file), or None when it loads. Checked
+    once per version of its files (file ids), so listing models on every page run stays cheap."""
+    from .model import SparseMoERewardModel
+
+    d = Path(model_dir)
+    try:
+        fid = file_id(d)
+    except OSError as exc:
+        return f"{d}: {exc.strerror or exc}"
+    with _checked_lock:
+        seen = _checked.get(str(d))
+    if seen is not None and seen[0] == fid:
+        return seen[1]
+    problem = None
+    try:
+        SparseMoERewardModel.from_pretrained(d)
+        metrics = d / "metrics.json"
+        if metrics.is_file() and not isinstance(json.loads(metrics.read_text()), dict):
+            raise ValueError(f"{metrics}: not a JSON object")
+    except json.JSONDecodeError as exc:
+        problem = f"{d / 'metrics.json'}: not valid JSON ({exc.msg}, line {exc.lineno})"
+    except (ValueError, OSError, RuntimeError, KeyError, TypeError) as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if str(d) not in problem:
+            problem = f"{d.name}: {problem}"
+    except Exception as exc:  # noqa: BLE001 - e.g. safetensors' own error type for a truncated file
+        problem = f"{d / 'model.safetensors'}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    with _checked_lock:
+        _checked[str(d)] = (fid, problem)
+    return problem
+
+
+# ----------------------------------------------------------------------------- name reservations
+
+_held_locks: set[str] = set()  # keys of the lock files this process holds
+
+
+def release_model_name(held: tuple[Path, str]) -> None:
+    lock, key = held
+    if key in _held_locks:
+        _held_locks.discard(key)
+        lock.unlink(missing_ok=True)
+
+
+def _new_lock_key() -> str:
+    return uuid.uuid4().hex
+
+
+def _lock_alive(lock: Path) -> bool:
+    """Whether a model-name lock file belongs to a live holder (this process, or another live process)."""
+    try:
+        info = json.loads(lock.read_text() or "{}")
+    except (OSError, ValueError):
+        return True  # being written right now: treat as held
+    pid, key = info.get("pid"), info.get("key")
+    if pid == os.getpid():
+        return key in _held_locks
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------- the backbone's imports
+
+_import_lock = threading.Lock()
+_imported = False
+
+
+def preload_backbone_imports() -> None:
+    """Import what the backbone needs (transformers' AutoModel and AutoTokenizer) once, under a lock.
+
+    transformers resolves these names lazily, and two threads resolving them for the first time at once
+    can fail with "cannot import name 'AutoModel' from 'transformers'": the dashboard embeds in several
+    threads (sessions, background jobs), so every embedding path here resolves them first."""
+    global _imported
+    if _imported:
+        return
+    with _import_lock:
+        if not _imported:
+            from transformers import AutoModel, AutoTokenizer  # noqa: F401
+
+            _imported = True

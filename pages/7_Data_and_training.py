@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-import traceback
 import uuid
 
 import pandas as pd
@@ -11,9 +11,9 @@ import streamlit as st
 
 import ui_common as ui
 from moe_reward.data import DataError, load_pairs, save_jsonl
-from moe_reward.embed import DEFAULT_BACKBONE, BackboneSpec
+from moe_reward.embed import DEFAULT_BACKBONE
 from moe_reward.model import MODEL_KINDS
-from moe_reward.pipeline import TrainRequest, train_from_data
+from moe_reward.pipeline import TrainRequest
 from moe_reward.train import TrainConfig
 from moe_reward.workspace import check_name, is_data_file
 
@@ -24,8 +24,12 @@ ui.current_selection(ws)  # draws the sidebar when this page runs on its own (te
 
 # ----------------------------------------------------------------------------- upload
 st.subheader("1 · Upload")
-upload = st.file_uploader("Preference file", type=["jsonl", "ndjson", "json", "csv", "parquet", "gz"], key="dt_upload")
-if upload is not None:
+if ws.read_only:
+    st.warning(f"{ui.md(ws.read_only)}: uploads and training are off; everything here can still be read.",
+               icon=":material/lock:")
+upload = st.file_uploader("Preference file", type=["jsonl", "ndjson", "json", "csv", "parquet", "gz"], key="dt_upload",
+                          disabled=bool(ws.read_only))
+if upload is not None and not ws.read_only:
     try:
         target = ws.upload_path(upload.name)
     except ValueError as exc:
@@ -37,8 +41,13 @@ if upload is not None:
         st.stop()
     # (under its own name, in a hidden folder: row ids default to "<file stem>-<line>")
     probe = ws.uploads_dir / f".check-{uuid.uuid4().hex}" / target.name
-    probe.parent.mkdir()
-    probe.write_bytes(upload.getvalue())
+    try:
+        probe.parent.mkdir()
+        probe.write_bytes(upload.getvalue())
+    except OSError as exc:
+        shutil.rmtree(probe.parent, ignore_errors=True)
+        st.error(f"Could not store the upload for checking: {ui.md(exc.strerror or exc)}")
+        st.stop()
     try:
         errors, pairs = [], []
         try:
@@ -70,11 +79,19 @@ if upload is not None:
             if st.button(label, type="primary", key="dt_save"):
                 if errors:
                     target = ws.upload_path(target.name.split(".")[0] + ".jsonl")
-                    save_jsonl(pairs, target)
+                tmp = probe.parent / f"saving-{target.name}"  # whole or absent: renamed into place when complete
+                try:
+                    if errors:
+                        save_jsonl(pairs, tmp)
+                    else:
+                        shutil.copyfile(probe, tmp)
+                    os.replace(tmp, target)
+                except OSError as exc:
+                    st.error(f"Could not save uploads/{ui.md(target.name)}: {ui.md(exc.strerror or exc)}; nothing "
+                             "was added.")
                 else:
-                    shutil.copyfile(probe, target)
-                st.session_state["dt_message"] = f"Saved uploads/{target.name} ({len(pairs)} pairs)."
-                st.rerun()
+                    st.session_state["dt_message"] = f"Saved uploads/{target.name} ({len(pairs)} pairs)."
+                    st.rerun()
     finally:
         shutil.rmtree(probe.parent, ignore_errors=True)
 if st.session_state.get("dt_message"):
@@ -100,42 +117,65 @@ with st.form("train_form"):
     overwrite = st.checkbox("Replace a model with the same name", key="dt_overwrite")
     start = st.form_submit_button("Train", type="primary")
 
+TRAIN_JOB = "dt_job"  # this session's training job key (the job runs on when the user leaves the page)
+
 if start:
     try:
         check_name(name, "model name")
-        out = ws.model_path(name)
-        if out.exists() and not overwrite:
-            raise ValueError(f"a model named {name!r} exists; tick 'Replace' or pick another name")
         req = TrainRequest(data=str(data[[d.label for d in data].index(data_label)].path), kind=kind,
                            experts=int(experts), top_k=min(int(top_k), int(experts)), backbone=backbone.strip(),
                            train=TrainConfig.for_kind(kind, epochs=int(epochs)))
-    except ValueError as exc:
+        job = ws.train_in_background(name, req, overwrite=overwrite)
+    except (ValueError, OSError) as exc:  # a taken or bad name, a read-only workspace
         st.error(ui.md(exc))
-        st.stop()
-    bar = st.progress(0.0, text="starting")
-    staging = ws.models_dir / f".training-{uuid.uuid4().hex}"  # invisible until complete
-    try:
-        feats = ws.features_for(req.data, BackboneSpec(req.backbone),
-                                progress=lambda msg, frac: bar.progress(min(0.5 * frac, 1.0), text=msg))
-        _, metrics = train_from_data(req, staging, features=feats,
-                                     stage=lambda msg, frac: bar.progress(min(max(frac, 0.5), 1.0), text=msg))
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except Exception as exc:  # the app, its models and the stored labels stay as they were
-        shutil.rmtree(staging, ignore_errors=True)
-        bar.empty()
-        st.error(f"Training failed: {ui.md(exc)}")
-        with st.expander("Details"):
-            st.code(traceback.format_exc(), language=None)
-        st.stop()
-    bar.empty()
-    test = metrics["test"]
-    st.session_state["_pending_model"] = name
-    st.session_state["dt_message"] = (f"Trained {name}: test accuracy {test['accuracy']:.3f} on {test['n_pairs']} pairs, "
-                                      f"routing NMI {ui.fmt(test['routing_nmi'])}, {metrics['train_seconds']:.1f} s. "
-                                      "It is now selected in the sidebar.")
+    else:
+        st.session_state[TRAIN_JOB] = (job.key, name)
+
+
+def training_status() -> None:
+    """This session's training: live progress while it runs; its result (or error) once it ended."""
+    from moe_reward import jobs
+
+    key, model_name = st.session_state[TRAIN_JOB]
+    job = jobs.get(key)
+    if job is None:
+        st.session_state.pop(TRAIN_JOB, None)
+        return
+    if job.active:
+        st.progress(min(job.fraction, 1.0), text=f"Training {ui.md(model_name)}: {ui.md(job.message or 'starting')} "
+                                                 f"({job.elapsed:.0f} s so far; runs on if you leave this page)")
+        return
+    st.session_state.pop(TRAIN_JOB, None)
+    jobs.forget(key)
+    if job.status == jobs.FAILED:
+        st.session_state["dt_failed"] = (model_name, job.error, job.details)
+    else:
+        m = job.result
+        test = m["test"]
+        schedule = f"{m['epochs_run']} epochs run of at most {m['epochs_planned']}"
+        if m["epochs_planned"] > m.get("epochs_requested", m["epochs_planned"]):
+            schedule += (f" ({m['epochs_requested']} requested; raised so that {m['splits']['train']} training pairs get "
+                         f"at least {m['train_config']['min_steps']} optimizer steps)")
+        st.session_state["_pending_model"] = model_name
+        st.session_state["dt_message"] = (
+            f"Trained {model_name}: {m['test_subset']} accuracy {test['accuracy']:.3f} on {test['n_pairs']} pairs, "
+            f"routing NMI {ui.fmt(test['routing_nmi'])}; {schedule}, kept epoch {m['best_epoch']}; "
+            f"{m['train_seconds']:.1f} s. It is now selected in the sidebar.")
+        st.session_state["dt_warnings"] = list(m.get("warnings") or [])
     st.rerun()
+
+
+if TRAIN_JOB in st.session_state:
+    st.fragment(run_every=0.5)(training_status)()
+for w in st.session_state.pop("dt_warnings", []):
+    st.warning(ui.md(w), icon=":material/warning:")
+if "dt_failed" in st.session_state:
+    failed, error, details = st.session_state.pop("dt_failed")
+    st.error(f"Training {ui.md(failed)} failed: {ui.md(error)}. The workspace, its models and the stored labels are "
+             "as they were.")
+    if details:
+        with st.expander("Details"):
+            st.code(details, language=None)
 
 st.subheader("Models in the workspace")
 rows = []
@@ -143,5 +183,9 @@ for m in ws.list_models():
     metrics = ui.model_metrics(ws.model_path(m))
     test = metrics.get("test", {})
     rows.append({"model": m, "kind": test.get("model", ""), "test accuracy": test.get("accuracy"),
-                 "routing NMI": test.get("routing_nmi"), "data": metrics.get("data", "")})
+                 "test pairs": test.get("n_pairs"), "routing NMI": test.get("routing_nmi"),
+                 "epochs run": metrics.get("epochs_run"), "data": metrics.get("data", ""),
+                 "warning": "; ".join(metrics.get("warnings") or [])})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+for skipped, why in ws.model_notes.items():
+    st.caption(f"Skipped {ui.md(skipped)}: {ui.md(why)}")

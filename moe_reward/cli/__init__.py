@@ -85,7 +85,13 @@ def cmd_train(args) -> int:
         print(f"  router reads {disc.get('router_input')}; warm start: {disc['warm_start']}"
               + ("" if disc.get("context_helps") is not False else " (the prompt did not predict the preference "
                  "on validation pairs beyond what all prompts share)"))
+    if metrics.get("epochs_planned", 0) > metrics.get("epochs_requested", metrics.get("epochs_planned", 0)):
+        print(f"  schedule: {metrics['epochs_run']} epochs run of at most {metrics['epochs_planned']} "
+              f"({metrics['epochs_requested']} requested; raised so that {metrics['splits']['train']} training pairs get "
+              f"at least {req.train.min_steps} optimizer steps)")
     _print_diagnostics(t.get("diagnostics"))
+    for warning in metrics.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

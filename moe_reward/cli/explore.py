@@ -7,7 +7,7 @@
     moe-reward select ... --out F            export filtered pairs with routing weights     (Expert map selection)
     moe-reward expert --expert K ...         top-routed pairs, margins, agreement            (Expert detail)
     moe-reward compare --model A --other B   accuracy, NMI and the pairs they disagree on    (Compare models)
-    moe-reward label ...                     store one label and update a stored profile     (Personalize)
+    moe-reward label ...                     store one label in a stored profile (--undo)     (Personalize)
     moe-reward labels --out F                export stored labels (and `--profiles` to list profiles)
 """
 
@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
 import numpy as np
+
+CLI_SESSION = "cli"  # the session name of labels stored from the command line (what `label --undo` removes)
 
 
 def register(subparsers) -> None:
@@ -77,20 +80,27 @@ def register(subparsers) -> None:
     c.add_argument("--out", default=None, help="CSV of the disagreements")
     c.set_defaults(func=cmd_compare)
 
-    lab = subparsers.add_parser("label", help="store one label in the workspace and update the stored profile")
+    lab = subparsers.add_parser("label", help="store one label in the workspace's profile (or undo this command "
+                                "line's newest one)")
     model_data(lab)
     lab.add_argument("--annotator", required=True)
     lab.add_argument("--profile", default="default")
-    lab.add_argument("--adapter", default="hedge", choices=["hedge", "batch", "gradient"], help="for a new profile")
-    lab.add_argument("--pair", required=True, help="pair id in --data")
-    lab.add_argument("--prefer", required=True, choices=["chosen", "rejected"],
+    lab.add_argument("--adapter", default="hedge", choices=["hedge", "batch", "gradient", "signed"],
+                     help="for a new profile")
+    lab.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="adapter parameter of a new profile, e.g. eta=0.3 (repeatable)")
+    lab.add_argument("--pair", default=None, help="pair id in --data")
+    lab.add_argument("--prefer", choices=["chosen", "rejected"],
                      help="which of the pair's two responses this annotator prefers")
+    lab.add_argument("--undo", action="store_true", help="delete the newest label stored from the command line in "
+                     "this profile (labels of dashboard sessions are never touched)")
     lab.set_defaults(func=cmd_label)
 
     ls = subparsers.add_parser("labels", help="export the workspace's stored labels (JSONL) or list profiles")
     ls.add_argument("--annotator", default=None)
     ls.add_argument("--out", default=None, help="JSONL file (default: print a count per annotator)")
-    ls.add_argument("--profiles", action="store_true", help="list profiles with their weights instead")
+    ls.add_argument("--profiles", action="store_true", help="list profiles with their weights (rebuilt from their "
+                    "labels) instead")
     ls.set_defaults(func=cmd_labels)
 
 
@@ -201,28 +211,48 @@ def cmd_build_default(args) -> int:
     return 0
 
 
+def _open_store(ws):
+    """The workspace's label store, or None when none was ever written (reading never creates one)."""
+    from ..store import LabelStore
+
+    return LabelStore(ws.labels_db) if ws.labels_db.is_file() else None
+
+
+def _store_error(exc) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 2
+
+
 def cmd_workspace(args) -> int:
     from ..model import load_metrics
-    from ..store import LabelStore
+    from ..store import StoreError
     from ..workspace import Workspace
 
     ws = Workspace()
-    print(f"workspace: {ws.root}")
+    print(f"workspace: {ws.root}" + (f" (read-only: {ws.read_only})" if ws.read_only else ""))
     print("models:")
     for name in ws.list_models():
-        test = load_metrics(ws.model_path(name)).get("test", {})
+        try:
+            test = load_metrics(ws.model_path(name)).get("test", {})
+        except (OSError, ValueError):
+            test = {}
         acc = test.get("accuracy")
         print(f"  {name:28s} {test.get('model', '')}" + ("" if acc is None else f"  test accuracy {acc:.4f}"))
+    for name, why in ws.model_notes.items():
+        print(f"  (skipped {name}: {why})")
     print("data files:")
     for d in ws.list_data():
         print(f"  {d.label}")
     print("experiments:")
     for e in ws.list_experiments():
         print(f"  {e.parent.name}")
-    if ws.labels_db.exists():
-        store = LabelStore(ws.labels_db)
-        print(f"labels: {store.count_labels()} from {len(store.annotators())} annotators")
-        store.close()
+    try:
+        store = _open_store(ws)
+        if store is not None:
+            print(f"labels: {store.count_labels()} from {len(store.annotators())} annotators"
+                  + (" (read-only: no label can be added here)" if store.read_only else ""))
+    except (StoreError, sqlite3.Error) as exc:
+        return _store_error(f"{ws.labels_db}: {exc}")
     return 0
 
 
@@ -332,56 +362,87 @@ def cmd_compare(args) -> int:
 
 
 def cmd_label(args) -> int:
-    """The Personalize page's label, from the command line: same profile, same store."""
-    from ..personalize import Adapter, expert_margins_for, make_adapter, margin_scale_for, prior_from_routing
-    from ..store import Label, LabelStore
+    """The Personalize page's label, from the command line: same profile, same store, same rules (one
+    label per pair and profile; undo removes only what the command line stored)."""
+    from ..personalize import expert_margins_for, margin_scale_for, prior_from_routing
+    from ..store import DuplicateLabel, Label, LabelStore, StoreError, new_profile_spec
+    from ..workspace import Workspace
+    from .personalize import _parse_params
 
-    ws, model_dir, model, feats, scores = _load(args)
-    ids = feats.ids
-    if args.pair not in ids:
-        raise ValueError(f"no pair {args.pair!r} in {args.data}")
-    i = ids.index(args.pair)
-    margins, logits = expert_margins_for(model, feats)
-    store = LabelStore(ws.labels_db)
-    rec = store.get_or_create_profile(args.annotator, args.profile, model_dir.name, args.adapter)
-    if rec.profile.get("num_experts") == model.num_experts:
-        adapter = Adapter.from_dict(rec.profile)
-    else:
-        adapter = make_adapter(rec.adapter, model.num_experts, prior_from_routing(scores.routing),
-                               margin_scale=margin_scale_for(margins))
-    p = feats.pairs[i]
-    prefer_chosen = args.prefer == "chosen"
-    m = margins[i] if prefer_chosen else -margins[i]
-    weights = adapter.update(m, p.id, logits[i])
-    pref, other = (p.chosen, p.rejected) if prefer_chosen else (p.rejected, p.chosen)
-    label_id = store.record_label(Label(args.annotator, p.id, p.prompt, pref, other, profile_id=rec.id),
-                                  adapter.to_dict(), weights.tolist(), adapter.n_labels)
-    store.close()
-    print(f"label #{label_id} stored; profile {args.annotator}/{args.profile} ({adapter.name}, {adapter.n_labels} labels): "
-          + " ".join(f"E{k} {w:.3f}" for k, w in enumerate(weights)))
+    if not args.undo and (args.pair is None or args.prefer is None):
+        raise ValueError("give --pair and --prefer (or --undo)")
+    ws = Workspace()
+    try:
+        store = LabelStore(ws.labels_db)
+        if store.read_only:  # before any embedding: nothing can be stored
+            return _store_error(f"no label stored: {store.read_only}")
+        model_dir = _model_dir(ws, args.model)
+        if args.undo:
+            rec = store.find_profile(args.annotator, args.profile, model_dir.name)
+            gone = None if rec is None else store.undo_last(rec.id, CLI_SESSION)
+            if gone is None:
+                print(f"no label stored from the command line in {args.annotator}/{args.profile}")
+                return 1
+            print(f"removed label #{gone.id} (pair {gone.pair_id}); {store.count_labels(rec.id)} labels left")
+            return 0
+        ws, model_dir, model, feats, scores = _load(args)
+        ids = feats.ids
+        if args.pair not in ids:
+            raise ValueError(f"no pair {args.pair!r} in {args.data}")
+        i = ids.index(args.pair)
+        margins, logits = expert_margins_for(model, feats)
+        spec = new_profile_spec(args.adapter, model.num_experts, prior_from_routing(scores.routing),
+                                margin_scale=margin_scale_for(margins), **_parse_params(args.param))
+        rec = store.get_or_create_profile(args.annotator, args.profile, model_dir.name, args.adapter, spec)
+        if rec.profile.get("num_experts") not in (None, model.num_experts):
+            raise ValueError(f"profile {args.annotator}/{args.profile} is over {rec.profile.get('num_experts')} experts, "
+                             f"{model_dir.name} has {model.num_experts}")
+        p = feats.pairs[i]
+        prefer_chosen = args.prefer == "chosen"
+        pref, other = (p.chosen, p.rejected) if prefer_chosen else (p.rejected, p.chosen)
+        label_id = store.record_label(Label(args.annotator, p.id, p.prompt, pref, other, profile_id=rec.id),
+                                      margins[i] if prefer_chosen else -margins[i], logits[i], session=CLI_SESSION)
+        state = store.load_profile(rec.id)
+    except DuplicateLabel as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (StoreError, sqlite3.Error) as exc:
+        return _store_error(exc)
+    a = state.adapter
+    print(f"label #{label_id} stored; profile {args.annotator}/{args.profile} ({a.name}, {a.n_labels} labels): "
+          + " ".join(f"E{k} {w:.3f}" for k, w in enumerate(a.weights)))
     return 0
 
 
 def cmd_labels(args) -> int:
-    from ..store import LabelStore
+    from ..store import StoreError
     from ..workspace import Workspace
 
     ws = Workspace()
-    if not ws.labels_db.exists():
-        print("no labels yet")
-        return 0
-    store = LabelStore(ws.labels_db)
-    if args.profiles:
-        for p in store.profiles(annotator=args.annotator):
-            w = p.profile.get("weights") or []
-            print(f"{p.annotator}/{p.name}  model={p.model}  adapter={p.adapter}  labels={store.count_labels(p.id)}  "
-                  + " ".join(f"E{k} {x:.3f}" for k, x in enumerate(w)))
-        store.close()
-        return 0
-    labels = store.labels(annotator=args.annotator)
-    store.close()
+    try:
+        store = _open_store(ws)
+        if store is None:
+            print("no labels yet")
+            return 0
+        if args.profiles:
+            for p in store.profiles(annotator=args.annotator):
+                try:
+                    state = store.load_profile(p.id)
+                    w = state.adapter.weights.tolist()
+                    note = f"  ({state.unusable} labels without margins not replayed)" if state.unusable else ""
+                except (ValueError, KeyError, TypeError) as exc:
+                    w, note = [], f"  (cannot rebuild: {exc})"
+                print(f"{p.annotator}/{p.name}  model={p.model}  adapter={p.adapter}  labels={store.count_labels(p.id)}  "
+                      + " ".join(f"E{k} {x:.3f}" for k, x in enumerate(w)) + note)
+            return 0
+        labels = store.labels(annotator=args.annotator)
+    except (StoreError, sqlite3.Error) as exc:
+        return _store_error(exc)
     if args.out:
-        _write_rows([lab.__dict__ for lab in labels], args.out)
+        try:
+            _write_rows([lab.__dict__ for lab in labels], args.out)
+        except OSError as exc:
+            return _store_error(f"{args.out}: {exc.strerror or exc}; nothing was written")
         print(f"wrote {len(labels)} labels to {args.out}")
     else:
         counts: dict[str, int] = {}
