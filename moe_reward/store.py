@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -156,6 +157,15 @@ def adapter_from_spec(spec: dict) -> Adapter:
     return Adapter.from_dict({k: spec[k] for k in SPEC_KEYS if k in spec})
 
 
+def _disk_hint(path: Path) -> str:
+    """'; the disk is full' when it is (sqlite reports a full disk as SQLITE_FULL or as a disk I/O error)."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return ""
+    return f"; the disk is full ({free} bytes free)" if free < 1 << 20 else ""
+
+
 def _is_read_only_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, PermissionError) or any(s in text for s in (
@@ -182,7 +192,8 @@ class LabelStore:
                     pass  # an older file holds duplicates: the write transaction still refuses new ones
         except (sqlite3.OperationalError, OSError) as exc:
             if not _is_read_only_error(exc):
-                raise StoreError(f"{self.path}: cannot open the label store ({exc})") from exc
+                raise StoreError(f"{self.path}: cannot open the label store, nothing can be saved "
+                                 f"({exc}{_disk_hint(self.path)})") from exc
             self.read_only = f"{self.path} cannot be written ({exc})"
             if self.path.is_file():
                 try:
@@ -213,8 +224,20 @@ class LabelStore:
     def _rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         if self.read_only and not self.path.is_file():
             return []  # nothing was ever stored here
-        with self._connection() as conn:
-            return conn.execute(sql, args).fetchall()
+        try:
+            with self._connection() as conn:
+                return conn.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            # A full disk cannot even hold the WAL index (-shm) that a reader needs. With no WAL content
+            # waiting (the last connection checkpointed it), the file itself is complete: read it as is.
+            wal = self.path.with_name(self.path.name + "-wal")
+            if not self.read_only and (not wal.exists() or wal.stat().st_size == 0):
+                try:
+                    with self._connection(read_only=True) as conn:
+                        return conn.execute(sql, args).fetchall()
+                except sqlite3.DatabaseError:
+                    pass
+            raise StoreError(f"cannot read {self.path}: {exc}") from exc
 
     def _write(self, fn, what: str = "the change"):
         """Run `fn(conn)` in one IMMEDIATE transaction (takes the write lock up front: no upgrade deadlock),
@@ -233,9 +256,9 @@ class LabelStore:
                             conn.execute("ROLLBACK")
                         raise
                     return out
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:  # full disk, read-only file, lock timeout, broken constraint
                 cls = StoreReadOnly if _is_read_only_error(exc) else StoreError
-                raise cls(f"{what} was not saved: {self.path}: {exc}") from exc
+                raise cls(f"{what} was not saved: {self.path}: {exc}{_disk_hint(self.path)}") from exc
 
     def close(self) -> None:
         """Nothing stays open between calls; kept so that callers can release a store explicitly."""
@@ -570,6 +593,10 @@ class LabelStore:
             else:
                 out.append((lid, pair_id, None, None))
         return out
+
+    def profile_weights(self, profile_id: int) -> list[float]:
+        """The profile's expert weights now (rebuilt from its labels)."""
+        return self.load_profile(profile_id).adapter.weights.tolist()
 
     def history(self, profile_id: int) -> list[tuple[int, list[float]]]:
         """The profile's weights after each of its labels (rebuilt from the labels)."""

@@ -150,6 +150,7 @@ if rec is not None:
         st.stop()
     S["state"] = state
     adapter: Adapter = state.adapter
+    S["adapter"] = adapter  # "this session's profile" on Score your own
     labeled = state.pair_ids
 else:
     state = None
@@ -194,7 +195,10 @@ def on_label(req: dict, a_preferred: bool) -> None:
     except DuplicateLabel as exc:
         flash("info", f"Pair {pid} already has a label in this profile (#{exc.existing_id}): that click was ignored.")
         return
-    except (StoreError, ValueError) as exc:
+    except StoreError as exc:  # says what happened to the label
+        flash("error", str(exc)[:1].upper() + str(exc)[1:])
+        return
+    except ValueError as exc:
         flash("error", f"The label of pair {pid} was not saved: {exc}")
         return
     state_now["update_ms"] = (time.perf_counter() - t0) * 1000

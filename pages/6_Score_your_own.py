@@ -27,7 +27,7 @@ with st.form("score_form"):
     profiles = store.profiles(model=ctx.model_name)
     session_adapter = (st.session_state.get("pz") or {}).get("adapter")
     options = ["(none)"] + (["this session's profile"] if session_adapter is not None else []) \
-        + [f"{p.annotator} / {p.name}" for p in profiles if p.profile.get("weights")]
+        + [f"{p.annotator} / {p.name}" for p in profiles if p.profile.get("name")]
     profile_pick = st.selectbox("Profile", options, key="score_profile",
                                 help="Replaces the router by a profile's expert weights (see Personalize)")
     go_score = st.form_submit_button("Score", type="primary")
@@ -41,7 +41,7 @@ if go_score:
         weights = np.asarray(session_adapter.weights, dtype=np.float32)
     elif profile_pick != "(none)":
         rec = profiles[[f"{p.annotator} / {p.name}" for p in profiles].index(profile_pick)]
-        weights = np.asarray(rec.profile["weights"], dtype=np.float32)
+        weights = np.asarray(store.profile_weights(rec.id), dtype=np.float32)  # rebuilt from its labels
         if weights.shape != (ctx.k,):
             st.error(f"That profile has {weights.shape[0]} weights; the model has {ctx.k} experts.")
             st.stop()
