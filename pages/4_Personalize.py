@@ -94,9 +94,11 @@ def on_annotator_change() -> None:
 
 ui.init_state("pz_annotator", "annotator", str)
 ui.init_state("pz_profile", "profile", str)
-with st.container(border=True):
-    c1, c2, c3 = st.columns([1, 1, 1])
-    annotator = c1.text_input("Annotator", value="guest", key="pz_annotator", on_change=on_annotator_change,
+top = st.container(border=True)
+c1, c2, c_adapter, c_mode, c_rates = top.columns([1.1, 1.1, 1.5, 1.2, 0.8], vertical_alignment="bottom")
+with top:
+    st.session_state.setdefault("pz_annotator", "guest")
+    annotator = c1.text_input("Annotator", key="pz_annotator", on_change=on_annotator_change,
                               help="Your name: your profiles and labels are kept under it. The address bar then "
                                    "holds a link that reopens your last profile.").strip() or "guest"
     mine = store.profiles(annotator=annotator, model=ctx.model_name, recent_first=True)
@@ -109,10 +111,11 @@ with st.container(border=True):
     choice = c2.selectbox("Profile", options, key="pz_profile",
                           help="Most recently used first. A new annotator's first label creates 'default'.")
     if choice == NEW_PROFILE:
-        new_name = c3.text_input("New profile name", value=f"profile-{len(existing) + 1}", key="pz_new_name")
-        new_adapter = c3.selectbox("Adapter", ADAPTERS, key="pz_new_adapter",
+        n1, n2, n3 = st.columns([1.2, 1.5, 1], vertical_alignment="bottom")
+        new_name = n1.text_input("New profile name", value=f"profile-{len(existing) + 1}", key="pz_new_name")
+        new_adapter = n2.selectbox("Adapter", ADAPTERS, key="pz_new_adapter",
                                    format_func=lambda a: f"{a}: {ADAPTER_HELP.get(a, '')}")
-        if c3.button("Create profile", type="primary", key="pz_create", disabled=bool(store.read_only)):
+        if n3.button("Create profile", type="primary", key="pz_create", disabled=bool(store.read_only)):
             try:
                 rec = store.get_or_create_profile(annotator, new_name.strip() or "profile", ctx.model_name,
                                                   new_adapter, fresh_spec(new_adapter))
@@ -285,28 +288,29 @@ if S.get("widgets_for") != spec_hash:  # the stored settings changed (here or in
         else:
             st.session_state[key] = "" if current is None else str(current)
     S["widgets_for"] = spec_hash
-with st.container(border=True):
-    c1, c2, c3 = st.columns([1, 1, 1])
-    adapter_key = "pz_adapter_choice"
-    c1.selectbox("Adapter", ADAPTERS, key=adapter_key,
-                 on_change=on_adapter_change, args=(adapter_key,), disabled=bool(store.read_only),
-                 format_func=lambda a: f"{a}: {ADAPTER_HELP.get(a, '')}",
-                 help="Changing it refits the same labels with the other adapter (for every session on this profile).")
-    users = sorted({p.user for p in pairs if p.user})
-    persona = c2.selectbox("Persona (simulated user)", ["(none)"] + users, key="pz_persona",
-                           help="The dataset's `user` field. Its held-out pairs measure the profile's accuracy.")
-    mode = c3.radio("Next pair", MODES, key="pz_mode", horizontal=True)
-    with c1.popover("Rates and settings", icon=":material/tune:", width="stretch"):
-        with st.form("pz_params", border=False):
-            for pname, default in tunable.items():  # whatever the adapter's `defaults` holds
-                if isinstance(default, (int, float)):
-                    is_int = isinstance(default, int)
-                    st.number_input(pname, key=param_keys[pname], step=1 if is_int else None,
-                                    format=None if is_int else "%.4g")
-                else:
-                    st.text_input(pname, key=param_keys[pname], help="empty: none" if default is None else None)
-            st.form_submit_button("Apply", on_click=on_params, args=(param_keys,), disabled=bool(store.read_only))
-        st.caption(f"{adapter.name}: " + ", ".join(f"{k}={v}" for k, v in adapter.params.items()))
+adapter_key = "pz_adapter_choice"
+c_adapter.selectbox("Adapter", ADAPTERS, key=adapter_key, on_change=on_adapter_change, args=(adapter_key,),
+                    disabled=bool(store.read_only), format_func=lambda a: f"{a}: {ADAPTER_HELP.get(a, '')}",
+                    help="Changing it refits the same labels with the other adapter (for every session on this profile).")
+mode = c_mode.selectbox("Next pair", MODES, key="pz_mode", help="Active: the pair whose label should move the profile "
+                        "most. Or type a pair of your own.")
+with c_rates.popover("Rates", width="stretch", help="The adapter's parameters (rates, shares)"):
+    with st.form("pz_params", border=False):
+        for pname, default in tunable.items():  # whatever the adapter's `defaults` holds
+            if isinstance(default, (int, float)):
+                is_int = isinstance(default, int)
+                st.number_input(pname, key=param_keys[pname], step=1 if is_int else None,
+                                format=None if is_int else "%.4g")
+            else:
+                st.text_input(pname, key=param_keys[pname], help="empty: none" if default is None else None)
+        st.form_submit_button("Apply", on_click=on_params, args=(param_keys,), disabled=bool(store.read_only))
+    st.caption(f"{adapter.name}: " + ", ".join(f"{k}={v}" for k, v in adapter.params.items()))
+left = st.container()  # the pair, drawn further down but shown first: the responses and their buttons up top
+users = sorted({p.user for p in pairs if p.user})
+persona_box = st.expander("Persona: let a user of the dataset label, and measure held-out accuracy",
+                          expanded=st.session_state.get("pz_persona", "(none)") != "(none)")
+persona = persona_box.selectbox("Persona (simulated user)", ["(none)"] + users, key="pz_persona",
+                                help="The dataset's `user` field. Its held-out pairs measure the profile's accuracy.")
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -317,6 +321,27 @@ def persona_split(data_fid: str, persona: str, _pairs) -> tuple[np.ndarray, np.n
     mine_rows = np.array([i for i, p in enumerate(_pairs) if p.user == persona])
     split = split_pairs([_pairs[i] for i in mine_rows], validation=0.0, test=0.3, seed=0)
     return mine_rows[split.train], mine_rows[split.test]
+
+
+@st.cache_resource(show_spinner=False)
+def on_screen() -> dict:
+    """The pair each browser session shows, per profile (one dict per server): two sessions labeling one
+    profile are shown different pairs instead of racing for the same one. Claims expire after 15 minutes."""
+    return {}
+
+
+def shown_elsewhere() -> set[str]:
+    now = time.time()
+    claims = on_screen().get(ident, {})
+    return {pid for session, (pid, at) in list(claims.items()) if session != SESSION and now - at < 900}
+
+
+def claim(pair_id: str | None) -> None:
+    claims = on_screen().setdefault(ident, {})
+    if pair_id is None:
+        claims.pop(SESSION, None)
+    else:
+        claims[SESSION] = (pair_id, time.time())
 
 
 pool, held_out = persona_split(ctx.data_fid, persona, pairs)
@@ -368,8 +393,8 @@ def show_text(text: str, height: int | None = None) -> None:
 
 def box_height(*texts: str) -> int | None:
     """A shared height for both responses: their longer text, capped so that the buttons stay in view."""
-    lines = max(sum(len(line) // 70 + 1 for line in t.splitlines() or [""]) for t in texts)
-    return None if lines <= 12 else 330
+    lines = max(sum(len(line) // 45 + 1 for line in t.splitlines() or [""]) for t in texts)
+    return None if lines <= 6 else 170
 
 
 def token(*parts) -> str:
@@ -378,7 +403,6 @@ def token(*parts) -> str:
 
 # ----------------------------------------------------------------------------- the pair to label
 can_write = not store.read_only
-left, right = st.columns([3, 2])
 with left:
     req = None
     if mode == MODES[2]:
@@ -404,7 +428,7 @@ with left:
         typed = S.get("typed")
         if typed and typed["id"] not in labeled:
             req = {"typed": typed, "pair": typed["id"]}
-            shown = dict(prompt=typed["prompt"], a=typed["a"], b=typed["b"], caption="Your pair",
+            shown = dict(prompt=typed["prompt"], a=typed["a"], b=typed["b"], caption="Your pair · the prompt:",
                          m_a=np.asarray(typed["margins"]), logits=np.asarray(typed["logits"]))
         else:
             shown = None
@@ -413,42 +437,46 @@ with left:
         stale = (cur is None or cur["pair"] in labeled or cur["pair"] in S["skipped"]
                  or id_to_row.get(cur["pair"]) != cur["row"] or cur["row"] not in set(pool.tolist()))
         if stale:
-            i = next_pair(adapter, labeled | S["skipped"], "active" if mode == MODES[0] else "random")
+            strategy = "active" if mode == MODES[0] else "random"
+            i = next_pair(adapter, labeled | S["skipped"] | shown_elsewhere(), strategy)
+            if i is None:  # only pairs another session shows are left: share them
+                i = next_pair(adapter, labeled | S["skipped"], strategy)
             # one assignment: a rerun cut short never leaves half a pair behind
             S["shown"] = cur = None if i is None else {"pair": pairs[i].id, "row": i,
                                                        "a_is_chosen": bool(S["rng"].random() < 0.5)}
+        claim(None if cur is None else cur["pair"])
         if cur is not None:
             i, p = cur["row"], pairs[cur["row"]]
             req = {"pair": p.id, "row": i, "a_is_chosen": cur["a_is_chosen"]}
             a_text, b_text = (p.chosen, p.rejected) if cur["a_is_chosen"] else (p.rejected, p.chosen)
             shown = dict(prompt=p.prompt, a=a_text, b=b_text,
-                         caption=f"Pair {p.id}" + (f" · group {p.group}" if p.group else ""),
+                         caption=f"Pair {p.id}" + (f" · group {p.group}" if p.group else "") + " · the prompt:",
                          m_a=margins[i] if cur["a_is_chosen"] else -margins[i], logits=logits[i])
         else:
             shown = None
             st.success("Every pair in the pool is labeled or skipped.")
     if shown is not None:
-        st.caption(ui.md(shown["caption"]))
-        with st.container(border=True):
-            st.markdown("**Prompt**")
-            show_text(shown["prompt"], 160 if len(shown["prompt"]) > 600 else None)
+        tok = token(ident, req["pair"], req.get("a_is_chosen"))
+        # One keyed block per pair shown: a new pair replaces the whole block, texts and buttons together.
+        block = st.container(key=f"pz_pair_{tok}")
+        block.caption(ui.md(shown["caption"]))
+        with block.container(border=True):
+            show_text(shown["prompt"], 120 if len(shown["prompt"]) > 400 else None)
         pm = float(adapter.predict_margin(shown["m_a"][None, :], shown["logits"][None, :])[0])
         favourite = "A" if pm > 0 else "B" if pm < 0 else None
         height = box_height(shown["a"], shown["b"])
-        tok = token(ident, req["pair"], req.get("a_is_chosen"))
-        for col, letter, text in zip(st.columns(2), "AB", (shown["a"], shown["b"]), strict=True):
-            with col:
-                with st.container(border=True):
-                    head = st.columns([1, 3])
-                    head[0].markdown(f"**{letter}**")
-                    if favourite == letter:
-                        p_pref = float(sigmoid(np.array(abs(pm))))
-                        head[1].badge(f"your profile prefers {letter} ({p_pref:.0%})", icon=":material/thumb_up:",
-                                      color="green")
-                    show_text(text, height)
-                st.button(f"{letter} is better", key=f"pz_{letter.lower()}_{tok}", on_click=on_label,
+        cards, buttons = block.columns(2), block.columns(2)  # buttons on one row, under their response
+        for card, button, letter, text in zip(cards, buttons, "AB", (shown["a"], shown["b"]), strict=True):
+            with card.container(border=True, key=f"pz_card_{letter.lower()}_{tok}"):
+                head = f"**{letter}**"
+                if favourite == letter:
+                    p_pref = float(sigmoid(np.array(abs(pm))))
+                    head += f" :green-badge[:material/thumb_up: your profile prefers {letter}, p = {p_pref:.2f}]"
+                st.markdown(head)
+                show_text(text, height)
+            button.button(f"{letter} is better", key=f"pz_{letter.lower()}_{tok}", on_click=on_label,
                           args=(req, letter == "A"), disabled=not can_write, type="primary", width="stretch")
-    b1, b2, b3, b4 = st.columns(4)
+    b1, b2, b3, _ = st.columns([1, 1, 1, 3])
     b1.button("Skip", key=f"pz_skip_{token(ident, req['pair'] if req else None)}", on_click=on_skip,
               args=(req["pair"] if req else "",), disabled=req is None, width="stretch")
     mine_here = store.count_labels(rec.id, session=SESSION) if rec is not None else 0
@@ -466,7 +494,8 @@ with left:
         if n.button("Cancel", key="pz_reset_no"):
             S["confirm_reset"] = False
             st.rerun()
-    b4.caption(f"{mine_here} of this profile's labels are from this browser session" if rec is not None else
+    st.caption(f"{mine_here} of this profile's {adapter.n_labels} labels are from this browser session (Undo removes "
+               "only those)" if rec is not None else
                f"A new profile '{ui.md(profile_name)}' starts with your first label.")
     message = S.get("flash")
     if message:
@@ -474,7 +503,7 @@ with left:
         {"success": st.success, "info": st.info, "error": st.error}[kind](ui.md(text))
         S["flash"] = None
     if persona != "(none)":
-        with st.container(border=True):
+        with persona_box:
             st.markdown(f"**Simulate {ui.md(persona)}**: the persona labels pairs from its pool by itself.")
             s1, s2, s3 = st.columns([2, 3, 2])
             n_steps = s2.slider("Steps", 1, 50, 10, key="pz_sim_steps", label_visibility="collapsed")
@@ -485,6 +514,7 @@ with left:
                                  disabled=not can_write)
 
 # ----------------------------------------------------------------------------- the profile
+right, c1, c2 = st.columns([2, 2, 3])
 with right:
     shift = weight_shift(adapter, top=1)
     m1, m2 = st.columns(2)
@@ -505,7 +535,6 @@ with right:
         st.caption(f"last label saved in {S['update_ms']:.1f} ms")
 
 history = np.array([adapter.initial_weights] + [h.weights for h in adapter.history])
-c1, c2 = st.columns(2)
 with c1:
     frame = pd.DataFrame(history, columns=names).rename_axis("labels").reset_index().melt(
         id_vars="labels", var_name="expert", value_name="weight")

@@ -132,41 +132,53 @@ if start:
         st.session_state[TRAIN_JOB] = (job.key, name)
 
 
-def training_status() -> None:
-    """This session's training: live progress while it runs; its result (or error) once it ended."""
+def finish_training(job, model_name: str) -> None:
+    """This session's training ended: keep its result (or error) for the page, select the new model."""
     from moe_reward import jobs
 
-    key, model_name = st.session_state[TRAIN_JOB]
-    job = jobs.get(key)
-    if job is None:
-        st.session_state.pop(TRAIN_JOB, None)
-        return
-    if job.active:
-        st.progress(min(job.fraction, 1.0), text=f"Training {ui.md(model_name)}: {ui.md(job.message or 'starting')} "
-                                                 f"({job.elapsed:.0f} s so far; runs on if you leave this page)")
-        return
     st.session_state.pop(TRAIN_JOB, None)
-    jobs.forget(key)
+    jobs.forget(job.key)
     if job.status == jobs.FAILED:
         st.session_state["dt_failed"] = (model_name, job.error, job.details)
-    else:
-        m = job.result
-        test = m["test"]
-        schedule = f"{m['epochs_run']} epochs run of at most {m['epochs_planned']}"
-        if m["epochs_planned"] > m.get("epochs_requested", m["epochs_planned"]):
-            schedule += (f" ({m['epochs_requested']} requested; raised so that {m['splits']['train']} training pairs get "
-                         f"at least {m['train_config']['min_steps']} optimizer steps)")
-        st.session_state["_pending_model"] = model_name
-        st.session_state["dt_message"] = (
-            f"Trained {model_name}: {m['test_subset']} accuracy {test['accuracy']:.3f} on {test['n_pairs']} pairs, "
-            f"routing NMI {ui.fmt(test['routing_nmi'])}; {schedule}, kept epoch {m['best_epoch']}; "
-            f"{m['train_seconds']:.1f} s. It is now selected in the sidebar.")
-        st.session_state["dt_warnings"] = list(m.get("warnings") or [])
-    st.rerun()
+        return
+    m = job.result
+    test = m["test"]
+    schedule = f"{m['epochs_run']} epochs run of at most {m['epochs_planned']}"
+    if m["epochs_planned"] > m.get("epochs_requested", m["epochs_planned"]):
+        schedule += (f" ({m['epochs_requested']} requested; raised so that {m['splits']['train']} training pairs get "
+                     f"at least {m['train_config']['min_steps']} optimizer steps)")
+    st.session_state["_pending_model"] = model_name
+    st.session_state["dt_message"] = (
+        f"Trained {model_name}: {m['test_subset']} accuracy {test['accuracy']:.3f} on {test['n_pairs']} pairs, "
+        f"routing NMI {ui.fmt(test['routing_nmi'])}; {schedule}, kept epoch {m['best_epoch']}; "
+        f"{m['train_seconds']:.1f} s. It is now selected in the sidebar.")
+    st.session_state["dt_warnings"] = list(m.get("warnings") or [])
+
+
+def training_progress() -> None:
+    """Live progress of this session's training (a fragment: reruns itself; the page reruns when it ends)."""
+    from moe_reward import jobs
+
+    key, model_name = st.session_state.get(TRAIN_JOB, (None, None))
+    job = jobs.get(key) if key else None
+    if job is None or not job.active:
+        st.rerun()  # the whole page: it shows the result
+    st.progress(min(job.fraction, 1.0), text=f"Training {ui.md(model_name)}: {ui.md(job.message or 'starting')} "
+                                             f"({job.elapsed:.0f} s so far; runs on if you leave this page)")
 
 
 if TRAIN_JOB in st.session_state:
-    st.fragment(run_every=0.5)(training_status)()
+    from moe_reward import jobs as _jobs
+
+    _key, _name = st.session_state[TRAIN_JOB]
+    _job = _jobs.get(_key)
+    if _job is None:
+        st.session_state.pop(TRAIN_JOB, None)
+    elif not _job.active:
+        finish_training(_job, _name)
+        st.rerun()
+    else:
+        st.fragment(run_every=0.5)(training_progress)()
 for w in st.session_state.pop("dt_warnings", []):
     st.warning(ui.md(w), icon=":material/warning:")
 if "dt_failed" in st.session_state:
