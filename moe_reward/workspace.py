@@ -157,25 +157,32 @@ class Workspace:
         if self.read_only:
             raise OSError(f"cannot train into {self.models_dir}: {self.read_only}")
         lock = self.models_dir / f".{name}.lock"
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
-            except FileExistsError:
-                if _lock_alive(lock):
-                    raise ModelNameTaken(f"model {name!r} is being trained by another session right now; "
-                                         "pick another name or wait for it") from None
-                lock.unlink(missing_ok=True)  # left behind by a process that died
-            except OSError as exc:
-                raise OSError(f"cannot train into {self.models_dir}: {exc.strerror or exc}") from exc
-        else:
-            raise ModelNameTaken(f"model {name!r} is being trained by another session right now")
         key = _new_lock_key()
-        _held_locks.add(key)
+        # The lock file appears whole or not at all: written under a private name, then hard-linked to
+        # the lock's name (link fails when the name exists), so nobody ever reads a half-written one.
+        draft = self.models_dir / f".{name}.lock-{key}"
+        try:
+            draft.write_text(json.dumps({"pid": os.getpid(), "key": key}))
+        except OSError as exc:
+            raise OSError(f"cannot train into {self.models_dir}: {exc.strerror or exc}") from exc
+        _held_locks.add(key)  # before the link: a thread of this process reading the lock sees it held
+        try:
+            for attempt in range(2):
+                try:
+                    os.link(draft, lock)
+                    break
+                except FileExistsError:
+                    if attempt or _lock_alive(lock):
+                        raise ModelNameTaken(f"model {name!r} is being trained by another session right now; "
+                                             "pick another name or wait for it") from None
+                    lock.unlink(missing_ok=True)  # left behind by a process that died
+        except BaseException:
+            _held_locks.discard(key)
+            raise
+        finally:
+            draft.unlink(missing_ok=True)
         held = (lock, key)
         try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(json.dumps({"pid": os.getpid(), "key": key}))
             if self.model_path(name).exists() and not overwrite:
                 raise ModelNameTaken(f"a model named {name!r} exists; tick 'Replace' or pick another name")
         except BaseException:
@@ -441,9 +448,11 @@ def _new_lock_key() -> str:
 def _lock_alive(lock: Path) -> bool:
     """Whether a model-name lock file belongs to a live holder (this process, or another live process)."""
     try:
-        info = json.loads(lock.read_text() or "{}")
+        info = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return False
     except (OSError, ValueError):
-        return True  # being written right now: treat as held
+        return True  # unreadable: never taken over
     pid, key = info.get("pid"), info.get("key")
     if pid == os.getpid():
         return key in _held_locks

@@ -155,7 +155,8 @@ def test_two_sessions_training_one_name_exactly_one_wins(tmp_path, home):
     for t in threads:
         t.join()
     assert outcomes.count("training") == 1
-    assert all("being trained by another session" in o for o in outcomes if o != "training")
+    # the others are told: it is being trained (or, if it finished that fast, that it exists now)
+    assert all("being trained by another session" in o or "exists" in o for o in outcomes if o != "training"), outcomes
     job = jobs.wait("train:race", timeout=120)
     assert job.status == jobs.DONE, job.error
     assert ws.list_models() == ["race"]
@@ -167,3 +168,68 @@ def test_two_sessions_training_one_name_exactly_one_wins(tmp_path, home):
     (staging / "x").write_text("x")
     with pytest.raises(ModelNameTaken, match="appeared"):  # the last line of defence: the rename itself
         ws.install_model(staging, "race")
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    ws = Workspace(tmp_path / "ws")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (ws.models_dir / ".orphan.lock").write_text(json.dumps({"pid": int(dead.stdout), "key": "gone"}))
+    with ws.reserve_model("orphan") as out:
+        assert out.name == "orphan"
+        with pytest.raises(ModelNameTaken, match="being trained"):
+            ws.acquire_model_name("orphan")
+    assert not (ws.models_dir / ".orphan.lock").exists()
+
+
+def test_embedding_runs_once_whatever_the_pages_do(tmp_path, home, monkeypatch):
+    """Issue 8.13: pages asking for a file while it is embedded get the same keyed job (one embedding,
+    progress shown in every page's sidebar); a training on that file waits for that job too."""
+    from streamlit.testing.v1 import AppTest
+
+    from moe_reward import workspace as workspace_module
+    from moe_reward.data import save_jsonl
+    from moe_reward.embed import PairFeatures
+
+    feats = PairFeatures.load(_data(home))
+    data = home / "uploads" / "slow.jsonl"
+    save_jsonl(feats.pairs, data)
+    calls, release = [], threading.Event()
+
+    def slow_embedding(path, backbone=None, progress=None, **_):
+        calls.append(str(path))
+        for done in range(0, 101, 20):
+            progress(done, 100)
+            release.wait(0.2)
+        return feats
+
+    monkeypatch.setattr(workspace_module, "load_features_or_pairs", slow_embedding)
+    monkeypatch.setattr(workspace_module, "preload_backbone_imports", lambda: None)
+    monkeypatch.setenv("MOE_REWARD_HOME", str(home))
+    monkeypatch.setenv("MOE_REWARD_DATA_DIR", str(home / "no-repo-data"))
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.chdir(ROOT)
+    ws = Workspace(home)
+    try:
+        first = ws.features_in_background(data)
+        assert ws.features_in_background(data) is first  # a rerun, another page, another session
+        page = AppTest.from_file(str(ROOT / "pages" / "7_Data_and_training.py"), default_timeout=60).run()
+        assert not page.exception
+        assert any("Running in the background" in c.value for c in page.sidebar.caption)
+        req = TrainRequest(data=str(data), experts=2, top_k=1, train=TrainConfig.for_kind("sparse", epochs=2, min_steps=10))
+        training = ws.train_in_background("after-embedding", req)
+        messages = set()
+        while training.active:
+            messages.add(training.message.split(":")[0])
+            jobs.wait(training.key, timeout=0.05)
+        assert training.status == jobs.DONE, training.error
+        assert "embedding slow.jsonl" in messages  # the training page shows the embedding's progress
+        assert calls == [str(data)]  # embedded once
+        assert ws.features_in_background(data) is None  # on disk now
+    finally:
+        release.set()
+        jobs.forget(ws.features_job_key(data))
+        for leftover in (data, *ws.features_dir.glob("*.safetensors")):
+            leftover.unlink(missing_ok=True)
