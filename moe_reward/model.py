@@ -21,17 +21,62 @@ Kinds (all share this interface, so every analysis, adapter and page works on ea
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import numbers
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from . import atomic
 
 MODEL_KINDS = ("sparse", "dense", "single", "drm", "micro")
 ROUTED_KINDS = ("sparse", "dense", "micro")  # kinds whose routing depends on the prompt
 ROUTER_CHANNELS = ("pooled", "lexical", "attention")  # what the router may read (see router_inputs.py)
+POOLINGS = ("auto", "mean", "last")
+
+# Bounds checked before anything is allocated (a config or profile from a file may say anything).
+MAX_EXPERTS = 4096
+MAX_DIM = 65536  # input_dim, hidden_dim
+MAX_PARAMETERS = 2**28  # values in a model's tensors (1 GiB of float32)
+MAX_MAX_LENGTH = 1 << 20  # a backbone's token limit
+MAX_VOCABULARY = 1 << 20  # lexical router terms
+MAX_CONFIG_BYTES = 64 * 1024 * 1024  # config.json (the lexical vocabulary lives in it)
+MAX_METRICS_BYTES = 256 * 1024 * 1024  # metrics.json
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+class CheckpointError(ValueError):
+    """A saved model directory that cannot be used; the message names the file and what is wrong with it."""
+
+
+class MissingCheckpointFile(CheckpointError, FileNotFoundError):
+    """A saved model directory without one of its files."""
+
+
+def _type_ok(value: object, annotation: str) -> bool | None:
+    """Whether `value` fits a dataclass field's annotation (None: an annotation this check does not know)."""
+    if annotation == "bool":
+        return isinstance(value, bool)
+    if annotation == "int":  # numbers.Integral: numpy integers too
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if annotation == "float":
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if annotation == "str":
+        return isinstance(value, str)
+    if annotation == "dict":
+        return isinstance(value, dict)
+    if annotation == "list[str]":
+        return isinstance(value, list) and all(isinstance(x, str) for x in value)
+    return None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_channels(spec: str) -> tuple[str, ...]:
@@ -62,6 +107,10 @@ class ModelConfig:
     backbone: dict = field(default_factory=dict)  # how the inputs were embedded (name, pooling, max_length)
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # types first: a config.json may hold anything
+            value = getattr(self, f.name)
+            if _type_ok(value, str(f.type)) is False:
+                raise ValueError(f"{f.name} must be {f.type}, got {type(value).__name__} {_short(value)}")
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if self.kind == "single":
@@ -80,6 +129,29 @@ class ModelConfig:
             self.router_input = "+".join(parse_channels(self.router_input))
         if self.attention_queries < 1 or self.max_prompt_tokens < 1:
             raise ValueError("attention_queries and max_prompt_tokens must be >= 1")
+        self._check_bounds()
+
+    def _check_bounds(self) -> None:
+        """Sizes are bounded before any tensor is allocated (a config from a file may ask for terabytes)."""
+        for name, limit in (("num_experts", MAX_EXPERTS), ("input_dim", MAX_DIM), ("hidden_dim", MAX_DIM),
+                            ("attention_queries", 256), ("max_prompt_tokens", MAX_MAX_LENGTH)):
+            if getattr(self, name) > limit:
+                raise ValueError(f"{name} must be <= {limit}, got {getattr(self, name)}")
+        if len(self.lexical_vocabulary) > MAX_VOCABULARY:
+            raise ValueError(f"lexical_vocabulary must have <= {MAX_VOCABULARY} terms, got {len(self.lexical_vocabulary)}")
+        # The expert heads dominate the size: K x D x H (or K x D); the exact count is checked on load.
+        heads = self.num_experts * self.input_dim * max(self.hidden_dim, 1)
+        if heads > MAX_PARAMETERS:
+            raise ValueError(f"num_experts x input_dim x hidden_dim = {heads} values, more than the limit of "
+                             f"{MAX_PARAMETERS}")
+        b = self.backbone
+        if "backbone" in b and not (isinstance(b["backbone"], str) and b["backbone"].strip()):
+            raise ValueError(f"backbone.backbone must be a model name or path, got {_short(b['backbone'])}")
+        if "pooling" in b and b["pooling"] not in POOLINGS:
+            raise ValueError(f"backbone.pooling must be one of {POOLINGS}, got {_short(b['pooling'])}")
+        for key, limit in (("max_length", MAX_MAX_LENGTH), ("dim", MAX_DIM)):
+            if key in b and not (_type_ok(b[key], "int") and 1 <= b[key] <= limit):
+                raise ValueError(f"backbone.{key} must be an integer in [1, {limit}], got {_short(b[key])}")
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -266,27 +338,32 @@ class SparseMoERewardModel(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:
-        """``config.json`` + ``model.safetensors`` (+ ``metrics.json``): nothing here is pickled."""
+        """``config.json`` + ``model.safetensors`` (+ ``metrics.json``): nothing here is pickled. Each file is
+        written atomically (a full disk or a crash leaves the previous file, never a truncated one), the
+        tensors first, so a config never describes tensors that are not there."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(out / "model.safetensors"))
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic.write_with(out / "model.safetensors", lambda tmp: save_file(tensors, tmp))
+        atomic.write_text(out / "config.json", json.dumps(asdict(self.config), indent=2))
         if metrics is not None:
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            atomic.write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         return out
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> SparseMoERewardModel:
+        """Load a saved model, checking everything before use: the config's types and bounds, then the
+        tensors' names, shapes and dtypes against what the config implies (read from the file's header,
+        before any tensor is loaded), then that every value is finite. Raises `CheckpointError` (a
+        ValueError) naming the file."""
         src = Path(directory)
-        for name in ("config.json", "model.safetensors"):
-            if not (src / name).is_file():
-                raise FileNotFoundError(f"{src}: not a saved model (missing {name})")
-        try:
-            config = ModelConfig(**json.loads((src / "config.json").read_text()))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{src / 'config.json'}: {exc}") from exc
+        config = read_config(src)
+        path = src / "model.safetensors"
+        if not path.is_file():
+            raise MissingCheckpointFile(f"{src}: not a saved model (missing model.safetensors)")
+        state = _read_checked_tensors(path, _expected_tensors(cls, config, src / "config.json"))
         model = cls(config)
-        model.load_state_dict(load_file(str(src / "model.safetensors")))
+        model.load_state_dict(state)
         return model.eval()
 
     def describe(self) -> str:
@@ -297,9 +374,110 @@ class SparseMoERewardModel(nn.Module):
         return f"{c.kind} ({route[c.kind]}, {'MLP' if c.hidden_dim else 'linear'} heads, input {c.input_dim}-d{router})"
 
 
+def _read_json_file(path: Path, limit: int) -> object:
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise CheckpointError(f"{path}: {size} bytes, more than the limit of {limit}")
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except CheckpointError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+                              + (" (truncated file?)" if exc.pos >= len(exc.doc) - 1 else "")) from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def read_config(directory: str | Path) -> ModelConfig:
+    """A saved model's ``config.json``, checked (types, bounds); `CheckpointError` names the file."""
+    src = Path(directory)
+    path = src / "config.json"
+    if not path.is_file():
+        raise MissingCheckpointFile(f"{src}: not a saved model (missing config.json)")
+    raw = _read_json_file(path, MAX_CONFIG_BYTES)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(k for k in raw if k not in known)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown field {_short(unknown[0])} (known: {', '.join(sorted(known))})")
+    try:
+        return ModelConfig(**raw)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def _expected_tensors(cls: type[SparseMoERewardModel], config: ModelConfig,
+                      config_path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Names, shapes and dtypes of the tensors a model of `config` has, built on the meta device (no memory)."""
+    try:
+        with torch.device("meta"):
+            skeleton = cls(config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: {exc}") from None
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in skeleton.state_dict().items()}
+    total = sum(math.prod(shape) for shape, _ in expected.values())
+    if total > MAX_PARAMETERS:
+        raise CheckpointError(f"{config_path}: a model of {total} values, more than the limit of {MAX_PARAMETERS}")
+    return expected
+
+
+def _read_checked_tensors(path: Path, expected: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    largest = 8 * sum(math.prod(shape) for shape, _ in expected.values()) + (1 << 20)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if size == 0:
+        raise CheckpointError(f"{path}: empty file")
+    if size > largest:
+        raise CheckpointError(f"{path}: {size} bytes, far more than the {largest} that config.json implies")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = {k: (tuple(fh.get_slice(k).get_shape()), fh.get_slice(k).get_dtype()) for k in fh.keys()}  # noqa: SIM118
+            problems = []
+            for name in sorted(set(expected) - set(header)):
+                problems.append(f"missing tensor {name!r}")
+            for name in sorted(set(header) - set(expected)):
+                problems.append(f"unexpected tensor {name!r}")
+            for name in sorted(set(header) & set(expected)):
+                (shape, dtype), (want, _) = header[name], expected[name]
+                if shape != want:
+                    problems.append(f"tensor {name!r} has shape {list(shape)}, config.json implies {list(want)}")
+                elif dtype not in FLOAT_DTYPES:
+                    problems.append(f"tensor {name!r} has dtype {dtype}, expected a float type")
+            if problems:
+                more = f" (and {len(problems) - 3} more problems)" if len(problems) > 3 else ""
+                raise CheckpointError(f"{path}: " + "; ".join(problems[:3]) + more)
+            state = {name: fh.get_tensor(name) for name in expected}
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (safetensors raises its own error type for corrupt files)
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc)[:200]})") from None
+    for name, value in state.items():
+        if not torch.isfinite(value).all():
+            raise CheckpointError(f"{path}: tensor {name!r} has NaN or infinite values")
+        if name.endswith("scale") and not (value > 0).all():
+            raise CheckpointError(f"{path}: tensor {name!r} (a divisor) has values <= 0")
+    return state
+
+
 def load_metrics(directory: str | Path) -> dict:
+    """A saved model's ``metrics.json`` ({} when it has none); `CheckpointError` names a broken file."""
     path = Path(directory) / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    raw = _read_json_file(path, MAX_METRICS_BYTES)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return raw
 
 
 def entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -27,19 +27,21 @@ def _progress_bar(desc: str):
 
 
 def cmd_validate(args) -> int:
-    from ..data import DataError, load_pairs
+    from ..data import validate_file
 
-    try:
-        res = load_pairs(args.data, skip_bad=True)
-    except DataError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    for err in res.errors:
-        print(err)
-    groups = sorted({p.group for p in res.pairs if p.group})
-    users = sorted({p.user for p in res.pairs if p.user})
-    print(f"{len(res.pairs)} valid pairs, {len(res.errors)} malformed rows; {len(groups)} groups, {len(users)} users")
-    return 1 if res.errors else 0
+    # One streaming pass: each problem is printed as it is found (duplicate ids at the end).
+    rep = validate_file(args.data, on_error=print)
+    kind = " (HelpSteer2-style rows: pairs made per attribute)" if rep.helpsteer else ""
+    print(f"{rep.source}: {rep.rows} rows, {rep.pairs} valid pairs{kind}, {rep.errors} problems; "
+          f"{rep.groups} groups, {rep.users} users")
+    return 0 if rep.ok else 1
+
+
+def _report_skipped(res) -> None:
+    """--skip-bad: say how many rows were dropped (and the first one), never drop silently."""
+    if res.errors:
+        print(f"skipped {len(res.errors)} malformed rows of {res.rows} in {res.source} (first: {res.errors[0]})",
+              file=sys.stderr)
 
 
 def cmd_embed(args) -> int:
@@ -47,8 +49,7 @@ def cmd_embed(args) -> int:
     from ..embed import BackboneSpec, embed_pairs
 
     res = load_pairs(args.data, skip_bad=args.skip_bad)
-    if res.errors:
-        print(f"skipped {len(res.errors)} malformed rows (first: {res.errors[0]})", file=sys.stderr)
+    _report_skipped(res)
     spec = BackboneSpec(args.backbone, pooling=args.pooling, max_length=args.max_length, batch_size=args.batch_size)
     feats = embed_pairs(res.pairs, spec, cache_dir=args.cache_dir or "default")
     source = None
@@ -74,8 +75,10 @@ def cmd_train(args) -> int:
                        router_input=args.router_input, split_by=args.split_by,
                        train=TrainConfig.for_kind(args.model, **overrides))
     bar, stage = _progress_bar(f"train {args.model}")
-    model, metrics = train_from_data(req, args.out, stage=stage)
-    bar.close()
+    try:
+        model, metrics = train_from_data(req, args.out, stage=stage, on_loaded=_report_skipped)
+    finally:
+        bar.close()
     t = metrics["test"]
     nmi = "n/a" if t["routing_nmi"] is None else f"{t['routing_nmi']:.3f}"
     print(f"{model.describe()}: {metrics['test_subset']} accuracy {t['accuracy']:.4f} on {t['n_pairs']} held-out pairs, "
@@ -91,26 +94,33 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from ..analysis import evaluate
-    from ..pipeline import features_for_model, load_model
+    from ..atomic import write_text
+    from ..model import load_metrics
+    from ..pipeline import features_for_model, load_model, load_split_ids
 
     model = load_model(args.model)
-    feats = features_for_model(model, args.data, skip_bad=args.skip_bad)
+    feats = features_for_model(model, args.data, skip_bad=args.skip_bad, on_loaded=_report_skipped)
     if args.split != "all":
-        ids_file = Path(args.model) / "split_ids.json"
-        if not ids_file.exists():
-            raise SystemExit(f"{ids_file}: no saved split; use --split all")
-        wanted = set(json.loads(ids_file.read_text())[args.split])
+        wanted = set(load_split_ids(args.model)[args.split])
+        n_all = len(feats)
         feats = feats.subset([i for i, p in enumerate(feats.pairs) if p.id in wanted])
+        if not len(feats):
+            source = load_metrics(args.model).get("data", "unrecorded data")
+            raise ValueError(f"{args.data}: none of its {n_all} pairs is in the {args.split} split of {args.model} "
+                             f"({len(wanted)} pair ids in split_ids.json); the model was trained on {source}. "
+                             "Evaluate on that data, or pass --split all to evaluate on every pair of this file")
     res = evaluate(model, feats, diagnostics=True)
     print(f"{res['model']}: accuracy {res['accuracy']:.4f} on {res['n_pairs']} pairs")
     for g, v in res["per_group"].items():
         print(f"  {g:24s} {v['accuracy']:.4f}  (n={v['n']})")
     if res["routing_nmi"] is not None:
-        print(f"routing NMI(top-1 expert, group) = {res['routing_nmi']:.4f}, purity {res['routing_purity']:.4f}")
+        purity = res["routing_purity"]
+        print(f"routing NMI(top-1 expert, group) = {res['routing_nmi']:.4f}, purity "
+              + ("n/a (one expert)" if purity is None else f"{purity:.4f}"))
     print("expert utilization (top-1 share): " + " ".join(f"{u:.3f}" for u in res["expert_utilization"]))
     _print_diagnostics(res.get("diagnostics"))
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        write_text(args.json, json.dumps(res, indent=2))
         print(f"wrote {args.json}")
     return 0
 
@@ -135,11 +145,7 @@ def cmd_score(args) -> int:
     model = load_model(args.model)
     weights = None
     if args.profile:
-        profile = json.loads(Path(args.profile).read_text())
-        weights = np.asarray(profile["weights"], dtype=np.float32)
-        if weights.shape != (model.num_experts,):
-            raise ValueError(f"{args.profile}: a profile over {weights.size} experts, but {args.model} has "
-                             f"{model.num_experts}; fit the profile on this model (moe-reward personalize)")
+        weights = np.asarray(read_profile_weights(args.profile, model.num_experts, args.model), dtype=np.float32)
     scored = score_texts(model, backbone_for(model), args.prompt, args.response, user_weights=weights)
     out = [s.__dict__ for s in scored]
     if args.json:
@@ -154,6 +160,34 @@ def cmd_score(args) -> int:
     for line in winner_lines(scored):
         print(line)
     return 0
+
+
+MAX_PROFILE_BYTES = 64 * 1024 * 1024
+
+
+def read_profile_weights(path: str | Path, num_experts: int, model_name: str) -> list[float]:
+    """The weights of a profile file (from `personalize --profile-out`), checked against the model."""
+    from ..personalize import check_profile
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_PROFILE_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than the limit of {MAX_PROFILE_BYTES} for a profile")
+    try:
+        profile = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not valid UTF-8 ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply") from None
+    check_profile(profile, str(path))
+    if profile.get("weights") is None:
+        raise ValueError(f"{path}: weights: missing")
+    if profile["num_experts"] != num_experts:
+        raise ValueError(f"{path}: a profile over {profile['num_experts']} experts, but {model_name} has "
+                         f"{num_experts}; fit the profile on this model (moe-reward personalize)")
+    return profile["weights"]
 
 
 def winner_lines(scored) -> list[str]:
@@ -279,15 +313,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def error_line(exc: BaseException) -> str:
+    """One clear line (or, for a file with several bad rows, its list) for an expected failure."""
+    if isinstance(exc, OSError) and not isinstance(exc, ValueError) and exc.filename is not None \
+            and exc.strerror and str(exc.filename) not in (exc.strerror or ""):
+        return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, MemoryError):
+        return f"out of memory{': ' + str(exc) if str(exc) else ''}"
+    if isinstance(exc, RecursionError):
+        return f"input nested too deeply ({exc})"
+    if isinstance(exc, EOFError):
+        return f"unexpected end of file ({exc or 'truncated input'})"
+    return str(exc) or type(exc).__name__
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, RecursionError, MemoryError)
+    try:
+        from safetensors import SafetensorError
+
+        errors += (SafetensorError,)
+    except ImportError:  # pragma: no cover - older safetensors
+        pass
+    return errors
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..data import DataError
-
     try:
         return int(args.func(args) or 0)
-    except (DataError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except _expected_errors() as exc:
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 (a bug: still one line, with a way to see the traceback)
+        if os.environ.get("MOE_REWARD_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (a bug in moe-reward; run with MOE_REWARD_DEBUG=1 "
+              "for the traceback and please report it)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

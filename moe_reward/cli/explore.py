@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import open_atomic, write_text
+
 
 def register(subparsers) -> None:
     b = subparsers.add_parser("build-default", help="build the dashboard's default model on the controlled data "
@@ -166,12 +168,12 @@ def _write_rows(rows: list[dict], out: str) -> None:
     if path.suffix == ".csv":
         flat = [{**{k: v for k, v in r.items() if k != "routing"},
                  **{f"w_E{k}": w for k, w in enumerate(r.get("routing", []))}} for r in rows]
-        with open(path, "w", newline="", encoding="utf-8") as fh:
+        with open_atomic(path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(flat[0]) if flat else ["id"])
             writer.writeheader()
             writer.writerows(flat)
     else:
-        with open(path, "w", encoding="utf-8") as fh:
+        with open_atomic(path, "w") as fh:
             for r in rows:
                 fh.write(json.dumps(r, ensure_ascii=False) + "\n")
 
@@ -271,7 +273,7 @@ def cmd_routing_stats(args) -> int:
     for k, row in enumerate(ev["coactivation"]):
         print(f"  E{k} " + " ".join(f"{v:.2f}" for v in row))
     if args.json:
-        Path(args.json).write_text(json.dumps(ev, indent=2))
+        write_text(args.json, json.dumps(ev, indent=2))
         print(f"wrote {args.json}")
     return 0
 

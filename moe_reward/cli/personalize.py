@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
+
+from ..atomic import write_text
 
 
 def register(subparsers) -> None:
@@ -105,7 +106,6 @@ def cmd_personalize(args) -> int:
     if args.profile_out:
         profile = adapter.to_dict() | {"user": args.user, "model": str(args.model), "data": str(args.data),
                                        "accuracy_before": before, "accuracy_after": after}
-        Path(args.profile_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.profile_out).write_text(json.dumps(profile, indent=2))
+        write_text(args.profile_out, json.dumps(profile, indent=2))
         print(f"wrote {args.profile_out}")
     return 0
