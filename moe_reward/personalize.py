@@ -28,6 +28,7 @@ what the model computes with the profile).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -472,6 +473,27 @@ def _check_vector(value: object, k: int, what: str, source: str, positive: bool 
             raise ValueError(f"{source}: {what}[{i}] is not a finite number: {str(x)[:30]!r}")
         if (positive and x <= 0) or (nonnegative and x < 0):
             raise ValueError(f"{source}: {what}[{i}] must be {'> 0' if positive else '>= 0'}, got {x}")
+
+
+MAX_PROFILE_BYTES = 64 * 1024 * 1024
+
+
+def parse_profile(data: bytes, source: str = "profile") -> dict:
+    """A profile file's bytes (an upload, `personalize --profile-out`) -> its checked dict; a ValueError
+    names `source` for anything wrong (too large, not UTF-8, bad or too deeply nested JSON, bad fields).
+    Pass the result to `Adapter.from_dict`."""
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ValueError(f"{source}: {len(data)} bytes, more than the limit of {MAX_PROFILE_BYTES} for a profile")
+    try:
+        d = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{source}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise ValueError(f"{source}: JSON nested too deeply") from None
+    check_profile(d, source)
+    return d
 
 
 def check_profile(d: object, source: str = "profile") -> None:

@@ -16,7 +16,8 @@ EXTRA_COMMANDS = ("personalize", "experiment", "explore", "report")
 
 
 def _progress_bar(desc: str):
-    bar = tqdm(total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}] {postfix}")
+    bar = tqdm(total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}] {postfix}",
+               disable=not sys.stderr.isatty())  # quiet when the output is not a terminal
 
     def stage(msg: str, frac: float) -> None:
         bar.n = round(100 * frac)
@@ -81,8 +82,11 @@ def cmd_train(args) -> int:
         bar.close()
     t = metrics["test"]
     nmi = "n/a" if t["routing_nmi"] is None else f"{t['routing_nmi']:.3f}"
-    print(f"{model.describe()}: {metrics['test_subset']} accuracy {t['accuracy']:.4f} on {t['n_pairs']} held-out pairs, "
-          f"routing NMI {nmi}, trained in {metrics['train_seconds']:.1f}s; saved to {args.out}")
+    held_out = (f"{metrics['test_subset']} accuracy {t['accuracy']:.4f} on {t['n_pairs']} held-out pairs, "
+                f"routing NMI {nmi}" if t["n_pairs"] else
+                "no held-out pairs (--validation 0 --test 0): accuracy not measured")
+    print(f"{model.describe()}: {held_out}, trained in {metrics['train_seconds']:.1f}s on {metrics['splits']['train']} "
+          f"pairs; saved to {args.out}")
     disc = metrics.get("discovery") or {}
     if disc.get("warm_start"):
         print(f"  router reads {disc.get('router_input')}; warm start: {disc['warm_start']}"
@@ -162,26 +166,15 @@ def cmd_score(args) -> int:
     return 0
 
 
-MAX_PROFILE_BYTES = 64 * 1024 * 1024
-
-
 def read_profile_weights(path: str | Path, num_experts: int, model_name: str) -> list[float]:
     """The weights of a profile file (from `personalize --profile-out`), checked against the model."""
-    from ..personalize import check_profile
+    from ..personalize import MAX_PROFILE_BYTES, parse_profile
 
     path = Path(path)
     size = path.stat().st_size
     if size > MAX_PROFILE_BYTES:
         raise ValueError(f"{path}: {size} bytes, more than the limit of {MAX_PROFILE_BYTES} for a profile")
-    try:
-        profile = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not valid UTF-8 ({exc.reason})") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except RecursionError:
-        raise ValueError(f"{path}: JSON nested too deeply") from None
-    check_profile(profile, str(path))
+    profile = parse_profile(path.read_bytes(), str(path))
     if profile.get("weights") is None:
         raise ValueError(f"{path}: weights: missing")
     if profile["num_experts"] != num_experts:
@@ -230,7 +223,24 @@ def cmd_app(args) -> int:
                             "--server.port", str(args.port), "--browser.gatherUsageStats", "false"])
 
 
+def bounded_int(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi] (sizes are bounded before anything is allocated)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ..model import MAX_DIM, MAX_EXPERTS, MAX_MAX_LENGTH
+
     p = argparse.ArgumentParser(prog="moe-reward", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -240,14 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     def backbone_args(sp, default_max=256):
         sp.add_argument("--backbone", default="all-MiniLM-L6-v2", help="HF model id or local path (default: shipped MiniLM)")
-        sp.add_argument("--max-length", type=int, default=default_max)
+        sp.add_argument("--max-length", type=bounded_int(1, MAX_MAX_LENGTH), default=default_max,
+                        help="token limit of the backbone's inputs")
 
     e = sub.add_parser("embed", help="embed a preference file into a portable features file")
     e.add_argument("--data", required=True)
     e.add_argument("--out", required=True, help="output .safetensors features file")
     backbone_args(e)
     e.add_argument("--pooling", default="auto", choices=["auto", "mean", "last"])
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--batch-size", type=bounded_int(1, 1 << 16), default=32)
     e.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"],
                    help="int8: distinct vectors once, quantized per row (for shipping)")
     e.add_argument("--no-records", action="store_true",
@@ -259,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a reward model (sparse MoE or a baseline)")
     t.add_argument("--data", required=True, help="JSONL/CSV/Parquet preference file, a features .safetensors, or 'controlled'")
     t.add_argument("--model", default="sparse", choices=["sparse", "dense", "single", "drm", "micro"])
-    t.add_argument("--experts", type=int, default=8)
-    t.add_argument("--top-k", type=int, default=2)
-    t.add_argument("--hidden", type=int, default=0, help="hidden units per expert head (0 = linear)")
+    t.add_argument("--experts", type=bounded_int(1, MAX_EXPERTS), default=8)
+    t.add_argument("--top-k", type=bounded_int(1, MAX_EXPERTS), default=2)
+    t.add_argument("--hidden", type=bounded_int(0, MAX_DIM), default=0, help="hidden units per expert head (0 = linear)")
     t.add_argument("--out", required=True)
     backbone_args(t)
     t.add_argument("--validation", type=float, default=0.1)
@@ -276,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split-by", default=None,
                    help="keep every value of this field on one side of the split: prompt (default), group, user, id "
                         "or meta.<key> (e.g. meta.question_id for held-out questions)")
-    for name, typ in (("epochs", int), ("lr", float), ("seed", int), ("batch-size", int), ("sparsity-weight", float),
+    for name, typ in (("epochs", bounded_int(1, 10**6)), ("lr", float), ("seed", int), ("batch-size", bounded_int(1, 1 << 20)),
+                      ("sparsity-weight", float),
                       ("balance-weight", float), ("diversity-weight", float), ("specialization-weight", float)):
         t.add_argument(f"--{name}", type=typ, default=None)
     t.set_defaults(func=cmd_train)
@@ -328,7 +340,10 @@ def error_line(exc: BaseException) -> str:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, RecursionError, MemoryError)
+    from ..train import TrainingDiverged
+
+    errors: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, RecursionError, MemoryError,
+                                               TrainingDiverged)
     try:
         from safetensors import SafetensorError
 
@@ -351,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 (a bug: still one line, with a way to see the traceback)
         if os.environ.get("MOE_REWARD_DEBUG"):
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (a bug in moe-reward; run with MOE_REWARD_DEBUG=1 "
+        print(f"error: internal error {type(exc).__name__}: {exc} (a bug in moe-reward; run with MOE_REWARD_DEBUG=1 "
               "for the traceback and please report it)", file=sys.stderr)
         return 3
 
