@@ -32,20 +32,21 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import atomic
+from .limits import (
+    MAX_CONFIG_BYTES,
+    MAX_DIM,
+    MAX_EXPERTS,
+    MAX_MAX_LENGTH,
+    MAX_METRICS_BYTES,
+    MAX_PARAMETERS,
+    MAX_VOCABULARY,
+)
 
 MODEL_KINDS = ("sparse", "dense", "single", "drm", "micro")
 ROUTED_KINDS = ("sparse", "dense", "micro")  # kinds whose routing depends on the prompt
 ROUTER_CHANNELS = ("pooled", "lexical", "attention")  # what the router may read (see router_inputs.py)
 POOLINGS = ("auto", "mean", "last")
 
-# Bounds checked before anything is allocated (a config or profile from a file may say anything).
-MAX_EXPERTS = 4096
-MAX_DIM = 65536  # input_dim, hidden_dim
-MAX_PARAMETERS = 2**28  # values in a model's tensors (1 GiB of float32)
-MAX_MAX_LENGTH = 1 << 20  # a backbone's token limit
-MAX_VOCABULARY = 1 << 20  # lexical router terms
-MAX_CONFIG_BYTES = 64 * 1024 * 1024  # config.json (the lexical vocabulary lives in it)
-MAX_METRICS_BYTES = 256 * 1024 * 1024  # metrics.json
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 
@@ -72,6 +73,10 @@ def _type_ok(value: object, annotation: str) -> bool | None:
     if annotation == "list[str]":
         return isinstance(value, list) and all(isinstance(x, str) for x in value)
     return None
+
+
+_TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "text",
+               "dict": "an object", "list[str]": "a list of texts"}
 
 
 def _short(value: object) -> str:
@@ -110,7 +115,8 @@ class ModelConfig:
         for f in fields(self):  # types first: a config.json may hold anything
             value = getattr(self, f.name)
             if _type_ok(value, str(f.type)) is False:
-                raise ValueError(f"{f.name} must be {f.type}, got {type(value).__name__} {_short(value)}")
+                what = _TYPE_NAMES.get(str(f.type), str(f.type))
+                raise ValueError(f"{f.name} must be {what}, got {type(value).__name__} {_short(value)}")
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if self.kind == "single":
@@ -385,8 +391,9 @@ def _read_json_file(path: Path, limit: int) -> object:
     except UnicodeDecodeError as exc:
         raise CheckpointError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-                              + (" (truncated file?)" if exc.pos >= len(exc.doc) - 1 else "")) from None
+        truncated = exc.msg.startswith("Unterminated") or exc.pos >= len(exc.doc) - 1
+        raise CheckpointError(f"{path}: bad JSON at line {exc.lineno} column {exc.colno}: "
+                              f"{exc.msg.removesuffix(' starting at')}" + (" (truncated file?)" if truncated else "")) from None
     except RecursionError:
         raise CheckpointError(f"{path}: JSON nested too deeply") from None
     except OSError as exc:

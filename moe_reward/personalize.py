@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .limits import MAX_ADAPTER_STEPS, MAX_EXPERTS, MAX_PROFILE_BYTES, MAX_PROFILE_LABELS
+
 ADAPTERS = ("hedge", "batch", "gradient", "signed")
 PROFILE_FORMAT = "moe-reward-profile/1"
 
@@ -455,8 +457,6 @@ def make_adapter(name: str, num_experts: int, initial_weights=None, **params) ->
 
 # ----------------------------------------------------------------------------- profile files
 
-MAX_PROFILE_LABELS = 100_000
-MAX_ADAPTER_STEPS = 10_000
 
 
 def _is_number(x: object) -> bool:
@@ -475,7 +475,6 @@ def _check_vector(value: object, k: int, what: str, source: str, positive: bool 
             raise ValueError(f"{source}: {what}[{i}] must be {'> 0' if positive else '>= 0'}, got {x}")
 
 
-MAX_PROFILE_BYTES = 64 * 1024 * 1024
 
 
 def parse_profile(data: bytes, source: str = "profile") -> dict:
@@ -499,8 +498,6 @@ def parse_profile(data: bytes, source: str = "profile") -> dict:
 def check_profile(d: object, source: str = "profile") -> None:
     """Validate a profile dict (`Adapter.to_dict`'s format) before it is used: types, lengths, bounds and
     finite numbers. Raises ValueError naming `source` and the field."""
-    from .model import MAX_EXPERTS
-
     if not isinstance(d, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(d).__name__}")
     if d.get("format", PROFILE_FORMAT) != PROFILE_FORMAT:

@@ -88,6 +88,10 @@ def _loads(text: str) -> Any:
         return json.loads(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # Python refuses to convert integers of more than 4300 digits
+        raise ValueError("bad JSON: a number too long to read") from None
 
 
 def _read_jsonl(path: Path) -> Rows:

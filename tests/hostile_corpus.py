@@ -37,6 +37,11 @@ class Case:
     needs_backbone: bool = False  # embeds text with the real MiniLM (slower)
 
 
+def _many(n: int) -> list[dict]:
+    return [{"prompt": f"Question {i}?", "chosen": f"A good answer to {i}.", "rejected": f"No idea about {i}.",
+             "id": f"m{i}"} for i in range(n)]
+
+
 def _jsonl(rows) -> str:
     return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
 
@@ -91,7 +96,8 @@ def data_cases(root: Path) -> list[Case]:
         _validate(w("broken.json", '[\n{"prompt": "q", "chosen": "a", "rejected": "b"},\n{"prompt": \n'), False,
                   "bad JSON at line", "the rest of the file was not read"),
         _validate(w("deep.json", "[" + deep + "]"), False, "nested too deeply"),
-        _validate(w("truncated.jsonl.gz", gzip.compress((good * 50).encode())[:200]), False, "truncated"),
+        _validate(w("truncated.jsonl.gz", gzip.compress(_jsonl(_many(300)).encode())[:3000]), False,
+                  "the gzip stream ends early after line"),
         _validate(w("not_gzip.jsonl.gz", good), False, "not a valid gzip file"),
         _validate(w("corrupt.jsonl.gz", gzip.compress(good.encode())[:10] + b"\x00garbage" * 20), False, "gzip"),
         _validate(w("corrupt.parquet", b"PAR1" + os.urandom(200)), False, "not a readable Parquet file"),
@@ -125,7 +131,7 @@ def data_cases(root: Path) -> list[Case]:
         _validate(w("nul_bytes.csv", "prompt,chosen,rejected\nq,a\x00b,c\n"), True, "1 valid pairs"),
         _validate(w("deep_row.jsonl", good + '{"prompt": ' + deep + "}\n"), False, "deep_row.jsonl:4", "nested too deeply"),
         _validate(w("huge_int.jsonl", good + '{"prompt": "q", "chosen": "a", "rejected": "b", "n": ' + "9" * 5000 + "}\n"),
-                  False, "huge_int.jsonl:4"),
+                  False, "huge_int.jsonl:4: bad JSON: a number too long to read"),
         _validate(w("deep_meta.jsonl", _jsonl([{**GOOD[0], "meta": {"x": json.loads("[" * 20 + "]" * 20)}}])), False,
                   "deep_meta.jsonl:1: meta.x: nested deeper"),
         _validate(w("lone_surrogate.jsonl", good + '{"prompt": "q\\ud800x", "chosen": "a", "rejected": "b", "id": "s"}\n'),
@@ -232,7 +238,7 @@ def data_cases(root: Path) -> list[Case]:
                                            "--out", "{dir}/runs/surrogate"],
              False, ["lone_surrogate.jsonl:4: prompt: lone surrogate"], needs_backbone=True),
         Case("embed a truncated gzip", ["embed", "--data", "{dir}/truncated.jsonl.gz", "--out", "{dir}/t.safetensors"],
-             False, ["truncated.jsonl.gz", "truncated"]),
+             False, ["truncated.jsonl.gz: the gzip stream ends early after line"]),
     ]
     return cases
 
@@ -356,22 +362,22 @@ def model_cases(root: Path) -> list[Case]:
     _edit_tensors(model_dir("zero_scale"), lambda t: t["response_scale"].zero_())
     cases.append(_eval("zero_scale", False, "zero_scale/model.safetensors", "'response_scale' (a divisor)"))
     config_edits = {
-        "backbone_string": ({"backbone": "all-MiniLM-L6-v2"}, "backbone must be dict, got str"),
+        "backbone_string": ({"backbone": "all-MiniLM-L6-v2"}, "backbone must be an object, got str"),
         "max_length_zero": ({"backbone.max_length": 0}, "backbone.max_length must be an integer in [1,"),
         "max_length_negative": ({"backbone.max_length": -5}, "backbone.max_length"),
         "pooling_unknown": ({"backbone.pooling": "median"}, "backbone.pooling must be one of"),
         "experts_50M": ({"num_experts": 50_000_000}, "num_experts must be <= 4096"),
         "hidden_1M": ({"hidden_dim": 1_000_000}, "hidden_dim must be <= 65536"),
         "hidden_large": ({"hidden_dim": 60_000, "input_dim": 8000}, "more than the limit"),
-        "experts_string": ({"num_experts": "8"}, "num_experts must be int, got str"),
+        "experts_string": ({"num_experts": "8"}, "num_experts must be an integer, got str"),
         "experts_zero": ({"num_experts": 0}, "num_experts must be >= 1"),
         "top_k_too_big": ({"top_k": 9}, "top_k must be in [1, num_experts=3]"),
         "kind_unknown": ({"kind": "banana"}, "kind must be one of"),
         "unknown_field": ({"evil": 1}, "unknown field 'evil'"),
         "router_auto": ({"router_input": "auto"}, "router_input 'auto'"),
         "router_unknown": ({"router_input": "telepathy"}, "router input must be"),
-        "noise_nan": ({"router_noise": float("nan")}, "router_noise must be float"),
-        "vocabulary_not_list": ({"lexical_vocabulary": "abc"}, "lexical_vocabulary must be list[str]"),
+        "noise_nan": ({"router_noise": float("nan")}, "router_noise must be a finite number, got float nan"),
+        "vocabulary_not_list": ({"lexical_vocabulary": "abc"}, "lexical_vocabulary must be a list of texts"),
         "input_dim_mismatch": ({"input_dim": 16}, "config.json implies [3, 16]"),
     }
     for name, (changes, expect) in config_edits.items():
