@@ -216,3 +216,44 @@ def test_broken_cache_shard_is_dropped_with_a_warning_and_recomputed(tmp_path):
     again = EmbeddingCache(tmp_path, "key")  # h3 is embedded again and cached; no more warnings
     again.put(["h3"], np.full((1, 4), 3, np.float32))
     assert set(EmbeddingCache(tmp_path, "key").get(["h1", "h2", "h3"])) == {"h1", "h2", "h3"}
+
+
+def test_long_texts_are_cut_before_tokenization():
+    """A 20 MB text never reaches the tokenizer whole, and the kept tokens are those of the whole text."""
+    from moe_reward.embed import Backbone
+
+    bb = Backbone()
+    tok = bb.tokenizer
+    seen: list[int] = []
+    encode = tok.encode
+    rng = np.random.default_rng(0)
+    words = np.array(["alpha", "internationalization", "x", "the", "fox,", "jumps.", "über", "日本語"])
+
+    def text(n: int) -> str:
+        return " ".join(rng.choice(words, n))
+
+    def reference(prompt: str, response: str | None) -> list[int]:  # the whole texts through the tokenizer
+        budget = bb.max_length - bb.n_special
+        p = encode(prompt, add_special_tokens=False)
+        if response is None:
+            return bb._with_specials(p[-budget:] if len(p) > budget else p)
+        r = encode(response, add_special_tokens=False)
+        budget -= len(bb.separator)
+        if len(p) + len(r) > budget:
+            r = r[:budget]
+            p = p[len(p) - (budget - len(r)) :] if budget > len(r) else []
+        return bb._with_specials(p, r)
+
+    for n_p, n_r in ((5, 5), (3000, 3), (3, 3000), (3000, 3000), (100, 150), (3000, None)):
+        p, r = text(n_p), None if n_r is None else text(n_r)
+        assert bb.token_ids(p, r) == reference(p, r), (n_p, n_r)
+    tok.encode = lambda s, **kw: seen.append(len(s)) or encode(s, **kw)
+    try:
+        huge = "word " * 4_000_000  # 20 MB
+        t0 = time.perf_counter()
+        assert len(bb.token_ids("Tell me.", huge)) == bb.max_length
+        assert len(bb.token_ids(huge, "Fine.")) == bb.max_length
+        bb.token_ids("Tell me.", "a" * 20_000_000)  # one 20 MB "word": cut at the limit, not tokenized whole
+        assert max(seen) <= bb.max_length * 4096 and time.perf_counter() - t0 < 10
+    finally:
+        del tok.encode
