@@ -145,11 +145,11 @@ class ModelConfig:
                 raise ValueError(f"{name} must be <= {limit}, got {getattr(self, name)}")
         if len(self.lexical_vocabulary) > MAX_VOCABULARY:
             raise ValueError(f"lexical_vocabulary must have <= {MAX_VOCABULARY} terms, got {len(self.lexical_vocabulary)}")
-        # The expert heads dominate the size: K x D x H (or K x D); the exact count is checked on load.
-        heads = self.num_experts * self.input_dim * max(self.hidden_dim, 1)
-        if heads > MAX_PARAMETERS:
-            raise ValueError(f"num_experts x input_dim x hidden_dim = {heads} values, more than the limit of "
-                             f"{MAX_PARAMETERS}")
+        size = self.approximate_size()
+        if size > MAX_PARAMETERS:
+            raise ValueError(f"a model of about {size} values (num_experts {self.num_experts}, input_dim "
+                             f"{self.input_dim}, hidden_dim {self.hidden_dim}, {len(self.lexical_vocabulary)} "
+                             f"lexical terms), more than the limit of {MAX_PARAMETERS}")
         b = self.backbone
         if "backbone" in b and not (isinstance(b["backbone"], str) and b["backbone"].strip()):
             raise ValueError(f"backbone.backbone must be a model name or path, got {_short(b['backbone'])}")
@@ -158,6 +158,16 @@ class ModelConfig:
         for key, limit in (("max_length", MAX_MAX_LENGTH), ("dim", MAX_DIM)):
             if key in b and not (_type_ok(b[key], "int") and 1 <= b[key] <= limit):
                 raise ValueError(f"backbone.{key} must be an integer in [1, {limit}], got {_short(b[key])}")
+
+    def approximate_size(self) -> int:
+        """About how many values a model of this config holds (expert heads and router), computed before
+        anything is allocated; the exact tensors are checked against the file on load."""
+        k, d, h = self.num_experts, self.input_dim, self.hidden_dim
+        heads = k * d * h + 2 * k * h if h else k * d
+        if self.kind not in ROUTED_KINDS:
+            return heads + k + 3 * d
+        width = d + len(self.lexical_vocabulary) + (self.attention_queries * d if "attention" in self.router_input else 0)
+        return heads + (k + 2) * width + 3 * d
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -345,8 +355,10 @@ class SparseMoERewardModel(nn.Module):
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:
         """``config.json`` + ``model.safetensors`` (+ ``metrics.json``): nothing here is pickled. Each file is
-        written atomically (a full disk or a crash leaves the previous file, never a truncated one), the
-        tensors first, so a config never describes tensors that are not there."""
+        written atomically (a full disk or a crash leaves the previous file, never a truncated one); the
+        tensors go first, so a new directory interrupted half-way has no config.json and is no model yet.
+        (Overwriting a model, a crash between two files can pair old and new files: `from_pretrained`
+        then reports the mismatch, naming the file.)"""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
@@ -367,8 +379,21 @@ class SparseMoERewardModel(nn.Module):
         path = src / "model.safetensors"
         if not path.is_file():
             raise MissingCheckpointFile(f"{src}: not a saved model (missing model.safetensors)")
-        state = _read_checked_tensors(path, _expected_tensors(cls, config, src / "config.json"))
-        model = cls(config)
+        with _open_tensors(path) as fh:
+            header = _tensor_header(fh, path)
+            held = sum(math.prod(shape) for shape, _ in header.values())
+            # The model is built for real (a meta-device skeleton would import torch._dynamo, ~1 s), so its
+            # size is first checked against what the file holds: a config cannot make us allocate far more.
+            if config.approximate_size() > 4 * held + (1 << 20):
+                raise CheckpointError(f"{src / 'config.json'}: describes a model of about {config.approximate_size()} "
+                                      f"values, but {path.name} holds {held}")
+            try:
+                model = cls(config)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"{src / 'config.json'}: {exc}") from None
+            expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+            _check_header(path, header, expected)
+            state = _read_tensors(fh, path, list(expected))
         model.load_state_dict(state)
         return model.eval()
 
@@ -419,54 +444,62 @@ def read_config(directory: str | Path) -> ModelConfig:
         raise CheckpointError(f"{path}: {exc}") from None
 
 
-def _expected_tensors(cls: type[SparseMoERewardModel], config: ModelConfig,
-                      config_path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Names, shapes and dtypes of the tensors a model of `config` has, built on the meta device (no memory)."""
-    try:
-        with torch.device("meta"):
-            skeleton = cls(config)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{config_path}: {exc}") from None
-    expected = {k: (tuple(v.shape), v.dtype) for k, v in skeleton.state_dict().items()}
-    total = sum(math.prod(shape) for shape, _ in expected.values())
-    if total > MAX_PARAMETERS:
-        raise CheckpointError(f"{config_path}: a model of {total} values, more than the limit of {MAX_PARAMETERS}")
-    return expected
+class _open_tensors:
+    """``with _open_tensors(path) as fh``: safetensors' reader; a corrupt file is a CheckpointError."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        from safetensors import safe_open
+
+        try:
+            size = self.path.stat().st_size
+            if size == 0:
+                raise CheckpointError(f"{self.path}: empty file")
+            if size > 8 * MAX_PARAMETERS + (1 << 24):
+                raise CheckpointError(f"{self.path}: {size} bytes, more than a model within the limits can hold")
+            self.ctx = safe_open(str(self.path), framework="pt")
+            return self.ctx.__enter__()
+        except CheckpointError:
+            raise
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
+        except Exception as exc:  # noqa: BLE001 (safetensors raises its own error type for corrupt files)
+            raise CheckpointError(f"{self.path}: not a readable safetensors file ({str(exc)[:200]})") from None
+
+    def __exit__(self, *exc) -> None:
+        self.ctx.__exit__(*exc)
 
 
-def _read_checked_tensors(path: Path, expected: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
+def _tensor_header(fh, path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Names -> (shape, dtype) from the file's header: nothing is loaded yet."""
+    try:
+        return {k: (tuple(fh.get_slice(k).get_shape()), fh.get_slice(k).get_dtype()) for k in fh.keys()}  # noqa: SIM118
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc)[:200]})") from None
 
-    largest = 8 * sum(math.prod(shape) for shape, _ in expected.values()) + (1 << 20)
+
+def _check_header(path: Path, header: dict[str, tuple[tuple[int, ...], str]], expected: dict[str, tuple[int, ...]]) -> None:
+    """The file's tensors against the model's: names, shapes, float dtypes (generic: any parameter or buffer)."""
+    problems = [f"missing tensor {name!r}" for name in sorted(set(expected) - set(header))]
+    problems += [f"unexpected tensor {name!r}" for name in sorted(set(header) - set(expected))]
+    for name in sorted(set(header) & set(expected)):
+        (shape, dtype), want = header[name], expected[name]
+        if shape != want:
+            problems.append(f"tensor {name!r} has shape {list(shape)}, config.json implies {list(want)}")
+        elif dtype not in FLOAT_DTYPES:
+            problems.append(f"tensor {name!r} has dtype {dtype}, expected a float type")
+    if problems:
+        more = f" (and {len(problems) - 3} more problems)" if len(problems) > 3 else ""
+        raise CheckpointError(f"{path}: " + "; ".join(problems[:3]) + more)
+
+
+def _read_tensors(fh, path: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors, each finite (and every ``*scale`` divisor positive)."""
     try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if size == 0:
-        raise CheckpointError(f"{path}: empty file")
-    if size > largest:
-        raise CheckpointError(f"{path}: {size} bytes, far more than the {largest} that config.json implies")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = {k: (tuple(fh.get_slice(k).get_shape()), fh.get_slice(k).get_dtype()) for k in fh.keys()}  # noqa: SIM118
-            problems = []
-            for name in sorted(set(expected) - set(header)):
-                problems.append(f"missing tensor {name!r}")
-            for name in sorted(set(header) - set(expected)):
-                problems.append(f"unexpected tensor {name!r}")
-            for name in sorted(set(header) & set(expected)):
-                (shape, dtype), (want, _) = header[name], expected[name]
-                if shape != want:
-                    problems.append(f"tensor {name!r} has shape {list(shape)}, config.json implies {list(want)}")
-                elif dtype not in FLOAT_DTYPES:
-                    problems.append(f"tensor {name!r} has dtype {dtype}, expected a float type")
-            if problems:
-                more = f" (and {len(problems) - 3} more problems)" if len(problems) > 3 else ""
-                raise CheckpointError(f"{path}: " + "; ".join(problems[:3]) + more)
-            state = {name: fh.get_tensor(name) for name in expected}
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 (safetensors raises its own error type for corrupt files)
+        state = {name: fh.get_tensor(name) for name in names}
+    except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc)[:200]})") from None
     for name, value in state.items():
         if not torch.isfinite(value).all():

@@ -369,6 +369,7 @@ def model_cases(root: Path) -> list[Case]:
         "experts_50M": ({"num_experts": 50_000_000}, "num_experts must be <= 4096"),
         "hidden_1M": ({"hidden_dim": 1_000_000}, "hidden_dim must be <= 65536"),
         "hidden_large": ({"hidden_dim": 60_000, "input_dim": 8000}, "more than the limit"),
+        "bigger_than_file": ({"hidden_dim": 60_000}, "describes a model of about"),
         "experts_string": ({"num_experts": "8"}, "num_experts must be an integer, got str"),
         "experts_zero": ({"num_experts": 0}, "num_experts must be >= 1"),
         "top_k_too_big": ({"top_k": 9}, "top_k must be in [1, num_experts=3]"),

@@ -137,6 +137,8 @@ def test_absurd_sizes_fail_fast_without_allocating():
     for bad in ({"num_experts": 10**9}, {"hidden_dim": 1_000_000}, {"input_dim": 10**7}):
         with pytest.raises(ValueError, match="must be <="):
             ModelConfig(**bad)
+    with pytest.raises(ValueError, match="more than the limit"):  # the router over a huge lexical vocabulary
+        ModelConfig(num_experts=4096, router_input="lexical", lexical_vocabulary=["w"] * 100_000)
     _, top = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert top < 5_000_000 and time.perf_counter() - t0 < 2
