@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 from ..atomic import write_text
+from . import ADAPTER_NAMES
 
 
 def register(subparsers) -> None:
@@ -16,7 +17,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, help="preference file (or features .safetensors) with the user's pairs")
     p.add_argument("--user", default=None, help="whose pairs to adapt to (omit to list the users)")
     p.add_argument("--user-field", default="user", choices=["user", "group"])
-    p.add_argument("--adapter", default="hedge", choices=["hedge", "batch", "gradient"])
+    p.add_argument("--adapter", default="hedge", choices=ADAPTER_NAMES)
     p.add_argument("--k", type=int, default=16, help="labels to adapt on; the user's other pairs evaluate")
     p.add_argument("--select", default="random", choices=["random", "active"],
                    help="which k labels: a seeded random draw, or active selection (most informative first)")
