@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -460,7 +461,7 @@ def make_adapter(name: str, num_experts: int, initial_weights=None, **params) ->
 
 
 def _is_number(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _check_vector(value: object, k: int, what: str, source: str, positive: bool = False,
@@ -506,7 +507,7 @@ def check_profile(d: object, source: str = "profile") -> None:
     if name not in ADAPTERS:
         raise ValueError(f"{source}: name must be one of {ADAPTERS}, got {str(name)[:40]!r}")
     k = d.get("num_experts")
-    if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= MAX_EXPERTS):
+    if not (isinstance(k, numbers.Integral) and not isinstance(k, bool) and 1 <= k <= MAX_EXPERTS):
         raise ValueError(f"{source}: num_experts must be an integer in [1, {MAX_EXPERTS}], got {str(k)[:40]!r}")
     if d.get("initial_weights") is not None:
         _check_vector(d["initial_weights"], k, "initial_weights", source, nonnegative=True)

@@ -259,3 +259,18 @@ def test_long_texts_are_cut_before_tokenization():
         assert max(seen) <= bb.max_length * 4096 and time.perf_counter() - t0 < 10
     finally:
         del tok.encode
+
+
+def test_the_installed_entry_point_prints_one_line_not_a_traceback(tmp_path):
+    """The same through a real process (`python -m moe_reward.cli`), as a user runs it."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    bad = tmp_path / "x.jsonl"
+    bad.mkdir()
+    for args, rc, message in ((["validate", "--data", str(CORPUS / "bad_rows.jsonl")], 1, "bad_rows.jsonl:3: rejected: missing"),
+                              (["validate", "--data", str(bad)], 2, "x.jsonl: is a directory")):
+        out = subprocess.run([sys.executable, "-m", "moe_reward.cli", *args], cwd=root, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == rc and message in out.stdout + out.stderr and "Traceback" not in out.stderr, out
