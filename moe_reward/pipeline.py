@@ -80,8 +80,7 @@ def train_from_data(req: TrainRequest, out: str | Path | None, stage: StageFn | 
         if not len(features):
             raise ValueError(f"{req.data}: every pair has a user; nothing left to train on without them")
     splits, parts = split_features(features, req.validation, req.test, req.split_seed, req.split_by)
-    check_training_split(req, len(features), len(set(split_value(p, req.split_by) for p in features.pairs)),
-                         {name: len(part) for name, part in parts.items()})
+    check_training_split(req, features, {name: len(part) for name, part in parts.items()})
     cfg = req.train or TrainConfig.for_kind(req.kind)
     mcfg = ModelConfig(kind=req.kind, input_dim=features.dim, num_experts=req.experts, top_k=req.top_k,
                        hidden_dim=req.hidden_dim, backbone=dict(features.metadata), router_input=req.router_input)
@@ -121,10 +120,11 @@ MIN_TRAINING_PAIRS = 2
 MAX_SPLIT_FILE_BYTES = 512 * 1024 * 1024
 
 
-def check_training_split(req: TrainRequest, n_pairs: int, n_values: int, sizes: dict[str, int]) -> None:
+def check_training_split(req: TrainRequest, features: PairFeatures, sizes: dict[str, int]) -> None:
     """Say precisely why a split leaves too few pairs to train on, and how to fix it."""
     if sizes["train"] >= MIN_TRAINING_PAIRS:
         return
+    n_pairs, n_values = len(features), len({split_value(p, req.split_by) for p in features.pairs})
     by = req.split_by or "prompt"
     held = f"validation {req.validation:g} and test {req.test:g}"
     fix = ("add data" if n_pairs < MIN_TRAINING_PAIRS else
