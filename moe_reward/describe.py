@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import text_features
+from . import atomic, text_features
 from .analysis import PairScores, score_pairs
 from .embed import PairFeatures
 
@@ -175,10 +175,8 @@ def describe_experts(model, features: PairFeatures, scores: PairScores | None = 
 
 
 def save_descriptions(descriptions: list[ExpertDescription], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": DESCRIPTIONS_FORMAT, "experts": [asdict(d) for d in descriptions]}, indent=2))
-    return path
+    payload = json.dumps({"format": DESCRIPTIONS_FORMAT, "experts": [asdict(d) for d in descriptions]}, indent=2)
+    return atomic.write_text(path, payload)
 
 
 def load_descriptions(path: str | Path) -> list[ExpertDescription]:

@@ -11,10 +11,12 @@ What gets embedded, and why:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +26,14 @@ import torch
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
+from . import atomic
 from .data import PreferencePair
 
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 FEATURES_FORMAT = "moe-reward-features/1"
 ProgressFn = Callable[[int, int], None]  # (done, total)
+CHARS_PER_TOKEN_GUESS = 16  # a text is first cut to (token budget x this) characters before tokenization
+CHARS_PER_TOKEN_LIMIT = 4096  # ... and never tokenized beyond (token budget x this) characters
 
 
 def default_cache_dir() -> Path:
@@ -117,16 +122,31 @@ class Backbone:
     def metadata(self) -> dict:
         return {"backbone": self.spec.name, "pooling": self.pooling, "max_length": self.max_length, "dim": self.dim}
 
+    def _encode_capped(self, text: str, need: int, keep_end: bool) -> list[int]:
+        """Token ids of `text`, or of the part of it that holds at least `need` + 8 tokens on the kept side
+        (its end or its start), cut at whitespace: a 20 MB text never reaches the tokenizer whole, and the
+        kept tokens are those of the whole text."""
+        cap = max(need, 1) * CHARS_PER_TOKEN_GUESS
+        while len(text) > cap:
+            piece = text[-cap:] if keep_end else text[:cap]
+            space = piece.find(" ") if keep_end else piece.rfind(" ")
+            if 0 < space < len(piece) - 1:  # drop the word the cut went through
+                piece = piece[space:] if keep_end else piece[:space]
+            ids = self.tokenizer.encode(piece, add_special_tokens=False)
+            if len(ids) >= need + 8 or cap >= max(need, 1) * CHARS_PER_TOKEN_LIMIT:
+                return ids  # (past the limit: a text of huge "words", e.g. one 20 MB run of letters)
+            cap *= 4
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
     def token_ids(self, prompt: str, response: str | None) -> list[int]:
-        tok = self.tokenizer
         budget = self.max_length - self.n_special
-        p_ids = tok.encode(prompt, add_special_tokens=False)
+        p_ids = self._encode_capped(prompt, budget, keep_end=True)
         if response is None:
             if len(p_ids) > budget:
                 self.truncated += 1
                 p_ids = p_ids[-budget:]
             return self._with_specials(p_ids)
-        r_ids = tok.encode(response, add_special_tokens=False)
+        r_ids = self._encode_capped(response, budget, keep_end=False)
         budget -= len(self.separator)
         if len(p_ids) + len(r_ids) > budget:
             self.truncated += 1
@@ -205,10 +225,32 @@ class EmbeddingCache:
             self._index = {}
             if self.dir and self.dir.exists():
                 for shard in sorted(self.dir.glob("*.safetensors")):
-                    keys = json.loads(shard.with_suffix(".json").read_text())
-                    mat = load_file(shard)["embeddings"]
-                    self._index.update(zip(keys, mat, strict=True))
+                    entries = self._read_shard(shard)
+                    if entries is not None:
+                        self._index.update(entries)
         return self._index
+
+    def _read_shard(self, shard: Path) -> dict[str, np.ndarray] | None:
+        """One shard's embeddings, or None for a broken shard (truncated, corrupt, keys and rows disagree,
+        not finite): it is deleted with a warning, and its texts are embedded again when next needed."""
+        keys_file = shard.with_suffix(".json")
+        if not keys_file.exists():
+            return None  # a writer between its two renames (the keys go first): not a shard yet
+        try:
+            keys = json.loads(keys_file.read_text(encoding="utf-8"))
+            mat = load_file(shard)["embeddings"]
+            if not isinstance(keys, list) or mat.ndim != 2 or len(keys) != len(mat):
+                raise ValueError(f"{len(keys) if isinstance(keys, list) else 'no'} keys for a {mat.shape} matrix")
+            if not np.isfinite(mat).all():
+                raise ValueError("NaN or infinite values")
+        except Exception as exc:  # noqa: BLE001 (any broken shard is dropped and recomputed, never fatal)
+            warnings.warn(f"embedding cache: dropped broken shard {shard} ({str(exc)[:120]}); its texts will be "
+                          "embedded again", stacklevel=3)
+            for path in (shard, keys_file):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            return None
+        return dict(zip(keys, mat, strict=True))
 
     def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         index = self._load()
@@ -220,9 +262,10 @@ class EmbeddingCache:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         stem = self.dir / f"{time.time_ns()}-{os.getpid()}"
-        # JSON first: a shard without its key list is ignored, never half-read.
-        stem.with_suffix(".json").write_text(json.dumps(list(hashes)))
-        save_file({"embeddings": np.ascontiguousarray(matrix, dtype=np.float32)}, str(stem) + ".safetensors")
+        # Keys first, each file written atomically: a shard is visible only complete, with its key list.
+        atomic.write_text(stem.with_suffix(".json"), json.dumps(list(hashes)))
+        mat = np.ascontiguousarray(matrix, dtype=np.float32)
+        atomic.write_with(Path(str(stem) + ".safetensors"), lambda tmp: save_file({"embeddings": mat}, tmp))
 
 
 def embed_texts(backbone: Backbone, items: Sequence[tuple[str, str | None]], cache: EmbeddingCache | None = None,
@@ -313,8 +356,7 @@ class PairFeatures:
                        "scale": scale.astype(np.float32), "index": index.reshape(-1).astype(np.int32)}
         else:
             tensors = {k: np.ascontiguousarray(getattr(self, k), dtype=dtype) for k in ("prompt", "chosen", "rejected")}
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=meta)
+        atomic.write_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path) -> PairFeatures:
@@ -374,8 +416,10 @@ def embed_pairs(pairs: Sequence[PreferencePair], backbone: Backbone | BackboneSp
 
 
 def load_features_or_pairs(path: str | Path, skip_bad: bool = False, backbone: BackboneSpec | None = None,
-                           cache_dir: str | Path | None = "default", progress: ProgressFn | None = None) -> PairFeatures:
-    """A features file is used as is; a data file is loaded and embedded (through the cache)."""
+                           cache_dir: str | Path | None = "default", progress: ProgressFn | None = None,
+                           on_loaded: Callable | None = None) -> PairFeatures:
+    """A features file is used as is; a data file is loaded and embedded (through the cache).
+    `on_loaded(LoadResult)` sees a data file's load (e.g. to report the rows that --skip-bad dropped)."""
     from .data import load_pairs
 
     if str(path).endswith(".safetensors"):
@@ -386,4 +430,7 @@ def load_features_or_pairs(path: str | Path, skip_bad: bool = False, backbone: B
         shipped = default_dataset_path().parent / "features.safetensors"
         if shipped.is_file():  # the default data ships embedded (make default-artifacts)
             return PairFeatures.load(shipped)
-    return embed_pairs(load_pairs(path, skip_bad=skip_bad).pairs, backbone, cache_dir, progress)
+    res = load_pairs(path, skip_bad=skip_bad)
+    if on_loaded is not None:
+        on_loaded(res)
+    return embed_pairs(res.pairs, backbone, cache_dir, progress)

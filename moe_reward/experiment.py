@@ -80,6 +80,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import atomic
 from .analysis import evaluate
 from .data import check_split_field, pair_key, split_pairs
 from .describe import describe_experts
@@ -712,8 +713,8 @@ def make_figures(results: dict) -> dict:
 def write_outputs(results: dict, out: str | Path, figures: bool = True) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(results_markdown(results))
+    atomic.write_text(out / "results.json", json.dumps(results, indent=2))
+    atomic.write_text(out / "results.md", results_markdown(results))
     if figures:
         try:
             import kaleido  # noqa: F401  (PNG export only when it is installed)
@@ -723,7 +724,7 @@ def write_outputs(results: dict, out: str | Path, figures: bool = True) -> Path:
             png = False
         for name, fig in make_figures(results).items():
             # "directory": one plotly.min.js beside the pages, so they open offline.
-            fig.write_html(out / f"{name}.html", include_plotlyjs="directory")
+            atomic.write_with(out / f"{name}.html", lambda tmp, fig=fig: fig.write_html(tmp, include_plotlyjs="directory"))
             if png:
-                fig.write_image(out / f"{name}.png")
+                atomic.write_bytes(out / f"{name}.png", fig.to_image(format="png"))
     return out

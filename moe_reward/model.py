@@ -21,17 +21,67 @@ Kinds (all share this interface, so every analysis, adapter and page works on ea
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import numbers
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from . import atomic
+from .limits import (
+    MAX_CONFIG_BYTES,
+    MAX_DIM,
+    MAX_EXPERTS,
+    MAX_MAX_LENGTH,
+    MAX_METRICS_BYTES,
+    MAX_PARAMETERS,
+    MAX_VOCABULARY,
+)
 
 MODEL_KINDS = ("sparse", "dense", "single", "drm", "micro")
 ROUTED_KINDS = ("sparse", "dense", "micro")  # kinds whose routing depends on the prompt
 ROUTER_CHANNELS = ("pooled", "lexical", "attention")  # what the router may read (see router_inputs.py)
+POOLINGS = ("auto", "mean", "last")
+
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+class CheckpointError(ValueError):
+    """A saved model directory that cannot be used; the message names the file and what is wrong with it."""
+
+
+class MissingCheckpointFile(CheckpointError, FileNotFoundError):
+    """A saved model directory without one of its files."""
+
+
+def _type_ok(value: object, annotation: str) -> bool | None:
+    """Whether `value` fits a dataclass field's annotation (None: an annotation this check does not know)."""
+    if annotation == "bool":
+        return isinstance(value, bool)
+    if annotation == "int":  # numbers.Integral: numpy integers too
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if annotation == "float":
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if annotation == "str":
+        return isinstance(value, str)
+    if annotation == "dict":
+        return isinstance(value, dict)
+    if annotation == "list[str]":
+        return isinstance(value, list) and all(isinstance(x, str) for x in value)
+    return None
+
+
+_TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "text",
+               "dict": "an object", "list[str]": "a list of texts"}
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_channels(spec: str) -> tuple[str, ...]:
@@ -62,6 +112,11 @@ class ModelConfig:
     backbone: dict = field(default_factory=dict)  # how the inputs were embedded (name, pooling, max_length)
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # types first: a config.json may hold anything
+            value = getattr(self, f.name)
+            if _type_ok(value, str(f.type)) is False:
+                what = _TYPE_NAMES.get(str(f.type), str(f.type))
+                raise ValueError(f"{f.name} must be {what}, got {type(value).__name__} {_short(value)}")
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if self.kind == "single":
@@ -80,6 +135,39 @@ class ModelConfig:
             self.router_input = "+".join(parse_channels(self.router_input))
         if self.attention_queries < 1 or self.max_prompt_tokens < 1:
             raise ValueError("attention_queries and max_prompt_tokens must be >= 1")
+        self._check_bounds()
+
+    def _check_bounds(self) -> None:
+        """Sizes are bounded before any tensor is allocated (a config from a file may ask for terabytes)."""
+        for name, limit in (("num_experts", MAX_EXPERTS), ("input_dim", MAX_DIM), ("hidden_dim", MAX_DIM),
+                            ("attention_queries", 256), ("max_prompt_tokens", MAX_MAX_LENGTH)):
+            if getattr(self, name) > limit:
+                raise ValueError(f"{name} must be <= {limit}, got {getattr(self, name)}")
+        if len(self.lexical_vocabulary) > MAX_VOCABULARY:
+            raise ValueError(f"lexical_vocabulary must have <= {MAX_VOCABULARY} terms, got {len(self.lexical_vocabulary)}")
+        size = self.approximate_size()
+        if size > MAX_PARAMETERS:
+            raise ValueError(f"a model of about {size} values (num_experts {self.num_experts}, input_dim "
+                             f"{self.input_dim}, hidden_dim {self.hidden_dim}, {len(self.lexical_vocabulary)} "
+                             f"lexical terms), more than the limit of {MAX_PARAMETERS}")
+        b = self.backbone
+        if "backbone" in b and not (isinstance(b["backbone"], str) and b["backbone"].strip()):
+            raise ValueError(f"backbone.backbone must be a model name or path, got {_short(b['backbone'])}")
+        if "pooling" in b and b["pooling"] not in POOLINGS:
+            raise ValueError(f"backbone.pooling must be one of {POOLINGS}, got {_short(b['pooling'])}")
+        for key, limit in (("max_length", MAX_MAX_LENGTH), ("dim", MAX_DIM)):
+            if key in b and not (_type_ok(b[key], "int") and 1 <= b[key] <= limit):
+                raise ValueError(f"backbone.{key} must be an integer in [1, {limit}], got {_short(b[key])}")
+
+    def approximate_size(self) -> int:
+        """About how many values a model of this config holds (expert heads and router), computed before
+        anything is allocated; the exact tensors are checked against the file on load."""
+        k, d, h = self.num_experts, self.input_dim, self.hidden_dim
+        heads = k * d * h + 2 * k * h if h else k * d
+        if self.kind not in ROUTED_KINDS:
+            return heads + k + 3 * d
+        width = d + len(self.lexical_vocabulary) + (self.attention_queries * d if "attention" in self.router_input else 0)
+        return heads + (k + 2) * width + 3 * d
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -266,27 +354,47 @@ class SparseMoERewardModel(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:
-        """``config.json`` + ``model.safetensors`` (+ ``metrics.json``): nothing here is pickled."""
+        """``config.json`` + ``model.safetensors`` (+ ``metrics.json``): nothing here is pickled. Each file is
+        written atomically (a full disk or a crash leaves the previous file, never a truncated one); the
+        tensors go first, so a new directory interrupted half-way has no config.json and is no model yet.
+        (Overwriting a model, a crash between two files can pair old and new files: `from_pretrained`
+        then reports the mismatch, naming the file.)"""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(out / "model.safetensors"))
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic.write_with(out / "model.safetensors", lambda tmp: save_file(tensors, tmp))
+        atomic.write_text(out / "config.json", json.dumps(asdict(self.config), indent=2))
         if metrics is not None:
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            atomic.write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         return out
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> SparseMoERewardModel:
+        """Load a saved model, checking everything before use: the config's types and bounds, then the
+        tensors' names, shapes and dtypes against what the config implies (read from the file's header,
+        before any tensor is loaded), then that every value is finite. Raises `CheckpointError` (a
+        ValueError) naming the file."""
         src = Path(directory)
-        for name in ("config.json", "model.safetensors"):
-            if not (src / name).is_file():
-                raise FileNotFoundError(f"{src}: not a saved model (missing {name})")
-        try:
-            config = ModelConfig(**json.loads((src / "config.json").read_text()))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{src / 'config.json'}: {exc}") from exc
-        model = cls(config)
-        model.load_state_dict(load_file(str(src / "model.safetensors")))
+        config = read_config(src)
+        path = src / "model.safetensors"
+        if not path.is_file():
+            raise MissingCheckpointFile(f"{src}: not a saved model (missing model.safetensors)")
+        with _open_tensors(path) as fh:
+            header = _tensor_header(fh, path)
+            held = sum(math.prod(shape) for shape, _ in header.values())
+            # The model is built for real (a meta-device skeleton would import torch._dynamo, ~1 s), so its
+            # size is first checked against what the file holds: a config cannot make us allocate far more.
+            if config.approximate_size() > 4 * held + (1 << 20):
+                raise CheckpointError(f"{src / 'config.json'}: describes a model of about {config.approximate_size()} "
+                                      f"values, but {path.name} holds {held}")
+            try:
+                model = cls(config)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"{src / 'config.json'}: {exc}") from None
+            expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+            _check_header(path, header, expected)
+            state = _read_tensors(fh, path, list(expected))
+        model.load_state_dict(state)
         return model.eval()
 
     def describe(self) -> str:
@@ -297,9 +405,119 @@ class SparseMoERewardModel(nn.Module):
         return f"{c.kind} ({route[c.kind]}, {'MLP' if c.hidden_dim else 'linear'} heads, input {c.input_dim}-d{router})"
 
 
+def _read_json_file(path: Path, limit: int) -> object:
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise CheckpointError(f"{path}: {size} bytes, more than the limit of {limit}")
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except CheckpointError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        truncated = exc.msg.startswith("Unterminated") or exc.pos >= len(exc.doc) - 1
+        raise CheckpointError(f"{path}: bad JSON at line {exc.lineno} column {exc.colno}: "
+                              f"{exc.msg.removesuffix(' starting at')}" + (" (truncated file?)" if truncated else "")) from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def read_config(directory: str | Path) -> ModelConfig:
+    """A saved model's ``config.json``, checked (types, bounds); `CheckpointError` names the file."""
+    src = Path(directory)
+    path = src / "config.json"
+    if not path.is_file():
+        raise MissingCheckpointFile(f"{src}: not a saved model (missing config.json)")
+    raw = _read_json_file(path, MAX_CONFIG_BYTES)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(k for k in raw if k not in known)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown field {_short(unknown[0])} (known: {', '.join(sorted(known))})")
+    try:
+        return ModelConfig(**raw)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+class _open_tensors:
+    """``with _open_tensors(path) as fh``: safetensors' reader; a corrupt file is a CheckpointError."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        from safetensors import safe_open
+
+        try:
+            size = self.path.stat().st_size
+            if size == 0:
+                raise CheckpointError(f"{self.path}: empty file")
+            if size > 8 * MAX_PARAMETERS + (1 << 24):
+                raise CheckpointError(f"{self.path}: {size} bytes, more than a model within the limits can hold")
+            self.ctx = safe_open(str(self.path), framework="pt")
+            return self.ctx.__enter__()
+        except CheckpointError:
+            raise
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
+        except Exception as exc:  # noqa: BLE001 (safetensors raises its own error type for corrupt files)
+            raise CheckpointError(f"{self.path}: not a readable safetensors file ({str(exc)[:200]})") from None
+
+    def __exit__(self, *exc) -> None:
+        self.ctx.__exit__(*exc)
+
+
+def _tensor_header(fh, path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Names -> (shape, dtype) from the file's header: nothing is loaded yet."""
+    try:
+        return {k: (tuple(fh.get_slice(k).get_shape()), fh.get_slice(k).get_dtype()) for k in fh.keys()}  # noqa: SIM118
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc)[:200]})") from None
+
+
+def _check_header(path: Path, header: dict[str, tuple[tuple[int, ...], str]], expected: dict[str, tuple[int, ...]]) -> None:
+    """The file's tensors against the model's: names, shapes, float dtypes (generic: any parameter or buffer)."""
+    problems = [f"missing tensor {name!r}" for name in sorted(set(expected) - set(header))]
+    problems += [f"unexpected tensor {name!r}" for name in sorted(set(header) - set(expected))]
+    for name in sorted(set(header) & set(expected)):
+        (shape, dtype), want = header[name], expected[name]
+        if shape != want:
+            problems.append(f"tensor {name!r} has shape {list(shape)}, config.json implies {list(want)}")
+        elif dtype not in FLOAT_DTYPES:
+            problems.append(f"tensor {name!r} has dtype {dtype}, expected a float type")
+    if problems:
+        more = f" (and {len(problems) - 3} more problems)" if len(problems) > 3 else ""
+        raise CheckpointError(f"{path}: " + "; ".join(problems[:3]) + more)
+
+
+def _read_tensors(fh, path: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors, each finite (and every ``*scale`` divisor positive)."""
+    try:
+        state = {name: fh.get_tensor(name) for name in names}
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc)[:200]})") from None
+    for name, value in state.items():
+        if not torch.isfinite(value).all():
+            raise CheckpointError(f"{path}: tensor {name!r} has NaN or infinite values")
+        if name.endswith("scale") and not (value > 0).all():
+            raise CheckpointError(f"{path}: tensor {name!r} (a divisor) has values <= 0")
+    return state
+
+
 def load_metrics(directory: str | Path) -> dict:
+    """A saved model's ``metrics.json`` ({} when it has none); `CheckpointError` names a broken file."""
     path = Path(directory) / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    raw = _read_json_file(path, MAX_METRICS_BYTES)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return raw
 
 
 def entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -28,11 +28,16 @@ what the model computes with the profile).
 
 from __future__ import annotations
 
+import json
+import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+
+from .limits import MAX_ADAPTER_STEPS, MAX_EXPERTS, MAX_PROFILE_BYTES, MAX_PROFILE_LABELS
 
 ADAPTERS = ("hedge", "batch", "gradient", "signed")
 PROFILE_FORMAT = "moe-reward-profile/1"
@@ -212,15 +217,22 @@ class Adapter:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> Adapter:
-        """Rebuild an adapter (labels included, so undo/fit keep working) by replaying its labels."""
-        if d.get("format", PROFILE_FORMAT) != PROFILE_FORMAT:
-            raise ValueError(f"not a profile: format {d.get('format')!r}")
-        adapter = make_adapter(d["name"], int(d["num_experts"]), d.get("initial_weights"), **d.get("params", {}))
-        labels = d.get("labels") or {}
-        if labels.get("expert_margins"):
-            adapter.fit(np.asarray(labels["expert_margins"]), labels.get("pair_ids"),
-                        None if labels.get("router_logits") is None else np.asarray(labels["router_logits"]))
+    def from_dict(cls, d: dict, source: str = "profile") -> Adapter:
+        """Rebuild an adapter (labels included, so undo/fit keep working) by replaying its labels.
+
+        `d` may come from an uploaded file: every size is checked before anything is allocated (an
+        absurd `num_experts` fails at once) and every number must be finite; a ValueError names `source`
+        and the field."""
+        check_profile(d, source)
+        try:
+            adapter = make_adapter(d["name"], int(d["num_experts"]), d.get("initial_weights"), **d.get("params", {}))
+            labels = d.get("labels") or {}
+            if labels.get("expert_margins"):
+                adapter.fit(np.asarray(labels["expert_margins"], dtype=np.float64), labels.get("pair_ids"),
+                            None if labels.get("router_logits") is None
+                            else np.asarray(labels["router_logits"], dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: {exc}") from None
         return adapter
 
     # -- helpers
@@ -442,6 +454,107 @@ def make_adapter(name: str, num_experts: int, initial_weights=None, **params) ->
     if name not in ADAPTER_CLASSES:
         raise ValueError(f"adapter must be one of {ADAPTERS}, got {name!r}")
     return ADAPTER_CLASSES[name](num_experts, initial_weights, **params)
+
+
+# ----------------------------------------------------------------------------- profile files
+
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_vector(value: object, k: int, what: str, source: str, positive: bool = False,
+                  nonnegative: bool = False) -> None:
+    if not isinstance(value, list) or len(value) != k:
+        got = f"{len(value)} values" if isinstance(value, list) else type(value).__name__
+        raise ValueError(f"{source}: {what} must be a list of {k} numbers (one per expert), got {got}")
+    for i, x in enumerate(value):
+        if not _is_number(x):
+            raise ValueError(f"{source}: {what}[{i}] is not a finite number: {str(x)[:30]!r}")
+        if (positive and x <= 0) or (nonnegative and x < 0):
+            raise ValueError(f"{source}: {what}[{i}] must be {'> 0' if positive else '>= 0'}, got {x}")
+
+
+
+
+def parse_profile(data: bytes, source: str = "profile") -> dict:
+    """A profile file's bytes (an upload, `personalize --profile-out`) -> its checked dict; a ValueError
+    names `source` for anything wrong (too large, not UTF-8, bad or too deeply nested JSON, bad fields).
+    Pass the result to `Adapter.from_dict`."""
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ValueError(f"{source}: {len(data)} bytes, more than the limit of {MAX_PROFILE_BYTES} for a profile")
+    try:
+        d = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{source}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise ValueError(f"{source}: JSON nested too deeply") from None
+    check_profile(d, source)
+    return d
+
+
+def check_profile(d: object, source: str = "profile") -> None:
+    """Validate a profile dict (`Adapter.to_dict`'s format) before it is used: types, lengths, bounds and
+    finite numbers. Raises ValueError naming `source` and the field."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(d).__name__}")
+    if d.get("format", PROFILE_FORMAT) != PROFILE_FORMAT:
+        raise ValueError(f"{source}: not a profile: format {str(d.get('format'))[:40]!r}")
+    name = d.get("name")
+    if name not in ADAPTERS:
+        raise ValueError(f"{source}: name must be one of {ADAPTERS}, got {str(name)[:40]!r}")
+    k = d.get("num_experts")
+    if not (isinstance(k, numbers.Integral) and not isinstance(k, bool) and 1 <= k <= MAX_EXPERTS):
+        raise ValueError(f"{source}: num_experts must be an integer in [1, {MAX_EXPERTS}], got {str(k)[:40]!r}")
+    if d.get("initial_weights") is not None:
+        _check_vector(d["initial_weights"], k, "initial_weights", source, nonnegative=True)
+    if d.get("weights") is not None:
+        _check_vector(d["weights"], k, "weights", source)
+    params = d.get("params", {})
+    if not isinstance(params, dict):
+        raise ValueError(f"{source}: params must be an object, got {type(params).__name__}")
+    defaults = ADAPTER_CLASSES[name].defaults
+    for key, value in params.items():
+        if key == "margin_scale":
+            if value is not None:
+                _check_vector(value, k, "params.margin_scale", source, positive=True)
+            continue
+        if key not in defaults:
+            raise ValueError(f"{source}: params.{str(key)[:40]}: unknown parameter of the {name} adapter "
+                             f"(known: {', '.join(sorted(defaults))})")
+        default = defaults[key]
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise ValueError(f"{source}: params.{key} must be text, got {type(value).__name__}")
+        elif value is not None or default is not None:
+            if value is None and key != "top_k":
+                raise ValueError(f"{source}: params.{key} must be a number, got null")
+            if value is not None and not _is_number(value):
+                raise ValueError(f"{source}: params.{key} must be a finite number, got {str(value)[:30]!r}")
+    steps = params.get("steps")
+    if steps is not None and not (float(steps).is_integer() and 1 <= steps <= MAX_ADAPTER_STEPS):
+        raise ValueError(f"{source}: params.steps must be an integer in [1, {MAX_ADAPTER_STEPS}], got {steps}")
+    labels = d.get("labels")
+    if labels is None:
+        return
+    if not isinstance(labels, dict):
+        raise ValueError(f"{source}: labels must be an object, got {type(labels).__name__}")
+    margins, ids, logits = labels.get("expert_margins") or [], labels.get("pair_ids"), labels.get("router_logits")
+    if not isinstance(margins, list) or len(margins) > MAX_PROFILE_LABELS:
+        raise ValueError(f"{source}: labels.expert_margins must be a list of at most {MAX_PROFILE_LABELS} rows")
+    for i, row in enumerate(margins):
+        _check_vector(row, k, f"labels.expert_margins[{i}]", source)
+    if ids is not None and not (isinstance(ids, list) and len(ids) == len(margins)
+                                and all(isinstance(x, str) for x in ids)):
+        raise ValueError(f"{source}: labels.pair_ids must be a list of {len(margins)} texts (one per label)")
+    if logits is not None:
+        if not isinstance(logits, list) or len(logits) != len(margins):
+            raise ValueError(f"{source}: labels.router_logits must be null or a list of {len(margins)} rows")
+        for i, row in enumerate(logits):
+            _check_vector(row, k, f"labels.router_logits[{i}]", source)
 
 
 # ----------------------------------------------------------------------------- priors and inputs

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import atomic
 from .analysis import evaluate
-from .data import Splits, split_pairs
+from .data import LoadResult, Splits, split_pairs, split_value
 from .embed import (
     Backbone,
     BackboneSpec,
@@ -54,21 +55,32 @@ def split_features(features: PairFeatures, validation: float, test: float, seed:
 
 
 def train_from_data(req: TrainRequest, out: str | Path | None, stage: StageFn | None = None,
-                    features: PairFeatures | None = None) -> tuple[SparseMoERewardModel, dict]:
-    """Load (or reuse) features, split by prompt, train, evaluate on the held-out test split, save."""
+                    features: PairFeatures | None = None,
+                    on_loaded: Callable[[LoadResult], None] | None = None) -> tuple[SparseMoERewardModel, dict]:
+    """Load (or reuse) features, split by prompt, train, evaluate on the held-out test split, save.
+    `on_loaded` sees the data file's load result (rows dropped by ``skip_bad`` are also in the metrics)."""
     say = stage or (lambda _msg, _frac: None)
     t0 = time.perf_counter()
+    skipped: dict = {}
+
+    def loaded(res: LoadResult) -> None:
+        skipped.update(rows=res.rows, skipped=len(res.errors), first=[str(e) for e in res.errors[:5]])
+        if on_loaded is not None:
+            on_loaded(res)
+
     if features is None:
         say("embedding", 0.0)
         features = load_features_or_pairs(
             req.data, skip_bad=req.skip_bad, backbone=BackboneSpec(req.backbone, max_length=req.max_length),
             progress=lambda done, total: say(f"embedding {done}/{total} texts", 0.5 * done / max(total, 1)),
+            on_loaded=loaded,
         )
     if req.exclude_user_pairs:
         features = features.subset([i for i, p in enumerate(features.pairs) if p.user is None])
         if not len(features):
             raise ValueError(f"{req.data}: every pair has a user; nothing left to train on without them")
     splits, parts = split_features(features, req.validation, req.test, req.split_seed, req.split_by)
+    check_training_split(req, features, {name: len(part) for name, part in parts.items()})
     cfg = req.train or TrainConfig.for_kind(req.kind)
     mcfg = ModelConfig(kind=req.kind, input_dim=features.dim, num_experts=req.experts, top_k=req.top_k,
                        hidden_dim=req.hidden_dim, backbone=dict(features.metadata), router_input=req.router_input)
@@ -86,6 +98,7 @@ def train_from_data(req: TrainRequest, out: str | Path | None, stage: StageFn | 
     held_out = parts["test"] if len(parts["test"]) else parts["validation"]
     metrics = {
         "data": str(req.data),
+        "load": skipped,  # rows read and rows dropped by skip_bad (empty for a features file)
         "request": {k: v for k, v in asdict(req).items() if k != "train"},
         "train_config": asdict(cfg),
         "splits": {name: len(getattr(splits, name)) for name in ("train", "validation", "test")},
@@ -105,7 +118,7 @@ def train_from_data(req: TrainRequest, out: str | Path | None, stage: StageFn | 
                                                             metrics["test_subset"]),) if w]
     if out is not None:
         result.model.save_pretrained(out, metrics)
-        (Path(out) / "split_ids.json").write_text(json.dumps({n: parts[n].ids for n in parts}))
+        atomic.write_text(Path(out) / "split_ids.json", json.dumps({n: parts[n].ids for n in parts}))
     say("done", 1.0)
     return result.model, metrics
 
@@ -137,6 +150,46 @@ def small_sample_warning(n_pairs: int, accuracy: float | None, subset: str = "te
             "means as little")
 
 
+MIN_TRAINING_PAIRS = 2
+MAX_SPLIT_FILE_BYTES = 512 * 1024 * 1024
+
+
+def check_training_split(req: TrainRequest, features: PairFeatures, sizes: dict[str, int]) -> None:
+    """Say precisely why a split leaves too few pairs to train on, and how to fix it."""
+    if sizes["train"] >= MIN_TRAINING_PAIRS:
+        return
+    n_pairs, n_values = len(features), len({split_value(p, req.split_by) for p in features.pairs})
+    by = req.split_by or "prompt"
+    held = f"validation {req.validation:g} and test {req.test:g}"
+    fix = ("add data" if n_pairs < MIN_TRAINING_PAIRS else
+           f"pass --validation 0 --test 0 to train on all {n_pairs} pairs (no held-out evaluation), or add data")
+    raise ValueError(f"{req.data}: {n_pairs} pairs over {n_values} distinct {by} values; the split ({held}, at "
+                     f"least one {by} value on each held-out side) left {sizes['train']} training pairs "
+                     f"(validation {sizes['validation']}, test {sizes['test']}) and training needs at least "
+                     f"{MIN_TRAINING_PAIRS}: {fix}")
+
+
+def load_split_ids(directory: str | Path) -> dict[str, list[str]]:
+    """A saved model's ``split_ids.json`` (pair ids per split), checked; a clear error names the file."""
+    path = Path(directory) / "split_ids.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: no saved split (the model was not trained by `moe-reward train`); use --split all")
+    size = path.stat().st_size
+    if size > MAX_SPLIT_FILE_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than the limit of {MAX_SPLIT_FILE_BYTES}")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{path}: not a readable split file ({str(exc)[:120]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object with train, validation and test id lists")
+    for name in ("train", "validation", "test"):
+        ids = data.get(name)
+        if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
+            raise ValueError(f"{path}: {name}: expected a list of pair ids")
+    return {name: data[name] for name in ("train", "validation", "test")}
+
+
 def load_model(directory: str | Path) -> SparseMoERewardModel:
     return SparseMoERewardModel.from_pretrained(directory)
 
@@ -152,9 +205,10 @@ def backbone_for(model: SparseMoERewardModel) -> Backbone:
     return Backbone(backbone_spec_for(model))
 
 
-def features_for_model(model: SparseMoERewardModel, data: str | Path, skip_bad: bool = False) -> PairFeatures:
+def features_for_model(model: SparseMoERewardModel, data: str | Path, skip_bad: bool = False,
+                       on_loaded: Callable[[LoadResult], None] | None = None) -> PairFeatures:
     """A data or features file as the model sees it: embedded (through the cache) with its own backbone."""
-    return load_features_or_pairs(data, skip_bad=skip_bad, backbone=backbone_spec_for(model))
+    return load_features_or_pairs(data, skip_bad=skip_bad, backbone=backbone_spec_for(model), on_loaded=on_loaded)
 
 
 @dataclass

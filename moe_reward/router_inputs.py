@@ -23,10 +23,12 @@ kinds) lets training choose among `AUTO_CANDIDATES` by validation likelihood (`t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from scipy import sparse
 
+from . import atomic
 from .embed import Backbone, BackboneSpec, PairFeatures, default_cache_dir
 from .model import RouterBatch, parse_channels
 
@@ -114,17 +117,31 @@ class TokenStateCache:
             self._index = {}
             if self.dir and self.dir.exists():
                 for shard in sorted(self.dir.glob("*.safetensors")):
-                    try:
-                        keys = json.loads(shard.with_suffix(".json").read_text())
-                        tensors = load_file(shard)
-                        states, lengths = tensors["states"], tensors["lengths"]
-                        if len(keys) != len(states) or len(lengths) != len(states):
-                            continue
-                    except Exception:  # noqa: BLE001 (a broken shard is recomputed, never fatal)
-                        continue
-                    for h, s, n in zip(keys, states, lengths, strict=True):
-                        self._index[h] = s[: int(n)]
+                    self._index.update(self._read_shard(shard))
         return self._index
+
+    @staticmethod
+    def _read_shard(shard: Path) -> dict[str, np.ndarray]:
+        """One shard's token states; a broken shard is deleted with a warning (and recomputed when needed)."""
+        keys_file = shard.with_suffix(".json")
+        if not keys_file.exists():
+            return {}  # a writer between its two renames (the keys go first): not a shard yet
+        try:
+            keys = json.loads(keys_file.read_text(encoding="utf-8"))
+            tensors = load_file(shard)
+            states, lengths = tensors["states"], tensors["lengths"]
+            if not isinstance(keys, list) or states.ndim != 3 or not len(keys) == len(states) == len(lengths):
+                raise ValueError(f"{len(keys) if isinstance(keys, list) else 'no'} keys for states {states.shape}")
+            if not np.isfinite(states).all() or (lengths < 0).any() or (lengths > states.shape[1]).any():
+                raise ValueError("NaN, infinite values or impossible lengths")
+        except Exception as exc:  # noqa: BLE001 (any broken shard is dropped and recomputed, never fatal)
+            warnings.warn(f"token-state cache: dropped broken shard {shard} ({str(exc)[:120]}); its prompts will be "
+                          "read again", stacklevel=3)
+            for path in (shard, keys_file):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            return {}
+        return {h: s[: int(n)] for h, s, n in zip(keys, states, lengths, strict=True)}
 
     def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         index = self._load()
@@ -140,12 +157,9 @@ class TokenStateCache:
         for i, s in enumerate(states):
             padded[i, : len(s)] = s
         stem = self.dir / f"{time.time_ns()}-{os.getpid()}"
-        tmp = stem.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(list(hashes)))
-        os.replace(tmp, stem.with_suffix(".json"))
-        tmp = Path(str(stem) + ".safetensors.tmp")
-        save_file({"states": padded, "lengths": np.array([len(s) for s in states], np.int32)}, str(tmp))
-        os.replace(tmp, Path(str(stem) + ".safetensors"))
+        atomic.write_text(stem.with_suffix(".json"), json.dumps(list(hashes)))  # keys first: see _read_shard
+        tensors = {"states": padded, "lengths": np.array([len(s) for s in states], np.int32)}
+        atomic.write_with(Path(str(stem) + ".safetensors"), lambda tmp: save_file(tensors, tmp))
 
 
 def head_and_tail(ids: list[int], budget: int) -> list[int]:

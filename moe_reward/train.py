@@ -590,12 +590,10 @@ def _build(model_config: ModelConfig, train: PairFeatures, validation: PairFeatu
         report["context_helps"] = fit.context_helps
         if fit.context_helps is False:
             # The prompt does not predict the preference (on validation pairs) beyond what every prompt
-            # shares: every expert starts as that shared head, i.e. as a single-head model, and training
-            # has to earn any specialization on the validation loss.
+            # shares: every expert starts as the single-head model trained the same way (the `single`
+            # baseline), and training has to earn any specialization on the validation loss.
             report["warm_start"] = "global"
-            if not model.config.hidden_dim:
-                with torch.no_grad():
-                    model.head.copy_(fit.w0.expand_as(model.head))
+            _start_as_single_head(model, train, validation, cfg)
         else:
             report["warm_start"] = "clusters"
             diff = _diff(model, train, rows)
@@ -607,6 +605,21 @@ def _build(model_config: ModelConfig, train: PairFeatures, validation: PairFeatu
                 report["head_l2"] = _init_heads(model, diff, assign, fit.w0, validation, cfg)
     report.pop("rows", None)
     return model, data, report
+
+
+def _start_as_single_head(model: SparseMoERewardModel, train: PairFeatures, validation: PairFeatures | None,
+                          cfg: TrainConfig) -> None:
+    """Copy a trained single Bradley-Terry head (same data, schedule and checkpoint rule as `single`) into
+    every expert: the routed model then starts as that model, whatever the routing."""
+    single_cfg = replace(model.config, kind="single", num_experts=1, top_k=1, router_input="pooled",
+                         lexical_vocabulary=[], expert_names=[])
+    overrides = {name: getattr(cfg, name) for name in ("epochs", "min_steps", "batch_size", "lr", "seed", "patience",
+                                                         "num_threads")}
+    single = _train(train, validation, single_cfg, TrainConfig.for_kind("single", **overrides), None).model
+    with torch.no_grad():
+        for name, param in single.named_parameters():
+            if name in ("head", "hidden", "hidden_bias"):
+                getattr(model, name).copy_(param.detach().expand_as(getattr(model, name)))
 
 
 CLUSTER_COUNTS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -708,7 +721,8 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
     start_row: dict = {"epoch": 0}
     score = evaluate_epoch(0, start_row) if val_router is not None else math.inf
     history.append(start_row)
-    best = (score, 0, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    warm = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best = (score, 0, warm)
     step = 0
     select_from = cfg.select_after * anneal_steps if cfg.specialization_weight else 0
     for epoch in range(1, epochs + 1):
@@ -744,6 +758,17 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
         elif epoch - best[1] >= max(cfg.patience, epochs // 10) and epoch >= epochs * cfg.min_epochs_fraction:
             break
     model.load_state_dict(best[2])
+    if report.get("warm_start") and best[1] and val_router is not None:
+        # A discovery warm start is kept unless training beats it by more than one standard error of the
+        # per-pair validation gain: a smaller gain is noise, and the warm start is the simpler model.
+        trained = pair_losses(model, validation, val_router)
+        model.load_state_dict(warm)
+        gain = pair_losses(model, validation, val_router) - trained
+        if float(gain.mean()) > float(gain.std()) / len(gain) ** 0.5:
+            model.load_state_dict(best[2])
+        else:
+            report["kept_warm_start"] = f"epoch {best[1]} was better by {float(gain.mean()):.4f}, within one standard error"
+            best = (best[0], 0, warm)
     model.eval()
     return TrainResult(model, history, best_epoch=best[1], seconds=time.perf_counter() - start,
                        epochs_planned=epochs, discovery=report)

@@ -130,10 +130,13 @@ def test_missing_file_and_unknown_format(tmp_path):
         load_pairs(write(tmp_path, "x.txt", "hi"))
 
 
-def test_duplicate_ids_are_made_unique(tmp_path):
+def test_duplicate_ids_are_reported_not_renamed(tmp_path):
     rows = [dict(ROWS[0]), dict(ROWS[1], id="a")]
-    ids = [p.id for p in load_pairs(write(tmp_path, "d.jsonl", "\n".join(map(json.dumps, rows)))).pairs]
-    assert ids == ["a", "a#1"]
+    path = write(tmp_path, "d.jsonl", "\n".join(map(json.dumps, rows)))
+    with pytest.raises(DataError, match=r"d.jsonl:2: id: duplicate id 'a' \(first on line 1\)"):
+        load_pairs(path)
+    res = load_pairs(path, skip_bad=True)  # the first row of an id is kept
+    assert [p.chosen for p in res.pairs] == ["4"] and res.skipped == 1
 
 
 def test_split_is_deterministic_and_keeps_prompts_together():

@@ -13,10 +13,13 @@ from tqdm.auto import tqdm
 
 # Sub-command modules of this package; each exposes `register(subparsers)`.
 EXTRA_COMMANDS = ("personalize", "experiment", "explore", "report")
+# personalize.ADAPTERS, without importing torch to build the parser (tests/test_personalize.py checks it)
+ADAPTER_NAMES = ("hedge", "batch", "gradient", "signed")
 
 
 def _progress_bar(desc: str):
-    bar = tqdm(total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}] {postfix}")
+    bar = tqdm(total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}] {postfix}",
+               disable=not sys.stderr.isatty())  # quiet when the output is not a terminal
 
     def stage(msg: str, frac: float) -> None:
         bar.n = round(100 * frac)
@@ -27,19 +30,21 @@ def _progress_bar(desc: str):
 
 
 def cmd_validate(args) -> int:
-    from ..data import DataError, load_pairs
+    from ..data import validate_file
 
-    try:
-        res = load_pairs(args.data, skip_bad=True)
-    except DataError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    for err in res.errors:
-        print(err)
-    groups = sorted({p.group for p in res.pairs if p.group})
-    users = sorted({p.user for p in res.pairs if p.user})
-    print(f"{len(res.pairs)} valid pairs, {len(res.errors)} malformed rows; {len(groups)} groups, {len(users)} users")
-    return 1 if res.errors else 0
+    # One streaming pass: each problem is printed as it is found (duplicate ids at the end).
+    rep = validate_file(args.data, on_error=print)
+    kind = " (HelpSteer2-style rows: pairs made per attribute)" if rep.helpsteer else ""
+    print(f"{rep.source}: {rep.rows} rows, {rep.pairs} valid pairs{kind}, {rep.errors} problems; "
+          f"{rep.groups} groups, {rep.users} users")
+    return 0 if rep.ok else 1
+
+
+def _report_skipped(res) -> None:
+    """--skip-bad: say how many rows were dropped (and the first one), never drop silently."""
+    if res.errors:
+        print(f"skipped {len(res.errors)} malformed rows of {res.rows} in {res.source} (first: {res.errors[0]})",
+              file=sys.stderr)
 
 
 def cmd_embed(args) -> int:
@@ -47,8 +52,7 @@ def cmd_embed(args) -> int:
     from ..embed import BackboneSpec, embed_pairs
 
     res = load_pairs(args.data, skip_bad=args.skip_bad)
-    if res.errors:
-        print(f"skipped {len(res.errors)} malformed rows (first: {res.errors[0]})", file=sys.stderr)
+    _report_skipped(res)
     spec = BackboneSpec(args.backbone, pooling=args.pooling, max_length=args.max_length, batch_size=args.batch_size)
     feats = embed_pairs(res.pairs, spec, cache_dir=args.cache_dir or "default")
     source = None
@@ -74,12 +78,17 @@ def cmd_train(args) -> int:
                        router_input=args.router_input, split_by=args.split_by,
                        train=TrainConfig.for_kind(args.model, **overrides))
     bar, stage = _progress_bar(f"train {args.model}")
-    model, metrics = train_from_data(req, args.out, stage=stage)
-    bar.close()
+    try:
+        model, metrics = train_from_data(req, args.out, stage=stage, on_loaded=_report_skipped)
+    finally:
+        bar.close()
     t = metrics["test"]
     nmi = "n/a" if t["routing_nmi"] is None else f"{t['routing_nmi']:.3f}"
-    print(f"{model.describe()}: {metrics['test_subset']} accuracy {t['accuracy']:.4f} on {t['n_pairs']} held-out pairs, "
-          f"routing NMI {nmi}, trained in {metrics['train_seconds']:.1f}s; saved to {args.out}")
+    held_out = (f"{metrics['test_subset']} accuracy {t['accuracy']:.4f} on {t['n_pairs']} held-out pairs, "
+                f"routing NMI {nmi}" if t["n_pairs"] else
+                "no held-out pairs (--validation 0 --test 0): accuracy not measured")
+    print(f"{model.describe()}: {held_out}, trained in {metrics['train_seconds']:.1f}s on {metrics['splits']['train']} "
+          f"pairs; saved to {args.out}")
     disc = metrics.get("discovery") or {}
     if disc.get("warm_start"):
         print(f"  router reads {disc.get('router_input')}; warm start: {disc['warm_start']}"
@@ -97,26 +106,33 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from ..analysis import evaluate
-    from ..pipeline import features_for_model, load_model
+    from ..atomic import write_text
+    from ..model import load_metrics
+    from ..pipeline import features_for_model, load_model, load_split_ids
 
     model = load_model(args.model)
-    feats = features_for_model(model, args.data, skip_bad=args.skip_bad)
+    feats = features_for_model(model, args.data, skip_bad=args.skip_bad, on_loaded=_report_skipped)
     if args.split != "all":
-        ids_file = Path(args.model) / "split_ids.json"
-        if not ids_file.exists():
-            raise SystemExit(f"{ids_file}: no saved split; use --split all")
-        wanted = set(json.loads(ids_file.read_text())[args.split])
+        wanted = set(load_split_ids(args.model)[args.split])
+        n_all = len(feats)
         feats = feats.subset([i for i, p in enumerate(feats.pairs) if p.id in wanted])
+        if not len(feats):
+            source = load_metrics(args.model).get("data", "unrecorded data")
+            raise ValueError(f"{args.data}: none of its {n_all} pairs is in the {args.split} split of {args.model} "
+                             f"({len(wanted)} pair ids in split_ids.json); the model was trained on {source}. "
+                             "Evaluate on that data, or pass --split all to evaluate on every pair of this file")
     res = evaluate(model, feats, diagnostics=True)
     print(f"{res['model']}: accuracy {res['accuracy']:.4f} on {res['n_pairs']} pairs")
     for g, v in res["per_group"].items():
         print(f"  {g:24s} {v['accuracy']:.4f}  (n={v['n']})")
     if res["routing_nmi"] is not None:
-        print(f"routing NMI(top-1 expert, group) = {res['routing_nmi']:.4f}, purity {res['routing_purity']:.4f}")
+        purity = res["routing_purity"]
+        print(f"routing NMI(top-1 expert, group) = {res['routing_nmi']:.4f}, purity "
+              + ("n/a (one expert)" if purity is None else f"{purity:.4f}"))
     print("expert utilization (top-1 share): " + " ".join(f"{u:.3f}" for u in res["expert_utilization"]))
     _print_diagnostics(res.get("diagnostics"))
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        write_text(args.json, json.dumps(res, indent=2))
         print(f"wrote {args.json}")
     return 0
 
@@ -141,11 +157,7 @@ def cmd_score(args) -> int:
     model = load_model(args.model)
     weights = None
     if args.profile:
-        profile = json.loads(Path(args.profile).read_text())
-        weights = np.asarray(profile["weights"], dtype=np.float32)
-        if weights.shape != (model.num_experts,):
-            raise ValueError(f"{args.profile}: a profile over {weights.size} experts, but {args.model} has "
-                             f"{model.num_experts}; fit the profile on this model (moe-reward personalize)")
+        weights = np.asarray(read_profile_weights(args.profile, model.num_experts, args.model), dtype=np.float32)
     scored = score_texts(model, backbone_for(model), args.prompt, args.response, user_weights=weights)
     out = [s.__dict__ for s in scored]
     if args.json:
@@ -160,6 +172,24 @@ def cmd_score(args) -> int:
     for line in winner_lines(scored):
         print(line)
     return 0
+
+
+def read_profile_weights(path: str | Path, num_experts: int, model_name: str) -> list[float]:
+    """The weights of a profile file (from `personalize --profile-out`), checked against the model."""
+    from ..limits import MAX_PROFILE_BYTES
+    from ..personalize import parse_profile
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_PROFILE_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than the limit of {MAX_PROFILE_BYTES} for a profile")
+    profile = parse_profile(path.read_bytes(), str(path))
+    if profile.get("weights") is None:
+        raise ValueError(f"{path}: weights: missing")
+    if profile["num_experts"] != num_experts:
+        raise ValueError(f"{path}: a profile over {profile['num_experts']} experts, but {model_name} has "
+                         f"{num_experts}; fit the profile on this model (moe-reward personalize)")
+    return profile["weights"]
 
 
 def winner_lines(scored) -> list[str]:
@@ -202,7 +232,24 @@ def cmd_app(args) -> int:
                             "--server.port", str(args.port), "--browser.gatherUsageStats", "false"])
 
 
+def bounded_int(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi] (sizes are bounded before anything is allocated)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ..limits import MAX_DIM, MAX_EXPERTS, MAX_MAX_LENGTH
+
     p = argparse.ArgumentParser(prog="moe-reward", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -212,14 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     def backbone_args(sp, default_max=256):
         sp.add_argument("--backbone", default="all-MiniLM-L6-v2", help="HF model id or local path (default: shipped MiniLM)")
-        sp.add_argument("--max-length", type=int, default=default_max)
+        sp.add_argument("--max-length", type=bounded_int(1, MAX_MAX_LENGTH), default=default_max,
+                        help="token limit of the backbone's inputs")
 
     e = sub.add_parser("embed", help="embed a preference file into a portable features file")
     e.add_argument("--data", required=True)
     e.add_argument("--out", required=True, help="output .safetensors features file")
     backbone_args(e)
     e.add_argument("--pooling", default="auto", choices=["auto", "mean", "last"])
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--batch-size", type=bounded_int(1, 1 << 16), default=32)
     e.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"],
                    help="int8: distinct vectors once, quantized per row (for shipping)")
     e.add_argument("--no-records", action="store_true",
@@ -231,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a reward model (sparse MoE or a baseline)")
     t.add_argument("--data", required=True, help="JSONL/CSV/Parquet preference file, a features .safetensors, or 'controlled'")
     t.add_argument("--model", default="sparse", choices=["sparse", "dense", "single", "drm", "micro"])
-    t.add_argument("--experts", type=int, default=8)
-    t.add_argument("--top-k", type=int, default=2)
-    t.add_argument("--hidden", type=int, default=0, help="hidden units per expert head (0 = linear)")
+    t.add_argument("--experts", type=bounded_int(1, MAX_EXPERTS), default=8)
+    t.add_argument("--top-k", type=bounded_int(1, MAX_EXPERTS), default=2)
+    t.add_argument("--hidden", type=bounded_int(0, MAX_DIM), default=0, help="hidden units per expert head (0 = linear)")
     t.add_argument("--out", required=True)
     backbone_args(t)
     t.add_argument("--validation", type=float, default=0.1)
@@ -248,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split-by", default=None,
                    help="keep every value of this field on one side of the split: prompt (default), group, user, id "
                         "or meta.<key> (e.g. meta.question_id for held-out questions)")
-    for name, typ in (("epochs", int), ("lr", float), ("seed", int), ("batch-size", int), ("sparsity-weight", float),
+    for name, typ in (("epochs", bounded_int(1, 10**6)), ("lr", float), ("seed", int), ("batch-size", bounded_int(1, 1 << 20)),
+                      ("sparsity-weight", float),
                       ("balance-weight", float), ("diversity-weight", float), ("specialization-weight", float)):
         t.add_argument(f"--{name}", type=typ, default=None)
     t.set_defaults(func=cmd_train)
@@ -285,15 +334,50 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def error_line(exc: BaseException) -> str:
+    """One clear line (or, for a file with several bad rows, its list) for an expected failure."""
+    if isinstance(exc, OSError) and not isinstance(exc, ValueError) and exc.filename is not None \
+            and exc.strerror and str(exc.filename) not in (exc.strerror or ""):
+        return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, MemoryError):
+        return f"out of memory{': ' + str(exc) if str(exc) else ''}"
+    if isinstance(exc, RecursionError):
+        return f"input nested too deeply ({exc})"
+    if isinstance(exc, EOFError):
+        return f"unexpected end of file ({exc or 'truncated input'})"
+    return str(exc) or type(exc).__name__
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, RecursionError, MemoryError)
+    train = sys.modules.get(f"{__package__.rpartition('.')[0]}.train")  # (only raised once training ran)
+    if train is not None:
+        errors += (train.TrainingDiverged,)
+    try:
+        from safetensors import SafetensorError
+
+        errors += (SafetensorError,)
+    except ImportError:  # pragma: no cover - older safetensors
+        pass
+    return errors
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..data import DataError
-
     try:
         return int(args.func(args) or 0)
-    except (DataError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except _expected_errors() as exc:
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 (a bug: still one line, with a way to see the traceback)
+        if os.environ.get("MOE_REWARD_DEBUG"):
+            raise
+        print(f"error: internal error {type(exc).__name__}: {exc} (a bug in moe-reward; run with MOE_REWARD_DEBUG=1 "
+              "for the traceback and please report it)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import open_atomic, write_text
+from . import ADAPTER_NAMES
+
 CLI_SESSION = "cli"  # the session name of labels stored from the command line (what `label --undo` removes)
 
 
@@ -85,8 +88,7 @@ def register(subparsers) -> None:
     model_data(lab)
     lab.add_argument("--annotator", required=True)
     lab.add_argument("--profile", default="default")
-    lab.add_argument("--adapter", default="hedge", choices=["hedge", "batch", "gradient", "signed"],
-                     help="for a new profile")
+    lab.add_argument("--adapter", default="hedge", choices=ADAPTER_NAMES, help="for a new profile")
     lab.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                      help="adapter parameter of a new profile, e.g. eta=0.3 (repeatable)")
     lab.add_argument("--pair", default=None, help="pair id in --data")
@@ -176,12 +178,12 @@ def _write_rows(rows: list[dict], out: str) -> None:
     if path.suffix == ".csv":
         flat = [{**{k: v for k, v in r.items() if k != "routing"},
                  **{f"w_E{k}": w for k, w in enumerate(r.get("routing", []))}} for r in rows]
-        with open(path, "w", newline="", encoding="utf-8") as fh:
+        with open_atomic(path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(flat[0]) if flat else ["id"])
             writer.writeheader()
             writer.writerows(flat)
     else:
-        with open(path, "w", encoding="utf-8") as fh:
+        with open_atomic(path, "w") as fh:
             for r in rows:
                 fh.write(json.dumps(r, ensure_ascii=False) + "\n")
 
@@ -301,7 +303,7 @@ def cmd_routing_stats(args) -> int:
     for k, row in enumerate(ev["coactivation"]):
         print(f"  E{k} " + " ".join(f"{v:.2f}" for v in row))
     if args.json:
-        Path(args.json).write_text(json.dumps(ev, indent=2))
+        write_text(args.json, json.dumps(ev, indent=2))
         print(f"wrote {args.json}")
     return 0
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
+
+from ..atomic import write_text
+from . import ADAPTER_NAMES
 
 
 def register(subparsers) -> None:
@@ -15,7 +17,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, help="preference file (or features .safetensors) with the user's pairs")
     p.add_argument("--user", default=None, help="whose pairs to adapt to (omit to list the users)")
     p.add_argument("--user-field", default="user", choices=["user", "group"])
-    p.add_argument("--adapter", default="hedge", choices=["hedge", "batch", "gradient"])
+    p.add_argument("--adapter", default="hedge", choices=ADAPTER_NAMES)
     p.add_argument("--k", type=int, default=16, help="labels to adapt on; the user's other pairs evaluate")
     p.add_argument("--select", default="random", choices=["random", "active"],
                    help="which k labels: a seeded random draw, or active selection (most informative first)")
@@ -105,7 +107,6 @@ def cmd_personalize(args) -> int:
     if args.profile_out:
         profile = adapter.to_dict() | {"user": args.user, "model": str(args.model), "data": str(args.data),
                                        "accuracy_before": before, "accuracy_after": after}
-        Path(args.profile_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.profile_out).write_text(json.dumps(profile, indent=2))
+        write_text(args.profile_out, json.dumps(profile, indent=2))
         print(f"wrote {args.profile_out}")
     return 0
