@@ -204,9 +204,8 @@ def _visit_pages(page) -> None:
             _wait_text(page, "2 malformed rows in bad-upload.jsonl")
             _wait_idle(page)
         if title == "Personalize":
-            page.get_by_role("button", name="Create profile").click()
+            # one click from a fresh page: the first label creates the annotator's profile
             _wait_text(page, "weights now:")
-            _wait_idle(page)
             before = _weights_text(page)
             page.get_by_role("button", name="A is better").click()
             _wait_text(page, "Saved label #")
@@ -214,9 +213,17 @@ def _visit_pages(page) -> None:
             after = _weights_text(page)
             assert after != before, (before, after)
             # a simulated persona labels 10 pairs; its held-out accuracy appears
+            page.get_by_text("Persona: let a user of the dataset label").click()
             persona = page.locator('[data-testid="stSelectbox"]').filter(has_text="Persona").locator("input")
-            persona.click()
-            page.get_by_role("option", name="terse-tess").click()
+            for _ in range(3):  # the dropdown can close under a click while the expander still opens
+                page.wait_for_timeout(500)
+                persona.click()
+                option = page.get_by_role("option", name="terse-tess")
+                try:
+                    option.click(timeout=5_000)
+                    break
+                except Exception:  # noqa: BLE001 - retried; the wait below fails if it never worked
+                    page.keyboard.press("Escape")
             _wait_text(page, "Simulate terse-tess")
             _wait_idle(page)
             page.get_by_role("button", name=re.compile(r"^Simulate \d+ step")).click()

@@ -199,14 +199,12 @@ def _count_metric(page) -> int:
 def test_one_profile_in_two_browser_sessions(browser, server):
     one = _open_profile(browser, server, "duo")
     two = _open_profile(browser, server, "duo")
-    for i in range(3):
+    for i in range(2):
         for page in (one, two):
             _label_and_wait(page, i)
-            page.get_by_role("button", name="Skip").click()  # a rerun that also moves past any shared pair
-            _wait_idle(page)
     rows = _labels(server.home, "duo")
     sessions = {s for *_, s in rows}
-    assert len(sessions) == 2 and len(rows) >= 5  # (a click on a pair the other session just labeled is refused)
+    assert len(sessions) == 2 and len(rows) == 4  # the sessions are shown different pairs: no click refused
     for page in (one, two):
         page.get_by_role("button", name="Skip").click()
         _wait_idle(page)
