@@ -83,18 +83,21 @@ def label_clicks(clicks: int) -> tuple[list[float], list[float]]:
 
     at = AppTest.from_file(str(ROOT / "pages" / "4_Personalize.py"), default_timeout=300).run()
     at.text_input(key="pz_annotator").set_value(f"bench-{os.getpid()}").run()
-    at.button(key="pz_create").click().run()
-    at.button(key="pz_a").click().run()  # first click warms the adapter and plotly paths
+
+    def click(label: str) -> None:  # the label buttons' keys carry the pair shown: find them by label
+        next(b for b in at.button if b.label == label).click().run()
+
+    click("A is better")  # the first click creates the profile and warms the adapter and plotly paths
     rerun, update = [], []
     for i in range(clicks):
         t = time.perf_counter()
-        at.button(key="pz_a" if i % 2 else "pz_b").click().run()
+        click("A is better" if i % 2 else "B is better")
         rerun.append(1000 * (time.perf_counter() - t))
         if at.exception:
             raise RuntimeError(at.exception[0].value)
-        reported = [c.value for c in at.caption if c.value.startswith("last update + save:")]
+        reported = [c.value for c in at.caption if c.value.startswith("last label saved in")]
         if reported:
-            update.append(float(reported[0].split(":")[1].split("ms")[0]))
+            update.append(float(reported[0].split(" in ")[1].split("ms")[0]))
     return rerun, update
 
 
@@ -151,7 +154,7 @@ def main() -> int:
     print(f"label click -> updated weights, full server-side rerun: median {statistics.median(rerun):.0f} ms, "
           f"p95 {p95:.0f} ms over {len(rerun)} clicks (target <= 300 ms)")
     if update:
-        print(f"  of which adapter update + SQLite commit: median {statistics.median(update):.1f} ms")
+        print(f"  of which storing the label (SQLite commit): median {statistics.median(update):.1f} ms")
     return 0 if statistics.median(rerun) <= 300 else 1
 
 
