@@ -133,8 +133,9 @@ class Backbone:
             self.dtype = torch.float32
         from transformers.utils import logging as hf_logging
 
-        verbosity = hf_logging.get_verbosity()
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()  # a reward model's head is "unexpected" in its base model: on purpose
+        hf_logging.disable_progress_bar()  # a bar per weight file, even off a terminal
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path, dtype=self.dtype).eval()
@@ -142,6 +143,8 @@ class Backbone:
             raise ValueError(f"backbone {self.spec.name!r}: {exc}") from exc
         finally:
             hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
         self.model.to(self.device)
         self.is_decoder = _is_decoder(self.model.config)
         self.pooling = self.spec.pooling if self.spec.pooling != "auto" else ("last" if self.is_decoder else "mean")
