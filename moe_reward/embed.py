@@ -78,6 +78,14 @@ PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": t
               "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _dtype_kwarg() -> str:
+    """`from_pretrained`'s precision argument: ``dtype`` since transformers 4.56, ``torch_dtype`` before."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
 def resolve_device(device: str | None) -> str:
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -138,7 +146,7 @@ class Backbone:
         hf_logging.disable_progress_bar()  # a bar per weight file, even off a terminal
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path, dtype=self.dtype).eval()
+            self.model = AutoModel.from_pretrained(path, **{_dtype_kwarg(): self.dtype}).eval()
         except OSError as exc:
             raise ValueError(f"backbone {self.spec.name!r}: {exc}") from exc
         finally:
