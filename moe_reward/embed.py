@@ -109,11 +109,22 @@ ENCODER_ARCHS = ("Bert", "Roberta", "XLMRoberta", "Deberta", "Distil", "Electra"
 
 
 def _is_decoder(cfg) -> bool:
-    """Causal LMs and reward models built on them (``*ForSequenceClassification`` of a decoder family)."""
+    """Causal LMs and reward models built on them (``*ForSequenceClassification`` of a decoder family);
+    for a model built from a config (no saved architectures), a model type with a causal-LM head and no
+    masked-LM head in transformers' registries."""
     if getattr(cfg, "is_decoder", False):
         return True
-    return any(a.endswith(("ForCausalLM", "LMHeadModel", "ForSequenceClassification")) and not a.startswith(ENCODER_ARCHS)
-               for a in (getattr(cfg, "architectures", None) or []))
+    archs = getattr(cfg, "architectures", None) or []
+    if archs:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel", "ForSequenceClassification"))
+                   and not a.startswith(ENCODER_ARCHS) for a in archs)
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    kind = getattr(cfg, "model_type", "")
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 class Backbone:
@@ -124,7 +135,9 @@ class Backbone:
     head reads; with a chat template the text is formatted as a user turn and an assistant turn.
     """
 
-    def __init__(self, spec: BackboneSpec | None = None, device: str | None = None):
+    def __init__(self, spec: BackboneSpec | None = None, device: str | None = None, model=None, tokenizer=None):
+        """Loads `spec.name` (a hub id or a local folder); or wraps a `model` and `tokenizer` already in
+        memory (e.g. one built from a config, as `bench/bench_decoder.py` does), which `spec.name` then names."""
         from transformers import AutoModel, AutoTokenizer
 
         from .runtimes import RUNTIMES
@@ -145,8 +158,9 @@ class Backbone:
         hf_logging.set_verbosity_error()  # a reward model's head is "unexpected" in its base model: on purpose
         hf_logging.disable_progress_bar()  # a bar per weight file, even off a terminal
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path, **{_dtype_kwarg(): self.dtype}).eval()
+            self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+            self.model = (model.to(self.dtype) if model is not None
+                          else AutoModel.from_pretrained(path, **{_dtype_kwarg(): self.dtype})).eval()
         except OSError as exc:
             raise ValueError(f"backbone {self.spec.name!r}: {exc}") from exc
         finally:
