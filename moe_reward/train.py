@@ -424,20 +424,6 @@ def router_from_centroids(model: SparseMoERewardModel, u: torch.Tensor, codes: t
         model.router.bias[empty] = -1e4 / tau  # an empty cluster receives nothing until training moves it
 
 
-def train_router_on_clusters(model: SparseMoERewardModel, router: RouterData, assign: torch.Tensor,
-                             steps: int = 300, batch: int = 4096) -> None:
-    """Teach the router to predict each training pair's cluster from its prompt (cross-entropy)."""
-    opt = AdamW([q for q in model.router.parameters()], lr=0.01)
-    gen = torch.Generator().manual_seed(0)
-    n = len(assign)
-    for _ in range(steps):
-        rows = np.arange(n) if n <= batch else torch.randint(n, (batch,), generator=gen).numpy()
-        loss = F.cross_entropy(model.router_logits(router.batch(rows)), assign[rows])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
 # ----------------------------------------------------------------------------- DRM basis
 
 
@@ -604,21 +590,83 @@ def _build(model_config: ModelConfig, train: PairFeatures, validation: PairFeatu
         report["context_helps"] = fit.context_helps
         if fit.context_helps is False:
             # The prompt does not predict the preference (on validation pairs) beyond what every prompt
-            # shares: every expert starts as that shared head, i.e. as a single-head model, and training
-            # has to earn any specialization on the validation loss.
+            # shares: every expert starts as the single-head model trained the same way (the `single`
+            # baseline), and training has to earn any specialization on the validation loss.
             report["warm_start"] = "global"
-            if not model.config.hidden_dim:
-                with torch.no_grad():
-                    model.head.copy_(fit.w0.expand_as(model.head))
+            _start_as_single_head(model, train, validation, cfg)
         else:
             report["warm_start"] = "clusters"
-            assign = kmeans(fit.codes, model.num_experts, cfg.seed)
+            diff = _diff(model, train, rows)
+            assign = _choose_clusters(model, fit, diff, validation, cfg)
+            report["clusters"] = int(assign.max()) + 1
             report["cluster_sizes"] = np.bincount(assign.numpy(), minlength=model.num_experts).tolist()
             router_from_centroids(model, fit.u, fit.codes, assign)
             if not model.config.hidden_dim:
-                report["head_l2"] = _init_heads(model, _diff(model, train, rows), assign, fit.w0, validation, cfg)
+                report["head_l2"] = _init_heads(model, diff, assign, fit.w0, validation, cfg)
     report.pop("rows", None)
     return model, data, report
+
+
+def _start_as_single_head(model: SparseMoERewardModel, train: PairFeatures, validation: PairFeatures | None,
+                          cfg: TrainConfig) -> None:
+    """Copy a trained single Bradley-Terry head (same data, schedule and checkpoint rule as `single`) into
+    every expert: the routed model then starts as that model, whatever the routing."""
+    single_cfg = replace(model.config, kind="single", num_experts=1, top_k=1, router_input="pooled",
+                         lexical_vocabulary=[], expert_names=[])
+    overrides = {name: getattr(cfg, name) for name in ("epochs", "min_steps", "batch_size", "lr", "seed", "patience",
+                                                         "num_threads")}
+    single = _train(train, validation, single_cfg, TrainConfig.for_kind("single", **overrides), None).model
+    with torch.no_grad():
+        for name, param in single.named_parameters():
+            if name in ("head", "hidden", "hidden_bias"):
+                getattr(model, name).copy_(param.detach().expand_as(getattr(model, name)))
+
+
+CLUSTER_COUNTS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+def _choose_clusters(model: SparseMoERewardModel, fit: ContextFit, diff: torch.Tensor,
+                     validation: PairFeatures | None, cfg: TrainConfig) -> torch.Tensor:
+    """How many groups of preference codes to start experts from: the count (K, or fewer from
+    `CLUSTER_COUNTS`) whose warm-started routed model has the lowest validation loss. With more experts
+    than criteria, K clusters split a criterion arbitrarily between experts; fewer clusters keep one
+    expert per criterion and start the others, unused, as the shared head. Ties (within one standard
+    error) go to fewer clusters. K without validation pairs."""
+    k = model.num_experts
+    counts = sorted({c for c in CLUSTER_COUNTS if c < k} | {k})
+    if model.config.hidden_dim or validation is None or len(validation) < cfg.min_validation_pairs or len(counts) == 1:
+        return kmeans(fit.codes, k, cfg.seed)
+    val_router = router_data(model, validation)
+    l2 = sorted(cfg.head_l2)[len(cfg.head_l2) // 2]
+    tried: list[tuple[torch.Tensor, torch.Tensor]] = []  # (assignment, per-pair validation losses)
+    for c in counts:
+        assign = kmeans(fit.codes, c, cfg.seed)
+        router_from_centroids(model, fit.u, fit.codes, assign)
+        heads = fit_bt_heads(diff, assign, k, fit.w0, l2)
+        with torch.no_grad():
+            model.head.copy_(heads)
+        tried.append((assign, pair_losses(model, validation, val_router)))
+    # One-standard-error rule: the fewest clusters whose validation loss is within one standard error
+    # (of the per-pair difference) of the best count's.
+    best = min(range(len(tried)), key=lambda i: float(tried[i][1].mean()))
+    for assign, losses in tried:
+        gap = losses - tried[best][1]
+        if float(gap.mean()) <= float(gap.std()) / max(len(gap), 1) ** 0.5 + 1e-9:
+            return assign
+    return tried[best][0]
+
+
+@torch.no_grad()
+def pair_losses(model: SparseMoERewardModel, f: PairFeatures, router: RouterData, batch: int = 8192) -> torch.Tensor:
+    """[N] Bradley-Terry loss of the routed model on each pair."""
+    model.eval()
+    out = []
+    for s in range(0, len(f), batch):
+        sl = slice(s, s + batch)
+        o = model.pair(router.batch(sl), torch.from_numpy(np.ascontiguousarray(f.chosen[sl], np.float32)),
+                       torch.from_numpy(np.ascontiguousarray(f.rejected[sl], np.float32)))
+        out.append(-torch.log(o.prob_chosen(mixture=model.config.kind == "micro").clamp(min=1e-12)))
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 def _init_heads(model: SparseMoERewardModel, diff: torch.Tensor, assign: torch.Tensor, anchor: torch.Tensor,
@@ -673,7 +721,8 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
     start_row: dict = {"epoch": 0}
     score = evaluate_epoch(0, start_row) if val_router is not None else math.inf
     history.append(start_row)
-    best = (score, 0, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    warm = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best = (score, 0, warm)
     step = 0
     select_from = cfg.select_after * anneal_steps if cfg.specialization_weight else 0
     for epoch in range(1, epochs + 1):
@@ -709,6 +758,17 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
         elif epoch - best[1] >= max(cfg.patience, epochs // 10) and epoch >= epochs * cfg.min_epochs_fraction:
             break
     model.load_state_dict(best[2])
+    if report.get("warm_start") and best[1] and val_router is not None:
+        # A discovery warm start is kept unless training beats it by more than one standard error of the
+        # per-pair validation gain: a smaller gain is noise, and the warm start is the simpler model.
+        trained = pair_losses(model, validation, val_router)
+        model.load_state_dict(warm)
+        gain = pair_losses(model, validation, val_router) - trained
+        if float(gain.mean()) > float(gain.std()) / len(gain) ** 0.5:
+            model.load_state_dict(best[2])
+        else:
+            report["kept_warm_start"] = f"epoch {best[1]} was better by {float(gain.mean()):.4f}, within one standard error"
+            best = (best[0], 0, warm)
     model.eval()
     return TrainResult(model, history, best_epoch=best[1], seconds=time.perf_counter() - start,
                        epochs_planned=epochs, discovery=report)

@@ -196,3 +196,15 @@ def test_attention_router_attends_to_the_cue_token(token_world, monkeypatch):
     pooled = train(parts, router_input="pooled", experts=2)
     assert evaluate(pooled.model, test)["accuracy"] < 0.6
     assert evaluate(model, test)["accuracy"] > 0.62
+
+
+def test_more_experts_than_criteria_keeps_one_expert_per_criterion(buried):
+    """Two criteria' poles only (4 groups), 8 experts: the warm start picks fewer clusters on validation
+    (one-standard-error rule) instead of splitting a criterion across experts at random."""
+    keep = {"length:0", "length:1", "format:0", "format:1"}
+    parts = {n: f.subset([i for i, p in enumerate(f.pairs) if p.group in keep]) for n, f in buried.items()}
+    result = train(parts, experts=8)
+    assert result.discovery["clusters"] < 8
+    ev = evaluate(result.model, parts["test"])
+    assert ev["routing_nmi"] > 0.9 and ev["accuracy"] > 0.9
+    assert sum(u > 0 for u in ev["expert_utilization"]) == result.discovery["clusters"]

@@ -246,3 +246,9 @@ def test_span_report_says_when_a_user_is_outside_every_expert():
     adapter = make_adapter("signed", K)
     adapter.fit(-np.abs(margins))
     assert span_report(adapter)["outside"] and span_report(adapter)["n_labels"] == 12
+
+
+def test_the_cli_offers_every_adapter():
+    from moe_reward.cli import ADAPTER_NAMES
+
+    assert ADAPTER_NAMES == ADAPTERS

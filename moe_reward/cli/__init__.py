@@ -13,6 +13,8 @@ from tqdm.auto import tqdm
 
 # Sub-command modules of this package; each exposes `register(subparsers)`.
 EXTRA_COMMANDS = ("personalize", "experiment", "explore", "report")
+# personalize.ADAPTERS, without importing torch to build the parser (tests/test_personalize.py checks it)
+ADAPTER_NAMES = ("hedge", "batch", "gradient", "signed")
 
 
 def _progress_bar(desc: str):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import ADAPTER_NAMES
+
 
 def register(subparsers) -> None:
     b = subparsers.add_parser("build-default", help="build the dashboard's default model on the controlled data "
@@ -81,7 +83,7 @@ def register(subparsers) -> None:
     model_data(lab)
     lab.add_argument("--annotator", required=True)
     lab.add_argument("--profile", default="default")
-    lab.add_argument("--adapter", default="hedge", choices=["hedge", "batch", "gradient"], help="for a new profile")
+    lab.add_argument("--adapter", default="hedge", choices=ADAPTER_NAMES, help="for a new profile")
     lab.add_argument("--pair", required=True, help="pair id in --data")
     lab.add_argument("--prefer", required=True, choices=["chosen", "rejected"],
                      help="which of the pair's two responses this annotator prefers")

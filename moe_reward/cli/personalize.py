@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import ADAPTER_NAMES
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("personalize", help="fit a user profile (weights over the experts) from k labels")
@@ -15,7 +17,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, help="preference file (or features .safetensors) with the user's pairs")
     p.add_argument("--user", default=None, help="whose pairs to adapt to (omit to list the users)")
     p.add_argument("--user-field", default="user", choices=["user", "group"])
-    p.add_argument("--adapter", default="hedge", choices=["hedge", "batch", "gradient"])
+    p.add_argument("--adapter", default="hedge", choices=ADAPTER_NAMES)
     p.add_argument("--k", type=int, default=16, help="labels to adapt on; the user's other pairs evaluate")
     p.add_argument("--select", default="random", choices=["random", "active"],
                    help="which k labels: a seeded random draw, or active selection (most informative first)")
