@@ -21,7 +21,7 @@ import streamlit as st
 from moe_reward import pipeline, summary
 from moe_reward.analysis import PairScores, evaluate, groups_of, score_pairs
 from moe_reward.colors import EXPERT_COLORS, category_colors, expert_color, hex_to_rgb, natural_sorted
-from moe_reward.embed import BackboneSpec, PairFeatures
+from moe_reward.embed import BackboneSpec, PairFeatures, is_features_path
 from moe_reward.model import SparseMoERewardModel, load_metrics
 from moe_reward.store import LabelStore
 from moe_reward.workspace import DataFile, Workspace, default_root, file_id, model_training_data
@@ -77,7 +77,7 @@ def _load_features(root: str, data: str, _fid: str, spec: tuple) -> PairFeatures
 
 def load_features(ws: Workspace, data: Path, spec: BackboneSpec) -> PairFeatures:
     """Features of a data file; the first time, embed it with a progress bar (then it is on disk)."""
-    if data.suffix != ".safetensors" and not ws.features_file(data, spec).is_file():
+    if not is_features_path(data) and not ws.features_file(data, spec).is_file():
         bar = st.progress(0.0, text=f"Embedding {data.name} with {spec.name} (once; cached afterwards)")
         ws.features_for(data, spec, progress=lambda msg, frac: bar.progress(min(frac, 1.0), text=msg))
         bar.empty()

@@ -234,3 +234,28 @@ def test_cli_embeds_to_shards_and_trains_on_the_folder(tiny, tmp_path):
     assert [s["rows"] for s in manifest["shards"]] == [16, 16, 8] and manifest["metadata"]["pooling"] == "last"
     assert main(["train", "--data", str(out), "--model", "single", "--epochs", "2", "--out", str(tmp_path / "m")]) == 0
     assert json.loads((tmp_path / "m" / "config.json").read_text())["backbone"]["backbone"] == str(tiny["gpt2"])
+
+
+def test_the_dashboard_workspace_lists_a_shard_folder_once_and_loads_it(tmp_path):
+    from moe_reward.workspace import Workspace
+
+    feats = _features(12)
+    writer = ShardWriter(tmp_path / "data" / "big", shard_rows=5)
+    writer.add(feats.prompt, feats.chosen, feats.rejected, feats.pairs, feats.metadata)
+    writer.close()
+    (tmp_path / "data" / "small.jsonl").write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    ws = Workspace(tmp_path / "ws", data_dir=tmp_path / "data")
+    labels = [d.label for d in ws.list_data()]
+    assert "data/big" in labels and "data/small.jsonl" in labels and not any("shard-" in x for x in labels)
+    loaded = ws.features_for(tmp_path / "data" / "big")
+    assert loaded.ids == feats.ids and list(ws.features_dir.iterdir()) == []  # used as is, never re-embedded
+
+
+def test_gpu_batch_budget_follows_free_memory(tiny, monkeypatch):
+    bb = Backbone(BackboneSpec(str(tiny["llama"]), batch_size=0))
+    assert (bb.batch_rows, bb.max_batch_tokens) == (32, 0)  # CPU: 32 rows, no token bound
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 << 30, 16 << 30))
+    bb.device, bb.dtype = "cuda", torch.bfloat16
+    rows, tokens = bb._batch_limits()
+    per_token = 2 * (12 * 32 + 3 * 64)  # bytes per token: bf16, hidden 32, intermediate 64
+    assert rows == 1024 and tokens == int(0.5 * (8 << 30) / per_token)
