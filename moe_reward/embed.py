@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap as mmap_module
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -491,6 +492,7 @@ MANIFEST = "manifest.json"
 # Features whose float32 copy would exceed this are kept as stored (float16, or float32 memory-mapped)
 # instead of being converted to float32 in memory; readers convert the rows they use (`PairFeatures.rows`).
 LARGE_FEATURES_BYTES = int(os.environ.get("MOE_REWARD_LARGE_FEATURES_BYTES", 1 << 30))
+MATRICES = ("prompt", "chosen", "rejected")
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "I8": np.int8, "I32": np.int32, "I64": np.int64}
 
 
@@ -548,9 +550,10 @@ class PairFeatures:
         return PairFeatures(*(self.rows(k) for k in ("prompt", "chosen", "rejected")), self.pairs, dict(self.metadata))
 
     def subset(self, index: Sequence[int] | np.ndarray) -> PairFeatures:
+        """The pairs at `index` (a copy; from memory-mapped features only the subset lands in memory)."""
         index = np.asarray(index, dtype=np.int64)
-        return PairFeatures(self.prompt[index], self.chosen[index], self.rejected[index],
-                            [self.pairs[i] for i in index], dict(self.metadata))
+        return PairFeatures(_take_rows(self.prompt, index), _take_rows(self.chosen, index),
+                            _take_rows(self.rejected, index), [self.pairs[i] for i in index], dict(self.metadata))
 
     def save(self, path: str | Path, dtype: str = "float32", include_records: bool = True,
              source: str | None = None) -> None:
@@ -749,33 +752,86 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
+def _take_rows(arr: np.ndarray, index: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """``arr[index]``; from a memory-mapped array in chunks, releasing the mapped pages after each
+    (``madvise(MADV_DONTNEED)``: they stay in the page cache, out of this process), so that a subset of a
+    large mapped file costs the subset's memory, not the file's."""
+    mapping = getattr(arr, "_mmap", None) if isinstance(arr, np.memmap) else None
+    if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap_module, "MADV_DONTNEED"):
+        return arr[index]
+    out = np.empty((len(index), *arr.shape[1:]), arr.dtype)
+    for s in range(0, len(index), chunk):
+        out[s : s + chunk] = arr[index[s : s + chunk]]
+        mapping.madvise(mmap_module.MADV_DONTNEED)
+    return out
+
+
+def _shards_key(folder: Path, shards: list[dict]) -> str:
+    parts = [str(folder.resolve())]
+    for name in [MANIFEST] + [s["file"] for s in shards]:
+        st = (folder / name).stat()
+        parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:20]
+
+
+def _mapped_matrices(folder: Path, shards: list[dict], total: int, dim: int) -> dict[str, np.ndarray]:
+    """The shards' matrices as three float16 files in the cache (written once per version of the folder,
+    shard by shard, atomically) and memory-mapped read-only from there."""
+    import shutil
+
+    root = default_cache_dir().parent / "mapped_features" / _shards_key(folder, shards)
+    if not (root / "done.json").is_file():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = root.with_name(f".{root.name}.{os.getpid()}-{time.time_ns()}.tmp")
+        tmp.mkdir()
+        try:
+            handles = {k: open(tmp / f"{k}.f16", "wb") for k in MATRICES}  # noqa: SIM115 (closed below)
+            try:
+                for shard in shards:
+                    part = PairFeatures.load(folder / shard["file"], mmap=True)
+                    for k, fh in handles.items():
+                        fh.write(memoryview(np.ascontiguousarray(getattr(part, k), np.float16)).cast("B"))
+                    del part
+            finally:
+                for fh in handles.values():
+                    fh.close()
+            (tmp / "done.json").write_text(json.dumps({"rows": total, "dim": dim}))
+            try:
+                os.replace(tmp, root)
+            except OSError:  # another process finished first: use its copy
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {k: np.memmap(root / f"{k}.f16", dtype=np.float16, mode="r", shape=(total, dim)) for k in MATRICES}
+
+
 def load_shards(folder: str | Path, mmap: bool | None = None) -> PairFeatures:
-    """A folder of shards as one `PairFeatures`, filled shard by shard (memory holds the result and one
-    shard). float32 in memory, or float16 when the float32 copy would exceed `LARGE_FEATURES_BYTES`."""
+    """A folder of shards as one `PairFeatures`. Small: float32 arrays in memory, filled shard by shard.
+    Large (the float32 copy would exceed `LARGE_FEATURES_BYTES`, or ``mmap=True``): float16 matrices
+    memory-mapped from a consolidated copy in the cache (``$MOE_REWARD_CACHE/mapped_features/``), so
+    loading a million pairs costs their records, not their vectors, and `subset` copies only what it takes."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     shards = manifest.get("shards", [])
     total = sum(s["rows"] for s in shards)
     if not shards:
         raise ValueError(f"{folder}: the manifest lists no shards")
-    first = PairFeatures.load(folder / shards[0]["file"], mmap=True)
-    dim = first.dim
+    dim = PairFeatures.load(folder / shards[0]["file"], mmap=True).dim
     large = mmap if mmap is not None else total * dim * 3 * 4 > LARGE_FEATURES_BYTES
-    dtype = np.float16 if large else np.float32
-    out = {k: np.empty((total, dim), dtype) for k in ("prompt", "chosen", "rejected")}
+    out = None if large else {k: np.empty((total, dim), np.float32) for k in MATRICES}
     pairs: list[PreferencePair] = []
-    start = 0
-    for i, shard in enumerate(shards):
-        part = first if i == 0 else PairFeatures.load(folder / shard["file"], mmap=True)
+    for shard in shards:
+        part = PairFeatures.load(folder / shard["file"], mmap=True)  # records now, vectors only when read
         if len(part) != shard["rows"] or part.dim != dim:
             raise ValueError(f"{folder / shard['file']}: {len(part)} rows of {part.dim}-d, but the manifest says "
                              f"{shard['rows']} rows of {dim}-d")
-        for k in out:
-            out[k][start : start + len(part)] = getattr(part, k)
+        if out is not None:
+            for k in MATRICES:
+                out[k][len(pairs) : len(pairs) + len(part)] = getattr(part, k)
         pairs += part.pairs
-        start += len(part)
         del part
-    first = None
+    if out is None:
+        out = _mapped_matrices(folder, shards, total, dim)
     meta = dict(manifest.get("metadata") or {})
     return PairFeatures(out["prompt"], out["chosen"], out["rejected"], pairs, meta)
 

@@ -216,6 +216,18 @@ def test_large_features_stay_float16_or_mapped_and_read_float32_rows(tmp_path, m
     assert quant.chosen.dtype == np.float16 and np.abs(quant.rows("rejected") - feats.rejected).max() < 0.05
     small = PairFeatures.load(tmp_path / "h.safetensors", mmap=False)
     assert small.chosen.dtype == np.float32 and not isinstance(small.chosen, np.memmap)
+    monkeypatch.setenv("MOE_REWARD_CACHE", str(tmp_path / "cache"))
+    writer = ShardWriter(tmp_path / "shards", shard_rows=15)
+    writer.add(feats.prompt, feats.chosen, feats.rejected, feats.pairs, feats.metadata)
+    writer.close()
+    big = PairFeatures.load(tmp_path / "shards")  # large: mapped from a consolidated float16 copy
+    assert isinstance(big.prompt, np.memmap) and big.ids == feats.ids
+    assert np.abs(big.rows("prompt") - feats.prompt).max() < 2e-3
+    part = big.subset(np.array([39, 0, 17]))
+    assert not isinstance(part.chosen, np.memmap) and np.array_equal(part.chosen, big.chosen[[39, 0, 17]])
+    assert len(list((tmp_path / "cache" / "mapped_features").iterdir())) == 1
+    PairFeatures.load(tmp_path / "shards")  # a second load maps the same copy
+    assert len(list((tmp_path / "cache" / "mapped_features").iterdir())) == 1
     (tmp_path / "bad.safetensors").write_bytes((10**9).to_bytes(8, "little") + b"{}")
     with pytest.raises(ValueError, match="bad.safetensors"):
         PairFeatures.load(tmp_path / "bad.safetensors", mmap=True)
