@@ -97,7 +97,10 @@ def measure_child(folder: str, what: str, kind: str, epochs: int) -> None:
     import torch
 
     from moe_reward.embed import PairFeatures
+    from moe_reward.heap import return_freed_memory
 
+    if not os.environ.get("NO_HEAP_FIX"):
+        return_freed_memory()  # as the CLI does
     out: dict = {}
     t = time.perf_counter()
     feats = PairFeatures.load(folder)
@@ -143,7 +146,7 @@ def memory(args) -> None:
                 raise SystemExit(f"{what} failed")
             row = json.loads(res.stdout.strip().splitlines()[-1])
             verdict = "" if what != "train" else f" (target < 6 GB: {'met' if row['peak_gb'] * 2**30 / 1e9 < 6 else 'MISSED'})"
-            print(f"{what:8s} {args.kind} on {args.memory_pairs:,} pairs: peak RSS {row['peak_gb']:.2f} GiB "
+            print(f"{what:8s} {args.kind} on {args.memory_pairs:,} pairs{' (glibc default malloc)' if os.environ.get('NO_HEAP_FIX') else ''}: peak RSS {row['peak_gb']:.2f} GiB "
                   f"= {row['peak_gb'] * 2**30 / 1e9:.2f} GB{verdict}; after loading {row['after_load_gb']:.2f} GiB "
                   f"({row['storage']} in memory, {row['load_s']:.0f}s); "
                   + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()

@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..heap import return_freed_memory
+
+    return_freed_memory()  # large runs: freed batch buffers go back to the OS (see heap.py)
     args = build_parser().parse_args(argv)
     from ..data import DataError
 
