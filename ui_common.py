@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -81,7 +81,7 @@ def load_features(ws: Workspace, data: Path, spec: BackboneSpec) -> PairFeatures
         bar = st.progress(0.0, text=f"Embedding {data.name} with {spec.name} (once; cached afterwards)")
         ws.features_for(data, spec, progress=lambda msg, frac: bar.progress(min(frac, 1.0), text=msg))
         bar.empty()
-    return _load_features(str(ws.root), str(data), file_id(data), (spec.name, spec.pooling, spec.max_length))
+    return _load_features(str(ws.root), str(data), file_id(data), astuple(spec))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -193,7 +193,7 @@ class Context:
 
     def backbone(self):
         spec = backbone_spec(self.model)
-        return _backbone((spec.name, spec.pooling, spec.max_length))
+        return _backbone(astuple(spec))
 
     @property
     def groups(self) -> np.ndarray:

@@ -145,6 +145,8 @@ class Workspace:
     def features_file(self, data: Path, spec: BackboneSpec) -> Path:
         stat = data.stat()
         key = f"{data.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{spec.name}|{spec.pooling}|{spec.max_length}"
+        if (spec.runtime, spec.precision, spec.template) != ("torch", "auto", "auto"):  # other embeddings
+            key += f"|{spec.runtime}|{spec.precision}|{spec.template}"
         return self.features_dir / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.safetensors"
 
     def features_for(self, data: str | Path, spec: BackboneSpec | None = None,
