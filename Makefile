@@ -12,7 +12,7 @@ test:
 check: lint test
 
 bench:
-	python bench/bench_embed.py && python bench/bench_train.py && python bench/bench_personalize.py && python bench/bench_app.py && python bench/bench_map.py
+	python bench/bench_embed.py && python bench/bench_decoder.py --tiny && python bench/bench_scale.py && python bench/bench_train.py && python bench/bench_personalize.py && python bench/bench_app.py && python bench/bench_map.py
 
 app:
 	streamlit run app.py --server.address 127.0.0.1 --browser.gatherUsageStats false

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -93,7 +93,7 @@ def load_features(ws: Workspace, data: Path, spec: BackboneSpec) -> PairFeatures
             raise RuntimeError(f"embedding {data.name} failed: {job.error}")
         if job.result is not None:  # embedded but not saved (a read-only workspace)
             return job.result
-    return _load_features(str(ws.root), str(data), file_id(data), (spec.name, spec.pooling, spec.max_length))
+    return _load_features(str(ws.root), str(data), file_id(data), astuple(spec))
 
 
 def background_jobs() -> None:
@@ -228,7 +228,7 @@ class Context:
 
     def backbone(self):
         spec = backbone_spec(self.model)
-        return _backbone((spec.name, spec.pooling, spec.max_length))
+        return _backbone(astuple(spec))
 
     @property
     def groups(self) -> np.ndarray:

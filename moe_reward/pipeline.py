@@ -196,9 +196,7 @@ def load_model(directory: str | Path) -> SparseMoERewardModel:
 
 def backbone_spec_for(model: SparseMoERewardModel) -> BackboneSpec:
     """The backbone a saved model's features came from (recorded in its config at training time)."""
-    meta = model.config.backbone or {}
-    return BackboneSpec(meta.get("backbone", "all-MiniLM-L6-v2"), pooling=meta.get("pooling", "auto"),
-                        max_length=int(meta.get("max_length", 256)))
+    return BackboneSpec.from_metadata(model.config.backbone or {})  # runtime and template included
 
 
 def backbone_for(model: SparseMoERewardModel) -> Backbone:

@@ -251,9 +251,12 @@ class RouterData:
             if sparse.issparse(b):
                 m = np.asarray(b.mean(0)).reshape(-1)
                 sq = np.asarray(b.multiply(b).mean(0)).reshape(-1)
-            else:
-                m = b.mean(0)
-                sq = (b.astype(np.float64) ** 2).mean(0)
+            else:  # in chunks: no float64 copy of the whole block (a million prompts at scale)
+                m, sq = np.zeros(b.shape[1]), np.zeros(b.shape[1])
+                for s in range(0, len(b), 65536):
+                    x = np.asarray(b[s : s + 65536], np.float64)
+                    m, sq = m + x.sum(0), sq + (x * x).sum(0)
+                m, sq = m / max(len(b), 1), sq / max(len(b), 1)
             means.append(m)
             stds.append(np.sqrt(np.maximum(sq - m.astype(np.float64) ** 2, 0.0)))
         if not means:

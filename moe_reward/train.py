@@ -235,9 +235,8 @@ def fit_standardization(model: SparseMoERewardModel, f: PairFeatures, router: Ro
     """Per-dimension mean/scale of the router's vector channels and scale of the expert inputs, fitted
     on the training features (and the token scale of the attention channel)."""
     with torch.no_grad():
-        both = torch.from_numpy(np.concatenate([f.chosen, f.rejected]))
-        if len(f) > 1:
-            model.response_scale.copy_(_floored_std(both))
+        if len(f) > 1:  # over chosen and rejected rows, read in chunks (no concatenated copy)
+            model.response_scale.copy_(_floor(torch.from_numpy(_column_std(f.chosen, f.rejected))))
         if router is None:
             router = RouterData([f.prompt])
         if model.prompt_mean.numel():
@@ -249,6 +248,18 @@ def fit_standardization(model: SparseMoERewardModel, f: PairFeatures, router: Ro
             states = torch.from_numpy(router.tokens[router.mask].astype(np.float32))
             if len(states) > 1:
                 model.token_scale.copy_(_floored_std(states))
+
+
+def _column_std(*arrays: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Per-column sample standard deviation over the rows of several [N, D] arrays (any float dtype,
+    memory-mapped or not), accumulated in float64 chunk by chunk."""
+    n, total, squares = 0, 0.0, 0.0
+    for a in arrays:
+        for s in range(0, len(a), chunk):
+            x = np.asarray(a[s : s + chunk], np.float64)
+            n, total, squares = n + len(x), total + x.sum(0), squares + (x * x).sum(0)
+    mean = total / n
+    return np.sqrt(np.maximum((squares - n * mean * mean) / max(n - 1, 1), 0.0)).astype(np.float32)
 
 
 def _floored_std(x: torch.Tensor) -> torch.Tensor:
@@ -430,7 +441,7 @@ def router_from_centroids(model: SparseMoERewardModel, u: torch.Tensor, codes: t
 def fit_drm_basis(model: SparseMoERewardModel, features: PairFeatures) -> None:
     """DRM: heads = top-K principal directions of (chosen - rejected) *as the heads see it* (divided by
     `response_scale`), each oriented to agree with the labels and scaled so its margins have unit spread."""
-    diff = torch.from_numpy(features.chosen - features.rejected) / model.response_scale
+    diff = _diff(model, features)  # float32 whatever the features' storage
     k = model.num_experts
     _, _, v = torch.linalg.svd(diff - diff.mean(0), full_matrices=False)
     basis = v[:k].clone()
@@ -442,6 +453,10 @@ def fit_drm_basis(model: SparseMoERewardModel, features: PairFeatures) -> None:
 
 
 # ----------------------------------------------------------------------------- router input and discovery
+
+
+def _rows(a: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a[idx], np.float32))
 
 
 def _diff(model: SparseMoERewardModel, f: PairFeatures, rows: np.ndarray | None = None) -> torch.Tensor:
@@ -702,8 +717,8 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
     start = time.perf_counter()
     model, router, report = _build(model_config, train, validation, cfg, gen)
     val_router = router_data(model, validation) if validation is not None and len(validation) else None
-    c = torch.from_numpy(np.ascontiguousarray(train.chosen, np.float32))
-    r = torch.from_numpy(np.ascontiguousarray(train.rejected, np.float32))
+    # Features stay as stored (float16 at scale) and are converted to float32 one batch at a time.
+    c, r = train.chosen, train.rejected
     params = [q for q in model.parameters() if q.requires_grad]
     opt = AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(train)
@@ -732,7 +747,7 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
         for s in range(0, n, cfg.batch_size):
             idx = order[s : s + cfg.batch_size]
             spec_w = cfg.specialization_weight * max(0.0, 1.0 - step / anneal_steps)
-            total, terms = loss_terms(model, router.batch(idx), c[idx], r[idx], cfg, spec_w, noisy=True)
+            total, terms = loss_terms(model, router.batch(idx), _rows(c, idx), _rows(r, idx), cfg, spec_w, noisy=True)
             if not torch.isfinite(total):
                 raise TrainingDiverged(
                     f"loss became {float(total.detach())} at epoch {epoch}, step {step}: lower the learning rate "

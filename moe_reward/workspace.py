@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import default_dataset_path
-from .embed import BackboneSpec, PairFeatures, load_features_or_pairs
+from .embed import MANIFEST, BackboneSpec, PairFeatures, is_features_path, load_features_or_pairs
 
 DEFAULT_MODEL = "default-sparse"
 DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".pq", ".safetensors")
@@ -260,9 +260,13 @@ class Workspace:
         for base, tag in ((self.data_dir, "data"), (self.uploads_dir, "uploads")):
             if not base.is_dir():
                 continue
+            # A folder of feature shards (moe-reward embed --engine ray) is one entry, not one per shard.
+            shard_dirs = {m.parent for m in base.rglob(MANIFEST)}
             for path in sorted(base.rglob("*")):
                 hidden = any(part.startswith(".") for part in path.relative_to(base).parts)  # e.g. upload checks
-                if path.is_file() and is_data_file(path.name) and not hidden:
+                if hidden or any(parent in shard_dirs for parent in path.parents):
+                    continue
+                if path in shard_dirs or (path.is_file() and is_data_file(path.name)):
                     out.append(DataFile(f"{tag}/{path.relative_to(base).as_posix()}", path))
         default = self.default_data_path()
         return sorted(out, key=lambda d: d.path != default)
@@ -283,13 +287,15 @@ class Workspace:
     def features_file(self, data: Path, spec: BackboneSpec) -> Path:
         stat = data.stat()
         key = f"{data.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{spec.name}|{spec.pooling}|{spec.max_length}"
+        if (spec.runtime, spec.precision, spec.template) != ("torch", "auto", "auto"):  # other embeddings
+            key += f"|{spec.runtime}|{spec.precision}|{spec.template}"
         return self.features_dir / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.safetensors"
 
     def features_for(self, data: str | Path, spec: BackboneSpec | None = None,
                      progress: ProgressFn | None = None) -> PairFeatures:
         """Features of a data file, embedded once and then read from features/ (a features file as is)."""
         data = self.default_data_path() if str(data) == "controlled" else Path(data)
-        if data.suffix == ".safetensors":
+        if is_features_path(data):  # a features file or a folder of shards: used as is
             return PairFeatures.load(data)
         spec = spec or BackboneSpec()
         cached = self.features_file(data, spec)
@@ -321,7 +327,7 @@ class Workspace:
 
         data = self.default_data_path() if str(data) == "controlled" else Path(data)
         spec = spec or BackboneSpec()
-        if data.suffix == ".safetensors" or self.features_file(data, spec).is_file():
+        if is_features_path(data) or self.features_file(data, spec).is_file():
             return None
         key = self.features_job_key(data, spec)
         job = jobs.get(key)
