@@ -33,6 +33,7 @@ from moe_reward.personalize import (
     prior_from_routing,
     select_next,
     sigmoid,
+    span_report,
     weight_shift,
 )
 from moe_reward.store import (
@@ -531,6 +532,12 @@ with right:
     ui.expert_axis(fig, "x", ctx.k)
     st.plotly_chart(fig, width="stretch", key="pz_weights")
     st.caption("weights now: " + " · ".join(f"E{k} {w:.3f}" for k, w in enumerate(shift["after"])))
+    span = span_report(adapter)
+    if span["outside"]:
+        st.warning(f"Outside what the experts span: every expert disagrees with most of these {span['n_labels']} labels "
+                   f"(the best agrees with {span['best_expert_agreement']:.0%}). A mix of experts cannot follow this "
+                   "annotator" + ("; the signed weights here reverse them." if adapter.name == "signed" else
+                                 "; switch the adapter to 'signed', whose negative weights reverse the experts."))
     if S.get("update_ms") is not None:
         st.caption(f"last label saved in {S['update_ms']:.1f} ms")
 

@@ -435,3 +435,25 @@ def test_personalize_typed_pair(home):
     _click(at, "A is better")
     rows = _db_labels(home)
     assert rows[-1][0] == "typist" and rows[-1][2] == "4." and rows[-1][3] == "typed"
+
+
+
+def test_personalize_says_when_an_annotator_disagrees_with_every_expert(home):
+    """Labels on which every expert's margin is negative: the page says the annotator is outside what the
+    experts span and points to the signed adapter."""
+    from moe_reward.store import Label, LabelStore
+
+    at = run(PAGES["personalize"])
+    at.text_input(key="pz_annotator").set_value("contrarian").run()
+    _click(at, "A is better")  # creates the profile
+    store = LabelStore(home / "labels.sqlite")
+    (record,) = store.profiles(annotator="contrarian")
+    k = len(store.profile_weights(record.id))
+    for i in range(8):
+        store.record_label(Label("contrarian", f"typed-{i}", f"prompt {i}", "mine", "theirs", profile_id=record.id,
+                                 source="typed"), margins=[-1.0 - i / 10] * k, logits=[0.0] * k)
+    again = AppTest.from_file(str(ROOT / PAGES["personalize"]), default_timeout=120)
+    again.query_params.update(annotator="contrarian", profile=record.name)
+    again.run()
+    assert not again.exception
+    assert any("Outside what the experts span" in w.value and "'signed'" in w.value for w in again.warning)
