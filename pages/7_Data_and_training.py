@@ -10,12 +10,14 @@ import pandas as pd
 import streamlit as st
 
 import ui_common as ui
-from moe_reward.data import DataError, load_pairs, save_jsonl
+from moe_reward.data import DataError, check_split_field, load_pairs, save_jsonl
 from moe_reward.embed import DEFAULT_BACKBONE
 from moe_reward.model import MODEL_KINDS
 from moe_reward.pipeline import TrainRequest
 from moe_reward.train import TrainConfig
 from moe_reward.workspace import check_name, is_data_file
+
+ROUTER_INPUTS = ("auto", "pooled", "lexical", "pooled+lexical", "attention", "lexical+attention")
 
 ui.page_header("Data & training", "Upload preference pairs (JSONL, JSON, CSV or Parquet: plain, TRL conversational, "
                "HH-RLHF or HelpSteer2 rows) and train a model on them.")
@@ -114,6 +116,13 @@ with st.form("train_form"):
     experts = c2.number_input("Experts (K)", 1, 64, 8, key="dt_k")
     top_k = c3.number_input("Top-k (sparse)", 1, 64, 2, key="dt_topk")
     epochs = c4.number_input("Epochs", 1, 500, TrainConfig().epochs, key="dt_epochs")
+    c1, c2 = st.columns(2)
+    router_input = c1.selectbox("Router reads", ROUTER_INPUTS, key="dt_router_input",
+                                help="auto: chosen on validation likelihood among pooled, lexical and pooled+lexical; "
+                                     "attention runs the backbone over the prompts (see the README)")
+    split_by = c2.text_input("Split by", value="prompt", key="dt_split_by",
+                             help="keep every value of this field on one side of train / validation / test: prompt, "
+                                  "group, user, id or meta.<key> (e.g. meta.question_id for held-out questions)")
     overwrite = st.checkbox("Replace a model with the same name", key="dt_overwrite")
     start = st.form_submit_button("Train", type="primary")
 
@@ -124,7 +133,9 @@ if start:
         check_name(name, "model name")
         req = TrainRequest(data=str(data[[d.label for d in data].index(data_label)].path), kind=kind,
                            experts=int(experts), top_k=min(int(top_k), int(experts)), backbone=backbone.strip(),
+                           router_input=router_input, split_by=split_by.strip() or None,
                            train=TrainConfig.for_kind(kind, epochs=int(epochs)))
+        check_split_field(req.split_by)
         job = ws.train_in_background(name, req, overwrite=overwrite)
     except (ValueError, OSError) as exc:  # a taken or bad name, a read-only workspace
         st.error(ui.md(exc))
