@@ -131,6 +131,11 @@ def overview() -> None:
 
     ui.diagnostics_section(ui.summary.diagnostics_of(ev) or ui.summary.diagnostics_of(ui.model_metrics(ctx.model_dir)),
                            ctx.k)
+    story = ui.summary.training_story(ui.model_metrics(ctx.model_dir))
+    if story:
+        with st.expander("How training found these experts", expanded=False):
+            for line in story:
+                st.markdown("- " + ui.md(line))
 
     st.subheader("Experts")
     expert_cards(ctx, np.asarray(ctx.evaluation["expert_utilization"]))

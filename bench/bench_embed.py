@@ -127,12 +127,12 @@ def accuracy(args) -> None:
         for seed in range(args.seeds):
             for label, f in feats.items():
                 req = TrainRequest(data="controlled", kind=kind, experts=12, top_k=2, exclude_user_pairs=True,
-                                   split_seed=seed, train=TrainConfig.for_kind(kind, seed=seed))
+                                   split_seed=seed, split_by="meta.question_id", train=TrainConfig.for_kind(kind, seed=seed))
                 _, metrics = train_from_data(req, None, features=f)
                 acc[label].append(metrics["test"]["accuracy"])
         means = {k: float(np.mean(v)) for k, v in acc.items()}
         diff = means["int8 (onnx-int8)"] - means["fp32 (torch)"]
-        print(f"{kind}: held-out accuracy over {args.seeds} split seeds: "
+        print(f"{kind}: accuracy on held-out questions over {args.seeds} split seeds: "
               + ", ".join(f"{k} {means[k]:.4f} (per seed {np.round(acc[k], 4).tolist()})" for k in acc)
               + f"; difference {100 * diff:+.2f} points (target within 1)", flush=True)
 

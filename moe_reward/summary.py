@@ -95,6 +95,53 @@ def diagnostics_of(metrics_or_eval: dict | None) -> dict | None:
     return found if isinstance(found, dict) and found else None
 
 
+def training_story(metrics: dict | None) -> list[str]:
+    """How training found the experts, in plain sentences, from a saved model's metrics.json: what the
+    router reads and why, whether the prompt predicted the preference, how the experts started, and which
+    checkpoint was kept. Empty for kinds without discovery (or metrics from older versions)."""
+    if not metrics:
+        return []
+    disc = metrics.get("discovery") or {}
+    lines: list[str] = []
+    losses = disc.get("validation_loss") or {}
+    best: dict[str, float] = {}  # each router input's best validation loss over its penalties
+    if disc.get("router_input"):
+        line = f"The router reads {disc['router_input']}"
+        for key, value in losses.items():
+            name = str(key).split(" l2=")[0]
+            if isinstance(value, (int, float)):
+                best[name] = min(best.get(name, float("inf")), float(value))
+        if len(best) > 1:
+            line += (", chosen on validation likelihood (validation BT loss of the context model: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in sorted(best.items(), key=lambda kv: kv[1])) + ")")
+        lines.append(line + ".")
+    free = disc.get("context_free_loss")
+    helps = disc.get("context_helps")
+    if helps is False:
+        lines.append("The prompt did not predict the preference on validation pairs beyond what every prompt shares"
+                     + (f" (context-free loss {free:.3f})" if isinstance(free, (int, float)) else "")
+                     + ": every expert started as the single-head model, and training had to earn any "
+                       "specialization on the validation loss.")
+    elif disc.get("warm_start") == "clusters":
+        sizes = [n for n in disc.get("cluster_sizes") or [] if n]
+        line = ("The prompt predicts the preference beyond what every prompt shares"
+                + (f" (validation loss {min(best.values()):.3f} vs {free:.3f} context-free)"
+                   if losses and isinstance(free, (int, float)) and best else "")
+                + f": the experts started from {disc.get('clusters', len(sizes))} groups of preference codes"
+                + (f" (training pairs per group: {', '.join(str(n) for n in sizes)})" if sizes else ""))
+        if disc.get("head_anchor"):
+            line += f", each head shrunk toward the {disc['head_anchor']} (penalty {disc.get('head_l2')})"
+        lines.append(line + ".")
+    if disc.get("warm_start"):
+        if disc.get("kept_warm_start") or metrics.get("best_epoch") == 0:
+            lines.append("The kept checkpoint is the warm start (epoch 0): no later epoch beat it on validation "
+                         "loss by more than one standard error.")
+        elif metrics.get("best_epoch") is not None:
+            lines.append(f"The kept checkpoint is epoch {metrics['best_epoch']} of {metrics.get('epochs_run', '?')}, "
+                         "the lowest validation loss of the run.")
+    return lines
+
+
 # ----------------------------------------------------------------------------- subsets
 
 

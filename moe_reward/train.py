@@ -285,6 +285,7 @@ class ContextFit:
     codes: torch.Tensor  # [N, rank] preference code of each training pair's prompt
     u: torch.Tensor  # [R, rank] router features -> preference code
     w0: torch.Tensor  # [D] the prompt-independent part: what every prompt wants
+    v: torch.Tensor  # [D, rank] preference code -> preference direction (pair i's head is w0 + V c_i)
     train_loss: float
     validation_loss: float | None  # BT loss on validation pairs (None without them)
     context_free_loss: float | None  # the same, for the prompt-independent part w0 alone
@@ -379,8 +380,8 @@ def fit_context_preferences(model: SparseMoERewardModel, router: RouterData, dif
         val_loss, free_loss = float(ctx.mean()), float(free.mean())
         gain = free - ctx
         gain_se = float(gain.std() / len(gain) ** 0.5) if len(gain) > 1 else math.inf
-    return ContextFit(codes, u.detach().clone(), w0.detach().clone(), float(train_losses.mean()), val_loss, free_loss,
-                      gain_se, l2)
+    return ContextFit(codes, u.detach().clone(), w0.detach().clone(), v.detach().clone(), float(train_losses.mean()),
+                      val_loss, free_loss, gain_se, l2)
 
 
 def kmeans(x: torch.Tensor, k: int, seed: int, n_init: int = 10) -> torch.Tensor:
@@ -400,8 +401,8 @@ def kmeans(x: torch.Tensor, k: int, seed: int, n_init: int = 10) -> torch.Tensor
 def fit_bt_heads(diff: torch.Tensor, assign: torch.Tensor, k: int, anchor: torch.Tensor, l2: float,
                  steps: int = 200, lr: float = 0.05) -> torch.Tensor:
     """One Bradley-Terry head per cluster [k, D], fitted on the cluster's pairs and shrunk toward `anchor`
-    (the prompt-independent head): penalty l2 * |head_k - anchor|^2. A small cluster stays near the
-    consensus instead of memorizing its few pairs."""
+    ([D] for all clusters, or [k, D] one per cluster): penalty l2 * |head_k - anchor_k|^2. A small cluster
+    stays near its anchor instead of memorizing its few pairs."""
     delta = torch.zeros(k, diff.shape[1], requires_grad=True)
     onehot = F.one_hot(assign, k).float()
     counts = onehot.sum(0).clamp(min=1)
@@ -413,6 +414,17 @@ def fit_bt_heads(diff: torch.Tensor, assign: torch.Tensor, k: int, anchor: torch
         loss.backward()
         opt.step()
     return (anchor + delta).detach()
+
+
+def cluster_anchors(fit: ContextFit, assign: torch.Tensor, k: int) -> torch.Tensor:
+    """[k, D] what the context model predicts for each cluster: w0 + V (mean code of its pairs); w0 for
+    an empty cluster."""
+    anchors = fit.w0.expand(k, -1).clone()
+    for j in range(k):
+        members = fit.codes[assign == j]
+        if len(members):
+            anchors[j] += fit.v @ members.mean(0)
+    return anchors
 
 
 def router_from_centroids(model: SparseMoERewardModel, u: torch.Tensor, codes: torch.Tensor,
@@ -617,7 +629,8 @@ def _build(model_config: ModelConfig, train: PairFeatures, validation: PairFeatu
             report["cluster_sizes"] = np.bincount(assign.numpy(), minlength=model.num_experts).tolist()
             router_from_centroids(model, fit.u, fit.codes, assign)
             if not model.config.hidden_dim:
-                report["head_l2"] = _init_heads(model, diff, assign, fit.w0, validation, cfg)
+                anchors = {"context model": cluster_anchors(fit, assign, model.num_experts), "shared head": fit.w0}
+                report["head_anchor"], report["head_l2"] = _init_heads(model, diff, assign, anchors, validation, cfg)
     report.pop("rows", None)
     return model, data, report
 
@@ -635,6 +648,19 @@ def _start_as_single_head(model: SparseMoERewardModel, train: PairFeatures, vali
         for name, param in single.named_parameters():
             if name in ("head", "hidden", "hidden_bias"):
                 getattr(model, name).copy_(param.detach().expand_as(getattr(model, name)))
+
+
+MIN_GAIN = 1e-3  # nats per validation pair: a smaller gain does not buy more clusters
+
+
+def significant_gain(gain: torch.Tensor) -> bool:
+    """Whether per-pair validation gains (fewer clusters' loss minus more clusters') favour more clusters:
+    their mean exceeds one standard error and MIN_GAIN (on easy validation pairs every loss is near 0, and
+    a consistent gain of 1e-6 nats would otherwise split a criterion between experts). The checkpoint rule
+    keeps the standard error alone: its test is the validation loss itself, relative to the run's best."""
+    if not len(gain):
+        return False
+    return float(gain.mean()) > max(float(gain.std()) / len(gain) ** 0.5 if len(gain) > 1 else 0.0, MIN_GAIN)
 
 
 CLUSTER_COUNTS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -657,16 +683,15 @@ def _choose_clusters(model: SparseMoERewardModel, fit: ContextFit, diff: torch.T
     for c in counts:
         assign = kmeans(fit.codes, c, cfg.seed)
         router_from_centroids(model, fit.u, fit.codes, assign)
-        heads = fit_bt_heads(diff, assign, k, fit.w0, l2)
+        heads = fit_bt_heads(diff, assign, k, cluster_anchors(fit, assign, k), l2)
         with torch.no_grad():
             model.head.copy_(heads)
         tried.append((assign, pair_losses(model, validation, val_router)))
     # One-standard-error rule: the fewest clusters whose validation loss is within one standard error
-    # (of the per-pair difference) of the best count's.
+    # (of the per-pair difference), or within MIN_GAIN, of the best count's.
     best = min(range(len(tried)), key=lambda i: float(tried[i][1].mean()))
     for assign, losses in tried:
-        gap = losses - tried[best][1]
-        if float(gap.mean()) <= float(gap.std()) / max(len(gap), 1) ** 0.5 + 1e-9:
+        if not significant_gain(losses - tried[best][1]):
             return assign
     return tried[best][0]
 
@@ -684,26 +709,30 @@ def pair_losses(model: SparseMoERewardModel, f: PairFeatures, router: RouterData
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def _init_heads(model: SparseMoERewardModel, diff: torch.Tensor, assign: torch.Tensor, anchor: torch.Tensor,
-                validation: PairFeatures | None, cfg: TrainConfig) -> float:
-    """Start each expert as its cluster's head, shrunk toward the shared head by the penalty of
-    `cfg.head_l2` that gives the routed model the lowest validation loss (the middle one without
-    validation pairs). Returns the penalty used."""
+def _init_heads(model: SparseMoERewardModel, diff: torch.Tensor, assign: torch.Tensor,
+                anchors: dict[str, torch.Tensor], validation: PairFeatures | None, cfg: TrainConfig) -> tuple[str, float]:
+    """Start each expert as its cluster's head, shrunk toward an anchor: the context model's prediction for
+    the cluster (w0 + V times its mean code, which pools what all clusters share: a reversed preference is
+    learnt from both sides) or the shared head w0. The anchor and the penalty of `cfg.head_l2` are those that
+    give the routed model the lowest validation loss (the first anchor and the middle penalty without
+    validation pairs). Returns the anchor's name and the penalty used."""
     grid = sorted(cfg.head_l2)
+    names = list(anchors)
     if validation is None or len(validation) < cfg.min_validation_pairs:
-        grid = [grid[len(grid) // 2]]
-    val_router = router_data(model, validation) if len(grid) > 1 else None
-    best: tuple[float, float, torch.Tensor | None] = (math.inf, grid[0], None)
-    for l2 in grid:
-        heads = fit_bt_heads(diff, assign, model.num_experts, anchor, l2)
-        with torch.no_grad():
-            model.head.copy_(heads)
-        loss = validation_metrics(model, validation, router=val_router)["loss"] if val_router is not None else 0.0
-        if loss < best[0]:
-            best = (loss, l2, heads)
+        grid, names = [grid[len(grid) // 2]], names[:1]
+    val_router = router_data(model, validation) if len(grid) * len(names) > 1 else None
+    best: tuple[float, str, float, torch.Tensor | None] = (math.inf, names[0], grid[0], None)
+    for name in names:
+        for l2 in grid:
+            heads = fit_bt_heads(diff, assign, model.num_experts, anchors[name], l2)
+            with torch.no_grad():
+                model.head.copy_(heads)
+            loss = validation_metrics(model, validation, router=val_router)["loss"] if val_router is not None else 0.0
+            if loss < best[0]:
+                best = (loss, name, l2, heads)
     with torch.no_grad():
-        model.head.copy_(best[2])
-    return best[1]
+        model.head.copy_(best[3])
+    return best[1], best[2]
 
 
 def _train(train: PairFeatures, validation: PairFeatures | None, model_config: ModelConfig, cfg: TrainConfig,

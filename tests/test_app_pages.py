@@ -53,6 +53,9 @@ def test_overview_with_navigation(home):
     labels = [m.label for m in at.metric]
     assert labels[0] == "Accuracy" and at.metric[0].delta.startswith("held-out test split") and "Routing NMI" in labels
     assert any(t.value.startswith("E0") or t.value == "**E0**" for t in at.markdown)
+    story = [e for e in at.expander if e.label == "How training found these experts"]
+    assert story and any("The router reads" in m.value for m in story[0].markdown)
+    assert any("kept checkpoint" in m.value for m in story[0].markdown)
     at.sidebar.selectbox(key="model_name").select("tiny-dense").run()
     assert not at.exception and "tiny" in at.markdown[0].value and "dense" in at.markdown[0].value
     # (AppTest's switch_page runs the page without the entry script; the browser test covers the sidebar)

@@ -12,6 +12,7 @@ from moe_reward.analysis import evaluate, score_pairs
 from moe_reward.data import PreferencePair, split_pairs
 from moe_reward.embed import PairFeatures
 from moe_reward.model import ModelConfig
+from moe_reward.summary import training_story
 from moe_reward.train import TrainConfig, train_model
 
 DIM = 16
@@ -81,6 +82,9 @@ def test_discovery_recovers_criteria_buried_in_topical_prompts_on_unseen_topics(
     assert d["router_probe_nmi"] > 0.9 and d["discovery_efficiency"] > 0.8
     assert d["oracle_routing_accuracy"] > 0.85
     assert sum(map(sum, d["contingency"].values())) == len(buried["test"])
+    story = training_story({"discovery": result.discovery, "best_epoch": result.best_epoch})
+    assert story[0].startswith(f"The router reads {result.discovery['router_input']}, chosen on validation")
+    assert "groups of preference codes" in story[1] and "checkpoint" in story[2]
     # The pooled embedding is the topic: a router reading only it cannot find the criteria on new topics.
     pooled = train(buried, router_input="pooled")
     assert evaluate(pooled.model, buried["test"])["routing_nmi"] < 0.3
@@ -104,6 +108,8 @@ def test_no_context_signal_starts_every_expert_as_the_shared_head():
     parts = topic_split(global_preference_data())
     result = train(parts)
     assert result.discovery["context_helps"] is False and result.discovery["warm_start"] == "global"
+    assert any("started as the single-head model" in line
+               for line in training_story({"discovery": result.discovery, "best_epoch": result.best_epoch}))
     single = train(parts, kind="single", experts=1)
     acc = evaluate(result.model, parts["test"])["accuracy"]
     assert acc >= evaluate(single.model, parts["test"])["accuracy"] - 0.02

@@ -116,11 +116,10 @@ def cmd_train(args) -> int:
                 "no held-out pairs (--validation 0 --test 0): accuracy not measured")
     print(f"{model.describe()}: {held_out}, trained in {metrics['train_seconds']:.1f}s on {metrics['splits']['train']} "
           f"pairs; saved to {args.out}")
-    disc = metrics.get("discovery") or {}
-    if disc.get("warm_start"):
-        print(f"  router reads {disc.get('router_input')}; warm start: {disc['warm_start']}"
-              + ("" if disc.get("context_helps") is not False else " (the prompt did not predict the preference "
-                 "on validation pairs beyond what all prompts share)"))
+    from ..summary import training_story
+
+    for line in training_story(metrics):
+        print(f"  {line}")
     if metrics.get("epochs_planned", 0) > metrics.get("epochs_requested", metrics.get("epochs_planned", 0)):
         print(f"  schedule: {metrics['epochs_run']} epochs run of at most {metrics['epochs_planned']} "
               f"({metrics['epochs_requested']} requested; raised so that {metrics['splits']['train']} training pairs get "
