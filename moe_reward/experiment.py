@@ -47,7 +47,7 @@ over seeds)::
                            "personalization": {"<adapter>": {"<k>": stat}},
                            "diagnostics": {"router_probe_nmi": stat, "router_probe_accuracy": stat,
                                            "oracle_routing_accuracy": stat, "discovery_efficiency": stat},
-                           "n_test_pairs": int}},
+                           "n_test_pairs": int, "router_inputs": [str]}},
      "users_per_k": {"<k>": [users averaged at k]},
      "personalization_per_user": {"<kind>": {"<adapter>": {"<k>": {"<user>": stat}}}},
      "folds": [{"seed", "held_out", "train_pool", "excluded_repeats_of_test_comparisons", "warning"?}],
@@ -73,6 +73,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -480,6 +481,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None,
                 model, seconds = _train(kind, seed, parts, cfg, features.metadata)
                 train_s[kind].append(seconds)
                 ev = evaluate(model, held_out, diagnostics=cfg.diagnostics)
+                ev["router_input"] = model.config.router_input  # resolved: what "auto" chose on validation
                 t1 = time.perf_counter()
                 train_margins, _ = expert_margins_for(model, parts["train"])
                 scale = margin_scale_for(train_margins) if cfg.margin_scale else None
@@ -553,6 +555,7 @@ def summarize(per_seed: list[dict], cfg: ExperimentConfig, protocol: Protocol, f
             "diagnostics": {key: stat(_fold_mean((e.get("diagnostics") or {}).get(key) for e in es) for es in evals)
                             for key in DIAGNOSTIC_KEYS},
             "n_test_pairs": int(np.mean([sum(e["n_pairs"] for e in es) for es in evals])),
+            "router_inputs": [e.get("router_input") for es in evals for e in es],  # per seed (and fold)
         }
         for c in curves:
             for a in c:
@@ -602,6 +605,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def _router_inputs(found: list | None) -> str:
+    """'lexical ×2, pooled' from the router input of each seed (and fold); '–' for results without them."""
+    if not found:
+        return "–"
+    counts = Counter(str(x) for x in found)
+    return ", ".join(f"{name} ×{n}" if n > 1 else name for name, n in counts.most_common())
+
+
 def results_markdown(results: dict) -> str:
     cfg, models = results["config"], results["models"]
     kinds = list(models)
@@ -614,8 +625,9 @@ def results_markdown(results: dict) -> str:
         parts.append(f"**Warning:** {w}")
     parts.append(f"## Models (held-out test split of the training pairs, split by {split}; "
                  "about {} test pairs per seed)".format(next(iter(models.values())).get("n_test_pairs", "?")))
-    parts.append(_table(["kind", "accuracy", "routing NMI", "expert utilization (top-1 share)"],
-                        [[k, _fmt(m["accuracy"]), _fmt(m["routing_nmi"]), " ".join(f"{u:.2f}" for u in m["expert_utilization"])]
+    parts.append(_table(["kind", "accuracy", "routing NMI", "router reads (per seed)", "expert utilization (top-1 share)"],
+                        [[k, _fmt(m["accuracy"]), _fmt(m["routing_nmi"]), _router_inputs(m.get("router_inputs")),
+                          " ".join(f"{u:.2f}" for u in m["expert_utilization"])]
                          for k, m in models.items()]))
     if any(m.get("diagnostics", {}).get("oracle_routing_accuracy", {}).get("mean") is not None for m in models.values()):
         parts.append("## Specialization diagnostics (same test split; probes 5-fold cross-validated over prompts)\n\n"

@@ -61,7 +61,8 @@ def check_shape(results: dict, kinds, adapters, shots):
     assert list(results["models"]) == list(kinds)
     for m in results["models"].values():
         assert set(m) == {"accuracy", "per_group", "routing_nmi", "expert_utilization", "personalization",
-                          "diagnostics", "n_test_pairs"}
+                          "diagnostics", "n_test_pairs", "router_inputs"}
+        assert m["router_inputs"] and all(isinstance(x, str) and x != "auto" for x in m["router_inputs"])
         assert set(m["diagnostics"]) == {"router_probe_nmi", "router_probe_accuracy", "oracle_routing_accuracy",
                                          "discovery_efficiency"}
         assert set(m["accuracy"]) == {"mean", "sd"}
