@@ -122,6 +122,9 @@ def training_story(metrics: dict | None) -> list[str]:
                      + (f" (context-free loss {free:.3f})" if isinstance(free, (int, float)) else "")
                      + ": every expert started as the single-head model, and training had to earn any "
                        "specialization on the validation loss.")
+    elif disc.get("clusters_rejected"):
+        lines.append("The prompt predicts the preference beyond what every prompt shares, but "
+                     f"{disc['clusters_rejected']}: every expert started as the single-head model.")
     elif disc.get("warm_start") == "clusters":
         sizes = [n for n in disc.get("cluster_sizes") or [] if n]
         line = ("The prompt predicts the preference beyond what every prompt shares"

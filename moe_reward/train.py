@@ -631,8 +631,31 @@ def _build(model_config: ModelConfig, train: PairFeatures, validation: PairFeatu
             if not model.config.hidden_dim:
                 anchors = {"context model": cluster_anchors(fit, assign, model.num_experts), "shared head": fit.w0}
                 report["head_anchor"], report["head_l2"] = _init_heads(model, diff, assign, anchors, validation, cfg)
+            _keep_clusters_only_if_better(model, train, validation, cfg, report)
     report.pop("rows", None)
     return model, data, report
+
+
+def _keep_clusters_only_if_better(model: SparseMoERewardModel, train: PairFeatures, validation: PairFeatures | None,
+                                  cfg: TrainConfig, report: dict) -> None:
+    """The prompt predicted the preference, but the routed warm start is only an approximation of that
+    prediction: keep it only if its validation loss beats the single-head start (every expert the trained
+    `single` head) by more than one standard error of the per-pair gain; otherwise start from the single
+    head, so that sparse does not lose to one head where the clusters do not carry over to new prompts."""
+    if validation is None or len(validation) < cfg.min_validation_pairs:
+        return
+    val_router = router_data(model, validation)
+    clustered = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    cluster_losses = pair_losses(model, validation, val_router)
+    _start_as_single_head(model, train, validation, cfg)
+    gain = pair_losses(model, validation, val_router) - cluster_losses
+    if significant_gain(gain):
+        model.load_state_dict(clustered)
+        return
+    report["warm_start"] = "global"
+    report["clusters_rejected"] = (f"the routed warm start's validation loss {float(cluster_losses.mean()):.4f} did "
+                                   f"not beat the single head's {float(cluster_losses.mean() + gain.mean()):.4f} by "
+                                   "more than one standard error")
 
 
 def _start_as_single_head(model: SparseMoERewardModel, train: PairFeatures, validation: PairFeatures | None,
@@ -653,14 +676,14 @@ def _start_as_single_head(model: SparseMoERewardModel, train: PairFeatures, vali
 MIN_GAIN = 1e-3  # nats per validation pair: a smaller gain does not buy more clusters
 
 
-def significant_gain(gain: torch.Tensor) -> bool:
-    """Whether per-pair validation gains (fewer clusters' loss minus more clusters') favour more clusters:
-    their mean exceeds one standard error and MIN_GAIN (on easy validation pairs every loss is near 0, and
-    a consistent gain of 1e-6 nats would otherwise split a criterion between experts). The checkpoint rule
-    keeps the standard error alone: its test is the validation loss itself, relative to the run's best."""
-    if not len(gain):
+def significant_gain(gain: torch.Tensor, floor: float = 0.0) -> bool:
+    """Whether per-pair validation gains (the simpler model's loss minus the other's) favour the other
+    model: their mean exceeds one standard error, and `floor` (nats per pair). Choosing the number of
+    clusters uses MIN_GAIN as the floor: on easy validation pairs every loss is near 0, and a consistent
+    gain of 1e-6 nats would otherwise split a criterion between experts."""
+    if len(gain) < 2:
         return False
-    return float(gain.mean()) > max(float(gain.std()) / len(gain) ** 0.5 if len(gain) > 1 else 0.0, MIN_GAIN)
+    return float(gain.mean()) > max(float(gain.std()) / len(gain) ** 0.5, floor)
 
 
 CLUSTER_COUNTS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -691,7 +714,7 @@ def _choose_clusters(model: SparseMoERewardModel, fit: ContextFit, diff: torch.T
     # (of the per-pair difference), or within MIN_GAIN, of the best count's.
     best = min(range(len(tried)), key=lambda i: float(tried[i][1].mean()))
     for assign, losses in tried:
-        if not significant_gain(losses - tried[best][1]):
+        if not significant_gain(losses - tried[best][1], MIN_GAIN):
             return assign
     return tried[best][0]
 
@@ -808,7 +831,7 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
         trained = pair_losses(model, validation, val_router)
         model.load_state_dict(warm)
         gain = pair_losses(model, validation, val_router) - trained
-        if float(gain.mean()) > float(gain.std()) / len(gain) ** 0.5:
+        if significant_gain(gain):
             model.load_state_dict(best[2])
         else:
             report["kept_warm_start"] = f"epoch {best[1]} was better by {float(gain.mean()):.4f}, within one standard error"

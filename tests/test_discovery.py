@@ -214,3 +214,22 @@ def test_more_experts_than_criteria_keeps_one_expert_per_criterion(buried):
     ev = evaluate(result.model, parts["test"])
     assert ev["routing_nmi"] > 0.9 and ev["accuracy"] > 0.9
     assert sum(u > 0 for u in ev["expert_utilization"]) == result.discovery["clusters"]
+
+
+def test_a_routed_warm_start_that_does_not_beat_one_head_on_validation_is_dropped(buried):
+    """Clusters that do not carry over to validation prompts (here: heads scrambled after discovery) give way
+    to the single-head start; the good clusters of the buried-cue data are kept (warm_start 'clusters' in the
+    discovery test above)."""
+    from moe_reward.train import _keep_clusters_only_if_better
+
+    model = train(buried).model
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.head.copy_(torch.randn(model.head.shape, generator=gen) * 3)
+    report = {"warm_start": "clusters"}
+    cfg = TrainConfig.for_kind("sparse", epochs=10, min_steps=60, seed=0)
+    _keep_clusters_only_if_better(model, buried["train"], buried["validation"], cfg, report)
+    assert report["warm_start"] == "global" and "did not beat the single head" in report["clusters_rejected"]
+    assert torch.allclose(model.head, model.head[:1].expand_as(model.head))  # every expert is the one head
+    assert any("every expert started as the single-head model" in line
+               for line in training_story({"discovery": {**report, "context_helps": True}, "best_epoch": 0}))
