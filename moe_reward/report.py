@@ -180,6 +180,13 @@ def _diagnostics_html(diag: dict | None, k: int) -> str:
     return out
 
 
+def _story_html(lines: list[str]) -> str:
+    if not lines:
+        return ""
+    return ("<p><b>How training found these experts</b></p><ul>" + "".join(f"<li>{esc(line)}</li>" for line in lines)
+            + "</ul>")
+
+
 def personalization_example(scores, features, exclude: np.ndarray | None = None, n_labels: int = EXAMPLE_LABELS,
                             seed: int = 0) -> dict | None:
     """A held-out user (else a group standing in for one) labels `n_labels` of their pairs with Hedge;
@@ -303,7 +310,7 @@ def build_report(model_dir: str | Path, data: str | Path, out: str | Path, *, mo
         subsets=subsets_html, k=k, top_k=model.config.top_k,
         utilization=_figure_html(figures["utilization"], first=True),
         experts=_experts_table(descriptions, all_ev, scores, k),
-        diagnostics=_diagnostics_html(diag, k),
+        diagnostics=_diagnostics_html(diag, k) + _story_html(summary.training_story(saved)),
         personalization=_personalization_html(example, descriptions)
         + (_figure_html(figures["personalization"], first=False) if "personalization" in figures else ""),
         n_all=len(features), date=_dt.date.today().isoformat(), model_dir=esc(model_dir), data_name=esc(data_name),

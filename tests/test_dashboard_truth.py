@@ -404,6 +404,7 @@ def test_report_escapes_dataset_text_and_has_a_personalization_example(tmp_path)
                        descriptions=descriptions)
     text = out.html.read_text()
     assert "<script>alert(1)" not in text and "&lt;script&gt;alert(1)" in text
+    assert "How training found these experts" in text and "<li>The router reads" in text
     ex = personalization_example(scores, feats)  # terse-tess / thorough-theo label 8 of their pairs
     assert ex["field"] == "user" and ex["n_labels"] == 8 and ex["n_eval"] == 48 - 8
     assert abs(sum(ex["after"]) - 1) < 1e-6 and 0 <= ex["profile_accuracy"] <= 1
