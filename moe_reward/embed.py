@@ -432,6 +432,15 @@ class Backbone:
         return out
 
 
+def drop_broken_shard(shard: Path, keys_file: Path, exc: Exception, cache: str, then: str) -> None:
+    """A cache shard that cannot be read whole (truncated, mismatched keys, NaN) is deleted with a warning,
+    never fatal: what it held is computed again."""
+    warnings.warn(f"{cache}: dropped broken shard {shard} ({str(exc)[:120]}); {then}", stacklevel=4)
+    for path in (shard, keys_file):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 class EmbeddingCache:
     """Embeddings on disk keyed by (backbone, pooling, max length) and the hash of each input text.
 
@@ -471,11 +480,7 @@ class EmbeddingCache:
             if not np.isfinite(mat).all():
                 raise ValueError("NaN or infinite values")
         except Exception as exc:  # noqa: BLE001 (any broken shard is dropped and recomputed, never fatal)
-            warnings.warn(f"embedding cache: dropped broken shard {shard} ({str(exc)[:120]}); its texts will be "
-                          "embedded again", stacklevel=3)
-            for path in (shard, keys_file):
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            drop_broken_shard(shard, keys_file, exc, "embedding cache", "its texts will be embedded again")
             return None
         return dict(zip(keys, mat, strict=True))
 

@@ -23,12 +23,10 @@ kinds) lets training choose among `AUTO_CANDIDATES` by validation likelihood (`t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,7 @@ from safetensors.numpy import load_file, save_file
 from scipy import sparse
 
 from . import atomic
-from .embed import Backbone, BackboneSpec, PairFeatures, default_cache_dir
+from .embed import Backbone, BackboneSpec, PairFeatures, default_cache_dir, drop_broken_shard
 from .model import RouterBatch, parse_channels
 
 AUTO_CANDIDATES = ("pooled", "lexical", "pooled+lexical")
@@ -135,11 +133,7 @@ class TokenStateCache:
             if not np.isfinite(states).all() or (lengths < 0).any() or (lengths > states.shape[1]).any():
                 raise ValueError("NaN, infinite values or impossible lengths")
         except Exception as exc:  # noqa: BLE001 (any broken shard is dropped and recomputed, never fatal)
-            warnings.warn(f"token-state cache: dropped broken shard {shard} ({str(exc)[:120]}); its prompts will be "
-                          "read again", stacklevel=3)
-            for path in (shard, keys_file):
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            drop_broken_shard(shard, keys_file, exc, "token-state cache", "its prompts will be read again")
             return {}
         return {h: s[: int(n)] for h, s, n in zip(keys, states, lengths, strict=True)}
 

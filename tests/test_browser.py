@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from app_workspace import build_tiny_workspace
+from streamlit_server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -43,48 +40,14 @@ def _require_browser():
         pytest.skip(missing)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     _require_browser()
     home = tmp_path_factory.mktemp("browser-workspace")
     build_tiny_workspace(home)
-    port = _free_port()
-    env = {**os.environ, "MOE_REWARD_HOME": str(home), "MOE_REWARD_DATA_DIR": str(home / "no-repo-data"),
-           "PYTHONUNBUFFERED": "1"}
-    log = open(home / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
-         "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            break
-    else:
-        proc.terminate()
-        pytest.fail(f"streamlit did not start: {(home / 'server.log').read_text()[-2000:]}")
-    if proc.poll() is not None:
-        pytest.fail(f"streamlit exited: {(home / 'server.log').read_text()[-2000:]}")
-    yield url, home
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    srv = Server(home).start()
+    yield srv.url, home
+    srv.stop()
 
 
 def _wait_idle(page, timeout_s: float = 90) -> None:

@@ -6,20 +6,15 @@ and no request to any host but the app's own. Screenshots go to test-output/scre
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from app_workspace import build_tiny_workspace, tiny_features
+from streamlit_server import Server
 from test_browser import (
     CHROMIUM,
     SHOTS,
     _box_select,
-    _free_port,
     _no_exception,
     _require_browser,
     _wait_idle,
@@ -46,32 +41,9 @@ def dash_server(tmp_path_factory):
     train_from_data(TrainRequest(data=str(ws.uploads_dir / "other.safetensors"), experts=3, top_k=1,
                                  train=TrainConfig.for_kind("sparse", epochs=4, min_steps=20, patience=4)),
                     ws.model_path("other-sparse"), features=other)
-    port = _free_port()
-    env = {**os.environ, "MOE_REWARD_HOME": str(home), "MOE_REWARD_DATA_DIR": str(home / "no-repo-data"),
-           "PYTHONUNBUFFERED": "1"}
-    log = open(home / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
-         "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.terminate()
-        pytest.fail(f"streamlit did not start: {(home / 'server.log').read_text()[-2000:]}")
-    yield url, home
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    srv = Server(home).start()
+    yield srv.url, home
+    srv.stop()
 
 
 def _expert_colours(page) -> dict[str, str]:

@@ -6,18 +6,14 @@ test-output/screenshots/labels_*.png.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from app_workspace import build_tiny_workspace
+from streamlit_server import Server
 from test_browser import CHROMIUM, SHOTS, _no_exception, _require_browser, _wait_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,51 +32,12 @@ def _port() -> int:
     pytest.skip(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
-class Server:
-    def __init__(self, home: Path):
-        self.home, self.port, self.proc, self.log = home, _port(), None, None
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {**os.environ, "MOE_REWARD_HOME": str(self.home), "MOE_REWARD_DATA_DIR": str(self.home / "no-repo-data"),
-               "PYTHONUNBUFFERED": "1"}
-        self.log = open(self.home / "server.log", "a")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
-             "127.0.0.1", "--server.port", str(self.port), "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 90
-        while time.time() < deadline and self.proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        pytest.fail(f"streamlit did not start: {(self.home / 'server.log').read_text()[-2000:]}")
-
-    def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        if self.log is not None and not self.log.closed:
-            self.log.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     _require_browser()
     home = tmp_path_factory.mktemp("browser-labels")
     build_tiny_workspace(home)
-    srv = Server(home)
+    srv = Server(home, _port())
     srv.start()
     yield srv
     srv.stop()
