@@ -50,19 +50,20 @@ def server(tmp_path_factory):
     srv.stop()
 
 
-def _wait_idle(page, timeout_s: float = 90) -> None:
-    """Wait until the script run finished: the status widget ('Running...') is gone for a moment."""
+def _wait_idle(page, timeout_s: float = 120) -> None:
+    """Wait until the script run finished: neither the status widget ('Running...') nor an element marked
+    stale (headless Streamlit may show no status widget) for a whole second; then every plotly chart drawn."""
     deadline = time.time() + timeout_s
     quiet_since = None
     while time.time() < deadline:
-        running = page.locator('[data-testid="stStatusWidget"]').count() > 0
+        running = page.locator('[data-testid="stStatusWidget"], [data-stale="true"]').count() > 0
         if running:
             quiet_since = None
         elif quiet_since is None:
             quiet_since = time.time()
         elif time.time() - quiet_since > 1.0:
             break
-        page.wait_for_timeout(150)
+        page.wait_for_timeout(100)
     else:
         raise AssertionError("the app did not finish running")
     # charts draw after the script run: wait until every plotly chart has its SVG

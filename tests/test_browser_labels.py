@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from app_workspace import build_tiny_workspace
 from streamlit_server import Server
-from test_browser import CHROMIUM, SHOTS, _no_exception, _require_browser, _wait_text
+from test_browser import CHROMIUM, SHOTS, _no_exception, _require_browser, _wait_idle, _wait_text
 
 ROOT = Path(__file__).resolve().parent.parent
 PORTS = range(8621, 8630)  # this module's servers
@@ -63,25 +63,6 @@ def _open_profile(browser, server, annotator: str):
     _wait_idle(page)
     _no_exception(page)
     return page
-
-
-def _wait_idle(page, timeout_s: float = 120) -> None:
-    """Until the page has finished its script run: no element marked stale for a whole second (this
-    Streamlit shows no status widget while running headless), and every plotly chart drawn."""
-    deadline = time.time() + timeout_s
-    quiet_since = None
-    while time.time() < deadline:
-        if page.locator('[data-stale="true"]').count():
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.time()
-        elif time.time() - quiet_since > 1.0:
-            break
-        page.wait_for_timeout(100)
-    else:
-        raise AssertionError("the app did not finish running")
-    page.wait_for_function("""() => [...document.querySelectorAll('.js-plotly-plot')]
-        .every(p => p.querySelector('.main-svg'))""", timeout=30_000)
 
 
 def _labels(home: Path, annotator: str) -> list[tuple]:
