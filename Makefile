@@ -18,7 +18,7 @@ app:
 	streamlit run app.py --server.address 127.0.0.1 --browser.gatherUsageStats false
 
 dataset:
-	python -m moe_reward.controlled --out data/controlled/pairs.jsonl
+	python -m moe_reward.data.controlled --out data/controlled/pairs.jsonl
 
 # The shipped features of the default dataset (int8, ids only; texts joined from pairs.jsonl.gz).
 default-artifacts:

@@ -52,7 +52,7 @@ def build_default_if_missing() -> None:
 def expert_cards(ctx, used: np.ndarray) -> None:
     descriptions = {d.expert: d for d in ctx.descriptions()}
     if not descriptions:
-        st.caption("Expert descriptions are unavailable (moe_reward.describe is not installed).")
+        st.caption("Expert descriptions are unavailable (moe_reward.evaluate.describe is not installed).")
     s = ctx.scores
     routed = s.routing > 0
     # An expert is judged where the router uses it (its accuracy on all pairs mixes in other contexts).

@@ -18,13 +18,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from moe_reward import pipeline, summary
-from moe_reward.analysis import PairScores, evaluate, groups_of, score_pairs
-from moe_reward.colors import EXPERT_COLORS, category_colors, expert_color, hex_to_rgb, natural_sorted
-from moe_reward.embed import BackboneSpec, PairFeatures
-from moe_reward.model import SparseMoERewardModel, load_metrics
-from moe_reward.store import LabelStore
-from moe_reward.workspace import DataFile, Workspace, default_root, file_id, model_training_data
+from moe_reward.app import pipeline
+from moe_reward.app.colors import EXPERT_COLORS, category_colors, expert_color, hex_to_rgb, natural_sorted
+from moe_reward.app.workspace import DataFile, Workspace, default_root, file_id, model_training_data
+from moe_reward.embed.backbone import BackboneSpec
+from moe_reward.embed.features import PairFeatures
+from moe_reward.evaluate import summary
+from moe_reward.evaluate.metrics import PairScores, evaluate, groups_of, score_pairs
+from moe_reward.model.moe import SparseMoERewardModel, load_metrics
+from moe_reward.personalize.store import LabelStore
 
 PAGE_TITLE = "MoE Reward Lens"
 ENTRY_SIDEBAR = "_sidebar_drawn_by_app"  # set by app.py: the sidebar is drawn before each page runs
@@ -79,7 +81,7 @@ def load_features(ws: Workspace, data: Path, spec: BackboneSpec) -> PairFeatures
     """Features of a data file. The first time, the file is embedded once in the background
     (`Workspace.features_in_background`, keyed by file and backbone): this page shows its progress, and
     leaving the page neither stops nor restarts it (any page asking for the file waits for the same job)."""
-    from moe_reward import jobs
+    from moe_reward.app import jobs
 
     job = ws.features_in_background(data, spec)
     if job is not None:
@@ -97,9 +99,9 @@ def load_features(ws: Workspace, data: Path, spec: BackboneSpec) -> PairFeatures
 
 
 def background_jobs() -> None:
-    """Embedding and training that run in the background (moe_reward.jobs), with live progress, on every
+    """Embedding and training that run in the background (moe_reward.app.jobs), with live progress, on every
     page; when the last one ends the page reruns to show its result."""
-    from moe_reward import jobs
+    from moe_reward.app import jobs
 
     def running():
         return [j for j in jobs.all_jobs(active_only=True) if j.key.startswith(("embed:", "train:"))]
@@ -145,7 +147,7 @@ def _descriptions(model_fid: str, data_fid: str, cache_dir: str, _model, _featur
     """describe.py's expert descriptions, kept as JSON in the workspace (a few seconds on 10k pairs)."""
     import hashlib
 
-    from moe_reward.describe import describe_experts, load_descriptions, save_descriptions
+    from moe_reward.evaluate.describe import describe_experts, load_descriptions, save_descriptions
 
     path = Path(cache_dir) / f"{hashlib.sha1(f'{model_fid}|{data_fid}'.encode()).hexdigest()[:20]}.json"
     if path.is_file():
@@ -160,14 +162,14 @@ def _descriptions(model_fid: str, data_fid: str, cache_dir: str, _model, _featur
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _margins(model_fid: str, data_fid: str, _model, _features) -> tuple[np.ndarray, np.ndarray]:
-    from moe_reward.personalize import expert_margins_for
+    from moe_reward.personalize.adapters import expert_margins_for
 
     return expert_margins_for(_model, _features)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _backbone(spec: tuple):
-    from moe_reward.embed import Backbone
+    from moe_reward.embed.backbone import Backbone
 
     return Backbone(BackboneSpec(*spec))
 
@@ -551,15 +553,15 @@ def map_key(ctx: Context) -> tuple[str, str]:
 
 
 def projection_job_key(ctx: Context, params) -> str:
-    from moe_reward.projection import cache_key
+    from moe_reward.evaluate.projection import cache_key
 
     return f"project:{cache_key(params, map_key(ctx), len(ctx.features))}"
 
 
 def submit_projection(ctx: Context, params):
-    """Compute a map in the background (moe_reward.jobs): one job per (model, data, parameters) per server."""
-    from moe_reward import jobs
-    from moe_reward.projection import project
+    """Compute a map in the background (moe_reward.app.jobs): one job per (model, data, parameters) per server."""
+    from moe_reward.app import jobs
+    from moe_reward.evaluate.projection import project
 
     features, scores, cache_dir, parts = ctx.features, ctx.scores, ctx.ws.projections_dir, map_key(ctx)
 
@@ -577,8 +579,8 @@ def submit_projection(ctx: Context, params):
 
 def precompute_default_map(ws: Workspace, model_dir: Path, progress=None) -> None:
     """After the default model is built: the map's instant views now, its UMAP view in the background."""
-    from moe_reward import jobs
-    from moe_reward.projection import PRECOMPUTED_UMAP, cache_key, precompute_views, project
+    from moe_reward.app import jobs
+    from moe_reward.evaluate.projection import PRECOMPUTED_UMAP, cache_key, precompute_views, project
 
     data = next((d for d in ws.list_data() if d.path == ws.default_data_path()), None)
     if data is None:
@@ -601,8 +603,8 @@ def job_progress(job, what: str) -> None:
 
 
 def report_button(ctx: Context) -> None:
-    """Write the stakeholder report (moe_reward.report) of the selected model and offer it for download."""
-    from moe_reward.report import build_report
+    """Write the stakeholder report (moe_reward.app.report) of the selected model and offer it for download."""
+    from moe_reward.app.report import build_report
 
     st.caption("One self-contained HTML file with the held-out headline numbers, the experts and their "
                "descriptions, the specialization diagnostics and a personalization example "

@@ -19,8 +19,9 @@ import time
 import numpy as np
 import torch
 
-from moe_reward.data import load_pairs
-from moe_reward.embed import Backbone, BackboneSpec, embed_texts
+from moe_reward.data.pairs import load_pairs
+from moe_reward.embed.backbone import Backbone, BackboneSpec
+from moe_reward.embed.cache import embed_texts
 
 SIZES = {  # Llama-3.2-1B-, 3B- and Llama-3.1-8B-shaped (vocabulary: the tokenizer trained here)
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),

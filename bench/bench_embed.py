@@ -23,8 +23,9 @@ import time
 import numpy as np
 import torch
 
-from moe_reward.data import load_pairs
-from moe_reward.embed import Backbone, BackboneSpec, EmbeddingCache, embed_texts
+from moe_reward.data.pairs import load_pairs
+from moe_reward.embed.backbone import Backbone, BackboneSpec
+from moe_reward.embed.cache import EmbeddingCache, embed_texts
 
 
 def make_texts(n: int) -> list[tuple[str, str]]:
@@ -108,9 +109,9 @@ def throughput(args) -> None:
 
 def accuracy(args) -> None:
     """Held-out accuracy of the same model kind on fp32 and int8 features of the whole default data."""
-    from moe_reward.embed import embed_pairs
-    from moe_reward.pipeline import TrainRequest, train_from_data
-    from moe_reward.train import TrainConfig
+    from moe_reward.app.pipeline import TrainRequest, train_from_data
+    from moe_reward.embed.pairs import embed_pairs
+    from moe_reward.train.loop import TrainConfig
 
     pairs = load_pairs("controlled").pairs
     feats = {}

@@ -29,15 +29,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 CHROMIUM = "/usr/bin/chromium"
 DIM, EXPERTS = 32, 12
 
 
 def synthetic(n: int, seed: int = 0):
     """n pairs in 12 prompt clusters whose preferred direction differs per cluster."""
-    from moe_reward.data import PreferencePair
-    from moe_reward.embed import PairFeatures
+    from moe_reward.data.pairs import PreferencePair
+    from moe_reward.embed.features import PairFeatures
 
     rng = np.random.default_rng(seed)
     cluster = rng.integers(0, EXPERTS, n)
@@ -54,9 +54,9 @@ def synthetic(n: int, seed: int = 0):
 
 
 def build(home: Path, sizes: list[int]) -> None:
-    from moe_reward.pipeline import TrainRequest, train_from_data
-    from moe_reward.train import TrainConfig
-    from moe_reward.workspace import Workspace
+    from moe_reward.app.pipeline import TrainRequest, train_from_data
+    from moe_reward.app.workspace import Workspace
+    from moe_reward.train.loop import TrainConfig
 
     ws = Workspace(home)
     small = synthetic(3000, seed=1)
@@ -121,7 +121,13 @@ def browser_times(url: str, n: int, cap: int) -> tuple[float, float, str]:
 
 
 def server_side_million(n: int = 1_000_000) -> None:
-    from moe_reward.projection import anchors_2d, density_grid, draw_sample, points_in_box, points_in_polygon
+    from moe_reward.evaluate.projection import (
+        anchors_2d,
+        density_grid,
+        draw_sample,
+        points_in_box,
+        points_in_polygon,
+    )
 
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.full(EXPERTS, 0.3), size=n).astype(np.float32)
@@ -145,7 +151,7 @@ def projection_timings() -> None:
     """PCA and UMAP on 5,000 points of 12-d router logits, in a fresh process (so UMAP's first fit is cold)."""
     code = r"""
 import time, numpy as np
-from moe_reward.projection import ProjectionParams, pca_2d, umap_2d
+from moe_reward.evaluate.projection import ProjectionParams, pca_2d, umap_2d
 x = np.random.default_rng(0).normal(size=(5000, 12)).astype(np.float32)
 t = time.perf_counter(); pca_2d(x); print(f"  PCA, 5,000 x 12: {time.perf_counter() - t:.3f} s")
 p = ProjectionParams("umap", "router", metric="euclidean")

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from moe_reward.personalize import make_adapter, softmax, softplus
+from moe_reward.personalize.adapters import make_adapter, softmax, softplus
 
 
 def best_of(fn, repeat: int) -> float:

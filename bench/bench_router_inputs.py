@@ -17,9 +17,10 @@ import time
 
 import torch
 
-from moe_reward.data import load_pairs
-from moe_reward.embed import Backbone, embed_pairs
-from moe_reward.router_inputs import fit_lexical, lexical_matrix, prompt_token_states
+from moe_reward.data.pairs import load_pairs
+from moe_reward.embed.backbone import Backbone
+from moe_reward.embed.pairs import embed_pairs
+from moe_reward.model.router_inputs import fit_lexical, lexical_matrix, prompt_token_states
 
 
 def main() -> None:

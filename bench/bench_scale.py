@@ -28,9 +28,11 @@ import numpy as np
 def ray_throughput(args) -> None:
     import ray
 
-    from moe_reward.data import load_pairs
-    from moe_reward.embed import BackboneSpec, PairFeatures, embed_pairs, pair_items
-    from moe_reward.embed_ray import embed_with_ray
+    from moe_reward.data.pairs import load_pairs
+    from moe_reward.embed.backbone import BackboneSpec
+    from moe_reward.embed.features import PairFeatures
+    from moe_reward.embed.pairs import embed_pairs, pair_items
+    from moe_reward.embed.ray import embed_with_ray
 
     pairs = load_pairs("controlled").pairs[: args.pairs]
     texts = len(set(pair_items(pairs)))
@@ -67,8 +69,8 @@ def ray_throughput(args) -> None:
 
 def write_synthetic(folder: Path, n: int, dim: int, shard_rows: int, seed: int = 0) -> None:
     """n pairs of unit-norm synthetic features with a learnable signal, written shard by shard (float16)."""
-    from moe_reward.data import PreferencePair
-    from moe_reward.embed import ShardWriter
+    from moe_reward.data.pairs import PreferencePair
+    from moe_reward.embed.features import ShardWriter
 
     rng = np.random.default_rng(seed)
     w = rng.normal(size=dim).astype(np.float32)
@@ -96,8 +98,8 @@ def measure_child(folder: str, what: str, kind: str, epochs: int) -> None:
     """Runs in a fresh process: load the shards, then train (or evaluate), printing peak RSS at each step."""
     import torch
 
-    from moe_reward.embed import PairFeatures
-    from moe_reward.heap import return_freed_memory
+    from moe_reward.core.heap import return_freed_memory
+    from moe_reward.embed.features import PairFeatures
 
     if not os.environ.get("NO_HEAP_FIX"):
         return_freed_memory()  # as the CLI does
@@ -106,8 +108,8 @@ def measure_child(folder: str, what: str, kind: str, epochs: int) -> None:
     feats = PairFeatures.load(folder)
     out["load_s"], out["after_load_gb"], out["storage"] = time.perf_counter() - t, _peak_gb(), feats.storage_dtype
     if what == "train":
-        from moe_reward.pipeline import TrainRequest, train_from_data
-        from moe_reward.train import TrainConfig
+        from moe_reward.app.pipeline import TrainRequest, train_from_data
+        from moe_reward.train.loop import TrainConfig
 
         torch.manual_seed(0)
         req = TrainRequest(data=folder, kind=kind, experts=8, top_k=2, router_input="pooled",
@@ -116,8 +118,8 @@ def measure_child(folder: str, what: str, kind: str, epochs: int) -> None:
         _, metrics = train_from_data(req, None, features=feats)
         out["train_s"], out["accuracy"] = time.perf_counter() - t, metrics["test"]["accuracy"]
     else:
-        from moe_reward.analysis import evaluate
-        from moe_reward.model import ModelConfig, SparseMoERewardModel
+        from moe_reward.evaluate.metrics import evaluate
+        from moe_reward.model.moe import ModelConfig, SparseMoERewardModel
 
         model = SparseMoERewardModel(ModelConfig(kind=kind, input_dim=feats.dim, num_experts=8, top_k=2,
                                                  router_input="pooled"))

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
-from moe_reward.analysis import evaluate
+from moe_reward.evaluate.metrics import evaluate
 
 ui.page_header("Routing statistics", "Which experts the router uses, for which groups, how confidently, "
                "and how accurate each expert is where it is used.")

@@ -3,7 +3,7 @@ embeddings, coloured by expert, group, margin or correctness; select a region to
 
 Scale: at most `cap` points are drawn (a stratified sample, every expert kept visible), over a density
 layer of all of them; a box or lasso selects among *all* pairs on the server, and the table pages through
-them. Non-linear layouts (UMAP) run as background jobs (moe_reward.jobs) with progress and an estimate.
+them. Non-linear layouts (UMAP) run as background jobs (moe_reward.app.jobs) with progress and an estimate.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
-from moe_reward import jobs
-from moe_reward.colors import NEUTRAL, expert_symbol, rgba
-from moe_reward.projection import (
+from moe_reward.app import jobs
+from moe_reward.app.colors import NEUTRAL, expert_symbol, rgba
+from moe_reward.evaluate.projection import (
     METRICS,
     ProjectionParams,
     anchor_positions,

@@ -9,8 +9,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
-from moe_reward.analysis import expert_agreement
-from moe_reward.colors import NEUTRAL
+from moe_reward.app.colors import NEUTRAL
+from moe_reward.evaluate.metrics import expert_agreement
 
 ui.page_header("Expert detail", "Everything about one expert: what it prefers, where the router sends it work, "
                "and which other experts agree with it.")
@@ -48,7 +48,7 @@ m[3].metric(f"Accuracy on all {n} pairs", ui.fmt(float(s.expert_correct[:, k].me
 with st.container(border=True):
     st.markdown("**Description**")
     if desc is None:
-        st.caption("No description available (moe_reward.describe).")
+        st.caption("No description available (moe_reward.evaluate.describe).")
     else:
         st.text(desc.label or f"E{k}")
         cols = st.columns(3)

@@ -4,7 +4,7 @@ Each label is oriented "preferred minus other": if the user prefers the response
 adapter sees r_k(A) - r_k(B) for every expert k. Which dataset response is shown as A is random, so the
 position of a response never tells the user which one the dataset preferred.
 
-The stored labels are the profile (moe_reward.store): every run rebuilds it from them, so two browser
+The stored labels are the profile (moe_reward.personalize.store): every run rebuilds it from them, so two browser
 sessions on one profile see each other's labels, and Undo removes this session's newest label only. A
 click carries the pair it was shown with (the buttons' key and callback arguments), so a click that
 arrives while the page is still redrawing labels exactly the pair on screen, or is refused with a note
@@ -24,8 +24,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
-from moe_reward.data import split_pairs
-from moe_reward.personalize import (
+from moe_reward.data.pairs import split_pairs
+from moe_reward.personalize.adapters import (
     ADAPTERS,
     Adapter,
     margin_scale_for,
@@ -36,7 +36,7 @@ from moe_reward.personalize import (
     span_report,
     weight_shift,
 )
-from moe_reward.store import (
+from moe_reward.personalize.store import (
     MAX_IMPORT_LABELS,
     DuplicateLabel,
     Label,
@@ -416,8 +416,8 @@ with left:
             if not (prompt.strip() and a.strip() and b.strip()) or a.strip() == b.strip():
                 st.error("Give a prompt and two different responses.")
             else:
-                from moe_reward.pipeline import score_texts
-                from moe_reward.workspace import preload_backbone_imports
+                from moe_reward.app.pipeline import score_texts
+                from moe_reward.app.workspace import preload_backbone_imports
 
                 with st.spinner("Embedding the pair…"):
                     preload_backbone_imports()

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
-from moe_reward.analysis import disagreements, evaluate, score_pairs
+from moe_reward.evaluate.metrics import disagreements, evaluate, score_pairs
 
 ui.page_header("Compare models", "Two models on the dataset picked in the sidebar: accuracy, per-group accuracy, "
                "routing NMI, the pairs they disagree on, and personalization curves from experiments.")

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
-from moe_reward.pipeline import score_texts
+from moe_reward.app.pipeline import score_texts
 
 ui.page_header("Score your own", "Type a prompt and two responses: see what each expert thinks, how the router "
                "mixes them, and the reward under a personal profile.")

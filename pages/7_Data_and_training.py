@@ -10,12 +10,12 @@ import pandas as pd
 import streamlit as st
 
 import ui_common as ui
-from moe_reward.data import DataError, check_split_field, load_pairs, save_jsonl
-from moe_reward.embed import DEFAULT_BACKBONE
-from moe_reward.model import MODEL_KINDS
-from moe_reward.pipeline import TrainRequest
-from moe_reward.train import TrainConfig
-from moe_reward.workspace import check_name, is_data_file
+from moe_reward.app.pipeline import TrainRequest
+from moe_reward.app.workspace import check_name, is_data_file
+from moe_reward.data.pairs import DataError, check_split_field, load_pairs, save_jsonl
+from moe_reward.embed.backbone import DEFAULT_BACKBONE
+from moe_reward.model.moe import MODEL_KINDS
+from moe_reward.train.loop import TrainConfig
 
 ROUTER_INPUTS = ("auto", "pooled", "lexical", "pooled+lexical", "attention", "lexical+attention")
 
@@ -145,7 +145,7 @@ if start:
 
 def finish_training(job, model_name: str) -> None:
     """This session's training ended: keep its result (or error) for the page, select the new model."""
-    from moe_reward import jobs
+    from moe_reward.app import jobs
 
     st.session_state.pop(TRAIN_JOB, None)
     jobs.forget(job.key)
@@ -168,7 +168,7 @@ def finish_training(job, model_name: str) -> None:
 
 def training_progress() -> None:
     """Live progress of this session's training (a fragment: reruns itself; the page reruns when it ends)."""
-    from moe_reward import jobs
+    from moe_reward.app import jobs
 
     key, model_name = st.session_state.get(TRAIN_JOB, (None, None))
     job = jobs.get(key) if key else None
@@ -179,7 +179,7 @@ def training_progress() -> None:
 
 
 if TRAIN_JOB in st.session_state:
-    from moe_reward import jobs as _jobs
+    from moe_reward.app import jobs as _jobs
 
     _key, _name = st.session_state[TRAIN_JOB]
     _job = _jobs.get(_key)

@@ -30,7 +30,7 @@ def _progress_bar(desc: str):
 
 
 def cmd_validate(args) -> int:
-    from ..data import validate_file
+    from ..data.pairs import validate_file
 
     # One streaming pass: each problem is printed as it is found (duplicate ids at the end).
     rep = validate_file(args.data, on_error=print)
@@ -48,8 +48,10 @@ def _report_skipped(res) -> None:
 
 
 def cmd_embed(args) -> int:
-    from ..data import load_pairs
-    from ..embed import BackboneSpec, ShardWriter, embed_pairs
+    from ..data.pairs import load_pairs
+    from ..embed.backbone import BackboneSpec
+    from ..embed.features import ShardWriter
+    from ..embed.pairs import embed_pairs
 
     res = load_pairs(args.data, skip_bad=args.skip_bad)
     _report_skipped(res)
@@ -61,7 +63,7 @@ def cmd_embed(args) -> int:
         raise ValueError("--no-records applies to a single .safetensors file, not to a folder of shards")
     dtype = args.dtype or ("float16" if to_folder else "float32")
     if args.engine == "ray":
-        from ..embed_ray import embed_with_ray
+        from ..embed.ray import embed_with_ray
 
         manifest = embed_with_ray(res.pairs, spec, args.out, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                                   cpus_per_worker=args.cpus_per_worker, block_rows=args.block_rows,
@@ -92,8 +94,8 @@ def cmd_embed(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ..pipeline import TrainRequest, train_from_data
-    from ..train import TrainConfig
+    from ..app.pipeline import TrainRequest, train_from_data
+    from ..train.loop import TrainConfig
 
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "batch_size", "sparsity_weight",
                                                  "balance_weight", "diversity_weight", "specialization_weight")
@@ -116,7 +118,7 @@ def cmd_train(args) -> int:
                 "no held-out pairs (--validation 0 --test 0): accuracy not measured")
     print(f"{model.describe()}: {held_out}, trained in {metrics['train_seconds']:.1f}s on {metrics['splits']['train']} "
           f"pairs; saved to {args.out}")
-    from ..summary import training_story
+    from ..evaluate.summary import training_story
 
     for line in training_story(metrics):
         print(f"  {line}")
@@ -131,10 +133,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..analysis import evaluate
-    from ..atomic import write_text
-    from ..model import load_metrics
-    from ..pipeline import features_for_model, load_model, load_split_ids
+    from ..app.pipeline import features_for_model, load_model, load_split_ids
+    from ..core.atomic import write_text
+    from ..evaluate.metrics import evaluate
+    from ..model.moe import load_metrics
 
     model = load_model(args.model)
     feats = features_for_model(model, args.data, skip_bad=args.skip_bad, on_loaded=_report_skipped)
@@ -178,7 +180,7 @@ def _print_diagnostics(d: dict | None) -> None:
 def cmd_score(args) -> int:
     import numpy as np
 
-    from ..pipeline import backbone_for, load_model, score_texts
+    from ..app.pipeline import backbone_for, load_model, score_texts
 
     model = load_model(args.model)
     weights = None
@@ -202,8 +204,8 @@ def cmd_score(args) -> int:
 
 def read_profile_weights(path: str | Path, num_experts: int, model_name: str) -> list[float]:
     """The weights of a profile file (from `personalize --profile-out`), checked against the model."""
-    from ..limits import MAX_PROFILE_BYTES
-    from ..personalize import parse_profile
+    from ..core.limits import MAX_PROFILE_BYTES
+    from ..personalize.adapters import parse_profile
 
     path = Path(path)
     size = path.stat().st_size
@@ -245,7 +247,7 @@ def winner_lines(scored) -> list[str]:
 
 
 def cmd_make_dataset(args) -> int:
-    from .. import controlled
+    from ..data import controlled
 
     return controlled.main(["--out", args.out, "--seed", str(args.seed), "--noise", str(args.noise)])
 
@@ -253,7 +255,7 @@ def cmd_make_dataset(args) -> int:
 def cmd_app(args) -> int:
     import subprocess
 
-    app = Path(__file__).resolve().parent.parent / "app.py"
+    app = Path(__file__).resolve().parents[2] / "app.py"
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.address,
                             "--server.port", str(args.port), "--browser.gatherUsageStats", "false"])
 
@@ -274,7 +276,7 @@ def bounded_int(lo: int, hi: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..limits import MAX_DIM, MAX_EXPERTS, MAX_MAX_LENGTH
+    from ..core.limits import MAX_DIM, MAX_EXPERTS, MAX_MAX_LENGTH
 
     p = argparse.ArgumentParser(prog="moe-reward", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -409,7 +411,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..heap import return_freed_memory
+    from ..core.heap import return_freed_memory
 
     return_freed_memory()  # large runs: freed batch buffers go back to the OS (see heap.py)
     args = build_parser().parse_args(argv)

@@ -66,7 +66,7 @@ def register(subparsers) -> None:
 
 
 def cmd_experiment(args) -> int:
-    from ..experiment import ExperimentConfig, run_experiment
+    from ..experiment.run import ExperimentConfig, run_experiment
 
     optional = {name: getattr(args, name) for name in ("kinds", "adapters", "shots") if getattr(args, name)}
     cfg = ExperimentConfig(
@@ -96,8 +96,8 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_describe(args) -> int:
-    from ..describe import describe_experts, save_descriptions
-    from ..pipeline import features_for_model, load_model
+    from ..app.pipeline import features_for_model, load_model
+    from ..evaluate.describe import describe_experts, save_descriptions
 
     model = load_model(args.model)
     feats = features_for_model(model, args.data, skip_bad=args.skip_bad)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import open_atomic, write_text
+from ..core.atomic import open_atomic, write_text
 from . import ADAPTER_NAMES
 
 CLI_SESSION = "cli"  # the session name of labels stored from the command line (what `label --undo` removes)
@@ -131,9 +131,9 @@ def _model_dir(ws, name: str) -> Path:
 
 
 def _load(args, model_arg: str | None = None):
-    from ..analysis import score_pairs
-    from ..pipeline import backbone_spec_for, load_model
-    from ..workspace import Workspace
+    from ..app.pipeline import backbone_spec_for, load_model
+    from ..app.workspace import Workspace
+    from ..evaluate.metrics import score_pairs
 
     ws = Workspace()
     model_dir = _model_dir(ws, model_arg or args.model)
@@ -148,7 +148,7 @@ def _load(args, model_arg: str | None = None):
 
 def filter_mask(feats, scores, groups=None, correct="all", min_conf=0.0, max_conf=1.0, expert=None) -> np.ndarray:
     """The Routing statistics / Expert map filters, as one boolean mask over the pairs."""
-    from ..analysis import groups_of
+    from ..evaluate.metrics import groups_of
 
     g = groups_of(feats)
     g = g if g is not None else np.array(["(none)"] * len(feats))
@@ -192,10 +192,10 @@ def _write_rows(rows: list[dict], out: str) -> None:
 
 
 def cmd_build_default(args) -> int:
-    from ..analysis import score_pairs
-    from ..pipeline import backbone_spec_for, load_model
-    from ..projection import precompute_views
-    from ..workspace import Workspace, file_id
+    from ..app.pipeline import backbone_spec_for, load_model
+    from ..app.workspace import Workspace, file_id
+    from ..evaluate.metrics import score_pairs
+    from ..evaluate.projection import precompute_views
 
     ws = Workspace()
     bar, stage = _bar("build default")
@@ -215,7 +215,7 @@ def cmd_build_default(args) -> int:
 
 def _open_store(ws):
     """The workspace's label store, or None when none was ever written (reading never creates one)."""
-    from ..store import LabelStore
+    from ..personalize.store import LabelStore
 
     return LabelStore(ws.labels_db) if ws.labels_db.is_file() else None
 
@@ -226,9 +226,9 @@ def _store_error(exc) -> int:
 
 
 def cmd_workspace(args) -> int:
-    from ..model import load_metrics
-    from ..store import StoreError
-    from ..workspace import Workspace
+    from ..app.workspace import Workspace
+    from ..model.moe import load_metrics
+    from ..personalize.store import StoreError
 
     ws = Workspace()
     print(f"workspace: {ws.root}" + (f" (read-only: {ws.read_only})" if ws.read_only else ""))
@@ -259,8 +259,8 @@ def cmd_workspace(args) -> int:
 
 
 def cmd_project(args) -> int:
-    from ..projection import ProjectionParams, project
-    from ..workspace import file_id
+    from ..app.workspace import file_id
+    from ..evaluate.projection import ProjectionParams, project
 
     ws, model_dir, _model, feats, scores = _load(args)
     params = ProjectionParams(args.method, args.source, args.n_neighbors, args.min_dist, args.metric, args.seed)
@@ -279,7 +279,7 @@ def cmd_project(args) -> int:
 
 
 def cmd_routing_stats(args) -> int:
-    from ..analysis import evaluate
+    from ..evaluate.metrics import evaluate
 
     _, _, model, feats, scores = _load(args)
     mask = filter_mask(feats, scores, args.group, args.correct, args.min_confidence, args.max_confidence)
@@ -318,7 +318,7 @@ def cmd_select(args) -> int:
 
 
 def cmd_expert(args) -> int:
-    from ..analysis import expert_agreement
+    from ..evaluate.metrics import expert_agreement
 
     _, _, model, feats, scores = _load(args)
     k = args.expert
@@ -339,8 +339,8 @@ def cmd_expert(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ..analysis import disagreements, evaluate, score_pairs
-    from ..pipeline import load_model
+    from ..app.pipeline import load_model
+    from ..evaluate.metrics import disagreements, evaluate, score_pairs
 
     ws, _, model_a, feats, a = _load(args)
     model_b = load_model(_model_dir(ws, args.other))
@@ -366,9 +366,9 @@ def cmd_compare(args) -> int:
 def cmd_label(args) -> int:
     """The Personalize page's label, from the command line: same profile, same store, same rules (one
     label per pair and profile; undo removes only what the command line stored)."""
-    from ..personalize import expert_margins_for, margin_scale_for, prior_from_routing
-    from ..store import DuplicateLabel, Label, LabelStore, StoreError, new_profile_spec
-    from ..workspace import Workspace
+    from ..app.workspace import Workspace
+    from ..personalize.adapters import expert_margins_for, margin_scale_for, prior_from_routing
+    from ..personalize.store import DuplicateLabel, Label, LabelStore, StoreError, new_profile_spec
     from .personalize import _parse_params
 
     if not args.undo and (args.pair is None or args.prefer is None):
@@ -417,8 +417,8 @@ def cmd_label(args) -> int:
 
 
 def cmd_labels(args) -> int:
-    from ..store import StoreError
-    from ..workspace import Workspace
+    from ..app.workspace import Workspace
+    from ..personalize.store import StoreError
 
     ws = Workspace()
     try:

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from ..atomic import write_text
+from ..core.atomic import write_text
 from . import ADAPTER_NAMES
 
 
@@ -44,7 +44,8 @@ def _parse_params(items: list[str]) -> dict:
 
 
 def cmd_personalize(args) -> int:
-    from ..personalize import (
+    from ..app.pipeline import features_for_model, load_model
+    from ..personalize.adapters import (
         expert_margins_for,
         make_adapter,
         margin_scale_for,
@@ -53,7 +54,6 @@ def cmd_personalize(args) -> int:
         select_next,
         weight_shift,
     )
-    from ..pipeline import features_for_model, load_model
 
     model = load_model(args.model)
     feats = features_for_model(model, args.data, skip_bad=args.skip_bad)

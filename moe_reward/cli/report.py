@@ -17,8 +17,8 @@ def register(subparsers) -> None:
 
 def model_data_path(model_dir: Path, given: str | None) -> str:
     """--data, else the model's recorded training data ('controlled' is the workspace's default data)."""
-    from ..summary import trained_on
-    from ..workspace import Workspace
+    from ..app.workspace import Workspace
+    from ..evaluate.summary import trained_on
 
     data = given or trained_on(model_dir)
     if not data:
@@ -31,8 +31,8 @@ def model_data_path(model_dir: Path, given: str | None) -> str:
 
 
 def cmd_report(args) -> int:
-    from ..report import build_report
-    from ..workspace import Workspace
+    from ..app.report import build_report
+    from ..app.workspace import Workspace
 
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():

@@ -1,0 +1,324 @@
+"""What the router reads: the prompt as one or more *channels*, chosen per model and recorded in its config.
+
+The experts read the backbone's embedding of prompt + response; the router reads the prompt alone. A
+mean-pooled sentence embedding of a prompt is dominated by its topic and blurs short instructions ("keep it
+short", "step by step") that decide which preference applies, so the router can read other channels too:
+
+- ``pooled``: the backbone's pooled prompt embedding (mean pooling for encoders, the last token's state
+  for decoders): `PairFeatures.prompt`, nothing to compute.
+- ``lexical``: TF-IDF of the prompt's word 1- and 2-grams over a vocabulary fitted on the training prompts
+  (terms seen in at least 2 prompts, at most `MAX_VOCABULARY`), sublinear term frequency, unit-length rows.
+  Saved with the model: the vocabulary in ``config.json``, the idf weights as the ``lexical_idf`` tensor.
+- ``attention``: the frozen backbone's token states of the prompt (at most `max_prompt_tokens`: the first
+  quarter and the last three quarters of that budget, so a cue at either end survives a long prompt), pooled
+  by a few learned queries inside the model (`SparseMoERewardModel.attend`). Token states are computed once
+  per distinct prompt and cached on disk beside the embeddings (float16).
+
+A router input is a ``+``-joined set of channels, e.g. ``pooled+lexical``; ``auto`` (the default for routed
+kinds) lets training choose among `AUTO_CANDIDATES` by validation likelihood (`train.choose_router_input`).
+
+`router_data(model, features)` turns pair features into what the model's router needs, batch by batch
+(`RouterData.batch`), so callers never assemble channels themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from scipy import sparse
+
+from ..core import atomic
+from ..embed.backbone import Backbone, BackboneSpec
+from ..embed.cache import drop_broken_shard
+from ..embed.features import PairFeatures, default_cache_dir
+from .moe import RouterBatch, parse_channels
+
+AUTO_CANDIDATES = ("pooled", "lexical", "pooled+lexical")
+MAX_VOCABULARY = 4096
+NGRAMS = (1, 2)
+MIN_DF = 2
+TOKEN_PATTERN = r"(?u)\b\w+\b"
+MAX_PROMPT_CHARS = 20_000  # lexical features read at most this much of a prompt (its end: the last turn)
+
+
+# ----------------------------------------------------------------------------- lexical channel
+
+
+def _counter(vocabulary: Sequence[str] | None = None, min_df: int = MIN_DF, max_features: int | None = MAX_VOCABULARY):
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    if vocabulary is not None:
+        return CountVectorizer(lowercase=True, ngram_range=NGRAMS, token_pattern=TOKEN_PATTERN,
+                               vocabulary={t: i for i, t in enumerate(vocabulary)})
+    return CountVectorizer(lowercase=True, ngram_range=NGRAMS, token_pattern=TOKEN_PATTERN, min_df=min_df,
+                           max_features=max_features)
+
+
+def _clip(texts: Sequence[str]) -> list[str]:
+    return [t[-MAX_PROMPT_CHARS:] for t in texts]
+
+
+def fit_lexical(prompts: Sequence[str], max_features: int = MAX_VOCABULARY) -> tuple[list[str], np.ndarray]:
+    """(vocabulary, idf) fitted on training prompts; an empty vocabulary when no term occurs in 2 prompts."""
+    distinct = sorted(set(_clip(prompts)))
+    if len(distinct) < MIN_DF:
+        return [], np.zeros(0, np.float32)
+    counter = _counter(max_features=max_features)
+    try:
+        counts = counter.fit_transform(distinct)
+    except ValueError:  # "empty vocabulary" / "no terms remain": nothing shared between prompts
+        return [], np.zeros(0, np.float32)
+    vocabulary = [""] * len(counter.vocabulary_)
+    for term, i in counter.vocabulary_.items():
+        vocabulary[i] = term
+    df = np.asarray((counts > 0).sum(0)).reshape(-1)
+    idf = np.log((1 + len(distinct)) / (1 + df)) + 1.0  # scikit-learn's smoothed idf
+    return vocabulary, idf.astype(np.float32)
+
+
+def lexical_matrix(prompts: Sequence[str], vocabulary: Sequence[str], idf: np.ndarray) -> sparse.csr_matrix:
+    """[N, V] TF-IDF rows (sublinear tf, unit length; all-zero for a prompt with no known term)."""
+    counts = _counter(vocabulary).transform(_clip(prompts)).astype(np.float32).tocsr()
+    counts.data = 1.0 + np.log(counts.data)
+    tfidf = counts.multiply(np.asarray(idf, np.float32)[None, :]).tocsr()
+    norms = np.sqrt(np.asarray(tfidf.multiply(tfidf).sum(1)).reshape(-1))
+    return sparse.diags(1.0 / np.maximum(norms, 1e-12)).dot(tfidf).tocsr().astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- attention channel: token states
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class TokenStateCache:
+    """Per-prompt token states [T, D] (float16) on disk, keyed by backbone, token budget and prompt hash.
+
+    Like `embed.EmbeddingCache`: each `put` writes one new shard (keys JSON first), so concurrent writers
+    never corrupt each other; a shard that cannot be read is skipped (and recomputed on demand).
+    """
+
+    def __init__(self, root: str | Path | None, key: str):
+        self.dir = None if root is None else Path(root) / key
+        self._index: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._index is None:
+            self._index = {}
+            if self.dir and self.dir.exists():
+                for shard in sorted(self.dir.glob("*.safetensors")):
+                    self._index.update(self._read_shard(shard))
+        return self._index
+
+    @staticmethod
+    def _read_shard(shard: Path) -> dict[str, np.ndarray]:
+        """One shard's token states; a broken shard is deleted with a warning (and recomputed when needed)."""
+        keys_file = shard.with_suffix(".json")
+        if not keys_file.exists():
+            return {}  # a writer between its two renames (the keys go first): not a shard yet
+        try:
+            keys = json.loads(keys_file.read_text(encoding="utf-8"))
+            tensors = load_file(shard)
+            states, lengths = tensors["states"], tensors["lengths"]
+            if not isinstance(keys, list) or states.ndim != 3 or not len(keys) == len(states) == len(lengths):
+                raise ValueError(f"{len(keys) if isinstance(keys, list) else 'no'} keys for states {states.shape}")
+            if not np.isfinite(states).all() or (lengths < 0).any() or (lengths > states.shape[1]).any():
+                raise ValueError("NaN, infinite values or impossible lengths")
+        except Exception as exc:  # noqa: BLE001 (any broken shard is dropped and recomputed, never fatal)
+            drop_broken_shard(shard, keys_file, exc, "token-state cache", "its prompts will be read again")
+            return {}
+        return {h: s[: int(n)] for h, s, n in zip(keys, states, lengths, strict=True)}
+
+    def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        index = self._load()
+        return {h: index[h] for h in hashes if h in index}
+
+    def put(self, hashes: Sequence[str], states: list[np.ndarray]) -> None:
+        self._load().update(zip(hashes, states, strict=True))
+        if self.dir is None or not hashes:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        width = max(len(s) for s in states)
+        padded = np.zeros((len(states), width, states[0].shape[1]), np.float16)
+        for i, s in enumerate(states):
+            padded[i, : len(s)] = s
+        stem = self.dir / f"{time.time_ns()}-{os.getpid()}"
+        atomic.write_text(stem.with_suffix(".json"), json.dumps(list(hashes)))  # keys first: see _read_shard
+        tensors = {"states": padded, "lengths": np.array([len(s) for s in states], np.int32)}
+        atomic.write_with(Path(str(stem) + ".safetensors"), lambda tmp: save_file(tensors, tmp))
+
+
+def head_and_tail(ids: list[int], budget: int) -> list[int]:
+    """At most `budget` token ids: the first quarter and the last three quarters of the budget."""
+    if len(ids) <= budget:
+        return ids
+    head = budget // 4
+    return ids[:head] + ids[len(ids) - (budget - head) :]
+
+
+def prompt_token_states(backbone: Backbone | BackboneSpec, prompts: Sequence[str], max_tokens: int,
+                        cache_dir: str | Path | None = "default", progress=None) -> list[np.ndarray]:
+    """Token states [T_i, D] (float16) of each prompt; each distinct prompt is computed once, cached ones never."""
+    root = default_cache_dir() if cache_dir == "default" else cache_dir
+    spec = backbone.spec if isinstance(backbone, Backbone) else backbone
+    key = hashlib.sha1(f"{spec.name}|{spec.max_length}|tokens-{max_tokens}".encode()).hexdigest()[:16]
+    cache = TokenStateCache(None if root is None else Path(root).parent / "token_states", key)
+    hashes = [_text_hash(p) for p in prompts]
+    have = cache.get(hashes)
+    todo = {h: p for h, p in zip(hashes, prompts, strict=True) if h not in have}
+    if todo:
+        bb = backbone if isinstance(backbone, Backbone) else Backbone(backbone)
+        keys = list(todo)
+        ids = [head_and_tail(bb.token_ids(todo[h], None), max_tokens) for h in keys]
+        out: list[np.ndarray | None] = [None] * len(ids)
+        done = 0
+        for idx, hidden, mask in bb.iter_hidden(ids):
+            hidden = hidden.float().cpu().numpy()
+            lengths = mask.sum(1).cpu().numpy()
+            for row, i in enumerate(idx):
+                out[i] = hidden[row, : int(lengths[row])].astype(np.float16)
+            done += len(idx)
+            if progress:
+                progress(done, len(ids))
+        cache.put(keys, out)  # type: ignore[arg-type]
+        have = {**have, **dict(zip(keys, out, strict=True))}
+    return [have[h] for h in hashes]
+
+
+# ----------------------------------------------------------------------------- router data
+
+
+@dataclass
+class RouterData:
+    """The router's inputs for N pairs: vector channels ([N, R], dense and/or sparse blocks) and token
+    states (distinct prompts [U, T, D] float16 with a mask, and the row of each pair's prompt)."""
+
+    blocks: list  # np.ndarray [N, d] or scipy CSR [N, V], concatenated in order
+    tokens: np.ndarray | None = None  # [U, T, D] float32 (float16 beyond `FLOAT32_TOKEN_BYTES`)
+    mask: np.ndarray | None = None  # [U, T] bool
+    index: np.ndarray | None = None  # [N] row in `tokens`
+
+    def __len__(self) -> int:
+        if self.blocks:
+            return int(self.blocks[0].shape[0])
+        return 0 if self.index is None else len(self.index)
+
+    @property
+    def vector_dim(self) -> int:
+        return int(sum(b.shape[1] for b in self.blocks))
+
+    def vectors(self, rows: np.ndarray | slice) -> np.ndarray | None:
+        if not self.blocks:
+            return None
+        parts = []
+        for b in self.blocks:
+            part = b[rows]
+            parts.append(part.toarray() if sparse.issparse(part) else np.asarray(part))
+        return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+
+    def batch(self, rows: np.ndarray | slice) -> torch.Tensor | RouterBatch:
+        vec = self.vectors(rows)
+        vec_t = None if vec is None else torch.from_numpy(vec)
+        if self.tokens is None:
+            return vec_t  # type: ignore[return-value]
+        u = self.index[rows]
+        tokens = torch.from_numpy(np.asarray(self.tokens[u], dtype=np.float32))
+        return RouterBatch(vec_t, tokens, torch.from_numpy(self.mask[u]))
+
+    def subset(self, rows: np.ndarray) -> RouterData:
+        rows = np.asarray(rows, dtype=np.int64)
+        return RouterData([b[rows] for b in self.blocks], self.tokens, self.mask,
+                          None if self.index is None else self.index[rows])
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension mean and std of the vector channels (sparse blocks without densifying)."""
+        means, stds = [], []
+        for b in self.blocks:
+            if sparse.issparse(b):
+                m = np.asarray(b.mean(0)).reshape(-1)
+                sq = np.asarray(b.multiply(b).mean(0)).reshape(-1)
+            else:  # in chunks: no float64 copy of the whole block (a million prompts at scale)
+                m, sq = np.zeros(b.shape[1]), np.zeros(b.shape[1])
+                for s in range(0, len(b), 65536):
+                    x = np.asarray(b[s : s + 65536], np.float64)
+                    m, sq = m + x.sum(0), sq + (x * x).sum(0)
+                m, sq = m / max(len(b), 1), sq / max(len(b), 1)
+            means.append(m)
+            stds.append(np.sqrt(np.maximum(sq - m.astype(np.float64) ** 2, 0.0)))
+        if not means:
+            return np.zeros(0, np.float32), np.ones(0, np.float32)
+        return np.concatenate(means).astype(np.float32), np.concatenate(stds).astype(np.float32)
+
+
+FLOAT32_TOKEN_BYTES = 1 << 30  # token states of distinct prompts are kept as float32 up to this size
+
+
+def _pad_tokens(states: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    width = max(1, max(len(s) for s in states))
+    dim = states[0].shape[1]
+    dtype = np.float32 if len(states) * width * dim * 4 <= FLOAT32_TOKEN_BYTES else np.float16
+    tokens = np.zeros((len(states), width, dim), dtype)
+    mask = np.zeros((len(states), width), bool)
+    for i, s in enumerate(states):
+        tokens[i, : len(s)] = s
+        mask[i, : len(s)] = True
+    return tokens, mask
+
+
+def build_router_data(channels: Sequence[str], features: PairFeatures, vocabulary: Sequence[str] = (),
+                      idf: np.ndarray | None = None, max_prompt_tokens: int = 64,
+                      backbone: Backbone | BackboneSpec | None = None,
+                      cache_dir: str | Path | None = "default") -> RouterData:
+    """Router inputs of `features` for the given channels (see the module docstring)."""
+    prompts = [p.prompt for p in features.pairs]
+    blocks: list = []
+    if "pooled" in channels:
+        blocks.append(features.prompt)
+    if "lexical" in channels:
+        if not len(vocabulary):
+            raise ValueError("the lexical router channel needs a fitted vocabulary")
+        blocks.append(lexical_matrix(prompts, vocabulary, idf if idf is not None else np.ones(len(vocabulary))))
+    data = RouterData(blocks)
+    if "attention" in channels:
+        distinct = sorted(set(prompts))
+        row = {p: i for i, p in enumerate(distinct)}
+        spec = backbone if backbone is not None else backbone_spec_from_metadata(features.metadata)
+        states = prompt_token_states(spec, distinct, max_prompt_tokens, cache_dir=cache_dir) if distinct else []
+        if states:
+            data.tokens, data.mask = _pad_tokens(states)
+        else:
+            data.tokens = np.zeros((0, 1, features.dim), np.float16)
+            data.mask = np.zeros((0, 1), bool)
+        data.index = np.array([row[p] for p in prompts], dtype=np.int64)
+    return data
+
+
+def backbone_spec_from_metadata(meta: dict) -> BackboneSpec:
+    """The backbone that made a features file (its metadata), for computing more inputs of the same kind."""
+    return BackboneSpec(meta.get("backbone", "all-MiniLM-L6-v2"), pooling=meta.get("pooling", "auto"),
+                        max_length=int(meta.get("max_length", 256)))
+
+
+def router_data(model, features: PairFeatures, backbone: Backbone | BackboneSpec | None = None,
+                cache_dir: str | Path | None = "default") -> RouterData:
+    """What `model`'s router reads for these pairs (its channels, vocabulary and token budget)."""
+    cfg = model.config
+    idf = model.lexical_idf.detach().cpu().numpy() if cfg.lexical_vocabulary else None
+    return build_router_data(cfg.channels, features, cfg.lexical_vocabulary, idf,
+                             cfg.max_prompt_tokens, backbone, cache_dir)
+
+
+def describe_channels(spec: str) -> str:
+    names = {"pooled": "pooled prompt embedding", "lexical": "prompt word n-grams (TF-IDF)",
+             "attention": "attention over prompt tokens"}
+    return " + ".join(names[c] for c in parse_channels(spec))

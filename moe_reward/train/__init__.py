@@ -1,0 +1,1 @@
+"""Stage 4, train: discovery warm start, Bradley-Terry with regularizers, checkpoint choice."""

@@ -1,0 +1,177 @@
+"""Issue 9 in a real browser: held-out headline with its subset, the dataset following the model, one colour
+per expert on every page, a `?expert=3` link, a shared map view, the stakeholder report opened in Chromium,
+and no request to any host but the app's own. Screenshots go to test-output/screenshots/dashboard_*.png.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from app_workspace import build_tiny_workspace, tiny_features
+from browser import (
+    CHROMIUM,
+    SHOTS,
+    _box_select,
+    _no_exception,
+    _require_browser,
+    _wait_idle,
+    _wait_text,
+)
+from streamlit_server import Server
+
+from moe_reward.app import colors
+from moe_reward.app.pipeline import TrainRequest, train_from_data
+from moe_reward.train.loop import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def dash_server(tmp_path_factory):
+    _require_browser()
+    home = tmp_path_factory.mktemp("browser-dashboard")
+    ws = build_tiny_workspace(home)
+    other = tiny_features(seed=5)
+    for p in other.pairs:
+        p.id = f"o-{p.id}"
+    other.save(ws.uploads_dir / "other.safetensors")
+    train_from_data(TrainRequest(data=str(ws.uploads_dir / "other.safetensors"), experts=3, top_k=1,
+                                 train=TrainConfig.for_kind("sparse", epochs=4, min_steps=20, patience=4)),
+                    ws.model_path("other-sparse"), features=other)
+    srv = Server(home).start()
+    yield srv.url, home
+    srv.stop()
+
+
+def _expert_colours(page) -> dict[str, str]:
+    """{'E3': colour} from every plotly chart on the page (bars coloured per expert, traces named E3)."""
+    found = page.evaluate("""() => {
+        const out = {};
+        for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+            for (const t of gd.data || []) {
+                const col = t.marker && t.marker.color;
+                for (const axis of ['x', 'y']) {
+                    const cats = t[axis];
+                    if (Array.isArray(col) && Array.isArray(cats) && col.length === cats.length
+                        && cats.every(c => /^E\\d+$/.test(String(c)))) cats.forEach((c, i) => { out[c] = col[i]; });
+                }
+                const m = /^(E\\d+)( ·|$)/.exec(String(t.name || ''));
+                if (m && typeof col === 'string') out[m[1]] = col;
+            }
+        }
+        return out;
+    }""")
+    return found
+
+
+def _rgb(c: str) -> tuple[int, ...]:
+    if c.startswith("#"):
+        return colors.hex_to_rgb(c)
+    return tuple(int(float(x)) for x in c[c.index("(") + 1:].split(",")[:3])
+
+
+def _open(page, url: str, heading: str) -> None:
+    page.goto(url)
+    page.get_by_role("heading", name=heading).first.wait_for(timeout=90_000)
+    _wait_idle(page)
+    _no_exception(page)
+
+
+def test_dashboard_tells_the_truth_in_a_browser(dash_server):
+    from playwright.sync_api import sync_playwright
+
+    url, home = dash_server
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    foreign_requests: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM),
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1440, "height": 2400})
+        page.on("request", lambda r: foreign_requests.append(r.url)
+                if not r.url.startswith((url, "data:", "blob:", "file:")) else None)
+        try:
+            _open(page, url, "Overview")
+            n_test = len(json.loads((home / "models" / "default-sparse" / "split_ids.json").read_text())["test"])
+            first_metric = page.locator('[data-testid="stMetric"]').first.inner_text()
+            assert first_metric.startswith("Accuracy") and f"held-out test split · {n_test} pairs" in first_metric
+            page.screenshot(path=str(SHOTS / "dashboard_overview.png"), full_page=True)
+            colours = {"Overview": _expert_colours(page)}
+
+            # the dataset follows the model; foreign data is said plainly
+            box = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"] input')
+            box.first.click()
+            page.get_by_role("option", name="other-sparse").click()
+            _wait_text(page, "other-sparse: sparse")
+            _wait_idle(page)
+            assert box.nth(1).input_value() == "uploads/other.safetensors"
+            box.nth(1).click()
+            page.get_by_role("option", name="uploads/tiny.safetensors").click()
+            _wait_text(page, "not the data the model was trained on")
+            _wait_idle(page)
+            page.screenshot(path=str(SHOTS / "dashboard_foreign_data.png"), full_page=True)
+
+            # one colour per expert on every page (default-sparse again, via a link)
+            for title, path in (("Routing statistics", "/Routing_statistics"), ("Expert map", "/Expert_map"),
+                                ("Expert detail", "/Expert_detail?expert=3")):
+                _open(page, f"{url}{path}{'&' if '?' in path else '?'}model=default-sparse", title)
+                colours[title] = _expert_colours(page)
+            for title, found in colours.items():
+                assert found, f"no expert colours on {title}"
+                for expert, col in found.items():
+                    assert _rgb(col) == colors.hex_to_rgb(colors.expert_color(int(expert[1:]))), (title, expert, col)
+            assert all("E3" in colours[t] for t in ("Overview", "Routing statistics", "Expert map", "Expert detail"))
+
+            # ?expert=3 opened Expert detail on E3, and the address keeps the view
+            expert_box = page.locator('[data-testid="stMain"] [data-testid="stSelectbox"] input').first
+            assert expert_box.input_value().startswith("E3")
+            assert "expert=3" in page.url and "model=default-sparse" in page.url
+            page.screenshot(path=str(SHOTS / "dashboard_expert_detail_E3.png"), full_page=True)
+
+            # the map: a box selects over all pairs; the link reopens the same selection
+            _open(page, f"{url}/Expert_map?model=default-sparse&layout=pca", "Expert map")
+            _box_select(page)
+            _wait_text(page, "Download all")
+            _wait_idle(page)
+            assert "box=" in page.url
+            shared = page.url
+            selected = page.get_by_text("Selection:").first.inner_text()
+            page.screenshot(path=str(SHOTS / "dashboard_expert_map.png"), full_page=True)
+            other = browser.new_page(viewport={"width": 1440, "height": 1600})
+            other.goto(shared)
+            other.get_by_role("heading", name="Expert map").first.wait_for(timeout=90_000)
+            _wait_text(other, selected)
+            other.close()
+
+            # the stakeholder report: one click, then the file opens in Chromium, offline
+            _open(page, url, "Overview")
+            page.get_by_text("Stakeholder report", exact=True).click()
+            write = page.get_by_role("button", name="Write the stakeholder report")
+            write.wait_for()
+            _wait_idle(page)
+            write.click()
+            _wait_text(page, "Wrote ", timeout_ms=120_000)
+            _wait_idle(page)
+        except Exception:
+            page.screenshot(path=str(SHOTS / "dashboard_failure.png"), full_page=True)
+            raise
+        report = home / "reports" / "default-sparse.html"
+        assert report.is_file()
+        view = browser.new_page(viewport={"width": 1280, "height": 1800})
+        view.on("request", lambda r: foreign_requests.append(r.url)
+                if not r.url.startswith(("file:", "data:", "blob:")) else None)
+        view.goto(report.as_uri())
+        view.get_by_role("heading", name="How well it predicts preferences it has not seen").wait_for()
+        view.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 1")
+        assert "held-out test split" in view.locator("body").inner_text()
+        view.screenshot(path=str(SHOTS / "dashboard_report.png"), full_page=True)
+        browser.close()
+    assert not foreign_requests, foreign_requests[:5]  # page icon, fonts, plotly: nothing from another host
+    pngs = sorted((home / "reports" / "default-sparse_figures").glob("*.png"))
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return
+    assert [p.name for p in pngs] == ["utilization.png"] or "utilization.png" in [p.name for p in pngs]

@@ -1,0 +1,74 @@
+"""A tiny dashboard workspace for the app, browser and bench tests: no backbone, trained in seconds.
+
+The features are synthetic 384-d vectors (the MiniLM width, so free-text scoring still fits the model):
+prompts cluster by a brief/deep cue, and the preferred response's length direction flips with the cue,
+so a routed model learns two experts. The texts are real (tests/support/reversal_data.py) so pages show text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from reversal_data import reversal_pairs
+
+from moe_reward.app.pipeline import TrainRequest, train_from_data
+from moe_reward.app.workspace import DEFAULT_MODEL, Workspace
+from moe_reward.data.pairs import PreferencePair
+from moe_reward.embed.features import PairFeatures
+from moe_reward.train.loop import TrainConfig
+
+DIM = 384
+PERSONAS = {"brief": "terse-tess", "deep": "thorough-theo"}
+
+
+def tiny_features(seed: int = 0, n_pairs: int | None = None) -> PairFeatures:
+    """96 pairs (groups brief/deep); `n_pairs` repeats them (fresh noise, unique ids) for scale tests."""
+    rng = np.random.default_rng(seed)
+    pairs = reversal_pairs(seed=seed, cues_per_side=2)
+    if n_pairs is not None:
+        base = pairs
+        pairs = [PreferencePair(**{**base[i % len(base)].to_dict(), "id": f"{base[i % len(base)].id}-{i}"})
+                 for i in range(n_pairs)]
+    n = len(pairs)
+    cue_dir, length_dir = np.eye(DIM)[0], np.eye(DIM)[1]
+    # Noise lives in a few dimensions only, so that standardization keeps the two signal axes visible.
+    # (So free text typed on "Score your own" gets out-of-range rewards from these synthetic models.)
+    prompt, chosen, rejected = (np.pad(rng.normal(scale=0.5, size=(n, 14)), ((0, 0), (2, DIM - 16)))
+                                for _ in range(3))
+    for i, p in enumerate(pairs):
+        p.user = PERSONAS[p.group]
+        deep = p.group == "deep"
+        prompt[i] += (2.0 if deep else -2.0) * cue_dir
+        long_is_chosen = deep
+        chosen[i] += (1.5 if long_is_chosen else -1.5) * length_dir
+        rejected[i] += (-1.5 if long_is_chosen else 1.5) * length_dir
+    as32 = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    meta = {"backbone": "all-MiniLM-L6-v2", "pooling": "mean", "max_length": 256, "dim": DIM}
+    return PairFeatures(as32(prompt), as32(chosen), as32(rejected), pairs, meta)
+
+
+def build_tiny_workspace(root: str | Path, n_pairs: int | None = None, experts: int = 4) -> Workspace:
+    """models/default-sparse (4 experts, top-2) and models/tiny-dense on uploads/tiny.safetensors,
+    plus an experiments/tiny/results.json for the comparison page."""
+    ws = Workspace(root)
+    feats = tiny_features(n_pairs=n_pairs)
+    data = ws.uploads_dir / "tiny.safetensors"
+    feats.save(data)
+    for name, kind in ((DEFAULT_MODEL, "sparse"), ("tiny-dense", "dense")):
+        req = TrainRequest(data=str(data), kind=kind, experts=experts, top_k=2,
+                           train=TrainConfig.for_kind(kind, epochs=15, min_steps=60, patience=15))
+        train_from_data(req, ws.model_path(name), features=feats)
+    stat = lambda m: {"mean": m, "sd": 0.02}  # noqa: E731
+    results = {
+        "config": {"users": list(PERSONAS.values())},
+        "models": {kind: {"accuracy": stat(acc), "routing_nmi": stat(nmi), "per_group": {},
+                          "personalization": {"hedge": {str(k): stat(min(0.5 + 0.05 * k * gain, 0.99))
+                                                         for k in (0, 1, 2, 4, 8)}}}
+                   for kind, acc, nmi, gain in (("sparse", 0.95, 0.9, 1.0), ("dense", 0.9, 0.3, 0.6))},
+        "oracle": {str(k): stat(0.5 + 0.04 * k) for k in (0, 1, 2, 4, 8)},
+    }
+    (ws.experiments_dir / "tiny").mkdir(parents=True, exist_ok=True)
+    (ws.experiments_dir / "tiny" / "results.json").write_text(json.dumps(results))
+    return ws

@@ -1,0 +1,253 @@
+"""The label store: concurrent writers, one label per pair and profile, profiles rebuilt from their labels,
+per-session undo, ids never reused, files of older versions, read-only files and a full disk."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+
+from moe_reward.personalize.adapters import make_adapter
+from moe_reward.personalize.store import (
+    DuplicateLabel,
+    Label,
+    LabelStore,
+    StoreError,
+    StoreReadOnly,
+    new_profile_spec,
+)
+
+K = 3
+PRIOR = [0.3, 0.3, 0.4]
+
+
+def _margins(i: int) -> list[float]:
+    return np.random.default_rng(i).normal(size=K).round(4).tolist()
+
+
+def _profile(store: LabelStore, who: str = "ana", name: str = "mine", adapter: str = "hedge"):
+    return store.get_or_create_profile(who, name, "m", adapter, new_profile_spec(adapter, K, PRIOR))
+
+
+def test_concurrent_writers_keep_every_label_with_its_annotator(tmp_path):
+    store = LabelStore(tmp_path / "labels.sqlite")
+    errors: list[BaseException] = []
+
+    def annotate(worker: int) -> None:
+        try:
+            for i in range(100):
+                store.add_label(Label(f"annotator-{worker}", f"w{worker}-p{i}", f"prompt {worker}", f"c{i}", f"r{i}"))
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=annotate, args=(w,)) for w in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert store.count_labels() == 2000
+    for w in range(20):
+        mine = store.labels(annotator=f"annotator-{w}")
+        assert len(mine) == 100
+        assert all(lab.pair_id.startswith(f"w{w}-") and lab.prompt == f"prompt {w}" for lab in mine)
+
+
+def test_profile_is_rebuilt_from_its_labels_after_reopening(tmp_path):
+    path = tmp_path / "labels.sqlite"
+    store = LabelStore(path)
+    prof = _profile(store)
+    for i in range(4):
+        store.record_label(Label("ana", f"p{i}", "q", "a", "b", profile_id=prof.id), _margins(i), session="s1")
+    again = LabelStore(path)
+    state = again.load_profile(prof.id)
+    reference = make_adapter("hedge", K, PRIOR)
+    reference.fit(np.array([_margins(i) for i in range(4)]), [f"p{i}" for i in range(4)])
+    assert state.adapter.n_labels == 4 and state.pair_ids == {"p0", "p1", "p2", "p3"}
+    np.testing.assert_allclose(state.adapter.weights, reference.weights)
+    assert [s for s, _ in again.history(prof.id)] == [1, 2, 3, 4]
+    assert again.get_or_create_profile("ana", "mine", "m", "hedge").id == prof.id
+    assert again.last_profile("ana", "m").name == "mine"
+
+
+def test_one_label_per_pair_and_profile(tmp_path):
+    store = LabelStore(tmp_path / "labels.sqlite")
+    prof = _profile(store)
+    first = store.record_label(Label("ana", "p", "q", "a", "b", profile_id=prof.id), _margins(0), session="s1")
+    with pytest.raises(DuplicateLabel) as info:  # the opposite preference, from a second click
+        store.record_label(Label("ana", "p", "q", "b", "a", profile_id=prof.id), -np.array(_margins(0)), session="s1")
+    assert info.value.existing_id == first
+    assert [(lab.pair_id, lab.chosen) for lab in store.labels(profile_id=prof.id)] == [("p", "a")]
+    other = _profile(store, name="other")  # another profile may label the same pair
+    store.record_label(Label("ana", "p", "q", "b", "a", profile_id=other.id), _margins(1), session="s1")
+
+
+def test_racing_duplicate_clicks_store_exactly_one(tmp_path):
+    store = LabelStore(tmp_path / "labels.sqlite")
+    prof = _profile(store)
+    outcomes: list[str] = []
+
+    def click(side: int) -> None:
+        try:
+            store.record_label(Label("ana", "p", "q", "ab"[side], "ba"[side], profile_id=prof.id), _margins(side),
+                               session=f"s{side}")
+            outcomes.append("stored")
+        except DuplicateLabel:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=click, args=(i % 2,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["refused"] * 15 + ["stored"]
+    assert store.count_labels(prof.id) == 1
+
+
+def test_two_sessions_share_a_profile_and_undo_only_their_own(tmp_path):
+    store = LabelStore(tmp_path / "labels.sqlite")
+    prof = _profile(store)
+    a_state = b_state = None
+    for i in range(10):
+        session = "A" if i % 2 == 0 else "B"
+        store.record_label(Label("ana", f"p{i}", "q", "a", "b", profile_id=prof.id), _margins(i), session=session)
+        a_state = store.load_profile(prof.id, a_state)  # incremental: only the new label is replayed
+    b_state = store.load_profile(prof.id, b_state)
+    assert a_state.adapter.n_labels == b_state.adapter.n_labels == 10
+    np.testing.assert_allclose(a_state.adapter.weights, b_state.adapter.weights)
+    ids_before = store.label_ids(prof.id)
+    gone = store.undo_last(prof.id, "A")  # A's newest is p8; B's p9 (newer) stays
+    assert gone.pair_id == "p8" and gone.session == "A"
+    assert [lab.pair_id for lab in store.labels(profile_id=prof.id)][-2:] == ["p7", "p9"]
+    assert store.count_labels(prof.id, session="B") == 5 and store.count_labels(prof.id, session="A") == 4
+    b_state = store.load_profile(prof.id, b_state)  # a label in the middle went: rebuilt from all
+    reference = make_adapter("hedge", K, PRIOR)
+    kept = [i for i in range(10) if i != 8]
+    reference.fit(np.array([_margins(i) for i in kept]), [f"p{i}" for i in kept])
+    np.testing.assert_allclose(b_state.adapter.weights, reference.weights)
+    new_id = store.record_label(Label("ana", "p10", "q", "a", "b", profile_id=prof.id), _margins(10), session="A")
+    assert new_id > max(ids_before)  # the undone id 9 is never handed out again
+    store.undo_last(prof.id, "A")
+    assert store.record_label(Label("ana", "p11", "q", "a", "b", profile_id=prof.id), _margins(11), session="A") > new_id
+    assert store.undo_last(prof.id, "nobody") is None
+
+
+def test_changing_the_adapter_refits_the_same_labels(tmp_path):
+    store = LabelStore(tmp_path / "labels.sqlite")
+    prof = _profile(store)
+    for i in range(3):
+        store.record_label(Label("ana", f"p{i}", "q", "a", "b", profile_id=prof.id), _margins(i), session="A")
+    state = store.load_profile(prof.id)
+    store.save_profile(prof.id, new_profile_spec("batch", K, PRIOR, temperature=0.5))
+    again = store.load_profile(prof.id, state)
+    assert again.adapter.name == "batch" and again.adapter.params["temperature"] == 0.5
+    assert again.adapter.n_labels == 3 and store.profile(prof.id).adapter == "batch"
+
+
+def test_reset_and_import(tmp_path):
+    store = LabelStore(tmp_path / "labels.sqlite")
+    prof = _profile(store)
+    for i in range(3):
+        store.record_label(Label("ana", f"x{i}", "q", "a", "b", profile_id=prof.id), _margins(i), session="A")
+    assert store.reset_profile(prof.id) == 3
+    assert store.count_labels(prof.id) == 0 and store.load_profile(prof.id).adapter.n_labels == 0
+    labels = [Label("ana", f"i{i}", "", "", "", source="import", margins=_margins(i)) for i in range(5)]
+    assert store.replace_labels(prof.id, new_profile_spec("batch", K, PRIOR), labels, session="A") == 5
+    assert store.load_profile(prof.id).adapter.name == "batch"
+    with pytest.raises(ValueError, match="labeled twice"):
+        store.replace_labels(prof.id, new_profile_spec("batch", K, PRIOR), labels + labels[:1])
+    with pytest.raises(ValueError, match="margins"):
+        store.record_label(Label("ana", "y", "q", "a", "b", profile_id=prof.id), [1.0, 2.0], session="A")
+    assert store.count_labels(prof.id) == 5
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    store = LabelStore(tmp_path / "labels.sqlite")
+    with pytest.raises(ValueError, match="no profile"):
+        store.record_label(Label("cy", "p", "q", "a", "b", profile_id=999), [1.0], session="s")
+    with pytest.raises(StoreError):  # the foreign key fails and the whole transaction rolls back
+        store.add_label(Label("cy", "p", "q", "a", "b", profile_id=999))
+    assert store.count_labels() == 0
+
+
+def test_label_validation():
+    with pytest.raises(ValueError):
+        Label(" ", "p", "q", "a", "b")
+    with pytest.raises(ValueError):
+        Label("x", "p", "q", "a", "b", source="bogus")
+
+
+def test_a_file_of_the_previous_version_keeps_every_label_and_its_profile(tmp_path):
+    """Labels without margins and ids without AUTOINCREMENT: migrated in place, profile rebuilt from the
+    adapter dict that version kept in the profile row."""
+    path = tmp_path / "labels.sqlite"
+    old = make_adapter("hedge", K, PRIOR)
+    old.fit(np.array([_margins(i) for i in range(3)]), ["a", "b", "c"])
+    with sqlite3.connect(path) as conn:
+        conn.executescript("""
+            CREATE TABLE annotators (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_at REAL NOT NULL);
+            CREATE TABLE profiles (id INTEGER PRIMARY KEY, annotator_id INTEGER NOT NULL, name TEXT NOT NULL,
+                model TEXT NOT NULL, adapter TEXT NOT NULL, profile_json TEXT NOT NULL DEFAULT '{}',
+                created_at REAL NOT NULL, updated_at REAL NOT NULL, UNIQUE (annotator_id, name, model));
+            CREATE TABLE labels (id INTEGER PRIMARY KEY, annotator_id INTEGER NOT NULL, profile_id INTEGER,
+                pair_id TEXT NOT NULL, prompt TEXT NOT NULL, chosen TEXT NOT NULL, rejected TEXT NOT NULL,
+                source TEXT NOT NULL DEFAULT 'manual', created_at REAL NOT NULL);
+            CREATE TABLE profile_history (id INTEGER PRIMARY KEY, profile_id INTEGER NOT NULL, step INTEGER NOT NULL,
+                weights_json TEXT NOT NULL, created_at REAL NOT NULL);
+            INSERT INTO annotators VALUES (1, 'ana', 0);""")
+        conn.execute("INSERT INTO profiles VALUES (1, 1, 'old', 'm', 'hedge', ?, 0, 0)", (json.dumps(old.to_dict()),))
+        for i, pid in enumerate("abc", start=1):
+            conn.execute("INSERT INTO labels VALUES (?, 1, 1, ?, 'q', 'x', 'y', 'manual', 0)", (i, pid))
+    store = LabelStore(path)
+    assert [lab.id for lab in store.labels()] == [1, 2, 3]
+    state = store.load_profile(1)
+    assert state.unusable == 0
+    np.testing.assert_allclose(state.adapter.weights, old.weights)
+    store.undo_last(1, None)  # the old labels have no session: undone as such
+    assert store.record_label(Label("ana", "d", "q", "x", "y", profile_id=1), _margins(5), session="s") == 4
+
+
+def test_disk_full_says_the_label_was_not_stored(tmp_path, monkeypatch):
+    """sqlite's SQLITE_FULL as the store meets it (a real full disk: tests/integration/test_labels_hostile.py)."""
+    store = LabelStore(tmp_path / "labels.sqlite")
+    prof = _profile(store)
+    real_connect = sqlite3.connect
+
+    def full_disk(*args, **kwargs):
+        conn = real_connect(*args, **kwargs)
+        conn.execute("PRAGMA max_page_count = 1")  # clamped to the current size: growing fails with SQLITE_FULL
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", full_disk)
+    long_prompt = "q" * 50_000  # needs new pages: the file cannot grow
+    with pytest.raises(StoreError, match="not saved.*full.*not in the store"):
+        store.record_label(Label("ana", "p", long_prompt, "a", "b", profile_id=prof.id), _margins(0), session="s")
+    monkeypatch.setattr(sqlite3, "connect", real_connect)
+    assert store.count_labels() == 0
+    store.record_label(Label("ana", "p", long_prompt, "a", "b", profile_id=prof.id), _margins(0), session="s")
+    assert store.count_labels() == 1
+
+
+def test_read_only_file_reads_and_refuses_writes(tmp_path, monkeypatch):
+    path = tmp_path / "labels.sqlite"
+    store = LabelStore(path)
+    prof = _profile(store)
+    store.record_label(Label("ana", "p", "q", "a", "b", profile_id=prof.id), _margins(0), session="s")
+    real_connect = sqlite3.connect
+
+    def read_only(target, *args, **kwargs):  # what a read-only mount does to a writer (a real one: test_labels_hostile)
+        if "immutable=1" not in str(target):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return real_connect(target, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", read_only)
+    ro = LabelStore(path)
+    assert ro.read_only and "cannot be written" in ro.read_only
+    assert ro.count_labels() == 1 and ro.load_profile(prof.id).adapter.n_labels == 1
+    with pytest.raises(StoreReadOnly, match="not saved"):
+        ro.record_label(Label("ana", "p2", "q", "a", "b", profile_id=prof.id), _margins(1), session="s")
+    with pytest.raises(StoreReadOnly):
+        ro.undo_last(prof.id, "s")
