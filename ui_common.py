@@ -87,8 +87,11 @@ def load_features(ws: Workspace, data: Path, spec: BackboneSpec) -> PairFeatures
     if job is not None:
         bar = st.progress(0.0, text=f"Embedding {data.name} with {spec.name} (once; cached afterwards)")
         while job.active:
-            bar.progress(min(job.fraction, 1.0), text=f"Embedding {data.name}: {job.message or 'starting'} "
-                                                      f"({job.elapsed:.0f} s so far; runs on if you leave this page)")
+            bar.progress(
+                min(job.fraction, 1.0),
+                text=f"Embedding {data.name}: {job.message or 'starting'} "
+                f"({job.elapsed:.0f} s so far; runs on if you leave this page)",
+            )
             jobs.wait(job.key, timeout=0.3)
         bar.empty()
         if job.status == jobs.FAILED:
@@ -116,13 +119,18 @@ def background_jobs() -> None:
             st.rerun()
         st.caption("Running in the background")
         for j in now:
-            st.progress(min(j.fraction, 1.0), text=f"{md(j.description)}: {md(j.message or j.status)} ({j.elapsed:.0f} s)")
+            st.progress(
+                min(j.fraction, 1.0),
+                text=f"{md(j.description)}: {md(j.message or j.status)} ({j.elapsed:.0f} s)",
+            )
 
     panel()
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _scores(model_fid: str, data_fid: str, _model: SparseMoERewardModel, _features: PairFeatures) -> PairScores:
+def _scores(
+    model_fid: str, data_fid: str, _model: SparseMoERewardModel, _features: PairFeatures
+) -> PairScores:
     return score_pairs(_model, _features)
 
 
@@ -132,8 +140,14 @@ def _evaluation(model_fid: str, data_fid: str, _model, _features, _scores) -> di
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _relation(model_fid: str, data_fid: str, model_dir: str, same_file: bool | None, data_name: str,
-              _features: PairFeatures) -> summary.DataRelation:
+def _relation(
+    model_fid: str,
+    data_fid: str,
+    model_dir: str,
+    same_file: bool | None,
+    data_name: str,
+    _features: PairFeatures,
+) -> summary.DataRelation:
     return summary.relate(model_dir, _features, same_file=same_file, data_name=data_name)
 
 
@@ -206,22 +220,35 @@ class Context:
     @property
     def relation(self) -> summary.DataRelation:
         """How this data relates to the model's training data, and the subsets a number can be on."""
-        return _relation(self.model_fid, self.data_fid, str(self.model_dir), same_data(self.ws, self.model_dir, self.data),
-                         self.data.label, self.features)
+        return _relation(
+            self.model_fid,
+            self.data_fid,
+            str(self.model_dir),
+            same_data(self.ws, self.model_dir, self.data),
+            self.data.label,
+            self.features,
+        )
 
     def scope_evaluation(self, key: str | None = None) -> tuple[summary.Scope, dict]:
         """(scope, statistics on it); the headline scope (held-out test split when there is one) by default."""
         scope = self.relation.scope(key) if key else self.relation.headline
         if scope.key == "all":
             return scope, self.evaluation
-        return scope, _scope_evaluation(self.model_fid, self.data_fid, scope.key, self.model, self.features,
-                                        self.scores, scope.index)
+        return scope, _scope_evaluation(
+            self.model_fid, self.data_fid, scope.key, self.model, self.features, self.scores, scope.index
+        )
 
     def descriptions(self) -> list:
         """describe.py's expert descriptions; [] if that module is unavailable."""
         try:
-            return _descriptions(self.model_fid, self.data_fid, str(self.ws.descriptions_dir), self.model,
-                                 self.features, self.scores)
+            return _descriptions(
+                self.model_fid,
+                self.data_fid,
+                str(self.ws.descriptions_dir),
+                self.model,
+                self.features,
+                self.scores,
+            )
         except ImportError:
             return []
 
@@ -253,18 +280,20 @@ class Context:
         idx = np.arange(len(self.features)) if index is None else np.asarray(index, dtype=np.int64)
         s = self.scores
         pairs = self.features.pairs
-        frame = pd.DataFrame({
-            "row": idx,
-            "id": [pairs[i].id for i in idx],
-            "group": [pairs[i].group or "" for i in idx],
-            "user": [pairs[i].user or "" for i in idx],
-            "prompt": [pairs[i].prompt for i in idx],
-            "chosen": [pairs[i].chosen for i in idx],
-            "rejected": [pairs[i].rejected for i in idx],
-            "margin": s.margin[idx].round(4),
-            "correct": s.correct[idx],
-            "top_expert": [f"E{e}" for e in s.top_expert[idx]],
-        })
+        frame = pd.DataFrame(
+            {
+                "row": idx,
+                "id": [pairs[i].id for i in idx],
+                "group": [pairs[i].group or "" for i in idx],
+                "user": [pairs[i].user or "" for i in idx],
+                "prompt": [pairs[i].prompt for i in idx],
+                "chosen": [pairs[i].chosen for i in idx],
+                "rejected": [pairs[i].rejected for i in idx],
+                "margin": s.margin[idx].round(4),
+                "correct": s.correct[idx],
+                "top_expert": [f"E{e}" for e in s.top_expert[idx]],
+            }
+        )
         if routing:
             for k in range(self.k):
                 frame[f"w_E{k}"] = s.routing[idx, k].round(4)
@@ -382,8 +411,14 @@ def share_view(**params) -> None:
 
 def view_link(**params) -> str:
     """The query string of a view (for the 'link to this view' caption)."""
-    return "?" + urlencode([(k, x) for k, v in params.items() if v not in (None, "")
-                            for x in (v if isinstance(v, (list, tuple)) else [v])])
+    return "?" + urlencode(
+        [
+            (k, x)
+            for k, v in params.items()
+            if v not in (None, "")
+            for x in (v if isinstance(v, (list, tuple)) else [v])
+        ]
+    )
 
 
 def sidebar(ws: Workspace) -> tuple[str, DataFile] | None:
@@ -398,7 +433,9 @@ def sidebar(ws: Workspace) -> tuple[str, DataFile] | None:
             return None
         labels = [d.label for d in data]
         _restore_from_url(models, labels)
-        pending = st.session_state.pop("_pending_model", None)  # e.g. just trained (set before the widget exists)
+        pending = st.session_state.pop(
+            "_pending_model", None
+        )  # e.g. just trained (set before the widget exists)
         if pending in models:
             st.session_state[MODEL_CHOICE] = pending
             st.session_state.pop(DATA_CHOICE, None)  # and its data
@@ -406,18 +443,30 @@ def sidebar(ws: Workspace) -> tuple[str, DataFile] | None:
             st.session_state[MODEL_CHOICE] = models[0]
             st.session_state.pop(DATA_CHOICE, None)
         st.session_state["model_name"] = st.session_state[MODEL_CHOICE]
-        name = st.selectbox("Model", models, key="model_name", help=f"Saved models under {ws.models_dir}",
-                            on_change=_on_model_change)
+        name = st.selectbox(
+            "Model",
+            models,
+            key="model_name",
+            help=f"Saved models under {ws.models_dir}",
+            on_change=_on_model_change,
+        )
         if st.session_state.get(DATA_CHOICE) not in labels:
             st.session_state[DATA_CHOICE] = training_data_label(ws, ws.model_path(name), data)
         st.session_state["data_label"] = st.session_state[DATA_CHOICE]
-        label = st.selectbox("Dataset", labels, key="data_label", on_change=_on_data_change,
-                             help="Selecting a model selects the data it was trained on; pick another file to see "
-                                  "how it transfers.")
+        label = st.selectbox(
+            "Dataset",
+            labels,
+            key="data_label",
+            on_change=_on_data_change,
+            help="Selecting a model selects the data it was trained on; pick another file to see "
+            "how it transfers.",
+        )
         picked = data[labels.index(label)]
         if not same_data(ws, ws.model_path(name), picked):
-            st.caption(f"Trained on {md(Path(model_training_data(ws.model_path(name)) or 'unrecorded data').name)}, "
-                       "not on this file.")
+            st.caption(
+                f"Trained on {md(Path(model_training_data(ws.model_path(name)) or 'unrecorded data').name)}, "
+                "not on this file."
+            )
     return name, picked
 
 
@@ -450,8 +499,10 @@ def context() -> Context | None:
         st.error(f"Could not load {md(name)} / {md(data.label)}: {md(exc)}")
         return None
     if features.dim != model.config.input_dim:
-        st.error(f"{md(data.label)} has {features.dim}-d features but {md(name)} expects {model.config.input_dim}-d inputs "
-                 "(a different backbone); pick another dataset or model.")
+        st.error(
+            f"{md(data.label)} has {features.dim}-d features but {md(name)} expects {model.config.input_dim}-d inputs "
+            "(a different backbone); pick another dataset or model."
+        )
         return None
     ctx = Context(ws, name, model_dir, model, data, features, file_id(model_dir), file_id(data.path))
     if ctx.relation.warning:
@@ -493,8 +544,15 @@ def stat_metric(container, key: str, value, scope: summary.Scope | None = None, 
     if scope is None:
         container.metric(stat.label, shown, help=stat.definition, **kwargs)
     else:
-        container.metric(stat.label, shown, delta=scope_note(scope), delta_color="off", delta_arrow="off",
-                         help=f"{stat.definition} On the {scope.label}, {scope.n} pairs.", **kwargs)
+        container.metric(
+            stat.label,
+            shown,
+            delta=scope_note(scope),
+            delta_color="off",
+            delta_arrow="off",
+            help=f"{stat.definition} On the {scope.label}, {scope.n} pairs.",
+            **kwargs,
+        )
 
 
 def scope_note(scope: summary.Scope) -> str:
@@ -527,8 +585,10 @@ def diagnostics_section(diagnostics: dict | None, k: int, where: str = "held-out
     if not diagnostics:
         return
     st.subheader("Specialization diagnostics")
-    st.caption(f"From the model's evaluation on its {where}: whether a failure to specialize lies in what the "
-               "router can see or in how training found the groups.")
+    st.caption(
+        f"From the model's evaluation on its {where}: whether a failure to specialize lies in what the "
+        "router can see or in how training found the groups."
+    )
     keys = [key for key in summary.DIAGNOSTICS if diagnostics.get(key) is not None]
     if keys:
         cols = st.columns(len(keys))
@@ -537,8 +597,10 @@ def diagnostics_section(diagnostics: dict | None, k: int, where: str = "held-out
             col.caption(summary.DIAGNOSTICS[key].definition)
     contingency = diagnostics.get("contingency")
     if isinstance(contingency, dict) and contingency:
-        frame = pd.DataFrame({g: list(v) + [0] * (k - len(v)) for g, v in contingency.items()},
-                             index=[f"E{e}" for e in range(k)]).T
+        frame = pd.DataFrame(
+            {g: list(v) + [0] * (k - len(v)) for g, v in contingency.items()},
+            index=[f"E{e}" for e in range(k)],
+        ).T
         frame.index.name = "group"
         st.markdown("**Group × top expert** (pairs)")
         table(frame.reset_index())
@@ -591,10 +653,13 @@ def precompute_default_map(ws: Workspace, model_dir: Path, progress=None) -> Non
     scores = _scores(parts[0], parts[1], model, features)
     precompute_views(features, scores, ws.projections_dir, parts, umap=False, progress=progress)
     for params in PRECOMPUTED_UMAP:
-        jobs.submit(f"project:{cache_key(params, parts, len(features))}",
-                    lambda report, p=params: project(features, p, ws.projections_dir, parts, progress=report,
-                                                     scores=scores),
-                    f"{params.title()} of {len(features)} pairs")
+        jobs.submit(
+            f"project:{cache_key(params, parts, len(features))}",
+            lambda report, p=params: project(
+                features, p, ws.projections_dir, parts, progress=report, scores=scores
+            ),
+            f"{params.title()} of {len(features)} pairs",
+        )
 
 
 def job_progress(job, what: str) -> None:
@@ -606,22 +671,39 @@ def report_button(ctx: Context) -> None:
     """Write the stakeholder report (moe_reward.app.report) of the selected model and offer it for download."""
     from moe_reward.app.report import build_report
 
-    st.caption("One self-contained HTML file with the held-out headline numbers, the experts and their "
-               "descriptions, the specialization diagnostics and a personalization example "
-               "(`moe-reward report --model DIR --out FILE` writes the same).")
+    st.caption(
+        "One self-contained HTML file with the held-out headline numbers, the experts and their "
+        "descriptions, the specialization diagnostics and a personalization example "
+        "(`moe-reward report --model DIR --out FILE` writes the same)."
+    )
     if st.button("Write the stakeholder report", key="report_build", icon=":material/description:"):
         with st.spinner("Writing the report…"):
             out = ctx.ws.root / "reports" / f"{ctx.model_name}.html"
-            result = build_report(ctx.model_dir, ctx.data.path, out, model=ctx.model, features=ctx.features,
-                                  scores=ctx.scores, descriptions=ctx.descriptions(),
-                                  same_file=same_data(ctx.ws, ctx.model_dir, ctx.data), data_name=ctx.data.label)
+            result = build_report(
+                ctx.model_dir,
+                ctx.data.path,
+                out,
+                model=ctx.model,
+                features=ctx.features,
+                scores=ctx.scores,
+                descriptions=ctx.descriptions(),
+                same_file=same_data(ctx.ws, ctx.model_dir, ctx.data),
+                data_name=ctx.data.label,
+            )
         st.session_state["report_path"] = str(result.html)
         st.session_state["report_pngs"] = [str(p) for p in result.pngs]
     path = st.session_state.get("report_path")
     if path and Path(path).is_file():
         pngs = st.session_state.get("report_pngs") or []
-        st.success(f"Wrote {md(path)}" + (f" and {len(pngs)} PNG figures" if pngs else
-                                          " (PNG figures need kaleido and a Chromium)"))
-        st.download_button("Download the report (HTML)", Path(path).read_bytes(), Path(path).name, "text/html",
-                            key="report_download", icon=":material/download:")
-
+        st.success(
+            f"Wrote {md(path)}"
+            + (f" and {len(pngs)} PNG figures" if pngs else " (PNG figures need kaleido and a Chromium)")
+        )
+        st.download_button(
+            "Download the report (HTML)",
+            Path(path).read_bytes(),
+            Path(path).name,
+            "text/html",
+            key="report_download",
+            icon=":material/download:",
+        )

@@ -45,10 +45,27 @@ def warm_start_browser(env: dict) -> tuple[float, float] | None:
         return None
     port = free_port()
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                             "--server.address", "127.0.0.1", "--server.port", str(port),
-                             "--browser.gatherUsageStats", "false"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while True:
             try:
@@ -59,8 +76,10 @@ def warm_start_browser(env: dict) -> tuple[float, float] | None:
                     raise RuntimeError("server did not start") from None
                 time.sleep(0.1)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
-                                         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = pw.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}")
             page.get_by_text("Experts in use").wait_for(timeout=120_000)
@@ -119,9 +138,13 @@ def page_times() -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--home", default=None, help="an existing workspace (default: a tiny synthetic one in /tmp)")
+    ap.add_argument(
+        "--home", default=None, help="an existing workspace (default: a tiny synthetic one in /tmp)"
+    )
     ap.add_argument("--clicks", type=int, default=20)
-    ap.add_argument("--pairs", type=int, default=None, help="scale the synthetic workspace to this many pairs")
+    ap.add_argument(
+        "--pairs", type=int, default=None, help="scale the synthetic workspace to this many pairs"
+    )
     ap.add_argument("--experts", type=int, default=4)
     args = ap.parse_args()
     if args.home:
@@ -145,14 +168,18 @@ def main() -> int:
         AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
         print(f"warm start (server-side first run, no browser): {time.perf_counter() - t:.2f} s")
     else:
-        print(f"warm start (server launch, model + features on disk) -> Overview rendered in Chromium: {timing[0]:.2f} s")
+        print(
+            f"warm start (server launch, model + features on disk) -> Overview rendered in Chromium: {timing[0]:.2f} s"
+        )
         print(f"new browser session on the running server -> Overview rendered: {timing[1]:.2f} s")
 
     page_times()
     rerun, update = label_clicks(args.clicks)
     p95 = sorted(rerun)[max(0, round(0.95 * len(rerun)) - 1)]
-    print(f"label click -> updated weights, full server-side rerun: median {statistics.median(rerun):.0f} ms, "
-          f"p95 {p95:.0f} ms over {len(rerun)} clicks (target <= 300 ms)")
+    print(
+        f"label click -> updated weights, full server-side rerun: median {statistics.median(rerun):.0f} ms, "
+        f"p95 {p95:.0f} ms over {len(rerun)} clicks (target <= 300 ms)"
+    )
     if update:
         print(f"  of which storing the label (SQLite commit): median {statistics.median(update):.1f} ms")
     return 0 if statistics.median(rerun) <= 300 else 1

@@ -42,8 +42,14 @@ def plain_forward(backbone: Backbone, texts: list[tuple[str, str]], batch: int =
     out = []
     for s in range(0, len(texts), batch):
         chunk = texts[s : s + batch]
-        enc = tok([p for p, _ in chunk], [r for _, r in chunk], padding=True, truncation=True,
-                  max_length=backbone.max_length, return_tensors="pt")
+        enc = tok(
+            [p for p, _ in chunk],
+            [r for _, r in chunk],
+            padding=True,
+            truncation=True,
+            max_length=backbone.max_length,
+            return_tensors="pt",
+        )
         hidden = model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).float()
         out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy())
@@ -74,7 +80,7 @@ def throughput(args) -> None:
     load_before = os.getloadavg()
     for c in range(args.chunks):
         chunk = texts[bounds[c] : bounds[c + 1]]
-        for k in names[c % len(names):] + names[: c % len(names)]:
+        for k in names[c % len(names) :] + names[: c % len(names)]:
             t = time.perf_counter()
             outputs[k].append(methods[k](chunk))
             seconds[k] += time.perf_counter() - t
@@ -82,19 +88,25 @@ def throughput(args) -> None:
     emb = {k: np.concatenate(v) for k, v in outputs.items()}
     ref = emb[names[0]]
     ntok = sum(len(torch_bb.token_ids(p, r)) for p, r in texts) / len(texts)
-    print(f"texts: {len(texts)} (prompt+response of the default data), mean {ntok:.0f} tokens; torch threads "
-          f"{torch.get_num_threads()}, {os.cpu_count()} CPUs; load average {load_before[0]:.2f} before, "
-          f"{load_after[0]:.2f} after; {args.chunks} interleaved chunks; onnx export+quantize/load {setup:.1f}s")
+    print(
+        f"texts: {len(texts)} (prompt+response of the default data), mean {ntok:.0f} tokens; torch threads "
+        f"{torch.get_num_threads()}, {os.cpu_count()} CPUs; load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after; {args.chunks} interleaved chunks; onnx export+quantize/load {setup:.1f}s"
+    )
     base = len(texts) / seconds[names[0]]
     for k in names:
         rate = len(texts) / seconds[k]
         cos = (emb[k] * ref).sum(1)
-        print(f"{k:32s}: {rate:7.1f} texts/s  ({rate / base:4.2f}x the pipeline)  cosine to the pipeline "
-              f"min {cos.min():.4f} mean {cos.mean():.4f}")
+        print(
+            f"{k:32s}: {rate:7.1f} texts/s  ({rate / base:4.2f}x the pipeline)  cosine to the pipeline "
+            f"min {cos.min():.4f} mean {cos.mean():.4f}"
+        )
     fast = len(texts) / seconds[names[1]]
     cos = (emb[names[1]] * ref).sum(1)
-    print(f"fast CPU path: {fast / base:.2f}x the pipeline (target >= 2x), cosine min {cos.min():.4f} "
-          f"(target >= 0.99)")
+    print(
+        f"fast CPU path: {fast / base:.2f}x the pipeline (target >= 2x), cosine min {cos.min():.4f} "
+        f"(target >= 0.99)"
+    )
     print(f"pipeline / plain forward = {seconds[names[3]] / seconds[names[0]]:.2f}x (target >= 0.9x)")
     with tempfile.TemporaryDirectory() as tmp:
         sample = texts[:200]
@@ -102,7 +114,9 @@ def throughput(args) -> None:
         embed_texts(torch_bb, sample, EmbeddingCache(tmp, torch_bb.cache_key))
         first = time.perf_counter() - t
         t = time.perf_counter()
-        embed_texts(torch_bb, sample, EmbeddingCache(tmp, torch_bb.cache_key))  # fresh cache object: reads disk
+        embed_texts(
+            torch_bb, sample, EmbeddingCache(tmp, torch_bb.cache_key)
+        )  # fresh cache object: reads disk
         cached = time.perf_counter() - t
     print(f"cache speed-up first/cached on {len(sample)} texts = {first / cached:.0f}x (target >= 50x)")
 
@@ -115,36 +129,56 @@ def accuracy(args) -> None:
 
     pairs = load_pairs("controlled").pairs
     feats = {}
-    for label, spec in (("fp32 (torch)", BackboneSpec()), ("int8 (onnx-int8)", BackboneSpec(runtime="onnx-int8"))):
+    for label, spec in (
+        ("fp32 (torch)", BackboneSpec()),
+        ("int8 (onnx-int8)", BackboneSpec(runtime="onnx-int8")),
+    ):
         t = time.perf_counter()
         feats[label] = embed_pairs(pairs, spec)  # through the embedding cache: a re-run embeds nothing
         print(f"embedded {len(pairs)} pairs with {label} in {time.perf_counter() - t:.0f}s", flush=True)
     a, b = (feats[k] for k in feats)
     for name in ("prompt", "chosen", "rejected"):
         cos = (getattr(a, name) * getattr(b, name)).sum(1)
-        print(f"  {name:8s} cosine int8 vs fp32 over the default data: min {cos.min():.4f} mean {cos.mean():.4f}")
+        print(
+            f"  {name:8s} cosine int8 vs fp32 over the default data: min {cos.min():.4f} mean {cos.mean():.4f}"
+        )
     for kind in args.kinds.split(","):
         acc = {k: [] for k in feats}
         for seed in range(args.seeds):
             for label, f in feats.items():
-                req = TrainRequest(data="controlled", kind=kind, experts=12, top_k=2, exclude_user_pairs=True,
-                                   split_seed=seed, split_by="meta.question_id", train=TrainConfig.for_kind(kind, seed=seed))
+                req = TrainRequest(
+                    data="controlled",
+                    kind=kind,
+                    experts=12,
+                    top_k=2,
+                    exclude_user_pairs=True,
+                    split_seed=seed,
+                    split_by="meta.question_id",
+                    train=TrainConfig.for_kind(kind, seed=seed),
+                )
                 _, metrics = train_from_data(req, None, features=f)
                 acc[label].append(metrics["test"]["accuracy"])
         means = {k: float(np.mean(v)) for k, v in acc.items()}
         diff = means["int8 (onnx-int8)"] - means["fp32 (torch)"]
-        print(f"{kind}: accuracy on held-out questions over {args.seeds} split seeds: "
-              + ", ".join(f"{k} {means[k]:.4f} (per seed {np.round(acc[k], 4).tolist()})" for k in acc)
-              + f"; difference {100 * diff:+.2f} points (target within 1)", flush=True)
+        print(
+            f"{kind}: accuracy on held-out questions over {args.seeds} split seeds: "
+            + ", ".join(f"{k} {means[k]:.4f} (per seed {np.round(acc[k], 4).tolist()})" for k in acc)
+            + f"; difference {100 * diff:+.2f} points (target within 1)",
+            flush=True,
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--chunks", type=int, default=10)
-    ap.add_argument("--accuracy", action="store_true", help="also train on fp32 and int8 features of the default data")
+    ap.add_argument(
+        "--accuracy", action="store_true", help="also train on fp32 and int8 features of the default data"
+    )
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--kinds", default="sparse,dense")  # single: a context-free head is at chance on this data
+    ap.add_argument(
+        "--kinds", default="sparse,dense"
+    )  # single: a context-free head is at chance on this data
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     if not args.skip_throughput:

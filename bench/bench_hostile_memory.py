@@ -35,8 +35,10 @@ peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(rc, round(peak, 1), round(time.perf_counter() - t0, 1))
 """
 
-WORDS = ("the model prefers answers that are short clear and kind while others want detail steps examples "
-         "and a warm tone so the router must read the cue in each prompt before it picks an expert").split()
+WORDS = (
+    "the model prefers answers that are short clear and kind while others want detail steps examples "
+    "and a warm tone so the router must read the cue in each prompt before it picks an expert"
+).split()
 
 
 def text(rng: random.Random, n_words: int) -> str:
@@ -50,8 +52,14 @@ def write_big_jsonl(path: Path, megabytes: int, seed: int = 0) -> int:
     target, size, n = megabytes * 1024 * 1024, 0, 0
     with open(path, "w", encoding="utf-8") as fh:
         while size < target:
-            row = {"prompt": f"Question {n}: " + pool[n % 200][:300], "chosen": pool[(n * 7) % 200],
-                   "rejected": pool[(n * 13 + 1) % 200], "group": f"g{n % 8}", "user": f"u{n % 50}", "id": f"r{n}"}
+            row = {
+                "prompt": f"Question {n}: " + pool[n % 200][:300],
+                "chosen": pool[(n * 7) % 200],
+                "rejected": pool[(n * 13 + 1) % 200],
+                "group": f"g{n % 8}",
+                "user": f"u{n % 50}",
+                "id": f"r{n}",
+            }
             line = json.dumps(row) + "\n"
             fh.write(line)
             size += len(line)
@@ -77,8 +85,14 @@ def write_long_text_data(path: Path, text_mb: int, where: str, seed: int = 0) ->
 
 
 def measure(code: Path, args: list[str], env: dict) -> tuple[int, float, float]:
-    out = subprocess.run([sys.executable, "-c", PEAK, sys.executable, "-m", "moe_reward.cli", *args], cwd=code,
-                         env={**env, "PYTHONPATH": str(code)}, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK, sys.executable, "-m", "moe_reward.cli", *args],
+        cwd=code,
+        env={**env, "PYTHONPATH": str(code)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rc, peak, seconds = out.stdout.split()
     return int(rc), float(peak), float(seconds)
 
@@ -102,8 +116,12 @@ def main() -> None:
         codes = {"this checkout": ROOT}
         if args.baseline:
             codes[f"baseline {args.baseline}"] = export(args.baseline, tmp)
-        env = {**os.environ, "MOE_REWARD_CACHE": str(tmp / "cache"), "MOE_REWARD_HOME": str(tmp / "home"),
-               "TOKENIZERS_PARALLELISM": "false"}
+        env = {
+            **os.environ,
+            "MOE_REWARD_CACHE": str(tmp / "cache"),
+            "MOE_REWARD_HOME": str(tmp / "home"),
+            "TOKENIZERS_PARALLELISM": "false",
+        }
         t0 = time.perf_counter()
         big = tmp / "big.jsonl"
         rows = write_big_jsonl(big, args.mb)
@@ -112,16 +130,35 @@ def main() -> None:
         for where in ("response", "prompt"):
             data = tmp / f"long-{where}.jsonl"
             write_long_text_data(data, args.text_mb, where)
-            jobs.append((f"train-{where}", f"train with one {args.text_mb} MB {where}",
-                         ["train", "--data", str(data), "--model", "sparse", "--experts", "4", "--epochs", "2",
-                          "--out", str(tmp / f"run-{where}")], 1024))
+            jobs.append(
+                (
+                    f"train-{where}",
+                    f"train with one {args.text_mb} MB {where}",
+                    [
+                        "train",
+                        "--data",
+                        str(data),
+                        "--model",
+                        "sparse",
+                        "--experts",
+                        "4",
+                        "--epochs",
+                        "2",
+                        "--out",
+                        str(tmp / f"run-{where}"),
+                    ],
+                    1024,
+                )
+            )
         for _, title, argv, target in jobs:
             for label, code in codes.items():
                 shutil.rmtree(tmp / "cache", ignore_errors=True)  # every run embeds from scratch
                 rc, peak, seconds = measure(code, argv, env)
                 verdict = "meets" if peak < target and rc == 0 else "MISSES"
-                print(f"{title:34s} {label:18s} peak {peak:7.0f} MB  ({seconds:5.1f}s, exit {rc})  "
-                      f"target < {target} MB: {verdict}")
+                print(
+                    f"{title:34s} {label:18s} peak {peak:7.0f} MB  ({seconds:5.1f}s, exit {rc})  "
+                    f"target < {target} MB: {verdict}"
+                )
 
 
 if __name__ == "__main__":

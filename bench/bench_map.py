@@ -46,9 +46,28 @@ def synthetic(n: int, seed: int = 0):
     prompt = centres[cluster] + rng.normal(size=(n, DIM))
     base = rng.normal(size=(n, DIM))
     chosen, rejected = base + 0.5 * likes[cluster], base - 0.5 * likes[cluster]
-    topics = ["sleep", "taxes", "python", "cooking", "travel", "grief", "running", "chess", "mortgages", "poetry"]
-    pairs = [PreferencePair(f"How should I think about {topics[i % 10]} (case {i})?", f"A careful answer {i}.",
-                            f"A quick answer {i}.", group=f"g{cluster[i]}", id=f"p{i}") for i in range(n)]
+    topics = [
+        "sleep",
+        "taxes",
+        "python",
+        "cooking",
+        "travel",
+        "grief",
+        "running",
+        "chess",
+        "mortgages",
+        "poetry",
+    ]
+    pairs = [
+        PreferencePair(
+            f"How should I think about {topics[i % 10]} (case {i})?",
+            f"A careful answer {i}.",
+            f"A quick answer {i}.",
+            group=f"g{cluster[i]}",
+            id=f"p{i}",
+        )
+        for i in range(n)
+    ]
     meta = {"backbone": "synthetic", "pooling": "mean", "max_length": 256, "dim": DIM}
     return PairFeatures(prompt, chosen, rejected, pairs, meta)
 
@@ -61,8 +80,12 @@ def build(home: Path, sizes: list[int]) -> None:
     ws = Workspace(home)
     small = synthetic(3000, seed=1)
     small.save(ws.uploads_dir / "train-3k.safetensors")
-    req = TrainRequest(data=str(ws.uploads_dir / "train-3k.safetensors"), experts=EXPERTS, top_k=2,
-                       train=TrainConfig.for_kind("sparse", epochs=8))
+    req = TrainRequest(
+        data=str(ws.uploads_dir / "train-3k.safetensors"),
+        experts=EXPERTS,
+        top_k=2,
+        train=TrainConfig.for_kind("sparse", epochs=8),
+    )
     train_from_data(req, ws.model_path("bench-sparse"), features=small)
     for n in sizes:
         synthetic(n).save(ws.uploads_dir / f"big-{n}.safetensors")
@@ -91,14 +114,18 @@ def browser_times(url: str, n: int, cap: int) -> tuple[float, float, str]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         page = browser.new_page(viewport={"width": 1440, "height": 1400})
         t0 = time.perf_counter()
         page.goto(f"{url}/Expert_map?model=bench-sparse&data=uploads/big-{n}.safetensors&cap={cap}")
         page.locator(".js-plotly-plot .gl-container canvas").first.wait_for(timeout=300_000)
-        page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'))",
-                               timeout=300_000)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'))",
+            timeout=300_000,
+        )
         wait_idle(page)
         first = time.perf_counter() - t0
         title = page.locator(".js-plotly-plot .gtitle").first.text_content()
@@ -136,11 +163,17 @@ def server_side_million(n: int = 1_000_000) -> None:
         t = time.perf_counter()
         xy = fn()
         print(f"  1M pairs: {name}: {time.perf_counter() - t:.2f} s")
-    for name, fn in (("stratified sample of 20,000", lambda: draw_sample(cats, 20_000)),
-                     ("density grid 150x150", lambda: density_grid(xy, 150)),
-                     ("box selection over all points", lambda: points_in_box(xy, (-0.3, 0.3), (-0.3, 0.3))),
-                     ("lasso (64-gon) selection over all points",
-                      lambda: points_in_polygon(xy, 0.4 * np.cos(np.linspace(0, 6.28, 64)), 0.4 * np.sin(np.linspace(0, 6.28, 64))))):
+    for name, fn in (
+        ("stratified sample of 20,000", lambda: draw_sample(cats, 20_000)),
+        ("density grid 150x150", lambda: density_grid(xy, 150)),
+        ("box selection over all points", lambda: points_in_box(xy, (-0.3, 0.3), (-0.3, 0.3))),
+        (
+            "lasso (64-gon) selection over all points",
+            lambda: points_in_polygon(
+                xy, 0.4 * np.cos(np.linspace(0, 6.28, 64)), 0.4 * np.sin(np.linspace(0, 6.28, 64))
+            ),
+        ),
+    ):
         t = time.perf_counter()
         out = fn()
         size = len(out) if isinstance(out, np.ndarray) else out[2].size
@@ -158,7 +191,9 @@ p = ProjectionParams("umap", "router", metric="euclidean")
 t = time.perf_counter(); umap_2d(x, p); print(f"  UMAP, 5,000 x 12, first fit in a process: {time.perf_counter() - t:.1f} s")
 t = time.perf_counter(); umap_2d(x, p); print(f"  UMAP, 5,000 x 12, warm: {time.perf_counter() - t:.1f} s")
 """
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
 
 
 def main() -> int:
@@ -175,10 +210,29 @@ def main() -> int:
     if Path(CHROMIUM).exists():
         port = free_port()
         env = {**os.environ, "MOE_REWARD_HOME": str(home), "MOE_REWARD_DATA_DIR": str(home / "no-repo-data")}
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                                 "--server.address", "127.0.0.1", "--server.port", str(port),
-                                 "--browser.gatherUsageStats", "false", "--server.maxMessageSize", "1000"],
-                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.address",
+                "127.0.0.1",
+                "--server.port",
+                str(port),
+                "--browser.gatherUsageStats",
+                "false",
+                "--server.maxMessageSize",
+                "1000",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             for _ in range(600):
@@ -190,14 +244,18 @@ def main() -> int:
             print("Expert map in Chromium (first visit to a size includes loading and scoring its file):")
             for n in sizes:
                 browser_times(url, n, 20_000)  # warm the server's caches for this file (load, score, layout)
-                for label, cap in (("shipped: sample <= 20,000 + density", 20_000),
-                                   ("baseline: every point drawn", n)):
+                for label, cap in (
+                    ("shipped: sample <= 20,000 + density", 20_000),
+                    ("baseline: every point drawn", n),
+                ):
                     if args.no_baseline and cap == n and n > 20_000:
                         continue
                     try:
                         first, roundtrip, seen = browser_times(url, n, cap)
-                        print(f"  {n:>7} pairs, {label:38s}: first render {first:5.1f} s, selection round-trip "
-                              f"{roundtrip:5.1f} s   [{seen}]")
+                        print(
+                            f"  {n:>7} pairs, {label:38s}: first render {first:5.1f} s, selection round-trip "
+                            f"{roundtrip:5.1f} s   [{seen}]"
+                        )
                     except Exception as exc:  # noqa: BLE001 - a baseline that cannot finish is a result too
                         print(f"  {n:>7} pairs, {label:38s}: failed ({type(exc).__name__}: {str(exc)[:120]})")
         finally:

@@ -49,11 +49,17 @@ def main() -> None:
         prompt_token_states(backbone, prompts, 64, cache_dir=os.path.join(tmp, "embeddings"))
         cached_s = time.perf_counter() - t0
     n_texts = 3 * len(pairs)
-    print(f"{len(pairs)} pairs ({n_texts} texts, {len(set(prompts))} distinct prompts), torch threads {torch.get_num_threads()}")
+    print(
+        f"{len(pairs)} pairs ({n_texts} texts, {len(set(prompts))} distinct prompts), torch threads {torch.get_num_threads()}"
+    )
     print(f"embedding the pairs (baseline):   {embed_s:7.2f} s  ({n_texts / embed_s:.1f} texts/s)")
-    print(f"lexical channel (fit + TF-IDF):   {lexical_s:7.2f} s  = {100 * lexical_s / embed_s:5.1f}% of embedding")
-    print(f"attention channel (token states): {tokens_s:7.2f} s  = {100 * tokens_s / embed_s:5.1f}% of embedding "
-          f"(cached re-read {cached_s:.3f} s)")
+    print(
+        f"lexical channel (fit + TF-IDF):   {lexical_s:7.2f} s  = {100 * lexical_s / embed_s:5.1f}% of embedding"
+    )
+    print(
+        f"attention channel (token states): {tokens_s:7.2f} s  = {100 * tokens_s / embed_s:5.1f}% of embedding "
+        f"(cached re-read {cached_s:.3f} s)"
+    )
 
 
 if __name__ == "__main__":

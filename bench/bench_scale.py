@@ -41,25 +41,43 @@ def ray_throughput(args) -> None:
     t = time.perf_counter()
     ref = embed_pairs(pairs, spec, cache_dir=None)
     single = time.perf_counter() - t
-    print(f"{len(pairs)} pairs of the default data = {texts} distinct texts; runtime {args.runtime}; "
-          f"load average {load:.2f}; {os.cpu_count()} CPUs")
+    print(
+        f"{len(pairs)} pairs of the default data = {texts} distinct texts; runtime {args.runtime}; "
+        f"load average {load:.2f}; {os.cpu_count()} CPUs"
+    )
     print(f"single process (all cores)   : {single:6.1f}s  {texts / single:6.1f} texts/s")
     t = time.perf_counter()
-    ray.init(address="local", num_cpus=max(w for w in args.workers) + 1, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=max(w for w in args.workers) + 1,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     print(f"ray cluster start            : {time.perf_counter() - t:6.1f}s")
     try:
         for workers in args.workers:
             with tempfile.TemporaryDirectory() as tmp:
                 t = time.perf_counter()
-                manifest = embed_with_ray(pairs, spec, Path(tmp) / "out", workers=workers, cpus_per_worker=1,
-                                          block_rows=args.block_rows)
+                manifest = embed_with_ray(
+                    pairs,
+                    spec,
+                    Path(tmp) / "out",
+                    workers=workers,
+                    cpus_per_worker=1,
+                    block_rows=args.block_rows,
+                )
                 wall = time.perf_counter() - t
                 got = PairFeatures.load(Path(tmp) / "out")
-                cos = min(float((got.rows(k) * ref.rows(k)).sum(1).min()) for k in ("prompt", "chosen", "rejected"))
-            print(f"ray engine, {workers} worker(s)      : {wall:6.1f}s  {texts / wall:6.1f} texts/s  "
-                  f"(actor start-up included; {len(manifest['shards'])} shard(s); cosine to single process min "
-                  f"{cos:.4f}; load average {os.getloadavg()[0]:.2f})", flush=True)
+                cos = min(
+                    float((got.rows(k) * ref.rows(k)).sum(1).min()) for k in ("prompt", "chosen", "rejected")
+                )
+            print(
+                f"ray engine, {workers} worker(s)      : {wall:6.1f}s  {texts / wall:6.1f} texts/s  "
+                f"(actor start-up included; {len(manifest['shards'])} shard(s); cosine to single process min "
+                f"{cos:.4f}; load average {os.getloadavg()[0]:.2f})",
+                flush=True,
+            )
     finally:
         ray.shutdown()
 
@@ -84,8 +102,16 @@ def write_synthetic(folder: Path, n: int, dim: int, shard_rows: int, seed: int =
         chosen, rejected = base + 0.5 * delta, base - 0.5 * delta
         for a in (prompt, chosen, rejected):
             a /= np.linalg.norm(a, axis=1, keepdims=True)
-        pairs = [PreferencePair(f"prompt {(start + i) // 4}", f"c{start + i}", f"r{start + i}", group=f"g{(start + i) % 8}",
-                                id=f"s{start + i}") for i in range(m)]
+        pairs = [
+            PreferencePair(
+                f"prompt {(start + i) // 4}",
+                f"c{start + i}",
+                f"r{start + i}",
+                group=f"g{(start + i) % 8}",
+                id=f"s{start + i}",
+            )
+            for i in range(m)
+        ]
         writer.add(prompt, chosen, rejected, pairs, {"backbone": "synthetic", "pooling": "mean", "dim": dim})
     writer.close()
 
@@ -106,14 +132,24 @@ def measure_child(folder: str, what: str, kind: str, epochs: int) -> None:
     out: dict = {}
     t = time.perf_counter()
     feats = PairFeatures.load(folder)
-    out["load_s"], out["after_load_gb"], out["storage"] = time.perf_counter() - t, _peak_gb(), feats.storage_dtype
+    out["load_s"], out["after_load_gb"], out["storage"] = (
+        time.perf_counter() - t,
+        _peak_gb(),
+        feats.storage_dtype,
+    )
     if what == "train":
         from moe_reward.app.pipeline import TrainRequest, train_from_data
         from moe_reward.train.loop import TrainConfig
 
         torch.manual_seed(0)
-        req = TrainRequest(data=folder, kind=kind, experts=8, top_k=2, router_input="pooled",
-                           train=TrainConfig.for_kind(kind, epochs=epochs, min_steps=0, batch_size=4096))
+        req = TrainRequest(
+            data=folder,
+            kind=kind,
+            experts=8,
+            top_k=2,
+            router_input="pooled",
+            train=TrainConfig.for_kind(kind, epochs=epochs, min_steps=0, batch_size=4096),
+        )
         t = time.perf_counter()
         _, metrics = train_from_data(req, None, features=feats)
         out["train_s"], out["accuracy"] = time.perf_counter() - t, metrics["test"]["accuracy"]
@@ -121,8 +157,9 @@ def measure_child(folder: str, what: str, kind: str, epochs: int) -> None:
         from moe_reward.evaluate.metrics import evaluate
         from moe_reward.model.moe import ModelConfig, SparseMoERewardModel
 
-        model = SparseMoERewardModel(ModelConfig(kind=kind, input_dim=feats.dim, num_experts=8, top_k=2,
-                                                 router_input="pooled"))
+        model = SparseMoERewardModel(
+            ModelConfig(kind=kind, input_dim=feats.dim, num_experts=8, top_k=2, router_input="pooled")
+        )
         t = time.perf_counter()
         res = evaluate(model, feats)
         out["eval_s"], out["accuracy"] = time.perf_counter() - t, res["accuracy"]
@@ -136,23 +173,48 @@ def memory(args) -> None:
         t = time.perf_counter()
         write_synthetic(folder, args.memory_pairs, args.dim, args.shard_rows)
         size = sum(f.stat().st_size for f in folder.iterdir()) / 2**30
-        print(f"wrote {args.memory_pairs:,} synthetic pairs x {args.dim}-d as float16 shards ({size:.2f} GiB) in "
-              f"{time.perf_counter() - t:.0f}s; float32 in memory would be "
-              f"{args.memory_pairs * args.dim * 3 * 4 / 2**30:.2f} GiB", flush=True)
+        print(
+            f"wrote {args.memory_pairs:,} synthetic pairs x {args.dim}-d as float16 shards ({size:.2f} GiB) in "
+            f"{time.perf_counter() - t:.0f}s; float32 in memory would be "
+            f"{args.memory_pairs * args.dim * 3 * 4 / 2**30:.2f} GiB",
+            flush=True,
+        )
         for what in ("train", "evaluate"):
-            cmd = [sys.executable, __file__, "--child", str(folder), "--child-what", what, "--kind", args.kind,
-                   "--epochs", str(args.epochs)]
-            res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": os.getcwd()})
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                str(folder),
+                "--child-what",
+                what,
+                "--kind",
+                args.kind,
+                "--epochs",
+                str(args.epochs),
+            ]
+            res = subprocess.run(
+                cmd, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": os.getcwd()}
+            )
             if res.returncode:
                 print(res.stderr[-3000:])
                 raise SystemExit(f"{what} failed")
             row = json.loads(res.stdout.strip().splitlines()[-1])
-            verdict = "" if what != "train" else f" (target < 6 GB: {'met' if row['peak_gb'] * 2**30 / 1e9 < 6 else 'MISSED'})"
-            print(f"{what:8s} {args.kind} on {args.memory_pairs:,} pairs{' (glibc default malloc)' if os.environ.get('NO_HEAP_FIX') else ''}: peak RSS {row['peak_gb']:.2f} GiB "
-                  f"= {row['peak_gb'] * 2**30 / 1e9:.2f} GB{verdict}; after loading {row['after_load_gb']:.2f} GiB "
-                  f"({row['storage']} in memory, {row['load_s']:.0f}s); "
-                  + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                              if k.endswith("_s") or k == "accuracy"), flush=True)
+            verdict = (
+                ""
+                if what != "train"
+                else f" (target < 6 GB: {'met' if row['peak_gb'] * 2**30 / 1e9 < 6 else 'MISSED'})"
+            )
+            print(
+                f"{what:8s} {args.kind} on {args.memory_pairs:,} pairs{' (glibc default malloc)' if os.environ.get('NO_HEAP_FIX') else ''}: peak RSS {row['peak_gb']:.2f} GiB "
+                f"= {row['peak_gb'] * 2**30 / 1e9:.2f} GB{verdict}; after loading {row['after_load_gb']:.2f} GiB "
+                f"({row['storage']} in memory, {row['load_s']:.0f}s); "
+                + ", ".join(
+                    f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in row.items()
+                    if k.endswith("_s") or k == "accuracy"
+                ),
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -166,7 +228,9 @@ def main() -> None:
     ap.add_argument("--shard-rows", type=int, default=100_000)
     ap.add_argument("--kind", default="sparse")
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--tmp", default=None, help="where the synthetic shards go (default: the system temp dir)")
+    ap.add_argument(
+        "--tmp", default=None, help="where the synthetic shards go (default: the system temp dir)"
+    )
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)

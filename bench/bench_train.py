@@ -27,7 +27,9 @@ def synthetic_features(n: int, d: int = 384, groups: int = 8, seed: int = 0):
     rng = np.random.default_rng(seed)
     # Groups come in reversed couples (g and g+1 prefer opposite directions), so one head cannot fit them.
     base_dirs = rng.normal(size=(groups // 2, d)).astype(np.float32) / np.sqrt(d)
-    directions = np.concatenate([base_dirs, -base_dirs])[np.arange(groups) % 2 * (groups // 2) + np.arange(groups) // 2]
+    directions = np.concatenate([base_dirs, -base_dirs])[
+        np.arange(groups) % 2 * (groups // 2) + np.arange(groups) // 2
+    ]
     group = rng.integers(groups, size=n)
     prompt = rng.normal(size=(n, d)).astype(np.float32) * 0.3
     prompt[np.arange(n), group] += 3
@@ -47,11 +49,15 @@ def time_training(n: int) -> None:
     train, val = f.subset(range(n)), f.subset(range(n, len(f)))
     for kind in ("single", "sparse"):
         t0 = time.perf_counter()
-        res = train_model(train, val, ModelConfig(kind=kind, num_experts=8, top_k=2), TrainConfig.for_kind(kind))
+        res = train_model(
+            train, val, ModelConfig(kind=kind, num_experts=8, top_k=2), TrainConfig.for_kind(kind)
+        )
         dt = time.perf_counter() - t0
         ev = evaluate(res.model, val)
-        print(f"{kind:7s} K={res.model.num_experts} on {n} pairs: {dt:6.2f} s, {len(res.history)} epochs, "
-              f"val accuracy {ev['accuracy']:.3f}, NMI {ev['routing_nmi']:.3f}")
+        print(
+            f"{kind:7s} K={res.model.num_experts} on {n} pairs: {dt:6.2f} s, {len(res.history)} epochs, "
+            f"val accuracy {ev['accuracy']:.3f}, NMI {ev['routing_nmi']:.3f}"
+        )
 
 
 def peak_memory(n: int) -> None:
@@ -65,7 +71,9 @@ def peak_memory(n: int) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     kb = int(out.stdout.strip().splitlines()[-1])
-    print(f"peak RSS training sparse on {n} pairs (process total, incl. torch): {kb / 1024**2:.2f} GB (target < 4 GB)")
+    print(
+        f"peak RSS training sparse on {n} pairs (process total, incl. torch): {kb / 1024**2:.2f} GB (target < 4 GB)"
+    )
 
 
 def main() -> None:

@@ -32,17 +32,24 @@ from moe_reward.evaluate.projection import (
     warm_up_umap,
 )
 
-SOURCES = {"router": "routing (router logits)", "margins": "expert margins", "prompt": "prompt text",
-           "pair": "preference direction"}
+SOURCES = {
+    "router": "routing (router logits)",
+    "margins": "expert margins",
+    "prompt": "prompt text",
+    "pair": "preference direction",
+}
 LAYOUTS = {"anchors": "experts as anchors", "pca": "PCA", "umap": "UMAP"}
 COLOURS = ["top expert", "group", "reward margin", "correct"]
 DEFAULT_CAP = 20_000
 MAX_CAP = 1_000_000
 TABLE_PAGE = 500
 
-ui.page_header("Expert map", "Each point is a pair. By default it is placed by how the router routes its prompt, "
-               "so that each expert is a region; other views place it by how the experts judge it or by its text. "
-               "Drag a box or lasso to list the pairs inside.")
+ui.page_header(
+    "Expert map",
+    "Each point is a pair. By default it is placed by how the router routes its prompt, "
+    "so that each expert is a region; other views place it by how the experts judge it or by its text. "
+    "Drag a box or lasso to list the pairs inside.",
+)
 ctx = ui.context()
 if ctx is None:
     st.stop()
@@ -59,24 +66,44 @@ ui.init_state("map_source", "view", str, source_options)
 ui.init_state("map_layout", "layout", str, list(LAYOUTS))
 ui.init_state("map_color", "color", str, COLOURS)
 ui.init_state("map_expert", "expert", int, list(range(k_experts)))
-if "map_expert" not in st.session_state and isinstance(st.session_state.get(ui.SHARED_EXPERT), int) \
-        and st.session_state[ui.SHARED_EXPERT] < k_experts:
+if (
+    "map_expert" not in st.session_state
+    and isinstance(st.session_state.get(ui.SHARED_EXPERT), int)
+    and st.session_state[ui.SHARED_EXPERT] < k_experts
+):
     st.session_state["map_expert"] = st.session_state[ui.SHARED_EXPERT]
 st.session_state.setdefault("map_source", source_options[0])
 c1, c2, c3, c4 = st.columns([2, 2, 3, 1])
-source = c1.radio("Show", source_options, format_func=SOURCES.get, horizontal=True, key="map_source",
-                  help="routing: the router's logits (experts appear as regions). expert margins: how each expert "
-                       "judges the pair. prompt text: the prompt's embedding (its topic). preference direction: "
-                       "the text embedding of chosen − rejected.")
+source = c1.radio(
+    "Show",
+    source_options,
+    format_func=SOURCES.get,
+    horizontal=True,
+    key="map_source",
+    help="routing: the router's logits (experts appear as regions). expert margins: how each expert "
+    "judges the pair. prompt text: the prompt's embedding (its topic). preference direction: "
+    "the text embedding of chosen − rejected.",
+)
 layouts = ["anchors", "pca", "umap"] if source == "router" else ["pca", "umap"]
 if st.session_state.get("map_layout") not in layouts:
     st.session_state["map_layout"] = layouts[0]
-layout = c2.radio("Layout", layouts, format_func=LAYOUTS.get, horizontal=True, key="map_layout",
-                  help="experts as anchors: each expert a point on a circle, each pair at the mix of its routing "
-                       "probabilities (instant). PCA: instant. UMAP: non-linear, computed in the background.")
+layout = c2.radio(
+    "Layout",
+    layouts,
+    format_func=LAYOUTS.get,
+    horizontal=True,
+    key="map_layout",
+    help="experts as anchors: each expert a point on a circle, each pair at the mix of its routing "
+    "probabilities (instant). PCA: instant. UMAP: non-linear, computed in the background.",
+)
 color_by = c3.radio("Colour by", COLOURS, horizontal=True, key="map_color")
-highlight = c4.selectbox("Expert", [None, *range(k_experts)], key="map_expert",
-                         format_func=lambda e: "all" if e is None else f"E{e}", help="Bring one expert's pairs forward")
+highlight = c4.selectbox(
+    "Expert",
+    [None, *range(k_experts)],
+    key="map_expert",
+    format_func=lambda e: "all" if e is None else f"E{e}",
+    help="Bring one expert's pairs forward",
+)
 if highlight is not None:
     st.session_state[ui.SHARED_EXPERT] = int(highlight)
 
@@ -84,20 +111,36 @@ ui.init_state("map_cap", "cap", int)
 st.session_state["map_cap"] = min(max(int(st.session_state.get("map_cap", DEFAULT_CAP)), 1000), MAX_CAP)
 with st.expander("Drawing and UMAP settings"):
     d1, d2, d3, d4, d5 = st.columns(5)
-    cap = int(d1.number_input("Points drawn at most", 1000, MAX_CAP, step=1000, key="map_cap",
-                              help="A stratified sample of this size is drawn over a density layer of all pairs; "
-                                   "selections always cover all pairs."))
+    cap = int(
+        d1.number_input(
+            "Points drawn at most",
+            1000,
+            MAX_CAP,
+            step=1000,
+            key="map_cap",
+            help="A stratified sample of this size is drawn over a density layer of all pairs; "
+            "selections always cover all pairs.",
+        )
+    )
     n_neighbors = int(d2.number_input("UMAP n_neighbors", 2, 200, 15, key="umap_nn"))
     min_dist = float(d3.number_input("UMAP min_dist", 0.0, 1.0, 0.1, 0.05, key="umap_md"))
-    metric = d4.selectbox("UMAP metric", METRICS, index=METRICS.index("euclidean" if source in ("router", "margins")
-                                                                      else "cosine"), key=f"umap_metric_{source}")
+    metric = d4.selectbox(
+        "UMAP metric",
+        METRICS,
+        index=METRICS.index("euclidean" if source in ("router", "margins") else "cosine"),
+        key=f"umap_metric_{source}",
+    )
     seed = int(d5.number_input("UMAP seed", 0, 10_000, 0, key="umap_seed"))
 
 wanted = ProjectionParams(layout, source, n_neighbors, min_dist, metric, seed)
 params, note = wanted, None
 warmup = jobs.get("umap-warmup")
-if layout == "umap" and not umap_is_warm() and warmup is None:  # compile it while the user sets the parameters
-    warmup = jobs.submit("umap-warmup", lambda report: warm_up_umap(report, proj_dir), "compiling UMAP (once per server)")
+if (
+    layout == "umap" and not umap_is_warm() and warmup is None
+):  # compile it while the user sets the parameters
+    warmup = jobs.submit(
+        "umap-warmup", lambda report: warm_up_umap(report, proj_dir), "compiling UMAP (once per server)"
+    )
 if layout == "umap" and not is_cached(ctx.features, wanted, proj_dir, parts):
     params = ProjectionParams("anchors" if source == "router" else "pca", source)
     job_key = ui.projection_job_key(ctx, wanted)
@@ -110,8 +153,10 @@ if layout == "umap" and not is_cached(ctx.features, wanted, proj_dir, parts):
         dim = {"router": k_experts, "margins": k_experts}.get(source, ctx.features.dim)
         compiling = warmup.elapsed if warmup is not None and warmup.active else 0.0
         eta = estimate_seconds(wanted, n, dim, proj_dir, compiling_for=compiling)
-        st.info(f"UMAP of the {SOURCES[source]} for these settings is not computed yet: about {eta:.0f} s here "
-                f"({n} pairs), in the background. Showing {LAYOUTS[params.method]} meanwhile.")
+        st.info(
+            f"UMAP of the {SOURCES[source]} for these settings is not computed yet: about {eta:.0f} s here "
+            f"({n} pairs), in the background. Showing {LAYOUTS[params.method]} meanwhile."
+        )
         if st.button("Compute UMAP", type="primary", key="umap_go"):
             job = ui.submit_projection(ctx, wanted)
     if job is not None and job.active:
@@ -137,7 +182,9 @@ def coords_for(_features, _scores, params: ProjectionParams, key_parts: tuple, c
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def hover_texts(data_fid: str, _pairs) -> list[str]:
-    return [ui.chart(f"{p.id} · {p.group or ''} · {p.prompt[:70]}") for p in _pairs]  # escaped: plotly reads HTML
+    return [
+        ui.chart(f"{p.id} · {p.group or ''} · {p.prompt[:70]}") for p in _pairs
+    ]  # escaped: plotly reads HTML
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -156,11 +203,17 @@ if note:
     st.caption(note)
 
 # ----------------------------------------------------------------------------- selection state (all pairs)
-view_id = f"{params.method}-{params.source}-{params.n_neighbors}-{params.min_dist}-{params.metric}-{params.seed}"
+view_id = (
+    f"{params.method}-{params.source}-{params.n_neighbors}-{params.min_dist}-{params.metric}-{params.seed}"
+)
 pair_ids = ctx.features.ids
 ui.init_state("map_box", "box", lambda v: [float(x) for x in str(v).split(",")][:4])
 ui.init_state("map_pair", "pair", str)
-if "map_box" in st.session_state and len(st.session_state["map_box"]) == 4 and st.session_state.get("map_box_view") is None:
+if (
+    "map_box" in st.session_state
+    and len(st.session_state["map_box"]) == 4
+    and st.session_state.get("map_box_view") is None
+):
     st.session_state["map_box_view"] = view_id  # restored from a link: meant for this view
 selected_pair = st.session_state.get("map_pair")
 sel_row = pair_ids.index(selected_pair) if selected_pair in pair_ids else None
@@ -174,15 +227,41 @@ size, opacity = (4, 0.45) if n > 20_000 else (5, 0.6) if n > 2_000 else (7, 0.8)
 fig = go.Figure()
 if big:
     gx, gy, counts = density_grid(xy, bins=150)
-    fig.add_trace(go.Heatmap(x=gx, y=gy, z=np.where(counts > 0, np.log1p(counts), np.nan), colorscale="Greys",
-                             showscale=False, opacity=0.35, hoverinfo="skip", name="density (all pairs)", zsmooth=False))
+    fig.add_trace(
+        go.Heatmap(
+            x=gx,
+            y=gy,
+            z=np.where(counts > 0, np.log1p(counts), np.nan),
+            colorscale="Greys",
+            showscale=False,
+            opacity=0.35,
+            hoverinfo="skip",
+            name="density (all pairs)",
+            zsmooth=False,
+        )
+    )
 if color_by == "reward margin":
     lim = float(np.percentile(np.abs(s.margin), 98)) or 1.0
-    fig.add_trace(go.Scattergl(x=xy[draw, 0], y=xy[draw, 1], mode="markers", name="pairs", customdata=draw,
-                               text=[hover[i] for i in draw],
-                               hovertemplate="%{text}<br>margin %{marker.color:.3f}<extra></extra>",
-                               marker=dict(size=size, color=s.margin[draw], colorscale="RdBu", cmin=-lim, cmax=lim,
-                                           opacity=opacity, colorbar=dict(title="margin"))))
+    fig.add_trace(
+        go.Scattergl(
+            x=xy[draw, 0],
+            y=xy[draw, 1],
+            mode="markers",
+            name="pairs",
+            customdata=draw,
+            text=[hover[i] for i in draw],
+            hovertemplate="%{text}<br>margin %{marker.color:.3f}<extra></extra>",
+            marker=dict(
+                size=size,
+                color=s.margin[draw],
+                colorscale="RdBu",
+                cmin=-lim,
+                cmax=lim,
+                opacity=opacity,
+                colorbar=dict(title="margin"),
+            ),
+        )
+    )
 else:
     palette = ui.category_colors(set(cats))
     order = ui.natural_sorted(set(cats[draw]))
@@ -192,45 +271,104 @@ else:
         faded = highlight is not None and color_by == "top expert" and cat != f"E{highlight}"
         color = NEUTRAL if faded else palette[cat]
         symbol = expert_symbol(int(cat[1:])) if cat.startswith("E") and cat[1:].isdigit() else "circle"
-        fig.add_trace(go.Scattergl(
-            x=xy[m, 0], y=xy[m, 1], mode="markers", name=ui.chart(cat), customdata=m, text=[hover[i] for i in m],
-            hovertemplate="%{text}<extra>" + ui.chart(cat) + "</extra>", legendrank=order.index(cat),
-            marker=dict(size=size, color=rgba(color, 0.25 if faded else opacity), symbol=symbol)))
+        fig.add_trace(
+            go.Scattergl(
+                x=xy[m, 0],
+                y=xy[m, 1],
+                mode="markers",
+                name=ui.chart(cat),
+                customdata=m,
+                text=[hover[i] for i in m],
+                hovertemplate="%{text}<extra>" + ui.chart(cat) + "</extra>",
+                legendrank=order.index(cat),
+                marker=dict(size=size, color=rgba(color, 0.25 if faded else opacity), symbol=symbol),
+            )
+        )
     if highlight is not None and color_by == "top expert":  # drawn last: on top of everything
         fig.data = tuple(sorted(fig.data, key=lambda t: t.name == f"E{highlight}"))
 if highlight is not None and color_by != "top expert":
     m = draw[s.top_expert[draw] == highlight]
-    fig.add_trace(go.Scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers", name=f"top expert E{highlight}",
-                               hoverinfo="skip", marker=dict(size=size + 5, color="rgba(0,0,0,0)",
-                                                            line=dict(width=1.5, color=ui.expert_color(highlight)))))
+    fig.add_trace(
+        go.Scattergl(
+            x=xy[m, 0],
+            y=xy[m, 1],
+            mode="markers",
+            name=f"top expert E{highlight}",
+            hoverinfo="skip",
+            marker=dict(
+                size=size + 5, color="rgba(0,0,0,0)", line=dict(width=1.5, color=ui.expert_color(highlight))
+            ),
+        )
+    )
 if params.method == "anchors":
     pos = anchor_positions(k_experts) * 1.08
-    fig.add_trace(go.Scatter(x=pos[:, 0], y=pos[:, 1], mode="markers+text", text=names, textposition="middle center",
-                             name="expert anchors", hoverinfo="skip", showlegend=False,
-                             marker=dict(size=26, color=[ui.expert_color(e) for e in range(k_experts)],
-                                         line=dict(width=1, color="white")),
-                             textfont=dict(color="white", size=11)))
+    fig.add_trace(
+        go.Scatter(
+            x=pos[:, 0],
+            y=pos[:, 1],
+            mode="markers+text",
+            text=names,
+            textposition="middle center",
+            name="expert anchors",
+            hoverinfo="skip",
+            showlegend=False,
+            marker=dict(
+                size=26,
+                color=[ui.expert_color(e) for e in range(k_experts)],
+                line=dict(width=1, color="white"),
+            ),
+            textfont=dict(color="white", size=11),
+        )
+    )
 if sel_row is not None:
-    fig.add_trace(go.Scatter(x=[xy[sel_row, 0]], y=[xy[sel_row, 1]], mode="markers", name=f"pair {ui.chart(selected_pair)}",
-                             hoverinfo="skip", marker=dict(symbol="star", size=18, color="gold",
-                                                           line=dict(width=1.5, color="black"))))
-axis = {"anchors": ("← routing mix →", "← routing mix →"), "pca": ("PC 1", "PC 2"), "umap": ("UMAP 1", "UMAP 2")}
+    fig.add_trace(
+        go.Scatter(
+            x=[xy[sel_row, 0]],
+            y=[xy[sel_row, 1]],
+            mode="markers",
+            name=f"pair {ui.chart(selected_pair)}",
+            hoverinfo="skip",
+            marker=dict(symbol="star", size=18, color="gold", line=dict(width=1.5, color="black")),
+        )
+    )
+axis = {
+    "anchors": ("← routing mix →", "← routing mix →"),
+    "pca": ("PC 1", "PC 2"),
+    "umap": ("UMAP 1", "UMAP 2"),
+}
 drawn = f"{len(draw)} of {n} pairs drawn over the density of all" if len(draw) < n else f"{n} pairs"
-fig.update_layout(height=620, margin=dict(l=10, r=10, t=40, b=10), dragmode="select",
-                  title=f"{params.title()} ({drawn})", legend=dict(itemsizing="constant", title=color_by),
-                  xaxis_title=axis[params.method][0], yaxis_title=axis[params.method][1])
+fig.update_layout(
+    height=620,
+    margin=dict(l=10, r=10, t=40, b=10),
+    dragmode="select",
+    title=f"{params.title()} ({drawn})",
+    legend=dict(itemsizing="constant", title=color_by),
+    xaxis_title=axis[params.method][0],
+    yaxis_title=axis[params.method][1],
+)
 if params.method == "anchors":
     fig.update_xaxes(showticklabels=False, scaleanchor="y")
     fig.update_yaxes(showticklabels=False)
-event = st.plotly_chart(fig, width="stretch", key=f"map_{view_id}", on_select="rerun", selection_mode=("box", "lasso"),
-                        config={"displaylogo": False})
+event = st.plotly_chart(
+    fig,
+    width="stretch",
+    key=f"map_{view_id}",
+    on_select="rerun",
+    selection_mode=("box", "lasso"),
+    config={"displaylogo": False},
+)
 
 # A box or lasso selects among all pairs (not only the drawn ones), on the server.
 sel = (event or {}).get("selection", {}) if event else {}
 boxes, lassos = sel.get("box") or [], sel.get("lasso") or []
 if boxes:
     b = boxes[-1]
-    st.session_state["map_box"] = [float(min(b["x"])), float(max(b["x"])), float(min(b["y"])), float(max(b["y"]))]
+    st.session_state["map_box"] = [
+        float(min(b["x"])),
+        float(max(b["x"])),
+        float(min(b["y"])),
+        float(max(b["y"])),
+    ]
     st.session_state["map_box_view"] = view_id
     st.session_state.pop("map_lasso", None)
 elif lassos:
@@ -249,29 +387,60 @@ if box and len(box) == 4 and st.session_state.get("map_box_view") == view_id:
 elif lasso and lasso[0] == view_id:
     selected = points_in_polygon(xy, lasso[1], lasso[2])
 
-ui.share_view(view=source, layout=layout, color=color_by if color_by != COLOURS[0] else None,
-              cap=cap if cap != DEFAULT_CAP else None,
-              expert=highlight, box=",".join(f"{v:.4g}" for v in box) if box and len(selected) else None,
-              pair=selected_pair if sel_row is not None else None)
+ui.share_view(
+    view=source,
+    layout=layout,
+    color=color_by if color_by != COLOURS[0] else None,
+    cap=cap if cap != DEFAULT_CAP else None,
+    expert=highlight,
+    box=",".join(f"{v:.4g}" for v in box) if box and len(selected) else None,
+    pair=selected_pair if sel_row is not None else None,
+)
 
 # ----------------------------------------------------------------------------- the selected pair
 if sel_row is not None:
     p = ctx.features.pairs[sel_row]
     with st.container(border=True):
-        st.markdown(f"**Pair {ui.md(p.id)}**" + (f" · group {ui.md(p.group)}" if p.group else "")
-                    + f" · top expert E{int(s.top_expert[sel_row])} · margin {s.margin[sel_row]:+.3f} · "
-                    + ("the model prefers the chosen response" if s.correct[sel_row] else "the model prefers the rejected response"))
+        st.markdown(
+            f"**Pair {ui.md(p.id)}**"
+            + (f" · group {ui.md(p.group)}" if p.group else "")
+            + f" · top expert E{int(s.top_expert[sel_row])} · margin {s.margin[sel_row]:+.3f} · "
+            + (
+                "the model prefers the chosen response"
+                if s.correct[sel_row]
+                else "the model prefers the rejected response"
+            )
+        )
         st.text("Prompt: " + p.prompt)
         a, b = st.columns(2)
         a.text("Chosen: " + p.chosen)
         b.text("Rejected: " + p.rejected)
-        fig = go.Figure([go.Bar(x=names, y=s.router_probs[sel_row], name="router softmax",
-                                marker_color=[ui.expert_color(e) for e in range(k_experts)]),
-                         go.Scatter(x=names, y=s.expert_margins[sel_row], name="expert margin", mode="markers",
-                                    marker=dict(symbol="diamond", size=10, color="black"), yaxis="y2")])
-        fig.update_layout(height=260, margin=dict(t=30, b=10), title="Routing and each expert's margin",
-                          xaxis_title="expert", yaxis_title="routing probability",
-                          yaxis2=dict(title="margin (chosen − rejected)", overlaying="y", side="right"))
+        fig = go.Figure(
+            [
+                go.Bar(
+                    x=names,
+                    y=s.router_probs[sel_row],
+                    name="router softmax",
+                    marker_color=[ui.expert_color(e) for e in range(k_experts)],
+                ),
+                go.Scatter(
+                    x=names,
+                    y=s.expert_margins[sel_row],
+                    name="expert margin",
+                    mode="markers",
+                    marker=dict(symbol="diamond", size=10, color="black"),
+                    yaxis="y2",
+                ),
+            ]
+        )
+        fig.update_layout(
+            height=260,
+            margin=dict(t=30, b=10),
+            title="Routing and each expert's margin",
+            xaxis_title="expert",
+            yaxis_title="routing probability",
+            yaxis2=dict(title="margin (chosen − rejected)", overlaying="y", side="right"),
+        )
         ui.expert_axis(fig, "x", k_experts)
         st.plotly_chart(fig, width="stretch", key="map_pair_chart")
         if st.button("Clear the pair", key="map_pair_clear"):
@@ -281,15 +450,28 @@ if sel_row is not None:
 # ----------------------------------------------------------------------------- the linked table
 st.subheader(f"Selection: {len(selected)} pairs")
 if not len(selected):
-    st.caption("Drag a box or a lasso on the map to select pairs (all pairs in the region, drawn or not); their "
-               "routing weights appear here. Click a row to see the pair.")
+    st.caption(
+        "Drag a box or a lasso on the map to select pairs (all pairs in the region, drawn or not); their "
+        "routing weights appear here. Click a row to see the pair."
+    )
     st.stop()
 pages = (len(selected) - 1) // TABLE_PAGE + 1
-page = int(st.number_input(f"Page (of {pages}, {TABLE_PAGE} rows each)", 1, pages, 1, key="map_page")) if pages > 1 else 1
-rows = selected[(page - 1) * TABLE_PAGE: page * TABLE_PAGE]
+page = (
+    int(st.number_input(f"Page (of {pages}, {TABLE_PAGE} rows each)", 1, pages, 1, key="map_page"))
+    if pages > 1
+    else 1
+)
+rows = selected[(page - 1) * TABLE_PAGE : page * TABLE_PAGE]
 table = ctx.pair_table(rows)
-picked = st.dataframe(table, hide_index=True, width="stretch", height=360, key=f"map_table_{view_id}_{page}",
-                      on_select="rerun", selection_mode="single-row")
+picked = st.dataframe(
+    table,
+    hide_index=True,
+    width="stretch",
+    height=360,
+    key=f"map_table_{view_id}_{page}",
+    on_select="rerun",
+    selection_mode="single-row",
+)
 chosen_rows = (picked or {}).get("selection", {}).get("rows", []) if picked else []
 if chosen_rows:
     pid = str(table.iloc[chosen_rows[0]]["id"])  # the id the user saw, not a position that may have moved
@@ -304,11 +486,18 @@ def _csv() -> bytes:
 
 def _jsonl() -> bytes:
     pairs = ctx.features.pairs
-    lines = (json.dumps({**pairs[i].to_dict(), "routing": s.routing[i].round(6).tolist(), "margin": float(s.margin[i])},
-                        ensure_ascii=False) for i in selected)
+    lines = (
+        json.dumps(
+            {**pairs[i].to_dict(), "routing": s.routing[i].round(6).tolist(), "margin": float(s.margin[i])},
+            ensure_ascii=False,
+        )
+        for i in selected
+    )
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 c1, c2 = st.columns(2)
 c1.download_button(f"Download all {len(selected)} (CSV)", _csv, "selection.csv", "text/csv", key="dl_csv")
-c2.download_button(f"Download all {len(selected)} (JSONL)", _jsonl, "selection.jsonl", "application/jsonl", key="dl_jsonl")
+c2.download_button(
+    f"Download all {len(selected)} (JSONL)", _jsonl, "selection.jsonl", "application/jsonl", key="dl_jsonl"
+)

@@ -49,8 +49,12 @@ from moe_reward.personalize.store import (
 NEW_PROFILE = "New profile…"  # plain text (a "＋" glyph is a missing-font box in Debian's Chromium)
 FIRST_PROFILE = "default"  # what a new annotator's first label creates
 MODES = ("Active choice", "Random", "Type your own pair")
-ADAPTER_HELP = {"hedge": "multiplicative weights, one label at a time", "batch": "closed form over all labels (DRM)",
-                "gradient": "Bradley-Terry on the mixed margin (LoRe)", "signed": "weights in R^K, can reverse experts"}
+ADAPTER_HELP = {
+    "hedge": "multiplicative weights, one label at a time",
+    "batch": "closed form over all labels (DRM)",
+    "gradient": "Bradley-Terry on the mixed margin (LoRe)",
+    "signed": "weights in R^K, can reverse experts",
+}
 
 ui.page_header("Personalize", "Label a few pairs: your profile re-weights the experts after every label.")
 ctx = ui.context()
@@ -62,12 +66,16 @@ except StoreError as exc:
     st.error(f"The label store cannot be opened: {ui.md(exc)}")
     st.stop()
 if store.read_only:
-    st.warning(f"Labels cannot be saved: {ui.md(store.read_only)}. Stored profiles can still be looked at.",
-               icon=":material/lock:")
+    st.warning(
+        f"Labels cannot be saved: {ui.md(store.read_only)}. Stored profiles can still be looked at.",
+        icon=":material/lock:",
+    )
 margins, logits = ctx.margins()
 names = ctx.expert_names()
 pairs = ctx.features.pairs
-SESSION = st.session_state.setdefault("pz_session", uuid.uuid4().hex[:16])  # this browser session: what Undo undoes
+SESSION = st.session_state.setdefault(
+    "pz_session", uuid.uuid4().hex[:16]
+)  # this browser session: what Undo undoes
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -99,9 +107,16 @@ top = st.container(border=True)
 c1, c2, c_adapter, c_mode, c_rates = top.columns([1.1, 1.1, 1.5, 1.2, 0.8], vertical_alignment="bottom")
 with top:
     st.session_state.setdefault("pz_annotator", "guest")
-    annotator = c1.text_input("Annotator", key="pz_annotator", on_change=on_annotator_change,
-                              help="Your name: your profiles and labels are kept under it. The address bar then "
-                                   "holds a link that reopens your last profile.").strip() or "guest"
+    annotator = (
+        c1.text_input(
+            "Annotator",
+            key="pz_annotator",
+            on_change=on_annotator_change,
+            help="Your name: your profiles and labels are kept under it. The address bar then "
+            "holds a link that reopens your last profile.",
+        ).strip()
+        or "guest"
+    )
     mine = store.profiles(annotator=annotator, model=ctx.model_name, recent_first=True)
     existing = [p.name for p in mine]
     options = (existing or [FIRST_PROFILE]) + [NEW_PROFILE]
@@ -109,17 +124,27 @@ with top:
         st.session_state["pz_profile"] = st.session_state.pop("pz_pending_profile")
     if st.session_state.get("pz_profile") not in options:
         st.session_state["pz_profile"] = options[0]  # the most recently used profile, or a first one
-    choice = c2.selectbox("Profile", options, key="pz_profile",
-                          help="Most recently used first. A new annotator's first label creates 'default'.")
+    choice = c2.selectbox(
+        "Profile",
+        options,
+        key="pz_profile",
+        help="Most recently used first. A new annotator's first label creates 'default'.",
+    )
     if choice == NEW_PROFILE:
         n1, n2, n3 = st.columns([1.2, 1.5, 1], vertical_alignment="bottom")
         new_name = n1.text_input("New profile name", value=f"profile-{len(existing) + 1}", key="pz_new_name")
-        new_adapter = n2.selectbox("Adapter", ADAPTERS, key="pz_new_adapter",
-                                   format_func=lambda a: f"{a}: {ADAPTER_HELP.get(a, '')}")
+        new_adapter = n2.selectbox(
+            "Adapter", ADAPTERS, key="pz_new_adapter", format_func=lambda a: f"{a}: {ADAPTER_HELP.get(a, '')}"
+        )
         if n3.button("Create profile", type="primary", key="pz_create", disabled=bool(store.read_only)):
             try:
-                rec = store.get_or_create_profile(annotator, new_name.strip() or "profile", ctx.model_name,
-                                                  new_adapter, fresh_spec(new_adapter))
+                rec = store.get_or_create_profile(
+                    annotator,
+                    new_name.strip() or "profile",
+                    ctx.model_name,
+                    new_adapter,
+                    fresh_spec(new_adapter),
+                )
             except StoreError as exc:
                 st.error(ui.md(exc))
                 st.stop()
@@ -136,21 +161,36 @@ state_key = (ctx.model_fid, ctx.data_fid, ident)
 S = st.session_state.setdefault("pz", {})
 if S.get("key") != state_key:  # a different profile, model or dataset
     S.clear()
-    S.update(key=state_key, state=None, shown=None, skipped=set(), typed=None, rng=np.random.default_rng(),
-             flash=None, update_ms=None, confirm_reset=False)
+    S.update(
+        key=state_key,
+        state=None,
+        shown=None,
+        skipped=set(),
+        typed=None,
+        rng=np.random.default_rng(),
+        flash=None,
+        update_ms=None,
+        confirm_reset=False,
+    )
 
 if rec is not None:
     try:
         state = store.load_profile(rec.id, S.get("state"), fallback=fresh_spec(rec.adapter or ADAPTERS[0]))
     except (ValueError, KeyError, TypeError) as exc:
-        st.error(f"Profile {ui.md(annotator)}/{ui.md(profile_name)} cannot be rebuilt from its settings ({ui.md(exc)}).")
-        if st.button("Start it afresh with hedge (keeps its labels)", key="pz_repair", disabled=bool(store.read_only)):
+        st.error(
+            f"Profile {ui.md(annotator)}/{ui.md(profile_name)} cannot be rebuilt from its settings ({ui.md(exc)})."
+        )
+        if st.button(
+            "Start it afresh with hedge (keeps its labels)", key="pz_repair", disabled=bool(store.read_only)
+        ):
             store.save_profile(rec.id, fresh_spec("hedge"), adapter="hedge")
             st.rerun()
         st.stop()
     if state.adapter.num_experts != ctx.k:
-        st.error(f"Profile {ui.md(annotator)}/{ui.md(profile_name)} is over {state.adapter.num_experts} experts; "
-                 f"{ui.md(ctx.model_name)} has {ctx.k}. Pick or create another profile.")
+        st.error(
+            f"Profile {ui.md(annotator)}/{ui.md(profile_name)} is over {state.adapter.num_experts} experts; "
+            f"{ui.md(ctx.model_name)} has {ctx.k}. Pick or create another profile."
+        )
         st.stop()
     S["state"] = state
     adapter: Adapter = state.adapter
@@ -182,7 +222,10 @@ def on_label(req: dict, a_preferred: bool) -> None:
         if typed:
             sign = 1.0 if a_preferred else -1.0
             m, a = sign * np.asarray(typed["margins"]), typed["logits"]
-            prompt, pref, other = typed["prompt"], *((typed["a"], typed["b"]) if a_preferred else (typed["b"], typed["a"]))
+            prompt, pref, other = (
+                typed["prompt"],
+                *((typed["a"], typed["b"]) if a_preferred else (typed["b"], typed["a"])),
+            )
             source = "typed"
         else:
             i = req["row"]
@@ -191,13 +234,23 @@ def on_label(req: dict, a_preferred: bool) -> None:
             p = pairs[i]
             chose_dataset_chosen = a_preferred == req["a_is_chosen"]
             m, a = (margins[i] if chose_dataset_chosen else -margins[i]), logits[i]
-            prompt, pref, other = p.prompt, *((p.chosen, p.rejected) if chose_dataset_chosen else (p.rejected, p.chosen))
+            prompt, pref, other = (
+                p.prompt,
+                *((p.chosen, p.rejected) if chose_dataset_chosen else (p.rejected, p.chosen)),
+            )
             source = "manual"
         profile_id = profile_id_for_write()
-        label_id = store.record_label(Label(annotator, pid, prompt, pref, other, profile_id=profile_id, source=source),
-                                      m, a, session=SESSION)
+        label_id = store.record_label(
+            Label(annotator, pid, prompt, pref, other, profile_id=profile_id, source=source),
+            m,
+            a,
+            session=SESSION,
+        )
     except DuplicateLabel as exc:
-        flash("info", f"Pair {pid} already has a label in this profile (#{exc.existing_id}): that click was ignored.")
+        flash(
+            "info",
+            f"Pair {pid} already has a label in this profile (#{exc.existing_id}): that click was ignored.",
+        )
         return
     except StoreError as exc:  # says what happened to the label
         flash("error", str(exc)[:1].upper() + str(exc)[1:])
@@ -208,7 +261,10 @@ def on_label(req: dict, a_preferred: bool) -> None:
     state_now["update_ms"] = (time.perf_counter() - t0) * 1000
     if typed:
         state_now["typed"] = None
-    flash("success", f"Saved label #{label_id} for pair {pid} ({store.count_labels(profile_id)} labels in this profile).")
+    flash(
+        "success",
+        f"Saved label #{label_id} for pair {pid} ({store.count_labels(profile_id)} labels in this profile).",
+    )
 
 
 def on_skip(pair_id: str) -> None:
@@ -226,10 +282,16 @@ def on_undo(profile_id: int) -> None:
         flash("error", f"Nothing was undone: {exc}")
         return
     if gone is None:
-        flash("info", "This browser session has no label left in this profile to undo (other sessions' labels are "
-                      "theirs to undo).")
+        flash(
+            "info",
+            "This browser session has no label left in this profile to undo (other sessions' labels are "
+            "theirs to undo).",
+        )
     else:
-        flash("success", f"Undone: label #{gone.id} (pair {gone.pair_id}); {store.count_labels(profile_id)} labels left.")
+        flash(
+            "success",
+            f"Undone: label #{gone.id} (pair {gone.pair_id}); {store.count_labels(profile_id)} labels left.",
+        )
 
 
 def on_reset(profile_id: int) -> None:
@@ -267,7 +329,9 @@ def on_params(form_keys: dict) -> None:
                 except ValueError:
                     value = text
             params[pname] = value
-        spec = new_profile_spec(adapter.name, ctx.k, adapter.initial_weights, margin_scale=adapter.margin_scale, **params)
+        spec = new_profile_spec(
+            adapter.name, ctx.k, adapter.initial_weights, margin_scale=adapter.margin_scale, **params
+        )
         store.save_profile(profile_id_for_write(), spec, adapter=adapter.name)
     except (ValueError, TypeError) as exc:
         flash("error", f"Settings not applied: {exc}")
@@ -290,28 +354,49 @@ if S.get("widgets_for") != spec_hash:  # the stored settings changed (here or in
             st.session_state[key] = "" if current is None else str(current)
     S["widgets_for"] = spec_hash
 adapter_key = "pz_adapter_choice"
-c_adapter.selectbox("Adapter", ADAPTERS, key=adapter_key, on_change=on_adapter_change, args=(adapter_key,),
-                    disabled=bool(store.read_only), format_func=lambda a: f"{a}: {ADAPTER_HELP.get(a, '')}",
-                    help="Changing it refits the same labels with the other adapter (for every session on this profile).")
-mode = c_mode.selectbox("Next pair", MODES, key="pz_mode", help="Active: the pair whose label should move the profile "
-                        "most. Or type a pair of your own.")
+c_adapter.selectbox(
+    "Adapter",
+    ADAPTERS,
+    key=adapter_key,
+    on_change=on_adapter_change,
+    args=(adapter_key,),
+    disabled=bool(store.read_only),
+    format_func=lambda a: f"{a}: {ADAPTER_HELP.get(a, '')}",
+    help="Changing it refits the same labels with the other adapter (for every session on this profile).",
+)
+mode = c_mode.selectbox(
+    "Next pair",
+    MODES,
+    key="pz_mode",
+    help="Active: the pair whose label should move the profile most. Or type a pair of your own.",
+)
 with c_rates.popover("Rates", width="stretch", help="The adapter's parameters (rates, shares)"):
     with st.form("pz_params", border=False):
         for pname, default in tunable.items():  # whatever the adapter's `defaults` holds
             if isinstance(default, (int, float)):
                 is_int = isinstance(default, int)
-                st.number_input(pname, key=param_keys[pname], step=1 if is_int else None,
-                                format=None if is_int else "%.4g")
+                st.number_input(
+                    pname,
+                    key=param_keys[pname],
+                    step=1 if is_int else None,
+                    format=None if is_int else "%.4g",
+                )
             else:
                 st.text_input(pname, key=param_keys[pname], help="empty: none" if default is None else None)
         st.form_submit_button("Apply", on_click=on_params, args=(param_keys,), disabled=bool(store.read_only))
     st.caption(f"{adapter.name}: " + ", ".join(f"{k}={v}" for k, v in adapter.params.items()))
 left = st.container()  # the pair, drawn further down but shown first: the responses and their buttons up top
 users = sorted({p.user for p in pairs if p.user})
-persona_box = st.expander("Persona: let a user of the dataset label, and measure held-out accuracy",
-                          expanded=st.session_state.get("pz_persona", "(none)") != "(none)")
-persona = persona_box.selectbox("Persona (simulated user)", ["(none)"] + users, key="pz_persona",
-                                help="The dataset's `user` field. Its held-out pairs measure the profile's accuracy.")
+persona_box = st.expander(
+    "Persona: let a user of the dataset label, and measure held-out accuracy",
+    expanded=st.session_state.get("pz_persona", "(none)") != "(none)",
+)
+persona = persona_box.selectbox(
+    "Persona (simulated user)",
+    ["(none)"] + users,
+    key="pz_persona",
+    help="The dataset's `user` field. Its held-out pairs measure the profile's accuracy.",
+)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -374,8 +459,20 @@ def on_simulate(steps: int, who: str, strategy: str) -> None:
                 return
             p = pairs[i]
             try:
-                store.record_label(Label(annotator, p.id, p.prompt, p.chosen, p.rejected, profile_id=profile_id,
-                                         source="simulated"), margins[i], logits[i], session=SESSION)
+                store.record_label(
+                    Label(
+                        annotator,
+                        p.id,
+                        p.prompt,
+                        p.chosen,
+                        p.rejected,
+                        profile_id=profile_id,
+                        source="simulated",
+                    ),
+                    margins[i],
+                    logits[i],
+                    session=SESSION,
+                )
                 done += 1
             except DuplicateLabel:
                 pass  # another session labeled it meanwhile
@@ -423,36 +520,60 @@ with left:
                     preload_backbone_imports()
                     scored = score_texts(ctx.model, ctx.backbone(), prompt, [a, b])
                 digest = hashlib.sha1(f"{prompt}\x00{a}\x00{b}".encode()).hexdigest()[:12]
-                S["typed"] = dict(id=f"typed-{digest}", prompt=prompt, a=a, b=b,
-                                  margins=np.subtract(scored[0].expert_rewards, scored[1].expert_rewards),
-                                  logits=np.log(np.clip(scored[0].router_probs, 1e-12, None)))
+                S["typed"] = dict(
+                    id=f"typed-{digest}",
+                    prompt=prompt,
+                    a=a,
+                    b=b,
+                    margins=np.subtract(scored[0].expert_rewards, scored[1].expert_rewards),
+                    logits=np.log(np.clip(scored[0].router_probs, 1e-12, None)),
+                )
         typed = S.get("typed")
         if typed and typed["id"] not in labeled:
             req = {"typed": typed, "pair": typed["id"]}
-            shown = dict(prompt=typed["prompt"], a=typed["a"], b=typed["b"], caption="Your pair · the prompt:",
-                         m_a=np.asarray(typed["margins"]), logits=np.asarray(typed["logits"]))
+            shown = dict(
+                prompt=typed["prompt"],
+                a=typed["a"],
+                b=typed["b"],
+                caption="Your pair · the prompt:",
+                m_a=np.asarray(typed["margins"]),
+                logits=np.asarray(typed["logits"]),
+            )
         else:
             shown = None
     else:
         cur = S.get("shown")
-        stale = (cur is None or cur["pair"] in labeled or cur["pair"] in S["skipped"]
-                 or id_to_row.get(cur["pair"]) != cur["row"] or cur["row"] not in set(pool.tolist()))
+        stale = (
+            cur is None
+            or cur["pair"] in labeled
+            or cur["pair"] in S["skipped"]
+            or id_to_row.get(cur["pair"]) != cur["row"]
+            or cur["row"] not in set(pool.tolist())
+        )
         if stale:
             strategy = "active" if mode == MODES[0] else "random"
             i = next_pair(adapter, labeled | S["skipped"] | shown_elsewhere(), strategy)
             if i is None:  # only pairs another session shows are left: share them
                 i = next_pair(adapter, labeled | S["skipped"], strategy)
             # one assignment: a rerun cut short never leaves half a pair behind
-            S["shown"] = cur = None if i is None else {"pair": pairs[i].id, "row": i,
-                                                       "a_is_chosen": bool(S["rng"].random() < 0.5)}
+            S["shown"] = cur = (
+                None
+                if i is None
+                else {"pair": pairs[i].id, "row": i, "a_is_chosen": bool(S["rng"].random() < 0.5)}
+            )
         claim(None if cur is None else cur["pair"])
         if cur is not None:
             i, p = cur["row"], pairs[cur["row"]]
             req = {"pair": p.id, "row": i, "a_is_chosen": cur["a_is_chosen"]}
             a_text, b_text = (p.chosen, p.rejected) if cur["a_is_chosen"] else (p.rejected, p.chosen)
-            shown = dict(prompt=p.prompt, a=a_text, b=b_text,
-                         caption=f"Pair {p.id}" + (f" · group {p.group}" if p.group else "") + " · the prompt:",
-                         m_a=margins[i] if cur["a_is_chosen"] else -margins[i], logits=logits[i])
+            shown = dict(
+                prompt=p.prompt,
+                a=a_text,
+                b=b_text,
+                caption=f"Pair {p.id}" + (f" · group {p.group}" if p.group else "") + " · the prompt:",
+                m_a=margins[i] if cur["a_is_chosen"] else -margins[i],
+                logits=logits[i],
+            )
         else:
             shown = None
             st.success("Every pair in the pool is labeled or skipped.")
@@ -472,32 +593,63 @@ with left:
                 head = f"**{letter}**"
                 if favourite == letter:
                     p_pref = float(sigmoid(np.array(abs(pm))))
-                    head += f" :green-badge[:material/thumb_up: your profile prefers {letter}, p = {p_pref:.2f}]"
+                    head += (
+                        f" :green-badge[:material/thumb_up: your profile prefers {letter}, p = {p_pref:.2f}]"
+                    )
                 st.markdown(head)
                 show_text(text, height)
-            button.button(f"{letter} is better", key=f"pz_{letter.lower()}_{tok}", on_click=on_label,
-                          args=(req, letter == "A"), disabled=not can_write, type="primary", width="stretch")
+            button.button(
+                f"{letter} is better",
+                key=f"pz_{letter.lower()}_{tok}",
+                on_click=on_label,
+                args=(req, letter == "A"),
+                disabled=not can_write,
+                type="primary",
+                width="stretch",
+            )
     b1, b2, b3, _ = st.columns([1, 1, 1, 3])
-    b1.button("Skip", key=f"pz_skip_{token(ident, req['pair'] if req else None)}", on_click=on_skip,
-              args=(req["pair"] if req else "",), disabled=req is None, width="stretch")
+    b1.button(
+        "Skip",
+        key=f"pz_skip_{token(ident, req['pair'] if req else None)}",
+        on_click=on_skip,
+        args=(req["pair"] if req else "",),
+        disabled=req is None,
+        width="stretch",
+    )
     mine_here = store.count_labels(rec.id, session=SESSION) if rec is not None else 0
-    b2.button("Undo my last label", key="pz_undo", on_click=on_undo, args=(rec.id if rec else -1,),
-              disabled=not (mine_here and can_write), width="stretch",
-              help="Removes the newest label this browser session stored in this profile")
-    if b3.button("Reset profile", key="pz_reset", disabled=not (adapter.n_labels and can_write), width="stretch",
-                 help="Forget all labels of this profile (every session's)"):
+    b2.button(
+        "Undo my last label",
+        key="pz_undo",
+        on_click=on_undo,
+        args=(rec.id if rec else -1,),
+        disabled=not (mine_here and can_write),
+        width="stretch",
+        help="Removes the newest label this browser session stored in this profile",
+    )
+    if b3.button(
+        "Reset profile",
+        key="pz_reset",
+        disabled=not (adapter.n_labels and can_write),
+        width="stretch",
+        help="Forget all labels of this profile (every session's)",
+    ):
         S["confirm_reset"] = True
     if S.get("confirm_reset") and rec is not None and adapter.n_labels:
-        st.warning(f"Forget all {store.count_labels(rec.id)} labels of {ui.md(annotator)}/{ui.md(profile_name)}, "
-                   "every session's? This cannot be undone.")
+        st.warning(
+            f"Forget all {store.count_labels(rec.id)} labels of {ui.md(annotator)}/{ui.md(profile_name)}, "
+            "every session's? This cannot be undone."
+        )
         y, n = st.columns(2)
         y.button("Yes, forget them", key="pz_reset_yes", on_click=on_reset, args=(rec.id,), type="primary")
         if n.button("Cancel", key="pz_reset_no"):
             S["confirm_reset"] = False
             st.rerun()
-    st.caption(f"{mine_here} of this profile's {adapter.n_labels} labels are from this browser session (Undo removes "
-               "only those)" if rec is not None else
-               f"A new profile '{ui.md(profile_name)}' starts with your first label.")
+    st.caption(
+        f"{mine_here} of this profile's {adapter.n_labels} labels are from this browser session (Undo removes "
+        "only those)"
+        if rec is not None
+        else f"A new profile '{ui.md(profile_name)}' starts with your first label."
+    )
     message = S.get("flash")
     if message:
         kind, text = message
@@ -508,11 +660,20 @@ with left:
             st.markdown(f"**Simulate {ui.md(persona)}**: the persona labels pairs from its pool by itself.")
             s1, s2, s3 = st.columns([2, 3, 2])
             n_steps = s2.slider("Steps", 1, 50, 10, key="pz_sim_steps", label_visibility="collapsed")
-            s1.button(f"Simulate {n_steps} step(s)", key="pz_simulate", on_click=on_simulate,
-                      args=(n_steps, persona, "random" if mode == MODES[1] else "active"), width="stretch",
-                      disabled=not can_write)
-            autoplay = s3.toggle("Auto-play", key="pz_autoplay", help="One simulated label about every second",
-                                 disabled=not can_write)
+            s1.button(
+                f"Simulate {n_steps} step(s)",
+                key="pz_simulate",
+                on_click=on_simulate,
+                args=(n_steps, persona, "random" if mode == MODES[1] else "active"),
+                width="stretch",
+                disabled=not can_write,
+            )
+            autoplay = s3.toggle(
+                "Auto-play",
+                key="pz_autoplay",
+                help="One simulated label about every second",
+                disabled=not can_write,
+            )
 
 # ----------------------------------------------------------------------------- the profile
 right, c1, c2 = st.columns([2, 2, 3])
@@ -521,35 +682,77 @@ with right:
     m1, m2 = st.columns(2)
     m1.metric("Labels in this profile", adapter.n_labels)
     if state is not None and state.unusable:
-        m2.metric("Stored without margins", state.unusable, help="Labels stored by an older version that the profile "
-                  "cannot replay")
-    fig = go.Figure([go.Bar(x=names, y=shift["before"], name="start", marker_color="#BAB0AC"),
-                     go.Bar(x=names, y=shift["after"], name="now", marker_color=[ui.expert_color(k) for k in range(ctx.k)])])
-    fig.update_layout(title="Profile: expert weights", barmode="group", height=300, margin=dict(t=40, b=10),
-                      xaxis_title="expert", yaxis_title="weight",
-                      yaxis_range=[min(0.0, min(shift["after"]) * 1.15),
-                                   max(1e-9, max(shift["before"] + shift["after"])) * 1.15])
+        m2.metric(
+            "Stored without margins",
+            state.unusable,
+            help="Labels stored by an older version that the profile cannot replay",
+        )
+    fig = go.Figure(
+        [
+            go.Bar(x=names, y=shift["before"], name="start", marker_color="#BAB0AC"),
+            go.Bar(
+                x=names, y=shift["after"], name="now", marker_color=[ui.expert_color(k) for k in range(ctx.k)]
+            ),
+        ]
+    )
+    fig.update_layout(
+        title="Profile: expert weights",
+        barmode="group",
+        height=300,
+        margin=dict(t=40, b=10),
+        xaxis_title="expert",
+        yaxis_title="weight",
+        yaxis_range=[
+            min(0.0, min(shift["after"]) * 1.15),
+            max(1e-9, max(shift["before"] + shift["after"])) * 1.15,
+        ],
+    )
     ui.expert_axis(fig, "x", ctx.k)
     st.plotly_chart(fig, width="stretch", key="pz_weights")
     st.caption("weights now: " + " · ".join(f"E{k} {w:.3f}" for k, w in enumerate(shift["after"])))
     span = span_report(adapter)
     if span["outside"]:
-        st.warning(f"Outside what the experts span: every expert disagrees with most of these {span['n_labels']} labels "
-                   f"(the best agrees with {span['best_expert_agreement']:.0%}). A mix of experts cannot follow this "
-                   "annotator" + ("; the signed weights here reverse them." if adapter.name == "signed" else
-                                 "; switch the adapter to 'signed', whose negative weights reverse the experts."))
+        st.warning(
+            f"Outside what the experts span: every expert disagrees with most of these {span['n_labels']} labels "
+            f"(the best agrees with {span['best_expert_agreement']:.0%}). A mix of experts cannot follow this "
+            "annotator"
+            + (
+                "; the signed weights here reverse them."
+                if adapter.name == "signed"
+                else "; switch the adapter to 'signed', whose negative weights reverse the experts."
+            )
+        )
     if S.get("update_ms") is not None:
         st.caption(f"last label saved in {S['update_ms']:.1f} ms")
 
 history = np.array([adapter.initial_weights] + [h.weights for h in adapter.history])
 with c1:
-    frame = pd.DataFrame(history, columns=names).rename_axis("labels").reset_index().melt(
-        id_vars="labels", var_name="expert", value_name="weight")
-    fig = go.Figure([go.Scatter(x=g["labels"], y=g["weight"], name=e, mode="lines+markers",
-                                line=dict(color=ui.expert_color(int(e[1:]))))
-                     for e, g in frame.groupby("expert", sort=False)])
-    fig.update_layout(title="Weight history", xaxis_title="labels", yaxis_title="weight", height=320,
-                      margin=dict(t=40, b=10), xaxis=dict(tickformat="d", rangemode="tozero"))
+    frame = (
+        pd.DataFrame(history, columns=names)
+        .rename_axis("labels")
+        .reset_index()
+        .melt(id_vars="labels", var_name="expert", value_name="weight")
+    )
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=g["labels"],
+                y=g["weight"],
+                name=e,
+                mode="lines+markers",
+                line=dict(color=ui.expert_color(int(e[1:]))),
+            )
+            for e, g in frame.groupby("expert", sort=False)
+        ]
+    )
+    fig.update_layout(
+        title="Weight history",
+        xaxis_title="labels",
+        yaxis_title="weight",
+        height=320,
+        margin=dict(t=40, b=10),
+        xaxis=dict(tickformat="d", rangemode="tozero"),
+    )
     st.plotly_chart(fig, width="stretch", key="pz_history")
 with c2:
     if len(held_out):
@@ -563,9 +766,15 @@ with c2:
         m3.metric("Model's own routing", f"{base:.3f}")
         fig = go.Figure(go.Scatter(x=np.arange(len(accs)), y=accs, mode="lines+markers", name="profile"))
         fig.add_hline(y=base, line_dash="dot", annotation_text="model routing")
-        fig.update_layout(title=f"Accuracy on {ui.chart(persona)}'s {len(held_out)} held-out pairs", xaxis_title="labels",
-                          yaxis_title="accuracy", yaxis_range=[0, 1.05], height=260, margin=dict(t=40, b=10),
-                          xaxis=dict(tickformat="d"))
+        fig.update_layout(
+            title=f"Accuracy on {ui.chart(persona)}'s {len(held_out)} held-out pairs",
+            xaxis_title="labels",
+            yaxis_title="accuracy",
+            yaxis_range=[0, 1.05],
+            height=260,
+            margin=dict(t=40, b=10),
+            xaxis=dict(tickformat="d"),
+        )
         st.plotly_chart(fig, width="stretch", key="pz_accuracy")
     else:
         st.caption("Pick a persona to measure the profile on that persona's held-out pairs.")
@@ -576,8 +785,14 @@ if adapter.n_labels:
     for k, movers in shift["top_movers"].items():
         for pid, delta in movers:
             r = id_to_row.get(pid)
-            rows.append({"expert": names[int(k)], "pair": pid, "weight change": round(delta, 4),
-                         "prompt": pairs[r].prompt if r is not None else ""})
+            rows.append(
+                {
+                    "expert": names[int(k)],
+                    "pair": pid,
+                    "weight change": round(delta, 4),
+                    "prompt": pairs[r].prompt if r is not None else "",
+                }
+            )
     ui.table(pd.DataFrame(rows))
 
 
@@ -585,8 +800,10 @@ if adapter.n_labels:
 def import_labels(d: dict) -> tuple[dict, list[Label]]:
     """A profile file's spec and labels, checked before anything is allocated from it or stored."""
     if not isinstance(d, dict) or d.get("num_experts") != ctx.k:
-        raise ValueError(f"the file's profile is over {d.get('num_experts') if isinstance(d, dict) else '?'} experts, "
-                         f"this model has {ctx.k}")
+        raise ValueError(
+            f"the file's profile is over {d.get('num_experts') if isinstance(d, dict) else '?'} experts, "
+            f"this model has {ctx.k}"
+        )
     stored = d.get("labels") or {}
     ids, ms = list(stored.get("pair_ids") or []), list(stored.get("expert_margins") or [])
     lg = stored.get("router_logits") or [None] * len(ms)
@@ -594,23 +811,43 @@ def import_labels(d: dict) -> tuple[dict, list[Label]]:
         raise ValueError(f"{len(ids)} pair ids for {len(ms)} rows of margins")
     if len(ms) > MAX_IMPORT_LABELS:
         raise ValueError(f"{len(ms)} labels: at most {MAX_IMPORT_LABELS}")
-    spec = adapter_spec(adapter_from_spec({k: d[k] for k in ("format", "name", "num_experts", "params",
-                                                              "initial_weights") if k in d}))
+    spec = adapter_spec(
+        adapter_from_spec(
+            {k: d[k] for k in ("format", "name", "num_experts", "params", "initial_weights") if k in d}
+        )
+    )
     out = []
     for pid, m, a in zip(ids, ms, lg, strict=True):
         r = id_to_row.get(str(pid))
         p = pairs[r] if r is not None else None
-        out.append(Label(annotator, str(pid), p.prompt if p else "", "", "", source="import",
-                         margins=[float(x) for x in m], logits=None if a is None else [float(x) for x in a]))
+        out.append(
+            Label(
+                annotator,
+                str(pid),
+                p.prompt if p else "",
+                "",
+                "",
+                source="import",
+                margins=[float(x) for x in m],
+                logits=None if a is None else [float(x) for x in a],
+            )
+        )
     return spec, out
 
 
 with st.expander("Export / import profile"):
     exported = {**adapter.to_dict(), "model": ctx.model_name, "annotator": annotator, "profile": profile_name}
-    st.download_button("Download profile JSON", json.dumps(exported, indent=2).encode("utf-8"),
-                       f"{annotator}-{profile_name}.profile.json", "application/json", key="pz_export")
+    st.download_button(
+        "Download profile JSON",
+        json.dumps(exported, indent=2).encode("utf-8"),
+        f"{annotator}-{profile_name}.profile.json",
+        "application/json",
+        key="pz_export",
+    )
     upload = st.file_uploader("Import a profile JSON", type=["json"], key="pz_import", disabled=not can_write)
-    if upload is not None and st.button("Replace this profile with the file", key="pz_import_go", disabled=not can_write):
+    if upload is not None and st.button(
+        "Replace this profile with the file", key="pz_import_go", disabled=not can_write
+    ):
         try:
             spec, new_labels = import_labels(json.loads(upload.getvalue().decode("utf-8")))
             n = store.replace_labels(profile_id_for_write(), spec, new_labels, session=SESSION)
@@ -622,7 +859,12 @@ with st.expander("Export / import profile"):
             flash("success", f"Imported a {spec['name']} profile with {n} labels.")
             st.rerun()
 
-if persona != "(none)" and st.session_state.get("pz_autoplay") and can_write and not blocked_rows(labeled | S["skipped"]).all():
+if (
+    persona != "(none)"
+    and st.session_state.get("pz_autoplay")
+    and can_write
+    and not blocked_rows(labeled | S["skipped"]).all()
+):
     # Demo mode: the page is drawn, pause, label one more pair as the persona, draw again. Any click
     # (or switching the toggle off) interrupts the pause, so the user stays in control.
     time.sleep(0.8)

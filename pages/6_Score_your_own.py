@@ -10,8 +10,11 @@ import streamlit as st
 import ui_common as ui
 from moe_reward.app.pipeline import score_texts
 
-ui.page_header("Score your own", "Type a prompt and two responses: see what each expert thinks, how the router "
-               "mixes them, and the reward under a personal profile.")
+ui.page_header(
+    "Score your own",
+    "Type a prompt and two responses: see what each expert thinks, how the router "
+    "mixes them, and the reward under a personal profile.",
+)
 ctx = ui.context()
 if ctx is None:
     st.stop()
@@ -26,10 +29,17 @@ with st.form("score_form"):
     resp_b = c2.text_area("Response B", value=example.rejected, height=160, key="score_b")
     profiles = store.profiles(model=ctx.model_name)
     session_adapter = (st.session_state.get("pz") or {}).get("adapter")
-    options = ["(none)"] + (["this session's profile"] if session_adapter is not None else []) \
+    options = (
+        ["(none)"]
+        + (["this session's profile"] if session_adapter is not None else [])
         + [f"{p.annotator} / {p.name}" for p in profiles if p.profile.get("name")]
-    profile_pick = st.selectbox("Profile", options, key="score_profile",
-                                help="Replaces the router by a profile's expert weights (see Personalize)")
+    )
+    profile_pick = st.selectbox(
+        "Profile",
+        options,
+        key="score_profile",
+        help="Replaces the router by a profile's expert weights (see Personalize)",
+    )
     go_score = st.form_submit_button("Score", type="primary")
 
 if go_score:
@@ -46,8 +56,10 @@ if go_score:
             st.error(f"That profile has {weights.shape[0]} weights; the model has {ctx.k} experts.")
             st.stop()
     with st.spinner("Embedding (the backbone loads once)…"):
-        st.session_state["score_result"] = (score_texts(ctx.model, ctx.backbone(), prompt, [resp_a, resp_b],
-                                                        user_weights=weights), profile_pick)
+        st.session_state["score_result"] = (
+            score_texts(ctx.model, ctx.backbone(), prompt, [resp_a, resp_b], user_weights=weights),
+            profile_pick,
+        )
 
 result = st.session_state.get("score_result")
 if result is None:
@@ -70,43 +82,94 @@ m = st.columns(4)
 m[0].metric("Reward A (routed mix)", f"{a.reward:+.3f}")
 m[1].metric("Reward B (routed mix)", f"{b.reward:+.3f}")
 # The delta is A − B: its arrow and colour follow its sign (green ↑ when A is ahead, red ↓ when B is).
-m[2].metric("The model prefers", model_win, delta=round(a.reward - b.reward, 3), delta_color="normal",
-            help="delta: reward A − reward B under the model's own routing")
-lines = [f"**The model prefers response {model_win}**: {model_text} under its own routing."
-         if model_win != "tie" else "The model scores A and B the same."]
+m[2].metric(
+    "The model prefers",
+    model_win,
+    delta=round(a.reward - b.reward, 3),
+    delta_color="normal",
+    help="delta: reward A − reward B under the model's own routing",
+)
+lines = [
+    f"**The model prefers response {model_win}**: {model_text} under its own routing."
+    if model_win != "tie"
+    else "The model scores A and B the same."
+]
 if a.personalized_reward is not None:
     pa, pb = a.personalized_reward, b.personalized_reward
     prof_win, prof_text = verdict(pa, pb)
-    m[3].metric(f"The profile {ui.md(used_profile)} prefers", prof_win, delta=round(pa - pb, 3), delta_color="normal",
-                help="delta: reward A − reward B under the profile's expert weights")
+    m[3].metric(
+        f"The profile {ui.md(used_profile)} prefers",
+        prof_win,
+        delta=round(pa - pb, 3),
+        delta_color="normal",
+        help="delta: reward A − reward B under the profile's expert weights",
+    )
     agree = "agreeing with" if prof_win == model_win else "unlike"
-    lines.append(f"**The profile {ui.md(used_profile)} prefers response {prof_win}**: {prof_text}, {agree} the model.")
+    lines.append(
+        f"**The profile {ui.md(used_profile)} prefers response {prof_win}**: {prof_text}, {agree} the model."
+    )
 st.markdown("  \n".join(lines))
 
 colors = [ui.expert_color(k) for k in range(ctx.k)]
 left, right = st.columns(2)
 with left:
-    fig = go.Figure([go.Bar(x=names, y=a.expert_rewards, name="A", marker_color=colors),
-                     go.Bar(x=names, y=b.expert_rewards, name="B", marker_color=colors, marker_pattern_shape="/")])
-    fig.update_layout(title="Each expert's reward (hatched: B)", barmode="group", height=340, margin=dict(t=40, b=10),
-                      xaxis_title="expert", yaxis_title="reward")
+    fig = go.Figure(
+        [
+            go.Bar(x=names, y=a.expert_rewards, name="A", marker_color=colors),
+            go.Bar(x=names, y=b.expert_rewards, name="B", marker_color=colors, marker_pattern_shape="/"),
+        ]
+    )
+    fig.update_layout(
+        title="Each expert's reward (hatched: B)",
+        barmode="group",
+        height=340,
+        margin=dict(t=40, b=10),
+        xaxis_title="expert",
+        yaxis_title="reward",
+    )
     ui.expert_axis(fig, "x", ctx.k)
     st.plotly_chart(fig, width="stretch", key="score_experts")
 with right:
-    fig = go.Figure([go.Bar(x=names, y=a.router_probs, name="router softmax", marker_color="#BAB0AC"),
-                     go.Bar(x=names, y=a.routing, name="routing used", marker_color=colors)])
-    fig.update_layout(title="Routing of this prompt", barmode="group", yaxis_range=[0, 1], height=340,
-                      margin=dict(t=40, b=10), xaxis_title="expert", yaxis_title="weight")
+    fig = go.Figure(
+        [
+            go.Bar(x=names, y=a.router_probs, name="router softmax", marker_color="#BAB0AC"),
+            go.Bar(x=names, y=a.routing, name="routing used", marker_color=colors),
+        ]
+    )
+    fig.update_layout(
+        title="Routing of this prompt",
+        barmode="group",
+        yaxis_range=[0, 1],
+        height=340,
+        margin=dict(t=40, b=10),
+        xaxis_title="expert",
+        yaxis_title="weight",
+    )
     ui.expert_axis(fig, "x", ctx.k)
     st.plotly_chart(fig, width="stretch", key="score_routing")
 
-table = pd.DataFrame({"expert": names, "reward A": np.round(a.expert_rewards, 4), "reward B": np.round(b.expert_rewards, 4),
-                      "A − B": np.round(np.subtract(a.expert_rewards, b.expert_rewards), 4),
-                      "prefers": ["A" if x > y else "B" if y > x else "tie" for x, y in zip(a.expert_rewards, b.expert_rewards, strict=True)],
-                      "routing": np.round(a.routing, 4)})
+table = pd.DataFrame(
+    {
+        "expert": names,
+        "reward A": np.round(a.expert_rewards, 4),
+        "reward B": np.round(b.expert_rewards, 4),
+        "A − B": np.round(np.subtract(a.expert_rewards, b.expert_rewards), 4),
+        "prefers": [
+            "A" if x > y else "B" if y > x else "tie"
+            for x, y in zip(a.expert_rewards, b.expert_rewards, strict=True)
+        ],
+        "routing": np.round(a.routing, 4),
+    }
+)
 ui.table(table)
 rows = [{"": "routed mix", "A": round(a.reward, 4), "B": round(b.reward, 4), "prefers": model_win}]
 if a.personalized_reward is not None:
-    rows.append({"": f"profile: {used_profile}", "A": round(a.personalized_reward, 4), "B": round(b.personalized_reward, 4),
-                 "prefers": verdict(a.personalized_reward, b.personalized_reward)[0]})
+    rows.append(
+        {
+            "": f"profile: {used_profile}",
+            "A": round(a.personalized_reward, 4),
+            "B": round(b.personalized_reward, 4),
+            "prefers": verdict(a.personalized_reward, b.personalized_reward)[0],
+        }
+    )
 ui.table(pd.DataFrame(rows), width="content")

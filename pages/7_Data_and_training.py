@@ -19,18 +19,27 @@ from moe_reward.train.loop import TrainConfig
 
 ROUTER_INPUTS = ("auto", "pooled", "lexical", "pooled+lexical", "attention", "lexical+attention")
 
-ui.page_header("Data & training", "Upload preference pairs (JSONL, JSON, CSV or Parquet: plain, TRL conversational, "
-               "HH-RLHF or HelpSteer2 rows) and train a model on them.")
+ui.page_header(
+    "Data & training",
+    "Upload preference pairs (JSONL, JSON, CSV or Parquet: plain, TRL conversational, "
+    "HH-RLHF or HelpSteer2 rows) and train a model on them.",
+)
 ws = ui.workspace()
 ui.current_selection(ws)  # draws the sidebar when this page runs on its own (tests)
 
 # ----------------------------------------------------------------------------- upload
 st.subheader("1 · Upload")
 if ws.read_only:
-    st.warning(f"{ui.md(ws.read_only)}: uploads and training are off; everything here can still be read.",
-               icon=":material/lock:")
-upload = st.file_uploader("Preference file", type=["jsonl", "ndjson", "json", "csv", "parquet", "gz"], key="dt_upload",
-                          disabled=bool(ws.read_only))
+    st.warning(
+        f"{ui.md(ws.read_only)}: uploads and training are off; everything here can still be read.",
+        icon=":material/lock:",
+    )
+upload = st.file_uploader(
+    "Preference file",
+    type=["jsonl", "ndjson", "json", "csv", "parquet", "gz"],
+    key="dt_upload",
+    disabled=bool(ws.read_only),
+)
 if upload is not None and not ws.read_only:
     try:
         target = ws.upload_path(upload.name)
@@ -67,21 +76,33 @@ if upload is not None and not ws.read_only:
             e.file = upload.name  # the hidden copy's name means nothing to the user
         if errors:
             st.error(f"{len(errors)} malformed rows in {ui.md(upload.name)}; {len(pairs)} rows are valid.")
-            st.dataframe(pd.DataFrame([{"row (line)": e.line, "field": e.field or "", "problem": e.reason}
-                                       for e in errors]), hide_index=True, width="stretch", height=240)
+            st.dataframe(
+                pd.DataFrame(
+                    [{"row (line)": e.line, "field": e.field or "", "problem": e.reason} for e in errors]
+                ),
+                hide_index=True,
+                width="stretch",
+                height=240,
+            )
         if pairs:
             groups = sorted({p.group for p in pairs if p.group})
             users = sorted({p.user for p in pairs if p.user})
             st.write(f"{len(pairs)} valid pairs · {len(groups)} groups · {len(users)} users")
-            st.dataframe(pd.DataFrame([{k: v for k, v in p.to_dict().items() if k != "meta"} for p in pairs[:50]]),
-                         hide_index=True, width="stretch", height=240)
+            st.dataframe(
+                pd.DataFrame([{k: v for k, v in p.to_dict().items() if k != "meta"} for p in pairs[:50]]),
+                hide_index=True,
+                width="stretch",
+                height=240,
+            )
             label = "Add to datasets" if not errors else "Add the valid rows only (as JSONL)"
             if target.exists():
                 st.warning(f"uploads/{target.name} exists and will be replaced.")
             if st.button(label, type="primary", key="dt_save"):
                 if errors:
                     target = ws.upload_path(target.name.split(".")[0] + ".jsonl")
-                tmp = probe.parent / f"saving-{target.name}"  # whole or absent: renamed into place when complete
+                tmp = (
+                    probe.parent / f"saving-{target.name}"
+                )  # whole or absent: renamed into place when complete
                 try:
                     if errors:
                         save_jsonl(pairs, tmp)
@@ -89,8 +110,10 @@ if upload is not None and not ws.read_only:
                         shutil.copyfile(probe, tmp)
                     os.replace(tmp, target)
                 except OSError as exc:
-                    st.error(f"Could not save uploads/{ui.md(target.name)}: {ui.md(exc.strerror or exc)}; nothing "
-                             "was added.")
+                    st.error(
+                        f"Could not save uploads/{ui.md(target.name)}: {ui.md(exc.strerror or exc)}; nothing "
+                        "was added."
+                    )
                 else:
                     st.session_state["dt_message"] = f"Saved uploads/{target.name} ({len(pairs)} pairs)."
                     st.rerun()
@@ -109,20 +132,32 @@ with st.form("train_form"):
     c1, c2, c3 = st.columns(3)
     data_label = c1.selectbox("Data", [d.label for d in data], key="dt_data")
     name = c2.text_input("Model name", value="my-sparse", key="dt_name")
-    backbone = c3.text_input("Backbone", value=DEFAULT_BACKBONE, key="dt_backbone",
-                             help="The shipped MiniLM, or a local path to any transformers encoder/decoder")
+    backbone = c3.text_input(
+        "Backbone",
+        value=DEFAULT_BACKBONE,
+        key="dt_backbone",
+        help="The shipped MiniLM, or a local path to any transformers encoder/decoder",
+    )
     c1, c2, c3, c4 = st.columns(4)
     kind = c1.selectbox("Model kind", MODEL_KINDS, key="dt_kind")
     experts = c2.number_input("Experts (K)", 1, 64, 8, key="dt_k")
     top_k = c3.number_input("Top-k (sparse)", 1, 64, 2, key="dt_topk")
     epochs = c4.number_input("Epochs", 1, 500, TrainConfig().epochs, key="dt_epochs")
     c1, c2 = st.columns(2)
-    router_input = c1.selectbox("Router reads", ROUTER_INPUTS, key="dt_router_input",
-                                help="auto: chosen on validation likelihood among pooled, lexical and pooled+lexical; "
-                                     "attention runs the backbone over the prompts (see the README)")
-    split_by = c2.text_input("Split by", value="prompt", key="dt_split_by",
-                             help="keep every value of this field on one side of train / validation / test: prompt, "
-                                  "group, user, id or meta.<key> (e.g. meta.question_id for held-out questions)")
+    router_input = c1.selectbox(
+        "Router reads",
+        ROUTER_INPUTS,
+        key="dt_router_input",
+        help="auto: chosen on validation likelihood among pooled, lexical and pooled+lexical; "
+        "attention runs the backbone over the prompts (see the README)",
+    )
+    split_by = c2.text_input(
+        "Split by",
+        value="prompt",
+        key="dt_split_by",
+        help="keep every value of this field on one side of train / validation / test: prompt, "
+        "group, user, id or meta.<key> (e.g. meta.question_id for held-out questions)",
+    )
     overwrite = st.checkbox("Replace a model with the same name", key="dt_overwrite")
     start = st.form_submit_button("Train", type="primary")
 
@@ -131,10 +166,16 @@ TRAIN_JOB = "dt_job"  # this session's training job key (the job runs on when th
 if start:
     try:
         check_name(name, "model name")
-        req = TrainRequest(data=str(data[[d.label for d in data].index(data_label)].path), kind=kind,
-                           experts=int(experts), top_k=min(int(top_k), int(experts)), backbone=backbone.strip(),
-                           router_input=router_input, split_by=split_by.strip() or None,
-                           train=TrainConfig.for_kind(kind, epochs=int(epochs)))
+        req = TrainRequest(
+            data=str(data[[d.label for d in data].index(data_label)].path),
+            kind=kind,
+            experts=int(experts),
+            top_k=min(int(top_k), int(experts)),
+            backbone=backbone.strip(),
+            router_input=router_input,
+            split_by=split_by.strip() or None,
+            train=TrainConfig.for_kind(kind, epochs=int(epochs)),
+        )
         check_split_field(req.split_by)
         job = ws.train_in_background(name, req, overwrite=overwrite)
     except (ValueError, OSError) as exc:  # a taken or bad name, a read-only workspace
@@ -156,13 +197,16 @@ def finish_training(job, model_name: str) -> None:
     test = m["test"]
     schedule = f"{m['epochs_run']} epochs run of at most {m['epochs_planned']}"
     if m["epochs_planned"] > m.get("epochs_requested", m["epochs_planned"]):
-        schedule += (f" ({m['epochs_requested']} requested; raised so that {m['splits']['train']} training pairs get "
-                     f"at least {m['train_config']['min_steps']} optimizer steps)")
+        schedule += (
+            f" ({m['epochs_requested']} requested; raised so that {m['splits']['train']} training pairs get "
+            f"at least {m['train_config']['min_steps']} optimizer steps)"
+        )
     st.session_state["_pending_model"] = model_name
     st.session_state["dt_message"] = (
         f"Trained {model_name}: {m['test_subset']} accuracy {test['accuracy']:.3f} on {test['n_pairs']} pairs, "
         f"routing NMI {ui.fmt(test['routing_nmi'])}; {schedule}, kept epoch {m['best_epoch']}; "
-        f"{m['train_seconds']:.1f} s. It is now selected in the sidebar.")
+        f"{m['train_seconds']:.1f} s. It is now selected in the sidebar."
+    )
     st.session_state["dt_warnings"] = list(m.get("warnings") or [])
 
 
@@ -174,8 +218,11 @@ def training_progress() -> None:
     job = jobs.get(key) if key else None
     if job is None or not job.active:
         st.rerun()  # the whole page: it shows the result
-    st.progress(min(job.fraction, 1.0), text=f"Training {ui.md(model_name)}: {ui.md(job.message or 'starting')} "
-                                             f"({job.elapsed:.0f} s so far; runs on if you leave this page)")
+    st.progress(
+        min(job.fraction, 1.0),
+        text=f"Training {ui.md(model_name)}: {ui.md(job.message or 'starting')} "
+        f"({job.elapsed:.0f} s so far; runs on if you leave this page)",
+    )
 
 
 if TRAIN_JOB in st.session_state:
@@ -194,8 +241,10 @@ for w in st.session_state.pop("dt_warnings", []):
     st.warning(ui.md(w), icon=":material/warning:")
 if "dt_failed" in st.session_state:
     failed, error, details = st.session_state.pop("dt_failed")
-    st.error(f"Training {ui.md(failed)} failed: {ui.md(error)}. The workspace, its models and the stored labels are "
-             "as they were.")
+    st.error(
+        f"Training {ui.md(failed)} failed: {ui.md(error)}. The workspace, its models and the stored labels are "
+        "as they were."
+    )
     if details:
         with st.expander("Details"):
             st.code(details, language=None)
@@ -205,10 +254,18 @@ rows = []
 for m in ws.list_models():
     metrics = ui.model_metrics(ws.model_path(m))
     test = metrics.get("test", {})
-    rows.append({"model": m, "kind": test.get("model", ""), "test accuracy": test.get("accuracy"),
-                 "test pairs": test.get("n_pairs"), "routing NMI": test.get("routing_nmi"),
-                 "epochs run": metrics.get("epochs_run"), "data": metrics.get("data", ""),
-                 "warning": "; ".join(metrics.get("warnings") or [])})
+    rows.append(
+        {
+            "model": m,
+            "kind": test.get("model", ""),
+            "test accuracy": test.get("accuracy"),
+            "test pairs": test.get("n_pairs"),
+            "routing NMI": test.get("routing_nmi"),
+            "epochs run": metrics.get("epochs_run"),
+            "data": metrics.get("data", ""),
+            "warning": "; ".join(metrics.get("warnings") or []),
+        }
+    )
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 for skipped, why in ws.model_notes.items():
     st.caption(f"Skipped {ui.md(skipped)}: {ui.md(why)}")

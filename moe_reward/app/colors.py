@@ -13,9 +13,30 @@ import re
 from collections.abc import Iterable
 
 EXPERT_COLORS = (
-    "#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#9D755D", "#EECA3B",
-    "#FF9DA6", "#79706E", "#0000FF", "#FF1EE1", "#00E100", "#695AE1", "#FF0000", "#C30078",
-    "#FF96FF", "#005A3C", "#00E1B4", "#87780F", "#87C300", "#873C00", "#C3D296", "#5A3C87",
+    "#4C78A8",
+    "#F58518",
+    "#54A24B",
+    "#E45756",
+    "#72B7B2",
+    "#B279A2",
+    "#9D755D",
+    "#EECA3B",
+    "#FF9DA6",
+    "#79706E",
+    "#0000FF",
+    "#FF1EE1",
+    "#00E100",
+    "#695AE1",
+    "#FF0000",
+    "#C30078",
+    "#FF96FF",
+    "#005A3C",
+    "#00E1B4",
+    "#87780F",
+    "#87C300",
+    "#873C00",
+    "#C3D296",
+    "#5A3C87",
 )
 SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "x")
 NEUTRAL = "#BAB0AC"  # "everything else": unselected experts, all pairs of a group
@@ -35,8 +56,11 @@ def expert_name(k: int) -> str:
 
 def natural_key(text: str) -> list:
     """'E2' < 'E10', 'group 9' < 'group 10': digit runs compare as numbers."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", str(text))
-            if part != ""]
+    return [
+        (0, int(part), "") if part.isdigit() else (1, 0, part.lower())
+        for part in re.split(r"(\d+)", str(text))
+        if part != ""
+    ]
 
 
 def natural_sorted(items: Iterable[str]) -> list[str]:

@@ -43,16 +43,21 @@ class TrainRequest:
     train: TrainConfig | None = None
 
 
-def split_features(features: PairFeatures, validation: float, test: float, seed: int,
-                   by: str | None = None) -> tuple[Splits, dict[str, PairFeatures]]:
+def split_features(
+    features: PairFeatures, validation: float, test: float, seed: int, by: str | None = None
+) -> tuple[Splits, dict[str, PairFeatures]]:
     splits = split_pairs(features.pairs, validation=validation, test=test, seed=seed, by=by)
     parts = {name: features.subset(getattr(splits, name)) for name in ("train", "validation", "test")}
     return splits, parts
 
 
-def train_from_data(req: TrainRequest, out: str | Path | None, stage: StageFn | None = None,
-                    features: PairFeatures | None = None,
-                    on_loaded: Callable[[LoadResult], None] | None = None) -> tuple[SparseMoERewardModel, dict]:
+def train_from_data(
+    req: TrainRequest,
+    out: str | Path | None,
+    stage: StageFn | None = None,
+    features: PairFeatures | None = None,
+    on_loaded: Callable[[LoadResult], None] | None = None,
+) -> tuple[SparseMoERewardModel, dict]:
     """Load (or reuse) features, split by prompt, train, evaluate on the held-out test split, save.
     `on_loaded` sees the data file's load result (rows dropped by ``skip_bad`` are also in the metrics)."""
     say = stage or (lambda _msg, _frac: None)
@@ -67,7 +72,9 @@ def train_from_data(req: TrainRequest, out: str | Path | None, stage: StageFn | 
     if features is None:
         say("embedding", 0.0)
         features = load_features_or_pairs(
-            req.data, skip_bad=req.skip_bad, backbone=BackboneSpec(req.backbone, max_length=req.max_length),
+            req.data,
+            skip_bad=req.skip_bad,
+            backbone=BackboneSpec(req.backbone, max_length=req.max_length),
             progress=lambda done, total: say(f"embedding {done}/{total} texts", 0.5 * done / max(total, 1)),
             on_loaded=loaded,
         )
@@ -78,19 +85,34 @@ def train_from_data(req: TrainRequest, out: str | Path | None, stage: StageFn | 
     splits, parts = split_features(features, req.validation, req.test, req.split_seed, req.split_by)
     check_training_split(req, features, {name: len(part) for name, part in parts.items()})
     cfg = req.train or TrainConfig.for_kind(req.kind)
-    mcfg = ModelConfig(kind=req.kind, input_dim=features.dim, num_experts=req.experts, top_k=req.top_k,
-                       hidden_dim=req.hidden_dim, backbone=dict(features.metadata), router_input=req.router_input)
+    mcfg = ModelConfig(
+        kind=req.kind,
+        input_dim=features.dim,
+        num_experts=req.experts,
+        top_k=req.top_k,
+        hidden_dim=req.hidden_dim,
+        backbone=dict(features.metadata),
+        router_input=req.router_input,
+    )
 
     def on_epoch(epoch: int, epochs: int, row: dict) -> None:
         acc = row.get("val_accuracy", row.get("train_accuracy", float("nan")))
-        say(f"training: epoch {epoch} of at most {epochs}{schedule_note(cfg.epochs, epochs, cfg.min_steps, len(parts['train']))}"
-            f" · validation accuracy {acc:.3f}", 0.5 + 0.45 * epoch / epochs)
+        say(
+            f"training: epoch {epoch} of at most {epochs}{schedule_note(cfg.epochs, epochs, cfg.min_steps, len(parts['train']))}"
+            f" · validation accuracy {acc:.3f}",
+            0.5 + 0.45 * epoch / epochs,
+        )
 
-    say(f"training on {len(parts['train'])} pairs ({len(parts['validation'])} validate, {len(parts['test'])} test)", 0.5)
+    say(
+        f"training on {len(parts['train'])} pairs ({len(parts['validation'])} validate, {len(parts['test'])} test)",
+        0.5,
+    )
     result = train_model(parts["train"], parts["validation"], mcfg, cfg, progress=on_epoch)
     epochs_run = len(result.history) - 1
-    say(f"evaluating (trained {epochs_run} of at most {result.epochs_planned} epochs, kept epoch {result.best_epoch})",
-        0.95)
+    say(
+        f"evaluating (trained {epochs_run} of at most {result.epochs_planned} epochs, kept epoch {result.best_epoch})",
+        0.95,
+    )
     held_out = parts["test"] if len(parts["test"]) else parts["validation"]
     metrics = {
         "data": str(req.data),
@@ -110,8 +132,15 @@ def train_from_data(req: TrainRequest, out: str | Path | None, stage: StageFn | 
         "test": evaluate(result.model, held_out, diagnostics=True),
         "train": evaluate(result.model, parts["train"]),
     }
-    metrics["warnings"] = [w for w in (small_sample_warning(metrics["test"]["n_pairs"], metrics["test"]["accuracy"],
-                                                            metrics["test_subset"]),) if w]
+    metrics["warnings"] = [
+        w
+        for w in (
+            small_sample_warning(
+                metrics["test"]["n_pairs"], metrics["test"]["accuracy"], metrics["test_subset"]
+            ),
+        )
+        if w
+    ]
     if out is not None:
         result.model.save_pretrained(out, metrics)
         atomic.write_text(Path(out) / "split_ids.json", json.dumps({n: parts[n].ids for n in parts}))
@@ -126,8 +155,10 @@ def schedule_note(requested: int, planned: int, min_steps: int, n_train: int) ->
     """Why the schedule has more epochs than were asked for (empty when it has not)."""
     if planned <= requested:
         return ""
-    return (f" ({requested} requested; raised so that {n_train} training pairs get at least {min_steps} optimizer "
-            "steps; early stopping ends it sooner when validation stops improving)")
+    return (
+        f" ({requested} requested; raised so that {n_train} training pairs get at least {min_steps} optimizer "
+        "steps; early stopping ends it sooner when validation stops improving)"
+    )
 
 
 def small_sample_warning(n_pairs: int, accuracy: float | None, subset: str = "test") -> str | None:
@@ -139,11 +170,17 @@ def small_sample_warning(n_pairs: int, accuracy: float | None, subset: str = "te
         return f"no {subset} pairs: there is no held-out number; use more data or a larger --test share"
     z = 1.96
     centre = (accuracy + z * z / (2 * n_pairs)) / (1 + z * z / n_pairs)
-    half = z * np.sqrt(accuracy * (1 - accuracy) / n_pairs + z * z / (4 * n_pairs * n_pairs)) / (1 + z * z / n_pairs)
-    return (f"{subset} accuracy {accuracy:.3f} on only {n_pairs} pairs: its 95% interval is "
-            f"{max(0.0, centre - half):.2f}-{min(1.0, centre + half):.2f}, too wide to compare models "
-            f"(at least {MIN_HELD_OUT_PAIRS} held-out pairs are needed for +-0.10); routing NMI on so few pairs "
-            "means as little")
+    half = (
+        z
+        * np.sqrt(accuracy * (1 - accuracy) / n_pairs + z * z / (4 * n_pairs * n_pairs))
+        / (1 + z * z / n_pairs)
+    )
+    return (
+        f"{subset} accuracy {accuracy:.3f} on only {n_pairs} pairs: its 95% interval is "
+        f"{max(0.0, centre - half):.2f}-{min(1.0, centre + half):.2f}, too wide to compare models "
+        f"(at least {MIN_HELD_OUT_PAIRS} held-out pairs are needed for +-0.10); routing NMI on so few pairs "
+        "means as little"
+    )
 
 
 MIN_TRAINING_PAIRS = 2
@@ -157,19 +194,26 @@ def check_training_split(req: TrainRequest, features: PairFeatures, sizes: dict[
     n_pairs, n_values = len(features), len({split_value(p, req.split_by) for p in features.pairs})
     by = req.split_by or "prompt"
     held = f"validation {req.validation:g} and test {req.test:g}"
-    fix = ("add data" if n_pairs < MIN_TRAINING_PAIRS else
-           f"pass --validation 0 --test 0 to train on all {n_pairs} pairs (no held-out evaluation), or add data")
-    raise ValueError(f"{req.data}: {n_pairs} pairs over {n_values} distinct {by} values; the split ({held}, at "
-                     f"least one {by} value on each held-out side) left {sizes['train']} training pairs "
-                     f"(validation {sizes['validation']}, test {sizes['test']}) and training needs at least "
-                     f"{MIN_TRAINING_PAIRS}: {fix}")
+    fix = (
+        "add data"
+        if n_pairs < MIN_TRAINING_PAIRS
+        else f"pass --validation 0 --test 0 to train on all {n_pairs} pairs (no held-out evaluation), or add data"
+    )
+    raise ValueError(
+        f"{req.data}: {n_pairs} pairs over {n_values} distinct {by} values; the split ({held}, at "
+        f"least one {by} value on each held-out side) left {sizes['train']} training pairs "
+        f"(validation {sizes['validation']}, test {sizes['test']}) and training needs at least "
+        f"{MIN_TRAINING_PAIRS}: {fix}"
+    )
 
 
 def load_split_ids(directory: str | Path) -> dict[str, list[str]]:
     """A saved model's ``split_ids.json`` (pair ids per split), checked; a clear error names the file."""
     path = Path(directory) / "split_ids.json"
     if not path.is_file():
-        raise ValueError(f"{path}: no saved split (the model was not trained by `moe-reward train`); use --split all")
+        raise ValueError(
+            f"{path}: no saved split (the model was not trained by `moe-reward train`); use --split all"
+        )
     size = path.stat().st_size
     if size > MAX_SPLIT_FILE_BYTES:
         raise ValueError(f"{path}: {size} bytes, more than the limit of {MAX_SPLIT_FILE_BYTES}")
@@ -199,10 +243,16 @@ def backbone_for(model: SparseMoERewardModel) -> Backbone:
     return Backbone(backbone_spec_for(model))
 
 
-def features_for_model(model: SparseMoERewardModel, data: str | Path, skip_bad: bool = False,
-                       on_loaded: Callable[[LoadResult], None] | None = None) -> PairFeatures:
+def features_for_model(
+    model: SparseMoERewardModel,
+    data: str | Path,
+    skip_bad: bool = False,
+    on_loaded: Callable[[LoadResult], None] | None = None,
+) -> PairFeatures:
     """A data or features file as the model sees it: embedded (through the cache) with its own backbone."""
-    return load_features_or_pairs(data, skip_bad=skip_bad, backbone=backbone_spec_for(model), on_loaded=on_loaded)
+    return load_features_or_pairs(
+        data, skip_bad=skip_bad, backbone=backbone_spec_for(model), on_loaded=on_loaded
+    )
 
 
 @dataclass
@@ -216,8 +266,14 @@ class ScoredResponse:
 
 
 @torch.no_grad()
-def score_texts(model: SparseMoERewardModel, backbone: Backbone, prompt: str, responses: list[str],
-                user_weights: np.ndarray | None = None, cache_dir: str | Path | None = "default") -> list[ScoredResponse]:
+def score_texts(
+    model: SparseMoERewardModel,
+    backbone: Backbone,
+    prompt: str,
+    responses: list[str],
+    user_weights: np.ndarray | None = None,
+    cache_dir: str | Path | None = "default",
+) -> list[ScoredResponse]:
     """Score free text with a saved model: embed (through the cache), route, and mix."""
     from ..data.pairs import PreferencePair
     from ..embed.cache import EmbeddingCache
@@ -228,15 +284,28 @@ def score_texts(model: SparseMoERewardModel, backbone: Backbone, prompt: str, re
     emb = embed_texts(backbone, [(prompt, None)] + [(prompt, r) for r in responses], cache)
     n = len(responses)
     # The router reads the prompt the way it was trained to (its channels); one row per response.
-    rows = PairFeatures(np.repeat(emb[:1], n, 0), emb[1:], emb[1:], [PreferencePair(prompt, "-", "+")] * n,
-                        backbone.metadata())
+    rows = PairFeatures(
+        np.repeat(emb[:1], n, 0),
+        emb[1:],
+        emb[1:],
+        [PreferencePair(prompt, "-", "+")] * n,
+        backbone.metadata(),
+    )
     p = router_data(model, rows, backbone=backbone, cache_dir=root).batch(slice(0, n))
     out = model(p, torch.from_numpy(emb[1:]))
     personal = None
     if user_weights is not None:
-        personal = model(p, torch.from_numpy(emb[1:]), user_weights=torch.as_tensor(user_weights, dtype=torch.float32)).reward
+        personal = model(
+            p, torch.from_numpy(emb[1:]), user_weights=torch.as_tensor(user_weights, dtype=torch.float32)
+        ).reward
     return [
-        ScoredResponse(r, float(out.reward[i]), out.routing[i].tolist(), out.router_probs[i].tolist(),
-                       out.expert_rewards[i].tolist(), None if personal is None else float(personal[i]))
+        ScoredResponse(
+            r,
+            float(out.reward[i]),
+            out.routing[i].tolist(),
+            out.router_probs[i].tolist(),
+            out.expert_rewards[i].tolist(),
+            None if personal is None else float(personal[i]),
+        )
         for i, r in enumerate(responses)
     ]

@@ -68,13 +68,30 @@ def _utilization_figure(ev: dict, k: int, scope: summary.Scope):
     import plotly.graph_objects as go
 
     names = [f"E{e}" for e in range(k)]
-    fig = go.Figure(go.Bar(x=names, y=ev["expert_utilization"], marker_color=[expert_color(e) for e in range(k)],
-                           name="top-1 share"))
-    fig.add_scatter(x=names, y=ev["expert_load"], mode="markers", name="mean routing weight",
-                    marker=dict(symbol="diamond", size=10, color="black"))
-    fig.update_layout(title=f"Expert utilization ({scope.label}, {scope.n} pairs)", height=320, width=900,
-                      xaxis_title="expert", yaxis_title="share of pairs", template="plotly_white",
-                      margin=dict(l=60, r=20, t=50, b=50))
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=ev["expert_utilization"],
+            marker_color=[expert_color(e) for e in range(k)],
+            name="top-1 share",
+        )
+    )
+    fig.add_scatter(
+        x=names,
+        y=ev["expert_load"],
+        mode="markers",
+        name="mean routing weight",
+        marker=dict(symbol="diamond", size=10, color="black"),
+    )
+    fig.update_layout(
+        title=f"Expert utilization ({scope.label}, {scope.n} pairs)",
+        height=320,
+        width=900,
+        xaxis_title="expert",
+        yaxis_title="share of pairs",
+        template="plotly_white",
+        margin=dict(l=60, r=20, t=50, b=50),
+    )
     fig.update_xaxes(categoryorder="array", categoryarray=names)
     return fig
 
@@ -84,12 +101,27 @@ def _weights_figure(before, after, who: str, n_labels: int):
 
     k = len(before)
     names = [f"E{e}" for e in range(k)]
-    fig = go.Figure([go.Bar(x=names, y=before, name="before (model's average routing)", marker_color=NEUTRAL),
-                     go.Bar(x=names, y=after, name=f"after {n_labels} labels",
-                            marker_color=[expert_color(e) for e in range(k)])])
-    fig.update_layout(title=f"Profile of {who}: weight of each expert", barmode="group", height=320, width=900,
-                      xaxis_title="expert", yaxis_title="weight in the profile", template="plotly_white",
-                      margin=dict(l=60, r=20, t=50, b=50))
+    fig = go.Figure(
+        [
+            go.Bar(x=names, y=before, name="before (model's average routing)", marker_color=NEUTRAL),
+            go.Bar(
+                x=names,
+                y=after,
+                name=f"after {n_labels} labels",
+                marker_color=[expert_color(e) for e in range(k)],
+            ),
+        ]
+    )
+    fig.update_layout(
+        title=f"Profile of {who}: weight of each expert",
+        barmode="group",
+        height=320,
+        width=900,
+        xaxis_title="expert",
+        yaxis_title="weight in the profile",
+        template="plotly_white",
+        margin=dict(l=60, r=20, t=50, b=50),
+    )
     fig.update_xaxes(categoryorder="array", categoryarray=names)
     return fig
 
@@ -118,8 +150,12 @@ def write_pngs(figures: dict[str, object], out_dir: Path) -> tuple[list[Path], s
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".render-") as tmp:
         staged = [Path(tmp) / f"{name}.png" for name in figures]
         try:
-            kaleido.write_fig_from_object_sync([{"fig": fig, "path": str(p), "opts": {"width": 900, "height": 320}}
-                                                for fig, p in zip(figures.values(), staged, strict=True)])
+            kaleido.write_fig_from_object_sync(
+                [
+                    {"fig": fig, "path": str(p), "opts": {"width": 900, "height": 320}}
+                    for fig, p in zip(figures.values(), staged, strict=True)
+                ]
+            )
         except Exception as exc:  # noqa: BLE001 - the HTML report stands without its PNG copies
             return [], f"kaleido could not render: {type(exc).__name__}: {str(exc)[:200]}"
         written = []
@@ -138,8 +174,10 @@ def _headline_cards(values: dict, scope: summary.Scope, k: int) -> str:
     for key in ("accuracy", "routing_nmi", "routing_entropy_normalized", "experts_in_use"):
         stat = summary.STATS[key]
         value = f"{values[key]} / {k}" if key == "experts_in_use" else stat.format(values[key])
-        cards.append(f'<div class="metric"><div class="label">{esc(stat.label)}</div><div class="value">{esc(value)}</div>'
-                     f'<div class="def">{esc(stat.definition)} On the {esc(scope.label)}, {scope.n} pairs.</div></div>')
+        cards.append(
+            f'<div class="metric"><div class="label">{esc(stat.label)}</div><div class="value">{esc(value)}</div>'
+            f'<div class="def">{esc(stat.definition)} On the {esc(scope.label)}, {scope.n} pairs.</div></div>'
+        )
     return "".join(cards)
 
 
@@ -151,31 +189,39 @@ def _experts_table(descriptions: list, ev: dict, scores, k: int) -> str:
         d = by.get(e)
         acc = float(scores.expert_correct[routed[:, e], e].mean()) if routed[:, e].any() else float("nan")
         corr = sorted((d.feature_correlations if d else {}).items(), key=lambda kv: -abs(kv[1]))[:3]
-        rows.append({
-            "expert": _swatch(e) + f"<b>E{e}</b>",
-            "description": esc(d.label if d and d.label else "—"),
-            "top expert for": f"{ev['expert_utilization'][e]:.0%}",
-            "accuracy where routed": _num(acc, 2),
-            "prompt words": esc(", ".join(t for t, _ in (d.prompt_keywords if d else [])[:5])),
-            "words it rewards": esc(", ".join(t for t, _ in (d.chosen_keywords if d else [])[:5])),
-            "text features": esc(", ".join(f"{f} {r:+.2f}" for f, r in corr)),
-        })
+        rows.append(
+            {
+                "expert": _swatch(e) + f"<b>E{e}</b>",
+                "description": esc(d.label if d and d.label else "—"),
+                "top expert for": f"{ev['expert_utilization'][e]:.0%}",
+                "accuracy where routed": _num(acc, 2),
+                "prompt words": esc(", ".join(t for t, _ in (d.prompt_keywords if d else [])[:5])),
+                "words it rewards": esc(", ".join(t for t, _ in (d.chosen_keywords if d else [])[:5])),
+                "text features": esc(", ".join(f"{f} {r:+.2f}" for f, r in corr)),
+            }
+        )
     return _table(rows)
 
 
 def _diagnostics_html(diag: dict | None, k: int) -> str:
     if not diag:
-        return ('<p class="note">This model\'s evaluation has no specialization diagnostics (they need groups in '
-                'the data and a version of moe-reward that computes them).</p>')
+        return (
+            '<p class="note">This model\'s evaluation has no specialization diagnostics (they need groups in '
+            "the data and a version of moe-reward that computes them).</p>"
+        )
     cards = "".join(
         f'<div class="metric"><div class="label">{esc(s.label)}</div><div class="value">{esc(s.format(diag.get(key)))}</div>'
         f'<div class="def">{esc(s.definition)}</div></div>'
-        for key, s in summary.DIAGNOSTICS.items() if diag.get(key) is not None)
+        for key, s in summary.DIAGNOSTICS.items()
+        if diag.get(key) is not None
+    )
     out = f'<div class="cards">{cards}</div>'
     contingency = diag.get("contingency")
     if isinstance(contingency, dict) and contingency:
-        rows = [{"group": esc(g), **{_swatch(e) + f"E{e}": str(v[e]) if e < len(v) else "0" for e in range(k)}}
-                for g, v in contingency.items()]
+        rows = [
+            {"group": esc(g), **{_swatch(e) + f"E{e}": str(v[e]) if e < len(v) else "0" for e in range(k)}}
+            for g, v in contingency.items()
+        ]
         out += "<p><b>Group × top expert</b> (pairs of the test split):</p>" + _table(rows)
     return out
 
@@ -183,12 +229,16 @@ def _diagnostics_html(diag: dict | None, k: int) -> str:
 def _story_html(lines: list[str]) -> str:
     if not lines:
         return ""
-    return ("<p><b>How training found these experts</b></p><ul>" + "".join(f"<li>{esc(line)}</li>" for line in lines)
-            + "</ul>")
+    return (
+        "<p><b>How training found these experts</b></p><ul>"
+        + "".join(f"<li>{esc(line)}</li>" for line in lines)
+        + "</ul>"
+    )
 
 
-def personalization_example(scores, features, exclude: np.ndarray | None = None, n_labels: int = EXAMPLE_LABELS,
-                            seed: int = 0) -> dict | None:
+def personalization_example(
+    scores, features, exclude: np.ndarray | None = None, n_labels: int = EXAMPLE_LABELS, seed: int = 0
+) -> dict | None:
     """A held-out user (else a group standing in for one) labels `n_labels` of their pairs with Hedge;
     accuracy on their other pairs before and after, and the profile's shift. None if nobody qualifies."""
     from ..personalize.adapters import (
@@ -221,11 +271,15 @@ def personalization_example(scores, features, exclude: np.ndarray | None = None,
     before, after = adapter.initial_weights, adapter.weights
     delta = after - before
     return {
-        "who": user, "field": field_name, "n_labels": n_labels, "n_eval": len(rest),
+        "who": user,
+        "field": field_name,
+        "n_labels": n_labels,
+        "n_eval": len(rest),
         "routed_accuracy": float(scores.correct[rest].mean()),
         "prior_accuracy": personalized_accuracy(prior, margins[rest]),
         "profile_accuracy": personalized_accuracy(adapter, margins[rest]),
-        "before": before.tolist(), "after": after.tolist(),
+        "before": before.tolist(),
+        "after": after.tolist(),
         "gained": [int(e) for e in np.argsort(-delta)[:2] if delta[e] > 0],
         "lost": [int(e) for e in np.argsort(delta)[:2] if delta[e] < 0],
     }
@@ -233,34 +287,60 @@ def personalization_example(scores, features, exclude: np.ndarray | None = None,
 
 def _personalization_html(ex: dict | None, descriptions: list) -> str:
     if ex is None:
-        return ('<p class="note">No user or group in this data has enough pairs outside the training split for an '
-                'example (it needs 18).</p>')
+        return (
+            '<p class="note">No user or group in this data has enough pairs outside the training split for an '
+            "example (it needs 18).</p>"
+        )
     label = {d.expert: d.label for d in descriptions}
     who = esc(ex["who"])
     kind = "user" if ex["field"] == "user" else "group (standing in for a user whose taste is that group's)"
 
     def names(experts):
-        return ", ".join(f"{_swatch(e)}E{e}" + (f" ({esc(label[e])})" if label.get(e) else "") for e in experts) or "none"
+        return (
+            ", ".join(f"{_swatch(e)}E{e}" + (f" ({esc(label[e])})" if label.get(e) else "") for e in experts)
+            or "none"
+        )
 
-    rows = [{"profile": "the model's own routing", "accuracy": _num(ex["routed_accuracy"])},
-            {"profile": "the starting profile (average routing, before any label)", "accuracy": _num(ex["prior_accuracy"])},
-            {"profile": f"after {ex['n_labels']} labels", "accuracy": f"<b>{_num(ex['profile_accuracy'])}</b>"}]
-    return (f"<p>Example: the {kind} <b>{who}</b> labels {ex['n_labels']} of their pairs. Accuracy on their other "
-            f"{ex['n_eval']} pairs, which the profile never saw:</p>" + _table(rows)
-            + f"<p>Experts that gained weight: {names(ex['gained'])}. Experts that lost weight: {names(ex['lost'])}.</p>")
+    rows = [
+        {"profile": "the model's own routing", "accuracy": _num(ex["routed_accuracy"])},
+        {
+            "profile": "the starting profile (average routing, before any label)",
+            "accuracy": _num(ex["prior_accuracy"]),
+        },
+        {"profile": f"after {ex['n_labels']} labels", "accuracy": f"<b>{_num(ex['profile_accuracy'])}</b>"},
+    ]
+    return (
+        f"<p>Example: the {kind} <b>{who}</b> labels {ex['n_labels']} of their pairs. Accuracy on their other "
+        f"{ex['n_eval']} pairs, which the profile never saw:</p>"
+        + _table(rows)
+        + f"<p>Experts that gained weight: {names(ex['gained'])}. Experts that lost weight: {names(ex['lost'])}.</p>"
+    )
 
 
 def _figure_html(fig, first: bool) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs="inline" if first else False,
-                       config={"displaylogo": False, "responsive": True})
+    return fig.to_html(
+        full_html=False,
+        include_plotlyjs="inline" if first else False,
+        config={"displaylogo": False, "responsive": True},
+    )
 
 
 # ----------------------------------------------------------------------------- the report
 
 
-def build_report(model_dir: str | Path, data: str | Path, out: str | Path, *, model=None, features=None, scores=None,
-                 descriptions: list | None = None, same_file: bool | None = None, data_name: str | None = None,
-                 pngs: bool = True) -> Report:
+def build_report(
+    model_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    model=None,
+    features=None,
+    scores=None,
+    descriptions: list | None = None,
+    same_file: bool | None = None,
+    data_name: str | None = None,
+    pngs: bool = True,
+) -> Report:
     """Write the report of the model in `model_dir`, evaluated on `data` (its training data for held-out
     numbers), to `out` (HTML; PNG figures into `<out stem>_figures/` when possible). Atomic writes."""
     from ..evaluate.metrics import evaluate, score_pairs
@@ -270,7 +350,9 @@ def build_report(model_dir: str | Path, data: str | Path, out: str | Path, *, mo
     model = model if model is not None else load_model(model_dir)
     features = features if features is not None else features_for_model(model, data)
     if features.dim != model.config.input_dim:
-        raise ValueError(f"{data}: {features.dim}-d features, but the model expects {model.config.input_dim}-d inputs")
+        raise ValueError(
+            f"{data}: {features.dim}-d features, but the model expects {model.config.input_dim}-d inputs"
+        )
     scores = scores if scores is not None else score_pairs(model, features)
     data_name = data_name or Path(str(data)).name
     if descriptions is None:
@@ -287,10 +369,23 @@ def build_report(model_dir: str | Path, data: str | Path, out: str | Path, *, mo
     for sc in rel.scopes:
         e = ev if sc.key == scope.key else evaluate(model, features.subset(sc.index), scores.subset(sc.index))
         v = summary.headline_values(e)
-        subsets.append({"subset": esc(sc.label), "pairs": str(sc.n), "accuracy": _num(v["accuracy"]),
-                        "routing NMI": _num(v["routing_nmi"]), "routing entropy": _num(v["routing_entropy_normalized"])})
-    subsets_html = ("<p>The same statistics on every subset of the data (the training split shows how closely the "
-                    "model fits the pairs it learned from):</p>" + _table(subsets)) if len(subsets) > 1 else ""
+        subsets.append(
+            {
+                "subset": esc(sc.label),
+                "pairs": str(sc.n),
+                "accuracy": _num(v["accuracy"]),
+                "routing NMI": _num(v["routing_nmi"]),
+                "routing entropy": _num(v["routing_entropy_normalized"]),
+            }
+        )
+    subsets_html = (
+        (
+            "<p>The same statistics on every subset of the data (the training split shows how closely the "
+            "model fits the pairs it learned from):</p>" + _table(subsets)
+        )
+        if len(subsets) > 1
+        else ""
+    )
 
     metrics_path = model_dir / "metrics.json"
     saved = {}
@@ -305,20 +400,29 @@ def build_report(model_dir: str | Path, data: str | Path, out: str | Path, *, mo
     all_ev = evaluate(model, features, scores)
     figures = {"utilization": _utilization_figure(ev, k, scope)}
     if example is not None:
-        figures["personalization"] = _weights_figure(example["before"], example["after"], example["who"],
-                                                     example["n_labels"])
+        figures["personalization"] = _weights_figure(
+            example["before"], example["after"], example["who"], example["n_labels"]
+        )
     warning = f'<div class="warning">{esc(rel.warning)}</div>' if rel.warning else ""
     body = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         title=esc(f"{model_dir.name}: what this reward model learned"),
         subtitle=esc(f"{model.describe()} · evaluated on {data_name}"),
-        warning=warning, scope=esc(scope.label), n_pairs=scope.n, headline=_headline_cards(values, scope, k),
-        subsets=subsets_html, k=k, top_k=model.config.top_k,
+        warning=warning,
+        scope=esc(scope.label),
+        n_pairs=scope.n,
+        headline=_headline_cards(values, scope, k),
+        subsets=subsets_html,
+        k=k,
+        top_k=model.config.top_k,
         utilization=_figure_html(figures["utilization"], first=True),
         experts=_experts_table(descriptions, all_ev, scores, k),
         diagnostics=_diagnostics_html(diag, k) + _story_html(summary.training_story(saved)),
         personalization=_personalization_html(example, descriptions)
         + (_figure_html(figures["personalization"], first=False) if "personalization" in figures else ""),
-        n_all=len(features), date=_dt.date.today().isoformat(), model_dir=esc(model_dir), data_name=esc(data_name),
+        n_all=len(features),
+        date=_dt.date.today().isoformat(),
+        model_dir=esc(model_dir),
+        data_name=esc(data_name),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")

@@ -73,10 +73,18 @@ class Workspace:
     def __init__(self, root: str | Path | None = None, data_dir: str | Path | None = None):
         self.root = Path(root).resolve() if root is not None else default_root()
         self.data_dir = Path(data_dir).resolve() if data_dir is not None else default_data_dir()
-        self.read_only: str | None = None  # why nothing can be written here (a read-only mount, a full disk...)
+        self.read_only: str | None = (
+            None  # why nothing can be written here (a read-only mount, a full disk...)
+        )
         try:
-            for sub in (self.models_dir, self.features_dir, self.uploads_dir, self.projections_dir,
-                        self.experiments_dir, self.descriptions_dir):
+            for sub in (
+                self.models_dir,
+                self.features_dir,
+                self.uploads_dir,
+                self.projections_dir,
+                self.experiments_dir,
+                self.descriptions_dir,
+            ):
                 sub.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.root):
                 pass
@@ -175,8 +183,10 @@ class Workspace:
                     break
                 except FileExistsError:
                     if attempt or _lock_alive(lock):
-                        raise ModelNameTaken(f"model {name!r} is being trained by another session right now; "
-                                             "pick another name or wait for it") from None
+                        raise ModelNameTaken(
+                            f"model {name!r} is being trained by another session right now; "
+                            "pick another name or wait for it"
+                        ) from None
                     lock.unlink(missing_ok=True)  # left behind by a process that died
         except BaseException:
             _held_locks.discard(key)
@@ -216,8 +226,10 @@ class Workspace:
                     feats = None
                     if embedding is not None:
                         while embedding.active:
-                            report(f"embedding {Path(req.data).name}: {embedding.message or 'starting'}",
-                                   0.5 * embedding.fraction)
+                            report(
+                                f"embedding {Path(req.data).name}: {embedding.message or 'starting'}",
+                                0.5 * embedding.fraction,
+                            )
                             jobs.wait(embedding.key, timeout=0.25)
                         if embedding.status == jobs.FAILED:
                             raise RuntimeError(f"embedding {Path(req.data).name} failed: {embedding.error}")
@@ -251,8 +263,10 @@ class Workspace:
         try:
             os.rename(staging, out)  # atomic; fails if `out` appeared meanwhile (and is not empty)
         except OSError as exc:
-            raise ModelNameTaken(f"a model named {name!r} appeared while this one trained; it was kept and "
-                                 "the new one was not saved") from exc
+            raise ModelNameTaken(
+                f"a model named {name!r} appeared while this one trained; it was kept and "
+                "the new one was not saved"
+            ) from exc
         return out
 
     # ------------------------------------------------------------------ data
@@ -265,7 +279,9 @@ class Workspace:
             # A folder of feature shards (moe-reward embed --engine ray) is one entry, not one per shard.
             shard_dirs = {m.parent for m in base.rglob(MANIFEST)}
             for path in sorted(base.rglob("*")):
-                hidden = any(part.startswith(".") for part in path.relative_to(base).parts)  # e.g. upload checks
+                hidden = any(
+                    part.startswith(".") for part in path.relative_to(base).parts
+                )  # e.g. upload checks
                 if hidden or any(parent in shard_dirs for parent in path.parents):
                     continue
                 if path in shard_dirs or (path.is_file() and is_data_file(path.name)):
@@ -276,7 +292,11 @@ class Workspace:
     def default_data_path(self) -> Path:
         """The controlled dataset: its shipped features file when present (no embedding needed), else pairs."""
         folder = self.data_dir / "controlled"
-        candidates = [folder / "features.safetensors", folder / default_dataset_path().name, folder / "pairs.jsonl"]
+        candidates = [
+            folder / "features.safetensors",
+            folder / default_dataset_path().name,
+            folder / "pairs.jsonl",
+        ]
         return next((c for c in candidates if c.is_file()), candidates[1])
 
     def upload_path(self, filename: str) -> Path:
@@ -288,13 +308,16 @@ class Workspace:
     # ------------------------------------------------------------------ features
     def features_file(self, data: Path, spec: BackboneSpec) -> Path:
         stat = data.stat()
-        key = f"{data.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{spec.name}|{spec.pooling}|{spec.max_length}"
+        key = (
+            f"{data.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{spec.name}|{spec.pooling}|{spec.max_length}"
+        )
         if (spec.runtime, spec.precision, spec.template) != ("torch", "auto", "auto"):  # other embeddings
             key += f"|{spec.runtime}|{spec.precision}|{spec.template}"
         return self.features_dir / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.safetensors"
 
-    def features_for(self, data: str | Path, spec: BackboneSpec | None = None,
-                     progress: ProgressFn | None = None) -> PairFeatures:
+    def features_for(
+        self, data: str | Path, spec: BackboneSpec | None = None, progress: ProgressFn | None = None
+    ) -> PairFeatures:
         """Features of a data file, embedded once and then read from features/ (a features file as is)."""
         data = self.default_data_path() if str(data) == "controlled" else Path(data)
         if is_features_path(data):  # a features file or a folder of shards: used as is
@@ -306,8 +329,9 @@ class Workspace:
         say = progress or (lambda _m, _f: None)
         say(f"reading {data.name} and loading the backbone {spec.name}", 0.0)
         preload_backbone_imports()
-        feats = load_features_or_pairs(data, backbone=spec,
-                                       progress=lambda d, t: say(f"embedding {d}/{t} texts", d / max(t, 1)))
+        feats = load_features_or_pairs(
+            data, backbone=spec, progress=lambda d, t: say(f"embedding {d}/{t} texts", d / max(t, 1))
+        )
         if self.read_only is None:
             tmp = cached.with_name(f".{cached.stem}-{uuid.uuid4().hex[:8]}.safetensors")
             try:
@@ -367,9 +391,15 @@ class Workspace:
         # model never saw.
         held_out = any(p.user is None for p in feats.pairs)  # only when something is left to train on
         by_question = all("question_id" in p.meta for p in feats.pairs)
-        req = TrainRequest(data=str(data), experts=12, top_k=2, exclude_user_pairs=held_out,
-                           split_by="meta.question_id" if by_question else None,
-                           validation=0.15 if by_question else 0.1, test=0.25 if by_question else 0.1)
+        req = TrainRequest(
+            data=str(data),
+            experts=12,
+            top_k=2,
+            exclude_user_pairs=held_out,
+            split_by="meta.question_id" if by_question else None,
+            validation=0.15 if by_question else 0.1,
+            test=0.25 if by_question else 0.1,
+        )
         train_from_data(req, out, stage=lambda m, f: say(m, 0.6 + 0.35 * f), features=feats)
         say("projecting (PCA)", 0.97)
         project(feats, ProjectionParams(method="pca"), self.projections_dir, key_parts=(str(out), str(data)))
@@ -436,7 +466,9 @@ def model_problem(model_dir: str | Path) -> str | None:
         if str(d) not in problem:
             problem = f"{d.name}: {problem}"
     except Exception as exc:  # noqa: BLE001 - e.g. safetensors' own error type for a truncated file
-        problem = f"{d / 'model.safetensors'}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        problem = (
+            f"{d / 'model.safetensors'}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
     with _checked_lock:
         _checked[str(d)] = (fid, problem)
     return problem

@@ -18,8 +18,13 @@ ADAPTER_NAMES = ("hedge", "batch", "gradient", "signed")
 
 
 def _progress_bar(desc: str):
-    bar = tqdm(total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}] {postfix}",
-               disable=not sys.stderr.isatty())  # quiet when the output is not a terminal
+    bar = tqdm(
+        total=100,
+        desc=desc,
+        unit="%",
+        bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}] {postfix}",
+        disable=not sys.stderr.isatty(),
+    )  # quiet when the output is not a terminal
 
     def stage(msg: str, frac: float) -> None:
         bar.n = round(100 * frac)
@@ -35,16 +40,20 @@ def cmd_validate(args) -> int:
     # One streaming pass: each problem is printed as it is found (duplicate ids at the end).
     rep = validate_file(args.data, on_error=print)
     kind = " (HelpSteer2-style rows: pairs made per attribute)" if rep.helpsteer else ""
-    print(f"{rep.source}: {rep.rows} rows, {rep.pairs} valid pairs{kind}, {rep.errors} problems; "
-          f"{rep.groups} groups, {rep.users} users")
+    print(
+        f"{rep.source}: {rep.rows} rows, {rep.pairs} valid pairs{kind}, {rep.errors} problems; "
+        f"{rep.groups} groups, {rep.users} users"
+    )
     return 0 if rep.ok else 1
 
 
 def _report_skipped(res) -> None:
     """--skip-bad: say how many rows were dropped (and the first one), never drop silently."""
     if res.errors:
-        print(f"skipped {len(res.errors)} malformed rows of {res.rows} in {res.source} (first: {res.errors[0]})",
-              file=sys.stderr)
+        print(
+            f"skipped {len(res.errors)} malformed rows of {res.rows} in {res.source} (first: {res.errors[0]})",
+            file=sys.stderr,
+        )
 
 
 def cmd_embed(args) -> int:
@@ -55,9 +64,18 @@ def cmd_embed(args) -> int:
 
     res = load_pairs(args.data, skip_bad=args.skip_bad)
     _report_skipped(res)
-    spec = BackboneSpec(args.backbone, pooling=args.pooling, max_length=args.max_length, batch_size=args.batch_size,
-                        runtime=args.runtime, device=args.device, precision=args.precision, template=args.template,
-                        padding=args.padding, max_batch_tokens=args.max_batch_tokens)
+    spec = BackboneSpec(
+        args.backbone,
+        pooling=args.pooling,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        runtime=args.runtime,
+        device=args.device,
+        precision=args.precision,
+        template=args.template,
+        padding=args.padding,
+        max_batch_tokens=args.max_batch_tokens,
+    )
     to_folder = args.engine == "ray" or not str(args.out).endswith(".safetensors")
     if to_folder and args.no_records:
         raise ValueError("--no-records applies to a single .safetensors file, not to a folder of shards")
@@ -65,20 +83,33 @@ def cmd_embed(args) -> int:
     if args.engine == "ray":
         from ..embed.ray import embed_with_ray
 
-        manifest = embed_with_ray(res.pairs, spec, args.out, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                                  cpus_per_worker=args.cpus_per_worker, block_rows=args.block_rows,
-                                  shard_rows=args.shard_rows, dtype=dtype, address=args.address,
-                                  cache_dir=args.cache_dir)
+        manifest = embed_with_ray(
+            res.pairs,
+            spec,
+            args.out,
+            workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker,
+            cpus_per_worker=args.cpus_per_worker,
+            block_rows=args.block_rows,
+            shard_rows=args.shard_rows,
+            dtype=dtype,
+            address=args.address,
+            cache_dir=args.cache_dir,
+        )
         meta = manifest["metadata"]
-        print(f"wrote {manifest['rows']} pairs x {meta['dim']}-d ({meta['backbone']}, {meta['pooling']} pooling, "
-              f"{meta['truncated_inputs']} inputs truncated) as {len(manifest['shards'])} {dtype} shards to {args.out} "
-              f"with {args.workers} Ray workers in {meta['seconds']:.1f}s "
-              f"({3 * manifest['rows'] / max(meta['seconds'], 1e-9):.1f} texts/s incl. start-up)")
+        print(
+            f"wrote {manifest['rows']} pairs x {meta['dim']}-d ({meta['backbone']}, {meta['pooling']} pooling, "
+            f"{meta['truncated_inputs']} inputs truncated) as {len(manifest['shards'])} {dtype} shards to {args.out} "
+            f"with {args.workers} Ray workers in {meta['seconds']:.1f}s "
+            f"({3 * manifest['rows'] / max(meta['seconds'], 1e-9):.1f} texts/s incl. start-up)"
+        )
         return 0
     feats = embed_pairs(res.pairs, spec, cache_dir=args.cache_dir or "default")
     meta = feats.metadata
-    what = (f"{len(feats)} pairs x {feats.dim}-d ({meta['backbone']}, {meta['pooling']} pooling, "
-            f"{meta.get('runtime', 'torch')} runtime, {meta['truncated_inputs']} inputs truncated)")
+    what = (
+        f"{len(feats)} pairs x {feats.dim}-d ({meta['backbone']}, {meta['pooling']} pooling, "
+        f"{meta.get('runtime', 'torch')} runtime, {meta['truncated_inputs']} inputs truncated)"
+    )
     if to_folder:
         writer = ShardWriter(args.out, dtype=dtype, shard_rows=args.shard_rows)
         writer.add(feats.prompt, feats.chosen, feats.rejected, feats.pairs, meta)
@@ -97,15 +128,37 @@ def cmd_train(args) -> int:
     from ..app.pipeline import TrainRequest, train_from_data
     from ..train.loop import TrainConfig
 
-    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "batch_size", "sparsity_weight",
-                                                 "balance_weight", "diversity_weight", "specialization_weight")
-                 if getattr(args, k) is not None}
-    req = TrainRequest(data=args.data, kind=args.model, experts=args.experts, top_k=args.top_k,
-                       hidden_dim=args.hidden, backbone=args.backbone, max_length=args.max_length,
-                       validation=args.validation, test=args.test, split_seed=args.split_seed,
-                       skip_bad=args.skip_bad, exclude_user_pairs=args.exclude_user_pairs,
-                       router_input=args.router_input, split_by=args.split_by,
-                       train=TrainConfig.for_kind(args.model, **overrides))
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "epochs",
+            "lr",
+            "seed",
+            "batch_size",
+            "sparsity_weight",
+            "balance_weight",
+            "diversity_weight",
+            "specialization_weight",
+        )
+        if getattr(args, k) is not None
+    }
+    req = TrainRequest(
+        data=args.data,
+        kind=args.model,
+        experts=args.experts,
+        top_k=args.top_k,
+        hidden_dim=args.hidden,
+        backbone=args.backbone,
+        max_length=args.max_length,
+        validation=args.validation,
+        test=args.test,
+        split_seed=args.split_seed,
+        skip_bad=args.skip_bad,
+        exclude_user_pairs=args.exclude_user_pairs,
+        router_input=args.router_input,
+        split_by=args.split_by,
+        train=TrainConfig.for_kind(args.model, **overrides),
+    )
     bar, stage = _progress_bar(f"train {args.model}")
     try:
         model, metrics = train_from_data(req, args.out, stage=stage, on_loaded=_report_skipped)
@@ -113,19 +166,26 @@ def cmd_train(args) -> int:
         bar.close()
     t = metrics["test"]
     nmi = "n/a" if t["routing_nmi"] is None else f"{t['routing_nmi']:.3f}"
-    held_out = (f"{metrics['test_subset']} accuracy {t['accuracy']:.4f} on {t['n_pairs']} held-out pairs, "
-                f"routing NMI {nmi}" if t["n_pairs"] else
-                "no held-out pairs (--validation 0 --test 0): accuracy not measured")
-    print(f"{model.describe()}: {held_out}, trained in {metrics['train_seconds']:.1f}s on {metrics['splits']['train']} "
-          f"pairs; saved to {args.out}")
+    held_out = (
+        f"{metrics['test_subset']} accuracy {t['accuracy']:.4f} on {t['n_pairs']} held-out pairs, "
+        f"routing NMI {nmi}"
+        if t["n_pairs"]
+        else "no held-out pairs (--validation 0 --test 0): accuracy not measured"
+    )
+    print(
+        f"{model.describe()}: {held_out}, trained in {metrics['train_seconds']:.1f}s on {metrics['splits']['train']} "
+        f"pairs; saved to {args.out}"
+    )
     from ..evaluate.summary import training_story
 
     for line in training_story(metrics):
         print(f"  {line}")
     if metrics.get("epochs_planned", 0) > metrics.get("epochs_requested", metrics.get("epochs_planned", 0)):
-        print(f"  schedule: {metrics['epochs_run']} epochs run of at most {metrics['epochs_planned']} "
-              f"({metrics['epochs_requested']} requested; raised so that {metrics['splits']['train']} training pairs get "
-              f"at least {req.train.min_steps} optimizer steps)")
+        print(
+            f"  schedule: {metrics['epochs_run']} epochs run of at most {metrics['epochs_planned']} "
+            f"({metrics['epochs_requested']} requested; raised so that {metrics['splits']['train']} training pairs get "
+            f"at least {req.train.min_steps} optimizer steps)"
+        )
     _print_diagnostics(t.get("diagnostics"))
     for warning in metrics.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
@@ -146,17 +206,21 @@ def cmd_eval(args) -> int:
         feats = feats.subset([i for i, p in enumerate(feats.pairs) if p.id in wanted])
         if not len(feats):
             source = load_metrics(args.model).get("data", "unrecorded data")
-            raise ValueError(f"{args.data}: none of its {n_all} pairs is in the {args.split} split of {args.model} "
-                             f"({len(wanted)} pair ids in split_ids.json); the model was trained on {source}. "
-                             "Evaluate on that data, or pass --split all to evaluate on every pair of this file")
+            raise ValueError(
+                f"{args.data}: none of its {n_all} pairs is in the {args.split} split of {args.model} "
+                f"({len(wanted)} pair ids in split_ids.json); the model was trained on {source}. "
+                "Evaluate on that data, or pass --split all to evaluate on every pair of this file"
+            )
     res = evaluate(model, feats, diagnostics=True)
     print(f"{res['model']}: accuracy {res['accuracy']:.4f} on {res['n_pairs']} pairs")
     for g, v in res["per_group"].items():
         print(f"  {g:24s} {v['accuracy']:.4f}  (n={v['n']})")
     if res["routing_nmi"] is not None:
         purity = res["routing_purity"]
-        print(f"routing NMI(top-1 expert, group) = {res['routing_nmi']:.4f}, purity "
-              + ("n/a (one expert)" if purity is None else f"{purity:.4f}"))
+        print(
+            f"routing NMI(top-1 expert, group) = {res['routing_nmi']:.4f}, purity "
+            + ("n/a (one expert)" if purity is None else f"{purity:.4f}")
+        )
     print("expert utilization (top-1 share): " + " ".join(f"{u:.3f}" for u in res["expert_utilization"]))
     _print_diagnostics(res.get("diagnostics"))
     if args.json:
@@ -172,9 +236,11 @@ def _print_diagnostics(d: dict | None) -> None:
     def f(x):
         return "n/a" if x is None else f"{x:.3f}"
 
-    print(f"specialization diagnostics ({d['folds']}-fold cross-validated on {d['pairs']} pairs): "
-          f"supervised router probe NMI {f(d['router_probe_nmi'])} (the ceiling for this router input), "
-          f"oracle-routing accuracy {f(d['oracle_routing_accuracy'])}, discovery efficiency {f(d['discovery_efficiency'])}")
+    print(
+        f"specialization diagnostics ({d['folds']}-fold cross-validated on {d['pairs']} pairs): "
+        f"supervised router probe NMI {f(d['router_probe_nmi'])} (the ceiling for this router input), "
+        f"oracle-routing accuracy {f(d['oracle_routing_accuracy'])}, discovery efficiency {f(d['discovery_efficiency'])}"
+    )
 
 
 def cmd_score(args) -> int:
@@ -185,7 +251,9 @@ def cmd_score(args) -> int:
     model = load_model(args.model)
     weights = None
     if args.profile:
-        weights = np.asarray(read_profile_weights(args.profile, model.num_experts, args.model), dtype=np.float32)
+        weights = np.asarray(
+            read_profile_weights(args.profile, model.num_experts, args.model), dtype=np.float32
+        )
     scored = score_texts(model, backbone_for(model), args.prompt, args.response, user_weights=weights)
     out = [s.__dict__ for s in scored]
     if args.json:
@@ -193,8 +261,11 @@ def cmd_score(args) -> int:
         return 0
     for s in scored:
         top = sorted(range(len(s.routing)), key=lambda k: -s.routing[k])[: model.config.top_k]
-        print(f"reward {s.reward:+.4f}" + ("" if s.personalized_reward is None else f"  personalized {s.personalized_reward:+.4f}")
-              + f"  | {s.response[:70]!r}")
+        print(
+            f"reward {s.reward:+.4f}"
+            + ("" if s.personalized_reward is None else f"  personalized {s.personalized_reward:+.4f}")
+            + f"  | {s.response[:70]!r}"
+        )
         print("  routing: " + ", ".join(f"expert {k} {s.routing[k]:.3f}" for k in top))
         print("  expert rewards: " + " ".join(f"{r:+.3f}" for r in s.expert_rewards))
     for line in winner_lines(scored):
@@ -215,8 +286,10 @@ def read_profile_weights(path: str | Path, num_experts: int, model_name: str) ->
     if profile.get("weights") is None:
         raise ValueError(f"{path}: weights: missing")
     if profile["num_experts"] != num_experts:
-        raise ValueError(f"{path}: a profile over {profile['num_experts']} experts, but {model_name} has "
-                         f"{num_experts}; fit the profile on this model (moe-reward personalize)")
+        raise ValueError(
+            f"{path}: a profile over {profile['num_experts']} experts, but {model_name} has "
+            f"{num_experts}; fit the profile on this model (moe-reward personalize)"
+        )
     return profile["weights"]
 
 
@@ -232,8 +305,10 @@ def winner_lines(scored) -> list[str]:
         gap = values[best] - values[second]
         if gap == 0:
             return f"{under}: a tie between response {letters[best]} and response {letters[second]}"
-        return (f"{under}: response {letters[best]} wins (reward {values[best]:+.4f}, "
-                f"{gap:.4f} above response {letters[second]})")
+        return (
+            f"{under}: response {letters[best]} wins (reward {values[best]:+.4f}, "
+            f"{gap:.4f} above response {letters[second]})"
+        )
 
     out = [verdict([s.reward for s in scored], "model (routed mix)")]
     if scored[0].personalized_reward is not None:
@@ -241,8 +316,14 @@ def winner_lines(scored) -> list[str]:
         line = verdict(personal, "profile")
         model_best = max(range(len(scored)), key=lambda i: scored[i].reward)
         profile_best = max(range(len(scored)), key=lambda i: personal[i])
-        out.append(line + ("; the profile agrees with the model" if model_best == profile_best
-                           else "; the profile disagrees with the model"))
+        out.append(
+            line
+            + (
+                "; the profile agrees with the model"
+                if model_best == profile_best
+                else "; the profile disagrees with the model"
+            )
+        )
     return out
 
 
@@ -256,8 +337,21 @@ def cmd_app(args) -> int:
     import subprocess
 
     app = Path(__file__).resolve().parents[2] / "app.py"
-    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.address,
-                            "--server.port", str(args.port), "--browser.gatherUsageStats", "false"])
+    return subprocess.call(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(app),
+            "--server.address",
+            args.address,
+            "--server.port",
+            str(args.port),
+            "--browser.gatherUsageStats",
+            "false",
+        ]
+    )
 
 
 def bounded_int(lo: int, hi: int):
@@ -286,67 +380,149 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
 
     def backbone_args(sp, default_max=256):
-        sp.add_argument("--backbone", default="all-MiniLM-L6-v2", help="HF model id or local path (default: shipped MiniLM)")
-        sp.add_argument("--max-length", type=bounded_int(1, MAX_MAX_LENGTH), default=default_max,
-                        help="token limit of the backbone's inputs")
+        sp.add_argument(
+            "--backbone",
+            default="all-MiniLM-L6-v2",
+            help="HF model id or local path (default: shipped MiniLM)",
+        )
+        sp.add_argument(
+            "--max-length",
+            type=bounded_int(1, MAX_MAX_LENGTH),
+            default=default_max,
+            help="token limit of the backbone's inputs",
+        )
 
-    e = sub.add_parser("embed", help="embed a preference file into a portable features file (or a folder of shards)")
+    e = sub.add_parser(
+        "embed", help="embed a preference file into a portable features file (or a folder of shards)"
+    )
     e.add_argument("--data", required=True)
-    e.add_argument("--out", required=True,
-                   help="a .safetensors features file, or a folder of shards (any other name; always with --engine ray)")
+    e.add_argument(
+        "--out",
+        required=True,
+        help="a .safetensors features file, or a folder of shards (any other name; always with --engine ray)",
+    )
     backbone_args(e)
-    e.add_argument("--pooling", default="auto", choices=["auto", "mean", "last"],
-                   help="auto: mean for encoders, the last token's state for decoders and reward models")
-    e.add_argument("--runtime", default="torch", choices=["torch", "onnx", "onnx-int8"],
-                   help="onnx / onnx-int8: ONNX Runtime on the CPU (int8: several times faster, cosine >= 0.99 to fp32)")
+    e.add_argument(
+        "--pooling",
+        default="auto",
+        choices=["auto", "mean", "last"],
+        help="auto: mean for encoders, the last token's state for decoders and reward models",
+    )
+    e.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnx", "onnx-int8"],
+        help="onnx / onnx-int8: ONNX Runtime on the CPU (int8: several times faster, cosine >= 0.99 to fp32)",
+    )
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
-    e.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="auto: bfloat16 (or float16) on a GPU, float32 on the CPU")
-    e.add_argument("--template", default="auto", choices=["auto", "plain", "chat"],
-                   help="chat: format prompt and response with the tokenizer's chat template (auto: for decoders that have one)")
-    e.add_argument("--padding", default="auto", choices=["auto", "right", "left"], help="padding side (same result)")
-    e.add_argument("--batch-size", type=bounded_int(0, 1 << 16), default=0, help="texts per batch; 0 = auto (32 on CPU, what fits on a GPU)")
-    e.add_argument("--max-batch-tokens", type=bounded_int(0, 1 << 24), default=0, help="padded tokens per batch; 0 = auto")
-    e.add_argument("--dtype", default=None, choices=["float32", "float16", "int8"],
-                   help="storage (default: float32 for a file, float16 for shards); int8: distinct vectors once, per-row scale")
-    e.add_argument("--no-records", action="store_true",
-                   help="store ids only and point at the data file (texts are joined on load)")
+    e.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bfloat16 (or float16) on a GPU, float32 on the CPU",
+    )
+    e.add_argument(
+        "--template",
+        default="auto",
+        choices=["auto", "plain", "chat"],
+        help="chat: format prompt and response with the tokenizer's chat template (auto: for decoders that have one)",
+    )
+    e.add_argument(
+        "--padding", default="auto", choices=["auto", "right", "left"], help="padding side (same result)"
+    )
+    e.add_argument(
+        "--batch-size",
+        type=bounded_int(0, 1 << 16),
+        default=0,
+        help="texts per batch; 0 = auto (32 on CPU, what fits on a GPU)",
+    )
+    e.add_argument(
+        "--max-batch-tokens",
+        type=bounded_int(0, 1 << 24),
+        default=0,
+        help="padded tokens per batch; 0 = auto",
+    )
+    e.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "int8"],
+        help="storage (default: float32 for a file, float16 for shards); int8: distinct vectors once, per-row scale",
+    )
+    e.add_argument(
+        "--no-records",
+        action="store_true",
+        help="store ids only and point at the data file (texts are joined on load)",
+    )
     e.add_argument("--cache-dir", default=None)
-    e.add_argument("--skip-bad", action="store_true", help="drop malformed rows (and say how many) instead of stopping")
-    e.add_argument("--engine", default="local", choices=["local", "ray"],
-                   help="ray: Ray Data actor pool (one backbone per worker, GPUs when present), sharded output")
+    e.add_argument(
+        "--skip-bad", action="store_true", help="drop malformed rows (and say how many) instead of stopping"
+    )
+    e.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="ray: Ray Data actor pool (one backbone per worker, GPUs when present), sharded output",
+    )
     e.add_argument("--workers", type=int, default=2, help="Ray actors (one backbone each)")
-    e.add_argument("--address", default=None, help="Ray cluster address ('auto' for the one `ray start` made); "
-                                                   "default: a local cluster for this run")
-    e.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs, else 0")
+    e.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address ('auto' for the one `ray start` made); "
+        "default: a local cluster for this run",
+    )
+    e.add_argument(
+        "--gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs, else 0"
+    )
     e.add_argument("--cpus-per-worker", type=float, default=1.0)
     e.add_argument("--block-rows", type=int, default=256, help="pairs per Ray block (and per actor call)")
     e.add_argument("--shard-rows", type=int, default=100_000, help="pairs per shard file")
     e.set_defaults(func=cmd_embed)
 
     t = sub.add_parser("train", help="train a reward model (sparse MoE or a baseline)")
-    t.add_argument("--data", required=True, help="JSONL/CSV/Parquet preference file, a features .safetensors, or 'controlled'")
+    t.add_argument(
+        "--data",
+        required=True,
+        help="JSONL/CSV/Parquet preference file, a features .safetensors, or 'controlled'",
+    )
     t.add_argument("--model", default="sparse", choices=["sparse", "dense", "single", "drm", "micro"])
     t.add_argument("--experts", type=bounded_int(1, MAX_EXPERTS), default=8)
     t.add_argument("--top-k", type=bounded_int(1, MAX_EXPERTS), default=2)
-    t.add_argument("--hidden", type=bounded_int(0, MAX_DIM), default=0, help="hidden units per expert head (0 = linear)")
+    t.add_argument(
+        "--hidden", type=bounded_int(0, MAX_DIM), default=0, help="hidden units per expert head (0 = linear)"
+    )
     t.add_argument("--out", required=True)
     backbone_args(t)
     t.add_argument("--validation", type=float, default=0.1)
     t.add_argument("--test", type=float, default=0.1)
     t.add_argument("--split-seed", type=int, default=0)
     t.add_argument("--skip-bad", action="store_true")
-    t.add_argument("--exclude-user-pairs", action="store_true",
-                   help="train only on pairs without a user (keeps held-out annotators/personas out)")
-    t.add_argument("--router-input", default="auto",
-                   help="what the router reads: auto (chosen on validation likelihood), or channels joined by '+' "
-                        "from pooled, lexical, attention (e.g. pooled+lexical)")
-    t.add_argument("--split-by", default=None,
-                   help="keep every value of this field on one side of the split: prompt (default), group, user, id "
-                        "or meta.<key> (e.g. meta.question_id for held-out questions)")
-    for name, typ in (("epochs", bounded_int(1, 10**6)), ("lr", float), ("seed", int), ("batch-size", bounded_int(1, 1 << 20)),
-                      ("sparsity-weight", float),
-                      ("balance-weight", float), ("diversity-weight", float), ("specialization-weight", float)):
+    t.add_argument(
+        "--exclude-user-pairs",
+        action="store_true",
+        help="train only on pairs without a user (keeps held-out annotators/personas out)",
+    )
+    t.add_argument(
+        "--router-input",
+        default="auto",
+        help="what the router reads: auto (chosen on validation likelihood), or channels joined by '+' "
+        "from pooled, lexical, attention (e.g. pooled+lexical)",
+    )
+    t.add_argument(
+        "--split-by",
+        default=None,
+        help="keep every value of this field on one side of the split: prompt (default), group, user, id "
+        "or meta.<key> (e.g. meta.question_id for held-out questions)",
+    )
+    for name, typ in (
+        ("epochs", bounded_int(1, 10**6)),
+        ("lr", float),
+        ("seed", int),
+        ("batch-size", bounded_int(1, 1 << 20)),
+        ("sparsity-weight", float),
+        ("balance-weight", float),
+        ("diversity-weight", float),
+        ("specialization-weight", float),
+    ):
         t.add_argument(f"--{name}", type=typ, default=None)
     t.set_defaults(func=cmd_train)
 
@@ -362,7 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True)
     s.add_argument("--prompt", required=True)
     s.add_argument("--response", required=True, action="append", help="repeat for several responses")
-    s.add_argument("--profile", default=None, help="a user profile JSON (from personalize) to also score under")
+    s.add_argument(
+        "--profile", default=None, help="a user profile JSON (from personalize) to also score under"
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_score)
 
@@ -384,8 +562,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def error_line(exc: BaseException) -> str:
     """One clear line (or, for a file with several bad rows, its list) for an expected failure."""
-    if isinstance(exc, OSError) and not isinstance(exc, ValueError) and exc.filename is not None \
-            and exc.strerror and str(exc.filename) not in (exc.strerror or ""):
+    if (
+        isinstance(exc, OSError)
+        and not isinstance(exc, ValueError)
+        and exc.filename is not None
+        and exc.strerror
+        and str(exc.filename) not in (exc.strerror or "")
+    ):
         return f"{exc.filename}: {exc.strerror}"
     if isinstance(exc, MemoryError):
         return f"out of memory{': ' + str(exc) if str(exc) else ''}"
@@ -426,8 +609,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 (a bug: still one line, with a way to see the traceback)
         if os.environ.get("MOE_REWARD_DEBUG"):
             raise
-        print(f"error: internal error {type(exc).__name__}: {exc} (a bug in moe-reward; run with MOE_REWARD_DEBUG=1 "
-              "for the traceback and please report it)", file=sys.stderr)
+        print(
+            f"error: internal error {type(exc).__name__}: {exc} (a bug in moe-reward; run with MOE_REWARD_DEBUG=1 "
+            "for the traceback and please report it)",
+            file=sys.stderr,
+        )
         return 3
 
 

@@ -1,14 +1,14 @@
 """The dashboard's operations on the command line: workspace, default model, maps, routing, labels.
 
-    moe-reward build-default                 features + default sparse model + PCA map (as the app's first start)
-    moe-reward workspace                     models, data files, experiments and label counts
-    moe-reward project --model M --data D    2-D map (pca now, umap cached) -> CSV          (Expert map)
-    moe-reward routing-stats ...             utilization, entropy, group x expert, filters   (Routing statistics)
-    moe-reward select ... --out F            export filtered pairs with routing weights     (Expert map selection)
-    moe-reward expert --expert K ...         top-routed pairs, margins, agreement            (Expert detail)
-    moe-reward compare --model A --other B   accuracy, NMI and the pairs they disagree on    (Compare models)
-    moe-reward label ...                     store one label in a stored profile (--undo)     (Personalize)
-    moe-reward labels --out F                export stored labels (and `--profiles` to list profiles)
+moe-reward build-default                 features + default sparse model + PCA map (as the app's first start)
+moe-reward workspace                     models, data files, experiments and label counts
+moe-reward project --model M --data D    2-D map (pca now, umap cached) -> CSV          (Expert map)
+moe-reward routing-stats ...             utilization, entropy, group x expert, filters   (Routing statistics)
+moe-reward select ... --out F            export filtered pairs with routing weights     (Expert map selection)
+moe-reward expert --expert K ...         top-routed pairs, margins, agreement            (Expert detail)
+moe-reward compare --model A --other B   accuracy, NMI and the pairs they disagree on    (Compare models)
+moe-reward label ...                     store one label in a stored profile (--undo)     (Personalize)
+moe-reward labels --out F                export stored labels (and `--profiles` to list profiles)
 """
 
 from __future__ import annotations
@@ -28,13 +28,19 @@ CLI_SESSION = "cli"  # the session name of labels stored from the command line (
 
 
 def register(subparsers) -> None:
-    b = subparsers.add_parser("build-default", help="build the dashboard's default model on the controlled data "
-                              "and precompute its Expert map views")
+    b = subparsers.add_parser(
+        "build-default",
+        help="build the dashboard's default model on the controlled data and precompute its Expert map views",
+    )
     b.add_argument("--force", action="store_true", help="rebuild even if it exists")
-    b.add_argument("--no-umap", action="store_true", help="precompute only the instant map views (skip UMAP, ~30 s)")
+    b.add_argument(
+        "--no-umap", action="store_true", help="precompute only the instant map views (skip UMAP, ~30 s)"
+    )
     b.set_defaults(func=cmd_build_default)
 
-    w = subparsers.add_parser("workspace", help="list the workspace's models, data files, experiments and labels")
+    w = subparsers.add_parser(
+        "workspace", help="list the workspace's models, data files, experiments and labels"
+    )
     w.set_defaults(func=cmd_workspace)
 
     def model_data(sp):
@@ -44,10 +50,14 @@ def register(subparsers) -> None:
     def filters(sp):
         sp.add_argument("--group", action="append", default=None, help="keep these groups (repeatable)")
         sp.add_argument("--correct", choices=["all", "yes", "no"], default="all")
-        sp.add_argument("--min-confidence", type=float, default=0.0, help="weight of the top expert, at least")
+        sp.add_argument(
+            "--min-confidence", type=float, default=0.0, help="weight of the top expert, at least"
+        )
         sp.add_argument("--max-confidence", type=float, default=1.0)
 
-    p = subparsers.add_parser("project", help="2-D map of prompt or pair embeddings (PCA, or UMAP cached on disk)")
+    p = subparsers.add_parser(
+        "project", help="2-D map of prompt or pair embeddings (PCA, or UMAP cached on disk)"
+    )
     model_data(p)
     p.add_argument("--method", choices=["pca", "umap"], default="pca")
     p.add_argument("--source", choices=["prompt", "pair"], default="prompt")
@@ -55,10 +65,14 @@ def register(subparsers) -> None:
     p.add_argument("--min-dist", type=float, default=0.1)
     p.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="CSV of id, x, y, top_expert, group, margin (default: print a summary)")
+    p.add_argument(
+        "--out", default=None, help="CSV of id, x, y, top_expert, group, margin (default: print a summary)"
+    )
     p.set_defaults(func=cmd_project)
 
-    r = subparsers.add_parser("routing-stats", help="expert utilization, entropy, group x expert, co-activation")
+    r = subparsers.add_parser(
+        "routing-stats", help="expert utilization, entropy, group x expert, co-activation"
+    )
     model_data(r)
     filters(r)
     r.add_argument("--json", default=None, help="also write the statistics here")
@@ -83,26 +97,42 @@ def register(subparsers) -> None:
     c.add_argument("--out", default=None, help="CSV of the disagreements")
     c.set_defaults(func=cmd_compare)
 
-    lab = subparsers.add_parser("label", help="store one label in the workspace's profile (or undo this command "
-                                "line's newest one)")
+    lab = subparsers.add_parser(
+        "label", help="store one label in the workspace's profile (or undo this command line's newest one)"
+    )
     model_data(lab)
     lab.add_argument("--annotator", required=True)
     lab.add_argument("--profile", default="default")
     lab.add_argument("--adapter", default="hedge", choices=ADAPTER_NAMES, help="for a new profile")
-    lab.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="adapter parameter of a new profile, e.g. eta=0.3 (repeatable)")
+    lab.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="adapter parameter of a new profile, e.g. eta=0.3 (repeatable)",
+    )
     lab.add_argument("--pair", default=None, help="pair id in --data")
-    lab.add_argument("--prefer", choices=["chosen", "rejected"],
-                     help="which of the pair's two responses this annotator prefers")
-    lab.add_argument("--undo", action="store_true", help="delete the newest label stored from the command line in "
-                     "this profile (labels of dashboard sessions are never touched)")
+    lab.add_argument(
+        "--prefer",
+        choices=["chosen", "rejected"],
+        help="which of the pair's two responses this annotator prefers",
+    )
+    lab.add_argument(
+        "--undo",
+        action="store_true",
+        help="delete the newest label stored from the command line in "
+        "this profile (labels of dashboard sessions are never touched)",
+    )
     lab.set_defaults(func=cmd_label)
 
     ls = subparsers.add_parser("labels", help="export the workspace's stored labels (JSONL) or list profiles")
     ls.add_argument("--annotator", default=None)
     ls.add_argument("--out", default=None, help="JSONL file (default: print a count per annotator)")
-    ls.add_argument("--profiles", action="store_true", help="list profiles with their weights (rebuilt from their "
-                    "labels) instead")
+    ls.add_argument(
+        "--profiles",
+        action="store_true",
+        help="list profiles with their weights (rebuilt from their labels) instead",
+    )
     ls.set_defaults(func=cmd_labels)
 
 
@@ -112,7 +142,9 @@ def register(subparsers) -> None:
 def _bar(desc: str):
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}] {postfix}")
+    bar = tqdm(
+        total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}] {postfix}"
+    )
 
     def stage(msg: str, frac: float) -> None:
         bar.n = round(100 * min(max(frac, 0.0), 1.0))
@@ -142,11 +174,15 @@ def _load(args, model_arg: str | None = None):
     _, stage = _bar("features")
     feats = ws.features_for(args.data, spec, progress=stage)
     if feats.dim != model.config.input_dim:
-        raise ValueError(f"{args.data}: {feats.dim}-d features, but the model expects {model.config.input_dim}-d")
+        raise ValueError(
+            f"{args.data}: {feats.dim}-d features, but the model expects {model.config.input_dim}-d"
+        )
     return ws, model_dir, model, feats, score_pairs(model, feats)
 
 
-def filter_mask(feats, scores, groups=None, correct="all", min_conf=0.0, max_conf=1.0, expert=None) -> np.ndarray:
+def filter_mask(
+    feats, scores, groups=None, correct="all", min_conf=0.0, max_conf=1.0, expert=None
+) -> np.ndarray:
     """The Routing statistics / Expert map filters, as one boolean mask over the pairs."""
     from ..evaluate.metrics import groups_of
 
@@ -166,9 +202,15 @@ def _pair_rows(feats, scores, index) -> list[dict]:
     rows = []
     for i in index:
         p = feats.pairs[i]
-        rows.append({**{k: v for k, v in p.to_dict().items() if k != "meta"}, "margin": round(float(scores.margin[i]), 6),
-                     "correct": bool(scores.correct[i]), "top_expert": int(scores.top_expert[i]),
-                     "routing": scores.routing[i].round(6).tolist()})
+        rows.append(
+            {
+                **{k: v for k, v in p.to_dict().items() if k != "meta"},
+                "margin": round(float(scores.margin[i]), 6),
+                "correct": bool(scores.correct[i]),
+                "top_expert": int(scores.top_expert[i]),
+                "routing": scores.routing[i].round(6).tolist(),
+            }
+        )
     return rows
 
 
@@ -176,8 +218,13 @@ def _write_rows(rows: list[dict], out: str) -> None:
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".csv":
-        flat = [{**{k: v for k, v in r.items() if k != "routing"},
-                 **{f"w_E{k}": w for k, w in enumerate(r.get("routing", []))}} for r in rows]
+        flat = [
+            {
+                **{k: v for k, v in r.items() if k != "routing"},
+                **{f"w_E{k}": w for k, w in enumerate(r.get("routing", []))},
+            }
+            for r in rows
+        ]
         with open_atomic(path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(flat[0]) if flat else ["id"])
             writer.writeheader()
@@ -204,12 +251,20 @@ def cmd_build_default(args) -> int:
     data = ws.default_data_path()
     model = load_model(out)
     feats = ws.features_for(data, backbone_spec_for(model))
-    views = precompute_views(feats, score_pairs(model, feats), ws.projections_dir, (file_id(out), file_id(data)),
-                             umap=not args.no_umap, progress=lambda m, f: stage(m, 0.5 + 0.5 * f))
+    views = precompute_views(
+        feats,
+        score_pairs(model, feats),
+        ws.projections_dir,
+        (file_id(out), file_id(data)),
+        umap=not args.no_umap,
+        progress=lambda m, f: stage(m, 0.5 + 0.5 * f),
+    )
     bar.close()
     computed = [v for v in views if not v.cached]
-    print(f"default model ready: {out}; map views: {len(views)} ({len(computed)} computed in "
-          f"{sum(v.seconds for v in computed):.1f}s, the rest from the cache)")
+    print(
+        f"default model ready: {out}; map views: {len(views)} ({len(computed)} computed in "
+        f"{sum(v.seconds for v in computed):.1f}s, the rest from the cache)"
+    )
     return 0
 
 
@@ -251,8 +306,10 @@ def cmd_workspace(args) -> int:
     try:
         store = _open_store(ws)
         if store is not None:
-            print(f"labels: {store.count_labels()} from {len(store.annotators())} annotators"
-                  + (" (read-only: no label can be added here)" if store.read_only else ""))
+            print(
+                f"labels: {store.count_labels()} from {len(store.annotators())} annotators"
+                + (" (read-only: no label can be added here)" if store.read_only else "")
+            )
     except (StoreError, sqlite3.Error) as exc:
         return _store_error(f"{ws.labels_db}: {exc}")
     return 0
@@ -263,16 +320,34 @@ def cmd_project(args) -> int:
     from ..evaluate.projection import ProjectionParams, project
 
     ws, model_dir, _model, feats, scores = _load(args)
-    params = ProjectionParams(args.method, args.source, args.n_neighbors, args.min_dist, args.metric, args.seed)
+    params = ProjectionParams(
+        args.method, args.source, args.n_neighbors, args.min_dist, args.metric, args.seed
+    )
     bar, stage = _bar(args.method)
-    proj = project(feats, params, ws.projections_dir, (file_id(model_dir), file_id(args.data)), progress=stage)
+    proj = project(
+        feats, params, ws.projections_dir, (file_id(model_dir), file_id(args.data)), progress=stage
+    )
     bar.close()
-    print(f"{params.method} of {len(feats)} {params.source} embeddings: "
-          + ("from the cache" if proj.cached else f"computed in {proj.seconds:.1f}s, cached under {ws.projections_dir}"))
+    print(
+        f"{params.method} of {len(feats)} {params.source} embeddings: "
+        + (
+            "from the cache"
+            if proj.cached
+            else f"computed in {proj.seconds:.1f}s, cached under {ws.projections_dir}"
+        )
+    )
     if args.out:
-        rows = [{"id": p.id, "x": float(proj.coords[i, 0]), "y": float(proj.coords[i, 1]),
-                 "top_expert": int(scores.top_expert[i]), "group": p.group or "", "margin": float(scores.margin[i])}
-                for i, p in enumerate(feats.pairs)]
+        rows = [
+            {
+                "id": p.id,
+                "x": float(proj.coords[i, 0]),
+                "y": float(proj.coords[i, 1]),
+                "top_expert": int(scores.top_expert[i]),
+                "group": p.group or "",
+                "margin": float(scores.margin[i]),
+            }
+            for i, p in enumerate(feats.pairs)
+        ]
         _write_rows(rows, args.out if args.out.endswith((".csv", ".jsonl")) else args.out + ".csv")
         print(f"wrote {args.out}")
     return 0
@@ -288,9 +363,14 @@ def cmd_routing_stats(args) -> int:
         print("no pair matches the filters", file=sys.stderr)
         return 1
     ev = evaluate(model, feats.subset(idx), scores.subset(idx))
-    print(f"{len(idx)} of {len(feats)} pairs; accuracy {ev['accuracy']:.4f}, routing entropy {ev['routing_entropy']:.4f} "
-          f"(normalized {ev['routing_entropy_normalized']:.3f}), active experts per pair {ev['active_experts_per_pair']:.2f}")
-    print("utilization (top-1 share): " + " ".join(f"E{k} {u:.3f}" for k, u in enumerate(ev["expert_utilization"])))
+    print(
+        f"{len(idx)} of {len(feats)} pairs; accuracy {ev['accuracy']:.4f}, routing entropy {ev['routing_entropy']:.4f} "
+        f"(normalized {ev['routing_entropy_normalized']:.3f}), active experts per pair {ev['active_experts_per_pair']:.2f}"
+    )
+    print(
+        "utilization (top-1 share): "
+        + " ".join(f"E{k} {u:.3f}" for k, u in enumerate(ev["expert_utilization"]))
+    )
     print("mean routing weight:       " + " ".join(f"E{k} {u:.3f}" for k, u in enumerate(ev["expert_load"])))
     if ev["group_expert_counts"]:
         print("group x top expert:")
@@ -310,7 +390,9 @@ def cmd_routing_stats(args) -> int:
 
 def cmd_select(args) -> int:
     _, _, _, feats, scores = _load(args)
-    mask = filter_mask(feats, scores, args.group, args.correct, args.min_confidence, args.max_confidence, args.expert)
+    mask = filter_mask(
+        feats, scores, args.group, args.correct, args.min_confidence, args.max_confidence, args.expert
+    )
     rows = _pair_rows(feats, scores, np.flatnonzero(mask))
     _write_rows(rows, args.out)
     print(f"wrote {len(rows)} pairs to {args.out}")
@@ -325,8 +407,10 @@ def cmd_expert(args) -> int:
     if not 0 <= k < model.num_experts:
         raise ValueError(f"--expert must be in [0, {model.num_experts - 1}]")
     routed = scores.routing[:, k] > 0
-    print(f"E{k}: routed {int(routed.sum())} pairs, top expert for {(scores.top_expert == k).mean():.1%}, "
-          f"accuracy where routed {scores.expert_correct[routed, k].mean() if routed.any() else float('nan'):.3f}")
+    print(
+        f"E{k}: routed {int(routed.sum())} pairs, top expert for {(scores.top_expert == k).mean():.1%}, "
+        f"accuracy where routed {scores.expert_correct[routed, k].mean() if routed.any() else float('nan'):.3f}"
+    )
     print("highest routing weight:")
     for i in np.argsort(-scores.routing[:, k], kind="stable")[: args.top]:
         print(f"  {scores.routing[i, k]:.3f}  {feats.pairs[i].id}  {feats.pairs[i].prompt[:70]!r}")
@@ -356,8 +440,16 @@ def cmd_compare(args) -> int:
     idx = disagreements(a, b)
     print(f"{int((a.correct != b.correct).sum())} pairs where exactly one of them is right")
     if args.out:
-        rows = [{"id": feats.pairs[i].id, "group": feats.pairs[i].group or "", "a_prob_chosen": float(a.prob_chosen[i]),
-                 "b_prob_chosen": float(b.prob_chosen[i]), "prompt": feats.pairs[i].prompt} for i in idx]
+        rows = [
+            {
+                "id": feats.pairs[i].id,
+                "group": feats.pairs[i].group or "",
+                "a_prob_chosen": float(a.prob_chosen[i]),
+                "b_prob_chosen": float(b.prob_chosen[i]),
+                "prompt": feats.pairs[i].prompt,
+            }
+            for i in idx
+        ]
         _write_rows(rows, args.out)
         print(f"wrote {len(rows)} disagreements to {args.out}")
     return 0
@@ -393,17 +485,28 @@ def cmd_label(args) -> int:
             raise ValueError(f"no pair {args.pair!r} in {args.data}")
         i = ids.index(args.pair)
         margins, logits = expert_margins_for(model, feats)
-        spec = new_profile_spec(args.adapter, model.num_experts, prior_from_routing(scores.routing),
-                                margin_scale=margin_scale_for(margins), **_parse_params(args.param))
+        spec = new_profile_spec(
+            args.adapter,
+            model.num_experts,
+            prior_from_routing(scores.routing),
+            margin_scale=margin_scale_for(margins),
+            **_parse_params(args.param),
+        )
         rec = store.get_or_create_profile(args.annotator, args.profile, model_dir.name, args.adapter, spec)
         if rec.profile.get("num_experts") not in (None, model.num_experts):
-            raise ValueError(f"profile {args.annotator}/{args.profile} is over {rec.profile.get('num_experts')} experts, "
-                             f"{model_dir.name} has {model.num_experts}")
+            raise ValueError(
+                f"profile {args.annotator}/{args.profile} is over {rec.profile.get('num_experts')} experts, "
+                f"{model_dir.name} has {model.num_experts}"
+            )
         p = feats.pairs[i]
         prefer_chosen = args.prefer == "chosen"
         pref, other = (p.chosen, p.rejected) if prefer_chosen else (p.rejected, p.chosen)
-        label_id = store.record_label(Label(args.annotator, p.id, p.prompt, pref, other, profile_id=rec.id),
-                                      margins[i] if prefer_chosen else -margins[i], logits[i], session=CLI_SESSION)
+        label_id = store.record_label(
+            Label(args.annotator, p.id, p.prompt, pref, other, profile_id=rec.id),
+            margins[i] if prefer_chosen else -margins[i],
+            logits[i],
+            session=CLI_SESSION,
+        )
         state = store.load_profile(rec.id)
     except DuplicateLabel as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -411,8 +514,10 @@ def cmd_label(args) -> int:
     except (StoreError, sqlite3.Error) as exc:
         return _store_error(exc)
     a = state.adapter
-    print(f"label #{label_id} stored; profile {args.annotator}/{args.profile} ({a.name}, {a.n_labels} labels): "
-          + " ".join(f"E{k} {w:.3f}" for k, w in enumerate(a.weights)))
+    print(
+        f"label #{label_id} stored; profile {args.annotator}/{args.profile} ({a.name}, {a.n_labels} labels): "
+        + " ".join(f"E{k} {w:.3f}" for k, w in enumerate(a.weights))
+    )
     return 0
 
 
@@ -431,11 +536,16 @@ def cmd_labels(args) -> int:
                 try:
                     state = store.load_profile(p.id)
                     w = state.adapter.weights.tolist()
-                    note = f"  ({state.unusable} labels without margins not replayed)" if state.unusable else ""
+                    note = (
+                        f"  ({state.unusable} labels without margins not replayed)" if state.unusable else ""
+                    )
                 except (ValueError, KeyError, TypeError) as exc:
                     w, note = [], f"  (cannot rebuild: {exc})"
-                print(f"{p.annotator}/{p.name}  model={p.model}  adapter={p.adapter}  labels={store.count_labels(p.id)}  "
-                      + " ".join(f"E{k} {x:.3f}" for k, x in enumerate(w)) + note)
+                print(
+                    f"{p.annotator}/{p.name}  model={p.model}  adapter={p.adapter}  labels={store.count_labels(p.id)}  "
+                    + " ".join(f"E{k} {x:.3f}" for k, x in enumerate(w))
+                    + note
+                )
             return 0
         labels = store.labels(annotator=args.annotator)
     except (StoreError, sqlite3.Error) as exc:

@@ -9,9 +9,14 @@ def register(subparsers) -> None:
     r = subparsers.add_parser("report", help="write a self-contained HTML report of a model (+ PNG figures)")
     r.add_argument("--model", required=True, help="a model directory, or a model name in the workspace")
     r.add_argument("--out", required=True, help="the HTML file to write")
-    r.add_argument("--data", default=None,
-                   help="data to evaluate on (default: the data the model was trained on, from its metrics.json)")
-    r.add_argument("--no-png", action="store_true", help="skip the PNG figures (they need kaleido and a Chromium)")
+    r.add_argument(
+        "--data",
+        default=None,
+        help="data to evaluate on (default: the data the model was trained on, from its metrics.json)",
+    )
+    r.add_argument(
+        "--no-png", action="store_true", help="skip the PNG figures (they need kaleido and a Chromium)"
+    )
     r.set_defaults(func=cmd_report)
 
 
@@ -45,6 +50,14 @@ def cmd_report(args) -> int:
         except (ValueError, FileNotFoundError):
             same = None
     result = build_report(model_dir, data, args.out, same_file=same, pngs=not args.no_png)
-    print(f"wrote {result.html}" + (f" and {len(result.pngs)} PNG figures in {result.pngs[0].parent}" if result.pngs
-                                    else "" if args.no_png else f" (no PNG figures: {result.png_error})"))
+    print(
+        f"wrote {result.html}"
+        + (
+            f" and {len(result.pngs)} PNG figures in {result.pngs[0].parent}"
+            if result.pngs
+            else ""
+            if args.no_png
+            else f" (no PNG figures: {result.png_error})"
+        )
+    )
     return 0

@@ -55,8 +55,9 @@ def write_with(path: str | Path, write: Callable[[str], None]) -> Path:
 
 
 @contextlib.contextmanager
-def open_atomic(path: str | Path, mode: str = "w", encoding: str | None = "utf-8",
-                newline: str | None = None) -> Iterator[IO]:
+def open_atomic(
+    path: str | Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None
+) -> Iterator[IO]:
     """``with open_atomic(path) as fh: ...``: a file object whose content replaces `path` only when the
     block finishes without an exception (streaming writers: CSV, JSONL)."""
     if mode not in ("w", "wb"):

@@ -46,9 +46,23 @@ from .controlled_content import KEEP_CASE, QUESTIONS
 from .text_features import AXES as _FEATURE_AXES
 
 __all__ = [
-    "AXES", "POLES", "OPPOSITE", "POLE_AXIS", "CUES", "CUE_TEMPLATES",
-    "PERSONAS", "QUESTIONS", "TOPICS", "DEFAULT_PATH", "generate", "render",
-    "persona_utility", "write", "dumps", "stats", "main",
+    "AXES",
+    "POLES",
+    "OPPOSITE",
+    "POLE_AXIS",
+    "CUES",
+    "CUE_TEMPLATES",
+    "PERSONAS",
+    "QUESTIONS",
+    "TOPICS",
+    "DEFAULT_PATH",
+    "generate",
+    "render",
+    "persona_utility",
+    "write",
+    "dumps",
+    "stats",
+    "main",
 ]
 
 # ----------------------------------------------------------------- constants
@@ -215,7 +229,10 @@ _OPENERS = {
     ],
     ("casual", "concise"): ["Hey!", "Hey there!", "Sure thing!", "Oh, sure!", "Alright!", "Okay, so!"],
     ("casual", "detailed"): [
-        "Hey!", "Hey there!", "Sure thing!", "Alright, here goes!",
+        "Hey!",
+        "Hey there!",
+        "Sure thing!",
+        "Alright, here goes!",
         "Okay, so here's the deal!",
     ],
 }
@@ -229,7 +246,9 @@ _CLOSERS = {
     ],
     ("casual", "concise"): ["That's the gist!", "That's pretty much it!", "Yep, that's about it!"],
     ("casual", "detailed"): [
-        "That's pretty much it!", "And that's the gist!", "So yeah, that's the story!",
+        "That's pretty much it!",
+        "And that's the gist!",
+        "So yeah, that's the story!",
         "Yep, that's about it!",
     ],
 }
@@ -247,8 +266,11 @@ _WARM_OPEN = {
         "I am glad you asked about this.",
     ],
     ("casual", "concise"): [
-        "Great question!", "Ooh, great question!", "Totally get it!",
-        "Love that you asked!", "No worries, happy to help!",
+        "Great question!",
+        "Ooh, great question!",
+        "Totally get it!",
+        "Love that you asked!",
+        "No worries, happy to help!",
     ],
     ("casual", "detailed"): [
         "Great question!",
@@ -281,7 +303,10 @@ _STEP_INTROS = {
     ],
     ("casual", "concise"): ["Here's the rundown:", "Quick rundown:", "Here's the gist:"],
     ("casual", "detailed"): [
-        "Here's the rundown:", "Here's how it breaks down:", "Here's the gist:", "Okay, so:",
+        "Here's the rundown:",
+        "Here's how it breaks down:",
+        "Here's the gist:",
+        "Okay, so:",
     ],
 }
 # Detailed answers vary how the caveat is introduced. Caveats that open with
@@ -312,15 +337,27 @@ _CODE_LEADS = {
 
 # Casual register: contract the neutral content (outside code spans).
 _CONTRACTIONS = [
-    (r"\bdo not\b", "don't"), (r"\bdoes not\b", "doesn't"), (r"\bdid not\b", "didn't"),
-    (r"\bis not\b", "isn't"), (r"\bare not\b", "aren't"), (r"\bwas not\b", "wasn't"),
-    (r"\bcannot\b", "can't"), (r"\bwill not\b", "won't"), (r"\bshould not\b", "shouldn't"),
-    (r"\bwould not\b", "wouldn't"), (r"\bcould not\b", "couldn't"),
-    (r"\bhave not\b", "haven't"), (r"\bhas not\b", "hasn't"),
-    (r"\bit is\b(?![.,;:!?])", "it's"), (r"\bthat is\b(?![.,;:!?])", "that's"),
-    (r"\bthere is\b(?![.,;:!?])", "there's"), (r"\byou are\b(?![.,;:!?])", "you're"),
-    (r"\byou will\b", "you'll"), (r"\bI am\b(?![.,;:!?])", "I'm"),
-    (r"\bwe are\b(?![.,;:!?])", "we're"), (r"\bthey are\b(?![.,;:!?])", "they're"),
+    (r"\bdo not\b", "don't"),
+    (r"\bdoes not\b", "doesn't"),
+    (r"\bdid not\b", "didn't"),
+    (r"\bis not\b", "isn't"),
+    (r"\bare not\b", "aren't"),
+    (r"\bwas not\b", "wasn't"),
+    (r"\bcannot\b", "can't"),
+    (r"\bwill not\b", "won't"),
+    (r"\bshould not\b", "shouldn't"),
+    (r"\bwould not\b", "wouldn't"),
+    (r"\bcould not\b", "couldn't"),
+    (r"\bhave not\b", "haven't"),
+    (r"\bhas not\b", "hasn't"),
+    (r"\bit is\b(?![.,;:!?])", "it's"),
+    (r"\bthat is\b(?![.,;:!?])", "that's"),
+    (r"\bthere is\b(?![.,;:!?])", "there's"),
+    (r"\byou are\b(?![.,;:!?])", "you're"),
+    (r"\byou will\b", "you'll"),
+    (r"\bI am\b(?![.,;:!?])", "I'm"),
+    (r"\bwe are\b(?![.,;:!?])", "we're"),
+    (r"\bthey are\b(?![.,;:!?])", "they're"),
 ]
 _CONTRACTIONS_RX = [(re.compile(p, re.IGNORECASE), r) for p, r in _CONTRACTIONS]
 _INLINE_CODE = re.compile(r"(`[^`\n]+`)")
@@ -329,6 +366,7 @@ _INLINE_CODE = re.compile(r"(`[^`\n]+`)")
 def _match_case(repl: str):
     def sub(m: re.Match[str]) -> str:
         return repl[0].upper() + repl[1:] if m.group(0)[0].isupper() else repl
+
     return sub
 
 
@@ -418,7 +456,7 @@ def render(question: Mapping, attrs: Mapping[str, str], seed: int = 0) -> str:
         if not concise:
             for start, variants in _CAVEAT_REWRITES.items():
                 if caveat.startswith(start):
-                    caveat = rng.choice(variants[reg]) + caveat[len(start):]
+                    caveat = rng.choice(variants[reg]) + caveat[len(start) :]
                     break
             else:
                 lead_in = rng.choice(_CAVEAT_LEADS[reg])
@@ -544,8 +582,14 @@ def generate(seed: int = 0, noise: float = 0.0) -> list[dict]:
                         if (prompt, c_text, r_text) not in seen:
                             break
                     seen.add((prompt, c_text, r_text))
-                    base = add(prompt, c_text, r_text, pole, None,
-                               meta(q, axis, pole, _cue_phrase(tpl), chosen_attrs, rejected_attrs))
+                    base = add(
+                        prompt,
+                        c_text,
+                        r_text,
+                        pole,
+                        None,
+                        meta(q, axis, pole, _cue_phrase(tpl), chosen_attrs, rejected_attrs),
+                    )
                     if rng.random() < REVERSAL_RATE:
                         for _ in range(10):
                             tpl2 = rng.choice(CUE_TEMPLATES[opp])
@@ -555,8 +599,14 @@ def generate(seed: int = 0, noise: float = 0.0) -> list[dict]:
                         else:
                             continue  # no fresh mirror prompt; keep the pair unmirrored
                         seen.add((prompt2, r_text, c_text))
-                        mirror = add(prompt2, r_text, c_text, opp, None,
-                                     meta(q, axis, opp, _cue_phrase(tpl2), rejected_attrs, chosen_attrs))
+                        mirror = add(
+                            prompt2,
+                            r_text,
+                            c_text,
+                            opp,
+                            None,
+                            meta(q, axis, opp, _cue_phrase(tpl2), rejected_attrs, chosen_attrs),
+                        )
                         base["meta"]["reversal_of"] = mirror["id"]
                         mirror["meta"]["reversal_of"] = base["id"]
 
@@ -585,9 +635,14 @@ def generate(seed: int = 0, noise: float = 0.0) -> list[dict]:
             noisy = noise_rng.random() < noise
             if noisy:
                 a, b, ua, ub = b, a, ub, ua
-            add(phrasing, text(q, a), text(q, b), "persona", name,
-                meta(q, None, None, None, a, b, noisy=noisy,
-                     utility={"chosen": ua, "rejected": ub}))
+            add(
+                phrasing,
+                text(q, a),
+                text(q, b),
+                "persona",
+                name,
+                meta(q, None, None, None, a, b, noisy=noisy, utility={"chosen": ua, "rejected": ub}),
+            )
             count += 1
     return records
 
@@ -644,8 +699,9 @@ def stats(records: Sequence[Mapping]) -> dict:
         "unique_prompts": len(prompts),
         "unique_responses": len(responses),
         "unique_texts": len(prompts | responses),
-        "unique_prompt_response": len({(r["prompt"], t) for r in records
-                                       for t in (r["chosen"], r["rejected"])}),
+        "unique_prompt_response": len(
+            {(r["prompt"], t) for r in records for t in (r["chosen"], r["rejected"])}
+        ),
         "response_words_min": min(words) if words else 0,
         "response_words_max": max(words) if words else 0,
         "response_words_mean": round(sum(words) / len(words), 1) if words else 0.0,
@@ -659,10 +715,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", help=f"output JSONL path (default: {DEFAULT_PATH})")
     parser.add_argument("--seed", type=int, default=0, help="RNG seed (default 0)")
-    parser.add_argument("--noise", type=float, default=0.0,
-                        help="label-flip rate for persona pairs (default 0.0)")
-    parser.add_argument("--check", metavar="PATH",
-                        help="regenerate in memory and exit 1 if PATH differs")
+    parser.add_argument(
+        "--noise", type=float, default=0.0, help="label-flip rate for persona pairs (default 0.0)"
+    )
+    parser.add_argument("--check", metavar="PATH", help="regenerate in memory and exit 1 if PATH differs")
     parser.add_argument("--stats", action="store_true", help="print dataset counts as JSON")
     args = parser.parse_args(argv)
 
@@ -680,9 +736,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if actual == expected:
             print(f"OK: {args.check} matches the generator ({len(records)} records)")
         else:
-            print(f"MISMATCH: {args.check} differs from the generator output; "
-                  f"regenerate with: python -m moe_reward.controlled --out {args.check}",
-                  file=sys.stderr)
+            print(
+                f"MISMATCH: {args.check} differs from the generator output; "
+                f"regenerate with: python -m moe_reward.controlled --out {args.check}",
+                file=sys.stderr,
+            )
             status = 1
     if args.out or not (args.check or args.stats):
         path = write(args.out or DEFAULT_PATH, records)

@@ -60,8 +60,10 @@ def _describe_errors(errors: list[RowError], total_rows: int | None) -> str:
     if rows:
         n = len(rows)
         if total_rows is not None and total_rows > n:
-            head = (f"{n} of {total_rows} rows are malformed (pass skip_bad=True / --skip-bad to drop them and keep "
-                    f"the other {total_rows - n}):")
+            head = (
+                f"{n} of {total_rows} rows are malformed (pass skip_bad=True / --skip-bad to drop them and keep "
+                f"the other {total_rows - n}):"
+            )
         elif total_rows is not None:
             head = f"all {n} rows are malformed:" if n > 1 else "the only row is malformed:"
         else:
@@ -106,8 +108,10 @@ def _check_encodable(text: str, name: str | None) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise _RowProblem(name, f"lone surrogate \\u{ord(text[exc.start]):04x} at character {exc.start} "
-                                "(not encodable as UTF-8)") from None
+        raise _RowProblem(
+            name,
+            f"lone surrogate \\u{ord(text[exc.start]):04x} at character {exc.start} (not encodable as UTF-8)",
+        ) from None
     return text
 
 
@@ -131,7 +135,9 @@ def _message(m: Any, i: int, name: str) -> tuple[str, str]:
     if not isinstance(role, str):
         raise _RowProblem(name, f"message {i} has no role (expected one of {', '.join(CHAT_ROLES)})")
     if role not in CHAT_ROLES:
-        raise _RowProblem(name, f"message {i} has unknown role {role[:40]!r} (expected one of {', '.join(CHAT_ROLES)})")
+        raise _RowProblem(
+            name, f"message {i} has unknown role {role[:40]!r} (expected one of {', '.join(CHAT_ROLES)})"
+        )
     if not isinstance(content, str):
         raise _RowProblem(name, f"message {i} content is not text")
     return role, _check_encodable(content, name)
@@ -153,8 +159,9 @@ def _split_conversation(prompt_msgs: list, completion: list, name: str) -> tuple
         raise _RowProblem(name, "empty message list")
     role, content = _message(completion[-1], len(completion) - 1, name)
     if role != "assistant":
-        raise _RowProblem(name, f"the response turn (message {len(completion) - 1}) has role {role!r}, "
-                                "expected 'assistant'")
+        raise _RowProblem(
+            name, f"the response turn (message {len(completion) - 1}) has role {role!r}, expected 'assistant'"
+        )
     if not content.strip():
         raise _RowProblem(name, "empty")
     return list(prompt_msgs) + list(completion[:-1]), content
@@ -170,8 +177,11 @@ def _hh_split(chosen: str, rejected: str) -> tuple[str, str, str]:
         n = 0
         while n < min(len(prompt_c), len(prompt_r)) and prompt_c[n] == prompt_r[n]:
             n += 1
-        raise _RowProblem("rejected", f"dialogue differs from chosen before the last '\\n\\nAssistant:' turn "
-                                      f"(from character {n}): the two responses must answer the same dialogue")
+        raise _RowProblem(
+            "rejected",
+            f"dialogue differs from chosen before the last '\\n\\nAssistant:' turn "
+            f"(from character {n}): the two responses must answer the same dialogue",
+        )
     return prompt_c.strip(), chosen[len(prompt_c) :].strip(), rejected[len(prompt_c) :].strip()
 
 
@@ -235,8 +245,11 @@ def normalize_row(row: dict[str, Any], default_id: str) -> PreferencePair:
         context, chosen = _split_conversation(prompt_msgs, chosen_raw, "chosen")
         context_r, rejected = _split_conversation(prompt_msgs, rejected_raw, "rejected")
         if context != context_r:
-            raise _RowProblem("rejected", "conversation differs from chosen before the response turn: the two "
-                                          "responses must answer the same messages")
+            raise _RowProblem(
+                "rejected",
+                "conversation differs from chosen before the response turn: the two "
+                "responses must answer the same messages",
+            )
         if not context:
             raise _RowProblem("prompt", "missing (no prompt messages before the response)")
         prompt = _messages_text(context, "prompt")
@@ -255,8 +268,15 @@ def normalize_row(row: dict[str, Any], default_id: str) -> PreferencePair:
     group, user = _optional_label(row.get("group"), "group"), _optional_label(row.get("user"), "user")
     rid = _optional_label(row.get("id"), "id")
     meta = _meta(row, {"prompt", "chosen", "rejected", "group", "user", "id", "meta"})
-    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, group=group, user=user,
-                          id=rid if rid is not None else default_id, meta=meta)
+    return PreferencePair(
+        prompt=prompt,
+        chosen=chosen,
+        rejected=rejected,
+        group=group,
+        user=user,
+        id=rid if rid is not None else default_id,
+        meta=meta,
+    )
 
 
 def _optional_label(value: Any, name: str) -> str | None:
@@ -302,7 +322,9 @@ class _Ids:
     def add(self, pid: str, line: int) -> int | None:
         """The line of an earlier row with this id (now), or None; compact mode answers in `duplicates`."""
         if self.compact:
-            self.hashes.append(int.from_bytes(hashlib.blake2b(pid.encode("utf-8"), digest_size=8).digest(), "little"))
+            self.hashes.append(
+                int.from_bytes(hashlib.blake2b(pid.encode("utf-8"), digest_size=8).digest(), "little")
+            )
             self.lines.append(line)
             return None
         if pid in self.first:
@@ -346,8 +368,11 @@ class _HelpSteer:
         prompt, response = _text(row.get("prompt"), "prompt"), _text(row.get("response"), "response")
         names = self.attrs or [k for k in HELPSTEER_ATTRIBUTES if k in row]
         if not names:
-            raise _RowProblem(None, "no 'chosen'/'rejected' and no rating columns (HelpSteer2-style rows need some "
-                                    f"of {', '.join(HELPSTEER_ATTRIBUTES)})")
+            raise _RowProblem(
+                None,
+                "no 'chosen'/'rejected' and no rating columns (HelpSteer2-style rows need some "
+                f"of {', '.join(HELPSTEER_ATTRIBUTES)})",
+            )
         scores = {}
         for name in names:
             value = row.get(name)
@@ -383,20 +408,31 @@ class _HelpSteer:
                             n += 1
                             if self.keep_text:
                                 hi, lo = (ra, rb) if sa[name] > sb[name] else (rb, ra)
-                                out.append(PreferencePair(prompt, hi, lo, group=name, id=f"hs-{la}-{lb}-{name}",
-                                                          meta={"margin": abs(sa[name] - sb[name])}))
+                                out.append(
+                                    PreferencePair(
+                                        prompt,
+                                        hi,
+                                        lo,
+                                        group=name,
+                                        id=f"hs-{la}-{lb}-{name}",
+                                        meta={"margin": abs(sa[name] - sb[name])},
+                                    )
+                                )
                     tied += not differs
         why = ""
         if self.rows and not n:
-            why = (f"{self.rows} HelpSteer2-style rows (prompt, response, ratings) over {len(self.by_prompt)} prompts "
-                   f"made no pairs: {single} prompts have a single response, {tied} response pairs have equal "
-                   f"ratings on every attribute, {same_text} have identical text; a pair needs two different "
-                   "responses to one prompt whose ratings differ on some attribute")
+            why = (
+                f"{self.rows} HelpSteer2-style rows (prompt, response, ratings) over {len(self.by_prompt)} prompts "
+                f"made no pairs: {single} prompts have a single response, {tied} response pairs have equal "
+                f"ratings on every attribute, {same_text} have identical text; a pair needs two different "
+                "responses to one prompt whose ratings differ on some attribute"
+            )
         return out, n, why
 
 
-def helpsteer_to_pairs(rows: list[tuple[int, dict]], source: str,
-                       attributes: Iterable[str] | None = None) -> tuple[list[PreferencePair], list[RowError]]:
+def helpsteer_to_pairs(
+    rows: list[tuple[int, dict]], source: str, attributes: Iterable[str] | None = None
+) -> tuple[list[PreferencePair], list[RowError]]:
     """HelpSteer2-style rows (prompt, response, attribute ratings) -> one pair per attribute."""
     hs, errors = _HelpSteer(source, attributes, keep_text=True), []
     for lineno, row in rows:
@@ -463,7 +499,9 @@ class _Collector:
             return
         first = self.ids.add(pair.id, lineno)
         if first is not None:
-            self.error(RowError(self.source, lineno, "id", f"duplicate id {pair.id[:60]!r} (first on line {first})"))
+            self.error(
+                RowError(self.source, lineno, "id", f"duplicate id {pair.id[:60]!r} (first on line {first})")
+            )
             return
         self.n_pairs += 1
         if self.keep:
@@ -497,17 +535,25 @@ def _resolve(path: str | Path) -> Path:
     return default_dataset_path() if str(path) == "controlled" else Path(path)
 
 
-def validate_file(path: str | Path, fmt: str | None = None,
-                  on_error: Callable[[RowError], None] | None = None) -> ValidationReport:
+def validate_file(
+    path: str | Path, fmt: str | None = None, on_error: Callable[[RowError], None] | None = None
+) -> ValidationReport:
     """Check every row of a file in one streaming pass (memory independent of the file's size): each
     problem goes to `on_error` as it is found (duplicate ids at the end); returns the counts."""
     path = _resolve(path)
     _check_readable(path)
     col = _Collector(str(path), keep=False, on_error=on_error)
     col.run(reader_for(path, fmt)(path))
-    return ValidationReport(str(path), rows=col.n_rows, pairs=col.n_pairs, errors=col.n_errors,
-                            groups=len(col.groups), users=len(col.users), helpsteer=col.helpsteer is not None,
-                            first_errors=col.errors[:100])
+    return ValidationReport(
+        str(path),
+        rows=col.n_rows,
+        pairs=col.n_pairs,
+        errors=col.n_errors,
+        groups=len(col.groups),
+        users=len(col.users),
+        helpsteer=col.helpsteer is not None,
+        first_errors=col.errors[:100],
+    )
 
 
 def load_pairs(path: str | Path, skip_bad: bool = False, fmt: str | None = None) -> LoadResult:
@@ -602,8 +648,13 @@ def check_split_field(by: str | None, pairs: list[PreferencePair] | None = None)
         raise ValueError(f"no pair has a value for split field {by!r}")
 
 
-def split_pairs(pairs: list[PreferencePair], validation: float = 0.1, test: float = 0.1, seed: int = 0,
-                by: str | None = None) -> Splits:
+def split_pairs(
+    pairs: list[PreferencePair],
+    validation: float = 0.1,
+    test: float = 0.1,
+    seed: int = 0,
+    by: str | None = None,
+) -> Splits:
     """Deterministic split that keeps every pair of one prompt -- or of one value of `by`, e.g.
     ``meta.question_id`` for held-out questions -- on the same side."""
     if not 0 <= validation < 1 or not 0 <= test < 1 or validation + test >= 1:

@@ -75,7 +75,11 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes | None, RowError | None]]:
                 if len(raw) > MAX_ROW_BYTES and not raw.endswith(b"\n"):
                     while raw and not raw.endswith(b"\n"):  # skip the rest of the line, in bounded pieces
                         raw = fh.readline(1 << 20)
-                    yield lineno, None, RowError(str(path), lineno, None, f"line longer than {MAX_ROW_BYTES >> 20} MiB")
+                    yield (
+                        lineno,
+                        None,
+                        RowError(str(path), lineno, None, f"line longer than {MAX_ROW_BYTES >> 20} MiB"),
+                    )
                     continue
             except _STREAM_ERRORS as exc:
                 yield lineno, None, _stream_problem(exc, path, lineno)
@@ -105,14 +109,31 @@ def _read_jsonl(path: Path) -> Rows:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield lineno, None, RowError(str(path), lineno, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
+            yield (
+                lineno,
+                None,
+                RowError(str(path), lineno, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"),
+            )
             continue
         if not line.strip():
             continue
         if first and (line.lstrip().startswith("[") or line.strip() == "{"):
-            what = "starts a JSON array" if line.lstrip().startswith("[") else "opens a JSON object over several lines"
-            yield lineno, None, RowError(str(path), 0, None, f"line {lineno} {what}: this file holds one JSON "
-                                         "document, not JSON Lines (one object per line); rename it to .json")
+            what = (
+                "starts a JSON array"
+                if line.lstrip().startswith("[")
+                else "opens a JSON object over several lines"
+            )
+            yield (
+                lineno,
+                None,
+                RowError(
+                    str(path),
+                    0,
+                    None,
+                    f"line {lineno} {what}: this file holds one JSON "
+                    "document, not JSON Lines (one object per line); rename it to .json",
+                ),
+            )
             return
         first = False
         try:
@@ -216,8 +237,16 @@ def _read_json(path: Path) -> Rows:
                 except ValueError as exc:
                     if isinstance(exc, json.JSONDecodeError):
                         raise
-                    yield 0, None, RowError(str(path), 0, None, f"element {element} (line {line}): {exc}; the rest of "
-                                            "the file was not read")
+                    yield (
+                        0,
+                        None,
+                        RowError(
+                            str(path),
+                            0,
+                            None,
+                            f"element {element} (line {line}): {exc}; the rest of the file was not read",
+                        ),
+                    )
                     return
                 yield element, value, None
             return
@@ -225,21 +254,47 @@ def _read_json(path: Path) -> Rows:
             raise json.JSONDecodeError("Expecting an array of rows or an object", src.buf, src.pos)
         data = src.value(decoder, MAX_JSON_OBJECT_BYTES)
         if src.skip_space():
-            yield 0, None, RowError(str(path), 0, None, f"more JSON after the first object (line {src.line}): this "
-                                    "file holds JSON Lines (one object per line), not one JSON document; rename it to .jsonl")
+            yield (
+                0,
+                None,
+                RowError(
+                    str(path),
+                    0,
+                    None,
+                    f"more JSON after the first object (line {src.line}): this "
+                    "file holds JSON Lines (one object per line), not one JSON document; rename it to .jsonl",
+                ),
+            )
             return
         rows = next((v for v in data.values() if isinstance(v, list)), [data])
         for i, row in enumerate(rows, start=1):
             yield i, row, None
     except json.JSONDecodeError as exc:
         lineno = src.line + src.buf.count("\n", src.pos, exc.pos) if exc.doc is src.buf else src.line
-        yield 0, None, RowError(str(path), 0, None, f"bad JSON at line {lineno}: {exc.msg}; the rest of the file "
-                                "was not read")
+        yield (
+            0,
+            None,
+            RowError(
+                str(path), 0, None, f"bad JSON at line {lineno}: {exc.msg}; the rest of the file was not read"
+            ),
+        )
     except ValueError as exc:  # RecursionError-turned-ValueError, or too large
-        yield 0, None, RowError(str(path), 0, None, f"{exc} (line {src.line}); the rest of the file was not read")
+        yield (
+            0,
+            None,
+            RowError(str(path), 0, None, f"{exc} (line {src.line}); the rest of the file was not read"),
+        )
     except UnicodeDecodeError as exc:
-        yield 0, None, RowError(str(path), 0, None, f"not valid UTF-8 ({exc.reason}) after line {src.line}; the "
-                                "rest of the file was not read")
+        yield (
+            0,
+            None,
+            RowError(
+                str(path),
+                0,
+                None,
+                f"not valid UTF-8 ({exc.reason}) after line {src.line}; the rest of the file was not read",
+            ),
+        )
     except _STREAM_ERRORS as exc:
         yield 0, None, _stream_problem(exc, path, src.line)
     finally:
@@ -257,8 +312,13 @@ def _read_csv(path: Path) -> Rows:
         try:
             header = next(reader, None)
         except (csv.Error, *_STREAM_ERRORS) as exc:
-            yield 0, None, _stream_problem(exc, path, 0) if not isinstance(exc, csv.Error) \
-                else RowError(str(path), 1, None, f"bad CSV header: {exc}")
+            yield (
+                0,
+                None,
+                _stream_problem(exc, path, 0)
+                if not isinstance(exc, csv.Error)
+                else RowError(str(path), 1, None, f"bad CSV header: {exc}"),
+            )
             return
         if header is None:
             return
@@ -294,8 +354,16 @@ def _read_parquet(path: Path) -> Rows:
     import pyarrow.parquet as pq
 
     if path.suffix.lower() == ".gz":
-        yield 0, None, RowError(str(path), 0, None, "gzip-compressed Parquet is not supported (Parquet compresses "
-                                "itself); decompress it")
+        yield (
+            0,
+            None,
+            RowError(
+                str(path),
+                0,
+                None,
+                "gzip-compressed Parquet is not supported (Parquet compresses itself); decompress it",
+            ),
+        )
         return
     i = 0
     try:
@@ -306,13 +374,25 @@ def _read_parquet(path: Path) -> Rows:
                 yield i, row, None
     except Exception as exc:  # noqa: BLE001 (pyarrow raises its own types for corrupt files)
         where = f"after row {i}" if i else "at its start"
-        yield 0, None, RowError(str(path), 0, None, f"not a readable Parquet file ({type(exc).__name__}: "
-                                f"{str(exc)[:200]}) {where}")
+        yield (
+            0,
+            None,
+            RowError(
+                str(path),
+                0,
+                None,
+                f"not a readable Parquet file ({type(exc).__name__}: {str(exc)[:200]}) {where}",
+            ),
+        )
 
 
 READERS: dict[str, Callable[[Path], Rows]] = {
-    ".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
-    ".parquet": _read_parquet, ".pq": _read_parquet,
+    ".jsonl": _read_jsonl,
+    ".ndjson": _read_jsonl,
+    ".json": _read_json,
+    ".csv": _read_csv,
+    ".parquet": _read_parquet,
+    ".pq": _read_parquet,
 }
 
 

@@ -127,87 +127,200 @@ _CONTRACTION = _rx(
 )
 
 _CASUAL = _rx(
-    r"\bhey\b", r"\bhiya\b", r"\boh\b", r"\booh\b", r"\bwhoa\b", r"\bwow\b",
-    r"\byeah\b", r"\byep\b", r"\byup\b", r"\bnope\b", r"\bnah\b",
-    r"\bgonna\b", r"\bwanna\b", r"\bgotta\b", r"\bkinda\b", r"\bsorta\b",
-    r"\bpretty\b", r"\bsuper\b", r"\btotally\b", r"\bawesome\b", r"\bstuff\b",
-    r"\balright\b", r"\bokay,? so\b", r"\bsure thing\b", r"\bno biggie\b",
-    r"\beasy peasy\b", r"\bbtw\b", r"\blol\b", r"\btbh\b", r"\bdude\b",
-    r"\bheck\b", r"\bfolks\b", r"\by'all\b", r"\bnifty\b", r"\bhandy trick\b",
+    r"\bhey\b",
+    r"\bhiya\b",
+    r"\boh\b",
+    r"\booh\b",
+    r"\bwhoa\b",
+    r"\bwow\b",
+    r"\byeah\b",
+    r"\byep\b",
+    r"\byup\b",
+    r"\bnope\b",
+    r"\bnah\b",
+    r"\bgonna\b",
+    r"\bwanna\b",
+    r"\bgotta\b",
+    r"\bkinda\b",
+    r"\bsorta\b",
+    r"\bpretty\b",
+    r"\bsuper\b",
+    r"\btotally\b",
+    r"\bawesome\b",
+    r"\bstuff\b",
+    r"\balright\b",
+    r"\bokay,? so\b",
+    r"\bsure thing\b",
+    r"\bno biggie\b",
+    r"\beasy peasy\b",
+    r"\bbtw\b",
+    r"\blol\b",
+    r"\btbh\b",
+    r"\bdude\b",
+    r"\bheck\b",
+    r"\bfolks\b",
+    r"\by'all\b",
+    r"\bnifty\b",
+    r"\bhandy trick\b",
 )
 
 _FORMAL = _rx(
-    r"\bcertainly\b", r"\bindeed\b", r"\bfurthermore\b", r"\bmoreover\b",
-    r"\btherefore\b", r"\bconsequently\b", r"\baccordingly\b", r"\bthus\b",
-    r"\bhence\b", r"\bnevertheless\b", r"\bnonetheless\b", r"\bwhereby\b",
-    r"\bin summary\b", r"\bin conclusion\b", r"\bas follows\b",
-    r"\b(?<![a-z] )one (?:should|may|must)\b", r"\bit is advisable\b",
-    r"\bit is recommended\b", r"\bit is worth noting\b",
-    r"\bi would recommend\b", r"\bi would suggest\b", r"\bplease note\b",
-    r"\bkindly\b", r"\bshould you\b", r"\bdo not hesitate\b",
-    r"\bi trust\b", r"\bof assistance\b", r"\bwould be pleased\b",
-    r"\bmerits\b", r"\bwith regard to\b",
+    r"\bcertainly\b",
+    r"\bindeed\b",
+    r"\bfurthermore\b",
+    r"\bmoreover\b",
+    r"\btherefore\b",
+    r"\bconsequently\b",
+    r"\baccordingly\b",
+    r"\bthus\b",
+    r"\bhence\b",
+    r"\bnevertheless\b",
+    r"\bnonetheless\b",
+    r"\bwhereby\b",
+    r"\bin summary\b",
+    r"\bin conclusion\b",
+    r"\bas follows\b",
+    r"\b(?<![a-z] )one (?:should|may|must)\b",
+    r"\bit is advisable\b",
+    r"\bit is recommended\b",
+    r"\bit is worth noting\b",
+    r"\bi would recommend\b",
+    r"\bi would suggest\b",
+    r"\bplease note\b",
+    r"\bkindly\b",
+    r"\bshould you\b",
+    r"\bdo not hesitate\b",
+    r"\bi trust\b",
+    r"\bof assistance\b",
+    r"\bwould be pleased\b",
+    r"\bmerits\b",
+    r"\bwith regard to\b",
 )
 
 _WARMTH = _rx(
     r"\b(?:great|good|excellent|wonderful|fantastic) question\b",
-    r"\bglad you asked\b", r"\bhappy to help\b",
+    r"\bglad you asked\b",
+    r"\bhappy to help\b",
     r"\bi (?:certainly |truly |completely |totally )?understand\b",
-    r"\b(?:i )?totally get\b", r"\bi get why\b", r"\bi hear you\b",
-    r"\bdon't worry\b", r"\bdo not worry\b", r"\bno need to worry\b",
-    r"\byou've got this\b", r"\byou have got this\b",
+    r"\b(?:i )?totally get\b",
+    r"\bi get why\b",
+    r"\bi hear you\b",
+    r"\bdon't worry\b",
+    r"\bdo not worry\b",
+    r"\bno need to worry\b",
+    r"\byou've got this\b",
+    r"\byou have got this\b",
     r"\byou(?:'re| are) (?:gonna|going to) do great\b",
-    r"\byou(?:'ll| will) do great\b", r"\byou(?:'ll| will) nail it\b",
+    r"\byou(?:'ll| will) do great\b",
+    r"\byou(?:'ll| will) nail it\b",
     r"\byou(?:'re| are) asking exactly the right\b",
-    r"\bwell on your way\b", r"\bwell equipped\b",
+    r"\bwell on your way\b",
+    r"\bwell equipped\b",
     r"\b(?:completely|totally|entirely|perfectly) (?:normal|natural|understandable)\b",
-    r"\byou(?:'re| are) not alone\b", r"\bhope (?:this|that) (?:helps|makes|clears)\b",
-    r"\bbe kind to yourself\b", r"\bproud of you\b",
+    r"\byou(?:'re| are) not alone\b",
+    r"\bhope (?:this|that) (?:helps|makes|clears)\b",
+    r"\bbe kind to yourself\b",
+    r"\bproud of you\b",
     r"\bthat sounds (?:hard|tough|stressful|frustrating|difficult)\b",
-    r"\bi(?:'m| am) (?:so )?sorry\b", r"\blove that you\b",
-    r"\bdon't stress\b", r"\bdo not stress\b", r"\btake a deep breath\b",
-    r"\bno shame\b", r"\brooting for you\b", r"\bcheering you on\b",
+    r"\bi(?:'m| am) (?:so )?sorry\b",
+    r"\blove that you\b",
+    r"\bdon't stress\b",
+    r"\bdo not stress\b",
+    r"\btake a deep breath\b",
+    r"\bno shame\b",
+    r"\brooting for you\b",
+    r"\bcheering you on\b",
 )
 
 _CAVEAT = _rx(
-    r"\bnote that\b", r"\bplease note\b", r"\bworth noting\b", r"\bkeep in mind\b",
-    r"\bbear in mind\b", r"\bbe careful\b", r"\bword of caution\b",
-    r"\bcaution\b", r"\bconsult\b", r"\bcheck with\b",
-    r"\btalk to (?:a|an|your)\b", r"\bspeak (?:to|with) (?:a|an|your)\b",
+    r"\bnote that\b",
+    r"\bplease note\b",
+    r"\bworth noting\b",
+    r"\bkeep in mind\b",
+    r"\bbear in mind\b",
+    r"\bbe careful\b",
+    r"\bword of caution\b",
+    r"\bcaution\b",
+    r"\bconsult\b",
+    r"\bcheck with\b",
+    r"\btalk to (?:a|an|your)\b",
+    r"\bspeak (?:to|with) (?:a|an|your)\b",
     r"\bsee (?:a|an|your) (?:doctor|dentist|gp|physician|pharmacist|"
     r"professional|specialist|lawyer|accountant)\b",
     r"\bseek (?:medical|professional|legal|urgent|emergency) "
     r"(?:advice|help|attention|care)\b",
-    r"\bdouble-check\b", r"\bif in doubt\b", r"\bwhen in doubt\b",
-    r"\bif you(?:'re| are) (?:unsure|not sure)\b", r"\bwarning\b",
-    r"\bheads up\b", r"\bto be safe\b", r"\bplay it safe\b",
+    r"\bdouble-check\b",
+    r"\bif in doubt\b",
+    r"\bwhen in doubt\b",
+    r"\bif you(?:'re| are) (?:unsure|not sure)\b",
+    r"\bwarning\b",
+    r"\bheads up\b",
+    r"\bto be safe\b",
+    r"\bplay it safe\b",
     r"\bnot (?:a substitute|medical advice|financial advice|legal advice|"
     r"professional advice)\b",
-    r"\bdisclaimer\b", r"\bat your own risk\b", r"\bproceed with care\b",
-    r"\bmay not apply\b", r"\bsituation may differ\b",
+    r"\bdisclaimer\b",
+    r"\bat your own risk\b",
+    r"\bproceed with care\b",
+    r"\bmay not apply\b",
+    r"\bsituation may differ\b",
 )
 
 _EXAMPLE = _rx(
-    r"\bfor example\b", r"\bfor instance\b", r"\be\.g\.", r"\bexample:",
-    r"\bquick example\b", r"\bconcrete example\b", r"\bworked example\b",
-    r"\bhere(?:'s| is) an example\b", r"\bto illustrate\b",
-    r"\bas an illustration\b", r"\bsuppose\b", r"\blet's say\b",
-    r"\blet us say\b", r"\bimagine\b", r"\bsay you\b",
+    r"\bfor example\b",
+    r"\bfor instance\b",
+    r"\be\.g\.",
+    r"\bexample:",
+    r"\bquick example\b",
+    r"\bconcrete example\b",
+    r"\bworked example\b",
+    r"\bhere(?:'s| is) an example\b",
+    r"\bto illustrate\b",
+    r"\bas an illustration\b",
+    r"\bsuppose\b",
+    r"\blet's say\b",
+    r"\blet us say\b",
+    r"\bimagine\b",
+    r"\bsay you\b",
     r"\bconsider the case\b",
 )
 
 _HEDGING = _rx(
-    r"\bmight\b", r"\bmay\b", r"\bperhaps\b", r"\bpossibly\b", r"\bprobably\b",
-    r"\blikely\b", r"\bunlikely\b", r"\bgenerally\b", r"\btypically\b",
-    r"\busually\b", r"\boften\b", r"\broughly\b", r"\bapproximately\b",
-    r"\bit depends\b", r"\bin most cases\b", r"\bi think\b", r"\bi believe\b",
-    r"\bi suspect\b", r"\bit seems\b", r"\bseems? to\b", r"\bappears? to\b",
-    r"\bcould\b", r"\bsomewhat\b", r"\btends? to\b",
+    r"\bmight\b",
+    r"\bmay\b",
+    r"\bperhaps\b",
+    r"\bpossibly\b",
+    r"\bprobably\b",
+    r"\blikely\b",
+    r"\bunlikely\b",
+    r"\bgenerally\b",
+    r"\btypically\b",
+    r"\busually\b",
+    r"\boften\b",
+    r"\broughly\b",
+    r"\bapproximately\b",
+    r"\bit depends\b",
+    r"\bin most cases\b",
+    r"\bi think\b",
+    r"\bi believe\b",
+    r"\bi suspect\b",
+    r"\bit seems\b",
+    r"\bseems? to\b",
+    r"\bappears? to\b",
+    r"\bcould\b",
+    r"\bsomewhat\b",
+    r"\btends? to\b",
 )
 
 _POLITE = _rx(
-    r"\bplease\b", r"\bthank you\b", r"\bthanks\b", r"\byou(?:'re| are) welcome\b",
-    r"\bhappy to help\b", r"\bglad to help\b", r"\bmy pleasure\b", r"\bkindly\b",
+    r"\bplease\b",
+    r"\bthank you\b",
+    r"\bthanks\b",
+    r"\byou(?:'re| are) welcome\b",
+    r"\bhappy to help\b",
+    r"\bglad to help\b",
+    r"\bmy pleasure\b",
+    r"\bkindly\b",
 )
 
 _REFUSAL = _rx(
@@ -215,28 +328,46 @@ _REFUSAL = _rx(
     r" am unable to|'m not able to| am not able to) "
     r"(?:help|assist|provide|do|comply|answer|share|support|create|write|"
     r"generate|give)\b",
-    r"\bas an ai\b", r"\bi(?:'m| am) sorry, but\b", r"\bi must decline\b",
+    r"\bas an ai\b",
+    r"\bi(?:'m| am) sorry, but\b",
+    r"\bi must decline\b",
     r"\bnot able to help with\b",
 )
 
-_SECOND = _rx(r"\byou\b", r"\byour\b", r"\byours\b", r"\byourself\b",
-              r"\byou(?:'re|'ve|'ll|'d)\b")
-_FIRST = _rx(r"\bi\b", r"\bme\b", r"\bmy\b", r"\bmine\b", r"\bmyself\b",
-             r"\bi(?:'m|'ve|'ll|'d)\b")
+_SECOND = _rx(r"\byou\b", r"\byour\b", r"\byours\b", r"\byourself\b", r"\byou(?:'re|'ve|'ll|'d)\b")
+_FIRST = _rx(r"\bi\b", r"\bme\b", r"\bmy\b", r"\bmine\b", r"\bmyself\b", r"\bi(?:'m|'ve|'ll|'d)\b")
 
 FEATURE_NAMES = (
-    "word_count", "prose_words", "char_count", "sentences",
-    "avg_sentence_words", "paragraphs", "numbered_steps", "bullet_points",
-    "contractions", "exclamations", "casual_markers", "formal_markers",
-    "warmth_markers", "caveat_markers", "example_markers", "has_code",
-    "code_lines", "inline_code", "question_back", "question_marks", "hedging",
-    "politeness", "refusal", "second_person", "first_person",
+    "word_count",
+    "prose_words",
+    "char_count",
+    "sentences",
+    "avg_sentence_words",
+    "paragraphs",
+    "numbered_steps",
+    "bullet_points",
+    "contractions",
+    "exclamations",
+    "casual_markers",
+    "formal_markers",
+    "warmth_markers",
+    "caveat_markers",
+    "example_markers",
+    "has_code",
+    "code_lines",
+    "inline_code",
+    "question_back",
+    "question_marks",
+    "hedging",
+    "politeness",
+    "refusal",
+    "second_person",
+    "first_person",
 )
 
 
 def _normalise(text: str) -> str:
-    return (text.replace("\u2019", "'").replace("\u2018", "'")
-            .replace("\u201c", '"').replace("\u201d", '"'))
+    return text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
 
 
 def strip_code(text: str) -> str:
@@ -300,8 +431,7 @@ def _score_from(f: dict[str, float], axis: str) -> float:
     if axis == "format":
         return f["numbered_steps"] + f["bullet_points"] - 1.5
     if axis == "register":
-        return (f["formal_markers"] - f["casual_markers"]
-                - f["contractions"] - f["exclamations"])
+        return f["formal_markers"] - f["casual_markers"] - f["contractions"] - f["exclamations"]
     if axis == "warmth":
         return f["warmth_markers"] - 0.5
     if axis == "caution":
@@ -336,5 +466,4 @@ def classify(text: str) -> dict[str, str]:
     A score of exactly 0 (e.g. a register-neutral text) maps to the second
     pole; use :func:`pole_scores` when you need the raw margin.
     """
-    return {axis: (AXES[axis][0] if s > 0 else AXES[axis][1])
-            for axis, s in pole_scores(text).items()}
+    return {axis: (AXES[axis][0] if s > 0 else AXES[axis][1]) for axis, s in pole_scores(text).items()}

@@ -46,27 +46,46 @@ class BackboneSpec:
     runtime: str = "torch"  # "torch", "onnx" or "onnx-int8" (CPU; see runtimes.py)
     device: str | None = None  # "cpu", "cuda", "cuda:1", "mps"; None = cuda when available
     precision: str = "auto"  # "float32", "bfloat16", "float16"; auto = bf16/fp16 on a GPU, fp32 elsewhere
-    template: str = "auto"  # "plain", "chat" (the tokenizer's chat template); auto = chat for decoders that have one
+    template: str = (
+        "auto"  # "plain", "chat" (the tokenizer's chat template); auto = chat for decoders that have one
+    )
     padding: str = "auto"  # "right", "left" or "auto" (the tokenizer's side); the result is the same
     max_batch_tokens: int = 0  # padded tokens per batch; 0 = auto (from free GPU memory; unbounded on CPU)
 
     def key(self, pooling: str, precision: str = "float32", template: str = "plain") -> str:
         """Cache key: what changes the embeddings (backbone, pooling, length, runtime, precision, template)."""
-        extra = [x for x in (self.runtime if self.runtime != "torch" else "",
-                             precision if precision != "float32" else "", "chat" if template == "chat" else "") if x]
+        extra = [
+            x
+            for x in (
+                self.runtime if self.runtime != "torch" else "",
+                precision if precision != "float32" else "",
+                "chat" if template == "chat" else "",
+            )
+            if x
+        ]
         body = "|".join([self.name, pooling, str(self.max_length), *extra])
         return hashlib.sha1(body.encode()).hexdigest()[:16]
 
     @classmethod
     def from_metadata(cls, meta: dict) -> BackboneSpec:
         """The spec that made a features file or a model's features (its recorded metadata)."""
-        return cls(meta.get("backbone", DEFAULT_BACKBONE), pooling=meta.get("pooling", "auto"),
-                   max_length=int(meta.get("max_length", 256)), runtime=meta.get("runtime", "torch"),
-                   template=meta.get("template", "auto"))
+        return cls(
+            meta.get("backbone", DEFAULT_BACKBONE),
+            pooling=meta.get("pooling", "auto"),
+            max_length=int(meta.get("max_length", 256)),
+            runtime=meta.get("runtime", "torch"),
+            template=meta.get("template", "auto"),
+        )
 
 
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-              "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 def _dtype_kwarg() -> str:
@@ -95,8 +114,22 @@ def resolve_precision(precision: str, device: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
-ENCODER_ARCHS = ("Bert", "Roberta", "XLMRoberta", "Deberta", "Distil", "Electra", "MPNet", "Albert", "ModernBert",
-                 "Camembert", "XLM", "Nomic", "E5", "T5Encoder")
+ENCODER_ARCHS = (
+    "Bert",
+    "Roberta",
+    "XLMRoberta",
+    "Deberta",
+    "Distil",
+    "Electra",
+    "MPNet",
+    "Albert",
+    "ModernBert",
+    "Camembert",
+    "XLM",
+    "Nomic",
+    "E5",
+    "T5Encoder",
+)
 
 
 def _is_decoder(cfg) -> bool:
@@ -107,8 +140,11 @@ def _is_decoder(cfg) -> bool:
         return True
     archs = getattr(cfg, "architectures", None) or []
     if archs:
-        return any(a.endswith(("ForCausalLM", "LMHeadModel", "ForSequenceClassification"))
-                   and not a.startswith(ENCODER_ARCHS) for a in archs)
+        return any(
+            a.endswith(("ForCausalLM", "LMHeadModel", "ForSequenceClassification"))
+            and not a.startswith(ENCODER_ARCHS)
+            for a in archs
+        )
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -126,7 +162,9 @@ class Backbone:
     head reads; with a chat template the text is formatted as a user turn and an assistant turn.
     """
 
-    def __init__(self, spec: BackboneSpec | None = None, device: str | None = None, model=None, tokenizer=None):
+    def __init__(
+        self, spec: BackboneSpec | None = None, device: str | None = None, model=None, tokenizer=None
+    ):
         """Loads `spec.name` (a hub id or a local folder); or wraps a `model` and `tokenizer` already in
         memory (e.g. one built from a config, as `bench/bench_decoder.py` does), which `spec.name` then names."""
         from transformers import AutoModel, AutoTokenizer
@@ -139,7 +177,9 @@ class Backbone:
         path = resolve_backbone(self.spec.name)
         self.device = resolve_device(device or self.spec.device)
         if self.spec.runtime != "torch" and self.device != "cpu":
-            raise ValueError(f"runtime {self.spec.runtime} runs on the CPU; use --runtime torch on {self.device}")
+            raise ValueError(
+                f"runtime {self.spec.runtime} runs on the CPU; use --runtime torch on {self.device}"
+            )
         self.dtype = resolve_precision(self.spec.precision, self.device)
         if self.spec.runtime != "torch":
             self.dtype = torch.float32
@@ -150,8 +190,11 @@ class Backbone:
         hf_logging.disable_progress_bar()  # a bar per weight file, even off a terminal
         try:
             self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
-            self.model = (model.to(self.dtype) if model is not None
-                          else AutoModel.from_pretrained(path, **{_dtype_kwarg(): self.dtype})).eval()
+            self.model = (
+                model.to(self.dtype)
+                if model is not None
+                else AutoModel.from_pretrained(path, **{_dtype_kwarg(): self.dtype})
+            ).eval()
         except OSError as exc:
             raise ValueError(f"backbone {self.spec.name!r}: {exc}") from exc
         finally:
@@ -160,21 +203,31 @@ class Backbone:
                 hf_logging.enable_progress_bar()
         self.model.to(self.device)
         self.is_decoder = _is_decoder(self.model.config)
-        self.pooling = self.spec.pooling if self.spec.pooling != "auto" else ("last" if self.is_decoder else "mean")
+        self.pooling = (
+            self.spec.pooling if self.spec.pooling != "auto" else ("last" if self.is_decoder else "mean")
+        )
         self.tokenizer.model_max_length = 10**9  # we truncate ourselves (see token_ids); silence the warning
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         mcfg = self.model.config
-        limit = min(self.spec.max_length, getattr(mcfg, "max_position_embeddings", None) or self.spec.max_length)
+        limit = min(
+            self.spec.max_length, getattr(mcfg, "max_position_embeddings", None) or self.spec.max_length
+        )
         self.max_length = int(limit)
         self.dim = int(mcfg.hidden_size)
         template = self.spec.template
         if template == "auto":
-            template = "chat" if self.pooling == "last" and getattr(self.tokenizer, "chat_template", None) else "plain"
+            template = (
+                "chat"
+                if self.pooling == "last" and getattr(self.tokenizer, "chat_template", None)
+                else "plain"
+            )
         if template not in ("plain", "chat"):
             raise ValueError(f"template must be auto, plain or chat; got {template!r}")
         if template == "chat" and not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"backbone {self.spec.name!r}: its tokenizer has no chat template; use --template plain")
+            raise ValueError(
+                f"backbone {self.spec.name!r}: its tokenizer has no chat template; use --template plain"
+            )
         self.template = template
         if template == "chat":
             self._single_template = self._chat_template(1)
@@ -185,8 +238,14 @@ class Backbone:
         self.n_special = sum(len(part) for part in self._pair_template)
         # Between prompt and response: the template's own tokens (an encoder's [SEP], a chat template's turn
         # markers), else a blank line (decoders whose template only adds a BOS token, or nothing).
-        self.separator = [] if self._pair_template[1] else self.tokenizer.encode("\n\n", add_special_tokens=False)
-        side = self.spec.padding if self.spec.padding != "auto" else getattr(self.tokenizer, "padding_side", "right")
+        self.separator = (
+            [] if self._pair_template[1] else self.tokenizer.encode("\n\n", add_special_tokens=False)
+        )
+        side = (
+            self.spec.padding
+            if self.spec.padding != "auto"
+            else getattr(self.tokenizer, "padding_side", "right")
+        )
         if side not in ("right", "left"):
             raise ValueError(f"padding must be auto, right or left; got {side!r}")
         self.padding = "right" if self.spec.runtime != "torch" else side
@@ -227,8 +286,10 @@ class Backbone:
         pieces = []
         for mark in marks[:n]:
             if mark not in text:
-                raise ValueError(f"backbone {self.spec.name!r}: its chat template drops the message text; "
-                                 "use --template plain")
+                raise ValueError(
+                    f"backbone {self.spec.name!r}: its chat template drops the message text; "
+                    "use --template plain"
+                )
             before, text = text.split(mark, 1)
             pieces.append(before)
         pieces.append(text)
@@ -266,7 +327,12 @@ class Backbone:
         return self.spec.key(self.pooling, precision, self.template)
 
     def metadata(self) -> dict:
-        meta = {"backbone": self.spec.name, "pooling": self.pooling, "max_length": self.max_length, "dim": self.dim}
+        meta = {
+            "backbone": self.spec.name,
+            "pooling": self.pooling,
+            "max_length": self.max_length,
+            "dim": self.dim,
+        }
         if self.spec.runtime != "torch":
             meta["runtime"] = self.spec.runtime
         if self.dtype != torch.float32:
@@ -397,15 +463,24 @@ class Backbone:
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
-    def encode_ids(self, ids: Sequence[list[int]], progress: ProgressFn | None = None, desc: str = "embed",
-                   quiet: bool = False) -> np.ndarray:
+    def encode_ids(
+        self,
+        ids: Sequence[list[int]],
+        progress: ProgressFn | None = None,
+        desc: str = "embed",
+        quiet: bool = False,
+    ) -> np.ndarray:
         """Pooled embeddings [N, D] float32; `progress(done, total)` and the bar advance once per batch.
 
         The bar shows only on a terminal (tqdm's ``disable=None``), and never with a callback or ``quiet``.
         """
         out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        bar = tqdm(total=len(ids), desc=desc, unit="text",
-                   disable=True if quiet or progress is not None or len(ids) < 64 else None)
+        bar = tqdm(
+            total=len(ids),
+            desc=desc,
+            unit="text",
+            disable=True if quiet or progress is not None or len(ids) < 64 else None,
+        )
         done = 0
         for idx, hidden, mask in self.iter_hidden(ids):
             out[idx] = self.pool(hidden, mask).cpu().numpy()
@@ -415,5 +490,3 @@ class Backbone:
                 progress(done, len(ids))
         bar.close()
         return out
-
-

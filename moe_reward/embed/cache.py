@@ -65,7 +65,9 @@ class EmbeddingCache:
             keys = json.loads(keys_file.read_text(encoding="utf-8"))
             mat = load_file(shard)["embeddings"]
             if not isinstance(keys, list) or mat.ndim != 2 or len(keys) != len(mat):
-                raise ValueError(f"{len(keys) if isinstance(keys, list) else 'no'} keys for a {mat.shape} matrix")
+                raise ValueError(
+                    f"{len(keys) if isinstance(keys, list) else 'no'} keys for a {mat.shape} matrix"
+                )
             if not np.isfinite(mat).all():
                 raise ValueError("NaN or infinite values")
         except Exception as exc:  # noqa: BLE001 (any broken shard is dropped and recomputed, never fatal)
@@ -89,8 +91,14 @@ class EmbeddingCache:
         atomic.write_with(Path(str(stem) + ".safetensors"), lambda tmp: save_file({"embeddings": mat}, tmp))
 
 
-def embed_texts(backbone: Backbone, items: Sequence[tuple[str, str | None]], cache: EmbeddingCache | None = None,
-                progress: ProgressFn | None = None, desc: str = "embed", chunk: int = 1024) -> np.ndarray:
+def embed_texts(
+    backbone: Backbone,
+    items: Sequence[tuple[str, str | None]],
+    cache: EmbeddingCache | None = None,
+    progress: ProgressFn | None = None,
+    desc: str = "embed",
+    chunk: int = 1024,
+) -> np.ndarray:
     """Embed (prompt, response-or-None) items; each distinct item is computed once, cached ones never.
 
     Progress (the bar on a terminal, or the `progress(done, total)` callback) advances once per batch.
@@ -105,7 +113,9 @@ def embed_texts(backbone: Backbone, items: Sequence[tuple[str, str | None]], cac
         keys = list(todo)
         ids = [backbone.token_ids(p, r) for p, r in todo.values()]
         total = len(ids)
-        bar = tqdm(total=total, desc=desc, unit="text", disable=True if progress is not None or total < 64 else None)
+        bar = tqdm(
+            total=total, desc=desc, unit="text", disable=True if progress is not None or total < 64 else None
+        )
         have = dict(have)
         # Chunks go to the cache as they finish, so an interrupted long run keeps what it did.
         for start in range(0, total, chunk):
@@ -124,5 +134,3 @@ def embed_texts(backbone: Backbone, items: Sequence[tuple[str, str | None]], cac
     elif progress:
         progress(len(items), len(items))
     return np.stack([have[h] for h in hashes]) if hashes else np.zeros((0, backbone.dim), np.float32)
-
-

@@ -61,8 +61,10 @@ class PairFeatures:
                 arr = np.ascontiguousarray(arr, dtype=np.float32)  # no copy when it already is
             setattr(self, name, arr)
         if not len(self.prompt) == len(self.chosen) == len(self.rejected) == len(self.pairs):
-            raise ValueError(f"features and pairs disagree in length: {len(self.prompt)}, {len(self.chosen)}, "
-                             f"{len(self.rejected)} vectors for {len(self.pairs)} pairs")
+            raise ValueError(
+                f"features and pairs disagree in length: {len(self.prompt)}, {len(self.chosen)}, "
+                f"{len(self.rejected)} vectors for {len(self.pairs)} pairs"
+            )
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -87,19 +89,33 @@ class PairFeatures:
 
     def as_float32(self) -> PairFeatures:
         """The same features with float32 matrices in memory (a copy when they are stored otherwise)."""
-        if all(getattr(self, k).dtype == np.float32 and not isinstance(getattr(self, k), np.memmap)
-               for k in ("prompt", "chosen", "rejected")):
+        if all(
+            getattr(self, k).dtype == np.float32 and not isinstance(getattr(self, k), np.memmap)
+            for k in ("prompt", "chosen", "rejected")
+        ):
             return self
-        return PairFeatures(*(self.rows(k) for k in ("prompt", "chosen", "rejected")), self.pairs, dict(self.metadata))
+        return PairFeatures(
+            *(self.rows(k) for k in ("prompt", "chosen", "rejected")), self.pairs, dict(self.metadata)
+        )
 
     def subset(self, index: Sequence[int] | np.ndarray) -> PairFeatures:
         """The pairs at `index` (a copy; from memory-mapped features only the subset lands in memory)."""
         index = np.asarray(index, dtype=np.int64)
-        return PairFeatures(_take_rows(self.prompt, index), _take_rows(self.chosen, index),
-                            _take_rows(self.rejected, index), [self.pairs[i] for i in index], dict(self.metadata))
+        return PairFeatures(
+            _take_rows(self.prompt, index),
+            _take_rows(self.chosen, index),
+            _take_rows(self.rejected, index),
+            [self.pairs[i] for i in index],
+            dict(self.metadata),
+        )
 
-    def save(self, path: str | Path, dtype: str = "float32", include_records: bool = True,
-             source: str | None = None) -> None:
+    def save(
+        self,
+        path: str | Path,
+        dtype: str = "float32",
+        include_records: bool = True,
+        source: str | None = None,
+    ) -> None:
         """One safetensors file: the three matrices plus JSON metadata (backbone, ids, and the records).
 
         ``dtype="int8"`` stores each distinct vector once, quantized per row (unit-norm embeddings lose
@@ -119,10 +135,16 @@ class PairFeatures:
             stacked = np.concatenate([self.rows("prompt"), self.rows("chosen"), self.rows("rejected")])
             unique, index = np.unique(stacked, axis=0, return_inverse=True)
             scale = np.abs(unique).max(1).clip(min=1e-12) / 127
-            tensors = {"vectors": np.round(unique / scale[:, None]).astype(np.int8),
-                       "scale": scale.astype(np.float32), "index": index.reshape(-1).astype(np.int32)}
+            tensors = {
+                "vectors": np.round(unique / scale[:, None]).astype(np.int8),
+                "scale": scale.astype(np.float32),
+                "index": index.reshape(-1).astype(np.int32),
+            }
         else:
-            tensors = {k: np.ascontiguousarray(getattr(self, k), dtype=dtype) for k in ("prompt", "chosen", "rejected")}
+            tensors = {
+                k: np.ascontiguousarray(getattr(self, k), dtype=dtype)
+                for k in ("prompt", "chosen", "rejected")
+            }
         atomic.write_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
@@ -137,7 +159,9 @@ class PairFeatures:
             with safe_open(str(path), framework="numpy") as fh:
                 meta = fh.metadata() or {}
                 if meta.get("format") != FEATURES_FORMAT:
-                    raise ValueError(f"{path}: not a moe-reward features file (format={meta.get('format')!r})")
+                    raise ValueError(
+                        f"{path}: not a moe-reward features file (format={meta.get('format')!r})"
+                    )
                 shapes = {k: fh.get_slice(k).get_shape() for k in fh.keys()}  # noqa: SIM118 (no __iter__)
                 rows = shapes["index"][0] if "index" in shapes else 3 * shapes["chosen"][0]
                 dim = shapes["vectors"][1] if "vectors" in shapes else shapes["chosen"][1]
@@ -153,8 +177,10 @@ class PairFeatures:
             missing = [k for k in ("prompt", "chosen", "rejected") if k not in tensors]
             if missing:
                 raise ValueError(f"{path}: the features file has no {missing[0]!r} matrix")
-            arrays = {k: tensors[k] if large else tensors[k].astype(np.float32)
-                      for k in ("prompt", "chosen", "rejected")}
+            arrays = {
+                k: tensors[k] if large else tensors[k].astype(np.float32)
+                for k in ("prompt", "chosen", "rejected")
+            }
         if "records" in meta:
             pairs = [PreferencePair(**r) for r in json.loads(meta["records"])]
         else:
@@ -170,7 +196,9 @@ def _dequantize(tensors: dict[str, np.ndarray], dtype, chunk: int = 65536) -> di
     stacked = np.empty((len(index), vectors.shape[1]), dtype)
     for s in range(0, len(index), chunk):
         rows = index[s : s + chunk]
-        stacked[s : s + chunk] = np.asarray(vectors[rows], np.float32) * np.asarray(scale[rows], np.float32)[:, None]
+        stacked[s : s + chunk] = (
+            np.asarray(vectors[rows], np.float32) * np.asarray(scale[rows], np.float32)[:, None]
+        )
     n = len(stacked) // 3
     return {"prompt": stacked[:n], "chosen": stacked[n : 2 * n], "rejected": stacked[2 * n :]}
 
@@ -198,9 +226,14 @@ def _mmap_tensors(path: Path) -> dict[str, np.ndarray]:
         begin, end = (int(x) for x in info["data_offsets"])
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if end - begin != count * np.dtype(dtype).itemsize or begin < 0 or base + end > size:
-            raise ValueError(f"{path}: tensor {name!r} does not fit the file (shape {shape}, bytes {begin}-{end})")
-        out[name] = (np.zeros(shape, dtype) if count == 0
-                     else np.memmap(path, dtype=dtype, mode="r", offset=base + begin, shape=shape))
+            raise ValueError(
+                f"{path}: tensor {name!r} does not fit the file (shape {shape}, bytes {begin}-{end})"
+            )
+        out[name] = (
+            np.zeros(shape, dtype)
+            if count == 0
+            else np.memmap(path, dtype=dtype, mode="r", offset=base + begin, shape=shape)
+        )
     return out
 
 
@@ -222,7 +255,9 @@ class ShardWriter:
         if self.folder.exists() and not self.folder.is_dir():
             raise ValueError(f"{self.folder}: exists and is not a folder")
         if self.folder.is_dir() and any(self.folder.iterdir()) and not (self.folder / MANIFEST).is_file():
-            raise ValueError(f"{self.folder}: a non-empty folder that is not a features folder; pick another --out")
+            raise ValueError(
+                f"{self.folder}: a non-empty folder that is not a features folder; pick another --out"
+            )
         self.folder.mkdir(parents=True, exist_ok=True)
         self.shards: list[dict] = []
         self.metadata: dict = {}
@@ -230,8 +265,14 @@ class ShardWriter:
         self._buf: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[PreferencePair]]] = []
         self._buffered = 0
 
-    def add(self, prompt: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, pairs: list[PreferencePair],
-            metadata: dict | None = None) -> None:
+    def add(
+        self,
+        prompt: np.ndarray,
+        chosen: np.ndarray,
+        rejected: np.ndarray,
+        pairs: list[PreferencePair],
+        metadata: dict | None = None,
+    ) -> None:
         if metadata:
             self.metadata = dict(metadata)
         self._buf.append((prompt, chosen, rejected, list(pairs)))
@@ -242,7 +283,9 @@ class ShardWriter:
     def _flush(self, count: int) -> None:
         parts = [np.concatenate([b[i] for b in self._buf]) for i in range(3)]
         pairs = [p for b in self._buf for p in b[3]]
-        head = PairFeatures(parts[0][:count], parts[1][:count], parts[2][:count], pairs[:count], dict(self.metadata))
+        head = PairFeatures(
+            parts[0][:count], parts[1][:count], parts[2][:count], pairs[:count], dict(self.metadata)
+        )
         name = f"shard-{len(self.shards):05d}.safetensors"
         head.save(self.folder / name, dtype=self.dtype)
         self.shards.append({"file": name, "rows": len(head)})
@@ -254,8 +297,13 @@ class ShardWriter:
     def close(self, extra: dict | None = None) -> dict:
         if self._buffered:
             self._flush(self._buffered)
-        manifest = {"format": SHARDS_FORMAT, "rows": self.rows, "dtype": self.dtype, "shards": self.shards,
-                    "metadata": self.metadata | (extra or {})}
+        manifest = {
+            "format": SHARDS_FORMAT,
+            "rows": self.rows,
+            "dtype": self.dtype,
+            "shards": self.shards,
+            "metadata": self.metadata | (extra or {}),
+        }
         tmp = self.folder / f".{MANIFEST}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, self.folder / MANIFEST)
@@ -359,8 +407,10 @@ def load_shards(folder: str | Path, mmap: bool | None = None) -> PairFeatures:
     for shard in shards:
         part = PairFeatures.load(folder / shard["file"], mmap=True)  # records now, vectors only when read
         if len(part) != shard["rows"] or part.dim != dim:
-            raise ValueError(f"{folder / shard['file']}: {len(part)} rows of {part.dim}-d, but the manifest says "
-                             f"{shard['rows']} rows of {dim}-d")
+            raise ValueError(
+                f"{folder / shard['file']}: {len(part)} rows of {part.dim}-d, but the manifest says "
+                f"{shard['rows']} rows of {dim}-d"
+            )
         if out is not None:
             for k in MATRICES:
                 out[k][len(pairs) : len(pairs) + len(part)] = getattr(part, k)
@@ -381,7 +431,7 @@ def _join_source(path: Path, source: str | None, ids: list[str]) -> list[Prefere
     by_id = {p.id: p for p in data.pairs}
     missing = [i for i in ids if i not in by_id]
     if missing:
-        raise ValueError(f"{path}: {len(missing)} ids are not in {source} (first: {missing[0]}); re-run `moe-reward embed`")
+        raise ValueError(
+            f"{path}: {len(missing)} ids are not in {source} (first: {missing[0]}); re-run `moe-reward embed`"
+        )
     return [by_id[i] for i in ids]
-
-

@@ -18,8 +18,12 @@ def pair_items(pairs: Sequence[PreferencePair]) -> list[tuple[str, str | None]]:
     return items + [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
 
 
-def embed_pairs(pairs: Sequence[PreferencePair], backbone: Backbone | BackboneSpec | None = None,
-                cache_dir: str | Path | None = "default", progress: ProgressFn | None = None) -> PairFeatures:
+def embed_pairs(
+    pairs: Sequence[PreferencePair],
+    backbone: Backbone | BackboneSpec | None = None,
+    cache_dir: str | Path | None = "default",
+    progress: ProgressFn | None = None,
+) -> PairFeatures:
     """Embed the prompts and the two prompt+response texts of every pair (cached, batched).
 
     A prompt shared by many pairs is tokenized and embedded once (`embed_texts` computes each distinct
@@ -36,9 +40,14 @@ def embed_pairs(pairs: Sequence[PreferencePair], backbone: Backbone | BackboneSp
     return PairFeatures(mat[:n], mat[n : 2 * n], mat[2 * n :], list(pairs), meta)
 
 
-def load_features_or_pairs(path: str | Path, skip_bad: bool = False, backbone: BackboneSpec | None = None,
-                           cache_dir: str | Path | None = "default", progress: ProgressFn | None = None,
-                           on_loaded: Callable | None = None) -> PairFeatures:
+def load_features_or_pairs(
+    path: str | Path,
+    skip_bad: bool = False,
+    backbone: BackboneSpec | None = None,
+    cache_dir: str | Path | None = "default",
+    progress: ProgressFn | None = None,
+    on_loaded: Callable | None = None,
+) -> PairFeatures:
     """A features file or a folder of feature shards is used as is; a data file is loaded and embedded
     (through the cache). `on_loaded(LoadResult)` sees a data file's load (e.g. to report the rows that
     --skip-bad dropped)."""
@@ -46,8 +55,11 @@ def load_features_or_pairs(path: str | Path, skip_bad: bool = False, backbone: B
 
     if is_features_path(path):
         return PairFeatures.load(path)
-    default = backbone is None or (resolve_backbone(backbone.name) == resolve_backbone(DEFAULT_BACKBONE)
-                                   and backbone.runtime == "torch" and backbone.max_length == 256)
+    default = backbone is None or (
+        resolve_backbone(backbone.name) == resolve_backbone(DEFAULT_BACKBONE)
+        and backbone.runtime == "torch"
+        and backbone.max_length == 256
+    )
     if str(path) == "controlled" and default:
         from ..data.pairs import default_dataset_path
 

@@ -56,9 +56,15 @@ class _EmbedActor:
         prompt[first] = mat[:k]
         truncated = np.zeros(n, np.int64)
         truncated[0] = self.backbone.truncated
-        return {"row": np.asarray(batch["row"]), "first": first, "prompt": prompt, "chosen": mat[k : k + n],
-                "rejected": mat[k + n :], "truncated": truncated,
-                "meta": np.array([json.dumps(self.backbone.metadata())] * n, dtype=object)}
+        return {
+            "row": np.asarray(batch["row"]),
+            "first": first,
+            "prompt": prompt,
+            "chosen": mat[k : k + n],
+            "rejected": mat[k + n :],
+            "truncated": truncated,
+            "meta": np.array([json.dumps(self.backbone.metadata())] * n, dtype=object),
+        }
 
 
 def _connect(address: str | None, num_cpus: int | None):
@@ -74,10 +80,21 @@ def _connect(address: str | None, num_cpus: int | None):
     return True
 
 
-def embed_with_ray(pairs: Sequence[PreferencePair], spec: BackboneSpec, out: str | Path, *, workers: int = 2,
-                   gpus_per_worker: float | None = None, cpus_per_worker: float = 1.0, block_rows: int = 256,
-                   shard_rows: int = 100_000, dtype: str = "float16", address: str | None = None,
-                   cache_dir: str | Path | None = None, progress: ProgressFn | None = None) -> dict:
+def embed_with_ray(
+    pairs: Sequence[PreferencePair],
+    spec: BackboneSpec,
+    out: str | Path,
+    *,
+    workers: int = 2,
+    gpus_per_worker: float | None = None,
+    cpus_per_worker: float = 1.0,
+    block_rows: int = 256,
+    shard_rows: int = 100_000,
+    dtype: str = "float16",
+    address: str | None = None,
+    cache_dir: str | Path | None = None,
+    progress: ProgressFn | None = None,
+) -> dict:
     """Embed `pairs` on a Ray cluster (a local one unless `address` is given) into a folder of shards.
 
     Returns the manifest (rows, shards, metadata with ``engine``, ``workers`` and ``seconds``). With
@@ -102,17 +119,26 @@ def embed_with_ray(pairs: Sequence[PreferencePair], spec: BackboneSpec, out: str
         for p in pairs:
             first.append(p.prompt not in seen)
             seen.add(p.prompt)
-        table = pa.table({"row": np.arange(len(pairs), dtype=np.int64), "first": np.array(first),
-                          "prompt": [p.prompt for p in pairs], "chosen": [p.chosen for p in pairs],
-                          "rejected": [p.rejected for p in pairs]})
+        table = pa.table(
+            {
+                "row": np.arange(len(pairs), dtype=np.int64),
+                "first": np.array(first),
+                "prompt": [p.prompt for p in pairs],
+                "chosen": [p.chosen for p in pairs],
+                "rejected": [p.rejected for p in pairs],
+            }
+        )
         blocks = [table.slice(s, block_rows) for s in range(0, len(pairs), block_rows)]
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # shards in input order
         ctx.enable_progress_bars = False  # ours below counts pairs
         root = default_cache_dir() if cache_dir == "default" else cache_dir
         ds = ray.data.from_arrow(blocks).map_batches(
-            _EmbedActor, fn_constructor_kwargs={"spec": asdict(spec), "cache_dir": None if root is None else str(root)},
-            batch_size=block_rows, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+            _EmbedActor,
+            fn_constructor_kwargs={"spec": asdict(spec), "cache_dir": None if root is None else str(root)},
+            batch_size=block_rows,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=cpus_per_worker,
             num_gpus=gpus_per_worker or None,
         )
@@ -120,7 +146,9 @@ def embed_with_ray(pairs: Sequence[PreferencePair], spec: BackboneSpec, out: str
         prompt_vec: dict[str, np.ndarray] = {}
         meta: dict = {}
         truncated = 0
-        bar = tqdm(total=len(pairs), desc="embed pairs (ray)", unit="pair", disable=True if progress else None)
+        bar = tqdm(
+            total=len(pairs), desc="embed pairs (ray)", unit="pair", disable=True if progress else None
+        )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             rows = np.asarray(batch["row"])
             chunk = [pairs[i] for i in rows]
@@ -133,15 +161,21 @@ def embed_with_ray(pairs: Sequence[PreferencePair], spec: BackboneSpec, out: str
             if not meta:
                 meta = json.loads(str(batch["meta"][0]))
             truncated += int(np.asarray(batch["truncated"]).sum())
-            writer.add(prompt, np.asarray(batch["chosen"], np.float32), np.asarray(batch["rejected"], np.float32),
-                       chunk, meta)
+            writer.add(
+                prompt,
+                np.asarray(batch["chosen"], np.float32),
+                np.asarray(batch["rejected"], np.float32),
+                chunk,
+                meta,
+            )
             bar.update(len(rows))
             if progress:
                 progress(bar.n, len(pairs))
         bar.close()
         seconds = time.perf_counter() - t0
-        return writer.close({"truncated_inputs": truncated, "engine": "ray", "workers": workers,
-                             "seconds": round(seconds, 3)})
+        return writer.close(
+            {"truncated_inputs": truncated, "engine": "ray", "workers": workers, "seconds": round(seconds, 3)}
+        )
     finally:
         if started:
             ray.shutdown()

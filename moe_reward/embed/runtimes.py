@@ -54,7 +54,9 @@ def _require_onnxruntime() -> None:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as exc:
-        raise ValueError("the onnx runtimes need `pip install onnxruntime onnx` (moe-reward-lens[fast])") from exc
+        raise ValueError(
+            "the onnx runtimes need `pip install onnxruntime onnx` (moe-reward-lens[fast])"
+        ) from exc
 
 
 class _LastHidden(torch.nn.Module):
@@ -84,16 +86,26 @@ def export_onnx(model: torch.nn.Module, dst: Path) -> None:
 
     model = model.float().to("cpu").eval()
     example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
-    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
-            "last_hidden_state": {0: "batch", 1: "tokens"}}
+    axes = {
+        "input_ids": {0: "batch", 1: "tokens"},
+        "attention_mask": {0: "batch", 1: "tokens"},
+        "last_hidden_state": {0: "batch", 1: "tokens"},
+    }
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
             # The TorchScript exporter: it needs only `onnx`, and traces transformers' models as they run.
-            torch.onnx.export(_LastHidden(model), example, str(tmp), input_names=["input_ids", "attention_mask"],
-                              output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=ONNX_OPSET,
-                              dynamo=False)
+            torch.onnx.export(
+                _LastHidden(model),
+                example,
+                str(tmp),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["last_hidden_state"],
+                dynamic_axes=axes,
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
 
     _atomic(dst, write)
 
@@ -107,8 +119,13 @@ def ffn_output_matmuls(onnx_path: Path) -> list[str]:
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
-            and any(p in n.name for p in FFN_OUTPUT_PATTERNS) and "attention" not in n.name]
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type in ("MatMul", "Gemm")
+        and any(p in n.name for p in FFN_OUTPUT_PATTERNS)
+        and "attention" not in n.name
+    ]
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
@@ -127,8 +144,12 @@ def quantize_int8(src: Path, dst: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # "consider pre-processing": shape inference gains nothing for these graphs
     try:
-        _atomic(dst, lambda tmp: quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                                                  nodes_to_exclude=exclude))
+        _atomic(
+            dst,
+            lambda tmp: quantize_dynamic(
+                str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude
+            ),
+        )
     finally:
         root.setLevel(level)
 
@@ -143,8 +164,9 @@ def onnx_model_file(model: torch.nn.Module, model_path: str, runtime: str) -> Pa
         try:
             export_onnx(model, fp32)
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; say which model failed
-            raise ValueError(f"{model_path}: could not export to ONNX ({type(exc).__name__}: {exc}); "
-                             "use --runtime torch") from exc
+            raise ValueError(
+                f"{model_path}: could not export to ONNX ({type(exc).__name__}: {exc}); use --runtime torch"
+            ) from exc
     if runtime == "onnx":
         return fp32
     int8 = folder / "model-int8.onnx"
@@ -166,6 +188,8 @@ class OnnxRunner:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        feeds = {"input_ids": input_ids.numpy().astype(np.int64, copy=False),
-                 "attention_mask": attention_mask.numpy().astype(np.int64, copy=False)}
+        feeds = {
+            "input_ids": input_ids.numpy().astype(np.int64, copy=False),
+            "attention_mask": attention_mask.numpy().astype(np.int64, copy=False),
+        }
         return torch.from_numpy(self.session.run(None, feeds)[0])

@@ -73,7 +73,9 @@ class ExpertDescription:
     feature_pearson: dict[str, float] = field(default_factory=dict)
 
 
-def class_tfidf(docs: list[str], top_n: int = 10, ngram_range: tuple[int, int] = (1, 2)) -> tuple[list[str], np.ndarray]:
+def class_tfidf(
+    docs: list[str], top_n: int = 10, ngram_range: tuple[int, int] = (1, 2)
+) -> tuple[list[str], np.ndarray]:
     """(vocabulary, [classes, terms] c-TF-IDF): term frequency in a class (normalized by the class's
     size) times log(1 + average class size / the term's frequency over all classes), as in BERTopic."""
     from sklearn.feature_extraction.text import CountVectorizer
@@ -81,7 +83,9 @@ def class_tfidf(docs: list[str], top_n: int = 10, ngram_range: tuple[int, int] =
     if not any(d.strip() for d in docs):
         return [], np.zeros((len(docs), 0))
     try:
-        vec = CountVectorizer(ngram_range=ngram_range, stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b")
+        vec = CountVectorizer(
+            ngram_range=ngram_range, stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b"
+        )
         counts = vec.fit_transform(docs).toarray().astype(np.float64)
     except ValueError:  # only stop words
         return [], np.zeros((len(docs), 0))
@@ -122,10 +126,16 @@ def feature_differences(features: PairFeatures, names: list[str] | None = None) 
     return {f: np.array([c.get(f, 0.0) - r.get(f, 0.0) for c, r in rows]) for f in names}
 
 
-def auto_label(correlations: dict[str, float], prompt_keywords: list[tuple[str, float]], n_features: int = 2,
-               n_keywords: int = 3) -> str:
-    strong = sorted((kv for kv in correlations.items() if abs(kv[1]) >= LABEL_MIN_CORRELATION and kv[0] in FEATURE_WORDS),
-                    key=lambda kv: -abs(kv[1]))[:n_features]
+def auto_label(
+    correlations: dict[str, float],
+    prompt_keywords: list[tuple[str, float]],
+    n_features: int = 2,
+    n_keywords: int = 3,
+) -> str:
+    strong = sorted(
+        (kv for kv in correlations.items() if abs(kv[1]) >= LABEL_MIN_CORRELATION and kv[0] in FEATURE_WORDS),
+        key=lambda kv: -abs(kv[1]),
+    )[:n_features]
     parts = []
     if strong:
         parts.append("prefers: " + ", ".join(FEATURE_WORDS[f][0 if r > 0 else 1] for f, r in strong))
@@ -134,14 +144,17 @@ def auto_label(correlations: dict[str, float], prompt_keywords: list[tuple[str, 
     return "; ".join(parts) or "no distinctive signal"
 
 
-def describe_experts(model, features: PairFeatures, scores: PairScores | None = None,
-                     top_n: int = 10) -> list[ExpertDescription]:
+def describe_experts(
+    model, features: PairFeatures, scores: PairScores | None = None, top_n: int = 10
+) -> list[ExpertDescription]:
     scores = scores if scores is not None else score_pairs(model, features)
     k_experts = scores.routing.shape[1]
     n = len(features)
     top = scores.top_expert
-    prompt_docs = ["\n".join(strip_role_markers(features.pairs[i].prompt) for i in np.flatnonzero(top == k))
-                   for k in range(k_experts)]
+    prompt_docs = [
+        "\n".join(strip_role_markers(features.pairs[i].prompt) for i in np.flatnonzero(top == k))
+        for k in range(k_experts)
+    ]
     vocab, prompt_scores = class_tfidf(prompt_docs)
     diffs = feature_differences(features)
     out = []
@@ -150,8 +163,10 @@ def describe_experts(model, features: PairFeatures, scores: PairScores | None = 
         prompt_kw = _top_terms(vocab, prompt_scores[k], top_n) if len(routed) and vocab else []
         chosen_kw: list[tuple[str, float]] = []
         if len(routed):
-            docs = ["\n".join(strip_role_markers(features.pairs[i].chosen) for i in routed),
-                    "\n".join(strip_role_markers(features.pairs[i].rejected) for i in routed)]
+            docs = [
+                "\n".join(strip_role_markers(features.pairs[i].chosen) for i in routed),
+                "\n".join(strip_role_markers(features.pairs[i].rejected) for i in routed),
+            ]
             words, cs = class_tfidf(docs)
             if words:
                 chosen_kw = _top_terms(words, cs[0] - cs[1], top_n)
@@ -163,12 +178,20 @@ def describe_experts(model, features: PairFeatures, scores: PairScores | None = 
         for i in routed:
             g = features.pairs[i].group or "(none)"
             groups[g] = groups.get(g, 0) + 1
-        out.append(ExpertDescription(
-            expert=k, label=auto_label(spearman, prompt_kw), n_routed=int(len(routed)), share=len(routed) / max(n, 1),
-            prompt_keywords=prompt_kw, chosen_keywords=chosen_kw, feature_correlations=spearman,
-            top_pair_ids=[features.pairs[i].id for i in best], groups=dict(sorted(groups.items(), key=lambda kv: -kv[1])),
-            feature_pearson=pearson,
-        ))
+        out.append(
+            ExpertDescription(
+                expert=k,
+                label=auto_label(spearman, prompt_kw),
+                n_routed=int(len(routed)),
+                share=len(routed) / max(n, 1),
+                prompt_keywords=prompt_kw,
+                chosen_keywords=chosen_kw,
+                feature_correlations=spearman,
+                top_pair_ids=[features.pairs[i].id for i in best],
+                groups=dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+                feature_pearson=pearson,
+            )
+        )
     return out
 
 
@@ -176,7 +199,9 @@ def describe_experts(model, features: PairFeatures, scores: PairScores | None = 
 
 
 def save_descriptions(descriptions: list[ExpertDescription], path: str | Path) -> Path:
-    payload = json.dumps({"format": DESCRIPTIONS_FORMAT, "experts": [asdict(d) for d in descriptions]}, indent=2)
+    payload = json.dumps(
+        {"format": DESCRIPTIONS_FORMAT, "experts": [asdict(d) for d in descriptions]}, indent=2
+    )
     return atomic.write_text(path, payload)
 
 
@@ -208,17 +233,28 @@ def describe_prompt(d: ExpertDescription) -> str:
     )
 
 
-def llm_describe(description: ExpertDescription, endpoint: str, model: str, api_key: str | None = None,
-                 timeout: float = 30.0) -> str:
+def llm_describe(
+    description: ExpertDescription,
+    endpoint: str,
+    model: str,
+    api_key: str | None = None,
+    timeout: float = 30.0,
+) -> str:
     """One sentence from an OpenAI-compatible chat-completions endpoint (e.g. a local server at
     ``http://localhost:8000/v1``). Raises RuntimeError with the reason on any failure."""
     url = endpoint.rstrip("/")
     if not url.endswith("/chat/completions"):
         url += "/chat/completions"
-    body = json.dumps({"model": model, "temperature": 0, "messages": [
-        {"role": "system", "content": "You label the experts of a mixture-of-experts reward model."},
-        {"role": "user", "content": describe_prompt(description)},
-    ]}).encode("utf-8")
+    body = json.dumps(
+        {
+            "model": model,
+            "temperature": 0,
+            "messages": [
+                {"role": "system", "content": "You label the experts of a mixture-of-experts reward model."},
+                {"role": "user", "content": describe_prompt(description)},
+            ],
+        }
+    ).encode("utf-8")
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"

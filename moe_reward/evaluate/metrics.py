@@ -46,8 +46,14 @@ class PairScores:
 
 
 @torch.no_grad()
-def score_pairs(model: SparseMoERewardModel, features: PairFeatures, user_weights: np.ndarray | None = None,
-                user_bias: np.ndarray | None = None, batch: int = 8192, router: RouterData | None = None) -> PairScores:
+def score_pairs(
+    model: SparseMoERewardModel,
+    features: PairFeatures,
+    user_weights: np.ndarray | None = None,
+    user_bias: np.ndarray | None = None,
+    batch: int = 8192,
+    router: RouterData | None = None,
+) -> PairScores:
     model.eval()
     router = router if router is not None else router_data(model, features)
     parts: list[list[np.ndarray]] = [[] for _ in range(7)]
@@ -55,7 +61,10 @@ def score_pairs(model: SparseMoERewardModel, features: PairFeatures, user_weight
     ub = None if user_bias is None else torch.as_tensor(user_bias, dtype=torch.float32)
     for s in range(0, len(features), batch):
         sl = slice(s, s + batch)
-        c, r = (torch.from_numpy(np.ascontiguousarray(a[sl], np.float32)) for a in (features.chosen, features.rejected))
+        c, r = (
+            torch.from_numpy(np.ascontiguousarray(a[sl], np.float32))
+            for a in (features.chosen, features.rejected)
+        )
         out = model.pair(router.batch(sl), c, r, user_weights=uw, user_bias=ub)
         rc, rr = model.expert_rewards(c), model.expert_rewards(r)
         prob = out.prob_chosen(mixture=model.config.kind == "micro" and uw is None)
@@ -105,8 +114,12 @@ def groups_of(features: PairFeatures) -> np.ndarray | None:
     return None if all(g is None for g in groups) else np.array([g or "(none)" for g in groups])
 
 
-def evaluate(model: SparseMoERewardModel, features: PairFeatures, scores: PairScores | None = None,
-             diagnostics: bool = False) -> dict:
+def evaluate(
+    model: SparseMoERewardModel,
+    features: PairFeatures,
+    scores: PairScores | None = None,
+    diagnostics: bool = False,
+) -> dict:
     """Pairwise accuracy overall and per group, routing statistics, NMI(top-1 expert, group); with
     `diagnostics`, also `specialization_diagnostics` under ``"diagnostics"`` (seconds, not milliseconds)."""
     router = router_data(model, features)
@@ -174,8 +187,13 @@ def _folds(features: PairFeatures, rows: np.ndarray, n_folds: int) -> list[tuple
 
 
 @torch.no_grad()
-def specialization_diagnostics(model: SparseMoERewardModel, features: PairFeatures, scores: PairScores,
-                               router: RouterData | None = None, seed: int = 0) -> dict:
+def specialization_diagnostics(
+    model: SparseMoERewardModel,
+    features: PairFeatures,
+    scores: PairScores,
+    router: RouterData | None = None,
+    seed: int = 0,
+) -> dict:
     """Where specialization fails: in what the router can see, or in what training found.
 
     - ``contingency``: group x expert counts of each pair's top-1 expert.
@@ -190,8 +208,15 @@ def specialization_diagnostics(model: SparseMoERewardModel, features: PairFeatur
     from sklearn.linear_model import LogisticRegression
 
     groups = groups_of(features)
-    out: dict = {"contingency": {}, "router_probe_nmi": None, "router_probe_accuracy": None,
-                 "oracle_routing_accuracy": None, "discovery_efficiency": None, "pairs": 0, "folds": 0}
+    out: dict = {
+        "contingency": {},
+        "router_probe_nmi": None,
+        "router_probe_accuracy": None,
+        "oracle_routing_accuracy": None,
+        "discovery_efficiency": None,
+        "pairs": 0,
+        "folds": 0,
+    }
     if groups is None or not len(features):
         return out
     k = model.num_experts
@@ -210,7 +235,9 @@ def specialization_diagnostics(model: SparseMoERewardModel, features: PairFeatur
         return out
     y = groups[rows]
     out["pairs"], out["folds"] = int(len(rows)), len(folds)
-    diff = ((features.chosen[rows] - features.rejected[rows]) / model.response_scale.numpy()).astype(np.float64)
+    diff = ((features.chosen[rows] - features.rejected[rows]) / model.response_scale.numpy()).astype(
+        np.float64
+    )
     correct = np.zeros(len(rows), bool)
     for fit_idx, test_idx in folds:
         for g in np.unique(y[test_idx]):

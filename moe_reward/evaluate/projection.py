@@ -64,7 +64,9 @@ class ProjectionParams:
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
         if self.method == "anchors" and self.source != "router":
-            raise ValueError("the 'anchors' layout places pairs by their routing: use it with source 'router'")
+            raise ValueError(
+                "the 'anchors' layout places pairs by their routing: use it with source 'router'"
+            )
         if not 2 <= self.n_neighbors <= 200:
             raise ValueError(f"n_neighbors must be in [2, 200], got {self.n_neighbors}")
         if not 0.0 <= self.min_dist <= 1.0:
@@ -82,9 +84,15 @@ class ProjectionParams:
         return self.source in MODEL_SOURCES
 
     def title(self) -> str:
-        what = {"router": "router logits", "margins": "per-expert margins", "prompt": "prompt text embeddings",
-                "pair": "preference directions (chosen − rejected)"}[self.source]
-        how = {"anchors": "Experts as anchors, pairs at their routing mix", "pca": "PCA", "umap": "UMAP"}[self.method]
+        what = {
+            "router": "router logits",
+            "margins": "per-expert margins",
+            "prompt": "prompt text embeddings",
+            "pair": "preference directions (chosen − rejected)",
+        }[self.source]
+        how = {"anchors": "Experts as anchors, pairs at their routing mix", "pca": "PCA", "umap": "UMAP"}[
+            self.method
+        ]
         return f"{how} of {what}" if self.method != "anchors" else how
 
 
@@ -136,11 +144,11 @@ def pca_2d(x: np.ndarray, chunk: int = 65536) -> np.ndarray:
     d = x.shape[1]
     mean = np.zeros(d)
     for s in range(0, n, chunk):
-        mean += x[s:s + chunk].astype(np.float64).sum(0)
+        mean += x[s : s + chunk].astype(np.float64).sum(0)
     mean /= n
     cov = np.zeros((d, d))
     for s in range(0, n, chunk):
-        c = x[s:s + chunk].astype(np.float64) - mean
+        c = x[s : s + chunk].astype(np.float64) - mean
         cov += c.T @ c
     vals, vecs = np.linalg.eigh(cov)
     basis = vecs[:, ::-1][:, :2].T  # [2, D], largest eigenvalues first
@@ -151,7 +159,7 @@ def pca_2d(x: np.ndarray, chunk: int = 65536) -> np.ndarray:
     basis = basis * signs[:, None]
     out = np.empty((n, 2), dtype=np.float32)
     for s in range(0, n, chunk):
-        out[s:s + chunk] = (x[s:s + chunk].astype(np.float64) - mean) @ basis.T
+        out[s : s + chunk] = (x[s : s + chunk].astype(np.float64) - mean) @ basis.T
     return out
 
 
@@ -167,8 +175,9 @@ def anchors_2d(router_probs: np.ndarray) -> np.ndarray:
     return p @ anchor_positions(p.shape[1])
 
 
-def umap_2d(x: np.ndarray, params: ProjectionParams, progress: ProgressFn | None = None,
-            estimate: float | None = None) -> np.ndarray:
+def umap_2d(
+    x: np.ndarray, params: ProjectionParams, progress: ProgressFn | None = None, estimate: float | None = None
+) -> np.ndarray:
     """UMAP; while it fits (it reports nothing itself) the progress follows the time estimate, capped at 95%."""
     say = progress or (lambda _m, _f: None)
     n = len(x)
@@ -184,14 +193,22 @@ def umap_2d(x: np.ndarray, params: ProjectionParams, progress: ProgressFn | None
     def tick() -> None:
         while not done.wait(0.5):
             el = time.perf_counter() - t0
-            say(f"UMAP on {n} points: {el:.0f} s of about {total:.0f} s (estimated from timings on this machine)",
-                min(0.95, 0.05 + 0.9 * el / max(total, 1e-3)))
+            say(
+                f"UMAP on {n} points: {el:.0f} s of about {total:.0f} s (estimated from timings on this machine)",
+                min(0.95, 0.05 + 0.9 * el / max(total, 1e-3)),
+            )
 
     ticker = threading.Thread(target=tick, name="umap-progress", daemon=True)
     ticker.start()
     try:
-        reducer = umap.UMAP(n_components=2, n_neighbors=min(params.n_neighbors, n - 1), min_dist=params.min_dist,
-                            metric=params.metric, random_state=params.seed, n_jobs=1)
+        reducer = umap.UMAP(
+            n_components=2,
+            n_neighbors=min(params.n_neighbors, n - 1),
+            min_dist=params.min_dist,
+            metric=params.metric,
+            random_state=params.seed,
+            n_jobs=1,
+        )
         coords = reducer.fit_transform(np.asarray(x, dtype=np.float32))
     finally:
         done.set()
@@ -214,13 +231,24 @@ def warm_up_umap(progress: ProgressFn | None = None, cache_dir: str | Path | Non
         x = np.random.default_rng(0).normal(size=(4200, 8)).astype(np.float32)
         params = ProjectionParams("umap", "router", metric="euclidean")
         warm_part = estimate_seconds(params, len(x), x.shape[1], cache_dir, warm=True)
-        umap_2d(x, params, progress, estimate=estimate_seconds(params, len(x), x.shape[1], cache_dir, warm=False))
+        umap_2d(
+            x, params, progress, estimate=estimate_seconds(params, len(x), x.shape[1], cache_dir, warm=False)
+        )
         if cache_dir is not None:  # what compiling cost here: later estimates use it
             root = Path(cache_dir)
             root.mkdir(parents=True, exist_ok=True)
-            meta = {"params": asdict(params), "n": len(x), "dim": x.shape[1], "warm": False, "warm_up": True,
-                    "seconds": round(time.perf_counter() - t0, 3), "warm_estimate": round(warm_part, 3)}
-            _atomic_write(root / "umap-warmup.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+            meta = {
+                "params": asdict(params),
+                "n": len(x),
+                "dim": x.shape[1],
+                "warm": False,
+                "warm_up": True,
+                "seconds": round(time.perf_counter() - t0, 3),
+                "warm_estimate": round(warm_part, 3),
+            }
+            _atomic_write(
+                root / "umap-warmup.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2))
+            )
     if progress:
         progress("UMAP compiled", 1.0)
     return time.perf_counter() - t0
@@ -243,8 +271,14 @@ def _history(cache_dir: str | Path | None) -> list[dict]:
     return out
 
 
-def estimate_seconds(params: ProjectionParams, n: int, dim: int, cache_dir: str | Path | None = None,
-                     warm: bool | None = None, compiling_for: float = 0.0) -> float:
+def estimate_seconds(
+    params: ProjectionParams,
+    n: int,
+    dim: int,
+    cache_dir: str | Path | None = None,
+    warm: bool | None = None,
+    compiling_for: float = 0.0,
+) -> float:
     """Seconds a projection of n points will take here: this workspace's previous UMAP timings (warm
     ones, scaled as n^1.1) when there are any, else the timings measured on 2 cores, plus the one-off
     compilation when this process has not fitted a UMAP yet (less `compiling_for` seconds when a
@@ -252,11 +286,14 @@ def estimate_seconds(params: ProjectionParams, n: int, dim: int, cache_dir: str 
     if params.method != "umap":
         return 0.05 + 2e-7 * n * dim
     warm = umap_is_warm() if warm is None else warm
-    past = [m for m in _history(cache_dir) if m.get("warm") and m.get("n", 0) >= 100 and m.get("dim")
-            and (m["dim"] > 64) == (dim > 64)]
+    past = [
+        m
+        for m in _history(cache_dir)
+        if m.get("warm") and m.get("n", 0) >= 100 and m.get("dim") and (m["dim"] > 64) == (dim > 64)
+    ]
     if past:
         rates = [m["seconds"] / m["n"] ** 1.1 for m in past]
-        base = float(np.median(rates)) * n ** 1.1
+        base = float(np.median(rates)) * n**1.1
     else:
         base = UMAP_WARM_SECONDS_5K["high" if dim > 64 else "low"] * (n / 5000) ** 1.1
     if warm:
@@ -303,19 +340,31 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 def save_cached(cache_dir: str | Path, key: str, coords: np.ndarray, meta: dict) -> None:
     root = Path(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
-    _atomic_write(root / f"{key}.safetensors",
-                  lambda tmp: save_file({"coords": np.ascontiguousarray(coords, dtype=np.float32)}, tmp))
+    _atomic_write(
+        root / f"{key}.safetensors",
+        lambda tmp: save_file({"coords": np.ascontiguousarray(coords, dtype=np.float32)}, tmp),
+    )
     # The sidecar is written last: a cache entry counts only once both files exist.
     _atomic_write(root / f"{key}.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
 
 
-def is_cached(features: PairFeatures, params: ProjectionParams, cache_dir: str | Path | None,
-              key_parts: Sequence[str] = ()) -> bool:
+def is_cached(
+    features: PairFeatures,
+    params: ProjectionParams,
+    cache_dir: str | Path | None,
+    key_parts: Sequence[str] = (),
+) -> bool:
     return load_cached(cache_dir, cache_key(params, key_parts, len(features)), len(features)) is not None
 
 
-def project(features: PairFeatures, params: ProjectionParams, cache_dir: str | Path | None = None,
-            key_parts: Sequence[str] = (), progress: ProgressFn | None = None, scores=None) -> Projection:
+def project(
+    features: PairFeatures,
+    params: ProjectionParams,
+    cache_dir: str | Path | None = None,
+    key_parts: Sequence[str] = (),
+    progress: ProgressFn | None = None,
+    scores=None,
+) -> Projection:
     """2-D coordinates of each pair, from the disk cache when present (`key_parts`: model and data ids;
     `scores`: the model's analysis.PairScores, for the router and margins sources)."""
     n = len(features)
@@ -338,8 +387,14 @@ def project(features: PairFeatures, params: ProjectionParams, cache_dir: str | P
         coords = pca_2d(x) if params.method == "pca" else umap_2d(x, params, progress, estimate)
     seconds = time.perf_counter() - t0
     if cache_dir is not None:
-        meta = {"params": asdict(params), "key_parts": list(key_parts), "n": n, "dim": int(x.shape[1]),
-                "seconds": round(seconds, 3), "warm": warm or params.method != "umap"}
+        meta = {
+            "params": asdict(params),
+            "key_parts": list(key_parts),
+            "n": n,
+            "dim": int(x.shape[1]),
+            "seconds": round(seconds, 3),
+            "warm": warm or params.method != "umap",
+        }
         if params.method == "umap" and not warm:
             meta["warm_estimate"] = round(estimate_seconds(params, n, x.shape[1], cache_dir, warm=True), 3)
         save_cached(cache_dir, key, coords, meta)
@@ -351,7 +406,9 @@ def project(features: PairFeatures, params: ProjectionParams, cache_dir: str | P
 # ----------------------------------------------------------------------------- drawing many points
 
 
-def draw_sample(categories: np.ndarray, cap: int, seed: int = 0, keep: np.ndarray | None = None) -> np.ndarray:
+def draw_sample(
+    categories: np.ndarray, cap: int, seed: int = 0, keep: np.ndarray | None = None
+) -> np.ndarray:
     """Indices of at most `cap` points to draw, sorted: every category keeps a share proportional to its
     size but at least min(its size, cap / (4 * #categories)), so small experts stay visible; `keep`
     (indices, e.g. the selected pair) is always included. All points when there are <= cap."""
@@ -366,8 +423,10 @@ def draw_sample(categories: np.ndarray, cap: int, seed: int = 0, keep: np.ndarra
     room = max(cap - int(counts[small].sum()), 0)
     share = np.floor(counts * room / max(int(counts[~small].sum()), 1)).astype(int)
     quota = np.where(small, counts, np.maximum(np.minimum(share, counts), floor))
-    picked = [rng.choice(np.flatnonzero(inverse == c), size=int(min(q, counts[c])), replace=False)
-              for c, q in enumerate(quota)]
+    picked = [
+        rng.choice(np.flatnonzero(inverse == c), size=int(min(q, counts[c])), replace=False)
+        for c, q in enumerate(quota)
+    ]
     if keep is not None and len(keep):
         picked.append(np.asarray(keep, dtype=np.int64))
     return np.unique(np.concatenate(picked))
@@ -409,13 +468,24 @@ def points_in_polygon(xy: np.ndarray, xs: Sequence[float], ys: Sequence[float]) 
 # ----------------------------------------------------------------------------- precomputation
 
 # What the Expert map offers without waiting (instant layouts), and the non-linear view worth precomputing.
-INSTANT_VIEWS = (ProjectionParams("anchors", "router"), ProjectionParams("pca", "router"),
-                 ProjectionParams("pca", "margins"), ProjectionParams("pca", "prompt"), ProjectionParams("pca", "pair"))
+INSTANT_VIEWS = (
+    ProjectionParams("anchors", "router"),
+    ProjectionParams("pca", "router"),
+    ProjectionParams("pca", "margins"),
+    ProjectionParams("pca", "prompt"),
+    ProjectionParams("pca", "pair"),
+)
 PRECOMPUTED_UMAP = (ProjectionParams("umap", "router", metric="euclidean"),)
 
 
-def precompute_views(features: PairFeatures, scores, cache_dir: str | Path, key_parts: Sequence[str],
-                     umap: bool = True, progress: ProgressFn | None = None) -> list[Projection]:
+def precompute_views(
+    features: PairFeatures,
+    scores,
+    cache_dir: str | Path,
+    key_parts: Sequence[str],
+    umap: bool = True,
+    progress: ProgressFn | None = None,
+) -> list[Projection]:
     """The map's views of one model on one dataset, into the cache (what `build-default` and the app's
     first start run for the default model)."""
     say = progress or (lambda _m, _f: None)
@@ -423,7 +493,15 @@ def precompute_views(features: PairFeatures, scores, cache_dir: str | Path, key_
     out = []
     for i, params in enumerate(views):
         lo, hi = i / len(views), (i + 1) / len(views)
-        out.append(project(features, params, cache_dir, key_parts, scores=scores,
-                           progress=lambda m, f, p=params, lo=lo, hi=hi: say(f"{p.title()}: {m}", lo + (hi - lo) * f)))
+        out.append(
+            project(
+                features,
+                params,
+                cache_dir,
+                key_parts,
+                scores=scores,
+                progress=lambda m, f, p=params, lo=lo, hi=hi: say(f"{p.title()}: {m}", lo + (hi - lo) * f),
+            )
+        )
     say("projections ready", 1.0)
     return out

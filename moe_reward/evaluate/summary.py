@@ -37,39 +37,77 @@ class Stat:
         return f"{value:.{self.digits}f}"
 
 
-STATS: dict[str, Stat] = {s.key: s for s in (
-    Stat("accuracy", "Accuracy",
-         "Share of pairs on which the model's reward of the chosen response is above that of the rejected one "
-         "(0.5 is chance)."),
-    Stat("routing_nmi", "Routing NMI",
-         "Normalized mutual information between each pair's top expert and its group: 0 when routing ignores "
-         "the groups, 1 when every group has experts of its own."),
-    Stat("routing_entropy_normalized", "Routing entropy",
-         "Mean entropy of the router's softmax over the K experts, divided by log K: 0 when each prompt goes "
-         "to one expert with certainty, 1 when the router spreads every prompt evenly."),
-    Stat("experts_in_use", "Experts in use",
-         "Experts that are the top choice for more than 1% of the pairs.", 0),
-    Stat("active_experts_per_pair", "Active experts per pair",
-         "Mean number of experts with a non-zero routing weight (top-k for a sparse model).", 2),
-    Stat("routing_purity", "Routing purity",
-         "Share of pairs whose top expert's most frequent group is their own group."),
-)}
+STATS: dict[str, Stat] = {
+    s.key: s
+    for s in (
+        Stat(
+            "accuracy",
+            "Accuracy",
+            "Share of pairs on which the model's reward of the chosen response is above that of the rejected one "
+            "(0.5 is chance).",
+        ),
+        Stat(
+            "routing_nmi",
+            "Routing NMI",
+            "Normalized mutual information between each pair's top expert and its group: 0 when routing ignores "
+            "the groups, 1 when every group has experts of its own.",
+        ),
+        Stat(
+            "routing_entropy_normalized",
+            "Routing entropy",
+            "Mean entropy of the router's softmax over the K experts, divided by log K: 0 when each prompt goes "
+            "to one expert with certainty, 1 when the router spreads every prompt evenly.",
+        ),
+        Stat(
+            "experts_in_use",
+            "Experts in use",
+            "Experts that are the top choice for more than 1% of the pairs.",
+            0,
+        ),
+        Stat(
+            "active_experts_per_pair",
+            "Active experts per pair",
+            "Mean number of experts with a non-zero routing weight (top-k for a sparse model).",
+            2,
+        ),
+        Stat(
+            "routing_purity",
+            "Routing purity",
+            "Share of pairs whose top expert's most frequent group is their own group.",
+        ),
+    )
+}
 
 # Specialization diagnostics (analysis.evaluate(...)["diagnostics"], metrics.json["test"]["diagnostics"]).
-DIAGNOSTICS: dict[str, Stat] = {s.key: s for s in (
-    Stat("router_probe_nmi", "Router probe NMI",
-         "NMI reached by a cross-validated supervised linear probe that is given the groups and sees the same "
-         "router inputs: the ceiling that unsupervised routing could reach with this representation."),
-    Stat("router_probe_accuracy", "Router probe accuracy",
-         "How often that supervised probe predicts a pair's group from the router's inputs; low means the "
-         "representation itself hides the groups."),
-    Stat("oracle_routing_accuracy", "Oracle-routing accuracy",
-         "Pairwise accuracy of one reward head per group with the group given: what routing by the true "
-         "criterion would achieve."),
-    Stat("discovery_efficiency", "Discovery efficiency",
-         "Routing NMI divided by the probe's NMI: the share of the discoverable group structure that "
-         "unsupervised training found (1 = all of it)."),
-)}
+DIAGNOSTICS: dict[str, Stat] = {
+    s.key: s
+    for s in (
+        Stat(
+            "router_probe_nmi",
+            "Router probe NMI",
+            "NMI reached by a cross-validated supervised linear probe that is given the groups and sees the same "
+            "router inputs: the ceiling that unsupervised routing could reach with this representation.",
+        ),
+        Stat(
+            "router_probe_accuracy",
+            "Router probe accuracy",
+            "How often that supervised probe predicts a pair's group from the router's inputs; low means the "
+            "representation itself hides the groups.",
+        ),
+        Stat(
+            "oracle_routing_accuracy",
+            "Oracle-routing accuracy",
+            "Pairwise accuracy of one reward head per group with the group given: what routing by the true "
+            "criterion would achieve.",
+        ),
+        Stat(
+            "discovery_efficiency",
+            "Discovery efficiency",
+            "Routing NMI divided by the probe's NMI: the share of the discoverable group structure that "
+            "unsupervised training found (1 = all of it).",
+        ),
+    )
+}
 
 
 def headline_values(ev: dict) -> dict[str, float | int | None]:
@@ -112,36 +150,52 @@ def training_story(metrics: dict | None) -> list[str]:
             if isinstance(value, (int, float)):
                 best[name] = min(best.get(name, float("inf")), float(value))
         if len(best) > 1:
-            line += (", chosen on validation likelihood (validation BT loss of the context model: "
-                     + ", ".join(f"{k} {v:.3f}" for k, v in sorted(best.items(), key=lambda kv: kv[1])) + ")")
+            line += (
+                ", chosen on validation likelihood (validation BT loss of the context model: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in sorted(best.items(), key=lambda kv: kv[1]))
+                + ")"
+            )
         lines.append(line + ".")
     free = disc.get("context_free_loss")
     helps = disc.get("context_helps")
     if helps is False:
-        lines.append("The prompt did not predict the preference on validation pairs beyond what every prompt shares"
-                     + (f" (context-free loss {free:.3f})" if isinstance(free, (int, float)) else "")
-                     + ": every expert started as the single-head model, and training had to earn any "
-                       "specialization on the validation loss.")
+        lines.append(
+            "The prompt did not predict the preference on validation pairs beyond what every prompt shares"
+            + (f" (context-free loss {free:.3f})" if isinstance(free, (int, float)) else "")
+            + ": every expert started as the single-head model, and training had to earn any "
+            "specialization on the validation loss."
+        )
     elif disc.get("clusters_rejected"):
-        lines.append("The prompt predicts the preference beyond what every prompt shares, but "
-                     f"{disc['clusters_rejected']}: every expert started as the single-head model.")
+        lines.append(
+            "The prompt predicts the preference beyond what every prompt shares, but "
+            f"{disc['clusters_rejected']}: every expert started as the single-head model."
+        )
     elif disc.get("warm_start") == "clusters":
         sizes = [n for n in disc.get("cluster_sizes") or [] if n]
-        line = ("The prompt predicts the preference beyond what every prompt shares"
-                + (f" (validation loss {min(best.values()):.3f} vs {free:.3f} context-free)"
-                   if losses and isinstance(free, (int, float)) and best else "")
-                + f": the experts started from {disc.get('clusters', len(sizes))} groups of preference codes"
-                + (f" (training pairs per group: {', '.join(str(n) for n in sizes)})" if sizes else ""))
+        line = (
+            "The prompt predicts the preference beyond what every prompt shares"
+            + (
+                f" (validation loss {min(best.values()):.3f} vs {free:.3f} context-free)"
+                if losses and isinstance(free, (int, float)) and best
+                else ""
+            )
+            + f": the experts started from {disc.get('clusters', len(sizes))} groups of preference codes"
+            + (f" (training pairs per group: {', '.join(str(n) for n in sizes)})" if sizes else "")
+        )
         if disc.get("head_anchor"):
             line += f", each head shrunk toward the {disc['head_anchor']} (penalty {disc.get('head_l2')})"
         lines.append(line + ".")
     if disc.get("warm_start"):
         if disc.get("kept_warm_start") or metrics.get("best_epoch") == 0:
-            lines.append("The kept checkpoint is the warm start (epoch 0): no later epoch beat it on validation "
-                         "loss by more than one standard error.")
+            lines.append(
+                "The kept checkpoint is the warm start (epoch 0): no later epoch beat it on validation "
+                "loss by more than one standard error."
+            )
         elif metrics.get("best_epoch") is not None:
-            lines.append(f"The kept checkpoint is epoch {metrics['best_epoch']} of {metrics.get('epochs_run', '?')}, "
-                         "the lowest validation loss of the run.")
+            lines.append(
+                f"The kept checkpoint is epoch {metrics['best_epoch']} of {metrics.get('epochs_run', '?')}, "
+                "the lowest validation loss of the run."
+            )
     return lines
 
 
@@ -187,8 +241,10 @@ class DataRelation:
         """Something the reader must know before quoting a number ('' if nothing)."""
         notes = [self.message] if self.message else []
         if self.headline.key == "test" and self.headline.n < TOO_FEW_PAIRS:
-            notes.append(f"The test split has only {self.headline.n} pairs: its accuracy can be off by "
-                         f"{1 / (2 * max(self.headline.n, 1) ** 0.5):.2f} or more either way.")
+            notes.append(
+                f"The test split has only {self.headline.n} pairs: its accuracy can be off by "
+                f"{1 / (2 * max(self.headline.n, 1) ** 0.5):.2f} or more either way."
+            )
         return " ".join(notes)
 
 
@@ -203,7 +259,11 @@ def read_split_ids(model_dir: str | Path) -> dict[str, list[str]] | None:
         return None
     if not isinstance(data, dict):
         return None
-    return {k: [str(x) for x in v] for k, v in data.items() if k in ("train", "validation", "test") and isinstance(v, list)}
+    return {
+        k: [str(x) for x in v]
+        for k, v in data.items()
+        if k in ("train", "validation", "test") and isinstance(v, list)
+    }
 
 
 def trained_on(model_dir: str | Path) -> str | None:
@@ -215,8 +275,9 @@ def trained_on(model_dir: str | Path) -> str | None:
         return None
 
 
-def relate(model_dir: str | Path, features: PairFeatures, same_file: bool | None = None,
-           data_name: str = "this data") -> DataRelation:
+def relate(
+    model_dir: str | Path, features: PairFeatures, same_file: bool | None = None, data_name: str = "this data"
+) -> DataRelation:
     """Which pairs of `features` the model trained on, and the subsets a number can honestly be on.
 
     `same_file`: whether the file is the one recorded in the model's metrics.json (None: unknown); used
@@ -228,15 +289,26 @@ def relate(model_dir: str | Path, features: PairFeatures, same_file: bool | None
     splits = read_split_ids(model_dir)
     if splits is None:
         if same_file:
-            return DataRelation("unsplit", source, [Scope("all", "all pairs (training pairs included)", everything)],
-                                "This model saved no train/test split, so these numbers include the pairs it was "
-                                "trained on and overstate how it does on new data.")
-        return DataRelation("unknown", source, [Scope("all", "all pairs", everything)],
-                            f"This model saved no train/test split; it was trained on {source_name}. Numbers on "
-                            f"{data_name} may include pairs it was trained on.")
+            return DataRelation(
+                "unsplit",
+                source,
+                [Scope("all", "all pairs (training pairs included)", everything)],
+                "This model saved no train/test split, so these numbers include the pairs it was "
+                "trained on and overstate how it does on new data.",
+            )
+        return DataRelation(
+            "unknown",
+            source,
+            [Scope("all", "all pairs", everything)],
+            f"This model saved no train/test split; it was trained on {source_name}. Numbers on "
+            f"{data_name} may include pairs it was trained on.",
+        )
     member = {name: set(ids) for name, ids in splits.items()}
     ids = features.ids
-    where = {name: np.array([i for i, pid in enumerate(ids) if pid in s], dtype=np.int64) for name, s in member.items()}
+    where = {
+        name: np.array([i for i, pid in enumerate(ids) if pid in s], dtype=np.int64)
+        for name, s in member.items()
+    }
     seen = set().union(*member.values()) if member else set()
     outside = np.array([i for i, pid in enumerate(ids) if pid not in seen], dtype=np.int64)
     counts = {name: len(idx) for name, idx in where.items()} | {"outside": len(outside), "all": n}
@@ -252,12 +324,23 @@ def relate(model_dir: str | Path, features: PairFeatures, same_file: bool | None
         scopes.append(Scope("all", "all pairs (training pairs included)", everything))
         return DataRelation("training", source, scopes, "", counts)
     if train_like:
-        scopes = ([Scope("unseen", "pairs the model never trained on", outside)] if len(outside) else []) \
-            + [Scope("all", "all pairs (training pairs included)", everything)]
-        msg = (f"{train_like} of these {n} pairs were used to train this model (trained on {source_name}) and none "
-               f"is from its test split; " + (f"the headline numbers are on the {len(outside)} pairs it never saw."
-                                               if len(outside) else "every number here includes training pairs."))
+        scopes = ([Scope("unseen", "pairs the model never trained on", outside)] if len(outside) else []) + [
+            Scope("all", "all pairs (training pairs included)", everything)
+        ]
+        msg = (
+            f"{train_like} of these {n} pairs were used to train this model (trained on {source_name}) and none "
+            f"is from its test split; "
+            + (
+                f"the headline numbers are on the {len(outside)} pairs it never saw."
+                if len(outside)
+                else "every number here includes training pairs."
+            )
+        )
         return DataRelation("partial", source, scopes, msg, counts)
-    msg = (f"This is not the data the model was trained on ({source_name}): all {n} pairs of {data_name} are new "
-           f"to it. These numbers measure transfer to other data, not its held-out test accuracy.")
-    return DataRelation("foreign", source, [Scope("all", "all pairs (data the model never saw)", everything)], msg, counts)
+    msg = (
+        f"This is not the data the model was trained on ({source_name}): all {n} pairs of {data_name} are new "
+        f"to it. These numbers measure transfer to other data, not its held-out test accuracy."
+    )
+    return DataRelation(
+        "foreign", source, [Scope("all", "all pairs (data the model never saw)", everything)], msg, counts
+    )

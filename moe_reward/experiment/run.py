@@ -149,7 +149,9 @@ class ExperimentConfig:
             raise ValueError(f"need experts >= 1 and 1 <= top_k <= experts, got {self.experts}, {self.top_k}")
         if self.max_pairs is not None and self.max_pairs < 4:
             raise ValueError("max_pairs must be >= 4")
-        bad = [k for k in self.kinds if k not in MODEL_KINDS] + [a for a in self.adapters if a not in ADAPTERS]
+        bad = [k for k in self.kinds if k not in MODEL_KINDS] + [
+            a for a in self.adapters if a not in ADAPTERS
+        ]
         if bad or not self.kinds:
             raise ValueError(f"unknown kinds/adapters {bad}; kinds: {MODEL_KINDS}, adapters: {ADAPTERS}")
         if not self.shots or self.shots[0] < 0:
@@ -193,8 +195,13 @@ class Protocol:
     numbers: dict[str, int]  # a stable number per user (seeds each user's splits and label draws)
 
 
-def plan_folds(features: PairFeatures, user_field: str, held_out_users: tuple[str, ...] = (),
-               max_folds: int | None = None, seed: int = 0) -> Protocol:
+def plan_folds(
+    features: PairFeatures,
+    user_field: str,
+    held_out_users: tuple[str, ...] = (),
+    max_folds: int | None = None,
+    seed: int = 0,
+) -> Protocol:
     """The experiment's folds.
 
     - Some pairs have no user (e.g. general pairs plus annotators' or personas' pairs): one fold holds out
@@ -205,8 +212,10 @@ def plan_folds(features: PairFeatures, user_field: str, held_out_users: tuple[st
     users = [getattr(p, user_field) for p in features.pairs]
     names = sorted({u for u in users if u is not None})
     if not names:
-        raise ValueError(f"no pair has a {user_field!r}: nothing to personalize to "
-                         f"(try --user-field {'group' if user_field == 'user' else 'user'})")
+        raise ValueError(
+            f"no pair has a {user_field!r}: nothing to personalize to "
+            f"(try --user-field {'group' if user_field == 'user' else 'user'})"
+        )
     unknown = sorted(set(held_out_users) - set(names))
     if unknown:
         raise ValueError(f"held-out users not in the data: {unknown}; the {user_field}s are: {names[:20]}")
@@ -226,8 +235,9 @@ def plan_folds(features: PairFeatures, user_field: str, held_out_users: tuple[st
     return Protocol("leave-one-user-out", [Fold([u], {u: index[u]}) for u in held], held, numbers)
 
 
-def training_index(features: PairFeatures, user_field: str, fold: Fold,
-                   test_rows: dict[str, np.ndarray]) -> tuple[list[int], int]:
+def training_index(
+    features: PairFeatures, user_field: str, fold: Fold, test_rows: dict[str, np.ndarray]
+) -> tuple[list[int], int]:
     """(pairs that may train this fold, how many were excluded as repeats of a held-out test comparison).
 
     Held-out users' own pairs never train. Another pair with the same texts as one of their *test* pairs
@@ -235,7 +245,9 @@ def training_index(features: PairFeatures, user_field: str, fold: Fold,
     no test comparison is seen in training; comparisons in their adaptation pools may train (they are the
     labels of other people)."""
     held = set(fold.held_users)
-    excluded = {pair_key(features.pairs[fold.user_index[u][j]]) for u in fold.held_users for j in test_rows[u]}
+    excluded = {
+        pair_key(features.pairs[fold.user_index[u][j]]) for u in fold.held_users for j in test_rows[u]
+    }
     train, dropped = [], 0
     for i, p in enumerate(features.pairs):
         if getattr(p, user_field) in held:
@@ -247,7 +259,9 @@ def training_index(features: PairFeatures, user_field: str, fold: Fold,
     return train, dropped
 
 
-def user_pool_and_test(n: int, test_fraction: float, seed: int, user_number: int) -> tuple[np.ndarray, np.ndarray]:
+def user_pool_and_test(
+    n: int, test_fraction: float, seed: int, user_number: int
+) -> tuple[np.ndarray, np.ndarray]:
     perm = np.random.default_rng([seed, user_number, 7]).permutation(n)
     n_test = min(n - 1, max(1, round(n * test_fraction)))
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
@@ -257,8 +271,10 @@ def label_draws(pool_size: int, k: int, draws: int, seed: int, user_number: int)
     """The seeded k-label draws from a pool (shared by every kind, adapter and the oracle)."""
     if k == 0:
         return [np.zeros(0, dtype=np.int64)]
-    return [np.random.default_rng([seed, user_number, k, d]).choice(pool_size, k, replace=False)
-            for d in range(draws)]
+    return [
+        np.random.default_rng([seed, user_number, k, d]).choice(pool_size, k, replace=False)
+        for d in range(draws)
+    ]
 
 
 # ----------------------------------------------------------------------------- personalization
@@ -280,9 +296,14 @@ def _adapter(name: str, k: int, prior: np.ndarray, scale: np.ndarray | None, cfg
     return make_adapter(name, k, prior, **params)
 
 
-def personalization_curves(margins: dict[str, tuple[np.ndarray, np.ndarray]], users: list[UserData],
-                           prior: np.ndarray, scale: np.ndarray | None, cfg: ExperimentConfig,
-                           seed: int) -> dict[str, dict[str, dict[str, float]]]:
+def personalization_curves(
+    margins: dict[str, tuple[np.ndarray, np.ndarray]],
+    users: list[UserData],
+    prior: np.ndarray,
+    scale: np.ndarray | None,
+    cfg: ExperimentConfig,
+    seed: int,
+) -> dict[str, dict[str, dict[str, float]]]:
     """{adapter: {k: {user: accuracy averaged over draws}}} for one model and seed (users whose pool has
     fewer than k pairs are absent at that k)."""
     k_experts = len(prior)
@@ -309,8 +330,13 @@ def personalization_curves(margins: dict[str, tuple[np.ndarray, np.ndarray]], us
     return out
 
 
-def oracle_curve(train: PairFeatures, user_feats: dict[str, PairFeatures], users: list[UserData],
-                 cfg: ExperimentConfig, seed: int) -> dict[str, dict[str, float]]:
+def oracle_curve(
+    train: PairFeatures,
+    user_feats: dict[str, PairFeatures],
+    users: list[UserData],
+    cfg: ExperimentConfig,
+    seed: int,
+) -> dict[str, dict[str, float]]:
     """{k: {user: accuracy}} of a user-only BT head (logistic regression on chosen - rejected) trained on k
     of the user's labels, and on the whole pool (k = "pool")."""
     from sklearn.linear_model import LogisticRegression
@@ -332,25 +358,38 @@ def oracle_curve(train: PairFeatures, user_feats: dict[str, PairFeatures], users
             if k > len(u.pool):
                 continue
             f = user_feats[u.name]
-            per_user[u.name] = float(np.mean([head_accuracy(f, u.pool[d], u.test)
-                                              for d in label_draws(len(u.pool), k, cfg.draws, seed, u.number)]))
+            per_user[u.name] = float(
+                np.mean(
+                    [
+                        head_accuracy(f, u.pool[d], u.test)
+                        for d in label_draws(len(u.pool), k, cfg.draws, seed, u.number)
+                    ]
+                )
+            )
         if per_user:
             out[str(k)] = per_user
     out["pool"] = {u.name: head_accuracy(user_feats[u.name], u.pool, u.test) for u in users}
     return out
 
 
-def active_and_random(margins: dict[str, tuple[np.ndarray, np.ndarray]], users: list[UserData], adapter: str,
-                      prior: np.ndarray, scale: np.ndarray | None, cfg: ExperimentConfig,
-                      seed: int) -> dict[str, dict[str, dict[str, float]]]:
+def active_and_random(
+    margins: dict[str, tuple[np.ndarray, np.ndarray]],
+    users: list[UserData],
+    adapter: str,
+    prior: np.ndarray,
+    scale: np.ndarray | None,
+    cfg: ExperimentConfig,
+    seed: int,
+) -> dict[str, dict[str, dict[str, float]]]:
     """{strategy: {k: {user: accuracy}}} after k sequentially chosen labels, active selection vs random."""
     curves: dict[str, dict[str, dict[str, float]]] = {"active": {}, "random": {}}
     for u in users:
         m, a = margins[u.name]
         mp, ap = m[u.pool], a[u.pool]
         horizon = min(max(cfg.shots), len(u.pool))
-        runs = [("active", None)] + [("random", np.random.default_rng([seed, u.number, 99, d]))
-                                     for d in range(cfg.draws)]
+        runs = [("active", None)] + [
+            ("random", np.random.default_rng([seed, u.number, 99, d])) for d in range(cfg.draws)
+        ]
         per_strategy: dict[str, dict[int, list[float]]] = {"active": {}, "random": {}}
         for strategy, rng in runs:
             ad = _adapter(adapter, len(prior), prior, scale, cfg)
@@ -358,7 +397,8 @@ def active_and_random(margins: dict[str, tuple[np.ndarray, np.ndarray]], users: 
             for step in range(horizon + 1):
                 if step in cfg.shots:
                     per_strategy[strategy].setdefault(step, []).append(
-                        personalized_accuracy(ad, m[u.test], a[u.test]))
+                        personalized_accuracy(ad, m[u.test], a[u.test])
+                    )
                 if step == horizon:
                     break
                 i = select_next(ad, mp, labeled, strategy=strategy, rng=rng)
@@ -370,8 +410,15 @@ def active_and_random(margins: dict[str, tuple[np.ndarray, np.ndarray]], users: 
     return curves
 
 
-def shift_report(margins: dict[str, tuple[np.ndarray, np.ndarray]], users: list[UserData], adapter: str,
-                 prior: np.ndarray, scale: np.ndarray | None, cfg: ExperimentConfig, limit: int = 32) -> dict:
+def shift_report(
+    margins: dict[str, tuple[np.ndarray, np.ndarray]],
+    users: list[UserData],
+    adapter: str,
+    prior: np.ndarray,
+    scale: np.ndarray | None,
+    cfg: ExperimentConfig,
+    limit: int = 32,
+) -> dict:
     report = {}
     for u in users:
         m, a = margins[u.name]
@@ -382,11 +429,15 @@ def shift_report(margins: dict[str, tuple[np.ndarray, np.ndarray]], users: list[
         after = np.asarray(shift["after"])
         top = np.argsort(-after, kind="stable")[:3]
         report[u.name] = {
-            "adapter": adapter, "n_labels": int(len(idx)),
-            "before": [round(x, 6) for x in shift["before"]], "after": [round(x, 6) for x in shift["after"]],
+            "adapter": adapter,
+            "n_labels": int(len(idx)),
+            "before": [round(x, 6) for x in shift["before"]],
+            "after": [round(x, 6) for x in shift["after"]],
             "delta": [round(x, 6) for x in shift["delta"]],
             "top_experts": [[int(k), round(float(after[k]), 6)] for k in top],
-            "top_movers": {str(k): [[pid, round(d, 6)] for pid, d in v] for k, v in shift["top_movers"].items()},
+            "top_movers": {
+                str(k): [[pid, round(d, 6)] for pid, d in v] for k, v in shift["top_movers"].items()
+            },
         }
     return report
 
@@ -394,12 +445,21 @@ def shift_report(margins: dict[str, tuple[np.ndarray, np.ndarray]], users: list[
 # ----------------------------------------------------------------------------- the run
 
 
-def _train(kind: str, seed: int, parts: dict[str, PairFeatures], cfg: ExperimentConfig,
-           metadata: dict) -> tuple[SparseMoERewardModel, float]:
+def _train(
+    kind: str, seed: int, parts: dict[str, PairFeatures], cfg: ExperimentConfig, metadata: dict
+) -> tuple[SparseMoERewardModel, float]:
     overrides = {k: getattr(cfg, k) for k in ("epochs", "min_steps") if getattr(cfg, k) is not None}
-    mcfg = ModelConfig(kind=kind, input_dim=parts["train"].dim, num_experts=cfg.experts, top_k=cfg.top_k,
-                       backbone=dict(metadata), router_input=cfg.router_input)
-    result = train_model(parts["train"], parts["validation"], mcfg, TrainConfig.for_kind(kind, seed=seed, **overrides))
+    mcfg = ModelConfig(
+        kind=kind,
+        input_dim=parts["train"].dim,
+        num_experts=cfg.experts,
+        top_k=cfg.top_k,
+        backbone=dict(metadata),
+        router_input=cfg.router_input,
+    )
+    result = train_model(
+        parts["train"], parts["validation"], mcfg, TrainConfig.for_kind(kind, seed=seed, **overrides)
+    )
     return result.model, result.seconds
 
 
@@ -414,24 +474,34 @@ def _merge(into: dict, part: dict) -> None:
             into[key] = value
 
 
-def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None,
-                   progress: Callable[[str], None] | None = None) -> dict:
+def run_experiment(
+    cfg: ExperimentConfig, out: str | Path | None = None, progress: Callable[[str], None] | None = None
+) -> dict:
     """Run the whole protocol (module docstring); write results.json, results.md and figures to `out`."""
     t_start = time.perf_counter()
     say = progress or (lambda _msg: None)
     say("embedding")
     t0 = time.perf_counter()
-    features = load_features_or_pairs(cfg.data, skip_bad=cfg.skip_bad,
-                                      backbone=BackboneSpec(cfg.backbone, max_length=cfg.max_length),
-                                      cache_dir=cfg.cache_dir)
+    features = load_features_or_pairs(
+        cfg.data,
+        skip_bad=cfg.skip_bad,
+        backbone=BackboneSpec(cfg.backbone, max_length=cfg.max_length),
+        cache_dir=cfg.cache_dir,
+    )
     if cfg.max_pairs is not None and len(features) > cfg.max_pairs:
-        keep = np.sort(np.random.default_rng(cfg.user_seed).choice(len(features), cfg.max_pairs, replace=False))
+        keep = np.sort(
+            np.random.default_rng(cfg.user_seed).choice(len(features), cfg.max_pairs, replace=False)
+        )
         features = features.subset(keep)
     embed_s = time.perf_counter() - t0
     check_split_field(cfg.split_by, features.pairs)
     protocol = plan_folds(features, cfg.user_field, cfg.held_out_users, cfg.max_folds, cfg.user_seed)
-    user_feats = {u: features.subset(idx) for fold in protocol.folds for u, idx in fold.user_index.items()
-                  if len(idx) >= 2}
+    user_feats = {
+        u: features.subset(idx)
+        for fold in protocol.folds
+        for u, idx in fold.user_index.items()
+        if len(idx) >= 2
+    }
     if not user_feats:
         raise ValueError("no held-out user has at least 2 pairs")
 
@@ -442,29 +512,45 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None,
     t_personal = 0.0
     lead = "sparse" if "sparse" in cfg.kinds else cfg.kinds[0]  # the model of the selection and shift studies
     best: str | None = None
-    bar = tqdm(total=cfg.seeds * len(protocol.folds) * len(cfg.kinds), desc="experiment", unit="model",
-               disable=not sys.stderr.isatty())
+    bar = tqdm(
+        total=cfg.seeds * len(protocol.folds) * len(cfg.kinds),
+        desc="experiment",
+        unit="model",
+        disable=not sys.stderr.isatty(),
+    )
     for seed in range(cfg.seeds):
-        row: dict = {"models": {k: {"evals": [], "personalization": {}} for k in cfg.kinds}, "oracle": {},
-                     "active_vs_random": {}, "weight_shift": {}, "expert_labels": {}}
+        row: dict = {
+            "models": {k: {"evals": [], "personalization": {}} for k in cfg.kinds},
+            "oracle": {},
+            "active_vs_random": {},
+            "weight_shift": {},
+            "expert_labels": {},
+        }
         for f_no, fold in enumerate(protocol.folds):
             users, test_rows = [], {}
             for name in fold.held_users:
                 if name not in user_feats:
                     continue
-                pool, test = user_pool_and_test(len(user_feats[name]), cfg.user_test_fraction, seed,
-                                                protocol.numbers[name])
+                pool, test = user_pool_and_test(
+                    len(user_feats[name]), cfg.user_test_fraction, seed, protocol.numbers[name]
+                )
                 users.append(UserData(name, protocol.numbers[name], pool, test, user_feats[name].ids))
                 test_rows[name] = test
             if not users:
                 continue
             train_index, excluded = training_index(features, cfg.user_field, fold, test_rows)
-            report = {"seed": seed, "held_out": fold.held_users, "train_pool": len(train_index),
-                      "excluded_repeats_of_test_comparisons": excluded}
+            report = {
+                "seed": seed,
+                "held_out": fold.held_users,
+                "train_pool": len(train_index),
+                "excluded_repeats_of_test_comparisons": excluded,
+            }
             fold_reports.append(report)
             if len(train_index) < MIN_TRAIN_POOL:
-                message = (f"seed {seed}, held out {', '.join(fold.held_users)}: only {len(train_index)} pairs left to "
-                           f"train on (fewer than {MIN_TRAIN_POOL}); its numbers mean little")
+                message = (
+                    f"seed {seed}, held out {', '.join(fold.held_users)}: only {len(train_index)} pairs left to "
+                    f"train on (fewer than {MIN_TRAIN_POOL}); its numbers mean little"
+                )
                 report["warning"] = message
                 if message not in warnings:
                     warnings.append(message)
@@ -496,15 +582,23 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None,
                 _merge(model_row["personalization"], curves)
                 if kind == lead:
                     # The adapter for the selection study is picked once, on the first fold of the first seed.
-                    best = best or max(cfg.adapters, key=lambda a: np.mean(
-                        [np.mean(list(v.values())) for k, v in curves[a].items() if k != "0"] or [0]))
-                    _merge(row["active_vs_random"], active_and_random(margins, users, best, prior, scale, cfg, seed))
+                    best = best or max(
+                        cfg.adapters,
+                        key=lambda a: np.mean(
+                            [np.mean(list(v.values())) for k, v in curves[a].items() if k != "0"] or [0]
+                        ),
+                    )
+                    _merge(
+                        row["active_vs_random"],
+                        active_and_random(margins, users, best, prior, scale, cfg, seed),
+                    )
                     if seed == 0:
                         row["weight_shift"].update(shift_report(margins, users, best, prior, scale, cfg))
                         if cfg.describe and not row["expert_labels"]:
                             say("describing experts")
-                            row["expert_labels"] = {str(d.expert): d.label
-                                                    for d in describe_experts(model, parts["train"])}
+                            row["expert_labels"] = {
+                                str(d.expert): d.label for d in describe_experts(model, parts["train"])
+                            }
                 t_personal += time.perf_counter() - t1
                 bar.update(1)
         per_seed.append(row)
@@ -513,8 +607,12 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path | None = None,
         raise ValueError("no fold had enough pairs to train on: " + "; ".join(warnings))
 
     results = summarize(per_seed, cfg, protocol, features, user_feats, fold_reports, warnings, best)
-    results["timings"] = {"embed_s": round(embed_s, 3), "train_s": {k: round(float(np.mean(v)), 3) for k, v in train_s.items() if v},
-                          "personalize_s": round(t_personal, 3), "total_s": round(time.perf_counter() - t_start, 3)}
+    results["timings"] = {
+        "embed_s": round(embed_s, 3),
+        "train_s": {k: round(float(np.mean(v)), 3) for k, v in train_s.items() if v},
+        "personalize_s": round(t_personal, 3),
+        "total_s": round(time.perf_counter() - t_start, 3),
+    }
     if out is not None:
         write_outputs(results, out, figures=cfg.figures)
     return results
@@ -529,12 +627,24 @@ def _fold_mean(values) -> float | None:
     return float(np.mean(v)) if v else None
 
 
-DIAGNOSTIC_KEYS = ("router_probe_nmi", "router_probe_accuracy", "oracle_routing_accuracy", "discovery_efficiency")
+DIAGNOSTIC_KEYS = (
+    "router_probe_nmi",
+    "router_probe_accuracy",
+    "oracle_routing_accuracy",
+    "discovery_efficiency",
+)
 
 
-def summarize(per_seed: list[dict], cfg: ExperimentConfig, protocol: Protocol, features: PairFeatures,
-              user_feats: dict[str, PairFeatures], fold_reports: list[dict], warnings: list[str],
-              adapter: str | None) -> dict:
+def summarize(
+    per_seed: list[dict],
+    cfg: ExperimentConfig,
+    protocol: Protocol,
+    features: PairFeatures,
+    user_feats: dict[str, PairFeatures],
+    fold_reports: list[dict],
+    warnings: list[str],
+    adapter: str | None,
+) -> dict:
     """Means over folds (models) or users (personalization) within a seed; mean and sd over seeds."""
     models: dict = {}
     users_at_k: dict[str, list[str]] = {}
@@ -545,17 +655,24 @@ def summarize(per_seed: list[dict], cfg: ExperimentConfig, protocol: Protocol, f
         curves = [r["models"][kind]["personalization"] for r in per_seed]
         models[kind] = {
             "accuracy": stat(_fold_mean(e["accuracy"] for e in es) for es in evals),
-            "per_group": {g: stat(_fold_mean(e["per_group"].get(g, {}).get("accuracy") for e in es) for es in evals)
-                          for g in groups},
+            "per_group": {
+                g: stat(_fold_mean(e["per_group"].get(g, {}).get("accuracy") for e in es) for es in evals)
+                for g in groups
+            },
             "routing_nmi": stat(_fold_mean(e["routing_nmi"] for e in es) for es in evals),
             "expert_utilization": [round(float(x), 6) for x in util],
             "personalization": {
-                a: {str(k): stat(_user_mean(c[a].get(str(k))) for c in curves) for k in cfg.shots
-                    if any(str(k) in c.get(a, {}) for c in curves)}
+                a: {
+                    str(k): stat(_user_mean(c[a].get(str(k))) for c in curves)
+                    for k in cfg.shots
+                    if any(str(k) in c.get(a, {}) for c in curves)
+                }
                 for a in cfg.adapters
             },
-            "diagnostics": {key: stat(_fold_mean((e.get("diagnostics") or {}).get(key) for e in es) for es in evals)
-                            for key in DIAGNOSTIC_KEYS},
+            "diagnostics": {
+                key: stat(_fold_mean((e.get("diagnostics") or {}).get(key) for e in es) for es in evals)
+                for key in DIAGNOSTIC_KEYS
+            },
             "n_test_pairs": int(np.mean([sum(e["n_pairs"] for e in es) for es in evals])),
             "router_inputs": [e.get("router_input") for es in evals for e in es],  # per seed (and fold)
         }
@@ -564,33 +681,63 @@ def summarize(per_seed: list[dict], cfg: ExperimentConfig, protocol: Protocol, f
                 for k, by_user in c[a].items():
                     users_at_k[k] = sorted(set(users_at_k.get(k, [])) | set(by_user))
     oracle_keys = [str(k) for k in cfg.shots if k > 0] + ["pool"]
-    oracle = {k: stat(_user_mean(r["oracle"].get(k)) for r in per_seed) for k in oracle_keys
-              if any(k in r["oracle"] for r in per_seed)}
+    oracle = {
+        k: stat(_user_mean(r["oracle"].get(k)) for r in per_seed)
+        for k in oracle_keys
+        if any(k in r["oracle"] for r in per_seed)
+    }
     lead = "sparse" if "sparse" in cfg.kinds else cfg.kinds[0]
     active_vs_random: dict = {"adapter": adapter, "model": lead}
     for strategy in ("active", "random"):
         keys = sorted({k for r in per_seed for k in r["active_vs_random"].get(strategy, {})}, key=int)
-        active_vs_random[strategy] = {k: stat(_user_mean(r["active_vs_random"][strategy].get(k)) for r in per_seed)
-                                      for k in keys}
+        active_vs_random[strategy] = {
+            k: stat(_user_mean(r["active_vs_random"][strategy].get(k)) for r in per_seed) for k in keys
+        }
     config = asdict(cfg)
     pools = [f["train_pool"] for f in fold_reports]
-    config.update(users=sorted(user_feats), protocol=protocol.name, n_pairs={
-        "total": len(features), "train_pool": int(np.mean(pools)) if pools else 0,
-        "train_pool_min": int(min(pools)) if pools else 0,
-        "held_out_users": sum(len(f) for f in user_feats.values()),
-        "dropped_duplicates_of_user_pairs": int(np.mean([f["excluded_repeats_of_test_comparisons"] for f in fold_reports]))
-        if fold_reports else 0})
-    per_user = {kind: {a: {str(k): {u: stat(r["models"][kind]["personalization"].get(a, {}).get(str(k), {}).get(u)
-                                             for r in per_seed)
-                                    for u in users_at_k.get(str(k), [])}
-                           for k in cfg.shots}
-                       for a in cfg.adapters}
-                for kind in cfg.kinds}
-    return {"config": config, "models": models, "oracle": oracle, "active_vs_random": active_vs_random,
-            "personalization_per_user": per_user,
-            "weight_shift": per_seed[0]["weight_shift"], "expert_labels": per_seed[0]["expert_labels"],
-            "users_per_k": {k: users_at_k[k] for k in sorted(users_at_k, key=int)},
-            "folds": fold_reports, "warnings": warnings}
+    config.update(
+        users=sorted(user_feats),
+        protocol=protocol.name,
+        n_pairs={
+            "total": len(features),
+            "train_pool": int(np.mean(pools)) if pools else 0,
+            "train_pool_min": int(min(pools)) if pools else 0,
+            "held_out_users": sum(len(f) for f in user_feats.values()),
+            "dropped_duplicates_of_user_pairs": int(
+                np.mean([f["excluded_repeats_of_test_comparisons"] for f in fold_reports])
+            )
+            if fold_reports
+            else 0,
+        },
+    )
+    per_user = {
+        kind: {
+            a: {
+                str(k): {
+                    u: stat(
+                        r["models"][kind]["personalization"].get(a, {}).get(str(k), {}).get(u)
+                        for r in per_seed
+                    )
+                    for u in users_at_k.get(str(k), [])
+                }
+                for k in cfg.shots
+            }
+            for a in cfg.adapters
+        }
+        for kind in cfg.kinds
+    }
+    return {
+        "config": config,
+        "models": models,
+        "oracle": oracle,
+        "active_vs_random": active_vs_random,
+        "personalization_per_user": per_user,
+        "weight_shift": per_seed[0]["weight_shift"],
+        "expert_labels": per_seed[0]["expert_labels"],
+        "users_per_k": {k: users_at_k[k] for k in sorted(users_at_k, key=int)},
+        "folds": fold_reports,
+        "warnings": warnings,
+    }
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -619,31 +766,73 @@ def results_markdown(results: dict) -> str:
     cfg, models = results["config"], results["models"]
     kinds = list(models)
     split = cfg.get("split_by") or "prompt"
-    parts = [f"# Experiment: {cfg['data']} (users from `{cfg['user_field']}`, {cfg['seeds']} seeds, "
-             f"{cfg['experts']} experts, top-{cfg['top_k']}, router input {cfg.get('router_input', 'pooled')})",
-             f"Protocol: {cfg.get('protocol', 'held-out users')}. Held-out users ({len(cfg['users'])}): "
-             f"{', '.join(cfg['users'])}. Pairs: {cfg['n_pairs']}. Values are mean ± sd over seeds."]
+    parts = [
+        f"# Experiment: {cfg['data']} (users from `{cfg['user_field']}`, {cfg['seeds']} seeds, "
+        f"{cfg['experts']} experts, top-{cfg['top_k']}, router input {cfg.get('router_input', 'pooled')})",
+        f"Protocol: {cfg.get('protocol', 'held-out users')}. Held-out users ({len(cfg['users'])}): "
+        f"{', '.join(cfg['users'])}. Pairs: {cfg['n_pairs']}. Values are mean ± sd over seeds.",
+    ]
     for w in results.get("warnings", []):
         parts.append(f"**Warning:** {w}")
-    parts.append(f"## Models (held-out test split of the training pairs, split by {split}; "
-                 "about {} test pairs per seed)".format(next(iter(models.values())).get("n_test_pairs", "?")))
-    parts.append(_table(["kind", "accuracy", "routing NMI", "router reads (per seed)", "expert utilization (top-1 share)"],
-                        [[k, _fmt(m["accuracy"]), _fmt(m["routing_nmi"]), _router_inputs(m.get("router_inputs")),
-                          " ".join(f"{u:.2f}" for u in m["expert_utilization"])]
-                         for k, m in models.items()]))
-    if any(m.get("diagnostics", {}).get("oracle_routing_accuracy", {}).get("mean") is not None for m in models.values()):
-        parts.append("## Specialization diagnostics (same test split; probes 5-fold cross-validated over prompts)\n\n"
-                     "Router probe: a supervised linear router on the same router input, given the groups (the NMI "
-                     "routing could reach). Oracle routing: one Bradley-Terry head per group, the group given. "
-                     "Discovery efficiency: routing NMI / probe NMI.")
-        parts.append(_table(["kind", "router probe NMI", "router probe accuracy", "oracle-routing accuracy",
-                             "discovery efficiency"],
-                            [[k] + [_fmt(m.get("diagnostics", {}).get(key)) for key in DIAGNOSTIC_KEYS]
-                             for k, m in models.items()]))
+    parts.append(
+        f"## Models (held-out test split of the training pairs, split by {split}; "
+        "about {} test pairs per seed)".format(next(iter(models.values())).get("n_test_pairs", "?"))
+    )
+    parts.append(
+        _table(
+            [
+                "kind",
+                "accuracy",
+                "routing NMI",
+                "router reads (per seed)",
+                "expert utilization (top-1 share)",
+            ],
+            [
+                [
+                    k,
+                    _fmt(m["accuracy"]),
+                    _fmt(m["routing_nmi"]),
+                    _router_inputs(m.get("router_inputs")),
+                    " ".join(f"{u:.2f}" for u in m["expert_utilization"]),
+                ]
+                for k, m in models.items()
+            ],
+        )
+    )
+    if any(
+        m.get("diagnostics", {}).get("oracle_routing_accuracy", {}).get("mean") is not None
+        for m in models.values()
+    ):
+        parts.append(
+            "## Specialization diagnostics (same test split; probes 5-fold cross-validated over prompts)\n\n"
+            "Router probe: a supervised linear router on the same router input, given the groups (the NMI "
+            "routing could reach). Oracle routing: one Bradley-Terry head per group, the group given. "
+            "Discovery efficiency: routing NMI / probe NMI."
+        )
+        parts.append(
+            _table(
+                [
+                    "kind",
+                    "router probe NMI",
+                    "router probe accuracy",
+                    "oracle-routing accuracy",
+                    "discovery efficiency",
+                ],
+                [
+                    [k] + [_fmt(m.get("diagnostics", {}).get(key)) for key in DIAGNOSTIC_KEYS]
+                    for k, m in models.items()
+                ],
+            )
+        )
     groups = sorted({g for m in models.values() for g in m["per_group"]})
     if groups:
         parts.append("## Accuracy per group")
-        parts.append(_table(["group"] + kinds, [[g] + [_fmt(models[k]["per_group"].get(g)) for k in kinds] for g in groups]))
+        parts.append(
+            _table(
+                ["group"] + kinds,
+                [[g] + [_fmt(models[k]["per_group"].get(g)) for k in kinds] for g in groups],
+            )
+        )
     shots = [str(k) for k in cfg["shots"]]
     per_k = results.get("users_per_k", {})
     parts.append("## Few-shot personalization on held-out users (accuracy on each user's test pairs)")
@@ -652,17 +841,25 @@ def results_markdown(results: dict) -> str:
         for a, curve in models[k]["personalization"].items():
             rows.append([k, a] + [_fmt(curve.get(s)) for s in shots])
     rows.append(["oracle", "user-only BT head"] + [_fmt(results["oracle"].get(s)) for s in shots])
-    parts.append(_table(["model", "adapter"] + [f"k={s} ({len(per_k.get(s, []))} users)" for s in shots], rows))
+    parts.append(
+        _table(["model", "adapter"] + [f"k={s} ({len(per_k.get(s, []))} users)" for s in shots], rows)
+    )
     short = {s: sorted(set(cfg["users"]) - set(per_k.get(s, []))) for s in shots}
     missing = [f"k={s}: {', '.join(u)}" for s, u in short.items() if u]
     if missing:
-        parts.append("Users left out at a k (their adaptation pool is smaller than k): " + "; ".join(missing) + ".")
+        parts.append(
+            "Users left out at a k (their adaptation pool is smaller than k): " + "; ".join(missing) + "."
+        )
     parts.append(f"Oracle on each user's whole pool: {_fmt(results['oracle'].get('pool'))}")
     avr = results["active_vs_random"]
     parts.append(f"## Active vs random label selection ({avr.get('model')} model, {avr['adapter']} adapter)")
     keys = [s for s in shots if s in avr["active"]]
-    parts.append(_table(["strategy"] + [f"k={s}" for s in keys],
-                        [[s] + [_fmt(avr[s].get(k)) for k in keys] for s in ("active", "random")]))
+    parts.append(
+        _table(
+            ["strategy"] + [f"k={s}" for s in keys],
+            [[s] + [_fmt(avr[s].get(k)) for k in keys] for s in ("active", "random")],
+        )
+    )
     if results["weight_shift"]:
         parts.append("## Weight shift per user (first seed)")
         rows = []
@@ -671,16 +868,20 @@ def results_markdown(results: dict) -> str:
             top = ", ".join(f"e{k} {before[k]:.2f}→{w:.2f}" for k, w in ws["top_experts"])
             label = results.get("expert_labels", {}).get(str(ws["top_experts"][0][0]), "")
             rows.append([user, str(ws["n_labels"]), top, label])
-        parts.append(_table(["user", "labels", "top experts (before→after)", "top expert's auto-label"], rows))
+        parts.append(
+            _table(["user", "labels", "top experts (before→after)", "top expert's auto-label"], rows)
+        )
     if results.get("expert_labels"):
         parts.append("## Expert auto-labels (first seed)")
         parts.append(_table(["expert", "label"], [[f"e{k}", v] for k, v in results["expert_labels"].items()]))
     t = results.get("timings", {})
     if t:
         parts.append("## Timings")
-        parts.append(f"embedding {t['embed_s']:.1f}s; training per model " +
-                     ", ".join(f"{k} {v:.1f}s" for k, v in t["train_s"].items()) +
-                     f"; personalization {t['personalize_s']:.1f}s; total {t['total_s']:.1f}s")
+        parts.append(
+            f"embedding {t['embed_s']:.1f}s; training per model "
+            + ", ".join(f"{k} {v:.1f}s" for k, v in t["train_s"].items())
+            + f"; personalization {t['personalize_s']:.1f}s; total {t['total_s']:.1f}s"
+        )
     return "\n\n".join(parts) + "\n"
 
 
@@ -699,27 +900,61 @@ def make_figures(results: dict) -> dict:
         series["oracle"] = {k: v for k, v in results["oracle"].items() if k != "pool"}
         for name, curve in series.items():
             ks = sorted((k for k, v in curve.items() if v["mean"] is not None), key=int)
-            curves.add_trace(go.Scatter(
-                x=ks, y=[curve[k]["mean"] for k in ks], name=name, legendgroup=name,
-                showlegend=col == 1, mode="lines+markers", line=dict(color=palette.get(name), dash="dash" if name == "oracle" else None),
-                error_y=dict(type="data", array=[curve[k]["sd"] for k in ks], visible=True)), row=1, col=col)
+            curves.add_trace(
+                go.Scatter(
+                    x=ks,
+                    y=[curve[k]["mean"] for k in ks],
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    mode="lines+markers",
+                    line=dict(color=palette.get(name), dash="dash" if name == "oracle" else None),
+                    error_y=dict(type="data", array=[curve[k]["sd"] for k in ks], visible=True),
+                ),
+                row=1,
+                col=col,
+            )
         # Categorical axis: k doubles from 1, and k = 0 (the prior) has no place on a log axis.
-        curves.update_xaxes(type="category", categoryorder="array", categoryarray=shot_order, title_text="labels k",
-                            row=1, col=col)
-    curves.update_layout(title="Few-shot personalization accuracy on held-out users", yaxis_title="accuracy",
-                         height=420, width=320 * len(kinds) + 120)
-    nmi = go.Figure(go.Bar(x=kinds, y=[models[k]["routing_nmi"]["mean"] or 0 for k in kinds],
-                           error_y=dict(type="data", array=[models[k]["routing_nmi"]["sd"] or 0 for k in kinds])))
+        curves.update_xaxes(
+            type="category",
+            categoryorder="array",
+            categoryarray=shot_order,
+            title_text="labels k",
+            row=1,
+            col=col,
+        )
+    curves.update_layout(
+        title="Few-shot personalization accuracy on held-out users",
+        yaxis_title="accuracy",
+        height=420,
+        width=320 * len(kinds) + 120,
+    )
+    nmi = go.Figure(
+        go.Bar(
+            x=kinds,
+            y=[models[k]["routing_nmi"]["mean"] or 0 for k in kinds],
+            error_y=dict(type="data", array=[models[k]["routing_nmi"]["sd"] or 0 for k in kinds]),
+        )
+    )
     nmi.update_layout(title="Routing NMI (top-1 expert vs group) on the test split", yaxis_title="NMI")
     avr = results["active_vs_random"]
     active = go.Figure()
     for strategy in ("active", "random"):
         ks = sorted(avr[strategy], key=int)
-        active.add_trace(go.Scatter(x=ks, y=[avr[strategy][k]["mean"] for k in ks], name=strategy,
-                                    mode="lines+markers",
-                                    error_y=dict(type="data", array=[avr[strategy][k]["sd"] for k in ks])))
-    active.update_layout(title=f"Active vs random label selection ({avr['adapter']} adapter)",
-                         xaxis_title="labels k", yaxis_title="accuracy")
+        active.add_trace(
+            go.Scatter(
+                x=ks,
+                y=[avr[strategy][k]["mean"] for k in ks],
+                name=strategy,
+                mode="lines+markers",
+                error_y=dict(type="data", array=[avr[strategy][k]["sd"] for k in ks]),
+            )
+        )
+    active.update_layout(
+        title=f"Active vs random label selection ({avr['adapter']} adapter)",
+        xaxis_title="labels k",
+        yaxis_title="accuracy",
+    )
     active.update_xaxes(type="category", categoryorder="array", categoryarray=shot_order)
     return {"personalization_curves": curves, "routing_nmi": nmi, "active_vs_random": active}
 
@@ -738,7 +973,9 @@ def write_outputs(results: dict, out: str | Path, figures: bool = True) -> Path:
             png = False
         for name, fig in make_figures(results).items():
             # "directory": one plotly.min.js beside the pages, so they open offline.
-            atomic.write_with(out / f"{name}.html", lambda tmp, fig=fig: fig.write_html(tmp, include_plotlyjs="directory"))
+            atomic.write_with(
+                out / f"{name}.html", lambda tmp, fig=fig: fig.write_html(tmp, include_plotlyjs="directory")
+            )
             if png:
                 atomic.write_bytes(out / f"{name}.png", fig.to_image(format="png"))
     return out

@@ -75,8 +75,14 @@ def _type_ok(value: object, annotation: str) -> bool | None:
     return None
 
 
-_TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "text",
-               "dict": "an object", "list[str]": "a list of texts"}
+_TYPE_NAMES = {
+    "bool": "true or false",
+    "int": "an integer",
+    "float": "a finite number",
+    "str": "text",
+    "dict": "an object",
+    "list[str]": "a list of texts",
+}
 
 
 def _short(value: object) -> str:
@@ -89,7 +95,9 @@ def parse_channels(spec: str) -> tuple[str, ...]:
     parts = {p.strip() for p in str(spec).split("+") if p.strip()}
     bad = sorted(parts - set(ROUTER_CHANNELS))
     if bad or not parts:
-        raise ValueError(f"router input must be 'auto' or channels joined by '+' from {ROUTER_CHANNELS}, got {spec!r}")
+        raise ValueError(
+            f"router input must be 'auto' or channels joined by '+' from {ROUTER_CHANNELS}, got {spec!r}"
+        )
     return tuple(c for c in ROUTER_CHANNELS if c in parts)
 
 
@@ -139,17 +147,26 @@ class ModelConfig:
 
     def _check_bounds(self) -> None:
         """Sizes are bounded before any tensor is allocated (a config from a file may ask for terabytes)."""
-        for name, limit in (("num_experts", MAX_EXPERTS), ("input_dim", MAX_DIM), ("hidden_dim", MAX_DIM),
-                            ("attention_queries", 256), ("max_prompt_tokens", MAX_MAX_LENGTH)):
+        for name, limit in (
+            ("num_experts", MAX_EXPERTS),
+            ("input_dim", MAX_DIM),
+            ("hidden_dim", MAX_DIM),
+            ("attention_queries", 256),
+            ("max_prompt_tokens", MAX_MAX_LENGTH),
+        ):
             if getattr(self, name) > limit:
                 raise ValueError(f"{name} must be <= {limit}, got {getattr(self, name)}")
         if len(self.lexical_vocabulary) > MAX_VOCABULARY:
-            raise ValueError(f"lexical_vocabulary must have <= {MAX_VOCABULARY} terms, got {len(self.lexical_vocabulary)}")
+            raise ValueError(
+                f"lexical_vocabulary must have <= {MAX_VOCABULARY} terms, got {len(self.lexical_vocabulary)}"
+            )
         size = self.approximate_size()
         if size > MAX_PARAMETERS:
-            raise ValueError(f"a model of about {size} values (num_experts {self.num_experts}, input_dim "
-                             f"{self.input_dim}, hidden_dim {self.hidden_dim}, {len(self.lexical_vocabulary)} "
-                             f"lexical terms), more than the limit of {MAX_PARAMETERS}")
+            raise ValueError(
+                f"a model of about {size} values (num_experts {self.num_experts}, input_dim "
+                f"{self.input_dim}, hidden_dim {self.hidden_dim}, {len(self.lexical_vocabulary)} "
+                f"lexical terms), more than the limit of {MAX_PARAMETERS}"
+            )
         b = self.backbone
         if "backbone" in b and not (isinstance(b["backbone"], str) and b["backbone"].strip()):
             raise ValueError(f"backbone.backbone must be a model name or path, got {_short(b['backbone'])}")
@@ -166,7 +183,11 @@ class ModelConfig:
         heads = k * d * h + 2 * k * h if h else k * d
         if self.kind not in ROUTED_KINDS:
             return heads + k + 3 * d
-        width = d + len(self.lexical_vocabulary) + (self.attention_queries * d if "attention" in self.router_input else 0)
+        width = (
+            d
+            + len(self.lexical_vocabulary)
+            + (self.attention_queries * d if "attention" in self.router_input else 0)
+        )
         return heads + (k + 2) * width + 3 * d
 
     @property
@@ -179,7 +200,9 @@ class ModelConfig:
     def vector_dim(self) -> int:
         """Width of the router's vector channels (pooled prompt embedding and/or lexical TF-IDF)."""
         ch = self.channels
-        return (self.input_dim if "pooled" in ch else 0) + (len(self.lexical_vocabulary) if "lexical" in ch else 0)
+        return (self.input_dim if "pooled" in ch else 0) + (
+            len(self.lexical_vocabulary) if "lexical" in ch else 0
+        )
 
 
 @dataclass
@@ -246,7 +269,9 @@ class SparseMoERewardModel(nn.Module):
             self.head = nn.Parameter(torch.randn(k, d) / d**0.5 if k > 1 else torch.zeros(k, d))
         # A head shared by all experts learns what every context agrees on (from all the data), so the
         # experts' own heads only carry what differs; each expert's reward is shared + own.
-        self.shared_head = nn.Parameter(torch.zeros(self.head.shape[-1])) if config.shared_head and k > 1 else None
+        self.shared_head = (
+            nn.Parameter(torch.zeros(self.head.shape[-1])) if config.shared_head and k > 1 else None
+        )
         # Standardization of the inputs, fitted on the training features (see train.py): backbone
         # embeddings of prompts are all alike (high cosine), so centering makes the context visible.
         self.register_buffer("response_scale", torch.ones(d))
@@ -297,22 +322,31 @@ class SparseMoERewardModel(nn.Module):
 
     def router_features(self, prompt: torch.Tensor | RouterBatch) -> torch.Tensor:
         """The router's input after standardization: vector channels, then attention-pooled tokens."""
-        vector, tokens, mask = (prompt.vector, prompt.tokens, prompt.mask) if isinstance(prompt, RouterBatch) \
+        vector, tokens, mask = (
+            (prompt.vector, prompt.tokens, prompt.mask)
+            if isinstance(prompt, RouterBatch)
             else (prompt, None, None)
+        )
         parts = []
         if self.prompt_mean.numel():
             if vector is None or vector.shape[-1] != self.prompt_mean.numel():
                 got = None if vector is None else vector.shape[-1]
-                raise ValueError(f"this router reads {self.config.router_input} ({self.prompt_mean.numel()} values per "
-                                 f"prompt), got {got}; build its inputs with router_inputs.router_data")
+                raise ValueError(
+                    f"this router reads {self.config.router_input} ({self.prompt_mean.numel()} values per "
+                    f"prompt), got {got}; build its inputs with router_inputs.router_data"
+                )
             parts.append((vector - self.prompt_mean) / self.prompt_scale)
         if self.queries is not None:
             if tokens is None:
-                raise ValueError("this router attends over prompt tokens: build its inputs with router_inputs.router_data")
+                raise ValueError(
+                    "this router attends over prompt tokens: build its inputs with router_inputs.router_data"
+                )
             parts.append(self.attend(tokens, mask)[0].flatten(1))
         return torch.cat(parts, -1)
 
-    def router_logits(self, prompt: torch.Tensor | RouterBatch, user_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def router_logits(
+        self, prompt: torch.Tensor | RouterBatch, user_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.config.kind in ROUTED_KINDS:
             logits = self.router(self.router_features(prompt))
         else:
@@ -327,8 +361,13 @@ class SparseMoERewardModel(nn.Module):
         select = logits + torch.randn_like(logits) * self.config.router_noise if noisy else None
         return top_k_gate(probs, self.config.top_k, select), probs
 
-    def routing(self, prompt: torch.Tensor, user_weights: torch.Tensor | None = None,
-                user_bias: torch.Tensor | None = None, noisy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def routing(
+        self,
+        prompt: torch.Tensor,
+        user_weights: torch.Tensor | None = None,
+        user_bias: torch.Tensor | None = None,
+        noisy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(routing, router_probs, router_logits). `user_weights` (a point on the simplex) replaces the
         router: a personalized profile; `user_bias` is added to the router's logits instead."""
         logits = self.router_logits(prompt, user_bias)
@@ -339,15 +378,26 @@ class SparseMoERewardModel(nn.Module):
         return routing, probs, logits
 
     # ------------------------------------------------------------------ forward passes
-    def forward(self, prompt: torch.Tensor, response: torch.Tensor, user_weights: torch.Tensor | None = None,
-                user_bias: torch.Tensor | None = None) -> RewardOutput:
+    def forward(
+        self,
+        prompt: torch.Tensor,
+        response: torch.Tensor,
+        user_weights: torch.Tensor | None = None,
+        user_bias: torch.Tensor | None = None,
+    ) -> RewardOutput:
         routing, probs, _ = self.routing(prompt, user_weights, user_bias)
         rewards = self.expert_rewards(response)
         return RewardOutput((routing * rewards).sum(-1), routing, rewards, probs)
 
-    def pair(self, prompt: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor,
-             user_weights: torch.Tensor | None = None, user_bias: torch.Tensor | None = None,
-             noisy: bool = False) -> PairOutput:
+    def pair(
+        self,
+        prompt: torch.Tensor,
+        chosen: torch.Tensor,
+        rejected: torch.Tensor,
+        user_weights: torch.Tensor | None = None,
+        user_bias: torch.Tensor | None = None,
+        noisy: bool = False,
+    ) -> PairOutput:
         routing, probs, logits = self.routing(prompt, user_weights, user_bias, noisy)
         margins = self.expert_rewards(chosen) - self.expert_rewards(rejected)
         return PairOutput((routing * margins).sum(-1), routing, margins, probs, logits)
@@ -385,8 +435,10 @@ class SparseMoERewardModel(nn.Module):
             # The model is built for real (a meta-device skeleton would import torch._dynamo, ~1 s), so its
             # size is first checked against what the file holds: a config cannot make us allocate far more.
             if config.approximate_size() > 4 * held + (1 << 20):
-                raise CheckpointError(f"{src / 'config.json'}: describes a model of about {config.approximate_size()} "
-                                      f"values, but {path.name} holds {held}")
+                raise CheckpointError(
+                    f"{src / 'config.json'}: describes a model of about {config.approximate_size()} "
+                    f"values, but {path.name} holds {held}"
+                )
             try:
                 model = cls(config)
             except (TypeError, ValueError) as exc:
@@ -399,8 +451,13 @@ class SparseMoERewardModel(nn.Module):
 
     def describe(self) -> str:
         c = self.config
-        route = {"sparse": f"top-{c.top_k} of {c.num_experts}", "dense": f"softmax over {c.num_experts}",
-                 "micro": f"mixture of {c.num_experts}", "drm": f"{c.num_experts} PCA heads", "single": "one head"}
+        route = {
+            "sparse": f"top-{c.top_k} of {c.num_experts}",
+            "dense": f"softmax over {c.num_experts}",
+            "micro": f"mixture of {c.num_experts}",
+            "drm": f"{c.num_experts} PCA heads",
+            "single": "one head",
+        }
         router = f", router reads {c.router_input}" if c.kind in ROUTED_KINDS else ""
         return f"{c.kind} ({route[c.kind]}, {'MLP' if c.hidden_dim else 'linear'} heads, input {c.input_dim}-d{router})"
 
@@ -417,8 +474,10 @@ def _read_json_file(path: Path, limit: int) -> object:
         raise CheckpointError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         truncated = exc.msg.startswith("Unterminated") or exc.pos >= len(exc.doc) - 1
-        raise CheckpointError(f"{path}: bad JSON at line {exc.lineno} column {exc.colno}: "
-                              f"{exc.msg.removesuffix(' starting at')}" + (" (truncated file?)" if truncated else "")) from None
+        raise CheckpointError(
+            f"{path}: bad JSON at line {exc.lineno} column {exc.colno}: "
+            f"{exc.msg.removesuffix(' starting at')}" + (" (truncated file?)" if truncated else "")
+        ) from None
     except RecursionError:
         raise CheckpointError(f"{path}: JSON nested too deeply") from None
     except OSError as exc:
@@ -437,7 +496,9 @@ def read_config(directory: str | Path) -> ModelConfig:
     known = {f.name for f in fields(ModelConfig)}
     unknown = sorted(k for k in raw if k not in known)
     if unknown:
-        raise CheckpointError(f"{path}: unknown field {_short(unknown[0])} (known: {', '.join(sorted(known))})")
+        raise CheckpointError(
+            f"{path}: unknown field {_short(unknown[0])} (known: {', '.join(sorted(known))})"
+        )
     try:
         return ModelConfig(**raw)
     except (TypeError, ValueError) as exc:
@@ -458,7 +519,9 @@ class _open_tensors:
             if size == 0:
                 raise CheckpointError(f"{self.path}: empty file")
             if size > 8 * MAX_PARAMETERS + (1 << 24):
-                raise CheckpointError(f"{self.path}: {size} bytes, more than a model within the limits can hold")
+                raise CheckpointError(
+                    f"{self.path}: {size} bytes, more than a model within the limits can hold"
+                )
             self.ctx = safe_open(str(self.path), framework="pt")
             return self.ctx.__enter__()
         except CheckpointError:
@@ -466,7 +529,9 @@ class _open_tensors:
         except OSError as exc:
             raise CheckpointError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
         except Exception as exc:  # noqa: BLE001 (safetensors raises its own error type for corrupt files)
-            raise CheckpointError(f"{self.path}: not a readable safetensors file ({str(exc)[:200]})") from None
+            raise CheckpointError(
+                f"{self.path}: not a readable safetensors file ({str(exc)[:200]})"
+            ) from None
 
     def __exit__(self, *exc) -> None:
         self.ctx.__exit__(*exc)
@@ -480,7 +545,9 @@ def _tensor_header(fh, path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc)[:200]})") from None
 
 
-def _check_header(path: Path, header: dict[str, tuple[tuple[int, ...], str]], expected: dict[str, tuple[int, ...]]) -> None:
+def _check_header(
+    path: Path, header: dict[str, tuple[tuple[int, ...], str]], expected: dict[str, tuple[int, ...]]
+) -> None:
     """The file's tensors against the model's: names, shapes, float dtypes (generic: any parameter or buffer)."""
     problems = [f"missing tensor {name!r}" for name in sorted(set(expected) - set(header))]
     problems += [f"unexpected tensor {name!r}" for name in sorted(set(header) - set(expected))]

@@ -53,14 +53,25 @@ MAX_PROMPT_CHARS = 20_000  # lexical features read at most this much of a prompt
 # ----------------------------------------------------------------------------- lexical channel
 
 
-def _counter(vocabulary: Sequence[str] | None = None, min_df: int = MIN_DF, max_features: int | None = MAX_VOCABULARY):
+def _counter(
+    vocabulary: Sequence[str] | None = None, min_df: int = MIN_DF, max_features: int | None = MAX_VOCABULARY
+):
     from sklearn.feature_extraction.text import CountVectorizer
 
     if vocabulary is not None:
-        return CountVectorizer(lowercase=True, ngram_range=NGRAMS, token_pattern=TOKEN_PATTERN,
-                               vocabulary={t: i for i, t in enumerate(vocabulary)})
-    return CountVectorizer(lowercase=True, ngram_range=NGRAMS, token_pattern=TOKEN_PATTERN, min_df=min_df,
-                           max_features=max_features)
+        return CountVectorizer(
+            lowercase=True,
+            ngram_range=NGRAMS,
+            token_pattern=TOKEN_PATTERN,
+            vocabulary={t: i for i, t in enumerate(vocabulary)},
+        )
+    return CountVectorizer(
+        lowercase=True,
+        ngram_range=NGRAMS,
+        token_pattern=TOKEN_PATTERN,
+        min_df=min_df,
+        max_features=max_features,
+    )
 
 
 def _clip(texts: Sequence[str]) -> list[str]:
@@ -131,7 +142,9 @@ class TokenStateCache:
             tensors = load_file(shard)
             states, lengths = tensors["states"], tensors["lengths"]
             if not isinstance(keys, list) or states.ndim != 3 or not len(keys) == len(states) == len(lengths):
-                raise ValueError(f"{len(keys) if isinstance(keys, list) else 'no'} keys for states {states.shape}")
+                raise ValueError(
+                    f"{len(keys) if isinstance(keys, list) else 'no'} keys for states {states.shape}"
+                )
             if not np.isfinite(states).all() or (lengths < 0).any() or (lengths > states.shape[1]).any():
                 raise ValueError("NaN, infinite values or impossible lengths")
         except Exception as exc:  # noqa: BLE001 (any broken shard is dropped and recomputed, never fatal)
@@ -166,8 +179,13 @@ def head_and_tail(ids: list[int], budget: int) -> list[int]:
     return ids[:head] + ids[len(ids) - (budget - head) :]
 
 
-def prompt_token_states(backbone: Backbone | BackboneSpec, prompts: Sequence[str], max_tokens: int,
-                        cache_dir: str | Path | None = "default", progress=None) -> list[np.ndarray]:
+def prompt_token_states(
+    backbone: Backbone | BackboneSpec,
+    prompts: Sequence[str],
+    max_tokens: int,
+    cache_dir: str | Path | None = "default",
+    progress=None,
+) -> list[np.ndarray]:
     """Token states [T_i, D] (float16) of each prompt; each distinct prompt is computed once, cached ones never."""
     root = default_cache_dir() if cache_dir == "default" else cache_dir
     spec = backbone.spec if isinstance(backbone, Backbone) else backbone
@@ -237,8 +255,12 @@ class RouterData:
 
     def subset(self, rows: np.ndarray) -> RouterData:
         rows = np.asarray(rows, dtype=np.int64)
-        return RouterData([b[rows] for b in self.blocks], self.tokens, self.mask,
-                          None if self.index is None else self.index[rows])
+        return RouterData(
+            [b[rows] for b in self.blocks],
+            self.tokens,
+            self.mask,
+            None if self.index is None else self.index[rows],
+        )
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-dimension mean and std of the vector channels (sparse blocks without densifying)."""
@@ -275,10 +297,15 @@ def _pad_tokens(states: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return tokens, mask
 
 
-def build_router_data(channels: Sequence[str], features: PairFeatures, vocabulary: Sequence[str] = (),
-                      idf: np.ndarray | None = None, max_prompt_tokens: int = 64,
-                      backbone: Backbone | BackboneSpec | None = None,
-                      cache_dir: str | Path | None = "default") -> RouterData:
+def build_router_data(
+    channels: Sequence[str],
+    features: PairFeatures,
+    vocabulary: Sequence[str] = (),
+    idf: np.ndarray | None = None,
+    max_prompt_tokens: int = 64,
+    backbone: Backbone | BackboneSpec | None = None,
+    cache_dir: str | Path | None = "default",
+) -> RouterData:
     """Router inputs of `features` for the given channels (see the module docstring)."""
     prompts = [p.prompt for p in features.pairs]
     blocks: list = []
@@ -287,13 +314,17 @@ def build_router_data(channels: Sequence[str], features: PairFeatures, vocabular
     if "lexical" in channels:
         if not len(vocabulary):
             raise ValueError("the lexical router channel needs a fitted vocabulary")
-        blocks.append(lexical_matrix(prompts, vocabulary, idf if idf is not None else np.ones(len(vocabulary))))
+        blocks.append(
+            lexical_matrix(prompts, vocabulary, idf if idf is not None else np.ones(len(vocabulary)))
+        )
     data = RouterData(blocks)
     if "attention" in channels:
         distinct = sorted(set(prompts))
         row = {p: i for i, p in enumerate(distinct)}
         spec = backbone if backbone is not None else backbone_spec_from_metadata(features.metadata)
-        states = prompt_token_states(spec, distinct, max_prompt_tokens, cache_dir=cache_dir) if distinct else []
+        states = (
+            prompt_token_states(spec, distinct, max_prompt_tokens, cache_dir=cache_dir) if distinct else []
+        )
         if states:
             data.tokens, data.mask = _pad_tokens(states)
         else:
@@ -305,20 +336,31 @@ def build_router_data(channels: Sequence[str], features: PairFeatures, vocabular
 
 def backbone_spec_from_metadata(meta: dict) -> BackboneSpec:
     """The backbone that made a features file (its metadata), for computing more inputs of the same kind."""
-    return BackboneSpec(meta.get("backbone", "all-MiniLM-L6-v2"), pooling=meta.get("pooling", "auto"),
-                        max_length=int(meta.get("max_length", 256)))
+    return BackboneSpec(
+        meta.get("backbone", "all-MiniLM-L6-v2"),
+        pooling=meta.get("pooling", "auto"),
+        max_length=int(meta.get("max_length", 256)),
+    )
 
 
-def router_data(model, features: PairFeatures, backbone: Backbone | BackboneSpec | None = None,
-                cache_dir: str | Path | None = "default") -> RouterData:
+def router_data(
+    model,
+    features: PairFeatures,
+    backbone: Backbone | BackboneSpec | None = None,
+    cache_dir: str | Path | None = "default",
+) -> RouterData:
     """What `model`'s router reads for these pairs (its channels, vocabulary and token budget)."""
     cfg = model.config
     idf = model.lexical_idf.detach().cpu().numpy() if cfg.lexical_vocabulary else None
-    return build_router_data(cfg.channels, features, cfg.lexical_vocabulary, idf,
-                             cfg.max_prompt_tokens, backbone, cache_dir)
+    return build_router_data(
+        cfg.channels, features, cfg.lexical_vocabulary, idf, cfg.max_prompt_tokens, backbone, cache_dir
+    )
 
 
 def describe_channels(spec: str) -> str:
-    names = {"pooled": "pooled prompt embedding", "lexical": "prompt word n-grams (TF-IDF)",
-             "attention": "attention over prompt tokens"}
+    names = {
+        "pooled": "pooled prompt embedding",
+        "lexical": "prompt word n-grams (TF-IDF)",
+        "attention": "attention over prompt tokens",
+    }
     return " + ".join(names[c] for c in parse_channels(spec))

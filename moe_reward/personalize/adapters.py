@@ -103,7 +103,9 @@ class Adapter:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         unknown = set(params) - set(self.defaults) - {"margin_scale"}
         if unknown:
-            raise ValueError(f"{self.name}: unknown parameters {sorted(unknown)}; known: {sorted(self.defaults)}")
+            raise ValueError(
+                f"{self.name}: unknown parameters {sorted(unknown)}; known: {sorted(self.defaults)}"
+            )
         self.num_experts = num_experts
         self.initial_weights = _normalized(initial_weights, num_experts)
         scale = params.pop("margin_scale", None)
@@ -152,7 +154,9 @@ class Adapter:
         """Per-expert BT loss of margins [..., K] (scaled per expert)."""
         return softplus(-np.asarray(expert_margins, dtype=np.float64) / self.margin_scale)
 
-    def update(self, expert_margins: np.ndarray, pair_id: str = "", router_logits: np.ndarray | None = None) -> np.ndarray:
+    def update(
+        self, expert_margins: np.ndarray, pair_id: str = "", router_logits: np.ndarray | None = None
+    ) -> np.ndarray:
         """Add one label (margins oriented so that positive = the user's preferred response wins)."""
         m = self._vector(expert_margins, "expert_margins")
         a = None if router_logits is None else self._vector(router_logits, "router_logits")
@@ -167,18 +171,27 @@ class Adapter:
             raise
         self._states.append(state)
         w = self.weights
-        self.history.append(LabelStep(len(self.history) + 1, self._ids[-1], w.tolist(),
-                                      self.expert_losses(m).tolist()))
+        self.history.append(
+            LabelStep(len(self.history) + 1, self._ids[-1], w.tolist(), self.expert_losses(m).tolist())
+        )
         return w
 
-    def fit(self, expert_margins: np.ndarray, pair_ids: list[str] | None = None,
-            router_logits: np.ndarray | None = None) -> np.ndarray:
+    def fit(
+        self,
+        expert_margins: np.ndarray,
+        pair_ids: list[str] | None = None,
+        router_logits: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Fit on N labels at once; replaces the labels and history (history keeps every prefix)."""
         margins = np.asarray(expert_margins, dtype=np.float64).reshape(-1, self.num_experts)
         ids = list(pair_ids) if pair_ids is not None else [f"label-{i}" for i in range(len(margins))]
         if len(ids) != len(margins):
             raise ValueError(f"{len(ids)} pair ids for {len(margins)} rows of margins")
-        logits = None if router_logits is None else np.asarray(router_logits, dtype=np.float64).reshape(len(margins), -1)
+        logits = (
+            None
+            if router_logits is None
+            else np.asarray(router_logits, dtype=np.float64).reshape(len(margins), -1)
+        )
         self.reset()
         for i in range(len(margins)):
             self.update(margins[i], ids[i], None if logits is None else logits[i])
@@ -192,7 +205,9 @@ class Adapter:
                 stack.pop()
         return self.weights
 
-    def predict_margin(self, expert_margins: np.ndarray, router_logits: np.ndarray | None = None) -> np.ndarray:
+    def predict_margin(
+        self, expert_margins: np.ndarray, router_logits: np.ndarray | None = None
+    ) -> np.ndarray:
         """[N] personalized margins: the profile's mix of each pair's expert margins."""
         m = np.asarray(expert_margins, dtype=np.float64).reshape(-1, self.num_experts)
         return m @ self.weights
@@ -225,12 +240,18 @@ class Adapter:
         and the field."""
         check_profile(d, source)
         try:
-            adapter = make_adapter(d["name"], int(d["num_experts"]), d.get("initial_weights"), **d.get("params", {}))
+            adapter = make_adapter(
+                d["name"], int(d["num_experts"]), d.get("initial_weights"), **d.get("params", {})
+            )
             labels = d.get("labels") or {}
             if labels.get("expert_margins"):
-                adapter.fit(np.asarray(labels["expert_margins"], dtype=np.float64), labels.get("pair_ids"),
-                            None if labels.get("router_logits") is None
-                            else np.asarray(labels["router_logits"], dtype=np.float64))
+                adapter.fit(
+                    np.asarray(labels["expert_margins"], dtype=np.float64),
+                    labels.get("pair_ids"),
+                    None
+                    if labels.get("router_logits") is None
+                    else np.asarray(labels["router_logits"], dtype=np.float64),
+                )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{source}: {exc}") from None
         return adapter
@@ -338,7 +359,9 @@ class GradientAdapter(Adapter):
         return self._states[-1].copy()
 
     def _initial_state(self) -> np.ndarray:
-        return np.zeros(self.num_experts) if self.params["mode"] == "router_bias" else self._prior_logits.copy()
+        return (
+            np.zeros(self.num_experts) if self.params["mode"] == "router_bias" else self._prior_logits.copy()
+        )
 
     def _weights_of(self, state: np.ndarray) -> np.ndarray:
         if self.params["mode"] == "router_bias":
@@ -348,7 +371,9 @@ class GradientAdapter(Adapter):
     def _anchor(self) -> np.ndarray:
         return np.zeros(self.num_experts) if self.params["mode"] == "router_bias" else self._prior_logits
 
-    def _gradient(self, z: np.ndarray, m: np.ndarray, a: np.ndarray | None, mask: np.ndarray | None) -> np.ndarray:
+    def _gradient(
+        self, z: np.ndarray, m: np.ndarray, a: np.ndarray | None, mask: np.ndarray | None
+    ) -> np.ndarray:
         n = len(m)
         if a is None:  # weights mode: s = m @ softmax(z)
             w = softmax(z)
@@ -382,7 +407,9 @@ class GradientAdapter(Adapter):
             mask = new_mask
         return z
 
-    def _adam(self, z: np.ndarray, m: np.ndarray, a: np.ndarray | None, mask: np.ndarray | None) -> np.ndarray:
+    def _adam(
+        self, z: np.ndarray, m: np.ndarray, a: np.ndarray | None, mask: np.ndarray | None
+    ) -> np.ndarray:
         p = self.params
         z, mom, vel = z.copy(), np.zeros_like(z), np.zeros_like(z)
         b1, b2 = 0.9, 0.999
@@ -395,11 +422,15 @@ class GradientAdapter(Adapter):
             z -= p["lr"] * (mom / (1 - b1**t)) / (np.sqrt(vel / (1 - b2**t)) + 1e-8)
         return z
 
-    def predict_margin(self, expert_margins: np.ndarray, router_logits: np.ndarray | None = None) -> np.ndarray:
+    def predict_margin(
+        self, expert_margins: np.ndarray, router_logits: np.ndarray | None = None
+    ) -> np.ndarray:
         if self.params["mode"] == "weights":
             return super().predict_margin(expert_margins)
         if router_logits is None:
-            raise ValueError("mode='router_bias' needs router_logits to predict (routing stays prompt-dependent)")
+            raise ValueError(
+                "mode='router_bias' needs router_logits to predict (routing stays prompt-dependent)"
+            )
         m = np.asarray(expert_margins, dtype=np.float64).reshape(-1, self.num_experts)
         a = np.asarray(router_logits, dtype=np.float64).reshape(len(m), self.num_experts)
         return (_gate(a + self._states[-1], self.params["top_k"]) * m).sum(1)
@@ -446,8 +477,12 @@ class SignedAdapter(Adapter):
         return w / s
 
 
-ADAPTER_CLASSES: dict[str, type[Adapter]] = {"hedge": HedgeAdapter, "batch": BatchAdapter, "gradient": GradientAdapter,
-                                             "signed": SignedAdapter}
+ADAPTER_CLASSES: dict[str, type[Adapter]] = {
+    "hedge": HedgeAdapter,
+    "batch": BatchAdapter,
+    "gradient": GradientAdapter,
+    "signed": SignedAdapter,
+}
 
 
 def make_adapter(name: str, num_experts: int, initial_weights=None, **params) -> Adapter:
@@ -459,13 +494,13 @@ def make_adapter(name: str, num_experts: int, initial_weights=None, **params) ->
 # ----------------------------------------------------------------------------- profile files
 
 
-
 def _is_number(x: object) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _check_vector(value: object, k: int, what: str, source: str, positive: bool = False,
-                  nonnegative: bool = False) -> None:
+def _check_vector(
+    value: object, k: int, what: str, source: str, positive: bool = False, nonnegative: bool = False
+) -> None:
     if not isinstance(value, list) or len(value) != k:
         got = f"{len(value)} values" if isinstance(value, list) else type(value).__name__
         raise ValueError(f"{source}: {what} must be a list of {k} numbers (one per expert), got {got}")
@@ -476,14 +511,14 @@ def _check_vector(value: object, k: int, what: str, source: str, positive: bool 
             raise ValueError(f"{source}: {what}[{i}] must be {'> 0' if positive else '>= 0'}, got {x}")
 
 
-
-
 def parse_profile(data: bytes, source: str = "profile") -> dict:
     """A profile file's bytes (an upload, `personalize --profile-out`) -> its checked dict; a ValueError
     names `source` for anything wrong (too large, not UTF-8, bad or too deeply nested JSON, bad fields).
     Pass the result to `Adapter.from_dict`."""
     if len(data) > MAX_PROFILE_BYTES:
-        raise ValueError(f"{source}: {len(data)} bytes, more than the limit of {MAX_PROFILE_BYTES} for a profile")
+        raise ValueError(
+            f"{source}: {len(data)} bytes, more than the limit of {MAX_PROFILE_BYTES} for a profile"
+        )
     try:
         d = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -508,7 +543,9 @@ def check_profile(d: object, source: str = "profile") -> None:
         raise ValueError(f"{source}: name must be one of {ADAPTERS}, got {str(name)[:40]!r}")
     k = d.get("num_experts")
     if not (isinstance(k, numbers.Integral) and not isinstance(k, bool) and 1 <= k <= MAX_EXPERTS):
-        raise ValueError(f"{source}: num_experts must be an integer in [1, {MAX_EXPERTS}], got {str(k)[:40]!r}")
+        raise ValueError(
+            f"{source}: num_experts must be an integer in [1, {MAX_EXPERTS}], got {str(k)[:40]!r}"
+        )
     if d.get("initial_weights") is not None:
         _check_vector(d["initial_weights"], k, "initial_weights", source, nonnegative=True)
     if d.get("weights") is not None:
@@ -523,8 +560,10 @@ def check_profile(d: object, source: str = "profile") -> None:
                 _check_vector(value, k, "params.margin_scale", source, positive=True)
             continue
         if key not in defaults:
-            raise ValueError(f"{source}: params.{str(key)[:40]}: unknown parameter of the {name} adapter "
-                             f"(known: {', '.join(sorted(defaults))})")
+            raise ValueError(
+                f"{source}: params.{str(key)[:40]}: unknown parameter of the {name} adapter "
+                f"(known: {', '.join(sorted(defaults))})"
+            )
         default = defaults[key]
         if isinstance(default, str):
             if not isinstance(value, str):
@@ -536,19 +575,28 @@ def check_profile(d: object, source: str = "profile") -> None:
                 raise ValueError(f"{source}: params.{key} must be a finite number, got {str(value)[:30]!r}")
     steps = params.get("steps")
     if steps is not None and not (float(steps).is_integer() and 1 <= steps <= MAX_ADAPTER_STEPS):
-        raise ValueError(f"{source}: params.steps must be an integer in [1, {MAX_ADAPTER_STEPS}], got {steps}")
+        raise ValueError(
+            f"{source}: params.steps must be an integer in [1, {MAX_ADAPTER_STEPS}], got {steps}"
+        )
     labels = d.get("labels")
     if labels is None:
         return
     if not isinstance(labels, dict):
         raise ValueError(f"{source}: labels must be an object, got {type(labels).__name__}")
-    margins, ids, logits = labels.get("expert_margins") or [], labels.get("pair_ids"), labels.get("router_logits")
+    margins, ids, logits = (
+        labels.get("expert_margins") or [],
+        labels.get("pair_ids"),
+        labels.get("router_logits"),
+    )
     if not isinstance(margins, list) or len(margins) > MAX_PROFILE_LABELS:
-        raise ValueError(f"{source}: labels.expert_margins must be a list of at most {MAX_PROFILE_LABELS} rows")
+        raise ValueError(
+            f"{source}: labels.expert_margins must be a list of at most {MAX_PROFILE_LABELS} rows"
+        )
     for i, row in enumerate(margins):
         _check_vector(row, k, f"labels.expert_margins[{i}]", source)
-    if ids is not None and not (isinstance(ids, list) and len(ids) == len(margins)
-                                and all(isinstance(x, str) for x in ids)):
+    if ids is not None and not (
+        isinstance(ids, list) and len(ids) == len(margins) and all(isinstance(x, str) for x in ids)
+    ):
         raise ValueError(f"{source}: labels.pair_ids must be a list of {len(margins)} texts (one per label)")
     if logits is not None:
         if not isinstance(logits, list) or len(logits) != len(margins):
@@ -599,8 +647,10 @@ def expert_margins_for(model, features, batch: int = 8192) -> tuple[np.ndarray, 
     router = router_data(model, features)
     margins, logits = [], []
     for s in range(0, len(features), batch):
-        c, r = (torch.from_numpy(np.ascontiguousarray(x[s : s + batch], np.float32))
-                for x in (features.chosen, features.rejected))
+        c, r = (
+            torch.from_numpy(np.ascontiguousarray(x[s : s + batch], np.float32))
+            for x in (features.chosen, features.rejected)
+        )
         out = model.pair(router.batch(slice(s, s + batch)), c, r)
         margins.append(out.expert_margins.numpy())
         logits.append(out.router_logits.numpy())
@@ -622,7 +672,9 @@ def margin_scale_for(expert_margins: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- evaluation and inspection
 
 
-def personalized_accuracy(adapter_or_weights, expert_margins: np.ndarray, router_logits: np.ndarray | None = None) -> float:
+def personalized_accuracy(
+    adapter_or_weights, expert_margins: np.ndarray, router_logits: np.ndarray | None = None
+) -> float:
     """Share of pairs whose personalized margin is positive (margins oriented chosen - rejected)."""
     m = np.asarray(expert_margins, dtype=np.float64)
     if len(m) == 0:
@@ -647,8 +699,12 @@ def weight_shift(adapter: Adapter, top: int = 3) -> dict:
     for k in range(adapter.num_experts):
         ranked = sorted(steps, key=lambda s, k=k: -abs(s[1][k]))[:top]
         movers[k] = [(pid, float(d[k])) for pid, d in ranked]
-    return {"before": before.tolist(), "after": after.tolist(), "delta": (after - before).tolist(),
-            "top_movers": movers}
+    return {
+        "before": before.tolist(),
+        "after": after.tolist(),
+        "delta": (after - before).tolist(),
+        "top_movers": movers,
+    }
 
 
 def span_report(adapter_or_margins, min_labels: int = 4) -> dict:
@@ -657,15 +713,22 @@ def span_report(adapter_or_margins, min_labels: int = 4) -> dict:
     labels, and ``outside`` when there are at least `min_labels` labels and every expert disagrees with
     most of them -- no mix of experts on the simplex can follow such a user; the `signed` adapter can."""
     if isinstance(adapter_or_margins, Adapter):
-        margins = np.stack(adapter_or_margins._margins) if adapter_or_margins.n_labels else \
-            np.zeros((0, adapter_or_margins.num_experts))
+        margins = (
+            np.stack(adapter_or_margins._margins)
+            if adapter_or_margins.n_labels
+            else np.zeros((0, adapter_or_margins.num_experts))
+        )
     else:
         margins = np.asarray(adapter_or_margins, dtype=np.float64)
     n = len(margins)
     agreement = (margins > 0).mean(0) if n else np.full(margins.shape[-1], np.nan)
     best = float(np.nanmax(agreement)) if n else None
-    return {"n_labels": int(n), "expert_agreement": [None if not n else float(a) for a in agreement],
-            "best_expert_agreement": best, "outside": bool(n >= min_labels and best is not None and best < 0.5)}
+    return {
+        "n_labels": int(n),
+        "expert_agreement": [None if not n else float(a) for a in agreement],
+        "best_expert_agreement": best,
+        "outside": bool(n >= min_labels and best is not None and best < 0.5),
+    }
 
 
 def disagreement_scores(adapter: Adapter, expert_margins: np.ndarray, eta: float = 1.0) -> np.ndarray:
@@ -685,16 +748,27 @@ def disagreement_scores(adapter: Adapter, expert_margins: np.ndarray, eta: float
     return score
 
 
-def select_next(adapter: Adapter, expert_margins: np.ndarray, exclude=None, strategy: str = "active",
-                rng: np.random.Generator | int | None = None, *, labeled_mask: np.ndarray | None = None,
-                pair_ids: list[str] | None = None) -> int:
+def select_next(
+    adapter: Adapter,
+    expert_margins: np.ndarray,
+    exclude=None,
+    strategy: str = "active",
+    rng: np.random.Generator | int | None = None,
+    *,
+    labeled_mask: np.ndarray | None = None,
+    pair_ids: list[str] | None = None,
+) -> int:
     """Index of the pair to label next. `exclude` (or `labeled_mask`): a boolean mask [N], the indices
     already labeled, or their pair ids (then `pair_ids` [N] names the rows)."""
     n = len(expert_margins)
     blocked = np.zeros(n, dtype=bool)
     if labeled_mask is not None:
         blocked |= np.asarray(labeled_mask, dtype=bool)
-    if exclude is not None and not isinstance(exclude, np.ndarray) and any(isinstance(x, str) for x in exclude):
+    if (
+        exclude is not None
+        and not isinstance(exclude, np.ndarray)
+        and any(isinstance(x, str) for x in exclude)
+    ):
         if pair_ids is None:
             raise ValueError("excluding by pair id needs pair_ids (the id of every row)")
         wanted = set(exclude)

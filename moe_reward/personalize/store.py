@@ -42,10 +42,12 @@ import numpy as np
 
 from .adapters import Adapter, make_adapter
 
-LABEL_COLUMNS = ("id INTEGER PRIMARY KEY AUTOINCREMENT, annotator_id INTEGER NOT NULL REFERENCES annotators(id), "
-                 "profile_id INTEGER REFERENCES profiles(id), pair_id TEXT NOT NULL, prompt TEXT NOT NULL, "
-                 "chosen TEXT NOT NULL, rejected TEXT NOT NULL, source TEXT NOT NULL DEFAULT 'manual', "
-                 "created_at REAL NOT NULL, session TEXT, margins_json TEXT, logits_json TEXT")
+LABEL_COLUMNS = (
+    "id INTEGER PRIMARY KEY AUTOINCREMENT, annotator_id INTEGER NOT NULL REFERENCES annotators(id), "
+    "profile_id INTEGER REFERENCES profiles(id), pair_id TEXT NOT NULL, prompt TEXT NOT NULL, "
+    "chosen TEXT NOT NULL, rejected TEXT NOT NULL, source TEXT NOT NULL DEFAULT 'manual', "
+    "created_at REAL NOT NULL, session TEXT, margins_json TEXT, logits_json TEXT"
+)
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS annotators (
     id INTEGER PRIMARY KEY,
@@ -76,8 +78,10 @@ INDEXES = """
 CREATE INDEX IF NOT EXISTS labels_by_profile ON labels (profile_id, id);
 CREATE INDEX IF NOT EXISTS labels_by_annotator ON labels (annotator_id, id);
 """
-UNIQUE_PAIR_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS labels_one_per_pair ON labels (profile_id, pair_id) "
-                     "WHERE profile_id IS NOT NULL")
+UNIQUE_PAIR_INDEX = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS labels_one_per_pair ON labels (profile_id, pair_id) "
+    "WHERE profile_id IS NOT NULL"
+)
 LABEL_SOURCES = ("manual", "typed", "simulated", "import")
 SPEC_KEYS = ("format", "name", "num_experts", "params", "initial_weights")  # what a profile row keeps
 MAX_IMPORT_LABELS = 100_000
@@ -95,8 +99,10 @@ class DuplicateLabel(StoreError):
     """The profile already has a label for this pair; nothing was stored."""
 
     def __init__(self, pair_id: str, existing_id: int):
-        super().__init__(f"pair {pair_id!r} already has a label in this profile (label #{existing_id}); "
-                         "this one was not stored")
+        super().__init__(
+            f"pair {pair_id!r} already has a label in this profile (label #{existing_id}); "
+            "this one was not stored"
+        )
         self.pair_id, self.existing_id = pair_id, existing_id
 
 
@@ -168,8 +174,9 @@ def _disk_hint(path: Path) -> str:
 
 def _is_read_only_error(exc: BaseException) -> bool:
     text = str(exc).lower()
-    return isinstance(exc, PermissionError) or any(s in text for s in (
-        "readonly", "read-only", "unable to open", "permission denied", "read only"))
+    return isinstance(exc, PermissionError) or any(
+        s in text for s in ("readonly", "read-only", "unable to open", "permission denied", "read only")
+    )
 
 
 class LabelStore:
@@ -192,8 +199,10 @@ class LabelStore:
                     pass  # an older file holds duplicates: the write transaction still refuses new ones
         except (sqlite3.OperationalError, OSError) as exc:
             if not _is_read_only_error(exc):
-                raise StoreError(f"{self.path}: cannot open the label store, nothing can be saved "
-                                 f"({exc}{_disk_hint(self.path)})") from exc
+                raise StoreError(
+                    f"{self.path}: cannot open the label store, nothing can be saved "
+                    f"({exc}{_disk_hint(self.path)})"
+                ) from exc
             self.read_only = f"{self.path} cannot be written ({exc})"
             if self.path.is_file():
                 try:
@@ -209,11 +218,16 @@ class LabelStore:
         runs every rerun in a new thread, so per-thread connections would pile up)."""
         if read_only or self.read_only:
             # A WAL file in a read-only place cannot get its -shm index: read it as immutable.
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?immutable=1", uri=True,
-                                   timeout=self.busy_timeout_ms / 1000, isolation_level=None)
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?immutable=1",
+                uri=True,
+                timeout=self.busy_timeout_ms / 1000,
+                isolation_level=None,
+            )
         else:
-            conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_ms / 1000,
-                                   isolation_level=None)  # autocommit; transactions are explicit below
+            conn = sqlite3.connect(
+                str(self.path), timeout=self.busy_timeout_ms / 1000, isolation_level=None
+            )  # autocommit; transactions are explicit below
         try:
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -270,7 +284,9 @@ class LabelStore:
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Files written before labels carried margins and sessions: rebuild the labels table with
         AUTOINCREMENT ids (never reused) and the new columns, keeping every row and its id."""
-        row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'labels'").fetchone()
+        row = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'labels'"
+        ).fetchone()
         if row is None or "AUTOINCREMENT" in row[0].upper():
             return
         old = [r[1] for r in conn.execute("PRAGMA table_info(labels)")]
@@ -287,15 +303,23 @@ class LabelStore:
             raise
 
     def _label_select(self) -> str:
-        extra = ", ".join(f"l.{c}" if c in self._columns else "NULL" for c in ("session", "margins_json", "logits_json"))
-        return ("SELECT a.name, l.pair_id, l.prompt, l.chosen, l.rejected, l.profile_id, l.source, l.created_at, l.id, "
-                f"{extra} FROM labels l JOIN annotators a ON a.id = l.annotator_id")
+        extra = ", ".join(
+            f"l.{c}" if c in self._columns else "NULL" for c in ("session", "margins_json", "logits_json")
+        )
+        return (
+            "SELECT a.name, l.pair_id, l.prompt, l.chosen, l.rejected, l.profile_id, l.source, l.created_at, l.id, "
+            f"{extra} FROM labels l JOIN annotators a ON a.id = l.annotator_id"
+        )
 
     @staticmethod
     def _label(row) -> Label:
         *base, session, margins, logits = row
-        return Label(*base, session=session, margins=None if margins is None else json.loads(margins),
-                     logits=None if logits is None else json.loads(logits))
+        return Label(
+            *base,
+            session=session,
+            margins=None if margins is None else json.loads(margins),
+            logits=None if logits is None else json.loads(logits),
+        )
 
     # ------------------------------------------------------------------ annotators
     def annotator_id(self, name: str) -> int:
@@ -308,7 +332,9 @@ class LabelStore:
             return int(rows[0][0])
 
         def add(conn):
-            conn.execute("INSERT OR IGNORE INTO annotators (name, created_at) VALUES (?, ?)", (name, time.time()))
+            conn.execute(
+                "INSERT OR IGNORE INTO annotators (name, created_at) VALUES (?, ?)", (name, time.time())
+            )
             return int(conn.execute("SELECT id FROM annotators WHERE name = ?", (name,)).fetchone()[0])
 
         return self._write(add, f"annotator {name!r}")
@@ -322,19 +348,33 @@ class LabelStore:
             spec = json.loads(row[5] or "{}")
         except ValueError:
             spec = {}
-        return ProfileRecord(int(row[0]), row[1], row[2], row[3], row[4], spec if isinstance(spec, dict) else {},
-                             row[6], row[7], row[5] or "")
+        return ProfileRecord(
+            int(row[0]),
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            spec if isinstance(spec, dict) else {},
+            row[6],
+            row[7],
+            row[5] or "",
+        )
 
-    _PROFILE_SELECT = ("SELECT p.id, a.name, p.name, p.model, p.adapter, p.profile_json, p.created_at, p.updated_at "
-                       "FROM profiles p JOIN annotators a ON a.id = p.annotator_id")
+    _PROFILE_SELECT = (
+        "SELECT p.id, a.name, p.name, p.model, p.adapter, p.profile_json, p.created_at, p.updated_at "
+        "FROM profiles p JOIN annotators a ON a.id = p.annotator_id"
+    )
 
     def find_profile(self, annotator: str, name: str, model: str) -> ProfileRecord | None:
-        rows = self._rows(self._PROFILE_SELECT + " WHERE a.name = ? AND p.name = ? AND p.model = ?",
-                          (annotator.strip(), name.strip(), model))
+        rows = self._rows(
+            self._PROFILE_SELECT + " WHERE a.name = ? AND p.name = ? AND p.model = ?",
+            (annotator.strip(), name.strip(), model),
+        )
         return self._profile(rows[0]) if rows else None
 
-    def get_or_create_profile(self, annotator: str, name: str, model: str, adapter: str,
-                              profile: dict | None = None) -> ProfileRecord:
+    def get_or_create_profile(
+        self, annotator: str, name: str, model: str, adapter: str, profile: dict | None = None
+    ) -> ProfileRecord:
         """The profile (annotator, name, model); created with `adapter` and spec `profile` if it is new
         (two sessions creating it at once get the same one)."""
         if not name.strip():
@@ -346,11 +386,15 @@ class LabelStore:
 
         def add(conn):
             now = time.time()
-            conn.execute("INSERT OR IGNORE INTO annotators (name, created_at) VALUES (?, ?)", (annotator.strip(), now))
+            conn.execute(
+                "INSERT OR IGNORE INTO annotators (name, created_at) VALUES (?, ?)", (annotator.strip(), now)
+            )
             aid = conn.execute("SELECT id FROM annotators WHERE name = ?", (annotator.strip(),)).fetchone()[0]
-            conn.execute("INSERT OR IGNORE INTO profiles (annotator_id, name, model, adapter, profile_json, created_at, "
-                         "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (aid, name.strip(), model, adapter, json.dumps(spec), now, now))
+            conn.execute(
+                "INSERT OR IGNORE INTO profiles (annotator_id, name, model, adapter, profile_json, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (aid, name.strip(), model, adapter, json.dumps(spec), now, now),
+            )
 
         self._write(add, f"profile {name.strip()!r}")
         return self.find_profile(annotator, name, model)
@@ -359,8 +403,9 @@ class LabelStore:
         rows = self._rows(self._PROFILE_SELECT + " WHERE p.id = ?", (profile_id,))
         return self._profile(rows[0]) if rows else None
 
-    def profiles(self, annotator: str | None = None, model: str | None = None,
-                 recent_first: bool = False) -> list[ProfileRecord]:
+    def profiles(
+        self, annotator: str | None = None, model: str | None = None, recent_first: bool = False
+    ) -> list[ProfileRecord]:
         sql, args = self._PROFILE_SELECT + " WHERE 1=1", []
         if annotator is not None:
             sql += " AND a.name = ?"
@@ -381,31 +426,55 @@ class LabelStore:
         spec = {k: v for k, v in profile.items() if k in SPEC_KEYS}
 
         def upd(conn):
-            conn.execute("UPDATE profiles SET profile_json = ?, adapter = COALESCE(?, adapter), updated_at = ? "
-                         "WHERE id = ?", (json.dumps(spec), adapter or spec.get("name"), time.time(), profile_id))
+            conn.execute(
+                "UPDATE profiles SET profile_json = ?, adapter = COALESCE(?, adapter), updated_at = ? "
+                "WHERE id = ?",
+                (json.dumps(spec), adapter or spec.get("name"), time.time(), profile_id),
+            )
 
         self._write(upd, "the profile's settings")
 
     # ------------------------------------------------------------------ labels
     def add_label(self, label: Label) -> int:
         """A label without a profile (or with one, without margins): kept, but no profile replays it."""
-        return self._write(lambda conn: self._insert_label(conn, label), f"the label of pair {label.pair_id!r}")
+        return self._write(
+            lambda conn: self._insert_label(conn, label), f"the label of pair {label.pair_id!r}"
+        )
 
     @staticmethod
     def _insert_label(conn, label: Label) -> int:
         now = time.time()
         if label.profile_id is not None:
-            dup = conn.execute("SELECT id FROM labels WHERE profile_id = ? AND pair_id = ?",
-                               (label.profile_id, label.pair_id)).fetchone()
+            dup = conn.execute(
+                "SELECT id FROM labels WHERE profile_id = ? AND pair_id = ?",
+                (label.profile_id, label.pair_id),
+            ).fetchone()
             if dup is not None:
                 raise DuplicateLabel(label.pair_id, int(dup[0]))
-        conn.execute("INSERT OR IGNORE INTO annotators (name, created_at) VALUES (?, ?)", (label.annotator.strip(), now))
-        aid = conn.execute("SELECT id FROM annotators WHERE name = ?", (label.annotator.strip(),)).fetchone()[0]
+        conn.execute(
+            "INSERT OR IGNORE INTO annotators (name, created_at) VALUES (?, ?)",
+            (label.annotator.strip(), now),
+        )
+        aid = conn.execute("SELECT id FROM annotators WHERE name = ?", (label.annotator.strip(),)).fetchone()[
+            0
+        ]
         cur = conn.execute(
             "INSERT INTO labels (annotator_id, profile_id, pair_id, prompt, chosen, rejected, source, created_at, "
             "session, margins_json, logits_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (aid, label.profile_id, label.pair_id, label.prompt, label.chosen, label.rejected, label.source,
-             label.created_at or now, label.session, _vector_json(label.margins), _vector_json(label.logits)))
+            (
+                aid,
+                label.profile_id,
+                label.pair_id,
+                label.prompt,
+                label.chosen,
+                label.rejected,
+                label.source,
+                label.created_at or now,
+                label.session,
+                _vector_json(label.margins),
+                _vector_json(label.logits),
+            ),
+        )
         if label.profile_id is not None:
             conn.execute("UPDATE profiles SET updated_at = ? WHERE id = ?", (now, label.profile_id))
         return int(cur.lastrowid)
@@ -419,7 +488,9 @@ class LabelStore:
         message never leaves that open."""
         if label.profile_id is None:
             raise ValueError("record_label needs a label with a profile_id (add_label stores one without)")
-        label.margins = label.margins if margins is None else [float(x) for x in np.asarray(margins).reshape(-1)]
+        label.margins = (
+            label.margins if margins is None else [float(x) for x in np.asarray(margins).reshape(-1)]
+        )
         label.logits = label.logits if logits is None else [float(x) for x in np.asarray(logits).reshape(-1)]
         label.session = session if session is not None else label.session
         if label.margins is None or not np.all(np.isfinite(label.margins)):
@@ -429,11 +500,15 @@ class LabelStore:
             raise ValueError(f"no profile #{label.profile_id}")
         k = rec.profile.get("num_experts")
         if k is not None and len(label.margins) != int(k):
-            raise ValueError(f"label of pair {label.pair_id!r}: {len(label.margins)} expert margins for a profile "
-                             f"over {k} experts")
+            raise ValueError(
+                f"label of pair {label.pair_id!r}: {len(label.margins)} expert margins for a profile "
+                f"over {k} experts"
+            )
         label.created_at = label.created_at or time.time()
         try:
-            return self._write(lambda conn: self._insert_label(conn, label), f"the label of pair {label.pair_id!r}")
+            return self._write(
+                lambda conn: self._insert_label(conn, label), f"the label of pair {label.pair_id!r}"
+            )
         except DuplicateLabel:
             raise
         except StoreError as exc:
@@ -444,8 +519,10 @@ class LabelStore:
 
     def _find_label(self, label: Label) -> int | None:
         try:
-            rows = self._rows("SELECT id FROM labels WHERE profile_id = ? AND pair_id = ? AND created_at = ?",
-                              (label.profile_id, label.pair_id, label.created_at))
+            rows = self._rows(
+                "SELECT id FROM labels WHERE profile_id = ? AND pair_id = ? AND created_at = ?",
+                (label.profile_id, label.pair_id, label.created_at),
+            )
         except sqlite3.Error:
             return None
         return int(rows[0][0]) if rows else None
@@ -461,7 +538,10 @@ class LabelStore:
         return [self._label(row) for row in self._rows(sql + " ORDER BY l.id", args)]
 
     def label_ids(self, profile_id: int) -> list[int]:
-        return [int(r[0]) for r in self._rows("SELECT id FROM labels WHERE profile_id = ? ORDER BY id", (profile_id,))]
+        return [
+            int(r[0])
+            for r in self._rows("SELECT id FROM labels WHERE profile_id = ? ORDER BY id", (profile_id,))
+        ]
 
     def count_labels(self, profile_id: int | None = None, session: str | None = None) -> int:
         """Labels in the store, in one profile, or (with `session`) stored by one session in it."""
@@ -480,11 +560,13 @@ class LabelStore:
     def undo_last(self, profile_id: int, session: str | None) -> Label | None:
         """Delete the newest label that `session` stored in the profile (None: labels stored without a
         session, e.g. by older versions). Another session's labels are never touched."""
+
         def write(conn):
             cond = "session = ?" if session is not None else "session IS NULL"
             args = (profile_id, session) if session is not None else (profile_id,)
-            row = conn.execute(f"SELECT id FROM labels WHERE profile_id = ? AND {cond} ORDER BY id DESC LIMIT 1",
-                               args).fetchone()
+            row = conn.execute(
+                f"SELECT id FROM labels WHERE profile_id = ? AND {cond} ORDER BY id DESC LIMIT 1", args
+            ).fetchone()
             if row is None:
                 return None
             gone = conn.execute(self._label_select() + " WHERE l.id = ?", (row[0],)).fetchone()
@@ -496,18 +578,23 @@ class LabelStore:
 
     def reset_profile(self, profile_id: int, profile: dict | None = None) -> int:
         """Forget a profile's labels (every session's); optionally store a new spec. Returns how many."""
+
         def write(conn):
             n = conn.execute("DELETE FROM labels WHERE profile_id = ?", (profile_id,)).rowcount
             conn.execute("DELETE FROM profile_history WHERE profile_id = ?", (profile_id,))
             if profile is not None:
                 spec = {k: v for k, v in profile.items() if k in SPEC_KEYS}
-                conn.execute("UPDATE profiles SET profile_json = ?, updated_at = ? WHERE id = ?",
-                             (json.dumps(spec), time.time(), profile_id))
+                conn.execute(
+                    "UPDATE profiles SET profile_json = ?, updated_at = ? WHERE id = ?",
+                    (json.dumps(spec), time.time(), profile_id),
+                )
             return int(n)
 
         return self._write(write, "the reset")
 
-    def replace_labels(self, profile_id: int, spec: dict, labels: Sequence[Label], session: str | None = None) -> int:
+    def replace_labels(
+        self, profile_id: int, spec: dict, labels: Sequence[Label], session: str | None = None
+    ) -> int:
         """Import: the profile's labels become `labels` (with margins) and its spec `spec`, in one
         transaction; returns how many labels it holds now."""
         if len(labels) > MAX_IMPORT_LABELS:
@@ -517,15 +604,24 @@ class LabelStore:
             if lab.margins is None or not np.all(np.isfinite(lab.margins)):
                 raise ValueError(f"label of pair {lab.pair_id!r}: expert margins must be finite numbers")
             if len(lab.margins) != int(spec["num_experts"]):
-                raise ValueError(f"label of pair {lab.pair_id!r}: {len(lab.margins)} margins for {spec['num_experts']} experts")
+                raise ValueError(
+                    f"label of pair {lab.pair_id!r}: {len(lab.margins)} margins for {spec['num_experts']} experts"
+                )
             if lab.pair_id in seen:
                 raise ValueError(f"pair {lab.pair_id!r} is labeled twice in the file")
             seen.add(lab.pair_id)
 
         def write(conn):
             conn.execute("DELETE FROM labels WHERE profile_id = ?", (profile_id,))
-            conn.execute("UPDATE profiles SET profile_json = ?, adapter = ?, updated_at = ? WHERE id = ?",
-                         (json.dumps({k: spec[k] for k in SPEC_KEYS if k in spec}), spec["name"], time.time(), profile_id))
+            conn.execute(
+                "UPDATE profiles SET profile_json = ?, adapter = ?, updated_at = ? WHERE id = ?",
+                (
+                    json.dumps({k: spec[k] for k in SPEC_KEYS if k in spec}),
+                    spec["name"],
+                    time.time(),
+                    profile_id,
+                ),
+            )
             for lab in labels:
                 lab.profile_id, lab.session = profile_id, session
                 self._insert_label(conn, lab)
@@ -534,8 +630,9 @@ class LabelStore:
         return self._write(write, "the import")
 
     # ------------------------------------------------------------------ profiles rebuilt from labels
-    def load_profile(self, profile_id: int, previous: ProfileState | None = None,
-                     fallback: dict | None = None) -> ProfileState:
+    def load_profile(
+        self, profile_id: int, previous: ProfileState | None = None, fallback: dict | None = None
+    ) -> ProfileState:
         """The profile rebuilt from its stored labels, in label order. With `previous` (the state this
         caller rebuilt last time) only the labels added since are replayed when nothing else changed.
         `fallback`: the spec to use when the stored one is missing (a profile created without one)."""
@@ -565,7 +662,9 @@ class LabelStore:
         unusable = sum(not _replay(adapter, pair_id, m, a) for _, pair_id, m, a in rows)
         return ProfileState(rec, adapter, tuple(ids), unusable, {r[1] for r in rows})
 
-    def _replay_rows(self, rec: ProfileRecord, ids: Sequence[int]) -> list[tuple[int, str, list | None, list | None]]:
+    def _replay_rows(
+        self, rec: ProfileRecord, ids: Sequence[int]
+    ) -> list[tuple[int, str, list | None, list | None]]:
         """(id, pair id, margins, logits) of these labels; margins of labels stored by older versions come
         from the adapter dict those versions kept in the profile row."""
         if not ids:
@@ -574,14 +673,19 @@ class LabelStore:
         old = rec.profile.get("labels") or {}
         if old.get("expert_margins"):
             logits = old.get("router_logits") or [None] * len(old["expert_margins"])
-            legacy = {pid: (m, a) for pid, m, a in zip(old.get("pair_ids") or [], old["expert_margins"], logits,
-                                                       strict=False)}
+            legacy = {
+                pid: (m, a)
+                for pid, m, a in zip(old.get("pair_ids") or [], old["expert_margins"], logits, strict=False)
+            }
         out = []
         margins_col = "margins_json" if "margins_json" in self._columns else "NULL"
         logits_col = "logits_json" if "logits_json" in self._columns else "NULL"
         first = min(ids)
-        rows = self._rows(f"SELECT id, pair_id, {margins_col}, {logits_col} FROM labels "
-                          "WHERE profile_id = ? AND id >= ? ORDER BY id", (rec.id, first))
+        rows = self._rows(
+            f"SELECT id, pair_id, {margins_col}, {logits_col} FROM labels "
+            "WHERE profile_id = ? AND id >= ? ORDER BY id",
+            (rec.id, first),
+        )
         wanted = set(ids)
         for lid, pair_id, m, a in rows:
             if lid not in wanted:

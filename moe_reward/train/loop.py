@@ -71,7 +71,12 @@ class TrainConfig:
     discovery_steps: int = 400
     discovery_max_pairs: int = 20_000
     min_validation_pairs: int = 20
-    head_l2: tuple[float, ...] = (1e-3, 1e-2, 0.1, 1.0)  # shrinkage of warm-started experts toward the shared head
+    head_l2: tuple[float, ...] = (
+        1e-3,
+        1e-2,
+        0.1,
+        1.0,
+    )  # shrinkage of warm-started experts toward the shared head
     cluster_init: bool = True  # warm-start experts and router from context-preference clusters
     patience: int = 10  # early stopping: epochs without a better validation loss
     seed: int = 0
@@ -84,7 +89,13 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        for name in ("weight_decay", "sparsity_weight", "balance_weight", "diversity_weight", "specialization_weight"):
+        for name in (
+            "weight_decay",
+            "sparsity_weight",
+            "balance_weight",
+            "diversity_weight",
+            "specialization_weight",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if not 0 <= self.specialization_epochs <= 1 or not 0 <= self.select_after <= 1:
@@ -99,8 +110,13 @@ class TrainConfig:
         `dense` is the vanilla MoE baseline (plain BT), `micro` trains on the mixture likelihood only."""
         base: dict = {}
         if kind in ("dense", "single", "drm"):
-            base = dict(sparsity_weight=0.0, balance_weight=0.0, diversity_weight=0.0, specialization_weight=0.0,
-                        cluster_init=False)
+            base = dict(
+                sparsity_weight=0.0,
+                balance_weight=0.0,
+                diversity_weight=0.0,
+                specialization_weight=0.0,
+                cluster_init=False,
+            )
         elif kind == "micro":
             base = dict(sparsity_weight=0.0, balance_weight=0.0, diversity_weight=0.0)
         return cls(**{**base, **overrides})
@@ -153,12 +169,15 @@ def diversity_loss(expert_margins: torch.Tensor) -> torch.Tensor:
 
 def mixture_loss(out: PairOutput) -> torch.Tensor:
     """-log P(chosen) under the mixture of per-expert BT models weighted by the router (MiCRo)."""
-    log_mix = torch.logsumexp(torch.log(out.router_probs.clamp(min=1e-12)) + F.logsigmoid(out.expert_margins), -1)
+    log_mix = torch.logsumexp(
+        torch.log(out.router_probs.clamp(min=1e-12)) + F.logsigmoid(out.expert_margins), -1
+    )
     return -log_mix.mean()
 
 
-def loss_terms(model: SparseMoERewardModel, prompt, chosen, rejected, cfg: TrainConfig, spec_weight: float,
-               noisy: bool) -> tuple[torch.Tensor, dict[str, float]]:
+def loss_terms(
+    model: SparseMoERewardModel, prompt, chosen, rejected, cfg: TrainConfig, spec_weight: float, noisy: bool
+) -> tuple[torch.Tensor, dict[str, float]]:
     out = model.pair(prompt, chosen, rejected, noisy=noisy)
     if model.config.kind == "micro":
         bt = mixture_loss(out)
@@ -173,8 +192,13 @@ def loss_terms(model: SparseMoERewardModel, prompt, chosen, rejected, cfg: Train
         terms["diversity"] = diversity_loss(out.expert_margins)
     if spec_weight and model.config.kind != "micro":
         terms["specialization"] = mixture_loss(out)
-    weights = {"bt": 1.0, "sparsity": cfg.sparsity_weight, "balance": cfg.balance_weight,
-               "diversity": cfg.diversity_weight, "specialization": spec_weight}
+    weights = {
+        "bt": 1.0,
+        "sparsity": cfg.sparsity_weight,
+        "balance": cfg.balance_weight,
+        "diversity": cfg.diversity_weight,
+        "specialization": spec_weight,
+    }
     total = sum(weights[k] * v for k, v in terms.items())
     logged = {k: float(v.detach()) for k, v in terms.items()}
     # Accuracy of the batch as seen while training (noisy gating): free, unlike a full pass per epoch.
@@ -231,7 +255,9 @@ def one_cycle_lr(step: int, total: int, peak: float, warmup: float = 0.1) -> flo
 # ----------------------------------------------------------------------------- initialization
 
 
-def fit_standardization(model: SparseMoERewardModel, f: PairFeatures, router: RouterData | None = None) -> None:
+def fit_standardization(
+    model: SparseMoERewardModel, f: PairFeatures, router: RouterData | None = None
+) -> None:
     """Per-dimension mean/scale of the router's vector channels and scale of the expert inputs, fitted
     on the training features (and the token scale of the attention channel)."""
     with torch.no_grad():
@@ -300,7 +326,10 @@ class ContextFit:
             return None
         return self.context_free_loss - self.validation_loss > 2 * self.gain_se
 
-def _projector(model: SparseMoERewardModel, router: RouterData, rows: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
+
+def _projector(
+    model: SparseMoERewardModel, router: RouterData, rows: np.ndarray
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """u -> (standardized router features of `rows`) @ u. Vector channels are multiplied block by block
     without densifying the sparse lexical one: ((x - mean) / scale) @ u = x @ (u / scale) - (mean / scale) @ u;
     with an attention channel the model computes the features (its queries are being fitted)."""
@@ -313,8 +342,9 @@ def _projector(model: SparseMoERewardModel, router: RouterData, rows: np.ndarray
         start += b.shape[1]
         if sparse.issparse(sub):
             coo = sub.tocoo()
-            t = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data.astype(np.float32), coo.shape,
-                                        check_invariants=False).coalesce()
+            t = torch.sparse_coo_tensor(
+                np.vstack([coo.row, coo.col]), coo.data.astype(np.float32), coo.shape, check_invariants=False
+            ).coalesce()
         else:
             t = torch.from_numpy(np.ascontiguousarray(sub, dtype=np.float32))
         blocks.append((t, sl))
@@ -329,10 +359,18 @@ def _projector(model: SparseMoERewardModel, router: RouterData, rows: np.ndarray
     return project
 
 
-def fit_context_preferences(model: SparseMoERewardModel, router: RouterData, diff: torch.Tensor,
-                            gen: torch.Generator, rank: int = 16, steps: int = 600, lr: float = 0.02,
-                            l2: float = 3e-3, validation: tuple[RouterData, torch.Tensor] | None = None,
-                            batch: int = 4096) -> ContextFit:
+def fit_context_preferences(
+    model: SparseMoERewardModel,
+    router: RouterData,
+    diff: torch.Tensor,
+    gen: torch.Generator,
+    rank: int = 16,
+    steps: int = 600,
+    lr: float = 0.02,
+    l2: float = 3e-3,
+    validation: tuple[RouterData, torch.Tensor] | None = None,
+    batch: int = 4096,
+) -> ContextFit:
     """A low-rank, prompt-conditioned linear reward: margin_i = (P_i U) . (D_i V) + w0 . D_i, fitted with BT,
     where P_i is what the model's router reads of prompt i (standardized channels; attention queries are
     fitted along) and D_i the standardized chosen-minus-rejected expert input.
@@ -380,8 +418,17 @@ def fit_context_preferences(model: SparseMoERewardModel, router: RouterData, dif
         val_loss, free_loss = float(ctx.mean()), float(free.mean())
         gain = free - ctx
         gain_se = float(gain.std() / len(gain) ** 0.5) if len(gain) > 1 else math.inf
-    return ContextFit(codes, u.detach().clone(), w0.detach().clone(), v.detach().clone(), float(train_losses.mean()),
-                      val_loss, free_loss, gain_se, l2)
+    return ContextFit(
+        codes,
+        u.detach().clone(),
+        w0.detach().clone(),
+        v.detach().clone(),
+        float(train_losses.mean()),
+        val_loss,
+        free_loss,
+        gain_se,
+        l2,
+    )
 
 
 def kmeans(x: torch.Tensor, k: int, seed: int, n_init: int = 10) -> torch.Tensor:
@@ -398,8 +445,15 @@ def kmeans(x: torch.Tensor, k: int, seed: int, n_init: int = 10) -> torch.Tensor
     return torch.from_numpy(labels.astype(np.int64))
 
 
-def fit_bt_heads(diff: torch.Tensor, assign: torch.Tensor, k: int, anchor: torch.Tensor, l2: float,
-                 steps: int = 200, lr: float = 0.05) -> torch.Tensor:
+def fit_bt_heads(
+    diff: torch.Tensor,
+    assign: torch.Tensor,
+    k: int,
+    anchor: torch.Tensor,
+    l2: float,
+    steps: int = 200,
+    lr: float = 0.05,
+) -> torch.Tensor:
     """One Bradley-Terry head per cluster [k, D], fitted on the cluster's pairs and shrunk toward `anchor`
     ([D] for all clusters, or [k, D] one per cluster): penalty l2 * |head_k - anchor_k|^2. A small cluster
     stays near its anchor instead of memorizing its few pairs."""
@@ -427,8 +481,9 @@ def cluster_anchors(fit: ContextFit, assign: torch.Tensor, k: int) -> torch.Tens
     return anchors
 
 
-def router_from_centroids(model: SparseMoERewardModel, u: torch.Tensor, codes: torch.Tensor,
-                          assign: torch.Tensor) -> None:
+def router_from_centroids(
+    model: SparseMoERewardModel, u: torch.Tensor, codes: torch.Tensor, assign: torch.Tensor
+) -> None:
     """Route each prompt to the nearest cluster centroid in preference-code space: with code c = x U
     (x the router features) and centroids C_k, -|c - C_k|^2 / tau = (2 c . C_k - |C_k|^2) / tau + const,
     a linear router W = 2 C U^T / tau, b = -|C|^2 / tau. It reads exactly the prompt features the
@@ -480,11 +535,15 @@ def _subsample(n: int, limit: int, gen: torch.Generator) -> np.ndarray:
     return np.sort(torch.randperm(n, generator=gen)[:limit].numpy()) if n > limit else np.arange(n)
 
 
-def _prepare(model_config: ModelConfig, channels: str, train: PairFeatures, vocabulary: list[str],
-             idf: np.ndarray) -> tuple[SparseMoERewardModel, RouterData]:
+def _prepare(
+    model_config: ModelConfig, channels: str, train: PairFeatures, vocabulary: list[str], idf: np.ndarray
+) -> tuple[SparseMoERewardModel, RouterData]:
     """A model reading `channels`, with its lexical vocabulary and standardization fitted on `train`."""
-    mcfg = replace(model_config, router_input=channels,
-                   lexical_vocabulary=list(vocabulary) if "lexical" in channels.split("+") else [])
+    mcfg = replace(
+        model_config,
+        router_input=channels,
+        lexical_vocabulary=list(vocabulary) if "lexical" in channels.split("+") else [],
+    )
     model = SparseMoERewardModel(mcfg)
     if "lexical" in channels.split("+"):
         model.lexical_idf.copy_(torch.from_numpy(idf))
@@ -493,9 +552,15 @@ def _prepare(model_config: ModelConfig, channels: str, train: PairFeatures, voca
     return model, data
 
 
-def _search_l2(name: str, model: SparseMoERewardModel, router: RouterData, diff: torch.Tensor,
-               validation: tuple[RouterData, torch.Tensor] | None, cfg: TrainConfig,
-               report: dict) -> tuple[float, ContextFit]:
+def _search_l2(
+    name: str,
+    model: SparseMoERewardModel,
+    router: RouterData,
+    diff: torch.Tensor,
+    validation: tuple[RouterData, torch.Tensor] | None,
+    cfg: TrainConfig,
+    report: dict,
+) -> tuple[float, ContextFit]:
     """The penalty of `cfg.discovery_l2` with the best validation loss: from the grid's middle, walk up
     while it improves, else down (without validation: the middle)."""
     grid = sorted(cfg.discovery_l2)
@@ -503,8 +568,15 @@ def _search_l2(name: str, model: SparseMoERewardModel, router: RouterData, diff:
 
     def score_at(j: int) -> float:
         if j not in scores:
-            fit = fit_context_preferences(model, router, diff, torch.Generator().manual_seed(cfg.seed), l2=grid[j],
-                                          steps=cfg.discovery_steps, validation=validation)
+            fit = fit_context_preferences(
+                model,
+                router,
+                diff,
+                torch.Generator().manual_seed(cfg.seed),
+                l2=grid[j],
+                steps=cfg.discovery_steps,
+                validation=validation,
+            )
             score = fit.validation_loss if fit.validation_loss is not None else fit.train_loss
             scores[j] = (score, fit)
             report["validation_loss"][f"{name} l2={grid[j]:g}"] = round(score, 6)
@@ -523,9 +595,13 @@ def _search_l2(name: str, model: SparseMoERewardModel, router: RouterData, diff:
     return score_at(j), scores[j][1]
 
 
-def choose_router_input(candidates: list[tuple[str, SparseMoERewardModel, RouterData]], train: PairFeatures,
-                        validation: PairFeatures | None, cfg: TrainConfig, gen: torch.Generator
-                        ) -> tuple[int, ContextFit | None, dict]:
+def choose_router_input(
+    candidates: list[tuple[str, SparseMoERewardModel, RouterData]],
+    train: PairFeatures,
+    validation: PairFeatures | None,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+) -> tuple[int, ContextFit | None, dict]:
     """Fit the prompt-conditioned reward (`fit_context_preferences`) for every candidate router input,
     with its penalty searched on the log grid `cfg.discovery_l2` (from the middle, moving while the
     validation loss improves); keep the fit with the lowest validation loss. Without enough validation
@@ -557,24 +633,32 @@ def choose_router_input(candidates: list[tuple[str, SparseMoERewardModel, Router
 
 
 @torch.no_grad()
-def validation_metrics(model: SparseMoERewardModel, f: PairFeatures, batch: int = 8192,
-                       router: RouterData | None = None) -> dict[str, float]:
+def validation_metrics(
+    model: SparseMoERewardModel, f: PairFeatures, batch: int = 8192, router: RouterData | None = None
+) -> dict[str, float]:
     model.eval()
     router = router if router is not None else router_data(model, f)
     losses, correct = [], []
     for s in range(0, len(f), batch):
         sl = slice(s, s + batch)
-        out = model.pair(router.batch(sl), torch.from_numpy(np.ascontiguousarray(f.chosen[sl], np.float32)),
-                         torch.from_numpy(np.ascontiguousarray(f.rejected[sl], np.float32)))
+        out = model.pair(
+            router.batch(sl),
+            torch.from_numpy(np.ascontiguousarray(f.chosen[sl], np.float32)),
+            torch.from_numpy(np.ascontiguousarray(f.rejected[sl], np.float32)),
+        )
         prob = out.prob_chosen(mixture=model.config.kind == "micro")
         losses.append(-torch.log(prob.clamp(min=1e-12)))
         correct.append(prob > 0.5)
     return {"loss": float(torch.cat(losses).mean()), "accuracy": float(torch.cat(correct).float().mean())}
 
 
-def train_model(train: PairFeatures, validation: PairFeatures | None, model_config: ModelConfig,
-                config: TrainConfig | None = None,
-                progress: Callable[[int, int, dict], None] | None = None) -> TrainResult:
+def train_model(
+    train: PairFeatures,
+    validation: PairFeatures | None,
+    model_config: ModelConfig,
+    config: TrainConfig | None = None,
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> TrainResult:
     """Train one model on cached features. `progress(epoch, epochs, metrics)` is called after each epoch
     (the CLI's tqdm bar and the dashboard's st.progress both drive off it)."""
     cfg = config or TrainConfig.for_kind(model_config.kind)
@@ -587,20 +671,31 @@ def train_model(train: PairFeatures, validation: PairFeatures | None, model_conf
         torch.set_num_threads(previous_threads)
 
 
-def _build(model_config: ModelConfig, train: PairFeatures, validation: PairFeatures | None, cfg: TrainConfig,
-           gen: torch.Generator) -> tuple[SparseMoERewardModel, RouterData, dict]:
+def _build(
+    model_config: ModelConfig,
+    train: PairFeatures,
+    validation: PairFeatures | None,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+) -> tuple[SparseMoERewardModel, RouterData, dict]:
     """The model to train: its router input resolved ("auto" -> the candidate with the best validation
     likelihood), standardization fitted, and -- for kinds that use it -- the discovery warm start."""
     routed = model_config.kind in ROUTED_KINDS
-    wanted = list(AUTO_CANDIDATES) if routed and model_config.router_input == "auto" else [model_config.router_input]
+    wanted = (
+        list(AUTO_CANDIDATES)
+        if routed and model_config.router_input == "auto"
+        else [model_config.router_input]
+    )
     vocabulary: list[str] = []
     idf = np.zeros(0, np.float32)
     if any("lexical" in c.split("+") for c in wanted):
         vocabulary, idf = fit_lexical([p.prompt for p in train.pairs])
         if len(vocabulary) < 2:
             if wanted == [model_config.router_input]:
-                raise ValueError("the lexical router input needs prompts that share words (no word or word pair "
-                                 "occurs in 2 training prompts)")
+                raise ValueError(
+                    "the lexical router input needs prompts that share words (no word or word pair "
+                    "occurs in 2 training prompts)"
+                )
             wanted = [c for c in wanted if "lexical" not in c.split("+")]
     candidates = [(c, *_prepare(model_config, c, train, vocabulary, idf)) for c in wanted]
     report: dict = {"router_input": candidates[0][0]}
@@ -629,15 +724,25 @@ def _build(model_config: ModelConfig, train: PairFeatures, validation: PairFeatu
             report["cluster_sizes"] = np.bincount(assign.numpy(), minlength=model.num_experts).tolist()
             router_from_centroids(model, fit.u, fit.codes, assign)
             if not model.config.hidden_dim:
-                anchors = {"context model": cluster_anchors(fit, assign, model.num_experts), "shared head": fit.w0}
-                report["head_anchor"], report["head_l2"] = _init_heads(model, diff, assign, anchors, validation, cfg)
+                anchors = {
+                    "context model": cluster_anchors(fit, assign, model.num_experts),
+                    "shared head": fit.w0,
+                }
+                report["head_anchor"], report["head_l2"] = _init_heads(
+                    model, diff, assign, anchors, validation, cfg
+                )
             _keep_clusters_only_if_better(model, train, validation, cfg, report)
     report.pop("rows", None)
     return model, data, report
 
 
-def _keep_clusters_only_if_better(model: SparseMoERewardModel, train: PairFeatures, validation: PairFeatures | None,
-                                  cfg: TrainConfig, report: dict) -> None:
+def _keep_clusters_only_if_better(
+    model: SparseMoERewardModel,
+    train: PairFeatures,
+    validation: PairFeatures | None,
+    cfg: TrainConfig,
+    report: dict,
+) -> None:
     """The prompt predicted the preference, but the routed warm start is only an approximation of that
     prediction: keep it only if its validation loss beats the single-head start (every expert the trained
     `single` head) by more than one standard error of the per-pair gain; otherwise start from the single
@@ -653,19 +758,31 @@ def _keep_clusters_only_if_better(model: SparseMoERewardModel, train: PairFeatur
         model.load_state_dict(clustered)
         return
     report["warm_start"] = "global"
-    report["clusters_rejected"] = (f"the routed warm start's validation loss {float(cluster_losses.mean()):.4f} did "
-                                   f"not beat the single head's {float(cluster_losses.mean() + gain.mean()):.4f} by "
-                                   "more than one standard error")
+    report["clusters_rejected"] = (
+        f"the routed warm start's validation loss {float(cluster_losses.mean()):.4f} did "
+        f"not beat the single head's {float(cluster_losses.mean() + gain.mean()):.4f} by "
+        "more than one standard error"
+    )
 
 
-def _start_as_single_head(model: SparseMoERewardModel, train: PairFeatures, validation: PairFeatures | None,
-                          cfg: TrainConfig) -> None:
+def _start_as_single_head(
+    model: SparseMoERewardModel, train: PairFeatures, validation: PairFeatures | None, cfg: TrainConfig
+) -> None:
     """Copy a trained single Bradley-Terry head (same data, schedule and checkpoint rule as `single`) into
     every expert: the routed model then starts as that model, whatever the routing."""
-    single_cfg = replace(model.config, kind="single", num_experts=1, top_k=1, router_input="pooled",
-                         lexical_vocabulary=[], expert_names=[])
-    overrides = {name: getattr(cfg, name) for name in ("epochs", "min_steps", "batch_size", "lr", "seed", "patience",
-                                                         "num_threads")}
+    single_cfg = replace(
+        model.config,
+        kind="single",
+        num_experts=1,
+        top_k=1,
+        router_input="pooled",
+        lexical_vocabulary=[],
+        expert_names=[],
+    )
+    overrides = {
+        name: getattr(cfg, name)
+        for name in ("epochs", "min_steps", "batch_size", "lr", "seed", "patience", "num_threads")
+    }
     single = _train(train, validation, single_cfg, TrainConfig.for_kind("single", **overrides), None).model
     with torch.no_grad():
         for name, param in single.named_parameters():
@@ -689,8 +806,13 @@ def significant_gain(gain: torch.Tensor, floor: float = 0.0) -> bool:
 CLUSTER_COUNTS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
-def _choose_clusters(model: SparseMoERewardModel, fit: ContextFit, diff: torch.Tensor,
-                     validation: PairFeatures | None, cfg: TrainConfig) -> torch.Tensor:
+def _choose_clusters(
+    model: SparseMoERewardModel,
+    fit: ContextFit,
+    diff: torch.Tensor,
+    validation: PairFeatures | None,
+    cfg: TrainConfig,
+) -> torch.Tensor:
     """How many groups of preference codes to start experts from: the count (K, or fewer from
     `CLUSTER_COUNTS`) whose warm-started routed model has the lowest validation loss. With more experts
     than criteria, K clusters split a criterion arbitrarily between experts; fewer clusters keep one
@@ -698,7 +820,12 @@ def _choose_clusters(model: SparseMoERewardModel, fit: ContextFit, diff: torch.T
     error) go to fewer clusters. K without validation pairs."""
     k = model.num_experts
     counts = sorted({c for c in CLUSTER_COUNTS if c < k} | {k})
-    if model.config.hidden_dim or validation is None or len(validation) < cfg.min_validation_pairs or len(counts) == 1:
+    if (
+        model.config.hidden_dim
+        or validation is None
+        or len(validation) < cfg.min_validation_pairs
+        or len(counts) == 1
+    ):
         return kmeans(fit.codes, k, cfg.seed)
     val_router = router_data(model, validation)
     l2 = sorted(cfg.head_l2)[len(cfg.head_l2) // 2]
@@ -720,20 +847,31 @@ def _choose_clusters(model: SparseMoERewardModel, fit: ContextFit, diff: torch.T
 
 
 @torch.no_grad()
-def pair_losses(model: SparseMoERewardModel, f: PairFeatures, router: RouterData, batch: int = 8192) -> torch.Tensor:
+def pair_losses(
+    model: SparseMoERewardModel, f: PairFeatures, router: RouterData, batch: int = 8192
+) -> torch.Tensor:
     """[N] Bradley-Terry loss of the routed model on each pair."""
     model.eval()
     out = []
     for s in range(0, len(f), batch):
         sl = slice(s, s + batch)
-        o = model.pair(router.batch(sl), torch.from_numpy(np.ascontiguousarray(f.chosen[sl], np.float32)),
-                       torch.from_numpy(np.ascontiguousarray(f.rejected[sl], np.float32)))
+        o = model.pair(
+            router.batch(sl),
+            torch.from_numpy(np.ascontiguousarray(f.chosen[sl], np.float32)),
+            torch.from_numpy(np.ascontiguousarray(f.rejected[sl], np.float32)),
+        )
         out.append(-torch.log(o.prob_chosen(mixture=model.config.kind == "micro").clamp(min=1e-12)))
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def _init_heads(model: SparseMoERewardModel, diff: torch.Tensor, assign: torch.Tensor,
-                anchors: dict[str, torch.Tensor], validation: PairFeatures | None, cfg: TrainConfig) -> tuple[str, float]:
+def _init_heads(
+    model: SparseMoERewardModel,
+    diff: torch.Tensor,
+    assign: torch.Tensor,
+    anchors: dict[str, torch.Tensor],
+    validation: PairFeatures | None,
+    cfg: TrainConfig,
+) -> tuple[str, float]:
     """Start each expert as its cluster's head, shrunk toward an anchor: the context model's prediction for
     the cluster (w0 + V times its mean code, which pools what all clusters share: a reversed preference is
     learnt from both sides) or the shared head w0. The anchor and the penalty of `cfg.head_l2` are those that
@@ -750,7 +888,11 @@ def _init_heads(model: SparseMoERewardModel, diff: torch.Tensor, assign: torch.T
             heads = fit_bt_heads(diff, assign, model.num_experts, anchors[name], l2)
             with torch.no_grad():
                 model.head.copy_(heads)
-            loss = validation_metrics(model, validation, router=val_router)["loss"] if val_router is not None else 0.0
+            loss = (
+                validation_metrics(model, validation, router=val_router)["loss"]
+                if val_router is not None
+                else 0.0
+            )
             if loss < best[0]:
                 best = (loss, name, l2, heads)
     with torch.no_grad():
@@ -758,8 +900,13 @@ def _init_heads(model: SparseMoERewardModel, diff: torch.Tensor, assign: torch.T
     return best[1], best[2]
 
 
-def _train(train: PairFeatures, validation: PairFeatures | None, model_config: ModelConfig, cfg: TrainConfig,
-           progress: Callable[[int, int, dict], None] | None) -> TrainResult:
+def _train(
+    train: PairFeatures,
+    validation: PairFeatures | None,
+    model_config: ModelConfig,
+    cfg: TrainConfig,
+    progress: Callable[[int, int, dict], None] | None,
+) -> TrainResult:
     if len(train) < 2:
         raise ValueError(f"need at least 2 training pairs, got {len(train)}")
     if model_config.input_dim != train.dim:
@@ -781,7 +928,9 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
 
     def evaluate_epoch(epoch: int, row: dict) -> float:
         if val_router is not None:
-            row.update({f"val_{k}": v for k, v in validation_metrics(model, validation, router=val_router).items()})
+            row.update(
+                {f"val_{k}": v for k, v in validation_metrics(model, validation, router=val_router).items()}
+            )
         return row.get("val_loss", row.get("train_loss", math.inf))
 
     # The warm start is a candidate checkpoint too (epoch 0): training must improve on it to replace it.
@@ -799,7 +948,9 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
         for s in range(0, n, cfg.batch_size):
             idx = order[s : s + cfg.batch_size]
             spec_w = cfg.specialization_weight * max(0.0, 1.0 - step / anneal_steps)
-            total, terms = loss_terms(model, router.batch(idx), _rows(c, idx), _rows(r, idx), cfg, spec_w, noisy=True)
+            total, terms = loss_terms(
+                model, router.batch(idx), _rows(c, idx), _rows(r, idx), cfg, spec_w, noisy=True
+            )
             if not torch.isfinite(total):
                 raise TrainingDiverged(
                     f"loss became {float(total.detach())} at epoch {epoch}, step {step}: lower the learning rate "
@@ -834,8 +985,16 @@ def _train(train: PairFeatures, validation: PairFeatures | None, model_config: M
         if significant_gain(gain):
             model.load_state_dict(best[2])
         else:
-            report["kept_warm_start"] = f"epoch {best[1]} was better by {float(gain.mean()):.4f}, within one standard error"
+            report["kept_warm_start"] = (
+                f"epoch {best[1]} was better by {float(gain.mean()):.4f}, within one standard error"
+            )
             best = (best[0], 0, warm)
     model.eval()
-    return TrainResult(model, history, best_epoch=best[1], seconds=time.perf_counter() - start,
-                       epochs_planned=epochs, discovery=report)
+    return TrainResult(
+        model,
+        history,
+        best_epoch=best[1],
+        seconds=time.perf_counter() - start,
+        epochs_planned=epochs,
+        discovery=report,
+    )

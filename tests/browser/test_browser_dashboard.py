@@ -38,9 +38,16 @@ def dash_server(tmp_path_factory):
     for p in other.pairs:
         p.id = f"o-{p.id}"
     other.save(ws.uploads_dir / "other.safetensors")
-    train_from_data(TrainRequest(data=str(ws.uploads_dir / "other.safetensors"), experts=3, top_k=1,
-                                 train=TrainConfig.for_kind("sparse", epochs=4, min_steps=20, patience=4)),
-                    ws.model_path("other-sparse"), features=other)
+    train_from_data(
+        TrainRequest(
+            data=str(ws.uploads_dir / "other.safetensors"),
+            experts=3,
+            top_k=1,
+            train=TrainConfig.for_kind("sparse", epochs=4, min_steps=20, patience=4),
+        ),
+        ws.model_path("other-sparse"),
+        features=other,
+    )
     srv = Server(home).start()
     yield srv.url, home
     srv.stop()
@@ -70,7 +77,7 @@ def _expert_colours(page) -> dict[str, str]:
 def _rgb(c: str) -> tuple[int, ...]:
     if c.startswith("#"):
         return colors.hex_to_rgb(c)
-    return tuple(int(float(x)) for x in c[c.index("(") + 1:].split(",")[:3])
+    return tuple(int(float(x)) for x in c[c.index("(") + 1 :].split(",")[:3])
 
 
 def _open(page, url: str, heading: str) -> None:
@@ -87,16 +94,29 @@ def test_dashboard_tells_the_truth_in_a_browser(dash_server):
     SHOTS.mkdir(parents=True, exist_ok=True)
     foreign_requests: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM),
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         page = browser.new_page(viewport={"width": 1440, "height": 2400})
-        page.on("request", lambda r: foreign_requests.append(r.url)
-                if not r.url.startswith((url, "data:", "blob:", "file:")) else None)
+        page.on(
+            "request",
+            lambda r: (
+                foreign_requests.append(r.url)
+                if not r.url.startswith((url, "data:", "blob:", "file:"))
+                else None
+            ),
+        )
         try:
             _open(page, url, "Overview")
-            n_test = len(json.loads((home / "models" / "default-sparse" / "split_ids.json").read_text())["test"])
+            n_test = len(
+                json.loads((home / "models" / "default-sparse" / "split_ids.json").read_text())["test"]
+            )
             first_metric = page.locator('[data-testid="stMetric"]').first.inner_text()
-            assert first_metric.startswith("Accuracy") and f"held-out test split · {n_test} pairs" in first_metric
+            assert (
+                first_metric.startswith("Accuracy")
+                and f"held-out test split · {n_test} pairs" in first_metric
+            )
             page.screenshot(path=str(SHOTS / "dashboard_overview.png"), full_page=True)
             colours = {"Overview": _expert_colours(page)}
 
@@ -114,15 +134,24 @@ def test_dashboard_tells_the_truth_in_a_browser(dash_server):
             page.screenshot(path=str(SHOTS / "dashboard_foreign_data.png"), full_page=True)
 
             # one colour per expert on every page (default-sparse again, via a link)
-            for title, path in (("Routing statistics", "/Routing_statistics"), ("Expert map", "/Expert_map"),
-                                ("Expert detail", "/Expert_detail?expert=3")):
+            for title, path in (
+                ("Routing statistics", "/Routing_statistics"),
+                ("Expert map", "/Expert_map"),
+                ("Expert detail", "/Expert_detail?expert=3"),
+            ):
                 _open(page, f"{url}{path}{'&' if '?' in path else '?'}model=default-sparse", title)
                 colours[title] = _expert_colours(page)
             for title, found in colours.items():
                 assert found, f"no expert colours on {title}"
                 for expert, col in found.items():
-                    assert _rgb(col) == colors.hex_to_rgb(colors.expert_color(int(expert[1:]))), (title, expert, col)
-            assert all("E3" in colours[t] for t in ("Overview", "Routing statistics", "Expert map", "Expert detail"))
+                    assert _rgb(col) == colors.hex_to_rgb(colors.expert_color(int(expert[1:]))), (
+                        title,
+                        expert,
+                        col,
+                    )
+            assert all(
+                "E3" in colours[t] for t in ("Overview", "Routing statistics", "Expert map", "Expert detail")
+            )
 
             # ?expert=3 opened Expert detail on E3, and the address keeps the view
             expert_box = page.locator('[data-testid="stMain"] [data-testid="stSelectbox"] input').first
@@ -160,8 +189,12 @@ def test_dashboard_tells_the_truth_in_a_browser(dash_server):
         report = home / "reports" / "default-sparse.html"
         assert report.is_file()
         view = browser.new_page(viewport={"width": 1280, "height": 1800})
-        view.on("request", lambda r: foreign_requests.append(r.url)
-                if not r.url.startswith(("file:", "data:", "blob:")) else None)
+        view.on(
+            "request",
+            lambda r: (
+                foreign_requests.append(r.url) if not r.url.startswith(("file:", "data:", "blob:")) else None
+            ),
+        )
         view.goto(report.as_uri())
         view.get_by_role("heading", name="How well it predicts preferences it has not seen").wait_for()
         view.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 1")

@@ -49,8 +49,10 @@ def browser(server):
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM),
-                               args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        b = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         yield b
         b.close()
 
@@ -67,8 +69,11 @@ def _open_profile(browser, server, annotator: str):
 
 def _labels(home: Path, annotator: str) -> list[tuple]:
     with sqlite3.connect(home / "labels.sqlite") as conn:
-        return conn.execute("SELECT l.id, l.pair_id, l.chosen, l.session FROM labels l JOIN annotators a "
-                            "ON a.id = l.annotator_id WHERE a.name = ? ORDER BY l.id", (annotator,)).fetchall()
+        return conn.execute(
+            "SELECT l.id, l.pair_id, l.chosen, l.session FROM labels l JOIN annotators a "
+            "ON a.id = l.annotator_id WHERE a.name = ? ORDER BY l.id",
+            (annotator,),
+        ).fetchall()
 
 
 # What the user sees and clicks, read and clicked in one synchronous step of the page (nothing can be
@@ -125,8 +130,12 @@ def test_twenty_fast_clicks_label_exactly_the_pairs_on_screen(browser, server):
 
 def _label_and_wait(page, n_before: int) -> None:
     page.get_by_role("button", name="A is better").click()
-    page.wait_for_function("""n => { const t = document.body.innerText;
-        return /Saved label #\\d+/.test(t) || t.includes('already has a label'); }""", arg=n_before, timeout=60_000)
+    page.wait_for_function(
+        """n => { const t = document.body.innerText;
+        return /Saved label #\\d+/.test(t) || t.includes('already has a label'); }""",
+        arg=n_before,
+        timeout=60_000,
+    )
     _wait_idle(page)
 
 
@@ -154,7 +163,9 @@ def test_one_profile_in_two_browser_sessions(browser, server):
     for page in (one, two):
         page.get_by_role("button", name="Skip").click()
         _wait_idle(page)
-        assert _count_metric(page, len(rows)) == len(rows), "each session's profile is rebuilt from every stored label"
+        assert _count_metric(page, len(rows)) == len(rows), (
+            "each session's profile is rebuilt from every stored label"
+        )
     # Undo in session one removes session one's newest label only
     mine = [r for r in rows if r[3] == rows[0][3]]
     theirs = [r for r in rows if r[3] != rows[0][3]]
@@ -186,7 +197,9 @@ def test_kill_9_of_the_server_keeps_every_confirmed_label(browser, server):
     server.kill9()
     assert len(_labels(server.home, "survivor")) == confirmed
     server.start()
-    page = _open_profile(browser, server, "survivor")  # the link lands on the profile, rebuilt from the labels
+    page = _open_profile(
+        browser, server, "survivor"
+    )  # the link lands on the profile, rebuilt from the labels
     assert _count_metric(page, confirmed) == confirmed
     with sqlite3.connect(server.home / "labels.sqlite") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

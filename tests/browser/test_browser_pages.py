@@ -23,12 +23,18 @@ from browser import (
 )
 from streamlit_server import Server
 
-PAGE_TITLES = ["Overview", "Routing statistics", "Expert map", "Expert detail", "Personalize", "Compare models",
-               "Score your own", "Data & training"]
+PAGE_TITLES = [
+    "Overview",
+    "Routing statistics",
+    "Expert map",
+    "Expert detail",
+    "Personalize",
+    "Compare models",
+    "Score your own",
+    "Data & training",
+]
 
 pytestmark = pytest.mark.browser
-
-
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +47,12 @@ def server(tmp_path_factory):
     srv.stop()
 
 
-
-
 def _weights_text(page) -> str:
-    return next(t for t in page.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
-                if t.startswith("weights now:"))
+    return next(
+        t
+        for t in page.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
+        if t.startswith("weights now:")
+    )
 
 
 def test_every_page_renders_and_labeling_moves_the_weights(server):
@@ -55,8 +62,10 @@ def test_every_page_renders_and_labeling_moves_the_weights(server):
     SHOTS.mkdir(parents=True, exist_ok=True)
     (SHOTS / "failure.png").unlink(missing_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM),
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         # Tall viewport: Streamlit scrolls inside its main container, so a "full page" shot is the viewport.
         page = browser.new_page(viewport={"width": 1440, "height": 2400})
         page.goto(url)
@@ -88,7 +97,9 @@ def _visit_pages(page) -> None:
         page.get_by_role("heading", name=title).first.wait_for(timeout=90_000)
         _wait_idle(page)
         _no_exception(page)
-        model = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"] input').first.input_value()
+        model = page.locator(
+            '[data-testid="stSidebar"] [data-testid="stSelectbox"] input'
+        ).first.input_value()
         assert model == "tiny-dense", f"the model choice was lost on {title}: {model}"
         if title == "Expert map":
             _box_select(page)
@@ -101,8 +112,10 @@ def _visit_pages(page) -> None:
             _wait_idle(page)
         if title == "Data & training":
             bad = SHOTS.parent / "bad-upload.jsonl"
-            bad.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{not json\n'
-                           '{"prompt": "p", "chosen": "same", "rejected": "same"}\n')
+            bad.write_text(
+                '{"prompt": "p", "chosen": "a", "rejected": "b"}\n{not json\n'
+                '{"prompt": "p", "chosen": "same", "rejected": "same"}\n'
+            )
             page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(bad))
             _wait_text(page, "2 malformed rows in bad-upload.jsonl")
             _wait_idle(page)

@@ -51,7 +51,11 @@ def test_overview_with_navigation(home):
     assert at.sidebar.selectbox(key="model_name").value == "default-sparse"
     assert at.sidebar.selectbox(key="data_label").value == "uploads/tiny.safetensors"
     labels = [m.label for m in at.metric]
-    assert labels[0] == "Accuracy" and at.metric[0].delta.startswith("held-out test split") and "Routing NMI" in labels
+    assert (
+        labels[0] == "Accuracy"
+        and at.metric[0].delta.startswith("held-out test split")
+        and "Routing NMI" in labels
+    )
     assert any(t.value.startswith("E0") or t.value == "**E0**" for t in at.markdown)
     story = [e for e in at.expander if e.label == "How training found these experts"]
     assert story and any("The router reads" in m.value for m in story[0].markdown)
@@ -96,8 +100,10 @@ def test_expert_detail(home):
 
 def _db_labels(home: Path) -> list[tuple]:
     with sqlite3.connect(home / "labels.sqlite") as conn:
-        return conn.execute("SELECT a.name, l.pair_id, l.chosen, l.source FROM labels l "
-                            "JOIN annotators a ON a.id = l.annotator_id ORDER BY l.id").fetchall()
+        return conn.execute(
+            "SELECT a.name, l.pair_id, l.chosen, l.source FROM labels l "
+            "JOIN annotators a ON a.id = l.annotator_id ORDER BY l.id"
+        ).fetchall()
 
 
 def _click(at: AppTest, label: str) -> AppTest:
@@ -194,7 +200,10 @@ def test_personalize_stale_click_is_refused_with_a_note(home):
     assert any("already has a label" in i.value and "ignored" in i.value for i in at.info)
     rows = [r for r in _db_labels(home) if r[0] == "fast-clicker"]
     assert len(rows) == 1
-    assert shown.startswith("Pair ") and next(c.value for c in at.caption if c.value.startswith("Pair ")) != shown
+    assert (
+        shown.startswith("Pair ")
+        and next(c.value for c in at.caption if c.value.startswith("Pair ")) != shown
+    )
 
 
 def test_compare_models(home):
@@ -218,7 +227,9 @@ def test_score_your_own_scores(home):
     assert any(m.label == "Reward A (routed mix)" for m in at.metric)
     a, b = (float(next(m.value for m in at.metric if m.label == f"Reward {x} (routed mix)")) for x in "AB")
     verdict = next(m for m in at.metric if m.label == "The model prefers")
-    assert verdict.value == ("A" if a > b else "B")  # the winner named, and the delta's sign (its arrow) is A − B
+    assert verdict.value == (
+        "A" if a > b else "B"
+    )  # the winner named, and the delta's sign (its arrow) is A − B
     assert float(verdict.delta) == pytest.approx(a - b, abs=2e-3)
     assert any(f"The model prefers response {verdict.value}" in m.value for m in at.markdown)
 
@@ -238,8 +249,12 @@ def test_bad_upload_shows_rows_and_keeps_labels(home, tmp_path):
     from moe_reward.data.pairs import DataError, load_pairs
 
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n{not json\n"
-                   + json.dumps({"prompt": "p", "chosen": "same", "rejected": "same"}) + "\n")
+    bad.write_text(
+        json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
+        + "\n{not json\n"
+        + json.dumps({"prompt": "p", "chosen": "same", "rejected": "same"})
+        + "\n"
+    )
     with pytest.raises(DataError) as info:
         load_pairs(bad)
     assert [e.line for e in info.value.errors] == [2, 3]
@@ -274,7 +289,9 @@ def test_training_from_the_page_adds_a_selectable_model(home):
     done = next(s for s in shown if "Trained trained-here" in s)
     # the real schedule: 2 epochs requested, raised to reach min_steps on this small split, and why
     assert "2 requested" in done and "raised so that" in done and "epochs run of at most" in done
-    assert any("accuracy" in w and "only" in w and "pairs" in w for w in shown)  # the tiny test split is flagged
+    assert any(
+        "accuracy" in w and "only" in w and "pairs" in w for w in shown
+    )  # the tiny test split is flagged
     assert (home / "models" / "trained-here" / "model.safetensors").is_file()
     assert not list((home / "models").glob(".training-*"))  # the staging directory is gone
     assert at.sidebar.selectbox(key="model_name").value == "trained-here"
@@ -383,8 +400,12 @@ def test_fresh_clone_builds_the_default_model_on_first_start(tmp_path, monkeypat
 
 def test_no_html_rendering_and_no_pickle_in_the_app():
     """Dataset text is never rendered as HTML, and nothing the app stores or caches is pickled."""
-    sources = [ROOT / "app.py", ROOT / "ui_common.py", *sorted((ROOT / "pages").glob("*.py")),
-               *(ROOT / "moe_reward" / n for n in ("store.py", "projection.py", "workspace.py", "cli/explore.py"))]
+    sources = [
+        ROOT / "app.py",
+        ROOT / "ui_common.py",
+        *sorted((ROOT / "pages").glob("*.py")),
+        *(ROOT / "moe_reward" / n for n in ("store.py", "projection.py", "workspace.py", "cli/explore.py")),
+    ]
     for path in sources:
         text = path.read_text()
         assert "unsafe_allow_html" not in text, path
@@ -440,7 +461,6 @@ def test_personalize_typed_pair(home):
     assert rows[-1][0] == "typist" and rows[-1][2] == "4." and rows[-1][3] == "typed"
 
 
-
 def test_personalize_says_when_an_annotator_disagrees_with_every_expert(home):
     """Labels on which every expert's margin is negative: the page says the annotator is outside what the
     experts span and points to the signed adapter."""
@@ -453,8 +473,19 @@ def test_personalize_says_when_an_annotator_disagrees_with_every_expert(home):
     (record,) = store.profiles(annotator="contrarian")
     k = len(store.profile_weights(record.id))
     for i in range(8):
-        store.record_label(Label("contrarian", f"typed-{i}", f"prompt {i}", "mine", "theirs", profile_id=record.id,
-                                 source="typed"), margins=[-1.0 - i / 10] * k, logits=[0.0] * k)
+        store.record_label(
+            Label(
+                "contrarian",
+                f"typed-{i}",
+                f"prompt {i}",
+                "mine",
+                "theirs",
+                profile_id=record.id,
+                source="typed",
+            ),
+            margins=[-1.0 - i / 10] * k,
+            logits=[0.0] * k,
+        )
     again = AppTest.from_file(str(ROOT / PAGES["personalize"]), default_timeout=120)
     again.query_params.update(annotator="contrarian", profile=record.name)
     again.run()

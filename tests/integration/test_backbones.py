@@ -16,16 +16,25 @@ from moe_reward.embed.cache import embed_texts
 from moe_reward.embed.features import PairFeatures, ShardWriter
 from moe_reward.embed.pairs import embed_pairs, load_features_or_pairs
 
-ITEMS = [("how do i boil an egg", "simmer it for nine minutes then cool it in ice water"),
-         ("name a prime number", "seven"), ("name a prime number", None), ("keep the answer short", "no"),
-         ("explain it step by step the sky is blue because of rayleigh scattering", "sunlight is made of many colours")]
+ITEMS = [
+    ("how do i boil an egg", "simmer it for nine minutes then cool it in ice water"),
+    ("name a prime number", "seven"),
+    ("name a prime number", None),
+    ("keep the answer short", "no"),
+    (
+        "explain it step by step the sky is blue because of rayleigh scattering",
+        "sunlight is made of many colours",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    return {kind: save_tiny(root / kind, kind.removesuffix("-chat"), chat=kind.endswith("-chat"))
-            for kind in ("llama", "llama-chat", "llama-rm", "gpt2", "bert")}
+    return {
+        kind: save_tiny(root / kind, kind.removesuffix("-chat"), chat=kind.endswith("-chat"))
+        for kind in ("llama", "llama-chat", "llama-rm", "gpt2", "bert")
+    }
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "llama-chat"])
@@ -68,7 +77,12 @@ def test_chat_template_formats_turns_and_keeps_the_length_limit(tiny):
     assert tokens == ["<|user|>", "name", "a", "prime", "number", "</s>", "<|assistant|>", "seven", "</s>"]
     long = chat.token_ids("explain it step by step " * 5, "seven is prime")
     assert len(long) == 12 and chat.tokenizer.convert_ids_to_tokens(long)[-5:] == [
-        "<|assistant|>", "seven", "is", "prime", "</s>"]
+        "<|assistant|>",
+        "seven",
+        "is",
+        "prime",
+        "</s>",
+    ]
     assert chat.metadata()["template"] == "chat"
     with pytest.raises(ValueError, match="no chat template"):
         Backbone(BackboneSpec(str(tiny["llama"]), template="chat"))
@@ -77,7 +91,9 @@ def test_chat_template_formats_turns_and_keeps_the_length_limit(tiny):
 def test_half_precision_is_recorded_and_keyed_apart(tiny):
     fp32 = Backbone(BackboneSpec(str(tiny["llama"])))
     bf16 = Backbone(BackboneSpec(str(tiny["llama"]), precision="bfloat16"))
-    assert next(bf16.model.parameters()).dtype == torch.bfloat16 and bf16.metadata()["precision"] == "bfloat16"
+    assert (
+        next(bf16.model.parameters()).dtype == torch.bfloat16 and bf16.metadata()["precision"] == "bfloat16"
+    )
     assert fp32.cache_key != bf16.cache_key and "precision" not in fp32.metadata()
     a, b = embed_texts(fp32, ITEMS, None), embed_texts(bf16, ITEMS, None)
     assert b.dtype == np.float32 and (a * b).sum(1).min() > 0.98
@@ -114,7 +130,9 @@ def test_progress_advances_per_batch_and_is_quiet_off_a_terminal(tiny, capsys):
     embed_texts(bb, items, None, progress=lambda done, total: calls.append((done, total)), chunk=32)
     assert len(calls) == 18 and calls[-1] == (70, 70) and all(t == 70 for _, t in calls)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)  # monotone, across chunks
-    embed_texts(bb, [(p + " again", r) for p, r in items], None)  # no callback: tqdm, but stderr is no terminal
+    embed_texts(
+        bb, [(p + " again", r) for p, r in items], None
+    )  # no callback: tqdm, but stderr is no terminal
     err = capsys.readouterr().err
     assert "text/s" not in err and "%|" not in err
 
@@ -132,7 +150,9 @@ def test_a_shared_prompt_is_tokenized_and_embedded_once(tiny, monkeypatch):
     feats = embed_pairs(pairs, bb, cache_dir=None)
     assert encoded.count(prompt) == 1
     assert sum(rows) == 1 + 6 + 6  # one prompt, six distinct chosen and six distinct rejected texts
-    assert np.array_equal(feats.prompt[0], feats.prompt[6]) and np.array_equal(feats.chosen[0], feats.chosen[6])
+    assert np.array_equal(feats.prompt[0], feats.prompt[6]) and np.array_equal(
+        feats.chosen[0], feats.chosen[6]
+    )
 
 
 def test_onnx_int8_runtime_agrees_with_fp32_and_is_keyed_apart(tmp_path, monkeypatch):
@@ -232,15 +252,42 @@ def test_cli_embeds_to_shards_and_trains_on_the_folder(tiny, tmp_path):
     from moe_reward.cli import main
     from moe_reward.data.pairs import save_jsonl
 
-    pairs = [PreferencePair(f"name a prime number {i % 4}", f"seven {i}", f"no {i}", id=f"x{i}") for i in range(40)]
+    pairs = [
+        PreferencePair(f"name a prime number {i % 4}", f"seven {i}", f"no {i}", id=f"x{i}") for i in range(40)
+    ]
     save_jsonl(pairs, tmp_path / "p.jsonl")
     out = tmp_path / "feats"
-    assert main(["embed", "--data", str(tmp_path / "p.jsonl"), "--out", str(out), "--backbone", str(tiny["gpt2"]),
-                 "--shard-rows", "16", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--data",
+                str(tmp_path / "p.jsonl"),
+                "--out",
+                str(out),
+                "--backbone",
+                str(tiny["gpt2"]),
+                "--shard-rows",
+                "16",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
-    assert [s["rows"] for s in manifest["shards"]] == [16, 16, 8] and manifest["metadata"]["pooling"] == "last"
-    assert main(["train", "--data", str(out), "--model", "single", "--epochs", "2", "--out", str(tmp_path / "m")]) == 0
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["backbone"]["backbone"] == str(tiny["gpt2"])
+    assert [s["rows"] for s in manifest["shards"]] == [16, 16, 8] and manifest["metadata"][
+        "pooling"
+    ] == "last"
+    assert (
+        main(
+            ["train", "--data", str(out), "--model", "single", "--epochs", "2", "--out", str(tmp_path / "m")]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["backbone"]["backbone"] == str(
+        tiny["gpt2"]
+    )
 
 
 def test_the_dashboard_workspace_lists_a_shard_folder_once_and_loads_it(tmp_path):

@@ -23,8 +23,13 @@ streamlit = pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-DIAGNOSTICS = {"router_probe_nmi": 0.91, "router_probe_accuracy": 0.97, "oracle_routing_accuracy": 0.88,
-               "discovery_efficiency": 0.42, "contingency": {"brief": [3, 0, 1, 0], "deep": [0, 4, 0, 2]}}
+DIAGNOSTICS = {
+    "router_probe_nmi": 0.91,
+    "router_probe_accuracy": 0.97,
+    "oracle_routing_accuracy": 0.88,
+    "discovery_efficiency": 0.42,
+    "contingency": {"brief": [3, 0, 1, 0], "deep": [0, 4, 0, 2]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +43,13 @@ def truth_home(tmp_path_factory) -> Path:
         p.id = f"other-{p.id}"
     other_path = ws.uploads_dir / "other.safetensors"
     other.save(other_path)
-    req = TrainRequest(data=str(other_path), kind="sparse", experts=3, top_k=1,
-                       train=TrainConfig.for_kind("sparse", epochs=4, min_steps=20, patience=4))
+    req = TrainRequest(
+        data=str(other_path),
+        kind="sparse",
+        experts=3,
+        top_k=1,
+        train=TrainConfig.for_kind("sparse", epochs=4, min_steps=20, patience=4),
+    )
     train_from_data(req, ws.model_path("other-sparse"), features=other)
     diag_dir = ws.model_path("with-diagnostics")
     shutil.copytree(ws.model_path("default-sparse"), diag_dir)
@@ -84,8 +94,12 @@ def expert_trace_colors(spec: dict) -> dict[str, str]:
         named = re.match(r"(E\d+)(?:$| ·)", str(trace.get("name", "")))
         for axis in ("x", "y"):
             cats = trace.get(axis)
-            if isinstance(col, list) and isinstance(cats, list) and len(col) == len(cats) \
-                    and all(re.fullmatch(r"E\d+", str(x)) for x in cats):
+            if (
+                isinstance(col, list)
+                and isinstance(cats, list)
+                and len(col) == len(cats)
+                and all(re.fullmatch(r"E\d+", str(x)) for x in cats)
+            ):
                 found.update({x: c for x, c in zip(cats, col, strict=True)})
         if named and isinstance(col, str):
             found[named.group(1)] = col
@@ -94,10 +108,12 @@ def expert_trace_colors(spec: dict) -> dict[str, str]:
 
 def same_colour(a: str, b: str) -> bool:
     """'#E45756' and 'rgba(228,87,86,0.60)' are the same colour."""
+
     def rgb(c):
         if c.startswith("#"):
             return colors.hex_to_rgb(c)
         return tuple(int(float(x)) for x in re.findall(r"[\d.]+", c)[:3])
+
     return rgb(a) == rgb(b)
 
 
@@ -116,9 +132,14 @@ def test_overview_headline_is_held_out_and_matches_routing_statistics(home):
     feats = tiny_features()
     test = feats.subset([i for i, p in enumerate(feats.pairs) if p.id in set(split["test"])])
     assert acc.value == f"{evaluate(model, test)['accuracy']:.3f}"
-    assert all(m.delta == f"held-out test split · {n_test} pairs" for m in at.metric)  # every metric says its subset
+    assert all(
+        m.delta == f"held-out test split · {n_test} pairs" for m in at.metric
+    )  # every metric says its subset
     subsets = at.dataframe[0].value  # the same statistics on every subset, the training split included
-    assert subsets["subset"].tolist()[0] == "held-out test split" and "training split (seen in training)" in subsets["subset"].tolist()
+    assert (
+        subsets["subset"].tolist()[0] == "held-out test split"
+        and "training split (seen in training)" in subsets["subset"].tolist()
+    )
     assert any(f"only {n_test} pairs" in w.value for w in at.warning)  # a 10-pair test split is flagged
     # Routing statistics shows the same statistic with the same value on the same subset
     rs = app("pages/1_Routing_statistics.py")
@@ -139,8 +160,14 @@ def test_relate_names_subsets_and_foreign_data(tmp_path):
     for p in other.pairs:
         p.id = "x-" + p.id
     foreign = summary.relate(model_dir, other, data_name="x.jsonl")
-    assert foreign.kind == "foreign" and foreign.headline.key == "all" and "not the data the model was trained on" in foreign.warning
-    part = summary.relate(model_dir, feats.subset([i for i, p in enumerate(feats.pairs) if p.id in set(split["train"])]))
+    assert (
+        foreign.kind == "foreign"
+        and foreign.headline.key == "all"
+        and "not the data the model was trained on" in foreign.warning
+    )
+    part = summary.relate(
+        model_dir, feats.subset([i for i, p in enumerate(feats.pairs) if p.id in set(split["train"])])
+    )
     assert part.kind == "partial" and "used to train" in part.message
     (model_dir / "split_ids.json").unlink()
     assert summary.relate(model_dir, feats, same_file=True).kind == "unsplit"
@@ -158,7 +185,9 @@ def test_selecting_a_model_selects_its_data_and_foreign_data_is_flagged(home):
     assert at.sidebar.selectbox(key="data_label").value == "uploads/other.safetensors"
     assert metric(at, "Accuracy").delta.startswith("held-out test split")
     assert not any("not the data the model was trained on" in w.value for w in at.warning)
-    at.sidebar.selectbox(key="data_label").select("uploads/tiny.safetensors").run()  # evaluate elsewhere: said plainly
+    at.sidebar.selectbox(key="data_label").select(
+        "uploads/tiny.safetensors"
+    ).run()  # evaluate elsewhere: said plainly
     assert any("not the data the model was trained on" in w.value for w in at.warning)
     assert metric(at, "Accuracy").delta.startswith("all pairs (data the model never saw)")
     at.sidebar.selectbox(key="model_name").select("default-sparse").run()
@@ -169,8 +198,12 @@ def test_selecting_a_model_selects_its_data_and_foreign_data_is_flagged(home):
 
 
 def test_each_expert_has_one_colour_on_every_page(home):
-    pages = {"overview": app(), "routing": app("pages/1_Routing_statistics.py"),
-             "map": app("pages/2_Expert_map.py"), "detail": app("pages/3_Expert_detail.py", expert="3")}
+    pages = {
+        "overview": app(),
+        "routing": app("pages/1_Routing_statistics.py"),
+        "map": app("pages/2_Expert_map.py"),
+        "detail": app("pages/3_Expert_detail.py", expert="3"),
+    }
     seen: dict[str, dict[str, str]] = {}
     for name, at in pages.items():
         found: dict[str, str] = {}
@@ -194,7 +227,9 @@ def test_palette_is_distinct_and_ordered():
     dist = np.linalg.norm(lab[:, None] - lab[None], axis=-1) + np.eye(len(lab)) * 1e9
     assert dist.min() > 15  # CIELAB ΔE: clearly different colours
     assert colors.natural_sorted(["E10", "E2", "E1", "E0", "E11"]) == ["E0", "E1", "E2", "E10", "E11"]
-    assert colors.expert_color(24) == colors.expert_color(0) and colors.expert_symbol(24) != colors.expert_symbol(0)
+    assert colors.expert_color(24) == colors.expert_color(0) and colors.expert_symbol(
+        24
+    ) != colors.expert_symbol(0)
     groups = colors.category_colors([f"g{i}" for i in range(13)])
     assert len(set(groups.values())) == 13
 
@@ -227,7 +262,14 @@ def test_links_restore_model_data_filters_and_map_view(home):
     assert rs.selectbox(key="rs_scope").value == "all"
     assert rs.query_params["group"] == "deep" and rs.query_params["subset"] == "all"
     pair = tiny_features().pairs[5].id
-    mp = app("pages/2_Expert_map.py", view="router", layout="pca", color="group", box="-100,100,-100,100", pair=pair)
+    mp = app(
+        "pages/2_Expert_map.py",
+        view="router",
+        layout="pca",
+        color="group",
+        box="-100,100,-100,100",
+        pair=pair,
+    )
     assert mp.radio(key="map_layout").value == "pca" and mp.radio(key="map_color").value == "group"
     assert any(s.value.startswith("Selection: 96 pairs") for s in mp.subheader)  # the box over every pair
     assert any(f"Pair {pair}" in m.value.replace("\\", "") for m in mp.markdown)
@@ -246,7 +288,9 @@ def test_diagnostics_render_on_overview_and_expert_detail(home):
     assert table.set_index("group").loc["deep", "E1"] == 4
     detail = app("pages/3_Expert_detail.py", model="with-diagnostics", expert="1")
     assert metric(detail, "Oracle-routing accuracy").value == "0.880"
-    assert any("Groups of the 4 test pairs whose top expert is E1" in json.dumps(s) for s in chart_specs(detail))
+    assert any(
+        "Groups of the 4 test pairs whose top expert is E1" in json.dumps(s) for s in chart_specs(detail)
+    )
     plain = app(model="default-sparse")
     assert not any(m.label.startswith("Router probe") for m in plain.metric)
 
@@ -269,7 +313,9 @@ def test_small_tables_show_every_row_and_charts_have_axis_titles(home, monkeypat
     import ui_common
 
     heights = []
-    monkeypatch.setattr(ui_common.st, "dataframe", lambda frame, **kw: heights.append((len(frame), kw["height"])))
+    monkeypatch.setattr(
+        ui_common.st, "dataframe", lambda frame, **kw: heights.append((len(frame), kw["height"]))
+    )
     for rows in (2, 12, 13, 40):
         ui_common.table(pd.DataFrame({"x": range(rows)}))
     assert all(h >= 35 * (rows + 1) for rows, h in heights), heights  # room for every row: no inner scroll
@@ -278,13 +324,22 @@ def test_small_tables_show_every_row_and_charts_have_axis_titles(home, monkeypat
     monkeypatch.setenv("MOE_REWARD_DATA_DIR", str(home / "no-repo-data"))
     monkeypatch.syspath_prepend(str(ROOT))
     monkeypatch.chdir(ROOT)
-    for page in ("app.py", "pages/1_Routing_statistics.py", "pages/2_Expert_map.py", "pages/3_Expert_detail.py",
-                 "pages/5_Compare_models.py"):
+    for page in (
+        "app.py",
+        "pages/1_Routing_statistics.py",
+        "pages/2_Expert_map.py",
+        "pages/3_Expert_detail.py",
+        "pages/5_Compare_models.py",
+    ):
         for spec in chart_specs(app(page)):
             layout = spec["layout"]
             for axis in ("xaxis", "yaxis"):
                 title = (layout.get(axis) or {}).get("title") or {}
-                assert (title.get("text") if isinstance(title, dict) else title), (page, layout.get("title"), axis)
+                assert title.get("text") if isinstance(title, dict) else title, (
+                    page,
+                    layout.get("title"),
+                    axis,
+                )
 
 
 def test_page_icon_is_a_local_file():
@@ -305,7 +360,9 @@ def test_projections_of_what_the_model_sees(tmp_path):
     s = score_pairs(model, feats)
     logits = pj.embedding_matrix(feats, "router", s)
     assert logits.shape == (96, 4) and np.allclose(logits.mean(1), 0, atol=1e-5)
-    anchors = pj.project(feats, pj.ProjectionParams("anchors", "router"), tmp_path / "p", ("m", "d"), scores=s).coords
+    anchors = pj.project(
+        feats, pj.ProjectionParams("anchors", "router"), tmp_path / "p", ("m", "d"), scores=s
+    ).coords
     # experts are regions: a pair lies closer to its top expert's anchor than to the others on average
     pos = pj.anchor_positions(4)
     d = np.linalg.norm(anchors[:, None, :] - pos[None], axis=-1)
@@ -315,7 +372,9 @@ def test_projections_of_what_the_model_sees(tmp_path):
     with pytest.raises(ValueError):
         pj.ProjectionParams("anchors", "prompt")
     with pytest.raises(ValueError):
-        pj.project(feats, pj.ProjectionParams("pca", "router"), None)  # the router view needs the model's scores
+        pj.project(
+            feats, pj.ProjectionParams("pca", "router"), None
+        )  # the router view needs the model's scores
     views = pj.precompute_views(feats, s, tmp_path / "pre", ("m", "d"), umap=False)
     assert len(views) == len(pj.INSTANT_VIEWS) and all(not v.cached for v in views)
     assert all(v.cached for v in pj.precompute_views(feats, s, tmp_path / "pre", ("m", "d"), umap=False))
@@ -328,7 +387,9 @@ def test_sampling_density_and_selection_over_all_points():
     rng = np.random.default_rng(0)
     cats = np.array(["E0"] * 9000 + ["E1"] * 950 + ["E2"] * 50)
     draw = pj.draw_sample(cats, 1000, keep=np.array([3]))
-    assert len(draw) <= 1000 + 1 and 3 in draw and (cats[draw] == "E2").sum() == 50  # small experts stay whole
+    assert (
+        len(draw) <= 1000 + 1 and 3 in draw and (cats[draw] == "E2").sum() == 50
+    )  # small experts stay whole
     assert np.array_equal(pj.draw_sample(cats, 20_000), np.arange(10_000))
     xy = rng.uniform(-1, 1, size=(10_000, 2)).astype(np.float32)
     box = pj.points_in_box(xy, (0, 1), (0, 1))
@@ -348,13 +409,29 @@ def test_time_estimates_learn_from_this_workspace(tmp_path):
     cold = pj.estimate_seconds(p, 5000, 12, tmp_path, warm=False)
     warm = pj.estimate_seconds(p, 5000, 12, tmp_path, warm=True)
     assert cold - warm == pytest.approx(pj.UMAP_COLD_EXTRA_SECONDS) and warm == pytest.approx(4.0)
-    pj.save_cached(tmp_path, "k1", np.zeros((8000, 2)), {"params": {"method": "umap"}, "n": 8000, "dim": 12,
-                                                          "seconds": 20.0, "warm": True})
+    pj.save_cached(
+        tmp_path,
+        "k1",
+        np.zeros((8000, 2)),
+        {"params": {"method": "umap"}, "n": 8000, "dim": 12, "seconds": 20.0, "warm": True},
+    )
     learned = pj.estimate_seconds(p, 8000, 12, tmp_path, warm=True)
     assert learned == pytest.approx(20.0, rel=1e-6)  # this machine's own timing, not the shipped constant
-    (tmp_path / "umap-warmup.json").write_text(json.dumps({"params": {"method": "umap"}, "n": 4200, "dim": 8,
-                                                           "warm": False, "seconds": 50.0, "warm_estimate": 5.0}))
-    assert pj.estimate_seconds(p, 8000, 12, tmp_path, warm=False) == pytest.approx(20.0 + 45.0)  # its compile time
+    (tmp_path / "umap-warmup.json").write_text(
+        json.dumps(
+            {
+                "params": {"method": "umap"},
+                "n": 4200,
+                "dim": 8,
+                "warm": False,
+                "seconds": 50.0,
+                "warm_estimate": 5.0,
+            }
+        )
+    )
+    assert pj.estimate_seconds(p, 8000, 12, tmp_path, warm=False) == pytest.approx(
+        20.0 + 45.0
+    )  # its compile time
     assert pj.estimate_seconds(p, 8000, 12, tmp_path, warm=False, compiling_for=40) == pytest.approx(25.0)
     assert pj.estimate_seconds(pj.ProjectionParams("pca", "router"), 5000, 12) < 1
 
@@ -369,7 +446,9 @@ def test_cli_score_says_which_response_wins():
     a = ScoredResponse("a", -0.5, [1.0], [1.0], [-0.5], personalized_reward=0.3)
     b = ScoredResponse("b", 0.2, [1.0], [1.0], [0.2], personalized_reward=-0.1)
     lines = winner_lines([a, b])
-    assert lines[0].startswith("model (routed mix): response B wins") and "0.7000 above response A" in lines[0]
+    assert (
+        lines[0].startswith("model (routed mix): response B wins") and "0.7000 above response A" in lines[0]
+    )
     assert lines[1].startswith("profile: response A wins") and lines[1].endswith("disagrees with the model")
 
 
@@ -385,8 +464,12 @@ def test_report_is_self_contained_and_honest(home, tmp_path):
     assert "Router probe NMI" in text and "0.910" in text and "Group × top expert" in text
     assert "&lt;span" not in text  # the contingency table's expert swatches are markup, not text
     assert "Personalization: one user" in text
-    assert "No user or group in this data has enough pairs outside the training split" in text  # tiny: all split
-    assert 'src="https://cdn.plot.ly' not in text and len(text) > 3_000_000  # plotly.js is inline: works offline
+    assert (
+        "No user or group in this data has enough pairs outside the training split" in text
+    )  # tiny: all split
+    assert (
+        'src="https://cdn.plot.ly' not in text and len(text) > 3_000_000
+    )  # plotly.js is inline: works offline
     assert text.count(colors.expert_color(3)) >= 2  # the expert's colour in the table and the chart
     assert "<script>alert" not in text
 
@@ -401,8 +484,14 @@ def test_report_escapes_dataset_text_and_has_a_personalization_example(tmp_path)
     scores = score_pairs(model, feats)
     descriptions = describe_experts(model, feats, scores)
     descriptions[0].label = "<script>alert(1)</script>"
-    out = build_report(ws.model_path("default-sparse"), "unused", tmp_path / "x.html", features=feats, pngs=False,
-                       descriptions=descriptions)
+    out = build_report(
+        ws.model_path("default-sparse"),
+        "unused",
+        tmp_path / "x.html",
+        features=feats,
+        pngs=False,
+        descriptions=descriptions,
+    )
     text = out.html.read_text()
     assert "<script>alert(1)" not in text and "&lt;script&gt;alert(1)" in text
     assert "How training found these experts" in text and "<li>The router reads" in text

@@ -17,16 +17,30 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local", num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
     yield
     ray.shutdown()
 
 
 def _pairs() -> list[PreferencePair]:
     # The first prompt recurs in every block (block rows 4): computed in the first block, reused after.
-    words = ["how do i boil an egg", "name a prime number", "keep the answer short", "explain it step by step"]
-    return [PreferencePair(words[i % 4] if i % 3 else words[0], f"seven is prime {'no ' * (i % 5)}",
-                           f"eggs are food {i}", id=f"x{i}") for i in range(22)]
+    words = [
+        "how do i boil an egg",
+        "name a prime number",
+        "keep the answer short",
+        "explain it step by step",
+    ]
+    return [
+        PreferencePair(
+            words[i % 4] if i % 3 else words[0],
+            f"seven is prime {'no ' * (i % 5)}",
+            f"eggs are food {i}",
+            id=f"x{i}",
+        )
+        for i in range(22)
+    ]
 
 
 def test_ray_engine_equals_single_process_embedding_and_trains(cluster, tmp_path):
@@ -36,8 +50,28 @@ def test_ray_engine_equals_single_process_embedding_and_trains(cluster, tmp_path
     pairs = _pairs()
     save_jsonl(pairs, tmp_path / "p.jsonl")
     out = tmp_path / "shards"
-    assert main(["embed", "--engine", "ray", "--workers", "2", "--data", str(tmp_path / "p.jsonl"), "--out", str(out),
-                 "--backbone", str(model), "--block-rows", "4", "--shard-rows", "10"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--engine",
+                "ray",
+                "--workers",
+                "2",
+                "--data",
+                str(tmp_path / "p.jsonl"),
+                "--out",
+                str(out),
+                "--backbone",
+                str(model),
+                "--block-rows",
+                "4",
+                "--shard-rows",
+                "10",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert [s["rows"] for s in manifest["shards"]] == [10, 10, 2] and manifest["dtype"] == "float16"
     assert manifest["metadata"]["engine"] == "ray" and manifest["metadata"]["workers"] == 2
@@ -47,5 +81,10 @@ def test_ray_engine_equals_single_process_embedding_and_trains(cluster, tmp_path
     for k in ("prompt", "chosen", "rejected"):
         cos = (got.rows(k) * want.rows(k)).sum(1)
         assert cos.min() >= 0.999, (k, cos.min())
-    assert main(["train", "--data", str(out), "--model", "single", "--epochs", "2", "--out", str(tmp_path / "m")]) == 0
+    assert (
+        main(
+            ["train", "--data", str(out), "--model", "single", "--epochs", "2", "--out", str(tmp_path / "m")]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "m" / "config.json").read_text())["backbone"]["engine"] == "ray"

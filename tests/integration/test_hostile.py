@@ -147,8 +147,14 @@ def test_absurd_sizes_fail_fast_without_allocating():
 def test_broken_model_directories_raise_checkpoint_errors():
     from moe_reward.model.moe import CheckpointError, SparseMoERewardModel, load_metrics
 
-    broken = [p for p in (CORPUS / "models").iterdir() if p.name not in ("ok", "single") and p.is_dir()
-              and not p.name.startswith("split_") and p.name != "metrics_truncated"]
+    broken = [
+        p
+        for p in (CORPUS / "models").iterdir()
+        if p.name not in ("ok", "single")
+        and p.is_dir()
+        and not p.name.startswith("split_")
+        and p.name != "metrics_truncated"
+    ]
     assert len(broken) >= 35
     for path in broken:
         with pytest.raises(CheckpointError) as info:
@@ -269,8 +275,17 @@ def test_the_installed_entry_point_prints_one_line_not_a_traceback(tmp_path):
     root = Path(__file__).resolve().parents[2]
     bad = tmp_path / "x.jsonl"
     bad.mkdir()
-    for args, rc, message in ((["validate", "--data", str(CORPUS / "bad_rows.jsonl")], 1, "bad_rows.jsonl:3: rejected: missing"),
-                              (["validate", "--data", str(bad)], 2, "x.jsonl: is a directory")):
-        out = subprocess.run([sys.executable, "-m", "moe_reward.cli", *args], cwd=root, capture_output=True, text=True,
-                             timeout=120)
-        assert out.returncode == rc and message in out.stdout + out.stderr and "Traceback" not in out.stderr, out
+    for args, rc, message in (
+        (["validate", "--data", str(CORPUS / "bad_rows.jsonl")], 1, "bad_rows.jsonl:3: rejected: missing"),
+        (["validate", "--data", str(bad)], 2, "x.jsonl: is a directory"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "moe_reward.cli", *args],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert (
+            out.returncode == rc and message in out.stdout + out.stderr and "Traceback" not in out.stderr
+        ), out

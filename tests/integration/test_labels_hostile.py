@@ -43,19 +43,25 @@ def _data(home: Path) -> str:
 
 
 def _label(home: Path, *extra: str) -> int:
-    return cli_main(["label", "--model", "default-sparse", "--data", _data(home), "--annotator", "cli-user", *extra])
+    return cli_main(
+        ["label", "--model", "default-sparse", "--data", _data(home), "--annotator", "cli-user", *extra]
+    )
 
 
 def _result(proc) -> dict:
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    assert line is not None, f"driver failed (rc {proc.returncode}): {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(line[len("RESULT "):])
+    assert line is not None, (
+        f"driver failed (rc {proc.returncode}): {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+    return json.loads(line[len("RESULT ") :])
 
 
 def test_cli_labels_follow_the_store_rules(home, env, capsys):
     assert _label(home, "--pair", "rev-0-brief-0", "--prefer", "chosen", "--param", "eta=0.3") == 0
     assert "label #" in capsys.readouterr().out
-    assert _label(home, "--pair", "rev-0-brief-0", "--prefer", "rejected") == 1  # one label per pair and profile
+    assert (
+        _label(home, "--pair", "rev-0-brief-0", "--prefer", "rejected") == 1
+    )  # one label per pair and profile
     assert "already has a label" in capsys.readouterr().err
     assert _label(home, "--pair", "rev-0-brief-1", "--prefer", "rejected") == 0
     store = LabelStore(home / "labels.sqlite")
@@ -97,13 +103,17 @@ def test_disk_full_during_a_label_click(home, env, tmp_path):
     fs_limits.require_namespaces()
     disk = tmp_path / "disk"
     disk.mkdir()
-    proc = fs_limits.run_on_small_disk(disk, "16m", [fs_limits.python(), str(DRIVER), "full", str(home), str(disk)], env)
+    proc = fs_limits.run_on_small_disk(
+        disk, "16m", [fs_limits.python(), str(DRIVER), "full", str(home), str(disk)], env
+    )
     out = _result(proc)
     assert any("Saved label" in s for s in out["first"]["success"]), out["first"]
     assert out["labels_when_full"] == 1
     during = out["during"]
     assert during["exceptions"] == [] and during["success"] == []
-    assert any("was not saved" in e and "disk is full" in e and "not in the store" in e for e in during["errors"]), during
+    assert any(
+        "was not saved" in e and "disk is full" in e and "not in the store" in e for e in during["errors"]
+    ), during
     assert out["labels_during"] == 1
     assert out["cli_during"]["traceback"] is None and out["cli_during"]["rc"] == 2
     assert "labels.sqlite" in out["cli_during"]["err"] and "disk is full" in out["cli_during"]["err"]
@@ -117,10 +127,12 @@ def test_broken_model_directories_are_skipped_with_a_note(tmp_path, home):
     ws = Workspace(tmp_path / "ws")
     good = home / "models" / "default-sparse"
     broken = {
-        "truncated-weights": lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:100]),
+        "truncated-weights": lambda d: (d / "model.safetensors").write_bytes(
+            (d / "model.safetensors").read_bytes()[:100]
+        ),
         "empty-weights": lambda d: (d / "model.safetensors").write_bytes(b""),
         "truncated-metrics": lambda d: (d / "metrics.json").write_text((d / "metrics.json").read_text()[:50]),
-        "bad-config": lambda d: (d / "config.json").write_text("{\"kind\": 3"),
+        "bad-config": lambda d: (d / "config.json").write_text('{"kind": 3'),
         "missing-weights": lambda d: (d / "model.safetensors").unlink(),
     }
     shutil.copytree(good, ws.models_dir / "fine")
@@ -129,7 +141,10 @@ def test_broken_model_directories_are_skipped_with_a_note(tmp_path, home):
         damage(ws.models_dir / name)
     assert ws.list_models() == ["fine"]
     assert set(ws.model_notes) == set(broken)
-    assert "metrics.json" in ws.model_notes["truncated-metrics"] and "config.json" in ws.model_notes["bad-config"]
+    assert (
+        "metrics.json" in ws.model_notes["truncated-metrics"]
+        and "config.json" in ws.model_notes["bad-config"]
+    )
     assert model_problem(ws.models_dir / "fine") is None
     assert all(note.strip() for note in ws.model_notes.values())
 
@@ -137,7 +152,9 @@ def test_broken_model_directories_are_skipped_with_a_note(tmp_path, home):
 def test_two_sessions_training_one_name_exactly_one_wins(tmp_path, home):
     ws = Workspace(tmp_path / "ws")
     data = _data(home)
-    req = TrainRequest(data=data, experts=2, top_k=1, train=TrainConfig.for_kind("sparse", epochs=2, min_steps=10))
+    req = TrainRequest(
+        data=data, experts=2, top_k=1, train=TrainConfig.for_kind("sparse", epochs=2, min_steps=10)
+    )
     outcomes: list[str] = []
     barrier = threading.Barrier(4)
 
@@ -156,7 +173,9 @@ def test_two_sessions_training_one_name_exactly_one_wins(tmp_path, home):
         t.join()
     assert outcomes.count("training") == 1
     # the others are told: it is being trained (or, if it finished that fast, that it exists now)
-    assert all("being trained by another session" in o or "exists" in o for o in outcomes if o != "training"), outcomes
+    assert all(
+        "being trained by another session" in o or "exists" in o for o in outcomes if o != "training"
+    ), outcomes
     job = jobs.wait("train:race", timeout=120)
     assert job.status == jobs.DONE, job.error
     assert ws.list_models() == ["race"]
@@ -175,7 +194,9 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     import sys
 
     ws = Workspace(tmp_path / "ws")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     (ws.models_dir / ".orphan.lock").write_text(json.dumps({"pid": int(dead.stdout), "key": "gone"}))
     with ws.reserve_model("orphan") as out:
         assert out.name == "orphan"
@@ -218,7 +239,9 @@ def test_embedding_runs_once_whatever_the_pages_do(tmp_path, home, monkeypatch):
         page = AppTest.from_file(str(ROOT / "pages" / "7_Data_and_training.py"), default_timeout=60).run()
         assert not page.exception
         assert any("Running in the background" in c.value for c in page.sidebar.caption)
-        req = TrainRequest(data=str(data), experts=2, top_k=1, train=TrainConfig.for_kind("sparse", epochs=2, min_steps=10))
+        req = TrainRequest(
+            data=str(data), experts=2, top_k=1, train=TrainConfig.for_kind("sparse", epochs=2, min_steps=10)
+        )
         training = ws.train_in_background("after-embedding", req)
         messages = set()
         while training.active:

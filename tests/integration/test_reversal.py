@@ -63,8 +63,16 @@ def test_sparse_matches_dense_on_unseen_questions_of_a_reversal_set(split_seed):
     features = embed_pairs(pairs)
     got = {}
     for kind in ("sparse", "dense"):
-        req = TrainRequest(data="(in memory)", kind=kind, experts=4, top_k=1, split_seed=split_seed,
-                           split_by="meta.question_id", validation=0.15, test=0.25)
+        req = TrainRequest(
+            data="(in memory)",
+            kind=kind,
+            experts=4,
+            top_k=1,
+            split_seed=split_seed,
+            split_by="meta.question_id",
+            validation=0.15,
+            test=0.25,
+        )
         _, metrics = train_from_data(req, None, features=features)
         got[kind] = metrics
     sparse, dense = got["sparse"]["test"], got["dense"]["test"]

@@ -29,14 +29,17 @@ def tiny_features(seed: int = 0, n_pairs: int | None = None) -> PairFeatures:
     pairs = reversal_pairs(seed=seed, cues_per_side=2)
     if n_pairs is not None:
         base = pairs
-        pairs = [PreferencePair(**{**base[i % len(base)].to_dict(), "id": f"{base[i % len(base)].id}-{i}"})
-                 for i in range(n_pairs)]
+        pairs = [
+            PreferencePair(**{**base[i % len(base)].to_dict(), "id": f"{base[i % len(base)].id}-{i}"})
+            for i in range(n_pairs)
+        ]
     n = len(pairs)
     cue_dir, length_dir = np.eye(DIM)[0], np.eye(DIM)[1]
     # Noise lives in a few dimensions only, so that standardization keeps the two signal axes visible.
     # (So free text typed on "Score your own" gets out-of-range rewards from these synthetic models.)
-    prompt, chosen, rejected = (np.pad(rng.normal(scale=0.5, size=(n, 14)), ((0, 0), (2, DIM - 16)))
-                                for _ in range(3))
+    prompt, chosen, rejected = (
+        np.pad(rng.normal(scale=0.5, size=(n, 14)), ((0, 0), (2, DIM - 16))) for _ in range(3)
+    )
     for i, p in enumerate(pairs):
         p.user = PERSONAS[p.group]
         deep = p.group == "deep"
@@ -57,16 +60,28 @@ def build_tiny_workspace(root: str | Path, n_pairs: int | None = None, experts: 
     data = ws.uploads_dir / "tiny.safetensors"
     feats.save(data)
     for name, kind in ((DEFAULT_MODEL, "sparse"), ("tiny-dense", "dense")):
-        req = TrainRequest(data=str(data), kind=kind, experts=experts, top_k=2,
-                           train=TrainConfig.for_kind(kind, epochs=15, min_steps=60, patience=15))
+        req = TrainRequest(
+            data=str(data),
+            kind=kind,
+            experts=experts,
+            top_k=2,
+            train=TrainConfig.for_kind(kind, epochs=15, min_steps=60, patience=15),
+        )
         train_from_data(req, ws.model_path(name), features=feats)
     stat = lambda m: {"mean": m, "sd": 0.02}  # noqa: E731
     results = {
         "config": {"users": list(PERSONAS.values())},
-        "models": {kind: {"accuracy": stat(acc), "routing_nmi": stat(nmi), "per_group": {},
-                          "personalization": {"hedge": {str(k): stat(min(0.5 + 0.05 * k * gain, 0.99))
-                                                         for k in (0, 1, 2, 4, 8)}}}
-                   for kind, acc, nmi, gain in (("sparse", 0.95, 0.9, 1.0), ("dense", 0.9, 0.3, 0.6))},
+        "models": {
+            kind: {
+                "accuracy": stat(acc),
+                "routing_nmi": stat(nmi),
+                "per_group": {},
+                "personalization": {
+                    "hedge": {str(k): stat(min(0.5 + 0.05 * k * gain, 0.99)) for k in (0, 1, 2, 4, 8)}
+                },
+            }
+            for kind, acc, nmi, gain in (("sparse", 0.95, 0.9, 1.0), ("dense", 0.9, 0.3, 0.6))
+        },
         "oracle": {str(k): stat(0.5 + 0.04 * k) for k in (0, 1, 2, 4, 8)},
     }
     (ws.experiments_dir / "tiny").mkdir(parents=True, exist_ok=True)

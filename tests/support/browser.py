@@ -46,8 +46,11 @@ def _wait_idle(page, timeout_s: float = 120) -> None:
     else:
         raise AssertionError("the app did not finish running")
     # charts draw after the script run: wait until every plotly chart has its SVG
-    page.wait_for_function("""() => [...document.querySelectorAll('.js-plotly-plot')]
-        .every(p => p.querySelector('.main-svg'))""", timeout=30_000)
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.js-plotly-plot')]
+        .every(p => p.querySelector('.main-svg'))""",
+        timeout=30_000,
+    )
     page.wait_for_timeout(700)
 
 

@@ -23,9 +23,18 @@ def _prefix() -> tuple[list[str] | None, str]:
     why = "no unshare"
     for prefix in tries:
         try:
-            probe = subprocess.run([*prefix, "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>&1 || "
-                                    "mount -t tmpfs -o size=64k tmpfs /tmp 2>&1"], capture_output=True, text=True,
-                                   timeout=30)
+            probe = subprocess.run(
+                [
+                    *prefix,
+                    "sh",
+                    "-c",
+                    "mount -t tmpfs -o size=64k tmpfs /mnt 2>&1 || "
+                    "mount -t tmpfs -o size=64k tmpfs /tmp 2>&1",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             why = str(exc)
             continue
@@ -43,21 +52,28 @@ def require_namespaces() -> None:
         pytest.skip(why)
 
 
-def run_read_only(directory: Path, argv: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_read_only(
+    directory: Path, argv: list[str], env: dict, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """`argv` with `directory` mounted read-only (everything else as it is)."""
     prefix, _ = _prefix()
     d = shlex.quote(str(directory))
     script = f"mount --bind {d} {d} && mount -o remount,bind,ro {d} && exec {shlex.join(argv)}"
-    return subprocess.run([*prefix, "sh", "-c", script], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [*prefix, "sh", "-c", script], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
-def run_on_small_disk(mountpoint: Path, size: str, argv: list[str], env: dict,
-                      timeout: float = 300) -> subprocess.CompletedProcess:
+def run_on_small_disk(
+    mountpoint: Path, size: str, argv: list[str], env: dict, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """`argv` with an empty tmpfs of `size` (e.g. '8m') mounted at `mountpoint` (which must exist)."""
     prefix, _ = _prefix()
     m = shlex.quote(str(mountpoint))
     script = f"mount -t tmpfs -o size={size} tmpfs {m} && exec {shlex.join(argv)}"
-    return subprocess.run([*prefix, "sh", "-c", script], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [*prefix, "sh", "-c", script], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def python() -> str:

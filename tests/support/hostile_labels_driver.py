@@ -35,10 +35,16 @@ def cli(argv: list[str]) -> dict:
 
 
 def page_report(at) -> dict:
-    return {"exceptions": [e.value for e in at.exception], "errors": [e.value for e in at.error],
-            "warnings": [w.value for w in at.warning], "success": [s.value for s in at.success],
-            "info": [i.value for i in at.info],
-            "label_buttons": {b.label: b.disabled for b in at.button if b.label in ("A is better", "B is better")}}
+    return {
+        "exceptions": [e.value for e in at.exception],
+        "errors": [e.value for e in at.error],
+        "warnings": [w.value for w in at.warning],
+        "success": [s.value for s in at.success],
+        "info": [i.value for i in at.info],
+        "label_buttons": {
+            b.label: b.disabled for b in at.button if b.label in ("A is better", "B is better")
+        },
+    }
 
 
 def app(page: str):
@@ -67,14 +73,31 @@ def read_only(home: Path, data: str) -> dict:
     except OSError:
         writable = False
     before = count_labels(home)
-    out = {"writable": writable, "labels_before": before, "cli": [
-        cli(["workspace"]),
-        cli(["labels"]),
-        cli(["labels", "--profiles"]),
-        cli(["labels", "--out", str(home / "export.jsonl")]),
-        cli(["label", "--model", "default-sparse", "--data", data, "--annotator", "ro-cli", "--pair",
-             "rev-0-brief-0", "--prefer", "chosen"]),
-    ]}
+    out = {
+        "writable": writable,
+        "labels_before": before,
+        "cli": [
+            cli(["workspace"]),
+            cli(["labels"]),
+            cli(["labels", "--profiles"]),
+            cli(["labels", "--out", str(home / "export.jsonl")]),
+            cli(
+                [
+                    "label",
+                    "--model",
+                    "default-sparse",
+                    "--data",
+                    data,
+                    "--annotator",
+                    "ro-cli",
+                    "--pair",
+                    "rev-0-brief-0",
+                    "--prefer",
+                    "chosen",
+                ]
+            ),
+        ],
+    }
     out["personalize"] = page_report(app("pages/4_Personalize.py"))
     out["score"] = page_report(app("pages/6_Score_your_own.py"))
     out["data_page"] = page_report(app("pages/7_Data_and_training.py"))
@@ -102,13 +125,35 @@ def full_disk(source: Path, disk: Path) -> dict:
     at = click(at, "A is better")
     during = page_report(at)
     labels_during = count_labels(home)
-    cli_during = cli(["label", "--model", "default-sparse", "--data", str(home / "uploads" / "tiny.safetensors"),
-                      "--annotator", "guest", "--profile", "default", "--pair", "rev-0-brief-0", "--prefer", "chosen"])
+    cli_during = cli(
+        [
+            "label",
+            "--model",
+            "default-sparse",
+            "--data",
+            str(home / "uploads" / "tiny.safetensors"),
+            "--annotator",
+            "guest",
+            "--profile",
+            "default",
+            "--pair",
+            "rev-0-brief-0",
+            "--prefer",
+            "chosen",
+        ]
+    )
     filler.unlink()
     at = click(at, "A is better")
     after = page_report(at)
-    return {"first": first, "labels_when_full": labels_full, "during": during, "labels_during": labels_during,
-            "cli_during": cli_during, "after": after, "labels_after": count_labels(home)}
+    return {
+        "first": first,
+        "labels_when_full": labels_full,
+        "during": during,
+        "labels_during": labels_during,
+        "cli_during": cli_during,
+        "after": after,
+        "labels_after": count_labels(home),
+    }
 
 
 if __name__ == "__main__":

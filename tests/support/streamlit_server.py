@@ -29,13 +29,34 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Server:
-        env = {**os.environ, "MOE_REWARD_HOME": str(self.home), "MOE_REWARD_DATA_DIR": str(self.home / "no-repo-data"),
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "MOE_REWARD_HOME": str(self.home),
+            "MOE_REWARD_DATA_DIR": str(self.home / "no-repo-data"),
+            "PYTHONUNBUFFERED": "1",
+        }
         self.log = open(self.home / "server.log", "a")  # noqa: SIM115 - closed in stop() / kill9()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
-             "127.0.0.1", "--server.port", str(self.port), "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.address",
+                "127.0.0.1",
+                "--server.port",
+                str(self.port),
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 90
         while time.time() < deadline and self.proc.poll() is None:
             try:

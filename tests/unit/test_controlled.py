@@ -17,8 +17,18 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "controlled" / "pairs.jsonl.gz"
 
 RECORD_KEYS = ["id", "prompt", "chosen", "rejected", "group", "user", "meta"]
-META_KEYS = ["topic", "question_id", "criterion", "pole", "cue", "reversal_of",
-             "chosen_attrs", "rejected_attrs", "noisy", "utility"]
+META_KEYS = [
+    "topic",
+    "question_id",
+    "criterion",
+    "pole",
+    "cue",
+    "reversal_of",
+    "chosen_attrs",
+    "rejected_attrs",
+    "noisy",
+    "utility",
+]
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +155,10 @@ def test_every_response_is_classified_as_its_attributes(records, scores):
     """Stronger than pairwise: the sign of each pole score recovers every attribute."""
     seen = {}
     for r in records:
-        for text, attrs in ((r["chosen"], r["meta"]["chosen_attrs"]),
-                            (r["rejected"], r["meta"]["rejected_attrs"])):
+        for text, attrs in (
+            (r["chosen"], r["meta"]["chosen_attrs"]),
+            (r["rejected"], r["meta"]["rejected_attrs"]),
+        ):
             if text in seen:
                 assert seen[text] == attrs
                 continue
@@ -183,8 +195,9 @@ def test_other_axes_are_independent_of_the_label(general):
             if axis == C.POLE_AXIS[group]:
                 continue
             frac_first = sum(r["meta"]["chosen_attrs"][axis] == first for r in rows) / len(rows)
-            frac_equal = sum(r["meta"]["chosen_attrs"][axis] == r["meta"]["rejected_attrs"][axis]
-                             for r in rows) / len(rows)
+            frac_equal = sum(
+                r["meta"]["chosen_attrs"][axis] == r["meta"]["rejected_attrs"][axis] for r in rows
+            ) / len(rows)
             assert 0.35 <= frac_first <= 0.65, (group, axis, frac_first)
             assert 0.35 <= frac_equal <= 0.65, (group, axis, frac_equal)
 
@@ -240,8 +253,14 @@ def test_persona_pairs(persona):
 
 
 def test_persona_utility_example():
-    attrs = {"length": "concise", "format": "steps", "register": "formal",
-             "warmth": "neutral", "caution": "direct", "example": "abstract"}
+    attrs = {
+        "length": "concise",
+        "format": "steps",
+        "register": "formal",
+        "warmth": "neutral",
+        "caution": "direct",
+        "example": "abstract",
+    }
     assert C.persona_utility("busy_executive", attrs) == 4.5
     with pytest.raises(KeyError):
         C.persona_utility("nobody", attrs)
@@ -286,8 +305,14 @@ def test_content_is_register_neutral_and_markers_are_confined():
         for kind, text in _pieces(q):
             f = TF.measure(text)
             where = (q["id"], kind, text)
-            for feat in ("contractions", "exclamations", "casual_markers",
-                         "formal_markers", "warmth_markers", "numbered_steps"):
+            for feat in (
+                "contractions",
+                "exclamations",
+                "casual_markers",
+                "formal_markers",
+                "warmth_markers",
+                "numbered_steps",
+            ):
                 assert f[feat] == 0, (feat,) + where
             assert (f["caveat_markers"] > 0) == (kind == "caveat"), where
             assert f["example_markers"] == 0, where
@@ -322,10 +347,22 @@ def test_casualize_and_lc_first():
 # ---------------------------------------------------------- text features
 def test_measure_returns_documented_features():
     f = TF.measure("Hello")
-    for name in ("word_count", "numbered_steps", "contractions", "exclamations",
-                 "casual_markers", "formal_markers", "warmth_markers", "caveat_markers",
-                 "has_code", "example_markers", "question_back", "hedging",
-                 "politeness", "refusal"):
+    for name in (
+        "word_count",
+        "numbered_steps",
+        "contractions",
+        "exclamations",
+        "casual_markers",
+        "formal_markers",
+        "warmth_markers",
+        "caveat_markers",
+        "has_code",
+        "example_markers",
+        "question_back",
+        "hedging",
+        "politeness",
+        "refusal",
+    ):
         assert name in f and isinstance(f[name], float)
     assert tuple(f) == TF.FEATURE_NAMES
 
@@ -370,9 +407,17 @@ def _question(record):
 def test_dataset_card_counts_are_current(records):
     card = (ROOT / "data" / "README.md").read_text(encoding="utf-8")
     st = C.stats(records)
-    for key in ("total_pairs", "general_pairs", "persona_pairs", "reversal_pairs",
-                "general_pairs_in_reversals", "unique_prompts", "unique_responses",
-                "unique_texts", "unique_prompt_response"):
+    for key in (
+        "total_pairs",
+        "general_pairs",
+        "persona_pairs",
+        "reversal_pairs",
+        "general_pairs_in_reversals",
+        "unique_prompts",
+        "unique_responses",
+        "unique_texts",
+        "unique_prompt_response",
+    ):
         assert f"{st[key]:,}" in card, key
     for pole, n in st["per_group"].items():
         assert f"{pole} {n}" in card, pole

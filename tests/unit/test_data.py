@@ -62,7 +62,10 @@ def test_trl_conversational(tmp_path):
 
 def test_hh_rlhf_dialogues(tmp_path):
     ctx = "\n\nHuman: How do I bake bread?\n\nAssistant: Which kind?\n\nHuman: Sourdough.\n\nAssistant:"
-    row = {"chosen": ctx + " Feed a starter, mix, proof overnight, bake hot.", "rejected": ctx + " I don't know."}
+    row = {
+        "chosen": ctx + " Feed a starter, mix, proof overnight, bake hot.",
+        "rejected": ctx + " I don't know.",
+    }
     (p,) = load_pairs(write(tmp_path, "hh.jsonl", json.dumps(row) + "\n")).pairs
     assert p.prompt == ctx.strip() and p.prompt.endswith("Assistant:")
     assert p.chosen == "Feed a starter, mix, proof overnight, bake hot." and p.rejected == "I don't know."
@@ -70,9 +73,19 @@ def test_hh_rlhf_dialogues(tmp_path):
 
 def test_helpsteer_rows_become_per_attribute_pairs(tmp_path):
     rows = [
-        {"prompt": "Explain tides.", "response": "The Moon's gravity pulls the oceans.", "helpfulness": 4, "verbosity": 1},
+        {
+            "prompt": "Explain tides.",
+            "response": "The Moon's gravity pulls the oceans.",
+            "helpfulness": 4,
+            "verbosity": 1,
+        },
         {"prompt": "Explain tides.", "response": "Water.", "helpfulness": 1, "verbosity": 1},
-        {"prompt": "Explain tides.", "response": "Tides are caused by the Moon and the Sun, and...", "helpfulness": 4, "verbosity": 3},
+        {
+            "prompt": "Explain tides.",
+            "response": "Tides are caused by the Moon and the Sun, and...",
+            "helpfulness": 4,
+            "verbosity": 3,
+        },
     ]
     pairs = load_pairs(write(tmp_path, "hs.jsonl", "\n".join(json.dumps(r) for r in rows))).pairs
     by_group = {}
@@ -96,7 +109,11 @@ BAD_LINES = [
 
 
 def test_every_kind_of_bad_row_is_reported_with_file_line_and_reason(tmp_path):
-    body = b"\n".join(line.encode() for line, _ in BAD_LINES) + b"\n" + b'{"prompt": "\xff\xfe", "chosen": "a", "rejected": "b"}\n'
+    body = (
+        b"\n".join(line.encode() for line, _ in BAD_LINES)
+        + b"\n"
+        + b'{"prompt": "\xff\xfe", "chosen": "a", "rejected": "b"}\n'
+    )
     path = write(tmp_path, "bad.jsonl", body, mode="wb")
     with pytest.raises(DataError) as info:
         load_pairs(path)
@@ -157,9 +174,20 @@ def test_pair_key_ignores_order():
 
 @pytest.mark.parametrize("by", ["meta.question_id", "group", "user"])
 def test_split_by_a_field_keeps_every_value_on_one_side(by):
-    pairs = [PreferencePair(f"{cue} question {q} take {t}", f"a{q}{t}{cue}", f"b{q}{t}{cue}", group=cue,
-                            user=f"u{(q + t) % 5}", id=f"{q}-{t}-{cue}", meta={"question_id": f"q{q}"})
-             for q in range(20) for t in range(3) for cue in ("short", "long", "formal", "casual", "steps", "prose")]
+    pairs = [
+        PreferencePair(
+            f"{cue} question {q} take {t}",
+            f"a{q}{t}{cue}",
+            f"b{q}{t}{cue}",
+            group=cue,
+            user=f"u{(q + t) % 5}",
+            id=f"{q}-{t}-{cue}",
+            meta={"question_id": f"q{q}"},
+        )
+        for q in range(20)
+        for t in range(3)
+        for cue in ("short", "long", "formal", "casual", "steps", "prose")
+    ]
     splits = split_pairs(pairs, 0.2, 0.2, seed=1, by=by)
     assert sorted(splits.train + splits.validation + splits.test) == list(range(len(pairs)))
 
@@ -167,7 +195,9 @@ def test_split_by_a_field_keeps_every_value_on_one_side(by):
         return p.meta["question_id"] if by.startswith("meta.") else getattr(p, by)
 
     sides = [{value(pairs[i]) for i in getattr(splits, name)} for name in ("train", "validation", "test")]
-    assert all(sides) and not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    assert (
+        all(sides) and not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    )
     assert split_pairs(pairs, 0.2, 0.2, seed=1, by=by) == splits  # deterministic
     if by == "meta.question_id":  # prompts differ within a question, so a prompt split would mix questions
         by_prompt = split_pairs(pairs, 0.2, 0.2, seed=1)

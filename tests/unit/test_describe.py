@@ -55,7 +55,9 @@ def planted_features(n: int = 160, seed: int = 0) -> PairFeatures:
 def trained():
     feats = planted_features()
     cfg = TrainConfig.for_kind("sparse", epochs=15, min_steps=60, batch_size=64, seed=0)
-    model = train_model(feats, None, ModelConfig(kind="sparse", input_dim=DIM, num_experts=2, top_k=1), cfg).model
+    model = train_model(
+        feats, None, ModelConfig(kind="sparse", input_dim=DIM, num_experts=2, top_k=1), cfg
+    ).model
     return model, feats
 
 
@@ -92,8 +94,9 @@ def test_class_tfidf_and_label_helpers():
     vocab, scores = class_tfidf(["apple banana apple", "cherry banana"])
     assert vocab[int(np.argmax(scores[0]))] == "apple"
     assert class_tfidf(["the and", ""])[0] == []
-    assert auto_label({"word_count": -0.6, "has_code": 0.3, "hedging": 0.05}, [("hurry", 1.0), ("quick", 0.5)]) == (
-        "prefers: shorter, code; prompts: 'hurry', 'quick'")
+    assert auto_label(
+        {"word_count": -0.6, "has_code": 0.3, "hedging": 0.05}, [("hurry", 1.0), ("quick", 0.5)]
+    ) == ("prefers: shorter, code; prompts: 'hurry', 'quick'")
     assert auto_label({}, []) == "no distinctive signal"
 
 
@@ -118,8 +121,17 @@ class _FakeChat(BaseHTTPRequestHandler):
 
 
 def test_llm_hook_against_a_local_fake_server():
-    desc = ExpertDescription(0, "prefers: more steps", 10, 0.5, [("zebra", 1.0)], [("open", 0.5)],
-                             {"numbered_steps": 0.8}, ["p0"], {"zebra": 10})
+    desc = ExpertDescription(
+        0,
+        "prefers: more steps",
+        10,
+        0.5,
+        [("zebra", 1.0)],
+        [("open", 0.5)],
+        {"numbered_steps": 0.8},
+        ["p0"],
+        {"zebra": 10},
+    )
     server = HTTPServer(("127.0.0.1", 0), _FakeChat)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

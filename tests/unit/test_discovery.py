@@ -16,13 +16,30 @@ from moe_reward.model.moe import ModelConfig
 from moe_reward.train.loop import TrainConfig, train_model
 
 DIM = 16
-TOPICS = ["garden", "kitchen", "bicycle", "taxes", "violin", "aquarium", "roof", "printer", "wedding", "camping",
-          "chess", "sourdough"]
+TOPICS = [
+    "garden",
+    "kitchen",
+    "bicycle",
+    "taxes",
+    "violin",
+    "aquarium",
+    "roof",
+    "printer",
+    "wedding",
+    "camping",
+    "chess",
+    "sourdough",
+]
 # criterion -> (cue of the first pole, cue of the second pole)
-CUES = {"length": ("keep it short", "explain in depth"), "format": ("use numbered steps", "write flowing prose"),
-        "tone": ("be formal please", "be casual please")}
-FILLER = ("I have been thinking about my {t} for a while now and the {t} situation keeps coming up with friends "
-          "who ask me about the {t} and what to do with the {t} next week")
+CUES = {
+    "length": ("keep it short", "explain in depth"),
+    "format": ("use numbered steps", "write flowing prose"),
+    "tone": ("be formal please", "be casual please"),
+}
+FILLER = (
+    "I have been thinking about my {t} for a while now and the {t} situation keeps coming up with friends "
+    "who ask me about the {t} and what to do with the {t} next week"
+)
 
 
 def buried_cue_data(pairs_per_topic_and_pole: int = 8, seed: int = 0):
@@ -45,14 +62,26 @@ def buried_cue_data(pairs_per_topic_and_pole: int = 8, seed: int = 0):
                     b = {c: -a[c] if c == criterion else rng.choice([-1.0, 1.0]) for c in CUES}
                     want = 1.0 if side == 0 else -1.0
                     win, lose = (a, b) if a[criterion] == want else (b, a)
-                    emb = [sum(v[c] * axes[c] for c in CUES) + rng.normal(size=DIM) * 0.3 for v in (win, lose)]
-                    pairs.append(PreferencePair(text, f"response {len(pairs)} A", f"response {len(pairs)} B",
-                                                group=f"{criterion}:{side}", id=f"p{len(pairs)}", meta={"topic": t}))
+                    emb = [
+                        sum(v[c] * axes[c] for c in CUES) + rng.normal(size=DIM) * 0.3 for v in (win, lose)
+                    ]
+                    pairs.append(
+                        PreferencePair(
+                            text,
+                            f"response {len(pairs)} A",
+                            f"response {len(pairs)} B",
+                            group=f"{criterion}:{side}",
+                            id=f"p{len(pairs)}",
+                            meta={"topic": t},
+                        )
+                    )
                     prompt.append(topic_vec[t] + cue_vec[cue] + rng.normal(size=DIM) * 0.1)
                     chosen.append(emb[0])
                     rejected.append(emb[1])
     arrays = (np.asarray(a, dtype=np.float32) for a in (prompt, chosen, rejected))
-    return PairFeatures(*arrays, pairs, {"backbone": "synthetic", "pooling": "mean", "max_length": 64, "dim": DIM})
+    return PairFeatures(
+        *arrays, pairs, {"backbone": "synthetic", "pooling": "mean", "max_length": 64, "dim": DIM}
+    )
 
 
 def topic_split(feats: PairFeatures, seed: int = 0):
@@ -73,7 +102,10 @@ def buried():
 
 def test_discovery_recovers_criteria_buried_in_topical_prompts_on_unseen_topics(buried):
     result = train(buried)
-    assert result.discovery["router_input"] in ("lexical", "pooled+lexical")  # chosen on validation likelihood
+    assert result.discovery["router_input"] in (
+        "lexical",
+        "pooled+lexical",
+    )  # chosen on validation likelihood
     assert result.discovery["warm_start"] == "clusters" and result.discovery["context_helps"] is True
     ev = evaluate(result.model, buried["test"], diagnostics=True)
     assert ev["routing_nmi"] > 0.8, ev["routing_nmi"]
@@ -108,8 +140,10 @@ def test_no_context_signal_starts_every_expert_as_the_shared_head():
     parts = topic_split(global_preference_data())
     result = train(parts)
     assert result.discovery["context_helps"] is False and result.discovery["warm_start"] == "global"
-    assert any("started as the single-head model" in line
-               for line in training_story({"discovery": result.discovery, "best_epoch": result.best_epoch}))
+    assert any(
+        "started as the single-head model" in line
+        for line in training_story({"discovery": result.discovery, "best_epoch": result.best_epoch})
+    )
     single = train(parts, kind="single", experts=1)
     acc = evaluate(result.model, parts["test"])["accuracy"]
     assert acc >= evaluate(single.model, parts["test"])["accuracy"] - 0.02
@@ -169,20 +203,29 @@ def token_world():
         cue_at[text] = at
         a, b = axis + rng.normal(size=DIM) * 0.3, -axis + rng.normal(size=DIM) * 0.3
         win, lose = (a, b) if cue < 2 else (b, a)
-        pairs.append(PreferencePair(text, f"a{i}", f"b{i}", group=f"cue{cue}", id=f"t{i}", meta={"q": i // 4}))
+        pairs.append(
+            PreferencePair(text, f"a{i}", f"b{i}", group=f"cue{cue}", id=f"t{i}", meta={"q": i // 4})
+        )
         prompt.append(words[topic].mean(0))
         chosen.append(win)
         rejected.append(lose)
-    feats = PairFeatures(*(np.asarray(a, np.float32) for a in (prompt, chosen, rejected)), pairs,
-                         {"backbone": "synthetic", "pooling": "mean", "max_length": 64, "dim": DIM})
+    feats = PairFeatures(
+        *(np.asarray(a, np.float32) for a in (prompt, chosen, rejected)),
+        pairs,
+        {"backbone": "synthetic", "pooling": "mean", "max_length": 64, "dim": DIM},
+    )
     return feats, states, cue_at
 
 
 def test_attention_router_attends_to_the_cue_token(token_world, monkeypatch):
     feats, states, cue_at = token_world
-    monkeypatch.setattr(router_inputs, "prompt_token_states",
-                        lambda backbone, prompts, max_tokens, cache_dir="default", progress=None:
-                        [states[p] for p in prompts])
+    monkeypatch.setattr(
+        router_inputs,
+        "prompt_token_states",
+        lambda backbone, prompts, max_tokens, cache_dir="default", progress=None: [
+            states[p] for p in prompts
+        ],
+    )
     s = split_pairs(feats.pairs, 0.2, 0.2, seed=0, by="meta.q")
     parts = {n: feats.subset(getattr(s, n)) for n in ("train", "validation", "test")}
     result = train(parts, router_input="attention", experts=2)
@@ -231,5 +274,7 @@ def test_a_routed_warm_start_that_does_not_beat_one_head_on_validation_is_droppe
     _keep_clusters_only_if_better(model, buried["train"], buried["validation"], cfg, report)
     assert report["warm_start"] == "global" and "did not beat the single head" in report["clusters_rejected"]
     assert torch.allclose(model.head, model.head[:1].expand_as(model.head))  # every expert is the one head
-    assert any("every expert started as the single-head model" in line
-               for line in training_story({"discovery": {**report, "context_helps": True}, "best_epoch": 0}))
+    assert any(
+        "every expert started as the single-head model" in line
+        for line in training_story({"discovery": {**report, "context_helps": True}, "best_epoch": 0})
+    )

@@ -14,7 +14,12 @@ def backbone():
 
 
 PAIRS = [
-    PreferencePair("How do I boil an egg?", "Simmer it for 9 minutes, then cool it in ice water.", "Eggs are food.", id="a"),
+    PreferencePair(
+        "How do I boil an egg?",
+        "Simmer it for 9 minutes, then cool it in ice water.",
+        "Eggs are food.",
+        id="a",
+    ),
     PreferencePair("Name a prime.", "7", "8", group="math", id="b"),
 ]
 
@@ -77,7 +82,11 @@ def test_int8_features_without_records_join_their_source(tmp_path):
     save_jsonl(PAIRS, tmp_path / "pairs.jsonl")
     f.save(tmp_path / "f.safetensors", dtype="int8", include_records=False, source="pairs.jsonl")
     g = PairFeatures.load(tmp_path / "f.safetensors")
-    assert g.pairs == PAIRS and np.abs(g.chosen - f.chosen).max() < 0.01 and np.array_equal(g.prompt[0], g.prompt[1])
+    assert (
+        g.pairs == PAIRS
+        and np.abs(g.chosen - f.chosen).max() < 0.01
+        and np.array_equal(g.prompt[0], g.prompt[1])
+    )
     with pytest.raises(ValueError, match="source"):
         f.save(tmp_path / "g.safetensors", include_records=False)
 

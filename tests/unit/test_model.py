@@ -26,11 +26,15 @@ def planted_features(n=600, d=8, groups=3, seed=0, noise=0.1) -> PairFeatures:
     prompt[np.arange(n), group] += 3.0  # the context signal the router can read
     base = rng.normal(size=(n, d))
     delta = rng.normal(size=(n, d))
-    delta *= np.sign((delta * directions[group]).sum(1, keepdims=True))  # chosen - rejected agrees with the group
+    delta *= np.sign(
+        (delta * directions[group]).sum(1, keepdims=True)
+    )  # chosen - rejected agrees with the group
     chosen = base + 0.5 * delta + noise * rng.normal(size=(n, d))
     rejected = base - 0.5 * delta
     pairs = [PreferencePair(f"p{i}", f"c{i}", f"r{i}", group=f"g{group[i]}", id=str(i)) for i in range(n)]
-    return PairFeatures(prompt.astype(np.float32), chosen.astype(np.float32), rejected.astype(np.float32), pairs, {})
+    return PairFeatures(
+        prompt.astype(np.float32), chosen.astype(np.float32), rejected.astype(np.float32), pairs, {}
+    )
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
@@ -78,7 +82,9 @@ def test_each_loss_term_points_the_right_way():
     m = torch.randn(64, 1)
     same = torch.cat([m, 2 * m, -m], 1)
     different = torch.randn(64, 3)
-    assert diversity_loss(same) > 0.99 and diversity_loss(different) < 0.2  # diversity: decorrelated is better
+    assert (
+        diversity_loss(same) > 0.99 and diversity_loss(different) < 0.2
+    )  # diversity: decorrelated is better
 
     class Out:  # the mixture term prefers the router to back the expert that explains the pair
         pass
@@ -91,10 +97,22 @@ def test_each_loss_term_points_the_right_way():
 
 def test_regularizers_change_what_training_learns():
     f = planted_features()
-    on = train_model(f, None, ModelConfig(kind="sparse", input_dim=f.dim, num_experts=3, top_k=1), TrainConfig(epochs=30))
-    off = train_model(f, None, ModelConfig(kind="sparse", input_dim=f.dim, num_experts=3, top_k=1),
-                      TrainConfig(epochs=30, sparsity_weight=0, balance_weight=0, diversity_weight=0,
-                                  specialization_weight=0, cluster_init=False))
+    on = train_model(
+        f, None, ModelConfig(kind="sparse", input_dim=f.dim, num_experts=3, top_k=1), TrainConfig(epochs=30)
+    )
+    off = train_model(
+        f,
+        None,
+        ModelConfig(kind="sparse", input_dim=f.dim, num_experts=3, top_k=1),
+        TrainConfig(
+            epochs=30,
+            sparsity_weight=0,
+            balance_weight=0,
+            diversity_weight=0,
+            specialization_weight=0,
+            cluster_init=False,
+        ),
+    )
     u_on = evaluate(on.model, f)["expert_utilization"]
     assert min(u_on) > 0.15  # balance: all experts in use
     assert evaluate(on.model, f)["routing_nmi"] >= evaluate(off.model, f)["routing_nmi"] - 0.05
@@ -111,17 +129,27 @@ def test_training_is_reproducible_and_beats_chance_on_real_signal():
     res = evaluate(a.model, test)
     assert res["accuracy"] > 0.85
     assert res["routing_nmi"] > 0.8  # each planted group gets its own expert
-    single = train_model(train, test, ModelConfig(kind="single", input_dim=f.dim), TrainConfig.for_kind("single", epochs=20))
+    single = train_model(
+        train, test, ModelConfig(kind="single", input_dim=f.dim), TrainConfig.for_kind("single", epochs=20)
+    )
     assert res["accuracy"] > evaluate(single.model, test)["accuracy"] + 0.1
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_save_load_round_trip_is_bit_identical(kind, tmp_path):
     f = planted_features(n=120)
-    model = train_model(f, None, ModelConfig(kind=kind, input_dim=f.dim, num_experts=3, top_k=2),
-                        TrainConfig.for_kind(kind, epochs=3, min_steps=5)).model
+    model = train_model(
+        f,
+        None,
+        ModelConfig(kind=kind, input_dim=f.dim, num_experts=3, top_k=2),
+        TrainConfig.for_kind(kind, epochs=3, min_steps=5),
+    ).model
     model.save_pretrained(tmp_path / "m", metrics={"accuracy": 1.0})
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "metrics.json",
+        "model.safetensors",
+    ]
     loaded = SparseMoERewardModel.from_pretrained(tmp_path / "m")
     a, b = score_pairs(model, f), score_pairs(loaded, f)
     assert np.array_equal(a.margin, b.margin) and np.array_equal(a.routing, b.routing)
@@ -137,7 +165,12 @@ def test_divergence_stops_with_a_clear_message():
     f = planted_features(n=50)
     f.chosen[0, 0] = np.nan
     with pytest.raises(TrainingDiverged, match="lower the learning rate"):
-        train_model(f, None, ModelConfig(kind="single", input_dim=f.dim), TrainConfig(epochs=2, min_steps=1, batch_size=64))
+        train_model(
+            f,
+            None,
+            ModelConfig(kind="single", input_dim=f.dim),
+            TrainConfig(epochs=2, min_steps=1, batch_size=64),
+        )
 
 
 def test_nmi_matches_definition():

@@ -26,8 +26,15 @@ from moe_reward.personalize.adapters import (
 
 K = 5
 PLANTED = 2
-VARIANTS = [("hedge", {}), ("hedge", {"loss": "zero_one"}), ("batch", {}), ("signed", {}), ("gradient", {}),
-            ("gradient", {"mode": "router_bias"}), ("gradient", {"mode": "router_bias", "top_k": 2})]
+VARIANTS = [
+    ("hedge", {}),
+    ("hedge", {"loss": "zero_one"}),
+    ("batch", {}),
+    ("signed", {}),
+    ("gradient", {}),
+    ("gradient", {"mode": "router_bias"}),
+    ("gradient", {"mode": "router_bias", "top_k": 2}),
+]
 
 
 def planted_user(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +57,8 @@ def test_adapters_move_weight_to_the_expert_that_explains_the_user(name, params)
     assert w[PLANTED] > before + 0.2
     assert int(np.argmax(w)) == PLANTED
     assert personalized_accuracy(adapter, margins[24:], logits[24:]) > personalized_accuracy(
-        np.full(K, 1 / K), margins[24:])
+        np.full(K, 1 / K), margins[24:]
+    )
     assert len(adapter.history) == 24 and adapter.history[-1].weights == pytest.approx(w.tolist())
 
 
@@ -97,7 +105,7 @@ def test_signed_weights_recover_a_user_opposite_to_every_expert():
     user = -margins  # oriented by the user's labels: every expert's margin is negative
     fit, test = user[:32], user[32:]
     for name in ("hedge", "batch", "gradient"):
-        assert personalized_accuracy(make_adapter(name, K).fit(fit) , test) < 0.2
+        assert personalized_accuracy(make_adapter(name, K).fit(fit), test) < 0.2
     signed = make_adapter("signed", K)
     signed.fit(fit)
     assert personalized_accuracy(signed, test) > 0.9 and signed.weights.sum() < 0
@@ -132,8 +140,9 @@ def test_single_updates_equal_fit_and_undo_recomputes():
 def test_round_trip_through_json_keeps_labels():
     margins, logits = planted_user(8)
     for name, params in VARIANTS:
-        adapter = make_adapter(name, K, prior_from_routing(np.eye(K)[[0, 0, 1]]), margin_scale=np.arange(1, K + 1),
-                               **params)
+        adapter = make_adapter(
+            name, K, prior_from_routing(np.eye(K)[[0, 0, 1]]), margin_scale=np.arange(1, K + 1), **params
+        )
         adapter.fit(margins, [f"p{i}" for i in range(8)], logits)
         d = json.loads(json.dumps(adapter.to_dict()))
         again = Adapter.from_dict(d)
@@ -148,13 +157,15 @@ def test_round_trip_through_json_keeps_labels():
 
 def test_active_selection_picks_the_pair_where_weighted_experts_disagree():
     adapter = make_adapter("hedge", 3, np.array([0.45, 0.45, 0.1]))
-    margins = np.array([
-        [1.0, 1.0, 1.0],  # everyone agrees: nothing to learn
-        [2.0, -2.0, 0.0],  # the two heavy experts disagree strongly
-        [0.0, 0.0, 3.0],  # only the light expert has an opinion
-        [0.5, -0.5, 0.0],  # heavy experts disagree, weakly
-        [-1.0, -1.0, -1.0],
-    ])
+    margins = np.array(
+        [
+            [1.0, 1.0, 1.0],  # everyone agrees: nothing to learn
+            [2.0, -2.0, 0.0],  # the two heavy experts disagree strongly
+            [0.0, 0.0, 3.0],  # only the light expert has an opinion
+            [0.5, -0.5, 0.0],  # heavy experts disagree, weakly
+            [-1.0, -1.0, -1.0],
+        ]
+    )
     scores = disagreement_scores(adapter, margins)
     assert int(np.argmax(scores)) == 1
     assert scores[1] > scores[3] > scores[0]
@@ -231,8 +242,10 @@ def test_model_helpers_give_margins_logits_prior_and_scale():
     adapter = make_adapter("batch", 4, prior)
     adapter.fit(margins[:3])
     with torch.no_grad():
-        routed = model.pair(*(torch.from_numpy(a) for a in arrays),
-                            user_weights=torch.as_tensor(adapter.weights, dtype=torch.float32))
+        routed = model.pair(
+            *(torch.from_numpy(a) for a in arrays),
+            user_weights=torch.as_tensor(adapter.weights, dtype=torch.float32),
+        )
     assert adapter.predict_margin(margins) == pytest.approx(routed.margin.numpy().astype(float), abs=1e-4)
 
 

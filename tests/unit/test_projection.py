@@ -25,8 +25,16 @@ def _features(n: int = 40, d: int = 16, seed: int = 0) -> PairFeatures:
     return PairFeatures(x[0], x[1], x[2], pairs, {"backbone": "test"})
 
 
-@pytest.mark.parametrize("bad", [dict(method="tsne"), dict(source="x"), dict(n_neighbors=1), dict(min_dist=2.0),
-                                 dict(metric="manhattan")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(method="tsne"),
+        dict(source="x"),
+        dict(n_neighbors=1),
+        dict(min_dist=2.0),
+        dict(metric="manhattan"),
+    ],
+)
 def test_params_are_validated(bad):
     with pytest.raises(ValueError):
         ProjectionParams(**bad)

@@ -9,10 +9,16 @@ from moe_reward.model.router_inputs import TokenStateCache, fit_lexical, head_an
 
 
 def test_lexical_channel_keeps_shared_terms_and_unit_rows():
-    prompts = ["Keep it short: how do I boil eggs?", "Keep it short: why is the sky blue?",
-               "Explain in depth: how do I boil eggs?", "Explain in depth: why is the sky blue?"]
+    prompts = [
+        "Keep it short: how do I boil eggs?",
+        "Keep it short: why is the sky blue?",
+        "Explain in depth: how do I boil eggs?",
+        "Explain in depth: why is the sky blue?",
+    ]
     vocabulary, idf = fit_lexical(prompts)
-    assert {"keep it", "it short", "in depth", "explain"} <= set(vocabulary)  # cue n-grams shared across prompts
+    assert {"keep it", "it short", "in depth", "explain"} <= set(
+        vocabulary
+    )  # cue n-grams shared across prompts
     assert "boil eggs" in vocabulary and len(idf) == len(vocabulary)
     x = lexical_matrix(prompts + ["nothing shared here"], vocabulary, idf)
     norms = np.sqrt(np.asarray(x.multiply(x).sum(1)).reshape(-1))

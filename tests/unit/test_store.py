@@ -39,7 +39,9 @@ def test_concurrent_writers_keep_every_label_with_its_annotator(tmp_path):
     def annotate(worker: int) -> None:
         try:
             for i in range(100):
-                store.add_label(Label(f"annotator-{worker}", f"w{worker}-p{i}", f"prompt {worker}", f"c{i}", f"r{i}"))
+                store.add_label(
+                    Label(f"annotator-{worker}", f"w{worker}-p{i}", f"prompt {worker}", f"c{i}", f"r{i}")
+                )
         except BaseException as exc:  # noqa: BLE001 - surfaced by the assert below
             errors.append(exc)
 
@@ -61,7 +63,9 @@ def test_profile_is_rebuilt_from_its_labels_after_reopening(tmp_path):
     store = LabelStore(path)
     prof = _profile(store)
     for i in range(4):
-        store.record_label(Label("ana", f"p{i}", "q", "a", "b", profile_id=prof.id), _margins(i), session="s1")
+        store.record_label(
+            Label("ana", f"p{i}", "q", "a", "b", profile_id=prof.id), _margins(i), session="s1"
+        )
     again = LabelStore(path)
     state = again.load_profile(prof.id)
     reference = make_adapter("hedge", K, PRIOR)
@@ -76,9 +80,13 @@ def test_profile_is_rebuilt_from_its_labels_after_reopening(tmp_path):
 def test_one_label_per_pair_and_profile(tmp_path):
     store = LabelStore(tmp_path / "labels.sqlite")
     prof = _profile(store)
-    first = store.record_label(Label("ana", "p", "q", "a", "b", profile_id=prof.id), _margins(0), session="s1")
+    first = store.record_label(
+        Label("ana", "p", "q", "a", "b", profile_id=prof.id), _margins(0), session="s1"
+    )
     with pytest.raises(DuplicateLabel) as info:  # the opposite preference, from a second click
-        store.record_label(Label("ana", "p", "q", "b", "a", profile_id=prof.id), -np.array(_margins(0)), session="s1")
+        store.record_label(
+            Label("ana", "p", "q", "b", "a", profile_id=prof.id), -np.array(_margins(0)), session="s1"
+        )
     assert info.value.existing_id == first
     assert [(lab.pair_id, lab.chosen) for lab in store.labels(profile_id=prof.id)] == [("p", "a")]
     other = _profile(store, name="other")  # another profile may label the same pair
@@ -92,8 +100,11 @@ def test_racing_duplicate_clicks_store_exactly_one(tmp_path):
 
     def click(side: int) -> None:
         try:
-            store.record_label(Label("ana", "p", "q", "ab"[side], "ba"[side], profile_id=prof.id), _margins(side),
-                               session=f"s{side}")
+            store.record_label(
+                Label("ana", "p", "q", "ab"[side], "ba"[side], profile_id=prof.id),
+                _margins(side),
+                session=f"s{side}",
+            )
             outcomes.append("stored")
         except DuplicateLabel:
             outcomes.append("refused")
@@ -113,7 +124,9 @@ def test_two_sessions_share_a_profile_and_undo_only_their_own(tmp_path):
     a_state = b_state = None
     for i in range(10):
         session = "A" if i % 2 == 0 else "B"
-        store.record_label(Label("ana", f"p{i}", "q", "a", "b", profile_id=prof.id), _margins(i), session=session)
+        store.record_label(
+            Label("ana", f"p{i}", "q", "a", "b", profile_id=prof.id), _margins(i), session=session
+        )
         a_state = store.load_profile(prof.id, a_state)  # incremental: only the new label is replayed
     b_state = store.load_profile(prof.id, b_state)
     assert a_state.adapter.n_labels == b_state.adapter.n_labels == 10
@@ -128,10 +141,15 @@ def test_two_sessions_share_a_profile_and_undo_only_their_own(tmp_path):
     kept = [i for i in range(10) if i != 8]
     reference.fit(np.array([_margins(i) for i in kept]), [f"p{i}" for i in kept])
     np.testing.assert_allclose(b_state.adapter.weights, reference.weights)
-    new_id = store.record_label(Label("ana", "p10", "q", "a", "b", profile_id=prof.id), _margins(10), session="A")
+    new_id = store.record_label(
+        Label("ana", "p10", "q", "a", "b", profile_id=prof.id), _margins(10), session="A"
+    )
     assert new_id > max(ids_before)  # the undone id 9 is never handed out again
     store.undo_last(prof.id, "A")
-    assert store.record_label(Label("ana", "p11", "q", "a", "b", profile_id=prof.id), _margins(11), session="A") > new_id
+    assert (
+        store.record_label(Label("ana", "p11", "q", "a", "b", profile_id=prof.id), _margins(11), session="A")
+        > new_id
+    )
     assert store.undo_last(prof.id, "nobody") is None
 
 
@@ -198,7 +216,9 @@ def test_a_file_of_the_previous_version_keeps_every_label_and_its_profile(tmp_pa
             CREATE TABLE profile_history (id INTEGER PRIMARY KEY, profile_id INTEGER NOT NULL, step INTEGER NOT NULL,
                 weights_json TEXT NOT NULL, created_at REAL NOT NULL);
             INSERT INTO annotators VALUES (1, 'ana', 0);""")
-        conn.execute("INSERT INTO profiles VALUES (1, 1, 'old', 'm', 'hedge', ?, 0, 0)", (json.dumps(old.to_dict()),))
+        conn.execute(
+            "INSERT INTO profiles VALUES (1, 1, 'old', 'm', 'hedge', ?, 0, 0)", (json.dumps(old.to_dict()),)
+        )
         for i, pid in enumerate("abc", start=1):
             conn.execute("INSERT INTO labels VALUES (?, 1, 1, ?, 'q', 'x', 'y', 'manual', 0)", (i, pid))
     store = LabelStore(path)
@@ -218,13 +238,17 @@ def test_disk_full_says_the_label_was_not_stored(tmp_path, monkeypatch):
 
     def full_disk(*args, **kwargs):
         conn = real_connect(*args, **kwargs)
-        conn.execute("PRAGMA max_page_count = 1")  # clamped to the current size: growing fails with SQLITE_FULL
+        conn.execute(
+            "PRAGMA max_page_count = 1"
+        )  # clamped to the current size: growing fails with SQLITE_FULL
         return conn
 
     monkeypatch.setattr(sqlite3, "connect", full_disk)
     long_prompt = "q" * 50_000  # needs new pages: the file cannot grow
     with pytest.raises(StoreError, match="not saved.*full.*not in the store"):
-        store.record_label(Label("ana", "p", long_prompt, "a", "b", profile_id=prof.id), _margins(0), session="s")
+        store.record_label(
+            Label("ana", "p", long_prompt, "a", "b", profile_id=prof.id), _margins(0), session="s"
+        )
     monkeypatch.setattr(sqlite3, "connect", real_connect)
     assert store.count_labels() == 0
     store.record_label(Label("ana", "p", long_prompt, "a", "b", profile_id=prof.id), _margins(0), session="s")
@@ -238,7 +262,9 @@ def test_read_only_file_reads_and_refuses_writes(tmp_path, monkeypatch):
     store.record_label(Label("ana", "p", "q", "a", "b", profile_id=prof.id), _margins(0), session="s")
     real_connect = sqlite3.connect
 
-    def read_only(target, *args, **kwargs):  # what a read-only mount does to a writer (a real one: test_labels_hostile)
+    def read_only(
+        target, *args, **kwargs
+    ):  # what a read-only mount does to a writer (a real one: test_labels_hostile)
         if "immutable=1" not in str(target):
             raise sqlite3.OperationalError("attempt to write a readonly database")
         return real_connect(target, *args, **kwargs)
