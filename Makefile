@@ -1,10 +1,17 @@
-.PHONY: install check lint test bench app dataset default-artifacts
+.PHONY: install check lint format test bench app dataset default-artifacts
 
 install:
 	pip install -r requirements.txt && pip install --no-deps -e .
 
+PY_SOURCES = moe_reward tests pages app.py ui_common.py bench
+
 lint:
-	ruff check moe_reward tests pages app.py ui_common.py bench
+	ruff check $(PY_SOURCES)
+	ruff format --check $(PY_SOURCES)
+
+format:
+	ruff format $(PY_SOURCES)
+	ruff check --fix $(PY_SOURCES)
 
 test:
 	pytest
