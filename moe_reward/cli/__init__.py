@@ -581,7 +581,7 @@ def error_line(exc: BaseException) -> str:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     errors: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, RecursionError, MemoryError)
-    train = sys.modules.get(f"{__package__.rpartition('.')[0]}.train")  # (only raised once training ran)
+    train = sys.modules.get(f"{__package__.rpartition('.')[0]}.train.loop")  # (only raised once training ran)
     if train is not None:
         errors += (train.TrainingDiverged,)
     try:
