@@ -474,7 +474,7 @@ def cmd_label(args) -> int:
         if args.undo:
             rec = store.find_profile(args.annotator, args.profile, model_dir.name)
             gone = None if rec is None else store.undo_last(rec.id, CLI_SESSION)
-            if gone is None:
+            if rec is None or gone is None:
                 print(f"no label stored from the command line in {args.annotator}/{args.profile}")
                 return 1
             print(f"removed label #{gone.id} (pair {gone.pair_id}); {store.count_labels(rec.id)} labels left")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,10 +191,9 @@ class Backbone:
         hf_logging.disable_progress_bar()  # a bar per weight file, even off a terminal
         try:
             self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+            dtype_kwarg: dict[str, Any] = {_dtype_kwarg(): self.dtype}  # (its name depends on the version)
             self.model = (
-                model.to(self.dtype)
-                if model is not None
-                else AutoModel.from_pretrained(path, **{_dtype_kwarg(): self.dtype})
+                model.to(self.dtype) if model is not None else AutoModel.from_pretrained(path, **dtype_kwarg)
             ).eval()
         except OSError as exc:
             raise ValueError(f"backbone {self.spec.name!r}: {exc}") from exc
@@ -258,7 +258,8 @@ class Backbone:
             from .runtimes import OnnxRunner, onnx_model_file
 
             self._runner = OnnxRunner(onnx_model_file(self.model, path, self.spec.runtime))
-        self._encoded: dict[str, list[int]] = {}  # token ids of recent texts (prompts shared by many pairs)
+        # token ids of recent (prompt, need): a prompt shared by many pairs is tokenized once
+        self._encoded: dict[tuple[str, int], list[int]] = {}
         self.truncated = 0  # how many inputs were cut to fit; reported, never silent
 
     def _batch_limits(self) -> tuple[int, int]:

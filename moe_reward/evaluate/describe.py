@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from ..core import atomic
 from ..data import text_features
 from ..embed.features import PairFeatures
 from .metrics import PairScores, score_pairs
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 DESCRIPTIONS_FORMAT = "moe-reward-expert-descriptions/1"
 
@@ -86,7 +90,8 @@ def class_tfidf(
         vec = CountVectorizer(
             ngram_range=ngram_range, stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b"
         )
-        counts = vec.fit_transform(docs).toarray().astype(np.float64)
+        # (scikit-learn ships no types: its inferred return type includes an internal tuple)
+        counts = cast("sparse.csr_matrix", vec.fit_transform(docs)).toarray().astype(np.float64)
     except ValueError:  # only stop words
         return [], np.zeros((len(docs), 0))
     tf = counts / np.clip(counts.sum(1, keepdims=True), 1, None)
