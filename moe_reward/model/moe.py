@@ -372,7 +372,7 @@ class SparseMoERewardModel(nn.Module):
 
     def routing(
         self,
-        prompt: torch.Tensor,
+        prompt: torch.Tensor | RouterBatch,
         user_weights: torch.Tensor | None = None,
         user_bias: torch.Tensor | None = None,
         noisy: bool = False,
@@ -389,7 +389,7 @@ class SparseMoERewardModel(nn.Module):
     # ------------------------------------------------------------------ forward passes
     def forward(
         self,
-        prompt: torch.Tensor,
+        prompt: torch.Tensor | RouterBatch,
         response: torch.Tensor,
         user_weights: torch.Tensor | None = None,
         user_bias: torch.Tensor | None = None,
@@ -400,7 +400,7 @@ class SparseMoERewardModel(nn.Module):
 
     def pair(
         self,
-        prompt: torch.Tensor,
+        prompt: torch.Tensor | RouterBatch,
         chosen: torch.Tensor,
         rejected: torch.Tensor,
         user_weights: torch.Tensor | None = None,
