@@ -34,6 +34,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from ..core.atomic import write_text, write_with
+from ..core.checks import check_choice, check_int, check_number
 from ..embed.features import PairFeatures
 
 METHODS = ("anchors", "pca", "umap")
@@ -58,20 +59,16 @@ class ProjectionParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        check_choice("method", self.method, METHODS)
+        check_choice("source", self.source, SOURCES)
         if self.method == "anchors" and self.source != "router":
             raise ValueError(
                 "the 'anchors' layout places pairs by their routing: use it with source 'router'"
             )
-        if not 2 <= self.n_neighbors <= 200:
-            raise ValueError(f"n_neighbors must be in [2, 200], got {self.n_neighbors}")
-        if not 0.0 <= self.min_dist <= 1.0:
-            raise ValueError(f"min_dist must be in [0, 1], got {self.min_dist}")
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        check_int("n_neighbors", self.n_neighbors, 2, 200)
+        check_number("min_dist", self.min_dist, 0.0, 1.0)
+        check_choice("metric", self.metric, METRICS)
+        check_int("seed", self.seed, 0, 2**32 - 1)  # (numpy's seed range)
 
     def key_fields(self) -> dict:
         """Parameters that change the result (PCA and anchors ignore the UMAP ones)."""
