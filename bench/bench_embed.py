@@ -125,7 +125,7 @@ def accuracy(args) -> None:
     """Held-out accuracy of the same model kind on fp32 and int8 features of the whole default data."""
     from moe_reward.app.pipeline import TrainRequest, train_from_data
     from moe_reward.embed.pairs import embed_pairs
-    from moe_reward.train.loop import TrainConfig
+    from moe_reward.train.config import TrainConfig
 
     pairs = load_pairs("controlled").pairs
     feats = {}

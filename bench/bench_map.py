@@ -75,7 +75,7 @@ def synthetic(n: int, seed: int = 0):
 def build(home: Path, sizes: list[int]) -> None:
     from moe_reward.app.pipeline import TrainRequest, train_from_data
     from moe_reward.app.workspace import Workspace
-    from moe_reward.train.loop import TrainConfig
+    from moe_reward.train.config import TrainConfig
 
     ws = Workspace(home)
     small = synthetic(3000, seed=1)

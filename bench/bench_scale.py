@@ -139,7 +139,7 @@ def measure_child(folder: str, what: str, kind: str, epochs: int) -> None:
     )
     if what == "train":
         from moe_reward.app.pipeline import TrainRequest, train_from_data
-        from moe_reward.train.loop import TrainConfig
+        from moe_reward.train.config import TrainConfig
 
         torch.manual_seed(0)
         req = TrainRequest(

@@ -43,7 +43,8 @@ def synthetic_features(n: int, d: int = 384, groups: int = 8, seed: int = 0):
 def time_training(n: int) -> None:
     from moe_reward.evaluate.metrics import evaluate
     from moe_reward.model.moe import ModelConfig
-    from moe_reward.train.loop import TrainConfig, train_model
+    from moe_reward.train.config import TrainConfig
+    from moe_reward.train.loop import train_model
 
     f = synthetic_features(n + n // 10)
     train, val = f.subset(range(n)), f.subset(range(n, len(f)))
@@ -64,7 +65,7 @@ def peak_memory(n: int) -> None:
     code = (
         "import resource, sys; sys.path.insert(0, 'bench');"
         "from bench_train import synthetic_features;"
-        "from moe_reward.model.moe import ModelConfig; from moe_reward.train.loop import TrainConfig, train_model;"
+        "from moe_reward.model.moe import ModelConfig; from moe_reward.train.config import TrainConfig; from moe_reward.train.loop import train_model;"
         f"f = synthetic_features({n}); train_model(f, None, ModelConfig(kind='sparse', num_experts=8, top_k=2),"
         " TrainConfig(epochs=2, min_steps=1));"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"

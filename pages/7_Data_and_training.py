@@ -15,7 +15,7 @@ from moe_reward.app.workspace import check_name, is_data_file
 from moe_reward.data.pairs import DataError, check_split_field, load_pairs, save_jsonl
 from moe_reward.embed.backbone import DEFAULT_BACKBONE
 from moe_reward.model.moe import MODEL_KINDS
-from moe_reward.train.loop import TrainConfig
+from moe_reward.train.config import TrainConfig
 
 ROUTER_INPUTS = ("auto", "pooled", "lexical", "pooled+lexical", "attention", "lexical+attention")
 

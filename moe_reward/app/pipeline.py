@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,8 @@ from ..embed.features import PairFeatures, default_cache_dir
 from ..embed.pairs import load_features_or_pairs
 from ..evaluate.metrics import evaluate
 from ..model.moe import ModelConfig, SparseMoERewardModel
-from ..train.loop import TrainConfig, train_model
+from ..train.config import TrainConfig
+from ..train.loop import train_model
 
 StageFn = Callable[[str, float], None]  # (stage description, fraction done in [0, 1])
 
@@ -41,6 +42,40 @@ class TrainRequest:
     router_input: str = "auto"  # what the router reads (router_inputs.py); auto: chosen on validation
     split_by: str | None = None  # keep every value of this field on one side (default: the prompt)
     train: TrainConfig | None = None
+
+    def __post_init__(self) -> None:
+        """Every field a user sets (CLI flags, the dashboard's form), checked where it enters."""
+        from ..core.limits import MAX_EXPERTS, MAX_MAX_LENGTH
+        from ..model.moe import MODEL_KINDS
+
+        def integer(name: str, lo: int, hi: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+        if not isinstance(self.data, str) or not self.data.strip():
+            raise ValueError(f"data must be a file, folder or 'controlled', got {self.data!r}")
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
+        integer("experts", 1, MAX_EXPERTS)
+        integer("top_k", 1, max(self.experts, 1) if isinstance(self.experts, int) else 1)
+        integer("hidden_dim", 0, 1 << 16)
+        integer("max_length", 1, MAX_MAX_LENGTH)
+        integer("split_seed", 0, 2**63 - 1)
+        for name in ("validation", "test"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{name} is a share of the pairs in [0, 1), got {value!r}")
+        if self.validation + self.test >= 1:
+            raise ValueError(
+                f"validation + test must leave pairs to train on, got {self.validation} + {self.test}"
+            )
+        if not isinstance(self.backbone, str) or not self.backbone.strip():
+            raise ValueError(f"backbone must be a model name or path, got {self.backbone!r}")
+        if self.split_by is not None and (not isinstance(self.split_by, str) or not self.split_by.strip()):
+            raise ValueError(f"split_by must be a field name, got {self.split_by!r}")
+        if self.train is not None and not isinstance(self.train, TrainConfig):
+            raise ValueError("train must be a TrainConfig")
 
 
 def split_features(
@@ -85,6 +120,8 @@ def train_from_data(
     splits, parts = split_features(features, req.validation, req.test, req.split_seed, req.split_by)
     check_training_split(req, features, {name: len(part) for name, part in parts.items()})
     cfg = req.train or TrainConfig.for_kind(req.kind)
+    if cfg.split_by is None and req.split_by:  # cross-validation folds keep the split's units together
+        cfg = replace(cfg, split_by=req.split_by)
     mcfg = ModelConfig(
         kind=req.kind,
         input_dim=features.dim,
@@ -114,6 +151,11 @@ def train_from_data(
         0.95,
     )
     held_out = parts["test"] if len(parts["test"]) else parts["validation"]
+    pool = features.subset(
+        np.concatenate([splits.train, splits.validation]) if len(parts["test"]) else splits.train
+    )
+    discovery = result.discovery.to_dict()
+    test_eval = evaluate(result.model, held_out, diagnostics=True, train_features=pool, discovery=discovery)
     metrics = {
         "data": str(req.data),
         "load": skipped,  # rows read and rows dropped by skip_bad (empty for a features file)
@@ -124,20 +166,20 @@ def train_from_data(
         "epochs_requested": cfg.epochs,
         "epochs_planned": result.epochs_planned,  # raised above the request to reach min_steps on small data
         "epochs_run": epochs_run,  # fewer than planned: early stopping
-        "discovery": result.discovery,
+        "discovery": discovery,
+        "checkpoint_untrained": result.untrained is not None,
         "history": result.history,
         "train_seconds": round(result.seconds, 3),
         "total_seconds": round(time.perf_counter() - t0, 3),
         "test_subset": "test" if len(parts["test"]) else "validation",
-        "test": evaluate(result.model, held_out, diagnostics=True),
-        "train": evaluate(result.model, parts["train"]),
+        "test": test_eval.to_dict(),
+        "train": evaluate(result.model, parts["train"], discovery=discovery).to_dict(),
     }
     metrics["warnings"] = [
         w
         for w in (
-            small_sample_warning(
-                metrics["test"]["n_pairs"], metrics["test"]["accuracy"], metrics["test_subset"]
-            ),
+            result.untrained and f"untrained model: {result.untrained}",
+            small_sample_warning(test_eval.n_pairs, test_eval.accuracy, metrics["test_subset"]),
         )
         if w
     ]

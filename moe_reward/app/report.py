@@ -176,6 +176,9 @@ def _headline_cards(values: dict, scope: summary.Scope, k: int) -> str:
     for key in ("accuracy", "routing_nmi", "routing_entropy_normalized", "experts_in_use"):
         stat = summary.STATS[key]
         value = f"{values[key]} / {k}" if key == "experts_in_use" else stat.format(values[key])
+        context = summary.chance_note(key, values)
+        if context:
+            value += f" ({context})"
         cards.append(
             f'<div class="metric"><div class="label">{esc(stat.label)}</div><div class="value">{esc(value)}</div>'
             f'<div class="def">{esc(stat.definition)} On the {esc(scope.label)}, {scope.n} pairs.</div></div>'
@@ -395,7 +398,9 @@ def build_report(
         from ..model.moe import load_metrics
 
         saved = load_metrics(model_dir)
-    diag = summary.diagnostics_of(ev) or summary.diagnostics_of(saved)
+    saved_diag = summary.diagnostics_of(saved) if scope.key == "test" else None
+    diag = saved_diag or ev.diagnostics.to_dict()
+    verdict = summary.verdict_of(saved.get("test") if scope.key == "test" and saved.get("test") else ev)
     outside = [i for sc in rel.scopes if sc.key in ("train", "validation") for i in sc.index]
     example = personalization_example(scores, features, exclude=np.asarray(outside, dtype=np.int64))
 
@@ -405,7 +410,13 @@ def build_report(
         figures["personalization"] = _weights_figure(
             example["before"], example["after"], example["who"], example["n_labels"]
         )
-    warning = f'<div class="warning">{esc(rel.warning)}</div>' if rel.warning else ""
+    notes = [rel.warning] if rel.warning else []
+    if saved.get("checkpoint_untrained"):
+        notes.append(
+            "This model is untrained: its kept checkpoint is no better than scoring both responses alike on "
+            "validation pairs. Its numbers describe a constant, not a reward model."
+        )
+    warning = "".join(f'<div class="warning">{esc(n)}</div>' for n in notes)
     body = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         title=esc(f"{model_dir.name}: what this reward model learned"),
         subtitle=esc(f"{model.describe()} · evaluated on {data_name}"),
@@ -418,7 +429,9 @@ def build_report(
         top_k=model.config.top_k,
         utilization=_figure_html(figures["utilization"], first=True),
         experts=_experts_table(descriptions, all_ev, scores, k),
-        diagnostics=_diagnostics_html(diag, k) + _story_html(summary.training_story(saved)),
+        diagnostics=(f"<p><b>Heterogeneity: {esc(verdict[0])}.</b> {esc(verdict[1])}</p>" if verdict else "")
+        + _diagnostics_html(diag, k)
+        + _story_html(summary.training_story(saved)),
         personalization=_personalization_html(example, descriptions)
         + (_figure_html(figures["personalization"], first=False) if "personalization" in figures else ""),
         n_all=len(features),

@@ -126,7 +126,7 @@ def cmd_embed(args) -> int:
 
 def cmd_train(args) -> int:
     from ..app.pipeline import TrainRequest, train_from_data
-    from ..train.loop import TrainConfig
+    from ..train.config import TrainConfig
 
     overrides = {
         k: getattr(args, k)
@@ -166,10 +166,9 @@ def cmd_train(args) -> int:
     finally:
         bar.close()
     t = metrics["test"]
-    nmi = "n/a" if t["routing_nmi"] is None else f"{t['routing_nmi']:.3f}"
     held_out = (
-        f"{metrics['test_subset']} accuracy {t['accuracy']:.4f} on {t['n_pairs']} held-out pairs, "
-        f"routing NMI {nmi}"
+        f"{metrics['test_subset']} accuracy {_accuracy_text(t)} on {t['n_pairs']} held-out pairs, "
+        f"routing NMI {_nmi_text(t)}"
         if t["n_pairs"]
         else "no held-out pairs (--validation 0 --test 0): accuracy not measured"
     )
@@ -188,9 +187,42 @@ def cmd_train(args) -> int:
             f"at least {train_cfg.min_steps} optimizer steps)"
         )
     _print_diagnostics(t.get("diagnostics"))
+    _print_verdict(t)
     for warning in metrics.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _accuracy_text(ev: dict) -> str:
+    """'0.6124 (95% 0.57-0.65)', with the ties when there are any (each counted as half)."""
+    lo, hi = ev.get("accuracy_ci") or (None, None)
+    text = f"{ev['accuracy']:.4f}" + (f" (95% {lo:.2f}-{hi:.2f})" if lo is not None else "")
+    if ev.get("ties"):
+        text += f", {ev['ties']} ties counted as half"
+    return text
+
+
+def _nmi_text(ev: dict) -> str:
+    """'0.412 (chance 0.031, p 0.001)', 'n/a: one expert (no specialization found)', or 'n/a (no groups)'."""
+    if ev.get("routing_nmi") is None:
+        return (
+            "n/a: " + ev["routing"]
+            if ev.get("experts_identical") or ev.get("routing", "routed") != "routed"
+            else "n/a (no groups)"
+        )
+    d = ev.get("diagnostics") or {}
+    if d.get("routing_nmi_null") is None:
+        return f"{ev['routing_nmi']:.3f}"
+    verdict = "beyond chance" if d["routing_nmi_p"] < 0.05 else "NOT beyond chance"
+    return (
+        f"{ev['routing_nmi']:.3f} (chance {d['routing_nmi_null']:.3f}, 95% of shuffles below "
+        f"{d['routing_nmi_null_p95']:.3f}, p {d['routing_nmi_p']:.3f}: {verdict})"
+    )
+
+
+def _print_verdict(ev: dict) -> None:
+    if ev.get("specialization"):
+        print(f"heterogeneity: {ev['specialization']} — {ev.get('specialization_reason', '')}")
 
 
 def cmd_eval(args) -> int:
@@ -200,7 +232,9 @@ def cmd_eval(args) -> int:
     from ..model.moe import load_metrics
 
     model = load_model(args.model)
-    feats = features_for_model(model, args.data, skip_bad=args.skip_bad, on_loaded=_report_skipped)
+    feats = everything = features_for_model(
+        model, args.data, skip_bad=args.skip_bad, on_loaded=_report_skipped
+    )
     if args.split != "all":
         wanted = set(load_split_ids(args.model)[args.split])
         n_all = len(feats)
@@ -212,18 +246,35 @@ def cmd_eval(args) -> int:
                 f"({len(wanted)} pair ids in split_ids.json); the model was trained on {source}. "
                 "Evaluate on that data, or pass --split all to evaluate on every pair of this file"
             )
-    res = evaluate(model, feats, diagnostics=True)
-    print(f"{res['model']}: accuracy {res['accuracy']:.4f} on {res['n_pairs']} pairs")
+    metrics = load_metrics(args.model)
+    pool = None
+    if args.split == "test":
+        # the model's training pairs (train + validation) in this data: the probes are fitted on them
+        splits = load_split_ids(args.model)
+        seen = set(splits["train"]) | set(splits["validation"])
+        pool = everything.subset([i for i, p in enumerate(everything.pairs) if p.id in seen])
+    res = evaluate(
+        model, feats, diagnostics=True, train_features=pool, discovery=metrics.get("discovery")
+    ).to_dict()
+    if metrics:
+        res["checkpoint_untrained"] = bool(metrics.get("checkpoint_untrained", False))
+    print(f"{res['model']}: accuracy {_accuracy_text(res)} on {res['n_pairs']} pairs")
     for g, v in res["per_group"].items():
-        print(f"  {g:24s} {v['accuracy']:.4f}  (n={v['n']})")
-    if res["routing_nmi"] is not None:
-        purity = res["routing_purity"]
+        ci = v.get("ci")
         print(
-            f"routing NMI(top-1 expert, group) = {res['routing_nmi']:.4f}, purity "
-            + ("n/a (one expert)" if purity is None else f"{purity:.4f}")
+            f"  {g:24s} {v['accuracy']:.4f}  (n={v['n']}" + (f", 95% {ci[0]:.2f}-{ci[1]:.2f})" if ci else ")")
         )
+    print(f"routing NMI(top-1 expert, group) = {_nmi_text(res)}")
+    if res["routing_nmi"] is not None and res["routing_purity"] is not None:
+        print(f"routing purity {res['routing_purity']:.4f}")
     print("expert utilization (top-1 share): " + " ".join(f"{u:.3f}" for u in res["expert_utilization"]))
     _print_diagnostics(res.get("diagnostics"))
+    _print_verdict(res)
+    if res.get("checkpoint_untrained"):
+        print(
+            "warning: this model's kept checkpoint learnt nothing that holds on validation (checkpoint_untrained)",
+            file=sys.stderr,
+        )
     if args.json:
         write_text(args.json, json.dumps(res, indent=2))
         print(f"wrote {args.json}")
@@ -231,17 +282,28 @@ def cmd_eval(args) -> int:
 
 
 def _print_diagnostics(d: dict | None) -> None:
-    if not d or d.get("oracle_routing_accuracy") is None:
+    if not d:
         return
 
     def f(x):
         return "n/a" if x is None else f"{x:.3f}"
 
-    print(
-        f"specialization diagnostics ({d['folds']}-fold cross-validated on {d['pairs']} pairs): "
-        f"supervised router probe NMI {f(d['router_probe_nmi'])} (the ceiling for this router input), "
-        f"oracle-routing accuracy {f(d['oracle_routing_accuracy'])}, discovery efficiency {f(d['discovery_efficiency'])}"
-    )
+    if d.get("oracle_routing_accuracy") is not None:
+        print(
+            f"oracle routing (one head per {d.get('label') or 'group'}, fitted on the training pairs, group given): "
+            f"{f(d['oracle_routing_accuracy'])} vs one head {f(d['pooled_head_accuracy'])} on {d['oracle_pairs']} "
+            f"test pairs (gain {f(d['oracle_gain'])} nats per pair, p {f(d['oracle_gain_p'])})"
+        )
+    if d.get("router_probe_nmi") is not None:
+        print(
+            f"supervised router probe ({d['folds']}-fold cross-validated on {d['router_probe_pairs']} training pairs): "
+            f"NMI {f(d['router_probe_nmi'])} (p {f(d['router_probe_p'])}), accuracy {f(d['router_probe_accuracy'])}"
+        )
+    if d.get("discovery_efficiency") is not None:
+        lo, hi = d.get("discovery_efficiency_ci") or (None, None)
+        print(f"discovery efficiency {f(d['discovery_efficiency'])} (95% {f(lo)}-{f(hi)})")
+    for key, why in (d.get("reasons") or {}).items():
+        print(f"  {key}: not reported — {why}")
 
 
 def cmd_score(args) -> int:

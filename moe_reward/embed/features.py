@@ -98,6 +98,17 @@ class PairFeatures:
             self.rows("prompt"), self.rows("chosen"), self.rows("rejected"), self.pairs, dict(self.metadata)
         )
 
+    @classmethod
+    def concat(cls, parts: Sequence[PairFeatures]) -> PairFeatures:
+        """The pairs of several feature sets, in order (metadata of the first)."""
+        if not parts:
+            raise ValueError("concat needs at least one PairFeatures")
+        return cls(
+            *(np.concatenate([getattr(p, k) for p in parts]) for k in ("prompt", "chosen", "rejected")),
+            [pair for p in parts for pair in p.pairs],
+            dict(parts[0].metadata),
+        )
+
     def subset(self, index: Sequence[int] | np.ndarray) -> PairFeatures:
         """The pairs at `index` (a copy; from memory-mapped features only the subset lands in memory)."""
         index = np.asarray(index, dtype=np.int64)

@@ -1,15 +1,22 @@
-"""Evaluation and routing statistics of a trained model on a set of pair features."""
+"""Evaluation of a trained model on a set of pair features: one typed `Evaluation`, with every number read
+against its chance level (ties count as half; accuracy has its interval; routing NMI its permutation null;
+a model whose experts are all alike says so and claims no routing NMI)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..embed.features import PairFeatures
-from ..model.moe import SparseMoERewardModel
+from ..model.moe import ROUTED_KINDS, SparseMoERewardModel
 from ..model.router_inputs import RouterData, router_data
+from .chance import normalized_mutual_information, wilson_interval
+from .diagnostics import Diagnostics, specialization_diagnostics, specialization_verdict
+
+__all__ = ["Evaluation", "PairScores", "evaluate", "normalized_mutual_information", "score_pairs"]
 
 
 @dataclass
@@ -26,7 +33,23 @@ class PairScores:
 
     @property
     def correct(self) -> np.ndarray:
+        """The chosen response scored strictly higher (a tie is not correct: see `credit`)."""
         return self.prob_chosen > 0.5
+
+    @property
+    def tie(self) -> np.ndarray:
+        """The model scores both responses alike (to float32 precision): it cannot tell them apart."""
+        return self.prob_chosen == 0.5
+
+    @property
+    def credit(self) -> np.ndarray:
+        """Per-pair accuracy credit: 1 correct, 1/2 a tie, 0 wrong (a tie-only model reads 0.5, not 0)."""
+        return np.where(self.correct, 1.0, np.where(self.tie, 0.5, 0.0))
+
+    def accuracy(self, index: np.ndarray | None = None) -> float:
+        """Accuracy with ties counted as half, on all pairs or those at `index` (nan on none)."""
+        credit = self.credit if index is None else self.credit[index]
+        return float(credit.mean()) if len(credit) else float("nan")
 
     @property
     def top_expert(self) -> np.ndarray:
@@ -75,31 +98,6 @@ def score_pairs(
     return PairScores(*(np.concatenate(p) if p else e for p, e in zip(parts, empty, strict=True)))
 
 
-def _entropy(labels: np.ndarray) -> float:
-    _, counts = np.unique(labels, return_counts=True)
-    p = counts / counts.sum()
-    return float(-(p * np.log(p)).sum())
-
-
-def normalized_mutual_information(a, b) -> float:
-    """NMI with arithmetic-mean normalization (as scikit-learn's default); 0 when either side is constant."""
-    a, b = np.asarray(a), np.asarray(b)
-    if len(a) == 0:
-        return 0.0
-    ha, hb = _entropy(a), _entropy(b)
-    if ha == 0 or hb == 0:
-        return 0.0
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    joint = np.zeros((ai.max() + 1, bi.max() + 1))
-    np.add.at(joint, (ai, bi), 1)
-    pj = joint / joint.sum()
-    pa, pb = pj.sum(1, keepdims=True), pj.sum(0, keepdims=True)
-    nz = pj > 0
-    mi = float((pj[nz] * np.log(pj[nz] / (pa @ pb)[nz])).sum())
-    return max(0.0, mi / ((ha + hb) / 2))
-
-
 def routing_purity(top_expert: np.ndarray, groups: np.ndarray) -> float:
     """Share of pairs whose top expert's majority group is their own group (1 = experts never mix groups)."""
     total = 0
@@ -114,14 +112,92 @@ def groups_of(features: PairFeatures) -> np.ndarray | None:
     return None if all(g is None for g in groups) else np.array([g or "(none)" for g in groups])
 
 
+def distinct_experts(scores: PairScores) -> int:
+    """How many experts score these pairs differently (experts whose margins agree to 1e-6 of their scale
+    count once): 1 when every expert is a copy of one head."""
+    m = scores.expert_margins
+    if m.shape[1] <= 1 or not len(m):
+        return int(m.shape[1] > 0)
+    scale = float(np.abs(m).max()) or 1.0
+    return int(np.unique(np.round(m.T / (scale * 1e-6)), axis=0).shape[0])
+
+
+ONE_EXPERT = "one expert (no specialization found)"
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` says of a model on N pairs. Serialized (``to_dict``) with these field names as JSON
+    keys (``eval --json``, ``metrics.json`` → ``test``/``train``); `Evaluation.from_dict` reads them back.
+    Mapping access (``ev["accuracy"]``) reads the same JSON view, for code that handles a saved
+    metrics.json and a fresh evaluation alike."""
+
+    model: str
+    kind: str
+    n_pairs: int
+    accuracy: float  # ties count as half
+    ties: int  # pairs the model scores alike
+    accuracy_ci: list[float]  # 95% Wilson interval
+    mean_margin: float
+    expert_utilization: list[float]  # share of pairs whose top expert is k
+    expert_load: list[float]  # mean routing weight of k
+    routing_entropy: float
+    routing_entropy_normalized: float
+    active_experts_per_pair: float
+    coactivation: list[list[float]]
+    expert_accuracy: list[float]  # each expert's own margin, on every pair
+    distinct_experts: int
+    experts_identical: bool
+    routing: str  # "routed" or ONE_EXPERT
+    per_group: dict[str, dict[str, Any]] = field(default_factory=dict)  # accuracy, n, ci
+    routing_nmi: float | None = None  # None: no groups, or no routing to measure
+    routing_purity: float | None = None
+    per_expert_group_accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
+    group_expert_counts: dict[str, list[int]] = field(default_factory=dict)
+    specialization: str = "none"  # "routing" | "personalization" | "none"
+    specialization_reason: str = ""
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["diagnostics"] = self.diagnostics.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Evaluation:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in raw.items() if k in known}
+        diag = values.get("diagnostics") or {}
+        dknown = {f.name for f in fields(Diagnostics)}
+        values["diagnostics"] = Diagnostics(**{k: v for k, v in diag.items() if k in dknown})
+        return cls(**values)
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "diagnostics":
+            return self.diagnostics.to_dict()
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self.__dataclass_fields__ else default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.__dataclass_fields__
+
+
 def evaluate(
     model: SparseMoERewardModel,
     features: PairFeatures,
     scores: PairScores | None = None,
     diagnostics: bool = False,
-) -> dict:
-    """Pairwise accuracy overall and per group, routing statistics, NMI(top-1 expert, group); with
-    `diagnostics`, also `specialization_diagnostics` under ``"diagnostics"`` (seconds, not milliseconds)."""
+    train_features: PairFeatures | None = None,
+    discovery: dict | None = None,
+) -> Evaluation:
+    """Pairwise accuracy (ties as half) overall and per group with intervals, routing statistics, NMI(top-1
+    expert, group) with its permutation null, and the heterogeneity verdict. With `diagnostics` and the
+    model's training pairs (`train_features`), also the router probe, oracle routing and discovery
+    efficiency (seconds, not milliseconds). `discovery` is what training decided (``metrics.json``)."""
     router = router_data(model, features)
     s = scores if scores is not None else score_pairs(model, features, router=router)
     k = model.num_experts
@@ -132,142 +208,52 @@ def evaluate(
     active = s.routing > 0
     co = (active.T.astype(float) @ active.astype(float)) / max(n, 1)
     ent = -(s.router_probs * np.log(np.clip(s.router_probs, 1e-12, None))).sum(-1)
-    result: dict = {
-        "model": model.describe(),
-        "kind": model.config.kind,
-        "n_pairs": n,
-        "accuracy": float(s.correct.mean()) if n else float("nan"),
-        "mean_margin": float(s.margin.mean()) if n else float("nan"),
-        "expert_utilization": utilization.round(6).tolist(),
-        "expert_load": s.routing.mean(0).round(6).tolist() if n else [0.0] * k,
-        "routing_entropy": float(ent.mean()) if n else float("nan"),
-        "routing_entropy_normalized": float(ent.mean() / np.log(k)) if n and k > 1 else 0.0,
-        "active_experts_per_pair": float(active.sum(-1).mean()) if n else 0.0,
-        "coactivation": co.round(6).tolist(),
-        "expert_accuracy": s.expert_correct.mean(0).round(6).tolist() if n else [0.0] * k,
-        "per_group": {},
-        "routing_nmi": None,
-        "routing_purity": None,
-        "per_expert_group_accuracy": {},
-        "group_expert_counts": {},
-    }
+    credit = s.credit
+    distinct = distinct_experts(s) if n else k
+    identical = distinct <= 1
+    routes = model.config.kind in ROUTED_KINDS and k > 1 and not identical
+    ev = Evaluation(
+        model=model.describe(),
+        kind=model.config.kind,
+        n_pairs=n,
+        accuracy=float(credit.mean()) if n else float("nan"),
+        ties=int(s.tie.sum()),
+        accuracy_ci=[round(x, 4) for x in wilson_interval(float(credit.sum()), n)],
+        mean_margin=float(s.margin.mean()) if n else float("nan"),
+        expert_utilization=utilization.round(6).tolist(),
+        expert_load=s.routing.mean(0).round(6).tolist() if n else [0.0] * k,
+        routing_entropy=float(ent.mean()) if n else float("nan"),
+        routing_entropy_normalized=float(ent.mean() / np.log(k)) if n and k > 1 else 0.0,
+        active_experts_per_pair=float(active.sum(-1).mean()) if n else 0.0,
+        coactivation=co.round(6).tolist(),
+        expert_accuracy=s.expert_correct.mean(0).round(6).tolist() if n else [0.0] * k,
+        distinct_experts=distinct,
+        experts_identical=identical,
+        routing="routed" if routes else ONE_EXPERT,
+    )
     if groups is not None and n:
         for g in sorted(set(groups)):
             m = groups == g
-            result["per_group"][g] = {"accuracy": float(s.correct[m].mean()), "n": int(m.sum())}
-            result["group_expert_counts"][g] = np.bincount(top[m], minlength=k).tolist()
-        result["routing_nmi"] = normalized_mutual_information(top, groups) if k > 1 else 0.0
-        result["routing_purity"] = routing_purity(top, groups) if k > 1 else None
+            ev.per_group[g] = {
+                "accuracy": float(credit[m].mean()),
+                "n": int(m.sum()),
+                "ci": [round(x, 4) for x in wilson_interval(float(credit[m].sum()), int(m.sum()))],
+            }
+            ev.group_expert_counts[g] = np.bincount(top[m], minlength=k).tolist()
+        if routes:
+            ev.routing_nmi = normalized_mutual_information(top, groups)
+            ev.routing_purity = routing_purity(top, groups)
         for e in range(k):
-            result["per_expert_group_accuracy"][str(e)] = {
+            ev.per_expert_group_accuracy[str(e)] = {
                 g: float(s.expert_correct[groups == g, e].mean()) for g in sorted(set(groups))
             }
-    if diagnostics:
-        result["diagnostics"] = specialization_diagnostics(model, features, s, router)
-    return result
-
-
-# ----------------------------------------------------------------------------- specialization diagnostics
-
-DIAGNOSTIC_FOLDS = 5
-DIAGNOSTIC_MAX_PAIRS = 5000
-MIN_GROUP_PAIRS = 5  # groups with fewer pairs than this are left out of the probes
-
-
-def _folds(features: PairFeatures, rows: np.ndarray, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Cross-validation folds that keep all pairs of one prompt on one side."""
-    from sklearn.model_selection import GroupKFold
-
-    prompts = [features.pairs[i].prompt for i in rows]
-    _, prompt_ids = np.unique(prompts, return_inverse=True)
-    n = min(n_folds, len(np.unique(prompt_ids)))
-    if n < 2:
-        return []
-    return list(GroupKFold(n_splits=n).split(rows, groups=prompt_ids))
-
-
-@torch.no_grad()
-def specialization_diagnostics(
-    model: SparseMoERewardModel,
-    features: PairFeatures,
-    scores: PairScores,
-    router: RouterData | None = None,
-    seed: int = 0,
-) -> dict:
-    """Where specialization fails: in what the router can see, or in what training found.
-
-    - ``contingency``: group x expert counts of each pair's top-1 expert.
-    - ``router_probe_nmi`` / ``router_probe_accuracy``: a *supervised* linear router (multinomial logistic
-      regression, given the groups) on the same standardized router inputs, cross-validated over prompts
-      (5 folds): the NMI it reaches is the ceiling that unsupervised routing could reach with this input.
-    - ``oracle_routing_accuracy``: one Bradley-Terry head per group on the experts' inputs, the group given
-      at test time, cross-validated the same way: what the experts' inputs allow with perfect routing.
-    - ``discovery_efficiency``: routing NMI / probe NMI (1 = training found all the probe can see).
-    Values are None where they do not apply (no groups, one expert, no router, too few pairs).
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    groups = groups_of(features)
-    out: dict = {
-        "contingency": {},
-        "router_probe_nmi": None,
-        "router_probe_accuracy": None,
-        "oracle_routing_accuracy": None,
-        "discovery_efficiency": None,
-        "pairs": 0,
-        "folds": 0,
-    }
-    if groups is None or not len(features):
-        return out
-    k = model.num_experts
-    top = scores.top_expert
-    for g in sorted(set(groups)):
-        out["contingency"][g] = np.bincount(top[groups == g], minlength=k).tolist()
-    names, counts = np.unique(groups, return_counts=True)
-    keep = set(names[counts >= MIN_GROUP_PAIRS])
-    rows = np.flatnonzero([g in keep for g in groups])
-    if len(keep) < 2:
-        return out
-    if len(rows) > DIAGNOSTIC_MAX_PAIRS:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, DIAGNOSTIC_MAX_PAIRS, replace=False))
-    folds = _folds(features, rows, DIAGNOSTIC_FOLDS)
-    if not folds:
-        return out
-    y = groups[rows]
-    out["pairs"], out["folds"] = int(len(rows)), len(folds)
-    diff = ((features.chosen[rows] - features.rejected[rows]) / model.response_scale.numpy()).astype(
-        np.float64
+    ev.diagnostics = specialization_diagnostics(
+        model, features, top, ev.routing_nmi, train_features, probes=diagnostics
     )
-    correct = np.zeros(len(rows), bool)
-    for fit_idx, test_idx in folds:
-        for g in np.unique(y[test_idx]):
-            fit_g = fit_idx[y[fit_idx] == g]
-            test_g = test_idx[y[test_idx] == g]
-            if not len(fit_g):
-                continue
-            x = np.concatenate([diff[fit_g], -diff[fit_g]])
-            t = np.r_[np.ones(len(fit_g)), np.zeros(len(fit_g))]
-            head = LogisticRegression(C=1.0, fit_intercept=False, max_iter=300).fit(x, t)
-            correct[test_g] = diff[test_g] @ head.coef_[0] > 0
-    out["oracle_routing_accuracy"] = float(correct.mean())
-    if model.config.kind in ("sparse", "dense", "micro") and k > 1:
-        router = router if router is not None else router_data(model, features)
-        x = model.router_features(router.batch(rows)).numpy().astype(np.float64)
-        predicted = np.empty(len(rows), dtype=object)
-        for fit_idx, test_idx in folds:
-            if len(np.unique(y[fit_idx])) < 2:
-                predicted[test_idx] = y[fit_idx][0]
-                continue
-            probe = LogisticRegression(C=1.0, max_iter=300).fit(x[fit_idx], y[fit_idx])
-            predicted[test_idx] = probe.predict(x[test_idx])
-        predicted = predicted.astype(str)
-        out["router_probe_nmi"] = normalized_mutual_information(predicted, y)
-        out["router_probe_accuracy"] = float((predicted == y).mean())
-        nmi = normalized_mutual_information(top[rows], y)
-        out["routing_nmi_probed_pairs"] = nmi
-        if out["router_probe_nmi"] > 1e-9:
-            out["discovery_efficiency"] = float(nmi / out["router_probe_nmi"])
-    return out
+    ev.specialization, ev.specialization_reason = specialization_verdict(
+        identical, ev.routing_nmi, ev.diagnostics, discovery
+    )
+    return ev
 
 
 def expert_agreement(scores: PairScores) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,14 +44,17 @@ STATS: dict[str, Stat] = {
         Stat(
             "accuracy",
             "Accuracy",
-            "Share of pairs on which the model's reward of the chosen response is above that of the rejected one "
-            "(0.5 is chance).",
+            "Share of pairs on which the model's reward of the chosen response is above that of the rejected one, "
+            "a tie (both scored alike) counting as half: 0.5 is chance, and a model that scores everything alike "
+            "reads 0.5, not 0.",
         ),
         Stat(
             "routing_nmi",
             "Routing NMI",
             "Normalized mutual information between each pair's top expert and its group: 0 when routing ignores "
-            "the groups, 1 when every group has experts of its own.",
+            "the groups, 1 when every group has experts of its own. On a few hundred pairs it is well above 0 by "
+            "chance alone: read it against its chance level (the mean NMI when the groups are shuffled), shown "
+            "beside it. Not reported when the experts are all alike (nothing is routed).",
         ),
         Stat(
             "routing_entropy_normalized",
@@ -85,8 +89,9 @@ DIAGNOSTICS: dict[str, Stat] = {
         Stat(
             "router_probe_nmi",
             "Router probe NMI",
-            "NMI reached by a cross-validated supervised linear probe that is given the groups and sees the same "
-            "router inputs: the ceiling that unsupervised routing could reach with this representation.",
+            "NMI reached by a supervised linear probe that is given the groups and sees the same router inputs, "
+            "cross-validated over the model's training pairs: the ceiling that unsupervised routing could reach "
+            "with this representation (read against its own chance level).",
         ),
         Stat(
             "router_probe_accuracy",
@@ -97,30 +102,66 @@ DIAGNOSTICS: dict[str, Stat] = {
         Stat(
             "oracle_routing_accuracy",
             "Oracle-routing accuracy",
-            "Pairwise accuracy of one reward head per group with the group given: what routing by the true "
-            "criterion would achieve.",
+            "Pairwise accuracy on the test pairs of one reward head per group, fitted on the training pairs, with "
+            "the group given: what routing by the true criterion would achieve. Shown beside one head fitted the "
+            "same way: if the group heads do not beat it, the groups do not prefer differently.",
         ),
         Stat(
             "discovery_efficiency",
             "Discovery efficiency",
-            "Routing NMI divided by the probe's NMI: the share of the discoverable group structure that "
-            "unsupervised training found (1 = all of it).",
+            "Routing NMI divided by the probe's NMI, at most 1, with a bootstrap interval: the share of the "
+            "discoverable group structure that unsupervised training found. Reported only when the probe rests on "
+            "enough training pairs and beats its own chance level.",
         ),
     )
 }
 
 
-def headline_values(ev: dict) -> dict[str, float | int | None]:
-    """The STATS values of one `analysis.evaluate` result."""
+def headline_values(ev) -> dict[str, Any]:
+    """The STATS values of one evaluation (an `Evaluation`, or its JSON from a saved metrics.json), with
+    what a reader needs beside them: the accuracy's interval and ties, the NMI's chance level."""
     used = np.asarray(ev.get("expert_utilization") or [], dtype=float)
+    diag = ev.get("diagnostics") or {}
     return {
         "accuracy": ev.get("accuracy"),
+        "accuracy_ci": ev.get("accuracy_ci"),
+        "ties": ev.get("ties"),
         "routing_nmi": ev.get("routing_nmi"),
+        "routing_nmi_null": diag.get("routing_nmi_null"),
+        "routing_nmi_p": diag.get("routing_nmi_p"),
+        "routing": ev.get("routing"),
         "routing_entropy_normalized": ev.get("routing_entropy_normalized"),
         "experts_in_use": int((used > 0.01).sum()),
         "active_experts_per_pair": ev.get("active_experts_per_pair"),
         "routing_purity": ev.get("routing_purity"),
     }
+
+
+def chance_note(key: str, values: dict) -> str:
+    """What a headline value is read against: '95% 0.55-0.67' for an accuracy, 'chance 0.031, p 0.001' for
+    a routing NMI, 'one expert (no specialization found)' when there is no NMI because nothing is routed."""
+    if key == "accuracy":
+        ci, ties = values.get("accuracy_ci"), values.get("ties")
+        note = f"95% {ci[0]:.2f}-{ci[1]:.2f}" if ci else ""
+        return note + (f"; {ties} ties as half" if ties else "")
+    if key == "routing_nmi":
+        if values.get("routing_nmi") is None:
+            routing = values.get("routing")
+            return routing if routing and routing != "routed" else ""
+        if values.get("routing_nmi_null") is None:
+            return ""
+        significant = (values.get("routing_nmi_p") or 1.0) < 0.05
+        return f"chance {values['routing_nmi_null']:.3f}, p {values['routing_nmi_p']:.3f}" + (
+            "" if significant else ": not beyond chance"
+        )
+    return ""
+
+
+def verdict_of(ev) -> tuple[str, str] | None:
+    """(verdict, reason) of an evaluation or a saved metrics.json's "test" (None for older files)."""
+    if not ev or not ev.get("specialization"):
+        return None
+    return ev.get("specialization"), ev.get("specialization_reason") or ""
 
 
 def diagnostics_of(metrics_or_eval: dict | None) -> dict | None:
@@ -135,8 +176,9 @@ def diagnostics_of(metrics_or_eval: dict | None) -> dict | None:
 
 def training_story(metrics: dict | None) -> list[str]:
     """How training found the experts, in plain sentences, from a saved model's metrics.json: what the
-    router reads and why, whether the prompt predicted the preference, how the experts started, and which
-    checkpoint was kept. Empty for kinds without discovery (or metrics from older versions)."""
+    router reads and why, what discovery decided and on what evidence, how the experts started, and which
+    checkpoint was kept. Nothing is claimed that was not tested. Empty for kinds without discovery (or
+    metrics from older versions)."""
     if not metrics:
         return []
     disc = metrics.get("discovery") or {}
@@ -155,46 +197,56 @@ def training_story(metrics: dict | None) -> list[str]:
                 + ", ".join(f"{k} {v:.3f}" for k, v in sorted(best.items(), key=lambda kv: kv[1]))
                 + ")"
             )
+        elif disc.get("router_input_reason"):
+            line += f" ({disc['router_input_reason']})"
         lines.append(line + ".")
     free = disc.get("context_free_loss")
-    helps = disc.get("context_helps")
-    if helps is False:
-        lines.append(
-            "The prompt did not predict the preference on validation pairs beyond what every prompt shares"
-            + (f" (context-free loss {free:.3f})" if isinstance(free, (int, float)) else "")
-            + ": every expert started as the single-head model, and training had to earn any "
-            "specialization on the validation loss."
+    if disc.get("decision") == "single head" or disc.get("warm_start") == "global":
+        reason = (
+            disc.get("decision_reason")
+            or disc.get("clusters_rejected")
+            or (
+                "the prompt did not predict the preference on validation pairs beyond what every prompt shares"
+                if disc.get("context_helps") is False
+                else "no routed start was kept"
+            )
         )
-    elif disc.get("clusters_rejected"):
         lines.append(
-            "The prompt predicts the preference beyond what every prompt shares, but "
-            f"{disc['clusters_rejected']}: every expert started as the single-head model."
+            f"Every expert is the single-head model, because {reason}: this sparse model is the `single` "
+            "baseline and claims no specialization."
         )
-    elif disc.get("warm_start") == "clusters":
+        return lines
+    if disc.get("warm_start") == "clusters":
         sizes = [n for n in disc.get("cluster_sizes") or [] if n]
         line = (
-            "The prompt predicts the preference beyond what every prompt shares"
-            + (
-                f" (validation loss {min(best.values()):.3f} vs {free:.3f} context-free)"
-                if losses and isinstance(free, (int, float)) and best
-                else ""
-            )
-            + f": the experts started from {disc.get('clusters', len(sizes))} groups of preference codes"
+            "The experts started from "
+            + f"{disc.get('clusters', len(sizes))} groups of preference codes"
             + (f" (training pairs per group: {', '.join(str(n) for n in sizes)})" if sizes else "")
         )
         if disc.get("head_anchor"):
             line += f", each head shrunk toward the {disc['head_anchor']} (penalty {disc.get('head_l2')})"
         lines.append(line + ".")
-    if disc.get("warm_start"):
+        if disc.get("decision_reason"):
+            lines.append(f"The routed start was kept: {disc['decision_reason']}.")
+        elif losses and isinstance(free, (int, float)) and best:  # (metrics from before the test existed)
+            lines.append(
+                f"The prompt predicted the preference on validation pairs (validation loss {min(best.values()):.3f} "
+                f"vs {free:.3f} context-free)."
+            )
+        has_validation = any(k.startswith("val_") for k in (metrics.get("history") or [{}])[0])
         if disc.get("kept_warm_start") or metrics.get("best_epoch") == 0:
             lines.append(
-                "The kept checkpoint is the warm start (epoch 0): no later epoch beat it on validation "
-                "loss by more than one standard error."
+                "The kept checkpoint is the warm start (epoch 0)"
+                + (f": {disc['kept_warm_start']}." if disc.get("kept_warm_start") else ".")
             )
         elif metrics.get("best_epoch") is not None:
             lines.append(
                 f"The kept checkpoint is epoch {metrics['best_epoch']} of {metrics.get('epochs_run', '?')}, "
-                "the lowest validation loss of the run."
+                + (
+                    "the lowest validation loss of the run, beyond the bar for the epochs compared."
+                    if has_validation
+                    else "the lowest training loss of the run (there were no validation pairs)."
+                )
             )
     return lines
 

@@ -88,7 +88,7 @@ from ..embed.features import PairFeatures
 from ..embed.pairs import load_features_or_pairs
 from ..evaluate.describe import describe_experts
 from ..evaluate.metrics import evaluate
-from ..model.moe import MODEL_KINDS, ModelConfig, SparseMoERewardModel
+from ..model.moe import MODEL_KINDS, ModelConfig
 from ..personalize.adapters import (
     ADAPTERS,
     expert_margins_for,
@@ -99,7 +99,8 @@ from ..personalize.adapters import (
     select_next,
     weight_shift,
 )
-from ..train.loop import TrainConfig, train_model
+from ..train.config import TrainConfig
+from ..train.loop import TrainResult, train_model
 
 DEFAULT_KINDS = ("sparse", "dense", "single", "drm")
 DEFAULT_SHOTS = (0, 1, 2, 4, 8, 16, 32)
@@ -447,8 +448,9 @@ def shift_report(
 
 def _train(
     kind: str, seed: int, parts: dict[str, PairFeatures], cfg: ExperimentConfig, metadata: dict
-) -> tuple[SparseMoERewardModel, float]:
+) -> TrainResult:
     overrides = {k: getattr(cfg, k) for k in ("epochs", "min_steps") if getattr(cfg, k) is not None}
+    overrides["split_by"] = cfg.split_by  # cross-validation folds keep the split's units together
     mcfg = ModelConfig(
         kind=kind,
         input_dim=parts["train"].dim,
@@ -457,10 +459,9 @@ def _train(
         backbone=dict(metadata),
         router_input=cfg.router_input,
     )
-    result = train_model(
+    return train_model(
         parts["train"], parts["validation"], mcfg, TrainConfig.for_kind(kind, seed=seed, **overrides)
     )
-    return result.model, result.seconds
 
 
 def _merge(into: dict, part: dict) -> None:
@@ -562,14 +563,27 @@ def run_experiment(
             if len(parts["train"]) < 2:
                 continue
             held_out = parts["test"] if len(parts["test"]) else parts["validation"]
+            train_pool = pool_feats.subset(
+                list(splits.train) + list(splits.validation) if len(parts["test"]) else list(splits.train)
+            )
             _merge(row["oracle"], oracle_curve(parts["train"], user_feats, users, cfg, seed))
             for kind in cfg.kinds:
                 bar.set_postfix_str(f"seed {seed} fold {f_no} {kind}")
                 say(f"seed {seed + 1}/{cfg.seeds}, fold {f_no + 1}/{len(protocol.folds)}: training {kind}")
-                model, seconds = _train(kind, seed, parts, cfg, features.metadata)
-                train_s[kind].append(seconds)
-                ev = evaluate(model, held_out, diagnostics=cfg.diagnostics)
+                trained = _train(kind, seed, parts, cfg, features.metadata)
+                model = trained.model
+                train_s[kind].append(trained.seconds)
+                discovery = trained.discovery.to_dict()
+                ev = evaluate(
+                    model,
+                    held_out,
+                    diagnostics=cfg.diagnostics,
+                    train_features=train_pool,
+                    discovery=discovery,
+                ).to_dict()
                 ev["router_input"] = model.config.router_input  # resolved: what "auto" chose on validation
+                ev["decision"] = discovery.get("decision")
+                ev["checkpoint_untrained"] = trained.untrained is not None
                 t1 = time.perf_counter()
                 train_margins, _ = expert_margins_for(model, parts["train"])
                 scale = margin_scale_for(train_margins) if cfg.margin_scale else None
@@ -628,9 +642,15 @@ def _fold_mean(values) -> float | None:
 
 
 DIAGNOSTIC_KEYS = (
+    "routing_nmi_null",
+    "routing_nmi_null_p95",
+    "routing_nmi_p",
     "router_probe_nmi",
     "router_probe_accuracy",
+    "router_probe_p",
     "oracle_routing_accuracy",
+    "pooled_head_accuracy",
+    "oracle_gain_p",
     "discovery_efficiency",
 )
 
@@ -660,6 +680,16 @@ def summarize(
                 for g in groups
             },
             "routing_nmi": stat(_fold_mean(e["routing_nmi"] for e in es) for es in evals),
+            "routing_nmi_significant": sum(
+                1
+                for es in evals
+                for e in es
+                if ((e.get("diagnostics") or {}).get("routing_nmi_p") or 1.0) < 0.05
+            ),  # runs (seeds x folds) whose routing NMI beat its permutation null at p < 0.05
+            "ties": int(sum(e.get("ties", 0) for es in evals for e in es)),
+            "specialization": [e.get("specialization") for es in evals for e in es],  # per seed (and fold)
+            "decisions": [e.get("decision") for es in evals for e in es],
+            "untrained_runs": sum(1 for es in evals for e in es if e.get("checkpoint_untrained")),
             "expert_utilization": [round(float(x), 6) for x in util],
             "personalization": {
                 a: {
@@ -778,46 +808,69 @@ def results_markdown(results: dict) -> str:
         f"## Models (held-out test split of the training pairs, split by {split}; "
         "about {} test pairs per seed)".format(next(iter(models.values())).get("n_test_pairs", "?"))
     )
+    runs = cfg["seeds"]
+
+    def nmi_cell(m: dict) -> str:
+        if m["routing_nmi"].get("mean") is None:
+            return "– (one expert or no router)"
+        null = m.get("diagnostics", {}).get("routing_nmi_null", {})
+        return (
+            f"{_fmt(m['routing_nmi'])} (chance {_fmt(null)}; p < 0.05 in {m.get('routing_nmi_significant', '?')} "
+            f"of {len(m.get('decisions') or []) or runs} runs)"
+        )
+
     parts.append(
         _table(
             [
                 "kind",
-                "accuracy",
-                "routing NMI",
+                "accuracy (ties = ½)",
+                "routing NMI (permutation chance)",
                 "router reads (per seed)",
+                "discovery decision (per seed)",
                 "expert utilization (top-1 share)",
             ],
             [
                 [
                     k,
-                    _fmt(m["accuracy"]),
-                    _fmt(m["routing_nmi"]),
+                    _fmt(m["accuracy"]) + (f" ({m['ties']} ties)" if m.get("ties") else ""),
+                    nmi_cell(m),
                     _router_inputs(m.get("router_inputs")),
+                    _router_inputs([d for d in m.get("decisions") or [] if d]),
                     " ".join(f"{u:.2f}" for u in m["expert_utilization"]),
                 ]
                 for k, m in models.items()
             ],
         )
     )
+    untrained = {k: m["untrained_runs"] for k, m in models.items() if m.get("untrained_runs")}
+    if untrained:
+        parts.append(
+            "**Untrained checkpoints:** "
+            + ", ".join(f"{k} in {n} run(s)" for k, n in untrained.items())
+            + " kept a checkpoint whose validation loss is not below log 2 (they learnt nothing that holds)."
+        )
+    verdicts = [v for m in models.values() for v in m.get("specialization") or [] if v]
+    if verdicts:
+        parts.append(
+            "**Heterogeneity verdict** (per model and run): " + _router_inputs(verdicts) + ". "
+            "routing: the prompt predicts the criterion; personalization: groups prefer differently on prompts "
+            "the router cannot tell apart; none: nothing detectable with this backbone."
+        )
     if any(
         m.get("diagnostics", {}).get("oracle_routing_accuracy", {}).get("mean") is not None
         for m in models.values()
     ):
         parts.append(
-            "## Specialization diagnostics (same test split; probes 5-fold cross-validated over prompts)\n\n"
-            "Router probe: a supervised linear router on the same router input, given the groups (the NMI "
-            "routing could reach). Oracle routing: one Bradley-Terry head per group, the group given. "
-            "Discovery efficiency: routing NMI / probe NMI."
+            "## Specialization diagnostics (same test split; probes fitted on the training pairs)\n\n"
+            "Routing NMI chance: mean and 95th percentile of the NMI with the groups shuffled, and the p-value. "
+            "Router probe: a supervised linear router on the same router input, given the groups, cross-validated "
+            "over the training pairs (the NMI routing could reach). Oracle routing: one Bradley-Terry head per "
+            "group fitted on the training pairs, the group given, beside one head fitted the same way. Discovery "
+            "efficiency: routing NMI / probe NMI (only where the probe beats its chance level)."
         )
         parts.append(
             _table(
-                [
-                    "kind",
-                    "router probe NMI",
-                    "router probe accuracy",
-                    "oracle-routing accuracy",
-                    "discovery efficiency",
-                ],
+                ["kind", *DIAGNOSTIC_KEYS],
                 [
                     [k] + [_fmt(m.get("diagnostics", {}).get(key)) for key in DIAGNOSTIC_KEYS]
                     for k, m in models.items()

@@ -38,6 +38,7 @@ from safetensors.numpy import load_file, save_file
 from scipy import sparse
 
 from ..core import atomic
+from ..core.numeric import column_moments
 from ..embed.backbone import Backbone, BackboneSpec
 from ..embed.cache import drop_broken_shard
 from ..embed.features import PairFeatures, default_cache_dir
@@ -274,14 +275,12 @@ class RouterData:
             if sparse.issparse(b):
                 m = np.asarray(b.mean(0)).reshape(-1)
                 sq = np.asarray(b.multiply(b).mean(0)).reshape(-1)
+                means.append(m)
+                stds.append(np.sqrt(np.maximum(sq - m.astype(np.float64) ** 2, 0.0)))
             else:  # in chunks: no float64 copy of the whole block (a million prompts at scale)
-                m, sq = np.zeros(b.shape[1]), np.zeros(b.shape[1])
-                for s in range(0, len(b), 65536):
-                    x = np.asarray(b[s : s + 65536], np.float64)
-                    m, sq = m + x.sum(0), sq + (x * x).sum(0)
-                m, sq = m / max(len(b), 1), sq / max(len(b), 1)
-            means.append(m)
-            stds.append(np.sqrt(np.maximum(sq - m.astype(np.float64) ** 2, 0.0)))
+                m, sd = column_moments(b)
+                means.append(m)
+                stds.append(sd)
         if not means:
             return np.zeros(0, np.float32), np.ones(0, np.float32)
         return np.concatenate(means).astype(np.float32), np.concatenate(stds).astype(np.float32)

@@ -24,7 +24,7 @@ from streamlit_server import Server
 
 from moe_reward.app import colors
 from moe_reward.app.pipeline import TrainRequest, train_from_data
-from moe_reward.train.loop import TrainConfig
+from moe_reward.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.browser

@@ -17,7 +17,7 @@ from moe_reward.app.pipeline import TrainRequest, train_from_data
 from moe_reward.evaluate import summary
 from moe_reward.evaluate.metrics import evaluate, score_pairs
 from moe_reward.model.moe import SparseMoERewardModel
-from moe_reward.train.loop import TrainConfig
+from moe_reward.train.config import TrainConfig
 
 streamlit = pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402

@@ -84,12 +84,23 @@ def check_shape(results: dict, kinds, adapters, shots):
             "diagnostics",
             "n_test_pairs",
             "router_inputs",
+            "routing_nmi_significant",
+            "ties",
+            "specialization",
+            "decisions",
+            "untrained_runs",
         }
         assert m["router_inputs"] and all(isinstance(x, str) and x != "auto" for x in m["router_inputs"])
         assert set(m["diagnostics"]) == {
+            "routing_nmi_null",
+            "routing_nmi_null_p95",
+            "routing_nmi_p",
             "router_probe_nmi",
             "router_probe_accuracy",
+            "router_probe_p",
             "oracle_routing_accuracy",
+            "pooled_head_accuracy",
+            "oracle_gain_p",
             "discovery_efficiency",
         }
         assert set(m["accuracy"]) == {"mean", "sd"}
@@ -278,7 +289,7 @@ def test_stat_and_config_validation():
 
 def test_personalize_and_describe_commands(features_file, tmp_path, capsys):
     from moe_reward.app.pipeline import TrainRequest, train_from_data
-    from moe_reward.train.loop import TrainConfig
+    from moe_reward.train.config import TrainConfig
 
     req = TrainRequest(
         data=str(features_file),

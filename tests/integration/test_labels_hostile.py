@@ -18,7 +18,7 @@ from moe_reward.app.pipeline import TrainRequest
 from moe_reward.app.workspace import ModelNameTaken, Workspace, model_problem
 from moe_reward.cli import main as cli_main
 from moe_reward.personalize.store import LabelStore
-from moe_reward.train.loop import TrainConfig
+from moe_reward.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "support" / "hostile_labels_driver.py"

@@ -17,7 +17,7 @@ from moe_reward.app.pipeline import TrainRequest, train_from_data
 from moe_reward.app.workspace import DEFAULT_MODEL, Workspace
 from moe_reward.data.pairs import PreferencePair
 from moe_reward.embed.features import PairFeatures
-from moe_reward.train.loop import TrainConfig
+from moe_reward.train.config import TrainConfig
 
 DIM = 384
 PERSONAS = {"brief": "terse-tess", "deep": "thorough-theo"}

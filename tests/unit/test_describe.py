@@ -21,7 +21,8 @@ from moe_reward.evaluate.describe import (
     save_descriptions,
 )
 from moe_reward.model.moe import ModelConfig
-from moe_reward.train.loop import TrainConfig, train_model
+from moe_reward.train.config import TrainConfig
+from moe_reward.train.loop import train_model
 
 DIM = 12
 

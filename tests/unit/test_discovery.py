@@ -13,7 +13,8 @@ from moe_reward.evaluate.metrics import evaluate, score_pairs
 from moe_reward.evaluate.summary import training_story
 from moe_reward.model import router_inputs
 from moe_reward.model.moe import ModelConfig
-from moe_reward.train.loop import TrainConfig, train_model
+from moe_reward.train.config import TrainConfig
+from moe_reward.train.loop import train_model
 
 DIM = 16
 TOPICS = [
@@ -102,21 +103,23 @@ def buried():
 
 def test_discovery_recovers_criteria_buried_in_topical_prompts_on_unseen_topics(buried):
     result = train(buried)
-    assert result.discovery["router_input"] in (
+    assert result.discovery.router_input in (
         "lexical",
         "pooled+lexical",
     )  # chosen on validation likelihood
-    assert result.discovery["warm_start"] == "clusters" and result.discovery["context_helps"] is True
-    ev = evaluate(result.model, buried["test"], diagnostics=True)
+    assert result.discovery.warm_start == "clusters" and result.discovery.context_helps is True
+    pool = PairFeatures.concat([buried["train"], buried["validation"]])  # the probes fit on training pairs
+    ev = evaluate(result.model, buried["test"], diagnostics=True, train_features=pool)
     assert ev["routing_nmi"] > 0.8, ev["routing_nmi"]
     assert ev["accuracy"] > 0.85
     d = ev["diagnostics"]
     assert d["router_probe_nmi"] > 0.9 and d["discovery_efficiency"] > 0.8
     assert d["oracle_routing_accuracy"] > 0.85
     assert sum(map(sum, d["contingency"].values())) == len(buried["test"])
-    story = training_story({"discovery": result.discovery, "best_epoch": result.best_epoch})
-    assert story[0].startswith(f"The router reads {result.discovery['router_input']}, chosen on validation")
-    assert "groups of preference codes" in story[1] and "checkpoint" in story[2]
+    story = training_story({"discovery": result.discovery.to_dict(), "best_epoch": result.best_epoch})
+    assert story[0].startswith(f"The router reads {result.discovery.router_input}, chosen on validation")
+    assert "groups of preference codes" in story[1] and "held-out folds" in story[2]
+    assert "checkpoint" in story[3]
     # The pooled embedding is the topic: a router reading only it cannot find the criteria on new topics.
     pooled = train(buried, router_input="pooled")
     assert evaluate(pooled.model, buried["test"])["routing_nmi"] < 0.3
@@ -139,22 +142,29 @@ def test_no_context_signal_starts_every_expert_as_the_shared_head():
     """Labels that ignore the prompt: discovery says so and the sparse model is a single head at start."""
     parts = topic_split(global_preference_data())
     result = train(parts)
-    assert result.discovery["context_helps"] is False and result.discovery["warm_start"] == "global"
+    assert result.discovery.context_helps is False and result.discovery.warm_start == "global"
     assert any(
-        "started as the single-head model" in line
-        for line in training_story({"discovery": result.discovery, "best_epoch": result.best_epoch})
+        "Every expert is the single-head model, because the prompt did not predict the preference" in line
+        for line in training_story({"discovery": result.discovery.to_dict(), "best_epoch": result.best_epoch})
     )
     single = train(parts, kind="single", experts=1)
     acc = evaluate(result.model, parts["test"])["accuracy"]
     assert acc >= evaluate(single.model, parts["test"])["accuracy"] - 0.02
 
 
-def test_checkpoint_is_the_best_validation_loss_of_the_run(buried):
+def test_checkpoint_is_the_best_validation_loss_of_the_run_or_the_warm_start_within_the_bar(buried):
+    """A later epoch replaces the warm start only if its per-pair validation gain passes the Bonferroni bar
+    for the epochs compared; otherwise the warm start stays, and it is no materially worse than the best."""
     for parts in (buried, topic_split(buried_cue_data(pairs_per_topic_and_pole=3, seed=2))):
         result = train(parts, epochs=20)
         losses = [row["val_loss"] for row in result.history]
-        assert result.final["val_loss"] <= 1.1 * min(losses)
         assert result.history[0]["epoch"] == 0  # the warm start is a candidate
+        assert result.final["val_loss"] <= min(losses) + 0.01
+        test = result.discovery.checkpoint_test
+        if result.best_epoch == 0 and min(losses) < losses[0]:
+            assert test is not None and not test["significant"] and test["candidates"] == len(losses) - 1
+        elif result.best_epoch:
+            assert test is not None and test["significant"] and result.final["val_loss"] == min(losses[1:])
 
 
 def test_lexical_channel_is_saved_with_the_model(buried, tmp_path):
@@ -240,11 +250,18 @@ def test_attention_router_attends_to_the_cue_token(token_world, monkeypatch):
     on_cue = w[np.arange(len(at)), at]
     elsewhere = (w.sum(1) - on_cue) / 12
     assert on_cue.mean() > 3 * elsewhere.mean(), (on_cue.mean(), elsewhere.mean())
-    # The pooled prompt vector holds only topic words: routing on it cannot beat chance on new prompts;
-    # attending to the cue does (the learned attention is imperfect: see the README's router inputs).
+    # The pooled prompt vector holds only topic words: routing on it cannot beat chance on new prompts.
+    # The learned attention finds the cue, but on 288 training pairs its routed start does not beat one head
+    # on held-out folds (see the README's router inputs), so the model stays the single baseline: it pays
+    # nothing for experts it could not show.
     pooled = train(parts, router_input="pooled", experts=2)
     assert evaluate(pooled.model, test)["accuracy"] < 0.6
-    assert evaluate(model, test)["accuracy"] > 0.62
+    single = train(parts, kind="single", experts=1)
+    if result.discovery.decision == "single head":
+        assert "held-out folds" in (result.discovery.decision_reason or "")
+        assert evaluate(model, test)["accuracy"] == evaluate(single.model, test)["accuracy"]
+    else:
+        assert evaluate(model, test)["accuracy"] > 0.62
 
 
 def test_more_experts_than_criteria_keeps_one_expert_per_criterion(buried):
@@ -253,28 +270,45 @@ def test_more_experts_than_criteria_keeps_one_expert_per_criterion(buried):
     keep = {"length:0", "length:1", "format:0", "format:1"}
     parts = {n: f.subset([i for i, p in enumerate(f.pairs) if p.group in keep]) for n, f in buried.items()}
     result = train(parts, experts=8)
-    assert result.discovery["clusters"] < 8
+    assert result.discovery.clusters < 8
     ev = evaluate(result.model, parts["test"])
     assert ev["routing_nmi"] > 0.9 and ev["accuracy"] > 0.9
-    assert sum(u > 0 for u in ev["expert_utilization"]) == result.discovery["clusters"]
+    assert sum(u > 0 for u in ev["expert_utilization"]) == result.discovery.clusters
 
 
-def test_a_routed_warm_start_that_does_not_beat_one_head_on_validation_is_dropped(buried):
-    """Clusters that do not carry over to validation prompts (here: heads scrambled after discovery) give way
-    to the single-head start; the good clusters of the buried-cue data are kept (warm_start 'clusters' in the
-    discovery test above)."""
-    from moe_reward.train.loop import _keep_clusters_only_if_better
+def test_a_routed_start_must_beat_one_head_on_held_out_folds(buried):
+    """The routed start is kept only if, refitted on folds of the training pairs, it beats one head on the
+    held-out fold beyond the Bonferroni bar: the buried cues pass; the same configuration on labels that
+    ignore the prompt does not, and the sparse model is then exactly the single baseline."""
+    from moe_reward.train.discovery import RoutedStart, cross_validate_routing
+    from moe_reward.model.router_inputs import fit_lexical
 
-    model = train(buried).model
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        model.head.copy_(torch.randn(model.head.shape, generator=gen) * 3)
-    report = {"warm_start": "clusters"}
-    cfg = TrainConfig.for_kind("sparse", epochs=10, min_steps=60, seed=0)
-    _keep_clusters_only_if_better(model, buried["train"], buried["validation"], cfg, report)
-    assert report["warm_start"] == "global" and "did not beat the single head" in report["clusters_rejected"]
-    assert torch.allclose(model.head, model.head[:1].expand_as(model.head))  # every expert is the one head
-    assert any(
-        "every expert started as the single-head model" in line
-        for line in training_story({"discovery": {**report, "context_helps": True}, "best_epoch": 0})
+    result = train(buried)
+    d = result.discovery
+    assert d.decision == "routed" and d.cv["significant"] and d.cv["gain"] > d.cv["z"] * d.cv["se"]
+    assert d.cv["candidates"] == len(d.counts_tried) * 3  # three router inputs compared on validation
+    start = RoutedStart(d.router_input, d.l2, d.clusters, d.head_anchor, d.head_l2)
+    cfg = TrainConfig.for_kind("sparse", seed=0)
+    vocabulary, idf = fit_lexical([p.prompt for p in buried["train"].pairs])
+    model_config = ModelConfig(kind="sparse", input_dim=DIM, num_experts=6, top_k=1)
+    noise = topic_split(global_preference_data())["train"]
+    nv, nidf = fit_lexical([p.prompt for p in noise.pairs])
+    test = cross_validate_routing(model_config, start, noise, nv, nidf, cfg, candidates=d.cv["candidates"])
+    assert not test.significant and test.gain < test.z * test.se
+    again = cross_validate_routing(
+        model_config, start, buried["train"], vocabulary, idf, cfg, d.cv["candidates"]
     )
+    assert again.significant
+
+
+def test_a_sparse_model_that_finds_no_experts_is_the_single_baseline():
+    parts = topic_split(global_preference_data())
+    sparse = train(parts)
+    assert sparse.discovery.decision == "single head" and sparse.discovery.decision_reason
+    single = train(parts, kind="single", experts=1)
+    heads = sparse.model.head
+    assert torch.equal(heads, single.model.head.expand_as(heads))  # every expert is the single head
+    a, b = score_pairs(sparse.model, parts["test"]), score_pairs(single.model, parts["test"])
+    assert np.allclose(a.margin, b.margin, atol=1e-6)
+    story = training_story({"discovery": sparse.discovery.to_dict(), "best_epoch": sparse.best_epoch})
+    assert any("single" in line for line in story)

@@ -6,15 +6,9 @@ from moe_reward.data.pairs import PreferencePair
 from moe_reward.embed.features import PairFeatures
 from moe_reward.evaluate.metrics import evaluate, normalized_mutual_information, score_pairs
 from moe_reward.model.moe import MODEL_KINDS, ModelConfig, SparseMoERewardModel, top_k_gate
-from moe_reward.train.loop import (
-    TrainConfig,
-    TrainingDiverged,
-    balance_loss,
-    diversity_loss,
-    mixture_loss,
-    sparsity_loss,
-    train_model,
-)
+from moe_reward.train.config import TrainConfig
+from moe_reward.train.loop import TrainingDiverged, train_model
+from moe_reward.train.objective import balance_loss, diversity_loss, mixture_loss, sparsity_loss
 
 
 def planted_features(n=600, d=8, groups=3, seed=0, noise=0.1) -> PairFeatures:
