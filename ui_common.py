@@ -26,7 +26,7 @@ from moe_reward.app.workspace import DataFile, Workspace, default_root, file_id,
 from moe_reward.embed.backbone import BackboneSpec
 from moe_reward.embed.features import PairFeatures
 from moe_reward.evaluate import summary
-from moe_reward.evaluate.metrics import PairScores, evaluate, groups_of, score_pairs
+from moe_reward.evaluate.metrics import Evaluation, PairScores, evaluate, groups_of, score_pairs
 from moe_reward.model.moe import SparseMoERewardModel, load_metrics
 from moe_reward.personalize.store import LabelStore
 
@@ -137,7 +137,7 @@ def _scores(
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _evaluation(model_fid: str, data_fid: str, _model, _features, _scores) -> dict:
+def _evaluation(model_fid: str, data_fid: str, _model, _features, _scores) -> Evaluation:
     return evaluate(_model, _features, _scores)
 
 
@@ -154,7 +154,9 @@ def _relation(
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def _scope_evaluation(model_fid: str, data_fid: str, scope: str, _model, _features, _scores, _index) -> dict:
+def _scope_evaluation(
+    model_fid: str, data_fid: str, scope: str, _model, _features, _scores, _index
+) -> Evaluation:
     return evaluate(_model, _features.subset(_index), _scores.subset(_index))
 
 
@@ -215,7 +217,7 @@ class Context:
         return _scores(self.model_fid, self.data_fid, self.model, self.features)
 
     @property
-    def evaluation(self) -> dict:
+    def evaluation(self) -> Evaluation:
         """Statistics on all pairs of the file (training pairs included when it is the training data)."""
         return _evaluation(self.model_fid, self.data_fid, self.model, self.features, self.scores)
 
@@ -231,7 +233,7 @@ class Context:
             self.features,
         )
 
-    def scope_evaluation(self, key: str | None = None) -> tuple[summary.Scope, dict]:
+    def scope_evaluation(self, key: str | None = None) -> tuple[summary.Scope, Evaluation]:
         """(scope, statistics on it); the headline scope (held-out test split when there is one) by default."""
         scope = self.relation.scope(key) if key else self.relation.headline
         if scope.key == "all":

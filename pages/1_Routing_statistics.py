@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
-from moe_reward.evaluate.metrics import evaluate
+from moe_reward.evaluate.metrics import Evaluation, evaluate
 
 ui.page_header(
     "Routing statistics",
@@ -86,7 +86,7 @@ if not len(idx):
 @st.cache_resource(show_spinner=False, max_entries=32)
 def filtered_evaluation(
     model_fid: str, data_fid: str, filters: tuple, _model, _features, _scores, _idx
-) -> dict:
+) -> Evaluation:
     """Statistics of the filtered pairs, cached per filter setting (a rerun recomputes nothing)."""
     return evaluate(_model, _features.subset(_idx), _scores.subset(_idx))
 

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
-from moe_reward.evaluate.metrics import disagreements, evaluate, score_pairs
+from moe_reward.evaluate.metrics import Evaluation, disagreements, evaluate, score_pairs
 
 ui.page_header(
     "Compare models",
@@ -42,7 +42,9 @@ if b_features.dim != b_model.config.input_dim or [p.id for p in b_features.pairs
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def scored_subset(model_fid: str, data_fid: str, scope: str, _model, _features, _scores, _index) -> dict:
+def scored_subset(
+    model_fid: str, data_fid: str, scope: str, _model, _features, _scores, _index
+) -> Evaluation:
     return evaluate(_model, _features.subset(_index), _scores.subset(_index))
 
 

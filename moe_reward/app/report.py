@@ -27,6 +27,7 @@ import numpy as np
 
 from ..core.atomic import write_text
 from ..evaluate import summary
+from ..evaluate.metrics import Evaluation
 from .colors import NEUTRAL, expert_color
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html"
@@ -66,7 +67,7 @@ def _swatch(k: int) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
-def _utilization_figure(ev: dict, k: int, scope: summary.Scope):
+def _utilization_figure(ev: Evaluation, k: int, scope: summary.Scope):
     import plotly.graph_objects as go
 
     names = [f"E{e}" for e in range(k)]
@@ -186,7 +187,7 @@ def _headline_cards(values: dict, scope: summary.Scope, k: int) -> str:
     return "".join(cards)
 
 
-def _experts_table(descriptions: list, ev: dict, scores, k: int) -> str:
+def _experts_table(descriptions: list, ev: Evaluation, scores, k: int) -> str:
     by = {d.expert: d for d in descriptions}
     routed = scores.routing > 0
     rows = []

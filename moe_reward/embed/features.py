@@ -104,7 +104,9 @@ class PairFeatures:
         if not parts:
             raise ValueError("concat needs at least one PairFeatures")
         return cls(
-            *(np.concatenate([getattr(p, k) for p in parts]) for k in ("prompt", "chosen", "rejected")),
+            np.concatenate([p.prompt for p in parts]),
+            np.concatenate([p.chosen for p in parts]),
+            np.concatenate([p.rejected for p in parts]),
             [pair for p in parts for pair in p.pairs],
             dict(parts[0].metadata),
         )

@@ -105,6 +105,7 @@ def nmi_null(
     rng = np.random.default_rng(seed)
     permutations = max(200, min(permutations, MAX_NULL_CELLS // max(n, 1)))
     by_unit = False
+    unit_group = ui = np.zeros(0, np.int64)
     if units is not None and n:
         _, ui = np.unique(np.asarray(units), return_inverse=True)
         unit_group = np.full(ui.max() + 1, -1)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..embed.features import PairFeatures
+from .metrics import Evaluation
 
 MAX_SPLIT_FILE_BYTES = 512 * 1024 * 1024  # split_ids.json: bounded before it is read
 TOO_FEW_PAIRS = 30  # below this a held-out accuracy means little (binomial sd > 0.09)
@@ -117,7 +118,7 @@ DIAGNOSTICS: dict[str, Stat] = {
 }
 
 
-def headline_values(ev) -> dict[str, Any]:
+def headline_values(ev: dict | Evaluation) -> dict[str, Any]:
     """The STATS values of one evaluation (an `Evaluation`, or its JSON from a saved metrics.json), with
     what a reader needs beside them: the accuracy's interval and ties, the NMI's chance level."""
     used = np.asarray(ev.get("expert_utilization") or [], dtype=float)
@@ -157,14 +158,15 @@ def chance_note(key: str, values: dict) -> str:
     return ""
 
 
-def verdict_of(ev) -> tuple[str, str] | None:
+def verdict_of(ev: dict | Evaluation | None) -> tuple[str, str] | None:
     """(verdict, reason) of an evaluation or a saved metrics.json's "test" (None for older files)."""
-    if not ev or not ev.get("specialization"):
+    verdict = ev.get("specialization") if ev else None
+    if not verdict:
         return None
-    return ev.get("specialization"), ev.get("specialization_reason") or ""
+    return str(verdict), str((ev or {}).get("specialization_reason") or "")
 
 
-def diagnostics_of(metrics_or_eval: dict | None) -> dict | None:
+def diagnostics_of(metrics_or_eval: dict | Evaluation | None) -> dict | None:
     """The diagnostics dict of an evaluation or of a saved model's metrics.json, if there is one."""
     if not metrics_or_eval:
         return None

@@ -134,7 +134,10 @@ def _projector(
         if sparse.issparse(sub):
             coo = sub.tocoo()
             t = torch.sparse_coo_tensor(
-                np.vstack([coo.row, coo.col]), coo.data.astype(np.float32), coo.shape, check_invariants=False
+                torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)),
+                torch.from_numpy(coo.data.astype(np.float32)),
+                coo.shape,
+                check_invariants=False,
             ).coalesce()
         else:
             t = torch.from_numpy(np.ascontiguousarray(sub, dtype=np.float32))
@@ -232,8 +235,11 @@ def kmeans(x: torch.Tensor, k: int, seed: int, n_init: int = 10) -> torch.Tensor
     k = min(k, len(x))
     with warnings.catch_warnings():  # fewer distinct codes than clusters: some experts start empty, fine
         warnings.simplefilter("ignore", ConvergenceWarning)
-        labels = KMeans(k, n_init=n_init, random_state=seed).fit(x.double().numpy()).labels_
-    return torch.from_numpy(labels.astype(np.int64))
+        # (scikit-learn's annotations infer n_init's type from its default, "auto")
+        fitted = KMeans(k, n_init=n_init, random_state=seed).fit(x.double().numpy())  # pyright: ignore[reportArgumentType]
+    labels = fitted.labels_
+    assert labels is not None
+    return torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
 
 def fit_bt_heads(
@@ -404,7 +410,7 @@ def _choose_clusters(
     model: SparseMoERewardModel,
     fit: ContextFit,
     diff: torch.Tensor,
-    validation: PairFeatures,
+    validation: PairFeatures | None,
     cfg: TrainConfig,
 ) -> tuple[torch.Tensor, list[int]]:
     """How many groups of preference codes to start experts from: the count (K, or fewer from
@@ -451,16 +457,19 @@ def _init_heads(
     if validation is None:
         grid, names = [grid[len(grid) // 2]], names[:1]
     val_router = router_data(model, validation) if validation is not None else None
-    best: tuple[float, str, float, torch.Tensor | None] = (math.inf, "", 0.0, None)
+    best: tuple[float, str, float, torch.Tensor] | None = None
     for name in names:
         anchor = anchors[name]
         for l2 in grid:
             heads = fit_bt_heads(diff, assign, model.num_experts, anchor, l2)
             with torch.no_grad():
                 model.head.copy_(heads)
-            loss = 0.0 if val_router is None else float(pair_losses(model, validation, val_router).mean())
-            if loss < best[0]:
+            loss = 0.0
+            if val_router is not None and validation is not None:
+                loss = float(pair_losses(model, validation, val_router).mean())
+            if best is None or loss < best[0]:
                 best = (loss, name, l2, heads)
+    assert best is not None  # the grid and the anchors are never empty
     with torch.no_grad():
         model.head.copy_(best[3])
     return best[1], best[2]

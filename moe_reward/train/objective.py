@@ -82,7 +82,7 @@ def loss_terms(
         "diversity": cfg.diversity_weight,
         "specialization": spec_weight,
     }
-    total = sum(weights[k] * v for k, v in terms.items())
+    total = torch.stack([weights[k] * v for k, v in terms.items()]).sum()
     logged = {k: float(v.detach()) for k, v in terms.items()}
     # Accuracy of the batch as seen while training (noisy gating): free, unlike a full pass per epoch.
     logged["accuracy"] = float((out.prob_chosen(mixture=model.config.kind == "micro") > 0.5).float().mean())

@@ -280,8 +280,8 @@ def test_a_routed_start_must_beat_one_head_on_held_out_folds(buried):
     """The routed start is kept only if, refitted on folds of the training pairs, it beats one head on the
     held-out fold beyond the Bonferroni bar: the buried cues pass; the same configuration on labels that
     ignore the prompt does not, and the sparse model is then exactly the single baseline."""
-    from moe_reward.train.discovery import RoutedStart, cross_validate_routing
     from moe_reward.model.router_inputs import fit_lexical
+    from moe_reward.train.discovery import RoutedStart, cross_validate_routing
 
     result = train(buried)
     d = result.discovery
