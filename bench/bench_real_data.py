@@ -82,7 +82,9 @@ class Snapshot:
         git_dir = self.path if self.bare else (self.path / ".git")
         self.commit = "unknown (not a git directory)"
         if git_dir.exists():
-            out = subprocess.run(["git", f"--git-dir={git_dir}", "rev-parse", "HEAD"], capture_output=True, text=True)
+            out = subprocess.run(
+                ["git", f"--git-dir={git_dir}", "rev-parse", "HEAD"], capture_output=True, text=True
+            )
             if out.returncode == 0:
                 self.commit = out.stdout.strip()
         self.used: list[str] = []  # files read, for the record
@@ -90,19 +92,35 @@ class Snapshot:
 
     def list(self, prefix: str = "") -> list[str]:
         if self.bare:
-            out = subprocess.run(["git", f"--git-dir={self.path}", "ls-tree", "-r", "--name-only", "HEAD", "--", prefix or "."],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [
+                    "git",
+                    f"--git-dir={self.path}",
+                    "ls-tree",
+                    "-r",
+                    "--name-only",
+                    "HEAD",
+                    "--",
+                    prefix or ".",
+                ],
+                capture_output=True,
+                text=True,
+            )
             return sorted(out.stdout.split("\n")[:-1]) if out.returncode == 0 else []
         base = self.path / prefix if prefix else self.path
         if base.is_file():
             return [prefix]
-        return sorted(str(p.relative_to(self.path)) for p in base.rglob("*") if p.is_file() and ".git" not in p.parts)
+        return sorted(
+            str(p.relative_to(self.path)) for p in base.rglob("*") if p.is_file() and ".git" not in p.parts
+        )
 
     def read(self, rel: str) -> bytes | None:
         """A file's bytes, or None (recorded as missing) when it is absent, unreadable or a Git LFS pointer."""
         data = None
         if self.bare:
-            out = subprocess.run(["git", f"--git-dir={self.path}", "cat-file", "blob", f"HEAD:{rel}"], capture_output=True)
+            out = subprocess.run(
+                ["git", f"--git-dir={self.path}", "cat-file", "blob", f"HEAD:{rel}"], capture_output=True
+            )
             data = out.stdout if out.returncode == 0 else None
         elif (self.path / rel).is_file():
             data = (self.path / rel).read_bytes()
@@ -119,8 +137,13 @@ class Snapshot:
         return data
 
     def record(self) -> dict:
-        return {"repo": self.upstream, "path": str(self.path), "commit": self.commit,
-                "files": self.used, "missing": self.missing}
+        return {
+            "repo": self.upstream,
+            "path": str(self.path),
+            "commit": self.commit,
+            "files": self.used,
+            "missing": self.missing,
+        }
 
 
 def _jsonl(data: bytes) -> list[dict]:
@@ -129,8 +152,13 @@ def _jsonl(data: bytes) -> list[dict]:
 
 def _pair(rows: list, pid: str, prompt, a, b, group: str, user: str | None = None, **meta) -> bool:
     """Append one pair (a preferred over b) when both sides are non-empty distinct strings."""
-    if (not all(isinstance(x, str) for x in (prompt, a, b)) or not prompt.strip() or not a.strip() or not b.strip()
-            or a.strip() == b.strip()):
+    if (
+        not all(isinstance(x, str) for x in (prompt, a, b))
+        or not prompt.strip()
+        or not a.strip()
+        or not b.strip()
+        or a.strip() == b.strip()
+    ):
         DROPPED[pid.split("-")[0]] += 1
         return False
     row = {"id": pid, "prompt": prompt, "chosen": a, "rejected": b, "group": group}
@@ -164,10 +192,19 @@ def build_hh(snap: Snapshot, notes: list[str]) -> list[dict]:
             if not prompt or not rejected.startswith(prompt):
                 bad += 1
                 continue
-            _pair(rows, f"hh-{subset}-{split}-{i}", prompt, chosen[len(prompt):], rejected[len(prompt):], subset)
+            _pair(
+                rows,
+                f"hh-{subset}-{split}-{i}",
+                prompt,
+                chosen[len(prompt) :],
+                rejected[len(prompt) :],
+                subset,
+            )
         if bad:
-            notes.append(f"{subset}/{split}: {bad} rows skipped (the two dialogues differ before the last "
-                         "assistant turn)")
+            notes.append(
+                f"{subset}/{split}: {bad} rows skipped (the two dialogues differ before the last "
+                "assistant turn)"
+            )
     return rows
 
 
@@ -179,7 +216,9 @@ def build_autoj(snap: Snapshot, notes: list[str]) -> list[dict]:
     consts = snap.read("codes/leaderboard/utils_constants.py")  # the paper's scenario -> group table
     if consts is not None:
         for node in ast.parse(consts.decode("utf-8")).body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "scenario_group" for t in node.targets):
+            if isinstance(node, ast.Assign) and any(
+                getattr(t, "id", "") == "scenario_group" for t in node.targets
+            ):
                 for g, scenarios in ast.literal_eval(node.value).items():
                     groups.update({s: g for s in scenarios})
     if not groups:
@@ -192,16 +231,28 @@ def build_autoj(snap: Snapshot, notes: list[str]) -> list[dict]:
             ties += 1
             continue
         a, b = (r["response 1"], r["response 2"]) if label == 0 else (r["response 2"], r["response 1"])
-        _pair(rows, f"autoj-{i}", r["prompt"], a, b, groups.get(r["scenario"], r["scenario"]), scenario=r["scenario"])
+        _pair(
+            rows,
+            f"autoj-{i}",
+            r["prompt"],
+            a,
+            b,
+            groups.get(r["scenario"], r["scenario"]),
+            scenario=r["scenario"],
+        )
     notes.append(f"{ties} tie rows dropped")
     return rows
 
 
 LLMBAR_SUBSETS = {
-    "Dataset/LLMBar/Natural": "Natural", "Dataset/LLMBar/Adversarial/Neighbor": "Neighbor",
-    "Dataset/LLMBar/Adversarial/GPTInst": "GPTInst", "Dataset/LLMBar/Adversarial/GPTOut": "GPTOut",
-    "Dataset/LLMBar/Adversarial/Manual": "Manual", "Dataset/Processed/FairEval": "FairEval",
-    "Dataset/Processed/LLMEval^2": "LLMEval^2", "Dataset/Processed/MT-Bench": "MT-Bench",
+    "Dataset/LLMBar/Natural": "Natural",
+    "Dataset/LLMBar/Adversarial/Neighbor": "Neighbor",
+    "Dataset/LLMBar/Adversarial/GPTInst": "GPTInst",
+    "Dataset/LLMBar/Adversarial/GPTOut": "GPTOut",
+    "Dataset/LLMBar/Adversarial/Manual": "Manual",
+    "Dataset/Processed/FairEval": "FairEval",
+    "Dataset/Processed/LLMEval^2": "LLMEval^2",
+    "Dataset/Processed/MT-Bench": "MT-Bench",
 }
 
 
@@ -241,11 +292,25 @@ def build_qa_feedback(snap: Snapshot, notes: list[str]) -> list[dict]:
                     no_pref += 1
                     continue
                 win, lose = (a, b) if int(v) == 1 else (b, a)
-                _pair(rows, f"qa-{split}-{i}-p{a}{b}", prompt, r[f"prediction {win}"], r[f"prediction {lose}"],
-                      "preference", question=r["question"])
+                _pair(
+                    rows,
+                    f"qa-{split}-{i}-p{a}{b}",
+                    prompt,
+                    r[f"prediction {win}"],
+                    r[f"prediction {lose}"],
+                    "preference",
+                    question=r["question"],
+                )
             fb = r.get("feedback") or {}
-            _pair(rows, f"qa-{split}-{i}-c", prompt, fb.get("corrected-prediction", ""), r["prediction 1"],
-                  "correction", question=r["question"])
+            _pair(
+                rows,
+                f"qa-{split}-{i}-c",
+                prompt,
+                fb.get("corrected-prediction", ""),
+                r["prediction 1"],
+                "correction",
+                question=r["question"],
+            )
         notes.append(f"{split}: {no_pref} 'no preference' comparisons dropped")
     return rows
 
@@ -264,15 +329,27 @@ def build_pandalm(snap: Snapshot, notes: list[str]) -> list[dict]:
                 ties += 1
                 continue
             a, b = (r["response1"], r["response2"]) if label == 1 else (r["response2"], r["response1"])
-            _pair(rows, f"pandalm-{r['idx']}-a{n}", prompt, a, b, f"annotator{n}", user=f"annotator{n}",
-                  motivation_app=r.get("motivation_app"), cmp_key=r.get("cmp_key"))
+            _pair(
+                rows,
+                f"pandalm-{r['idx']}-a{n}",
+                prompt,
+                a,
+                b,
+                f"annotator{n}",
+                user=f"annotator{n}",
+                motivation_app=r.get("motivation_app"),
+                cmp_key=r.get("cmp_key"),
+            )
     notes.append(f"{ties} tie labels dropped")
     return rows
 
 
 def build_alpacaeval(snap: Snapshot, notes: list[str]) -> list[dict]:
-    files = [f for f in snap.list("results")
-             if f.endswith("/weighted_alpaca_eval_gpt4_turbo/annotations.json") and f.count("/") == 3]
+    files = [
+        f
+        for f in snap.list("results")
+        if f.endswith("/weighted_alpaca_eval_gpt4_turbo/annotations.json") and f.count("/") == 3
+    ]
     rows: list[dict] = []
     undecided = 0
     for f in files:
@@ -289,13 +366,25 @@ def build_alpacaeval(snap: Snapshot, notes: list[str]) -> list[dict]:
                 undecided += 1
                 continue
             a, b = (r["output_2"], r["output_1"]) if p > 1.5 else (r["output_1"], r["output_2"])
-            _pair(rows, f"alpacaeval-{model}-{i}", r["instruction"], a, b, r.get("dataset") or "(none)",
-                  generator_1=r.get("generator_1"), generator_2=r.get("generator_2"))
+            _pair(
+                rows,
+                f"alpacaeval-{model}-{i}",
+                r["instruction"],
+                a,
+                b,
+                r.get("dataset") or "(none)",
+                generator_1=r.get("generator_1"),
+                generator_2=r.get("generator_2"),
+            )
     missing = len(snap.missing)
-    notes.append(f"{len(files) - missing} of {len(files)} models' annotation files read "
-                 f"({missing} absent from the snapshot: over 4 MiB or LFS); {undecided} undecided judgments dropped")
+    notes.append(
+        f"{len(files) - missing} of {len(files)} models' annotation files read "
+        f"({missing} absent from the snapshot: over 4 MiB or LFS); {undecided} undecided judgments dropped"
+    )
     snap.used = [f"results/<{len(snap.used)} models>/weighted_alpaca_eval_gpt4_turbo/annotations.json"]
-    snap.missing = [f"results/<{missing} models>/weighted_alpaca_eval_gpt4_turbo/annotations.json"] if missing else []
+    snap.missing = (
+        [f"results/<{missing} models>/weighted_alpaca_eval_gpt4_turbo/annotations.json"] if missing else []
+    )
     return rows
 
 
@@ -367,8 +456,14 @@ def nmi_null(group_expert_counts: dict[str, list[int]], n_perm: int = 1000, seed
     observed = nmi(e, g)
     rng = np.random.default_rng(seed)
     null = np.array([nmi(e, rng.permutation(g)) for _ in range(n_perm)]) if len(g) else np.zeros(n_perm)
-    return {"nmi": observed, "null_mean": float(null.mean()), "null_p95": float(np.percentile(null, 95)),
-            "p": float((1 + (null >= observed - 1e-12).sum()) / (1 + n_perm)), "n_perm": n_perm, "n": int(len(g))}
+    return {
+        "nmi": observed,
+        "null_mean": float(null.mean()),
+        "null_p95": float(np.percentile(null, 95)),
+        "p": float((1 + (null >= observed - 1e-12).sum()) / (1 + n_perm)),
+        "n_perm": n_perm,
+        "n": int(len(g)),
+    }
 
 
 # ----------------------------------------------------------------------------- running the CLI
@@ -378,12 +473,17 @@ def run_cli(cli: list[str], args: list[str], log: Path) -> tuple[int, float, str
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.run(cli + args, cwd=REPO_ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(
+            cli + args, cwd=REPO_ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True
+        )
     seconds = time.perf_counter() - t0
     tail = ""
     if proc.returncode:
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-        tail = next((ln for ln in reversed(lines) if ln.startswith("error") or "Error" in ln), lines[-1] if lines else "")
+        tail = next(
+            (ln for ln in reversed(lines) if ln.startswith("error") or "Error" in ln),
+            lines[-1] if lines else "",
+        )
     return proc.returncode, seconds, tail.strip()[:300]
 
 
@@ -426,35 +526,69 @@ def add_ties(rec: dict, data: Path) -> None:
 def one_run(cli, data: Path, kind: str, seed: int, run_dir: Path, n_perm: int) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     rec: dict = {"kind": kind, "seed": seed, "dir": str(run_dir)}
-    rc, secs, err = run_cli(cli, ["train", "--data", str(data), "--model", kind, "--split-seed", str(seed),
-                                  "--seed", str(seed), "--out", str(run_dir)], run_dir / "train.log")
+    rc, secs, err = run_cli(
+        cli,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            kind,
+            "--split-seed",
+            str(seed),
+            "--seed",
+            str(seed),
+            "--out",
+            str(run_dir),
+        ],
+        run_dir / "train.log",
+    )
     rec["train_seconds"] = round(secs, 1)
     if rc:
         rec["error"] = f"train exit {rc}: {err}"
         return rec
     out = run_dir / "eval.json"
-    rc, secs, err = run_cli(cli, ["eval", "--model", str(run_dir), "--data", str(data), "--split", "test",
-                                  "--json", str(out)], run_dir / "eval.log")
+    rc, secs, err = run_cli(
+        cli,
+        ["eval", "--model", str(run_dir), "--data", str(data), "--split", "test", "--json", str(out)],
+        run_dir / "eval.log",
+    )
     rec["eval_seconds"] = round(secs, 1)
     if rc:
         rec["error"] = f"eval exit {rc}: {err}"
         return rec
     ev = json.loads(out.read_text())
-    rec.update(accuracy=ev.get("accuracy"), n_pairs=ev.get("n_pairs"), routing_nmi=ev.get("routing_nmi"),
-               per_group=ev.get("per_group"), group_expert_counts=ev.get("group_expert_counts"),
-               expert_utilization=ev.get("expert_utilization"))
+    rec.update(
+        accuracy=ev.get("accuracy"),
+        n_pairs=ev.get("n_pairs"),
+        routing_nmi=ev.get("routing_nmi"),
+        per_group=ev.get("per_group"),
+        group_expert_counts=ev.get("group_expert_counts"),
+        expert_utilization=ev.get("expert_utilization"),
+    )
     rec["mean_margin"] = ev.get("mean_margin")
     if "ties" in ev:  # newer evals count ties themselves
         rec["eval_ties"] = ev["ties"]
     add_ties(rec, data)
     diag = ev.get("diagnostics") or {}
-    rec["diagnostics"] = {k: diag[k] for k in ("router_probe_nmi", "oracle_routing_accuracy", "discovery_efficiency",
-                                                "routing_nmi_null", "routing_nmi_p") if k in diag}
+    rec["diagnostics"] = {
+        k: diag[k]
+        for k in (
+            "router_probe_nmi",
+            "oracle_routing_accuracy",
+            "discovery_efficiency",
+            "routing_nmi_null",
+            "routing_nmi_p",
+        )
+        if k in diag
+    }
     if rec["group_expert_counts"]:
         rec["null"] = nmi_null(rec["group_expert_counts"], n_perm=n_perm, seed=0)
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        rec["router_input"] = (metrics.get("discovery") or {}).get("router_input") or metrics.get("router_input")
+        rec["router_input"] = (metrics.get("discovery") or {}).get("router_input") or metrics.get(
+            "router_input"
+        )
     except (OSError, ValueError):
         pass
     return rec
@@ -483,19 +617,27 @@ def kind_row(runs: list[dict], single_runs: list[dict]) -> dict:
     single_acc = {r["seed"]: r["accuracy"] for r in single_runs if "error" not in r}
     single_half = {r["seed"]: half_tie_accuracy(r) for r in single_runs if "error" not in r}
     deltas = [100 * (r["accuracy"] - single_acc[r["seed"]]) for r in ok if r["seed"] in single_acc]
-    deltas_half = [100 * (half_tie_accuracy(r) - single_half[r["seed"]]) for r in ok if r["seed"] in single_half]
+    deltas_half = [
+        100 * (half_tie_accuracy(r) - single_half[r["seed"]]) for r in ok if r["seed"] in single_half
+    ]
     theirs = [r["diagnostics"] for r in ok if "routing_nmi_null" in r.get("diagnostics", {})]
     return {
         "accuracy": _ms([r["accuracy"] for r in ok]),
         "n": "/".join(str(r["n_pairs"]) for r in ok) or "–",
         "nmi": _ms([r["routing_nmi"] for r in ok]),
-        "null": (f"{np.mean([x['null_mean'] for x in nulls]):.3f} / {np.mean([x['null_p95'] for x in nulls]):.3f}"
-                 if nulls else "–"),
+        "null": (
+            f"{np.mean([x['null_mean'] for x in nulls]):.3f} / {np.mean([x['null_p95'] for x in nulls]):.3f}"
+            if nulls
+            else "–"
+        ),
         "significant": f"{sum(x['p'] < 0.05 for x in nulls)}/{len(nulls)}" if nulls else "–",
         "delta": _ms(deltas, "{:+.1f}", "{:.1f}") if deltas else "–",
         "accuracy_half": _ms([half_tie_accuracy(r) for r in ok]),
         "delta_half": _ms(deltas_half, "{:+.1f}", "{:.1f}") if deltas_half else "–",
-        "ties": "/".join(str(r["ties"]) + ("*" if r.get("all_margins_zero") else "") for r in ok if "ties" in r) or "",
+        "ties": "/".join(
+            str(r["ties"]) + ("*" if r.get("all_margins_zero") else "") for r in ok if "ties" in r
+        )
+        or "",
         "their_null": "; ".join(f"{d['routing_nmi_null']} (p {d.get('routing_nmi_p')})" for d in theirs),
         "errors": errors,
     }
@@ -507,28 +649,53 @@ def set_table(name: str, runs: list[dict], kinds: list[str]) -> list[str]:
     extra_ties = any(v["ties"] for v in rows.values())
     zero = [f"{r['kind']} seed {r['seed']}" for r in runs if r.get("all_margins_zero")]
     extra_theirs = any(v["their_null"] for v in rows.values())
-    head = ["kind", "test accuracy", "test pairs", "routing NMI", "NMI null mean / 95th", "seeds p<0.05",
-            "Δ vs single (pts)"] + (["test ties per seed", "accuracy, ties = ½", "Δ vs single, ties = ½"]
-                                     if extra_ties else []) + (["eval's NMI null (p)"] if extra_theirs else [])
+    head = (
+        [
+            "kind",
+            "test accuracy",
+            "test pairs",
+            "routing NMI",
+            "NMI null mean / 95th",
+            "seeds p<0.05",
+            "Δ vs single (pts)",
+        ]
+        + (["test ties per seed", "accuracy, ties = ½", "Δ vs single, ties = ½"] if extra_ties else [])
+        + (["eval's NMI null (p)"] if extra_theirs else [])
+    )
     lines = [f"### {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k, v in rows.items():
-        cells = [k, v["accuracy"], v["n"], v["nmi"], v["null"], v["significant"], v["delta"] if k != "single" else "0"]
-        cells += [v["ties"], v["accuracy_half"], v["delta_half"] if k != "single" else "0"] if extra_ties else []
+        cells = [
+            k,
+            v["accuracy"],
+            v["n"],
+            v["nmi"],
+            v["null"],
+            v["significant"],
+            v["delta"] if k != "single" else "0",
+        ]
+        cells += (
+            [v["ties"], v["accuracy_half"], v["delta_half"] if k != "single" else "0"] if extra_ties else []
+        )
         cells += [v["their_null"]] if extra_theirs else []
         lines.append("| " + " | ".join(cells) + " |")
     for k, v in rows.items():
         for e in v["errors"]:
             lines.append(f"\n**{k} failed** ({e})")
     if zero:
-        lines.append(f"\n\\* every test margin exactly 0 (a constant reward; each tie is scored as wrong, so accuracy "
-                     f"0.000): {', '.join(zero)}")
+        lines.append(
+            f"\n\\* every test margin exactly 0 (a constant reward; each tie is scored as wrong, so accuracy "
+            f"0.000): {', '.join(zero)}"
+        )
     return lines
 
 
 def summary_table(results: dict, kinds: list[str]) -> list[str]:
     names = [n for n, s in results.items() if s.get("runs")]
-    head = (["kind"] + [f"{n}: acc [ties = ½] / NMI (null 95th)" for n in names]
-            + ["mean acc [ties = ½]", "mean Δ vs single (pts) [ties = ½]"])
+    head = (
+        ["kind"]
+        + [f"{n}: acc [ties = ½] / NMI (null 95th)" for n in names]
+        + ["mean acc [ties = ½]", "mean Δ vs single (pts) [ties = ½]"]
+    )
     lines = ["### Summary", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k in kinds:
         cells, accs, deltas, halves, deltas_half = [k], [], [], [], []
@@ -545,13 +712,22 @@ def summary_table(results: dict, kinds: list[str]) -> list[str]:
             half = float(np.mean([half_tie_accuracy(r) for r in ok]))
             accs.append(acc)
             halves.append(half)
-            deltas += [100 * (r["accuracy"] - single[r["seed"]]["accuracy"]) for r in ok if r["seed"] in single]
-            deltas_half += [100 * (half_tie_accuracy(r) - half_tie_accuracy(single[r["seed"]]))
-                            for r in ok if r["seed"] in single]
+            deltas += [
+                100 * (r["accuracy"] - single[r["seed"]]["accuracy"]) for r in ok if r["seed"] in single
+            ]
+            deltas_half += [
+                100 * (half_tie_accuracy(r) - half_tie_accuracy(single[r["seed"]]))
+                for r in ok
+                if r["seed"] in single
+            ]
             acc_txt = f"{acc:.3f}" + (f" [{half:.3f}]" if abs(half - acc) >= 0.0005 else "")
-            cells.append(f"{acc_txt} / {np.mean(nm):.3f} ({np.mean(p95):.3f})" if nm and p95 else f"{acc_txt} / –")
-        cells += [f"{np.mean(accs):.3f} [{np.mean(halves):.3f}]" if accs else "–",
-                  f"{np.mean(deltas):+.1f} [{np.mean(deltas_half):+.1f}]" if deltas else "–"]
+            cells.append(
+                f"{acc_txt} / {np.mean(nm):.3f} ({np.mean(p95):.3f})" if nm and p95 else f"{acc_txt} / –"
+            )
+        cells += [
+            f"{np.mean(accs):.3f} [{np.mean(halves):.3f}]" if accs else "–",
+            f"{np.mean(deltas):+.1f} [{np.mean(deltas_half):+.1f}]" if deltas else "–",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -559,17 +735,31 @@ def summary_table(results: dict, kinds: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- main
 
 
-def write_outputs(args, work: Path, started, results: dict, sources_txt: list[str], final: bool = False) -> None:
+def write_outputs(
+    args, work: Path, started, results: dict, sources_txt: list[str], final: bool = False
+) -> None:
     """SOURCES.txt in the work folder, the markdown tables and the per-run JSON (rewritten after every set)."""
-    (work / "SOURCES.txt").write_text("set\tupstream\tcommit\tsnapshot path\n" + "\n".join(sources_txt) + "\n")
-    md = [f"Real-data benchmark, {started:%Y-%m-%d %H:%M} UTC, {platform.node()} ({os.cpu_count()} CPUs), "
-          f"seeds {' '.join(map(str, args.seeds))}, cap {args.cap} pairs per set, NMI null {args.n_perm} permutations.", ""]
+    (work / "SOURCES.txt").write_text(
+        "set\tupstream\tcommit\tsnapshot path\n" + "\n".join(sources_txt) + "\n"
+    )
+    md = [
+        f"Real-data benchmark, {started:%Y-%m-%d %H:%M} UTC, {platform.node()} ({os.cpu_count()} CPUs), "
+        f"seeds {' '.join(map(str, args.seeds))}, cap {args.cap} pairs per set, NMI null {args.n_perm} permutations.",
+        "",
+    ]
     for name, info in results.items():
         if info.get("runs"):
-            md += set_table(f"{name} ({info['n_pairs']} pairs, {len(info['groups'])} groups: {info['group_field']}; "
-                            f"wall {info['wall_seconds']:.0f}s)", info["runs"], args.kinds) + [""]
+            md += set_table(
+                f"{name} ({info['n_pairs']} pairs, {len(info['groups'])} groups: {info['group_field']}; "
+                f"wall {info['wall_seconds']:.0f}s)",
+                info["runs"],
+                args.kinds,
+            ) + [""]
         elif info.get("skipped") or info.get("error"):
-            md += [f"### {name}: {'skipped (' + info['skipped'] + ')' if info.get('skipped') else info['error']}", ""]
+            md += [
+                f"### {name}: {'skipped (' + info['skipped'] + ')' if info.get('skipped') else info['error']}",
+                "",
+            ]
     if any(i.get("runs") for i in results.values()):
         md += summary_table(results, args.kinds)
         if final:
@@ -577,8 +767,16 @@ def write_outputs(args, work: Path, started, results: dict, sources_txt: list[st
     if args.markdown:
         Path(args.markdown).write_text("\n".join(md) + "\n")
     if args.json:
-        meta = {"started": started.isoformat(), "seeds": args.seeds, "kinds": args.kinds, "cap": args.cap,
-                "n_perm": args.n_perm, "cli": args.cli, "cpus": os.cpu_count(), "argv": getattr(args, "argv_saved", sys.argv)}
+        meta = {
+            "started": started.isoformat(),
+            "seeds": args.seeds,
+            "kinds": args.kinds,
+            "cap": args.cap,
+            "n_perm": args.n_perm,
+            "cli": args.cli,
+            "cpus": os.cpu_count(),
+            "argv": getattr(args, "argv_saved", sys.argv),
+        }
         Path(args.json).write_text(json.dumps({"config": meta, "sets": results}, indent=1))
     if final:
         for out in (args.markdown, args.json):
@@ -589,21 +787,37 @@ def write_outputs(args, work: Path, started, results: dict, sources_txt: list[st
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, (opt, upstream, _, group) in SOURCES.items():
-        ap.add_argument(f"--{opt.replace('_', '-')}", dest=name, metavar="PATH",
-                        help=f"snapshot of {upstream} (git directory or checkout); group = {group}")
-    ap.add_argument("--work", default="/tmp/moe_reward_realdata", help="converted sets, runs and logs (outside the repo)")
+        ap.add_argument(
+            f"--{opt.replace('_', '-')}",
+            dest=name,
+            metavar="PATH",
+            help=f"snapshot of {upstream} (git directory or checkout); group = {group}",
+        )
+    ap.add_argument(
+        "--work", default="/tmp/moe_reward_realdata", help="converted sets, runs and logs (outside the repo)"
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS) + ["micro"])
-    ap.add_argument("--cap", type=int, default=3000, help="at most this many pairs per set (equal shares per group)")
+    ap.add_argument(
+        "--cap", type=int, default=3000, help="at most this many pairs per set (equal shares per group)"
+    )
     ap.add_argument("--n-perm", type=int, default=1000, help="permutations of the NMI null")
-    ap.add_argument("--cli", default=f"{sys.executable} -m moe_reward.cli", help="how to run the CLI (this checkout's)")
-    ap.add_argument("--from-jsonl", action="store_true",
-                    help="train and evaluate from the JSONL (embedding cache) instead of one features file per set")
+    ap.add_argument(
+        "--cli", default=f"{sys.executable} -m moe_reward.cli", help="how to run the CLI (this checkout's)"
+    )
+    ap.add_argument(
+        "--from-jsonl",
+        action="store_true",
+        help="train and evaluate from the JSONL (embedding cache) instead of one features file per set",
+    )
     ap.add_argument("--prepare-only", action="store_true", help="build the JSONL sets and stop")
     ap.add_argument("--json", help="write every per-run number here")
     ap.add_argument("--markdown", help="write the tables here")
-    ap.add_argument("--tables-from", metavar="JSON",
-                    help="re-render the tables (and --markdown/--json) from an earlier --json output; runs nothing")
+    ap.add_argument(
+        "--tables-from",
+        metavar="JSON",
+        help="re-render the tables (and --markdown/--json) from an earlier --json output; runs nothing",
+    )
     args = ap.parse_args()
     if args.tables_from:
         saved = json.loads(Path(args.tables_from).read_text())
@@ -621,7 +835,10 @@ def main() -> int:
         started = datetime.fromisoformat(saved["config"]["started"])
         work = Path(args.work).expanduser().resolve()
         work.mkdir(parents=True, exist_ok=True)
-        sources = [f"{n}\t{i['source']['repo']}\t{i['source']['commit']}\t{i['source']['path']}" for n, i in results.items()]
+        sources = [
+            f"{n}\t{i['source']['repo']}\t{i['source']['commit']}\t{i['source']['path']}"
+            for n, i in results.items()
+        ]
         for name, info in results.items():
             if info.get("runs"):
                 print("\n".join(set_table(name, info["runs"], args.kinds)) + "\n")
@@ -656,14 +873,23 @@ def main() -> int:
         n_all, groups_all = len(rows), Counter(r["group"] for r in rows)
         rows = cap_per_group(rows, args.cap, name)
         groups = Counter(r["group"] for r in rows)
-        info = {"source": snap.record(), "group_field": group_field, "n_before_cap": n_all,
-                "groups_before_cap": dict(sorted(groups_all.items())), "n_pairs": len(rows),
-                "groups": dict(sorted(groups.items())), "n_prompts": len({r["prompt"] for r in rows}), "notes": notes}
+        info = {
+            "source": snap.record(),
+            "group_field": group_field,
+            "n_before_cap": n_all,
+            "groups_before_cap": dict(sorted(groups_all.items())),
+            "n_pairs": len(rows),
+            "groups": dict(sorted(groups.items())),
+            "n_prompts": len({r["prompt"] for r in rows}),
+            "notes": notes,
+        }
         sources_txt.append(f"{name}\t{upstream}\t{snap.commit}\t{snap.path}")
         for miss in snap.missing:
             print(f"[{name}] not in the snapshot: {miss}")
         if len(groups) < 2:
-            print(f"[{name}] skipped: {len(rows)} pairs in {len(groups)} group(s); a set needs at least 2 groups")
+            print(
+                f"[{name}] skipped: {len(rows)} pairs in {len(groups)} group(s); a set needs at least 2 groups"
+            )
             results[name] = info | {"skipped": f"{len(groups)} group(s) in the files that arrived"}
             continue
         data = work / f"{name}.jsonl"
@@ -671,8 +897,10 @@ def main() -> int:
             for r in rows:
                 fh.write(json.dumps(r, ensure_ascii=False) + "\n")
         info["data"] = str(data)
-        print(f"[{name}] {upstream}@{snap.commit[:12]}: {len(rows)} pairs (of {n_all}), {len(groups)} groups "
-              f"({group_field}), {info['n_prompts']} prompts -> {data}")
+        print(
+            f"[{name}] {upstream}@{snap.commit[:12]}: {len(rows)} pairs (of {n_all}), {len(groups)} groups "
+            f"({group_field}), {info['n_prompts']} prompts -> {data}"
+        )
         for g, c in sorted(groups.items()):
             print(f"    {g:28s} {c:5d}  (of {groups_all[g]})")
         for note in notes:
@@ -684,7 +912,9 @@ def main() -> int:
         train_data = data
         if not args.from_jsonl:  # embed once; every run then reads the features file (no backbone load)
             train_data = work / f"{name}.safetensors"
-            rc, secs, err = run_cli(cli, ["embed", "--data", str(data), "--out", str(train_data)], work / f"{name}.embed.log")
+            rc, secs, err = run_cli(
+                cli, ["embed", "--data", str(data), "--out", str(train_data)], work / f"{name}.embed.log"
+            )
             info["embed_seconds"] = round(secs, 1)
             if rc:
                 info["error"] = f"embed exit {rc}: {err}"
@@ -695,17 +925,22 @@ def main() -> int:
         runs = []
         for kind in args.kinds:
             for seed in args.seeds:
-                rec = one_run(cli, train_data, kind, seed, work / "runs" / name / f"{kind}-seed{seed}", args.n_perm)
+                rec = one_run(
+                    cli, train_data, kind, seed, work / "runs" / name / f"{kind}-seed{seed}", args.n_perm
+                )
                 runs.append(rec)
                 if "error" in rec:
                     print(f"[{name}] {kind} seed {seed}: FAILED {rec['error']}")
                 else:
                     nl = rec.get("null") or {}
                     nmi_txt = "n/a" if rec["routing_nmi"] is None else f"{rec['routing_nmi']:.3f}"
-                    print(f"[{name}] {kind} seed {seed}: acc {rec['accuracy']:.4f} on {rec['n_pairs']} test pairs, "
-                          f"NMI {nmi_txt} (null {nl.get('null_mean', float('nan')):.3f} / "
-                          f"95th {nl.get('null_p95', float('nan')):.3f}, p {nl.get('p', float('nan')):.3f}), "
-                          f"train {rec['train_seconds']}s, eval {rec['eval_seconds']}s", flush=True)
+                    print(
+                        f"[{name}] {kind} seed {seed}: acc {rec['accuracy']:.4f} on {rec['n_pairs']} test pairs, "
+                        f"NMI {nmi_txt} (null {nl.get('null_mean', float('nan')):.3f} / "
+                        f"95th {nl.get('null_p95', float('nan')):.3f}, p {nl.get('p', float('nan')):.3f}), "
+                        f"train {rec['train_seconds']}s, eval {rec['eval_seconds']}s",
+                        flush=True,
+                    )
         info["runs"] = runs
         info["wall_seconds"] = round(time.perf_counter() - t0, 1)
         print("\n".join(set_table(name, runs, args.kinds)))
