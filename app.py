@@ -178,7 +178,8 @@ def overview() -> None:
     st.plotly_chart(fig, width="stretch", key="ov_util")
 
     ui.diagnostics_section(
-        ui.summary.diagnostics_of(ev) or ui.summary.diagnostics_of(ui.model_metrics(ctx.model_dir)), ctx.k
+        ui.summary.scope_diagnostics(ev, ui.model_metrics(ctx.model_dir), on_test_split=scope.key == "test"),
+        ctx.k,
     )
     story = ui.summary.training_story(ui.model_metrics(ctx.model_dir))
     if story:

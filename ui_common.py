@@ -551,23 +551,28 @@ def fmt(x, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and x != x) else f"{x:.{digits}f}"
 
 
-def stat_metric(container, key: str, value, scope: summary.Scope | None = None, **kwargs) -> None:
+def stat_metric(
+    container, key: str, value, scope: summary.Scope | None = None, note: str | None = None, **kwargs
+) -> None:
     """st.metric of a summary.STATS statistic: one label and one definition on every page; the subset and
-    its pair count written under the value (a grey note, no arrow) when given."""
+    its pair count (or another `note` naming what the number rests on) written under the value (a grey
+    note, no arrow) when given."""
     stat = summary.STATS.get(key) or summary.DIAGNOSTICS[key]
     shown = kwargs.pop("text", None) or stat.format(value)
-    if scope is None:
-        container.metric(stat.label, shown, help=stat.definition, **kwargs)
-    else:
+    if scope is not None:
+        note = scope_note(scope)
+        kwargs["help"] = f"{stat.definition} On the {scope.label}, {scope.n} pairs."
+    if note:
         container.metric(
             stat.label,
             shown,
-            delta=scope_note(scope),
+            delta=note,
             delta_color="off",
             delta_arrow="off",
-            help=f"{stat.definition} On the {scope.label}, {scope.n} pairs.",
-            **kwargs,
+            **{"help": stat.definition, **kwargs},
         )
+    else:
+        container.metric(stat.label, shown, help=stat.definition, **kwargs)
 
 
 def scope_note(scope: summary.Scope) -> str:
@@ -608,7 +613,7 @@ def diagnostics_section(diagnostics: dict | None, k: int, where: str = "held-out
     if keys:
         cols = st.columns(len(keys))
         for col, key in zip(cols, keys, strict=True):
-            stat_metric(col, key, diagnostics[key])
+            stat_metric(col, key, diagnostics[key], note=summary.diagnostic_subset(key, diagnostics))
             col.caption(summary.DIAGNOSTICS[key].definition)
     contingency = diagnostics.get("contingency")
     if isinstance(contingency, dict) and contingency:

@@ -73,8 +73,9 @@ with st.container(border=True):
             corr = sorted(desc.feature_correlations.items(), key=lambda kv: -abs(kv[1]))
             ui.table(pd.DataFrame(corr, columns=["feature", "r"]).round(3))
 
-diagnostics = ui.summary.diagnostics_of(ctx.scope_evaluation()[1]) or ui.summary.diagnostics_of(
-    ui.model_metrics(ctx.model_dir)
+_scope, _ev = ctx.scope_evaluation()
+diagnostics = ui.summary.scope_diagnostics(
+    _ev, ui.model_metrics(ctx.model_dir), on_test_split=_scope.key == "test"
 )
 if diagnostics:
     contingency = diagnostics.get("contingency") or {}
@@ -84,7 +85,9 @@ if diagnostics:
         if keys:
             cols = st.columns(len(keys))
             for col, key in zip(cols, keys, strict=True):
-                ui.stat_metric(col, key, diagnostics[key])
+                ui.stat_metric(
+                    col, key, diagnostics[key], note=ui.summary.diagnostic_subset(key, diagnostics)
+                )
                 col.caption(ui.summary.DIAGNOSTICS[key].definition)
         if contingency:
             col_k = {g: (v[k] if k < len(v) else 0) for g, v in contingency.items()}

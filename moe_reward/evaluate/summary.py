@@ -176,6 +176,39 @@ def diagnostics_of(metrics_or_eval: dict | Evaluation | None) -> dict | None:
     return found if isinstance(found, dict) and found else None
 
 
+def diagnostic_subset(key: str, diagnostics: dict) -> str:
+    """The subset and n a diagnostic rests on, written under its value (every number names its subset)."""
+    if key.startswith("router_probe"):
+        n = diagnostics.get("router_probe_pairs") or 0
+        p = diagnostics.get("router_probe_p")
+        chance = f", p = {p:.3f} vs shuffled groups" if isinstance(p, (int, float)) else ""
+        return f"{diagnostics.get('folds') or 'k'}-fold CV on {n} training pairs{chance}"
+    if key == "oracle_routing_accuracy":
+        pooled = diagnostics.get("pooled_head_accuracy")
+        vs = f" · one head {pooled:.3f}" if isinstance(pooled, (int, float)) else ""
+        return f"held-out test split · {diagnostics.get('oracle_pairs') or 0} pairs{vs}"
+    if key == "discovery_efficiency":
+        ci = diagnostics.get("discovery_efficiency_ci")
+        return (
+            f"95% {ci[0]:.2f}-{ci[1]:.2f}"
+            if isinstance(ci, list) and len(ci) == 2
+            else "routing NMI / probe NMI"
+        )
+    return ""
+
+
+def scope_diagnostics(
+    live: dict | Evaluation | None, metrics: dict | None, on_test_split: bool
+) -> dict | None:
+    """The diagnostics to show beside an evaluation: the live ones, and -- when the evaluation is on the
+    model's own held-out test split, the scope its metrics.json was written for -- the saved values of
+    those the live evaluation could not compute (the router probe and oracle need the training pairs)."""
+    now = {k: v for k, v in (diagnostics_of(live) or {}).items() if v is not None}
+    if on_test_split:
+        now = {**(diagnostics_of(metrics) or {}), **now}
+    return now or None
+
+
 def training_story(metrics: dict | None) -> list[str]:
     """How training found the experts, in plain sentences, from a saved model's metrics.json: what the
     router reads and why, what discovery decided and on what evidence, how the experts started, and which

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_workspace import build_tiny_workspace, tiny_features
+from app_workspace import TINY_PAIRS, build_tiny_workspace, tiny_features
 
 from moe_reward.app import colors
 from moe_reward.app.pipeline import TrainRequest, train_from_data
@@ -132,9 +132,13 @@ def test_overview_headline_is_held_out_and_matches_routing_statistics(home):
     feats = tiny_features()
     test = feats.subset([i for i, p in enumerate(feats.pairs) if p.id in set(split["test"])])
     assert acc.value == f"{evaluate(model, test)['accuracy']:.3f}"
+    headline = [
+        m for m in at.metric if m.label in ("Accuracy", "Routing NMI", "Routing entropy", "Experts in use")
+    ]
+    assert len(headline) == 4 and all(m.delta == f"held-out test split · {n_test} pairs" for m in headline)
     assert all(
-        m.delta == f"held-out test split · {n_test} pairs" for m in at.metric
-    )  # every metric says its subset
+        m.delta for m in at.metric
+    )  # every metric says its subset (diagnostics: the pairs they rest on)
     subsets = at.dataframe[0].value  # the same statistics on every subset, the training split included
     assert (
         subsets["subset"].tolist()[0] == "held-out test split"
@@ -271,7 +275,9 @@ def test_links_restore_model_data_filters_and_map_view(home):
         pair=pair,
     )
     assert mp.radio(key="map_layout").value == "pca" and mp.radio(key="map_color").value == "group"
-    assert any(s.value.startswith("Selection: 96 pairs") for s in mp.subheader)  # the box over every pair
+    assert any(
+        s.value.startswith(f"Selection: {TINY_PAIRS} pairs") for s in mp.subheader
+    )  # the box over every pair
     assert any(f"Pair {pair}" in m.value.replace("\\", "") for m in mp.markdown)
     assert mp.query_params["pair"] == pair and mp.query_params["layout"] == "pca"
 
@@ -285,14 +291,22 @@ def test_diagnostics_render_on_overview_and_expert_detail(home):
     assert metric(at, "Discovery efficiency").value == "0.420"
     assert any("ceiling that unsupervised routing could reach" in c.value for c in at.caption)
     table = next(d.value for d in at.dataframe if "group" in d.value.columns and "E1" in d.value.columns)
-    assert table.set_index("group").loc["deep", "E1"] == 4
+    # the live contingency (computed on the test split shown) wins over the saved one; probe/oracle are saved
+    split = json.loads((home / "models" / "with-diagnostics" / "split_ids.json").read_text())
+    assert table.set_index("group").loc[:, "E0":].to_numpy().sum() == len(split["test"])
+    n_e1 = int(table["E1"].sum())
     detail = app("pages/3_Expert_detail.py", model="with-diagnostics", expert="1")
     assert metric(detail, "Oracle-routing accuracy").value == "0.880"
     assert any(
-        "Groups of the 4 test pairs whose top expert is E1" in json.dumps(s) for s in chart_specs(detail)
+        f"Groups of the {n_e1} test pairs whose top expert is E1" in json.dumps(s)
+        for s in chart_specs(detail)
     )
+    # a model trained by the pipeline shows the probe its own training saved (it needs the training pairs)
     plain = app(model="default-sparse")
-    assert not any(m.label.startswith("Router probe") for m in plain.metric)
+    saved = json.loads((home / "models" / "default-sparse" / "metrics.json").read_text())["test"][
+        "diagnostics"
+    ]
+    assert metric(plain, "Router probe NMI").value == f"{saved['router_probe_nmi']:.3f}"
 
 
 def test_compare_never_compares_a_model_with_itself(home, tmp_path, monkeypatch):
@@ -359,7 +373,7 @@ def test_projections_of_what_the_model_sees(tmp_path):
     model = SparseMoERewardModel.from_pretrained(ws.model_path("default-sparse"))
     s = score_pairs(model, feats)
     logits = pj.embedding_matrix(feats, "router", s)
-    assert logits.shape == (96, 4) and np.allclose(logits.mean(1), 0, atol=1e-5)
+    assert logits.shape == (TINY_PAIRS, 4) and np.allclose(logits.mean(1), 0, atol=1e-5)
     anchors = pj.project(
         feats, pj.ProjectionParams("anchors", "router"), tmp_path / "p", ("m", "d"), scores=s
     ).coords
@@ -368,7 +382,7 @@ def test_projections_of_what_the_model_sees(tmp_path):
     d = np.linalg.norm(anchors[:, None, :] - pos[None], axis=-1)
     assert (d.argmin(1) == s.top_expert).mean() > 0.9
     margins = pj.project(feats, pj.ProjectionParams("pca", "margins"), tmp_path / "p", ("m", "d"), scores=s)
-    assert margins.coords.shape == (96, 2) and np.isfinite(margins.coords).all()
+    assert margins.coords.shape == (TINY_PAIRS, 2) and np.isfinite(margins.coords).all()
     with pytest.raises(ValueError):
         pj.ProjectionParams("anchors", "prompt")
     with pytest.raises(ValueError):
@@ -496,5 +510,5 @@ def test_report_escapes_dataset_text_and_has_a_personalization_example(tmp_path)
     assert "<script>alert(1)" not in text and "&lt;script&gt;alert(1)" in text
     assert "How training found these experts" in text and "<li>The router reads" in text
     ex = personalization_example(scores, feats)  # terse-tess / thorough-theo label 8 of their pairs
-    assert ex["field"] == "user" and ex["n_labels"] == 8 and ex["n_eval"] == 48 - 8
+    assert ex["field"] == "user" and ex["n_labels"] == 8 and ex["n_eval"] == TINY_PAIRS // 2 - 8
     assert abs(sum(ex["after"]) - 1) < 1e-6 and 0 <= ex["profile_accuracy"] <= 1

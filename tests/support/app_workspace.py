@@ -23,14 +23,25 @@ DIM = 384
 PERSONAS = {"brief": "terse-tess", "deep": "thorough-theo"}
 
 
-def tiny_features(seed: int = 0, n_pairs: int | None = None) -> PairFeatures:
-    """96 pairs (groups brief/deep); `n_pairs` repeats them (fresh noise, unique ids) for scale tests."""
+def _repeat_id(pair_id: str, i: int, n_base: int) -> str:
+    """The first pass keeps the base ids (tests name pairs such as 'rev-0-brief-0'); repeats get a suffix."""
+    return pair_id if i < n_base else f"{pair_id}-{i}"
+
+
+TINY_PAIRS = 192  # enough training pairs (>= TrainConfig.min_discovery_pairs) for discovery to test routing
+
+
+def tiny_features(seed: int = 0, n_pairs: int | None = TINY_PAIRS) -> PairFeatures:
+    """96 reversal pairs (groups brief/deep) repeated to `n_pairs` (fresh noise; repeats get unique ids);
+    None keeps the 96."""
     rng = np.random.default_rng(seed)
     pairs = reversal_pairs(seed=seed, cues_per_side=2)
     if n_pairs is not None:
         base = pairs
         pairs = [
-            PreferencePair(**{**base[i % len(base)].to_dict(), "id": f"{base[i % len(base)].id}-{i}"})
+            PreferencePair(
+                **{**base[i % len(base)].to_dict(), "id": _repeat_id(base[i % len(base)].id, i, len(base))}
+            )
             for i in range(n_pairs)
         ]
     n = len(pairs)
@@ -52,7 +63,7 @@ def tiny_features(seed: int = 0, n_pairs: int | None = None) -> PairFeatures:
     return PairFeatures(as32(prompt), as32(chosen), as32(rejected), pairs, meta)
 
 
-def build_tiny_workspace(root: str | Path, n_pairs: int | None = None, experts: int = 4) -> Workspace:
+def build_tiny_workspace(root: str | Path, n_pairs: int | None = TINY_PAIRS, experts: int = 4) -> Workspace:
     """models/default-sparse (4 experts, top-2) and models/tiny-dense on uploads/tiny.safetensors,
     plus an experiments/tiny/results.json for the comparison page."""
     ws = Workspace(root)

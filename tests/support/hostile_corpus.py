@@ -678,7 +678,7 @@ def model_cases(root: Path) -> list[Case]:
     )
     single = _save_model(root, "single", _model("single"))
     assert single.exists()
-    cases.append(_eval("single", True, "purity n/a (one expert)"))
+    cases.append(_eval("single", True, "n/a: one expert"))
     features_files = {
         "feats_truncated.safetensors": (root / "feats.safetensors").read_bytes()[:300],
         "feats_random.safetensors": os.urandom(500),
