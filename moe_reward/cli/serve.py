@@ -64,8 +64,8 @@ def register(subparsers) -> None:
     s.add_argument(
         "--batch-wait-ms",
         type=bounded_int(0, 10_000),
-        default=5,
-        help="how long a lone request waits for others to join its batch",
+        default=10,
+        help="how long a batch waits for more requests before it starts (a lone request's added latency)",
     )
     s.add_argument(
         "--cache-entries",

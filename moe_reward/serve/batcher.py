@@ -1,10 +1,11 @@
 """Micro-batching: many concurrent small requests become one forward pass.
 
-Each request is a *job* of a few items. One asyncio task takes the first waiting job, waits `max_wait`
-seconds for more when nothing else is queued (under load the queue already holds the next jobs, so
-nothing waits), takes whole jobs up to `max_items` items, and runs them with one call of `run` in a
-single worker thread (the event loop keeps accepting requests meanwhile). While a batch runs the next one
-gathers, so under load every batch holds what arrived during the previous one.
+Each request is a *job* of a few items. One asyncio task waits for a job, then `max_wait` seconds more
+(unless a full batch is already waiting), takes whole jobs up to `max_items` items and runs them with one
+call of `run` in a single worker thread (the event loop keeps accepting requests meanwhile). While a
+batch runs the next one gathers; the wait after it lets the clients it answered send their next requests
+in time to join, so a steady set of clients is served in one batch rather than two alternating halves
+(each request would then wait for the other half's batch as well as its own).
 
 A job larger than `max_items` runs alone. If a batch fails, its jobs are run one by one, so one bad job
 fails alone. At most `max_pending` items wait; beyond that `submit` raises `Busy` (answered 503) instead
@@ -101,8 +102,11 @@ class MicroBatcher:
             if not self._queue:
                 self._ready.clear()
                 await self._ready.wait()
-            if len(self._queue) == 1 and self._queue[0].size < self.max_items and self.max_wait > 0:
-                await asyncio.sleep(self.max_wait)  # alone: give concurrent requests a moment to join
+            if self.max_wait > 0 and sum(j.size for j in self._queue) < self.max_items:
+                # Give concurrent requests a moment to join: those arriving with this one, and (under
+                # load) the next requests of the clients the previous batch just answered, which would
+                # otherwise miss this batch and keep the clients split into two alternating batches.
+                await asyncio.sleep(self.max_wait)
             jobs = [j for j in self._take() if not j.future.done()]  # (done: cancelled by its client)
             if not jobs:
                 continue

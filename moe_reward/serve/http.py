@@ -308,6 +308,8 @@ def create_app(scorer: Scorer, limits: ServeLimits | None = None, token: str | N
         )
 
     async def weights_for(profile: str | None, weights: list[float] | None) -> Weights:
+        if profile is None:  # nothing to read from the store: no thread hop
+            return scorer.weights_for(None, weights)
         return await run_in_threadpool(scorer.weights_for, profile, weights)
 
     async def scored(prompts: list[str], responses: list[str], whose: Weights):

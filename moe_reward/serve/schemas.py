@@ -20,7 +20,7 @@ class ServeLimits:
     max_chars: int = 100_000  # characters per prompt or response (the backbone reads ~256 tokens of them)
     max_body_bytes: int = 8 * 1024 * 1024  # request body, checked before it is parsed
     max_batch_items: int = 256  # items the micro-batcher puts in one forward pass
-    batch_wait_ms: float = 5.0  # how long a lone request waits for company
+    batch_wait_ms: float = 10.0  # how long a batch waits for more requests before it starts
     max_pending_items: int = 16_384  # items waiting; beyond them requests get 503
 
     def __post_init__(self) -> None:

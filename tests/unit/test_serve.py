@@ -48,6 +48,36 @@ def test_concurrent_jobs_share_one_call_up_to_max_items():
     assert [p for c in calls for p in c] == list(range(10))
 
 
+def test_clients_answered_together_stay_in_one_batch():
+    """Closed-loop clients (each sends its next request when answered): two who started early must not
+    keep the rest in a second, alternating batch (each request would wait for two batches)."""
+    import time
+
+    sizes: list[int] = []
+
+    def run(payloads):
+        sizes.append(len(payloads))
+        time.sleep(0.3)
+        return list(payloads)
+
+    async def main():
+        b = MicroBatcher(run, max_items=64, max_wait=0.05)
+        await b.start()
+
+        async def client(k: int, start: float):
+            await asyncio.sleep(start)
+            for j in range(3):
+                await b.submit((k, j), 1)
+
+        try:
+            await asyncio.gather(*(client(k, 0.0) for k in (0, 1)), *(client(k, 0.15) for k in (2, 3, 4)))
+        finally:
+            await b.stop()
+
+    asyncio.run(main())
+    assert sizes == [2, 5, 5, 3], sizes  # the early two rejoin the rest; not [2, 3, 2, 3, 2, 3]
+
+
 def test_a_job_larger_than_a_batch_runs_alone():
     calls: list[list] = []
     out = _run_batcher(
