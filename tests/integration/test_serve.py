@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import random
 import threading
 import time
@@ -475,3 +476,22 @@ def test_worker_processes_share_the_port(served, local):
             np.testing.assert_allclose(body["rewards"], expected, rtol=0, atol=1e-5)
     finally:
         stop_server(proc)
+
+
+def test_the_grpo_example_calls_the_reward_function_the_way_trl_does(served):
+    """examples/grpo_tiny.py without TRL installed (its fallback): a group of completions per prompt."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("trl") is not None:
+        pytest.skip("trl is installed here: the example would train (slow), not call the function directly")
+    out = subprocess.run(
+        [sys.executable, "examples/grpo_tiny.py", "--model", str(served["model_dir"]), "--generations", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ln.split() for ln in out.stdout.splitlines() if ln.strip()[:1] in ("+", "-") and "'" in ln]
+    assert len(lines) == 8 and all(math.isfinite(float(ln[0])) for ln in lines), out.stdout

@@ -78,6 +78,43 @@ def test_clients_answered_together_stay_in_one_batch():
     assert sizes == [2, 5, 5, 3], sizes  # the early two rejoin the rest; not [2, 3, 2, 3, 2, 3]
 
 
+def test_answered_clients_slower_than_max_wait_still_rejoin_within_a_bounded_wait():
+    """Under load a client's next request can take longer than --batch-wait-ms to arrive: the batcher
+    waits for the clients the last batch answered, at most 5% of that batch's time."""
+    import time
+
+    sizes: list[int] = []
+    gaps: list[float] = []
+    ended = [0.0]
+
+    def run(payloads):
+        if ended[0]:
+            gaps.append(time.monotonic() - ended[0])
+        sizes.append(len(payloads))
+        time.sleep(1.0)
+        ended[0] = time.monotonic()
+        return list(payloads)
+
+    async def main():
+        b = MicroBatcher(run, max_items=64, max_wait=0.005)
+        await b.start()
+
+        async def client(k: int, start: float):
+            await asyncio.sleep(start)
+            for j in range(3):
+                await b.submit((k, j), 1)
+                await asyncio.sleep(0.02)  # the client's own time before its next request
+
+        try:
+            await asyncio.gather(*(client(k, 0.0) for k in (0, 1)), *(client(k, 0.15) for k in (2, 3, 4)))
+        finally:
+            await b.stop()
+
+    asyncio.run(main())
+    assert sizes == [2, 5, 5, 3], sizes
+    assert max(gaps) < 0.05 + 0.1, gaps  # the last batch's clients did not all come back: 5% of 1 s, no more
+
+
 def test_a_job_larger_than_a_batch_runs_alone():
     calls: list[list] = []
     out = _run_batcher(
@@ -224,6 +261,7 @@ class _FakeScorer:
     """Stands in for `serve.scorer.Scorer`: reward = len(response) + 100 * (profile number)."""
 
     num_experts = 2
+    model_dir, labels_path = "/models/fake", "/models/labels.sqlite"
 
     def __init__(self):
         self.calls: list[tuple[int, str | None]] = []
@@ -293,6 +331,23 @@ def test_reward_function_scores_each_row_for_its_own_profile(fake_scorer):
     assert sorted(p for _, p in fake_scorer.calls) == ["ann/p2", "bob/p3", "team/p1"]  # one call per profile
     with pytest.raises(ValueError, match="profile_column 'user': TRL passed no such column"):
         fn(["p"], ["a"], other=["x"])
+
+
+def test_reward_function_pickles_without_its_model(fake_scorer, monkeypatch):
+    import pickle
+
+    from moe_reward import rlhf
+
+    fn = rlhf.reward_function(fake_scorer, profile="a/p1", name="rm")
+    loaded: list = []
+    monkeypatch.setattr(rlhf, "load_scorer", lambda model, labels: loaded.append((model, labels)) or _FakeScorer())
+    copy = pickle.loads(pickle.dumps(fn))
+    assert copy.__name__ == "rm" and copy._scorer is None and not loaded
+    assert copy(["p"], ["ab"]) == [102.0]
+    assert copy(["p"], ["abc"]) == [103.0]
+    assert loaded == [("/models/fake", "/models/labels.sqlite")]  # loaded once, in the new process
+    remote = pickle.loads(pickle.dumps(rlhf.reward_function("http://127.0.0.1:9/", token="t0ken-123")))
+    assert remote.urls == ["http://127.0.0.1:9/"] and remote.token == "t0ken-123"
 
 
 def test_reward_function_refuses_contradictory_settings(fake_scorer):
