@@ -164,6 +164,11 @@ def test_openrlhf_get_reward_format(served):
     )
     assert status == 200
     np.testing.assert_allclose(body["rewards"], personal["rewards"], rtol=0, atol=1e-5)
+    # OpenRLHF shards each call over its --reward.remote_url list: a server may get an empty shard.
+    assert call(base, "/get_reward", {"query": [], "prompts": [], "labels": []}, token=TOKEN) == (
+        200,
+        {"rewards": [], "scores": [], "extra_logs": {}},
+    )
     for bad, message in (
         ({"query": query}, "prompts: required"),
         ({"query": query, "prompts": prompts[:-1]}, "give one prompt per query"),

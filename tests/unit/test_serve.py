@@ -334,19 +334,23 @@ def test_reward_function_scores_each_row_for_its_own_profile(fake_scorer):
 
 
 def test_reward_function_pickles_without_its_model(fake_scorer, monkeypatch):
+    """A copy sent to another process (pickled by Ray or multiprocessing) carries no model: it loads its
+    own there, once. (copy.deepcopy goes through the same __getstate__ as pickling.)"""
+    import copy
     import pickle
 
     from moe_reward import rlhf
 
     fn = rlhf.reward_function(fake_scorer, profile="a/p1", name="rm")
+    assert len(pickle.dumps(fn)) < 2000  # names and settings only
     loaded: list = []
     monkeypatch.setattr(rlhf, "load_scorer", lambda model, labels: loaded.append((model, labels)) or _FakeScorer())
-    copy = pickle.loads(pickle.dumps(fn))
-    assert copy.__name__ == "rm" and copy._scorer is None and not loaded
-    assert copy(["p"], ["ab"]) == [102.0]
-    assert copy(["p"], ["abc"]) == [103.0]
-    assert loaded == [("/models/fake", "/models/labels.sqlite")]  # loaded once, in the new process
-    remote = pickle.loads(pickle.dumps(rlhf.reward_function("http://127.0.0.1:9/", token="t0ken-123")))
+    clone = copy.deepcopy(fn)
+    assert clone.__name__ == "rm" and clone._scorer is None and not loaded
+    assert clone(["p"], ["ab"]) == [102.0]
+    assert clone(["p"], ["abc"]) == [103.0]
+    assert loaded == [("/models/fake", "/models/labels.sqlite")]  # loaded once, where it runs
+    remote = copy.deepcopy(rlhf.reward_function("http://127.0.0.1:9/", token="t0ken-123"))
     assert remote.urls == ["http://127.0.0.1:9/"] and remote.token == "t0ken-123"
 
 
