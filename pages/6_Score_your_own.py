@@ -62,10 +62,12 @@ if go_score:
         )
 
 stored = {f"{p.annotator} / {p.name}": f"{p.annotator}/{p.name}" for p in profiles}
-session_pick = profile_pick == "this session's profile" and session_adapter is not None
-ui.rlhf_snippets(
-    ctx, stored.get(profile_pick), session_adapter.weights if session_pick else None, prompt, resp_a
+session_weights = (
+    session_adapter.weights
+    if profile_pick == "this session's profile" and session_adapter is not None
+    else None
 )
+ui.rlhf_snippets(ctx, stored.get(profile_pick), session_weights, prompt, resp_a)
 
 result = st.session_state.get("score_result")
 if result is None:
