@@ -39,6 +39,8 @@ class _Job:
     payload: Any
     size: int
     future: asyncio.Future
+    queued: float = 0.0  # loop time at submit
+    timing: dict | None = None  # filled in when its batch ends: queue_s, batch_s, batch_items
 
 
 class MicroBatcher:
@@ -85,12 +87,15 @@ class MicroBatcher:
                 job.future.set_exception(Busy("the server is shutting down"))
         self._queue.clear()
 
-    async def submit(self, payload: Any, size: int) -> Any:
+    async def submit(self, payload: Any, size: int, timing: dict | None = None) -> Any:
+        """`run`'s result for `payload` (`size` items). `timing`, if given, gets the seconds the job waited
+        for its batch (``queue_s``), its batch's seconds (``batch_s``) and items (``batch_items``)."""
         if self._ready is None:
             raise RuntimeError("MicroBatcher.start() was not awaited")
         if self.pending and self.pending + size > self.max_pending:
             raise Busy(f"{self.pending} items are waiting (limit {self.max_pending}); retry shortly")
-        job = _Job(payload, max(int(size), 1), asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        job = _Job(payload, max(int(size), 1), loop.create_future(), loop.time(), timing)
         self._queue.append(job)
         self.pending += job.size
         self._arrivals += 1
@@ -149,7 +154,12 @@ class MicroBatcher:
             self._last_end = loop.time()
             self._last_seconds = self._last_end - start
             self._answered, self._arrivals_at_end = len(jobs), self._arrivals
+            items = sum(j.size for j in jobs)
             for job, result in zip(jobs, results, strict=True):
+                if job.timing is not None:
+                    job.timing.update(
+                        queue_s=start - job.queued, batch_s=self._last_seconds, batch_items=items
+                    )
                 if job.future.done():
                     continue
                 if isinstance(result, BaseException):

@@ -11,6 +11,8 @@ Endpoints (every one but ``/health`` and the docs needs the bearer token when th
   ``{"rewards": [...], "scores": [...], "extra_logs": {}}`` (a query is its prompt followed by the
   response; ``?profile=annotator/name`` in the URL or ``"profile"`` in the body scores for a profile);
 - ``GET /stats``: batches run, items scored, mean batch size and time, waiting items, cache hits;
+  each scoring answer's ``Server-Timing`` header says how long it waited for its batch and how long the
+  batch took;
 - ``/docs`` and ``/openapi.json``: the OpenAPI description.
 
 `Guard`, a plain ASGI middleware in front of everything, checks the token and bounds the body *before*
@@ -32,7 +34,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -312,8 +314,19 @@ def create_app(scorer: Scorer, limits: ServeLimits | None = None, token: str | N
             return scorer.weights_for(None, weights)
         return await run_in_threadpool(scorer.weights_for, profile, weights)
 
-    async def scored(prompts: list[str], responses: list[str], whose: Weights):
-        return await batcher.submit((prompts, responses, whose.vector), len(prompts))
+    async def scored(prompts: list[str], responses: list[str], whose: Weights, response: Response):
+        """The rows' scores from the micro-batcher; the answer's Server-Timing header says how long the
+        request waited for its batch and how long the batch took (milliseconds)."""
+        if not prompts:
+            return []
+        timing: dict = {}
+        out = await batcher.submit((prompts, responses, whose.vector), len(prompts), timing)
+        if timing:
+            response.headers["Server-Timing"] = (
+                f"queue;dur={1000 * timing['queue_s']:.1f}, batch;dur={1000 * timing['batch_s']:.1f};"
+                f'desc="{timing["batch_items"]} items"'
+            )
+        return out
 
     @app.get("/health", summary="Liveness: 200 once the model is loaded")
     async def health() -> dict:
@@ -351,7 +364,7 @@ def create_app(scorer: Scorer, limits: ServeLimits | None = None, token: str | N
         response_model_exclude_none=True,
         summary="Rewards of (prompt, response) items: crowd, profile or weights",
     )
-    async def score(req: ScoreRequest) -> dict:
+    async def score(req: ScoreRequest, response: Response) -> dict:
         if req.items is not None and req.pairs is not None:
             raise ServeError("give items or pairs (the same thing), not both")
         items = req.items if req.items is not None else req.pairs
@@ -359,7 +372,7 @@ def create_app(scorer: Scorer, limits: ServeLimits | None = None, token: str | N
             raise ServeError("items: required: a list of {prompt, response} objects")
         prompts, responses = _item_texts(items, limits)
         whose = await weights_for(req.profile, req.weights)
-        out = await scored(prompts, responses, whose) if prompts else []
+        out = await scored(prompts, responses, whose, response)
         personal = whose.vector is not None
         body: dict[str, Any] = {
             "model": scorer.name,
@@ -385,7 +398,7 @@ def create_app(scorer: Scorer, limits: ServeLimits | None = None, token: str | N
         response_model=GetRewardResponse,
         summary="OpenRLHF's remote reward model call",
     )
-    async def get_reward(req: GetRewardRequest, request: Request) -> dict:
+    async def get_reward(req: GetRewardRequest, request: Request, response: Response) -> dict:
         if req.prompts is None:
             raise ServeError(
                 "prompts: required: the prompt of each query (a query is its prompt followed by the response)"
@@ -410,7 +423,7 @@ def create_app(scorer: Scorer, limits: ServeLimits | None = None, token: str | N
             responses.append(r)
         profile = req.profile if req.profile is not None else request.query_params.get("profile")
         whose = await weights_for(profile, req.weights)
-        out = await scored(prompts, responses, whose) if prompts else []
+        out = await scored(prompts, responses, whose, response)
         rewards = [s.reward if whose.vector is None else s.personalized_reward for s in out]
         return {"rewards": rewards, "scores": rewards, "extra_logs": {}}
 
