@@ -4,12 +4,15 @@ Each request is a *job* of a few items. One asyncio task waits for a job, takes 
 `max_items` items and runs them with one call of `run` in a single worker thread (the event loop keeps
 accepting requests meanwhile); while a batch runs, the next one gathers.
 
-Before it takes a batch it waits (unless a full batch is already waiting): at least `max_wait` seconds
-(requests sent together arrive together), then until as many requests have arrived since the last batch
-ended as that batch answered, at most `FOLLOW_SHARE` (5%) of that batch's duration. Clients in a closed
-loop (each sends its next request when answered: RLHF workers, the benchmark) are then served in one
-batch, rather than in two halves that alternate, each request waiting for the other half's batch as well
-as its own; the wait costs at most 5% of throughput, when the answered clients do not come back.
+Before it takes a batch it waits (unless a full batch is already waiting): at least `max_wait` seconds,
+then until as many requests have arrived since the last batch ended as that batch answered, or until
+arrivals pause for `max_wait` or `GAP_SHARE` (1%) of the last batch's duration, whichever is longer, and
+never longer than `FOLLOW_SHARE` (5%) of that duration. Clients in a closed loop (each sends its next
+request when answered: RLHF workers, the benchmark) are then served in one batch, rather than in two
+halves that alternate, each request waiting for the other half's batch as well as its own; requests sent
+together but spread out by a busy machine still meet in one batch; and when some clients do not come back
+(they are done) the batch starts once the others have arrived. The waits scale with the batch time, so
+they cost a few percent of throughput at most.
 
 A job larger than `max_items` runs alone. If a batch fails, its jobs are run one by one, so one bad job
 fails alone. At most `max_pending` items wait; beyond that `submit` raises `Busy` (answered 503) instead
@@ -28,6 +31,7 @@ from typing import Any
 
 log = logging.getLogger("moe_reward.serve")
 FOLLOW_SHARE = 0.05  # after a batch, wait at most this share of its duration for its clients to come back
+GAP_SHARE = 0.01  # ... and stop once none arrived for this share of it (the others are not coming back)
 
 
 class Busy(RuntimeError):
@@ -66,6 +70,7 @@ class MicroBatcher:
         self._arrivals_at_end = 0  # ... when the last batch ended
         self._answered = 0  # requests the last batch answered
         self._last_end = float("-inf")
+        self._last_arrival = float("-inf")
         self._last_seconds = 0.0
 
     async def start(self) -> None:
@@ -99,6 +104,7 @@ class MicroBatcher:
         self._queue.append(job)
         self.pending += job.size
         self._arrivals += 1
+        self._last_arrival = loop.time()
         self._ready.set()
         self._arrived.set()  # type: ignore[union-attr]
         return await job.future
@@ -114,23 +120,25 @@ class MicroBatcher:
         return jobs
 
     async def _gather(self) -> None:
-        """Wait before taking a batch (see the module docstring): at least `max_wait`, then until as many
-        requests arrived since the last batch ended as it answered, or `FOLLOW_SHARE` of its duration
-        passed; never once a full batch waits."""
+        """Wait before taking a batch (see the module docstring); never once a full batch waits."""
         assert self._arrived is not None
         loop = asyncio.get_running_loop()
         first = loop.time()
-        follow_until = self._last_end + FOLLOW_SHARE * self._last_seconds
+        gap = max(self.max_wait, GAP_SHARE * self._last_seconds)
+        follow = max(self.max_wait, FOLLOW_SHARE * self._last_seconds)
+        cap = max(first, self._last_end) + follow
+        # Right after a batch, the requests arriving are (mostly) its clients coming back: once all are
+        # back there is nothing more to wait for. After an idle spell, nobody is known to be coming.
+        returning = first <= self._last_end + follow
         while sum(j.size for j in self._queue) < self.max_items:
             now = loop.time()
-            if now >= first + self.max_wait and (
-                self._arrivals - self._arrivals_at_end >= self._answered or now >= follow_until
-            ):
+            back = self._arrivals - self._arrivals_at_end
+            paused = min(cap, max(self._last_arrival, self._last_end) + gap)  # no arrival for `gap`
+            if now >= first + self.max_wait and ((returning and back >= self._answered) or now >= paused):
                 return
-            until = first + self.max_wait if now < first + self.max_wait else follow_until
             self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), until - now)
+                await asyncio.wait_for(self._arrived.wait(), max(first + self.max_wait, paused) - now)
             except TimeoutError:
                 pass
 

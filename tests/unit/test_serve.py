@@ -78,10 +78,16 @@ def test_clients_answered_together_stay_in_one_batch():
     assert sizes == [2, 5, 5, 3], sizes  # the early two rejoin the rest; not [2, 3, 2, 3, 2, 3]
 
 
-def test_answered_clients_slower_than_max_wait_still_rejoin_within_a_bounded_wait():
+def test_answered_clients_slower_than_max_wait_still_rejoin_within_a_bounded_wait(monkeypatch):
     """Under load a client's next request can take longer than --batch-wait-ms to arrive: the batcher
-    waits for the clients the last batch answered, at most 5% of that batch's time."""
+    waits for the clients the last batch answered; when some do not come back (they are done), it stops
+    once arrivals pause (GAP_SHARE of the batch's time), long before the FOLLOW_SHARE cap."""
     import time
+
+    from moe_reward.serve import batcher
+
+    monkeypatch.setattr(batcher, "FOLLOW_SHARE", 0.5)  # a cap of 0.5 s after a 1 s batch ...
+    monkeypatch.setattr(batcher, "GAP_SHARE", 0.03)  # ... and a pause of 30 ms ends the wait
 
     sizes: list[int] = []
     gaps: list[float] = []
@@ -112,7 +118,44 @@ def test_answered_clients_slower_than_max_wait_still_rejoin_within_a_bounded_wai
 
     asyncio.run(main())
     assert sizes == [2, 5, 5, 3], sizes
-    assert max(gaps) < 0.05 + 0.1, gaps  # the last batch's clients did not all come back: 5% of 1 s, no more
+    assert gaps[-1] < 0.25, gaps  # two clients were done: the wait ended at the pause, not at the 0.5 s cap
+
+
+def test_requests_sent_together_but_spread_out_meet_in_one_batch(monkeypatch):
+    """On a busy machine requests sent at once arrive spread over more than --batch-wait-ms: while they
+    keep arriving (gaps under GAP_SHARE of the last batch's time) the batch waits for them."""
+    import time
+
+    from moe_reward.serve import batcher
+
+    monkeypatch.setattr(batcher, "GAP_SHARE", 0.05)  # a pause of 50 ms after a 1 s batch ends the wait
+    monkeypatch.setattr(batcher, "FOLLOW_SHARE", 0.3)  # which lasts at most 300 ms
+    sizes: list[int] = []
+
+    def run(payloads):
+        sizes.append(len(payloads))
+        time.sleep(1.0 if payloads == ["warm"] else 0.01)
+        return list(payloads)
+
+    async def main():
+        b = MicroBatcher(run, max_items=64, max_wait=0.005)
+        await b.start()
+
+        async def late(k: int):
+            await asyncio.sleep(0.02 * k)  # 20 ms apart: 80 ms from the first to the last
+            return await b.submit(k, 1)
+
+        try:
+            await b.submit("warm", 1)
+            await asyncio.sleep(
+                0.5
+            )  # idle for longer than the 300 ms in which its client counts as returning
+            return await asyncio.gather(*(late(k) for k in range(5)))
+        finally:
+            await b.stop()
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+    assert sizes == [1, 5], sizes  # not [1, 1, 1, 1, 1, 1]
 
 
 def test_a_job_larger_than_a_batch_runs_alone():
@@ -344,7 +387,9 @@ def test_reward_function_pickles_without_its_model(fake_scorer, monkeypatch):
     fn = rlhf.reward_function(fake_scorer, profile="a/p1", name="rm")
     assert len(pickle.dumps(fn)) < 2000  # names and settings only
     loaded: list = []
-    monkeypatch.setattr(rlhf, "load_scorer", lambda model, labels: loaded.append((model, labels)) or _FakeScorer())
+    monkeypatch.setattr(
+        rlhf, "load_scorer", lambda model, labels: loaded.append((model, labels)) or _FakeScorer()
+    )
     clone = copy.deepcopy(fn)
     assert clone.__name__ == "rm" and clone._scorer is None and not loaded
     assert clone(["p"], ["ab"]) == [102.0]
