@@ -68,13 +68,20 @@ class Client:
         host, port = base.removeprefix("http://").split(":")
         self.conn = http.client.HTTPConnection(host, int(port), timeout=600)
 
+    def _post(self, body: bytes) -> tuple[http.client.HTTPResponse, bytes]:
+        self.conn.request("POST", "/score", body=body, headers={"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        return resp, resp.read()
+
     def score(self, items: list[dict]) -> tuple[int, list[float] | None, float]:
         """(status, rewards, seconds of the batch that scored them, from the Server-Timing header)."""
         body = json.dumps({"items": items}).encode()
         try:
-            self.conn.request("POST", "/score", body=body, headers={"Content-Type": "application/json"})
-            resp = self.conn.getresponse()
-            data = resp.read()
+            try:
+                resp, data = self._post(body)
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.conn.close()  # the server closed the idle keep-alive connection: reconnect, as clients do
+                resp, data = self._post(body)
         except (OSError, http.client.HTTPException):
             self.conn.close()
             return -1, None, float("nan")

@@ -113,10 +113,12 @@ def listen(host: str, port: int) -> socket.socket:
 def cmd_serve(args) -> int:
     import uvicorn
 
+    from ..core.heap import reuse_freed_memory
     from ..serve.http import SETTINGS_ENV, TOKEN_ENV, create_app
     from ..serve.schemas import ServeLimits
     from ..serve.scorer import Scorer, default_labels_path, resolve_model_dir
 
+    reuse_freed_memory()  # (main() fixed a small threshold for one-shot commands; see heap.py)
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if token is not None and (len(token) < 8 or not token.isprintable() or " " in token):
         raise ValueError("--token: use at least 8 printable characters without spaces")

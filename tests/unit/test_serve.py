@@ -462,3 +462,20 @@ def test_snippets_for_explicit_weights():
     assert "weights=[0.25, -1.5]" in s["python"]
     with pytest.raises(ValueError):
         client_snippets("m", "p", "r", profile="a/b", weights=[1.0])
+
+
+def test_the_server_keeps_freed_buffers_for_the_next_batch(monkeypatch, tmp_path, capsys):
+    """`moe-reward` fixes a small mmap threshold for one-shot commands; the server, which runs the same
+    forward pass again and again, sets it back up before loading anything (see core/heap.py)."""
+    import sys
+
+    from moe_reward.cli import main
+    from moe_reward.core import heap
+
+    calls: list[str] = []
+    monkeypatch.setattr(heap, "reuse_freed_memory", lambda: calls.append("reuse") or True)
+    assert main(["serve", "--model", str(tmp_path / "missing")]) == 2  # fails after the setting, on the model
+    assert calls == ["reuse"] and "missing config.json" in capsys.readouterr().err
+    if sys.platform.startswith("linux"):
+        assert heap.return_freed_memory(heap.SERVING_THRESHOLD) is True  # glibc accepted the value
+        heap.return_freed_memory()  # (back to what main() set for this test process)
