@@ -124,6 +124,7 @@ def main() -> int:
     ap.add_argument("--cycles", type=int, default=8, help="measured cycles (after one warm-up cycle)")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--check", type=int, default=40, help="items also scored one by one as `score` does")
     args = ap.parse_args()
 
     scratch = tempfile.TemporaryDirectory()
@@ -139,6 +140,7 @@ def main() -> int:
     print(f"in-process scorer loaded in {time.perf_counter() - t:.1f}s")
     clients = [Client(base) for _ in range(args.clients)]
     rows = []
+    checked: list[tuple[str, str, float]] = []  # (prompt, response, the server's reward)
     try:
         for c in range(args.cycles + 1):
             sizes = [rng.randint(1, 8) for _ in range(args.clients)]
@@ -183,6 +185,20 @@ def main() -> int:
             )
             if c:
                 rows.append(row)
+                checked += [
+                    (it["prompt"], it["response"], x)
+                    for k, rw in enumerate(srv["rewards"])
+                    if rw is not None
+                    for it, x in zip(requests[k], rw, strict=True)
+                ][:8]
+        # Equality with `moe-reward score` (score_texts, one prompt's responses per call: other batches
+        # than the server's) on items the server scored in the cycles.
+        from moe_reward.app.pipeline import score_texts
+
+        cli_diff = 0.0
+        for prompt, response, reward in checked[: args.check]:
+            (s,) = score_texts(scorer.model, scorer.backbone, prompt, [response], cache_dir=None)
+            cli_diff = max(cli_diff, abs(s.reward - reward))
         # A lone request on an idle server against the same work in process (the batcher's wait included).
         time.sleep(2)
         lone_srv, lone_in = [], []
@@ -232,7 +248,11 @@ def main() -> int:
     print(
         f"  failed requests: {sum(r['failed'] for r in rows)} (target 0); server alive after the load: {alive}"
     )
-    print(f"  rewards: max |server - in-process| = {max(r['diff'] for r in rows):.2e} (target <= 1e-5)")
+    print(
+        f"  rewards: max |server - in-process| = {max(r['diff'] for r in rows):.2e} on all {n} items (same "
+        f"batches); against `moe-reward score` (score_texts, one item per call) {cli_diff:.2e} on "
+        f"{min(len(checked), args.check)} items (target <= 1e-5)"
+    )
     print(
         f"  a lone request, idle server: median {1000 * statistics.median(lone_srv):.0f} ms vs "
         f"{1000 * statistics.median(lone_in):.0f} ms in process"

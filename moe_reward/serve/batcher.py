@@ -6,8 +6,8 @@ accepting requests meanwhile); while a batch runs, the next one gathers.
 
 Before it takes a batch it waits (unless a full batch is already waiting): at least `max_wait` seconds,
 then until as many requests have arrived since the last batch ended as that batch answered, or until
-arrivals pause for `max_wait` or `GAP_SHARE` (1%) of the last batch's duration, whichever is longer, and
-never longer than `FOLLOW_SHARE` (5%) of that duration. Clients in a closed loop (each sends its next
+arrivals pause for `max_wait` or `GAP_SHARE` (1%) of a typical batch's duration (a moving average),
+whichever is longer, and never longer than `FOLLOW_SHARE` (5%) of it. Clients in a closed loop (each sends its next
 request when answered: RLHF workers, the benchmark) are then served in one batch, rather than in two
 halves that alternate, each request waiting for the other half's batch as well as its own; requests sent
 together but spread out by a busy machine still meet in one batch; and when some clients do not come back
@@ -32,6 +32,9 @@ from typing import Any
 log = logging.getLogger("moe_reward.serve")
 FOLLOW_SHARE = 0.05  # after a batch, wait at most this share of its duration for its clients to come back
 GAP_SHARE = 0.01  # ... and stop once none arrived for this share of it (the others are not coming back)
+TYPICAL_WEIGHT = (
+    0.3  # batch times are averaged (exponentially) so that one short batch does not shrink the waits
+)
 
 
 class Busy(RuntimeError):
@@ -72,6 +75,7 @@ class MicroBatcher:
         self._last_end = float("-inf")
         self._last_arrival = float("-inf")
         self._last_seconds = 0.0
+        self._typical_seconds = 0.0  # moving average of batch times: what the waits scale with
 
     async def start(self) -> None:
         self._ready, self._arrived = asyncio.Event(), asyncio.Event()
@@ -124,8 +128,8 @@ class MicroBatcher:
         assert self._arrived is not None
         loop = asyncio.get_running_loop()
         first = loop.time()
-        gap = max(self.max_wait, GAP_SHARE * self._last_seconds)
-        follow = max(self.max_wait, FOLLOW_SHARE * self._last_seconds)
+        gap = max(self.max_wait, GAP_SHARE * self._typical_seconds)
+        follow = max(self.max_wait, FOLLOW_SHARE * self._typical_seconds)
         cap = max(first, self._last_end) + follow
         # Right after a batch, the requests arriving are (mostly) its clients coming back: once all are
         # back there is nothing more to wait for. After an idle spell, nobody is known to be coming.
@@ -161,6 +165,11 @@ class MicroBatcher:
                 results = [exc] * len(jobs)
             self._last_end = loop.time()
             self._last_seconds = self._last_end - start
+            self._typical_seconds = (
+                self._last_seconds
+                if not self._typical_seconds
+                else (1 - TYPICAL_WEIGHT) * self._typical_seconds + TYPICAL_WEIGHT * self._last_seconds
+            )
             self._answered, self._arrivals_at_end = len(jobs), self._arrivals
             items = sum(j.size for j in jobs)
             for job, result in zip(jobs, results, strict=True):
