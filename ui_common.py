@@ -744,6 +744,6 @@ def rlhf_snippets(
             + "Start the server, then call it, or score in a Python process (TRL's reward-function "
             "signature); README: Use it in RLHF."
         )
-        st.code(s["serve"], language="bash")
-        st.code(s["curl"], language="bash")
-        st.code(s["python"], language="python")
+        st.code(s["serve"], language="bash", wrap_lines=True)
+        st.code(s["curl"], language="bash", wrap_lines=True)
+        st.code(s["python"], language="python", wrap_lines=True)
