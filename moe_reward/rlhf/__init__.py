@@ -1,4 +1,4 @@
-"""Reward functions for RLHF frameworks.
+"""Stage 10, rlhf: reward functions for RLHF frameworks.
 
 TRL's GRPO and RLOO trainers (and anything else that calls ``f(prompts, completions, **kwargs) ->
 list[float]``) take the callable `reward_function` returns::
@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .data.pairs import scoring_texts
+from ..data.pairs import scoring_texts
 
 TOKEN_ENV = "MOE_REWARD_TOKEN"
 
@@ -37,7 +37,7 @@ _scorers_lock = threading.Lock()
 
 def load_scorer(model: str | Path, labels: str | Path | None = None):
     """The process's `Scorer` for this model (loaded on first use, then shared)."""
-    from .serve.scorer import Scorer, resolve_model_dir
+    from ..serve.scorer import Scorer, resolve_model_dir
 
     key = (str(resolve_model_dir(model)), None if labels is None else str(Path(labels).resolve()))
     with _scorers_lock:
@@ -69,7 +69,7 @@ class RewardFunction:
         timeout: float = 300.0,
         name: str = "moe_reward",
     ):
-        from .serve.scorer import Scorer
+        from ..serve.scorer import Scorer
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
