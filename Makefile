@@ -3,7 +3,7 @@
 install:
 	pip install -r requirements.txt && pip install --no-deps -e .
 
-PY_SOURCES = moe_reward tests pages app.py ui_common.py bench
+PY_SOURCES = moe_reward tests pages app.py ui_common.py bench examples
 
 lint:
 	ruff check $(PY_SOURCES)
@@ -23,7 +23,7 @@ test:
 check: lint typecheck test
 
 bench:
-	python bench/bench_embed.py && python bench/bench_decoder.py --tiny && python bench/bench_scale.py && python bench/bench_train.py && python bench/bench_personalize.py && python bench/bench_app.py && python bench/bench_map.py
+	python bench/bench_embed.py && python bench/bench_decoder.py --tiny && python bench/bench_scale.py && python bench/bench_train.py && python bench/bench_personalize.py && python bench/bench_app.py && python bench/bench_map.py && python bench/bench_serve.py
 
 app:
 	streamlit run app.py --server.address 127.0.0.1 --browser.gatherUsageStats false

@@ -727,3 +727,43 @@ def report_button(ctx: Context) -> None:
             key="report_download",
             icon=":material/download:",
         )
+
+
+def rlhf_snippets(
+    ctx: Context,
+    profile: str | None = None,
+    weights=None,
+    prompt: str | None = None,
+    response: str | None = None,
+) -> None:
+    """The exact server command, curl call and Python call that score with a stored profile
+    (``annotator/name``), with explicit weights, or for the crowd, on the page's texts (default: the
+    dataset's first pair). Texts are shown as code, never rendered."""
+    from moe_reward.serve.snippets import client_snippets
+
+    first = ctx.features.pairs[0]
+    w = None if profile is not None or weights is None else [float(x) for x in weights]
+    s = client_snippets(
+        ctx.model_dir,
+        first.prompt if prompt is None else prompt,
+        first.chosen if response is None else response,
+        profile=profile,
+        weights=w,
+    )
+    whose = f"profile {profile}" if profile else "these weights" if w is not None else "the crowd's reward"
+    with st.expander(f"Score with {md(whose)} from a script or an RLHF trainer", icon=":material/terminal:"):
+        st.caption(
+            (
+                "The server reads this profile from the label store at every request: labels added here "
+                "change its rewards at once. "
+                if profile
+                else "These are the weights now (not yet a stored profile): the calls score with a copy. "
+                if w is not None
+                else ""
+            )
+            + "Start the server, then call it, or score in a Python process (TRL's reward-function "
+            "signature); README: Use it in RLHF."
+        )
+        st.code(s["serve"], language="bash", wrap_lines=True)
+        st.code(s["curl"], language="bash", wrap_lines=True)
+        st.code(s["python"], language="python", wrap_lines=True)

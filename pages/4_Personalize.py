@@ -870,6 +870,8 @@ with st.expander("Export / import profile"):
             flash("success", f"Imported a {spec['name']} profile with {n} labels.")
             st.rerun()
 
+ui.rlhf_snippets(ctx, f"{annotator}/{profile_name}" if rec is not None else None, adapter.weights)
+
 if (
     persona != "(none)"
     and st.session_state.get("pz_autoplay")

@@ -59,6 +59,14 @@ if go_score:
             profile_pick,
         )
 
+stored = {f"{p.annotator} / {p.name}": f"{p.annotator}/{p.name}" for p in profiles}
+session_weights = (
+    session_adapter.weights
+    if profile_pick == "this session's profile" and session_adapter is not None
+    else None
+)
+ui.rlhf_snippets(ctx, stored.get(profile_pick), session_weights, prompt, resp_a)
+
 result = st.session_state.get("score_result")
 if result is None:
     st.caption("Press **Score**.")

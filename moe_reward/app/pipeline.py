@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import torch
 from ..core import atomic
 from ..data.pairs import LoadResult, Splits, split_pairs, split_value
 from ..embed.backbone import Backbone, BackboneSpec
-from ..embed.cache import embed_texts
+from ..embed.cache import EmbeddingCache, TextCache, embed_texts
 from ..embed.features import PairFeatures, default_cache_dir
 from ..embed.pairs import load_features_or_pairs
 from ..evaluate.metrics import evaluate
@@ -307,7 +307,6 @@ class ScoredResponse:
     personalized_reward: float | None = None
 
 
-@torch.no_grad()
 def score_texts(
     model: SparseMoERewardModel,
     backbone: Backbone,
@@ -317,29 +316,68 @@ def score_texts(
     cache_dir: str | Path | None = "default",
 ) -> list[ScoredResponse]:
     """Score free text with a saved model: embed (through the cache), route, and mix."""
+    root = default_cache_dir() if cache_dir == "default" else cache_dir
+    return score_responses(
+        model,
+        backbone,
+        [prompt] * len(responses),
+        responses,
+        None if user_weights is None else [user_weights] * len(responses),
+        cache=EmbeddingCache(root, backbone.cache_key),
+        router_cache_dir=root,
+    )
+
+
+@torch.no_grad()
+def score_responses(
+    model: SparseMoERewardModel,
+    backbone: Backbone,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    user_weights: Sequence[np.ndarray | None] | None = None,
+    cache: TextCache | None = None,
+    router_cache_dir: str | Path | None = None,
+) -> list[ScoredResponse]:
+    """Score (prompt, response) rows in one forward pass: embed every distinct text once (through
+    `cache`), route each prompt, mix. `user_weights[i]` (K weights, or None for the router's own mix)
+    sets row i's `personalized_reward`, exactly as `model(..., user_weights=w)` mixes them. The CLI's
+    `score`, the dashboard and the reward server all score through here."""
     from ..data.pairs import PreferencePair
-    from ..embed.cache import EmbeddingCache
     from ..model.router_inputs import router_data
 
-    root = default_cache_dir() if cache_dir == "default" else cache_dir
-    cache = EmbeddingCache(root, backbone.cache_key)
-    emb = embed_texts(backbone, [(prompt, None)] + [(prompt, r) for r in responses], cache)
-    n = len(responses)
-    # The router reads the prompt the way it was trained to (its channels); one row per response.
+    n = len(prompts)
+    if len(responses) != n or (user_weights is not None and len(user_weights) != n):
+        raise ValueError(f"{n} prompts, {len(responses)} responses and user weights must be as many")
+    if not n:
+        return []
+    distinct = list(dict.fromkeys(prompts))
+    emb = embed_texts(
+        backbone, [(p, None) for p in distinct] + list(zip(prompts, responses, strict=True)), cache
+    )
+    row = {p: i for i, p in enumerate(distinct)}
+    prompt_emb = emb[[row[p] for p in prompts]]
+    response_emb = torch.from_numpy(np.ascontiguousarray(emb[len(distinct) :]))
+    # The router reads each prompt the way it was trained to (its channels); one row per response.
     rows = PairFeatures(
-        np.repeat(emb[:1], n, 0),
-        emb[1:],
-        emb[1:],
-        [PreferencePair(prompt, "-", "+")] * n,
+        prompt_emb,
+        emb[len(distinct) :],
+        emb[len(distinct) :],
+        [PreferencePair(p, "-", "+") for p in prompts],
         backbone.metadata(),
     )
-    p = router_data(model, rows, backbone=backbone, cache_dir=root).batch(slice(0, n))
-    out = model(p, torch.from_numpy(emb[1:]))
+    p = router_data(model, rows, backbone=backbone, cache_dir=router_cache_dir).batch(slice(0, n))
+    out = model(p, response_emb)
     personal = None
-    if user_weights is not None:
-        personal = model(
-            p, torch.from_numpy(emb[1:]), user_weights=torch.as_tensor(user_weights, dtype=torch.float32)
-        ).reward
+    wanted = [] if user_weights is None else [i for i, w in enumerate(user_weights) if w is not None]
+    if wanted:
+        w = np.zeros((n, model.num_experts), np.float32)
+        for i in wanted:
+            wi = np.asarray(user_weights[i], dtype=np.float32).reshape(-1)  # type: ignore[index]
+            if len(wi) != model.num_experts:
+                raise ValueError(f"{len(wi)} user weights for a model of {model.num_experts} experts")
+            w[i] = wi
+        personal = model(p, response_emb, user_weights=torch.from_numpy(w)).reward
+    chosen = set(wanted)
     return [
         ScoredResponse(
             r,
@@ -347,7 +385,7 @@ def score_texts(
             out.routing[i].tolist(),
             out.router_probs[i].tolist(),
             out.expert_rewards[i].tolist(),
-            None if personal is None else float(personal[i]),
+            float(personal[i]) if personal is not None and i in chosen else None,
         )
         for i, r in enumerate(responses)
     ]

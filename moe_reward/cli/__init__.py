@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 # Sub-command modules of this package; each exposes `register(subparsers)`.
-EXTRA_COMMANDS = ("personalize", "experiment", "explore", "report")
+EXTRA_COMMANDS = ("personalize", "experiment", "explore", "report", "serve")
 # personalize.ADAPTERS, without importing torch to build the parser (tests/test_personalize.py checks it)
 ADAPTER_NAMES = ("hedge", "batch", "gradient", "signed")
 

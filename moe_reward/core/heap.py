@@ -26,3 +26,14 @@ def return_freed_memory(threshold: int = 128 * 1024) -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
+
+
+SERVING_THRESHOLD = 32 * 1024 * 1024  # glibc's own ceiling for its dynamic threshold (64-bit)
+
+
+def reuse_freed_memory() -> bool:
+    """The opposite trade, for a process that runs the same forward pass again and again (the reward
+    server): buffers up to 32 MiB come from the heap and are reused, instead of being mapped, zeroed and
+    unmapped at every batch. Measured on the default backbone (40 texts per call, 2 shared cores, 4 runs
+    each, alternating): the 128 KiB threshold took 7% more CPU time and 20% more wall time per call."""
+    return return_freed_memory(SERVING_THRESHOLD)

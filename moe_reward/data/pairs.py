@@ -143,11 +143,13 @@ def _message(m: Any, i: int, name: str) -> tuple[str, str]:
     return role, _check_encodable(content, name)
 
 
-def _messages_text(messages: list, name: str) -> str:
+def _messages_text(messages: list, name: str, allow_empty: bool = False) -> str:
+    """Chat messages as the one text the backbone reads: a lone message is its content, several are
+    ``role: content`` blocks separated by blank lines."""
     checked = [_message(m, i, name) for i, m in enumerate(messages)]
     parts = [content if len(checked) == 1 else f"{role}: {content}" for role, content in checked]
     text = "\n\n".join(parts)
-    if not text.strip():
+    if not text.strip() and not allow_empty:
         raise _RowProblem(name, "empty")
     return text
 
@@ -165,6 +167,40 @@ def _split_conversation(prompt_msgs: list, completion: list, name: str) -> tuple
     if not content.strip():
         raise _RowProblem(name, "empty")
     return list(prompt_msgs) + list(completion[:-1]), content
+
+
+def scoring_texts(prompt: Any, completion: Any, name: str = "item") -> tuple[str, str]:
+    """(prompt text, response text) of one completion to score, from plain texts or TRL's conversational
+    format (message lists), turned into text exactly as training rows are (`normalize_row`): the
+    completion's last turn, the assistant's, is the response; the prompt's messages and the completion's
+    earlier turns are the context. Unlike training rows an empty response is allowed (a policy may end at
+    once). A `ValueError` names `name` and the field."""
+    try:
+        if isinstance(completion, list):
+            if not completion:
+                raise _RowProblem("completion", "empty message list")
+            role, response = _message(completion[-1], len(completion) - 1, "completion")
+            if role != "assistant":
+                raise _RowProblem(
+                    "completion",
+                    f"the response turn (message {len(completion) - 1}) has role {role!r}, expected 'assistant'",
+                )
+            earlier = list(completion[:-1])
+        elif isinstance(completion, str):
+            response, earlier = _check_encodable(completion, "completion"), []
+        else:
+            raise _RowProblem(
+                "completion", f"expected text or a message list, got {type(completion).__name__}"
+            )
+        if isinstance(prompt, str):
+            if not earlier:
+                return _check_encodable(prompt, "prompt"), response
+            prompt = [{"role": "user", "content": prompt}]
+        if not isinstance(prompt, list):
+            raise _RowProblem("prompt", f"expected text or a message list, got {type(prompt).__name__}")
+        return _messages_text(prompt + earlier, "prompt", allow_empty=True), response
+    except _RowProblem as exc:
+        raise ValueError(f"{name}: {exc.field}: {exc.reason}") from None
 
 
 def _hh_split(chosen: str, rejected: str) -> tuple[str, str, str]:

@@ -494,3 +494,59 @@ def test_personalize_says_when_an_annotator_disagrees_with_every_expert(home):
     again.run()
     assert not again.exception
     assert any("Outside what the experts span" in w.value and "'signed'" in w.value for w in again.warning)
+
+
+def _snippet(at) -> tuple[str, list[str]]:
+    """The label and code blocks of the page's 'Score with ... from a script' expander."""
+    (box,) = [e for e in at.expander if e.label.startswith("Score with")]
+    return box.label, [c.value for c in box.code]
+
+
+def _stored_profile(home: Path, annotator: str, name: str) -> None:
+    from moe_reward.personalize.store import LabelStore, new_profile_spec
+
+    store = LabelStore(home / "labels.sqlite")
+    store.get_or_create_profile(
+        annotator, name, "default-sparse", "hedge", new_profile_spec("hedge", 4, [0.25] * 4)
+    )
+
+
+def test_score_your_own_shows_the_calls_that_score_with_the_picked_profile(home):
+    import shlex
+
+    _stored_profile(home, "snippet-o'neil", "rlhf")
+    at = run(PAGES["score"])
+    label, (serve, curl, python) = _snippet(at)
+    model_dir = str(home / "models" / "default-sparse")
+    assert "crowd" in label and shlex.split(serve)[:4] == ["moe-reward", "serve", "--model", model_dir]
+    body = json.loads(shlex.split(curl)[-1])
+    assert body == {
+        "items": [
+            {"prompt": at.text_area(key="score_prompt").value, "response": at.text_area(key="score_a").value}
+        ]
+    }
+    at.selectbox(key="score_profile").select("snippet-o'neil / rlhf")
+    at.button[0].click().run()  # the form applies the pick
+    label, (_, curl, python) = _snippet(at)
+    assert "profile snippet" in label
+    assert json.loads(shlex.split(curl)[-1])["profile"] == "snippet-o'neil/rlhf"
+    assert f'reward_function({model_dir!r}, profile="snippet-o\'neil/rlhf")' in python
+
+
+def test_personalize_shows_the_calls_that_score_with_this_profile(home):
+    import shlex
+
+    at = AppTest.from_file(str(ROOT / PAGES["personalize"]), default_timeout=120)
+    at.query_params.update(annotator="snippet-new", profile="default")
+    at.run()
+    label, (_, curl, _) = _snippet(at)  # no stored profile yet: the weights it starts from
+    assert "these weights" in label and len(json.loads(shlex.split(curl)[-1])["weights"]) == 4
+    _stored_profile(home, "snippet-stored", "mine")
+    at = AppTest.from_file(str(ROOT / PAGES["personalize"]), default_timeout=120)
+    at.query_params.update(annotator="snippet-stored", profile="mine")
+    at.run()
+    label, (_, curl, python) = _snippet(at)
+    assert (
+        "profile snippet" in label and json.loads(shlex.split(curl)[-1])["profile"] == "snippet-stored/mine"
+    )
+    assert 'profile="snippet-stored/mine"' in python or "profile='snippet-stored/mine'" in python

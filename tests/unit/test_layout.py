@@ -3,7 +3,7 @@ on scores that the library lacks.
 
 (a) Every import inside `moe_reward/` (module level, inside functions, under TYPE_CHECKING) points to its
     own stage or one to its left: core -> data -> embed -> model -> train -> evaluate -> personalize ->
-    experiment -> app -> cli; `moe_reward` never imports streamlit.
+    experiment -> app -> serve -> rlhf -> cli; `moe_reward` never imports streamlit.
 (b) pages/*.py, app.py and ui_common.py read state, call the library and draw: no torch, scikit-learn,
     scipy or umap import, no numpy function beyond a few formatting / shaping helpers, no reductions
     (``.mean()``, ``.sum()``, ``.argsort()``, ...) and no ``@``. What they do today is listed in
@@ -20,7 +20,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "moe_reward"
-STAGES = ("core", "data", "embed", "model", "train", "evaluate", "personalize", "experiment", "app", "cli")
+STAGES = (
+    "core",
+    "data",
+    "embed",
+    "model",
+    "train",
+    "evaluate",
+    "personalize",
+    "experiment",
+    "app",
+    "serve",
+    "rlhf",
+    "cli",
+)
 VIEWS = ("app.py", "ui_common.py", "pages")
 
 # ----------------------------------------------------------------------------- (a) imports down the stages
