@@ -22,7 +22,8 @@ def build_served_model(root: Path, experts: int = 4) -> Path:
     from moe_reward.train.loop import TrainConfig
 
     backbone = save_tiny(root / "backbone", "bert")
-    feats = embed_pairs(reversal_pairs(seed=0, cues_per_side=2), BackboneSpec(str(backbone)), cache_dir=None)
+    # 4 cues a side: 192 pairs, enough for discovery to test routing (TrainConfig.min_discovery_pairs)
+    feats = embed_pairs(reversal_pairs(seed=0, cues_per_side=4), BackboneSpec(str(backbone)), cache_dir=None)
     model_dir = root / "workspace" / "models" / MODEL_NAME
     req = TrainRequest(
         data="reversal",
