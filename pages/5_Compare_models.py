@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
+from moe_reward.app.export import to_csv
 from moe_reward.evaluate.metrics import disagreements, evaluate, score_pairs
 
 ui.page_header(
@@ -54,8 +56,8 @@ def scored(model_fid: str, data_fid: str, _model, _features):
     return s, evaluate(_model, _features, s)
 
 
-a_scores, a_eval = ctx.scores, ctx.evaluation
-b_scores, b_eval = scored(ui.file_id(b_dir), ctx.data_fid, b_model, b_features)
+a_scores = ctx.scores
+b_scores, _ = scored(ui.model_id(b_dir), ctx.data_fid, b_model, b_features)
 label_a, label_b = f"A: {ctx.model_name}", f"B: {other}"
 
 
@@ -64,22 +66,48 @@ def relation_of(model_fid: str, data_fid: str, model_dir: str, _features):
     return ui.summary.relate(model_dir, _features)
 
 
-# Each model on its own held-out pairs of this file when it has some (its test split), else on all pairs.
+# One subset for both models: the pairs of this file that neither trained on (each one's held-out test
+# split, or every pair of a file it never saw). Without a saved split that cannot be told: all pairs, said so.
+held_out = [
+    ui.summary.unseen(relation_of(ui.model_id(mdir), ctx.data_fid, str(mdir), ctx.features))
+    for mdir in (ctx.model_dir, b_dir)
+]
+if all(h is not None for h in held_out):
+    common = np.intersect1d(held_out[0].index, held_out[1].index)
+    scope_label = "pairs neither model trained on"
+    if not len(common):
+        st.warning(
+            "No pair of this file is held out from both models (each trained on the other's test pairs); "
+            "the comparison below is on all pairs, training pairs included."
+        )
+        common, scope_label = np.arange(len(ctx.features)), "all pairs (training pairs included)"
+else:
+    common, scope_label = np.arange(len(ctx.features)), "all pairs (training pairs may be included)"
+    st.warning(
+        "One of the models saved no train/test split, so which pairs it trained on is unknown: the "
+        "comparison below is on all pairs of the file."
+    )
+if ctx.slice is not None and ctx.slice_rows is not None:
+    common = np.intersect1d(common, ctx.slice_rows)
+    scope_label += f" ∩ slice {ctx.slice.name}"
+scope = ui.summary.Scope("compare", scope_label, common.astype(np.int64))
+st.caption(f"Both models, every number and chart below: the **{ui.md(scope.describe())}**.")
+if not scope.n:
+    st.warning("No pair to compare on.")
+    st.stop()
+scope_id = f"{scope.key}|{scope.label}|{scope.n}"
+a_eval = scored_subset(ctx.model_fid, ctx.data_fid, scope_id, ctx.model, ctx.features, a_scores, scope.index)
+b_eval = scored_subset(
+    ui.model_id(b_dir), ctx.data_fid, scope_id, b_model, ctx.features, b_scores, scope.index
+)
+
 rows = []
-for label, model, mdir, scores_ in (
-    (label_a, ctx.model, ctx.model_dir, a_scores),
-    (label_b, b_model, b_dir, b_scores),
-):
-    rel = relation_of(ui.file_id(mdir), ctx.data_fid, str(mdir), ctx.features)
-    scope = rel.headline
-    ev = scored_subset(ui.file_id(mdir), ctx.data_fid, scope.key, model, ctx.features, scores_, scope.index)
+for label, model, ev in ((label_a, ctx.model, a_eval), (label_b, b_model, b_eval)):
     v = ui.summary.headline_values(ev)
     rows.append(
         {
             "model": label,
             "kind": model.describe(),
-            "pairs of": scope.label,
-            "pairs": scope.n,
             "accuracy": v["accuracy"],
             "routing NMI": v["routing_nmi"],
             "routing entropy": v["routing_entropy_normalized"],
@@ -93,11 +121,8 @@ st.caption(
         for s in (ui.summary.STATS[key] for key in ("accuracy", "routing_nmi", "routing_entropy_normalized"))
     )
 )
-if len({r["pairs of"] for r in rows}) > 1 or len({r["pairs"] for r in rows}) > 1:
-    st.caption(
-        "The two models are on different pairs of this file (each on its own held-out test split); the "
-        "charts below use all pairs of the file for both."
-    )
+for r in rows:
+    ui.below_chance_caption(r["accuracy"], scope.n, f"{r['model']}'s pairs")
 
 groups = sorted(set(a_eval["per_group"]) | set(b_eval["per_group"]))
 if groups:
@@ -112,7 +137,7 @@ if groups:
         ]
     )
     fig.update_layout(
-        title=f"Accuracy per group (all {len(ctx.features)} pairs of the file)",
+        title=f"Accuracy per group ({scope.describe()})",
         barmode="group",
         yaxis_range=[0, 1],
         height=340,
@@ -175,22 +200,24 @@ else:
     st.caption("Thick lines: the kinds of the two models compared. Mean ± sd over seeds.")
 
 st.subheader("Pairs they disagree on")
-idx = disagreements(a_scores, b_scores, limit=200)
+a_sub, b_sub = a_scores.subset(scope.index), b_scores.subset(scope.index)
+idx = scope.index[disagreements(a_sub, b_sub, limit=200)]
 st.caption(
-    f"{int((a_scores.correct != b_scores.correct).sum())} pairs where exactly one model picks the chosen "
-    "response; the most confident disagreements first."
+    f"{int((a_sub.correct != b_sub.correct).sum())} of the {scope.describe()} where exactly one model picks "
+    "the chosen response; the most confident disagreements first."
 )
 if len(idx):
     table = ctx.pair_table(idx, routing=False)[["id", "group", "user", "prompt", "chosen", "rejected"]]
     table.insert(1, "A correct", a_scores.correct[idx])
     table.insert(2, "A P(chosen)", a_scores.prob_chosen[idx].round(3))
     table.insert(3, "B P(chosen)", b_scores.prob_chosen[idx].round(3))
-    table.insert(4, "A top expert", [f"E{e}" for e in a_scores.top_expert[idx]])
-    table.insert(5, "B top expert", [f"E{e}" for e in b_scores.top_expert[idx]])
+    b_names = list(b_model.config.expert_names or [])
+    table.insert(4, "A top expert", [ui.expert_title(e, ctx.names) for e in a_scores.top_expert[idx]])
+    table.insert(5, "B top expert", [ui.expert_title(e, b_names) for e in b_scores.top_expert[idx]])
     ui.table(table, max_rows=12)
     st.download_button(
         "Download (CSV)",
-        table.to_csv(index=False).encode("utf-8"),
+        to_csv(table.to_dict("records")),  # cells a spreadsheet would run as formulas are quoted
         "disagreements.csv",
         "text/csv",
         key="cmp_dl",

@@ -133,8 +133,9 @@ def test_overview_headline_is_held_out_and_matches_routing_statistics(home):
     test = feats.subset([i for i, p in enumerate(feats.pairs) if p.id in set(split["test"])])
     assert acc.value == f"{evaluate(model, test)['accuracy']:.3f}"
     assert all(
-        m.delta == f"held-out test split · {n_test} pairs" for m in at.metric
-    )  # every metric says its subset
+        m.delta == f"held-out test split · {n_test} pairs" for m in at.metric[:4]
+    )  # every metric says its subset: the headline's four, then each expert card on its share of it
+    assert all(m.delta.startswith("held-out test split · ") for m in at.metric)
     subsets = at.dataframe[0].value  # the same statistics on every subset, the training split included
     assert (
         subsets["subset"].tolist()[0] == "held-out test split"
@@ -232,6 +233,11 @@ def test_palette_is_distinct_and_ordered():
     ) != colors.expert_symbol(0)
     groups = colors.category_colors([f"g{i}" for i in range(13)])
     assert len(set(groups.values())) == 13
+    # groups have a palette of their own: no group is drawn in (or near) an expert's colour
+    glab = np.array([_lab(c) for c in colors.GROUP_COLORS])
+    assert np.linalg.norm(glab[:, None] - lab[None], axis=-1).min() > 25
+    assert not set(groups.values()) & set(colors.EXPERT_COLORS)
+    assert colors.group_colors(["b", "a"]) == {"a": colors.GROUP_COLORS[0], "b": colors.GROUP_COLORS[1]}
 
 
 def _lab(hex_color: str) -> np.ndarray:
@@ -286,10 +292,19 @@ def test_diagnostics_render_on_overview_and_expert_detail(home):
     assert any("ceiling that unsupervised routing could reach" in c.value for c in at.caption)
     table = next(d.value for d in at.dataframe if "group" in d.value.columns and "E1" in d.value.columns)
     assert table.set_index("group").loc["deep", "E1"] == 4
+    # Expert detail is on one subset (the test split): its group chart counts that split's pairs led by
+    # E1; the model-level diagnostics stay on the Overview (a pointer says so)
     detail = app("pages/3_Expert_detail.py", model="with-diagnostics", expert="1")
-    assert metric(detail, "Oracle-routing accuracy").value == "0.880"
+    assert not any(m.label.startswith("Oracle-routing") for m in detail.metric)
+    assert any("diagnostics" in c.value and "Overview" in c.value for c in detail.caption)
+    model = SparseMoERewardModel.from_pretrained(home / "models" / "with-diagnostics")
+    split = json.loads((home / "models" / "with-diagnostics" / "split_ids.json").read_text())
+    feats = tiny_features()
+    test = feats.subset([i for i, p in enumerate(feats.pairs) if p.id in set(split["test"])])
+    led = int((score_pairs(model, test).top_expert == 1).sum())
     assert any(
-        "Groups of the 4 test pairs whose top expert is E1" in json.dumps(s) for s in chart_specs(detail)
+        f"Groups of the {led} pairs whose top expert is E1 (held-out test split)" in json.dumps(s)
+        for s in chart_specs(detail)
     )
     plain = app(model="default-sparse")
     assert not any(m.label.startswith("Router probe") for m in plain.metric)
