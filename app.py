@@ -135,8 +135,9 @@ def overview() -> None:
     )
     if scope.key == "test":
         st.caption(
-            f"Headline numbers are on the held-out test split: {scope.n} pairs of the training data that "
-            "the model never saw while training or choosing its checkpoint."
+            f"Headline numbers are on the {ui.md(scope.label)}: {scope.n} "
+            f"pair{'s' if scope.n != 1 else ''} of the training data that the model never saw while training "
+            "or choosing its checkpoint."
         )
     values = ui.summary.headline_values(ev)
     cols = st.columns(4)
@@ -207,7 +208,10 @@ def overview() -> None:
     st.plotly_chart(fig, width="stretch", key="ov_util")
 
     ui.diagnostics_section(
-        ui.summary.diagnostics_of(ev) or ui.summary.diagnostics_of(ui.model_metrics(ctx.model_dir)), ctx.k
+        ui.summary.diagnostics_of(ev) or ui.summary.diagnostics_of(ui.model_metrics(ctx.model_dir)),
+        ctx.k,
+        "held-out test split" if ctx.slice is None else "whole held-out test split (not only the slice)",
+        ctx.names,
     )
     story = ui.summary.training_story(ui.model_metrics(ctx.model_dir))
     if story:

@@ -737,8 +737,21 @@ def model_metrics(model_dir: Path) -> dict:
 
 
 def page_header(title: str, what: str) -> None:
+    _through_the_entry_script()
     st.title(title)
     st.caption(what)
+
+
+def _through_the_entry_script() -> None:
+    """A fresh server whose first visitor opens a page's own address (/Data_and_training) runs that page
+    file alone, in Streamlit's old pages/ mode: the sidebar lists the raw files ("app", "Data and
+    training") and app.py's navigation and sidebar never run. Leave that mode for good (it is one flag per
+    server, which app.py's st.navigation also clears) and run again, now through app.py."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory and not st.session_state.get(ENTRY_SIDEBAR):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 _MD_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
@@ -841,7 +854,9 @@ def legend_entry(fig, name: str, color: str = NEUTRAL, symbol: str = "square", p
         )
 
 
-def diagnostics_section(diagnostics: dict | None, k: int, where: str = "held-out test split") -> None:
+def diagnostics_section(
+    diagnostics: dict | None, k: int, where: str = "held-out test split", names: list[str] | None = None
+) -> None:
     """The specialization diagnostics of a model (when its evaluation has them): one sentence per number,
     and the group × expert contingency table."""
     if not diagnostics:
@@ -861,7 +876,7 @@ def diagnostics_section(diagnostics: dict | None, k: int, where: str = "held-out
     if isinstance(contingency, dict) and contingency:
         frame = pd.DataFrame(
             {g: list(v) + [0] * (k - len(v)) for g, v in contingency.items()},
-            index=[f"E{e}" for e in range(k)],
+            index=[expert_title(e, names) for e in range(k)],
         ).T
         frame.index.name = "group"
         st.markdown("**Group × top expert** (pairs)")
@@ -989,14 +1004,21 @@ def count_axis(fig, largest: int, axis: str = "y") -> None:
         update(dtick=1, range=[0, max(largest, 1) + 0.5])
 
 
-def what_if_view(ctx: Context, w, key: str, sides: tuple[str, str] = ("original", "edited")) -> None:
+def what_if_view(
+    ctx: Context,
+    w,
+    key: str,
+    sides: tuple[str, str] = ("original", "edited"),
+    responses: tuple[str, str] = ("chosen", "rejected"),
+) -> None:
     """A what-if (moe_reward.app.whatif.WhatIf): one sentence, the model's margin before and after, and
-    the routing and every expert's margin side by side."""
+    the routing and every expert's margin side by side (`responses` names the two responses)."""
     import plotly.graph_objects as go
 
     before, after = sides
+    first, second = responses
     o, e = w.original, w.edited
-    st.markdown(md(w.summary()))
+    st.markdown(md(w.summary(responses)))
     m = st.columns(3)
     m[0].metric(
         f"Margin ({before})", f"{o.margin:+.3f}", help="reward(chosen) − reward(rejected), routed mix"
@@ -1021,7 +1043,7 @@ def what_if_view(ctx: Context, w, key: str, sides: tuple[str, str] = ("original"
         (left, "Routing of the prompt", "weight", o.routing, e.routing, "routing"),
         (
             right,
-            "Each expert's margin (chosen − rejected)",
+            f"Each expert's margin ({first} − {second})",
             "margin",
             o.expert_margins,
             e.expert_margins,
@@ -1041,17 +1063,92 @@ def what_if_view(ctx: Context, w, key: str, sides: tuple[str, str] = ("original"
         fig.update_layout(
             title=title,
             barmode="group",
-            height=320,
+            height=360,
             margin=dict(t=40, b=10),
             xaxis_title="expert",
             yaxis_title=ytitle,
-            legend=dict(orientation="h", yanchor="bottom", y=1.02, x=1, xanchor="right"),
+            legend=dict(orientation="h", yanchor="top", y=-0.3, x=0),
         )
         if name == "routing":
             fig.update_yaxes(range=[0, 1])
         expert_axis(fig, "x", ctx.k, ctx.names)
         col.plotly_chart(fig, width="stretch", key=f"{key}_{name}")
-    table(pd.DataFrame(w.rows(ctx.names)))
+    arrow = lambda x, y: f"{x:+.3f} → {y:+.3f}"  # noqa: E731
+    table(
+        pd.DataFrame(
+            {
+                "expert": ctx.expert_titles(),
+                f"routing ({before} → {after})": [
+                    f"{x:.3f} → {y:.3f}" for x, y in zip(o.routing, e.routing, strict=True)
+                ],
+                f"reward of {first}": [
+                    arrow(x, y) for x, y in zip(o.chosen_rewards, e.chosen_rewards, strict=True)
+                ],
+                f"reward of {second}": [
+                    arrow(x, y) for x, y in zip(o.rejected_rewards, e.rejected_rewards, strict=True)
+                ],
+                f"margin ({first} − {second})": [
+                    arrow(x, y) for x, y in zip(o.expert_margins, e.expert_margins, strict=True)
+                ],
+            }
+        )
+    )
+
+
+def what_if_compare(
+    ctx: Context, before: tuple[str, str, str], after: tuple[str, str, str], key: str
+) -> None:
+    """Score your own: the pair scored now beside the one scored before it (A and B)."""
+    from moe_reward.app.whatif import what_if
+
+    wanted = (ctx.model_fid, tuple(before), tuple(after))
+    kept = st.session_state.get(f"{key}_result")
+    if kept is None or kept[0] != wanted:
+        try:
+            kept = (wanted, what_if(ctx.model, ctx.backbone(), before, after))
+        except (ValueError, OSError, RuntimeError) as exc:
+            st.error(md(exc))
+            return
+        st.session_state[f"{key}_result"] = kept
+    what_if_view(ctx, kept[1], key, sides=("before", "now"), responses=("A", "B"))
+
+
+def expert_weights_table(ctx: Context, weights, start=None) -> None:
+    """Each expert's name and description beside its weight in a profile (Personalize)."""
+    described = {d.expert: getattr(d, "label", "") for d in ctx.descriptions()}
+    frame = pd.DataFrame(
+        {
+            "expert": ctx.expert_titles(),
+            "what it prefers": [described.get(k, "") for k in range(ctx.k)],
+            **(
+                {"weight at the start": np.round(np.asarray(start, dtype=float), 3)}
+                if start is not None
+                else {}
+            ),
+            "weight now": np.round(np.asarray(weights, dtype=float), 3),
+        }
+    )
+    table(frame)
+
+
+def expert_rewards_table(ctx: Context, a, b) -> None:
+    """Each expert's name and description beside its rewards of two responses (Score your own)."""
+    described = {d.expert: getattr(d, "label", "") for d in ctx.descriptions()}
+    frame = pd.DataFrame(
+        {
+            "expert": ctx.expert_titles(),
+            "what it prefers": [described.get(k, "") for k in range(ctx.k)],
+            "reward A": np.round(a.expert_rewards, 4),
+            "reward B": np.round(b.expert_rewards, 4),
+            "A − B": np.round(np.subtract(a.expert_rewards, b.expert_rewards), 4),
+            "prefers": [
+                "A" if x > y else "B" if y > x else "tie"
+                for x, y in zip(a.expert_rewards, b.expert_rewards, strict=True)
+            ],
+            "routing": np.round(a.routing, 4),
+        }
+    )
+    table(frame)
 
 
 def what_if_editor(ctx: Context, row: int, key: str) -> None:
@@ -1149,3 +1246,38 @@ def save_slice_form(ctx: Context, rows: np.ndarray, how: str, description: str, 
     saved = st.session_state.pop("_slice_saved", None)
     if saved:
         st.success(md(saved))
+
+
+def map_search(ctx: Context, key: str) -> tuple[str, np.ndarray | None]:
+    """The Expert map's search box (its query is part of the link: `q`)."""
+    init_state(key, "q", str)
+    return search_box(ctx, key, label="Search the texts (selects the matching pairs)")
+
+
+def ring_pairs(fig, xy: np.ndarray, rows: np.ndarray, name: str, size: float) -> None:
+    """Rings around some pairs of a map (search matches), drawn over the points."""
+    import plotly.graph_objects as go
+
+    fig.add_trace(
+        go.Scattergl(
+            x=xy[rows, 0],
+            y=xy[rows, 1],
+            mode="markers",
+            name=chart(name[:60]),
+            hoverinfo="skip",
+            marker=dict(size=size, color="rgba(0,0,0,0)", line=dict(width=1.5, color="black")),
+        )
+    )
+
+
+def selection_description(query: str, region: str) -> str:
+    """How a map selection was made, in words: 'a box on PCA of …; prompt, chosen or rejected contains "x"'."""
+    from moe_reward.evaluate.search import describe_query
+
+    parts = [f"a region of the {region}"] if region else []
+    if query:
+        try:
+            parts.append(describe_query(query))
+        except ValueError:
+            pass
+    return "; ".join(parts) or "pairs picked on the map"

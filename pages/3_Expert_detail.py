@@ -27,17 +27,27 @@ if ctx is None:
 names, groups = ctx.expert_names(), ctx.groups
 labels = ctx.expert_labels()
 scopes = {sc.key: sc for sc in ctx.relation.scopes}
-ui.init_state("detail_expert", "expert", int, list(range(ctx.k)))
 ui.init_state("detail_scope", "subset", str, list(scopes))
+# The expert shown lives in the plain key SHARED_EXPERT (also set by a link's ?expert=, the Overview's
+# cards and the map); the selector is a view of it, re-seeded every run: a name saved for an expert
+# changes the selector's labels, and Streamlit then makes it a new widget at its default.
+pending = st.session_state.get(ui.URL_STATE) or {}
+if "expert" in pending:
+    ui.init_state("detail_expert", "expert", int, list(range(ctx.k)))
+    if st.session_state.get("detail_expert") in range(ctx.k):
+        st.session_state[ui.SHARED_EXPERT] = st.session_state["detail_expert"]
 shared = st.session_state.get(ui.SHARED_EXPERT)
-if "detail_expert" not in st.session_state and isinstance(shared, int) and 0 <= shared < ctx.k:
-    st.session_state["detail_expert"] = shared
-if st.session_state.get("detail_expert") not in range(ctx.k):
-    st.session_state["detail_expert"] = 0
+st.session_state["detail_expert"] = shared if isinstance(shared, int) and 0 <= shared < ctx.k else 0
 if st.session_state.get("detail_scope") not in scopes:
     st.session_state["detail_scope"] = ctx.relation.headline.key
 top_row = st.columns([1, 6, 3], vertical_alignment="bottom")
-k = top_row[1].selectbox("Expert", range(ctx.k), format_func=lambda e: labels[e], key="detail_expert")
+k = top_row[1].selectbox(
+    "Expert",
+    range(ctx.k),
+    format_func=lambda e: labels[e],
+    key="detail_expert",
+    on_change=lambda: st.session_state.__setitem__(ui.SHARED_EXPERT, st.session_state["detail_expert"]),
+)
 scope_key = top_row[2].selectbox(
     "Pairs of",
     list(scopes),

@@ -84,19 +84,33 @@ class WhatIf:
             for k in range(len(o.routing))
         ]
 
-    def summary(self) -> str:
-        """One sentence: what moved (the model's margin, its preference, the top expert)."""
+    def summary(self, responses: tuple[str, str] = ("chosen", "rejected")) -> str:
+        """One sentence: what moved (the model's margin, its preference, the top expert). `responses` names
+        the two responses ('A', 'B' where neither is the dataset's choice)."""
         o, e = self.original, self.edited
         if not self.changed:
             return "Nothing was edited: both sides are the same pair."
+        first, second = responses
+        label = {"chosen": first, "rejected": second}
+
+        def said(side: str) -> str:
+            if side == "tie":
+                return "a tie"
+            return (
+                f"the {side} response" if responses == ("chosen", "rejected") else f"response {label[side]}"
+            )
+
+        edited = ["the prompt" if f == "prompt" else said(f) for f in self.changed]
         parts = [
-            f"Edited the {' and '.join(self.changed)}: the model's margin (chosen − rejected) moves from "
+            f"Edited {' and '.join(edited)}: the model's margin ({first} − {second}) moves from "
             f"{o.margin:+.3f} to {e.margin:+.3f}"
         ]
         if o.prefers != e.prefers:
-            parts.append(f"it now prefers the {e.prefers} response (before: the {o.prefers} one)")
+            parts.append(f"it now prefers {said(e.prefers)} (before: {said(o.prefers)})")
+        elif e.prefers == "tie":
+            parts.append("it still scores both the same")
         else:
-            parts.append(f"it still prefers the {e.prefers} response")
+            parts.append(f"it still prefers {said(e.prefers)}")
         if o.top_expert != e.top_expert:
             parts.append(f"the top expert changes from E{o.top_expert} to E{e.top_expert}")
         else:

@@ -132,7 +132,7 @@ def _label_and_wait(page, n_before: int) -> None:
     page.get_by_role("button", name="A is better").click()
     page.wait_for_function(
         """n => { const t = document.body.innerText;
-        return /Saved label #\\d+/.test(t) || t.includes('already has a label'); }""",
+        return /Saved label \\d+ of this profile/.test(t) || t.includes('already has a label'); }""",
         arg=n_before,
         timeout=60_000,
     )
