@@ -185,3 +185,45 @@ def test_overview_explains_below_chance_numbers(home):
     ), [c.value for c in at.caption]
     notes = " ".join(m.value for m in at.markdown)
     assert "seen in training\\: how closely the model fits" in notes  # (markdown-escaped)
+
+
+def test_personalize_says_when_a_links_profile_does_not_exist_and_describes_the_experts(home):
+    at = app(
+        "pages/4_Personalize.py", model="default-sparse", data=DATA, annotator="guest", profile="brevity"
+    )
+    assert at.selectbox(key="pz_profile").value == "default"
+    assert any("has no profile" in w.value and "brevity" in w.value for w in at.warning), [
+        w.value for w in at.warning
+    ]
+    table = next(d.value for d in at.dataframe if "what it prefers" in d.value.columns)
+    assert table["expert"].tolist() == ["E0", "E1", "E2", "E3"]
+    assert all(str(v).startswith("prefers") for v in table["what it prefers"])
+    assert list(table.columns[-2:]) == ["weight at the start", "weight now"]
+    # the adapter selector shows names that fit; the descriptions are its help
+    assert at.selectbox(key="pz_adapter_choice").options[0] == "hedge (online)"
+
+
+def test_score_your_own_names_and_describes_each_expert_beside_its_rewards(home, monkeypatch):
+    """(The scoring itself needs the MiniLM backbone: tests/browser/test_browser_analyst.py scores for real.)"""
+    import ui_common
+    from moe_reward.app.pipeline import ScoredResponse
+
+    def fake(model, backbone, prompt, responses, user_weights=None, cache_dir="default"):
+        k = model.num_experts
+        return [
+            ScoredResponse(r, 0.1 * i, [1.0] + [0.0] * (k - 1), [1.0] + [0.0] * (k - 1), [0.1 * i] * k)
+            for i, r in enumerate(responses)
+        ]
+
+    monkeypatch.setattr("moe_reward.app.pipeline.score_texts", fake)
+    monkeypatch.setattr(ui_common.Context, "backbone", lambda self: None)
+    at = app("pages/6_Score_your_own.py", model="default-sparse", data=DATA)
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = next(d.value for d in at.dataframe if "what it prefers" in d.value.columns)
+    assert table.columns.tolist()[:4] == ["expert", "what it prefers", "reward A", "reward B"]
+    assert not any(s.value.startswith("What changed") for s in at.subheader)  # nothing to compare yet
+    at.text_area(key="score_b").set_value("A different response B.")
+    at.button[0].click().run()
+    assert any(s.value == "What changed since the previous scoring" for s in at.subheader)
+    assert any("Edited response B" in m.value for m in at.markdown)
