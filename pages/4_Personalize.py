@@ -708,10 +708,15 @@ with right:
         [
             go.Bar(x=names, y=shift["before"], name="start", marker_color="#BAB0AC"),
             go.Bar(
-                x=names, y=shift["after"], name="now", marker_color=[ui.expert_color(k) for k in range(ctx.k)]
+                x=names,
+                y=shift["after"],
+                name="now",
+                marker_color=[ui.expert_color(k) for k in range(ctx.k)],
+                showlegend=False,
             ),
         ]
     )
+    ui.legend_entry(fig, "now (in the expert's colour)", "#54575e")
     fig.update_layout(
         title="Profile: expert weights",
         barmode="group",
@@ -727,7 +732,6 @@ with right:
     ui.expert_axis(fig, "x", ctx.k, ctx.names)
     st.plotly_chart(fig, width="stretch", key="pz_weights")
     st.caption("weights now: " + " · ".join(f"E{k} {w:.3f}" for k, w in enumerate(shift["after"])))
-    ui.expert_weights_table(ctx, shift["after"], shift["before"])
     span = span_report(adapter)
     if span["outside"]:
         st.warning(
@@ -797,6 +801,7 @@ with c2:
     else:
         st.caption("Pick a persona to measure the profile on that persona's held-out pairs.")
 
+ui.expert_weights_table(ctx, shift["after"], shift["before"])  # names and descriptions beside the weights
 if adapter.n_labels:
     st.markdown("**The label that moved each expert most**")
     rows = []

@@ -66,19 +66,25 @@ def relation_of(model_fid: str, data_fid: str, model_dir: str, _features):
     return ui.summary.relate(model_dir, _features)
 
 
-# One subset for both models: the pairs of this file that neither trained on (each one's held-out test
-# split, or every pair of a file it never saw). Without a saved split that cannot be told: all pairs, said so.
-held_out = [
-    ui.summary.unseen(relation_of(ui.model_id(mdir), ctx.data_fid, str(mdir), ctx.features))
-    for mdir in (ctx.model_dir, b_dir)
-]
-if all(h is not None for h in held_out):
-    common = np.intersect1d(held_out[0].index, held_out[1].index)
-    scope_label = "pairs neither model trained on"
+# One subset for both models: the page model's held-out test split (or the pairs it never trained on),
+# less any pair the other model trained on. Without a saved split that cannot be told: all pairs, said so.
+rel_a = relation_of(ctx.model_fid, ctx.data_fid, str(ctx.model_dir), ctx.features)
+rel_b = relation_of(ui.model_id(b_dir), ctx.data_fid, str(b_dir), ctx.features)
+free_a, free_b = ui.summary.never_trained(rel_a), ui.summary.never_trained(rel_b)
+if free_a is not None and free_b is not None:
+    base, base_label = (
+        (rel_a.headline.index, f"A's {rel_a.headline.label}")
+        if rel_a.headline.key == "test"
+        else (free_a, "pairs neither model trained on")
+    )
+    common = np.intersect1d(base, free_b)
+    scope_label = base_label
+    if rel_a.headline.key == "test" and len(common) < len(base):
+        scope_label += f", less the {len(base) - len(common)} pairs B trained on"
     if not len(common):
         st.warning(
-            "No pair of this file is held out from both models (each trained on the other's test pairs); "
-            "the comparison below is on all pairs, training pairs included."
+            "No pair of this file is held out from both models (B trained on A's test pairs); the "
+            "comparison below is on all pairs, training pairs included."
         )
         common, scope_label = np.arange(len(ctx.features)), "all pairs (training pairs included)"
 else:

@@ -360,17 +360,19 @@ def restrict(rel: DataRelation, index: np.ndarray, name: str) -> DataRelation:
     return DataRelation(rel.kind, rel.trained_on, scopes, rel.message, rel.counts)
 
 
-def unseen(rel: DataRelation) -> Scope | None:
-    """The pairs of the file that the model certainly never trained on and that can stand for its
-    held-out accuracy: its test split (training data), the pairs it never saw (partly its data), every
-    pair (other data); None when that cannot be told (no saved split)."""
-    if rel.kind == "training":
-        return rel.scope("test")
-    if rel.kind == "partial":
-        return next((s for s in rel.scopes if s.key == "unseen"), None)
+def never_trained(rel: DataRelation) -> np.ndarray | None:
+    """Rows of the file the model neither trained on nor chose its checkpoint with (its test split and
+    the pairs outside its splits; every pair of a file it never saw); None when that cannot be told (no
+    saved split)."""
+    if rel.kind in ("unsplit", "unknown"):
+        return None
+    everything = rel.scope("all").index
     if rel.kind == "foreign":
-        return rel.headline
-    return None
+        return everything
+    if rel.kind == "partial":
+        return next((s.index for s in rel.scopes if s.key == "unseen"), np.zeros(0, dtype=np.int64))
+    used = [s.index for s in rel.scopes if s.key in ("train", "validation")]
+    return np.setdiff1d(everything, np.concatenate(used) if used else np.zeros(0, dtype=np.int64))
 
 
 def below_chance_note(accuracy: float | None, n: int) -> str:

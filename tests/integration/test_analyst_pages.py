@@ -166,10 +166,12 @@ def test_compare_puts_both_models_on_the_same_held_out_pairs(home):
     feats = tiny_features()
     a = relate(home / "models" / "default-sparse", feats).headline.index
     b = relate(home / "models" / at.selectbox(key="cmp_other").value, feats).headline.index
-    both = np.intersect1d(a, b)
-    assert any(f"pairs neither model trained on, {len(both)} pairs" in c.value for c in at.caption)
+    assert np.array_equal(a, b)  # (both trained with the same split of the same file)
+    assert any(f"A's held\\-out test split, {len(a)} pairs" in c.value for c in at.caption), [
+        c.value for c in at.caption
+    ]
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert "pairs neither model trained on" in charts[0]["layout"]["title"]["text"]
+    assert f"A's held-out test split, {len(a)} pairs" in charts[0]["layout"]["title"]["text"]
 
 
 def test_overview_explains_below_chance_numbers(home):
