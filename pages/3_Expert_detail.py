@@ -20,9 +20,7 @@ ui.page_header(
     "Everything about one expert: what it prefers, where the router sends it work, "
     "and which other experts agree with it. Name it, and edit one of its pairs to see what moves.",
 )
-ctx = ui.context()
-if ctx is None:
-    st.stop()
+ctx = ui.require_context()
 
 names, groups = ctx.expert_names(), ctx.groups
 labels = ctx.expert_labels()

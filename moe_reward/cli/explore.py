@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.atomic import write_text
-from . import ADAPTER_NAMES
+from . import ADAPTER_NAMES, bounded_int
 
 CLI_SESSION = "cli"  # the session name of labels stored from the command line (what `label --undo` removes)
 
@@ -92,7 +92,7 @@ def register(subparsers) -> None:
     )
     model_data(e)
     e.add_argument("--expert", type=int, required=True)
-    e.add_argument("--top", type=int, default=5)
+    e.add_argument("--top", type=bounded_int(1, 10_000), default=5, help="pairs listed per table")
     e.add_argument(
         "--subset",
         choices=["test", "validation", "train", "unsplit", "unseen", "all"],
@@ -196,7 +196,15 @@ def filter_mask(
     feats, scores, groups=None, correct="all", min_conf=0.0, max_conf=1.0, expert=None
 ) -> np.ndarray:
     """The Routing statistics / Expert map filters, as one boolean mask over the pairs."""
+    from ..core.checks import check_choice, check_number
     from ..evaluate.metrics import groups_of
+
+    check_choice("--correct", correct, ("all", "yes", "no"))
+    lo = check_number("--min-confidence", min_conf, 0.0, 1.0)
+    if check_number("--max-confidence", max_conf, 0.0, 1.0) < lo:
+        raise ValueError(
+            f"--max-confidence ({max_conf}) is below --min-confidence ({min_conf}): no pair fits"
+        )
 
     g = groups_of(feats)
     g = g if g is not None else np.array(["(none)"] * len(feats))
@@ -499,7 +507,7 @@ def cmd_label(args) -> int:
         if args.undo:
             rec = store.find_profile(args.annotator, args.profile, model_dir.name)
             gone = None if rec is None else store.undo_last(rec.id, CLI_SESSION)
-            if gone is None:
+            if rec is None or gone is None:
                 print(f"no label stored from the command line in {args.annotator}/{args.profile}")
                 return 1
             print(f"removed label #{gone.id} (pair {gone.pair_id}); {store.count_labels(rec.id)} labels left")
