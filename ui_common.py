@@ -1146,19 +1146,14 @@ def expert_weights_table(ctx: Context, weights, start=None) -> None:
 
 def expert_rewards_table(ctx: Context, a, b) -> None:
     """Each expert's name and description beside its rewards of two responses (Score your own)."""
+    from moe_reward.app.whatif import compare_responses
+
     described = {d.expert: getattr(d, "label", "") for d in ctx.descriptions()}
     frame = pd.DataFrame(
         {
             "expert": ctx.expert_titles(),
             "what it prefers": [described.get(k, "") for k in range(ctx.k)],
-            "reward A": np.round(a.expert_rewards, 4),
-            "reward B": np.round(b.expert_rewards, 4),
-            "A − B": np.round(np.subtract(a.expert_rewards, b.expert_rewards), 4),
-            "prefers": [
-                "A" if x > y else "B" if y > x else "tie"
-                for x, y in zip(a.expert_rewards, b.expert_rewards, strict=True)
-            ],
-            "routing": np.round(a.routing, 4),
+            **compare_responses(a, b),
         }
     )
     table(frame)

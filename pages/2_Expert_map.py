@@ -31,6 +31,7 @@ from moe_reward.evaluate.projection import (
     umap_is_warm,
     warm_up_umap,
 )
+from moe_reward.evaluate.search import narrow_selection
 
 SOURCES = {
     "router": "routing (router logits)",
@@ -396,10 +397,7 @@ region = bool(
     (box and len(box) == 4 and st.session_state.get("map_box_view") == view_id)
     or (lasso and lasso[0] == view_id)
 )
-if found is not None:
-    selected = np.intersect1d(selected, found) if region else found
-if ctx.slice_rows is not None:  # the sidebar's slice narrows the selection (and is it, when nothing else is)
-    selected = np.intersect1d(selected, ctx.slice_rows) if (region or found is not None) else ctx.slice_rows
+selected = narrow_selection(selected, region, found, ctx.slice_rows)  # the search and the slice narrow it
 ui.share_view(
     q=query or None,
     view=source,

@@ -11,7 +11,7 @@ import streamlit as st
 
 import ui_common as ui
 from moe_reward.app.colors import NEUTRAL
-from moe_reward.evaluate.experts import EXPERT_STATS
+from moe_reward.evaluate.experts import EXPERT_STATS, expert_groups, expert_pairs
 from moe_reward.evaluate.metrics import expert_agreement
 from moe_reward.model.moe import MAX_EXPERT_NAME, set_expert_name
 
@@ -150,14 +150,14 @@ with st.container(border=True):
             ui.table(pd.DataFrame(corr, columns=["feature", "r"]).round(3))
 
 # ----------------------------------------------------------------------------- its groups
-leads = s.top_expert == k
-if groups is not None and len(set(groups)) > 1:
-    g_scope = groups[idx]
-    present = ui.natural_sorted(set(g_scope))
-    counts = [int((leads & (g_scope == g)).sum()) for g in present]
-    fig = go.Figure(go.Bar(x=[ui.chart(g) for g in present], y=counts, marker_color=color, showlegend=False))
+group_rows = expert_groups(ctx.scores, groups, k, idx, order=ui.natural_sorted(set(groups[idx])))
+if len(group_rows) > 1:
+    counts = [r.n_top for r in group_rows]
+    fig = go.Figure(
+        go.Bar(x=[ui.chart(r.group) for r in group_rows], y=counts, marker_color=color, showlegend=False)
+    )
     fig.update_layout(
-        title=f"Groups of the {int(leads.sum())} pairs whose top expert is {ui.chart(title)} ({ui.chart(scope.label)})",
+        title=f"Groups of the {summary.n_top} pairs whose top expert is {ui.chart(title)} ({ui.chart(scope.label)})",
         height=300,
         margin=dict(t=40, b=10),
         xaxis_title="group",
@@ -171,13 +171,12 @@ cols_shown = ["id", "group", "user", "prompt", "chosen", "rejected", "margin", "
 left, right = st.columns(2)
 with left:
     st.markdown("**Highest routing weight**")
-    top = idx[np.argsort(-s.routing[:, k], kind="stable")[:10]]
+    top, big = expert_pairs(ctx.scores, k, idx, top=10)
     t = ctx.pair_table(top, routing=False)[cols_shown]
     t.insert(1, "weight", ctx.scores.routing[top, k].round(4))
     ui.table(t)
 with right:
     st.markdown("**Largest margins of this expert**")
-    big = idx[np.argsort(-np.abs(s.expert_margins[:, k]), kind="stable")[:10]]
     t = ctx.pair_table(big, routing=False)[cols_shown]
     t.insert(1, "expert margin", ctx.scores.expert_margins[big, k].round(4))
     ui.table(t)
@@ -207,18 +206,10 @@ with left:
     fig.update_layout(margin=dict(t=40, b=10), yaxis_title="pairs")
     st.plotly_chart(fig, width="stretch", key="detail_hist")
 with right:
-    g_scope = groups[idx]
-    rows = []
-    for g in ui.natural_sorted(set(g_scope)):
-        gm = g_scope == g
-        rows.append(
-            {
-                "group": ui.chart(g),
-                "own": float(s.expert_correct[gm, k].mean()),
-                "leads": float(s.correct[gm & leads].mean()) if (gm & leads).any() else None,
-                "n": int((gm & leads).sum()),
-            }
-        )
+    rows = [
+        {"group": ui.chart(r.group), "own": r.own_accuracy, "leads": r.top_accuracy, "n": r.n_top}
+        for r in group_rows
+    ]
     acc = pd.DataFrame(rows)
     fig = go.Figure(
         [

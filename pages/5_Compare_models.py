@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
 from moe_reward.app.export import to_csv
+from moe_reward.evaluate.compare import comparison_scope
 from moe_reward.evaluate.metrics import disagreements, evaluate, score_pairs
 
 ui.page_header(
@@ -68,33 +68,11 @@ def relation_of(model_fid: str, data_fid: str, model_dir: str, _features):
 # less any pair the other model trained on. Without a saved split that cannot be told: all pairs, said so.
 rel_a = relation_of(ctx.model_fid, ctx.data_fid, str(ctx.model_dir), ctx.features)
 rel_b = relation_of(ui.model_id(b_dir), ctx.data_fid, str(b_dir), ctx.features)
-free_a, free_b = ui.summary.never_trained(rel_a), ui.summary.never_trained(rel_b)
-if free_a is not None and free_b is not None:
-    base, base_label = (
-        (rel_a.headline.index, f"A's {rel_a.headline.label}")
-        if rel_a.headline.key == "test"
-        else (free_a, "pairs neither model trained on")
-    )
-    common = np.intersect1d(base, free_b)
-    scope_label = base_label
-    if rel_a.headline.key == "test" and len(common) < len(base):
-        scope_label += f", less the {len(base) - len(common)} pairs B trained on"
-    if not len(common):
-        st.warning(
-            "No pair of this file is held out from both models (B trained on A's test pairs); the "
-            "comparison below is on all pairs, training pairs included."
-        )
-        common, scope_label = np.arange(len(ctx.features)), "all pairs (training pairs included)"
-else:
-    common, scope_label = np.arange(len(ctx.features)), "all pairs (training pairs may be included)"
-    st.warning(
-        "One of the models saved no train/test split, so which pairs it trained on is unknown: the "
-        "comparison below is on all pairs of the file."
-    )
-if ctx.slice is not None and ctx.slice_rows is not None:
-    common = np.intersect1d(common, ctx.slice_rows)
-    scope_label += f" ∩ slice {ctx.slice.name}"
-scope = ui.summary.Scope("compare", scope_label, common.astype(np.int64))
+scope, warning = comparison_scope(
+    rel_a, rel_b, len(ctx.features), ctx.slice_rows, ctx.slice.name if ctx.slice is not None else ""
+)
+if warning:
+    st.warning(warning)
 st.caption(f"Both models, every number and chart below: the **{ui.md(scope.describe())}**.")
 if not scope.n:
     st.warning("No pair to compare on.")

@@ -157,3 +157,16 @@ def what_if(
         score_pair(model, backbone, *original, cache_dir=cache_dir),
         score_pair(model, backbone, *edited, cache_dir=cache_dir),
     )
+
+
+def compare_responses(a, b) -> dict[str, list]:
+    """Each expert's reward of response A and of B (`pipeline.ScoredResponse`s of one prompt), their
+    difference, which one it prefers, and the routing: the columns of Score your own's table."""
+    ra, rb = np.asarray(a.expert_rewards, dtype=float), np.asarray(b.expert_rewards, dtype=float)
+    return {
+        "reward A": ra.round(4).tolist(),
+        "reward B": rb.round(4).tolist(),
+        "A − B": (ra - rb).round(4).tolist(),
+        "prefers": ["A" if x > y else "B" if y > x else "tie" for x, y in zip(ra, rb, strict=True)],
+        "routing": np.asarray(a.routing, dtype=float).round(4).tolist(),
+    }

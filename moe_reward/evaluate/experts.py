@@ -126,3 +126,47 @@ def describe_unused(experts: list[int], n_pairs: int) -> str:
         f"{len(experts)} unused {noun} ({which}): the top expert of none of the {n_pairs} pairs, so "
         f"nothing routes to {'it' if len(experts) == 1 else 'them'} first."
     )
+
+
+@dataclass(frozen=True)
+class ExpertGroupRow:
+    """One expert on one group of a subset (Expert detail's per-group chart)."""
+
+    group: str
+    n: int  # pairs of the group in the subset
+    n_top: int  # of them, pairs whose top expert is this one
+    own_accuracy: float  # this expert's own margin's sign, on every pair of the group
+    top_accuracy: float | None  # the model's accuracy on the group's pairs this expert leads
+
+
+def expert_groups(
+    scores: PairScores, groups: np.ndarray, expert: int, index=None, order: list[str] | None = None
+) -> list[ExpertGroupRow]:
+    """Per group (in `order`, sorted names by default), how expert `expert` does on the pairs `index` (all
+    when None)."""
+    idx = np.arange(len(scores.margin)) if index is None else np.asarray(index, dtype=np.int64)
+    s, g = scores.subset(idx), np.asarray(groups)[idx]
+    leads = s.top_expert == expert
+    out = []
+    for name in order if order is not None else sorted(set(g.tolist())):
+        m = g == name
+        led = m & leads
+        out.append(
+            ExpertGroupRow(
+                str(name),
+                int(m.sum()),
+                int(led.sum()),
+                float(s.expert_correct[m, expert].mean()),
+                float(s.correct[led].mean()) if led.any() else None,
+            )
+        )
+    return out
+
+
+def expert_pairs(scores: PairScores, expert: int, index=None, top: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (of the file) of the `top` pairs in `index` with the highest routing weight for `expert`, and of
+    the `top` with its largest own margins (in absolute value); stable order."""
+    idx = np.arange(len(scores.margin)) if index is None else np.asarray(index, dtype=np.int64)
+    weight = scores.routing[idx, expert]
+    margin = np.abs(scores.expert_margins[idx, expert])
+    return idx[np.argsort(-weight, kind="stable")[:top]], idx[np.argsort(-margin, kind="stable")[:top]]

@@ -60,3 +60,17 @@ def describe_query(query: str, fields: Sequence[str] = TEXT_FIELDS) -> str:
     fields = check_fields(fields)
     where = fields[0] if len(fields) == 1 else ", ".join(fields[:-1]) + f" or {fields[-1]}"
     return f"{where} contains " + " and ".join(f'"{t}"' for t in terms)
+
+
+def narrow_selection(
+    selected: np.ndarray, region: bool, found: np.ndarray | None, slice_rows: np.ndarray | None
+) -> np.ndarray:
+    """The Expert map's selection: the pairs of the drawn region (`selected`, when `region`), narrowed to
+    the search matches and to the sidebar's slice; without a region, the matches (or the slice) alone."""
+    rows: np.ndarray | None = np.asarray(selected, dtype=np.int64) if region else None
+    for narrower in (found, slice_rows):
+        if narrower is None:
+            continue
+        narrower = np.asarray(narrower, dtype=np.int64)
+        rows = narrower if rows is None else np.intersect1d(rows, narrower)
+    return np.zeros(0, dtype=np.int64) if rows is None else rows
