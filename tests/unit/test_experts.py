@@ -135,3 +135,23 @@ def test_a_config_with_bad_expert_names_is_refused():
         ModelConfig(kind="sparse", input_dim=4, num_experts=2, top_k=1, expert_names=["a", "b", "c"])
     with pytest.raises(ValueError, match=r"expert_names\[0\]"):
         ModelConfig(kind="sparse", input_dim=4, num_experts=2, top_k=1, expert_names=["a\nb"])
+
+
+def test_expert_groups_and_pairs_on_a_subset():
+    from moe_reward.evaluate.experts import expert_groups, expert_pairs
+
+    feats, model = two_criteria(), perfect_top2_model()
+    s = score_pairs(model, feats)
+    groups = np.array([p.group for p in feats.pairs])
+    index = np.arange(0, 40, 3)  # a subset: rows 0, 3, 6, ...
+    rows = expert_groups(s, groups, 0, index, order=["B", "A"])
+    assert [r.group for r in rows] == ["B", "A"]
+    a = rows[1]
+    in_a = [i for i in index if groups[i] == "A"]
+    assert (a.n, a.n_top, a.own_accuracy, a.top_accuracy) == (len(in_a), len(in_a), 1.0, 1.0)
+    b = rows[0]
+    assert (b.n_top, b.own_accuracy, b.top_accuracy) == (0, 0.0, None)  # E0 never leads B, and is wrong there
+    top, big = expert_pairs(s, 0, index, top=3)
+    assert set(top) <= set(index) and len(top) == 3
+    assert all(s.routing[top[0], 0] >= s.routing[i, 0] for i in index)
+    assert len(big) == 3 and set(big) <= set(index)

@@ -195,3 +195,54 @@ def test_never_trained_is_the_test_split_and_the_pairs_outside_the_splits():
     assert summary.never_trained(summary.DataRelation("training", "x", scopes)).tolist() == [0, 1, 5]
     foreign = summary.DataRelation("foreign", "x", [summary.Scope("all", "all", np.arange(4))])
     assert summary.never_trained(foreign).tolist() == [0, 1, 2, 3]
+
+
+def test_the_map_selection_is_narrowed_by_the_search_and_the_slice():
+    from moe_reward.evaluate.search import narrow_selection
+
+    region, found, sliced = np.array([1, 2, 3, 4]), np.array([2, 4, 6]), np.array([4, 6, 8])
+    assert narrow_selection(region, True, None, None).tolist() == [1, 2, 3, 4]
+    assert narrow_selection(region, True, found, None).tolist() == [2, 4]
+    assert narrow_selection(region, True, found, sliced).tolist() == [4]
+    assert narrow_selection(np.zeros(0, int), False, found, None).tolist() == [2, 4, 6]
+    assert narrow_selection(np.zeros(0, int), False, None, sliced).tolist() == [4, 6, 8]
+    assert narrow_selection(np.zeros(0, int), False, None, None).tolist() == []
+
+
+def test_two_models_are_compared_on_as_test_split_less_what_b_trained_on():
+    from moe_reward.evaluate.compare import comparison_scope
+
+    def training(test, train, validation=(), n=10):
+        return summary.DataRelation(
+            "training",
+            "x",
+            [
+                summary.Scope("test", "held-out test split", np.array(test)),
+                summary.Scope("validation", "validation", np.array(validation, dtype=np.int64)),
+                summary.Scope("train", "training", np.array(train)),
+                summary.Scope("all", "all", np.arange(n)),
+            ],
+        )
+
+    a, b = training([0, 1, 2, 3], [4, 5, 6, 7, 8, 9]), training([2, 3], [0, 4, 5, 6], [1])
+    scope, warning = comparison_scope(a, b, 10)
+    assert scope.index.tolist() == [2, 3] and warning == ""
+    assert scope.label == "A's held-out test split, less the 2 pairs B trained on"
+    scope, _ = comparison_scope(a, a, 10, slice_rows=np.array([0, 9]), slice_name="s")
+    assert scope.index.tolist() == [0] and scope.label == "A's held-out test split ∩ slice s"
+    unknown = summary.DataRelation("unknown", None, [summary.Scope("all", "all", np.arange(10))])
+    scope, warning = comparison_scope(a, unknown, 10)
+    assert scope.n == 10 and "saved no train/test split" in warning
+    scope, warning = comparison_scope(training([0], [1]), training([2], [0]), 3)
+    assert scope.n == 3 and "held out from both" in warning
+
+
+def test_score_your_own_columns():
+    from moe_reward.app.pipeline import ScoredResponse
+    from moe_reward.app.whatif import compare_responses
+
+    a = ScoredResponse("a", 0.3, [0.6, 0.4, 0.0], [0.5, 0.3, 0.2], [1.0, -1.0, 0.5])
+    b = ScoredResponse("b", 0.1, [0.6, 0.4, 0.0], [0.5, 0.3, 0.2], [0.5, 1.0, 0.5])
+    cols = compare_responses(a, b)
+    assert cols["A − B"] == [0.5, -2.0, 0.0] and cols["prefers"] == ["A", "B", "tie"]
+    assert cols["routing"] == [0.6, 0.4, 0.0]
