@@ -499,7 +499,7 @@ if chosen_rows:
 def _csv() -> bytes:
     from moe_reward.app.export import to_csv
 
-    return to_csv(ctx.pair_table(selected).to_dict("records"))  # spreadsheet-safe cells
+    return to_csv(ctx.pair_table(selected).to_dict(orient="records"))  # spreadsheet-safe cells
 
 
 def _jsonl() -> bytes:

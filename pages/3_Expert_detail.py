@@ -287,4 +287,5 @@ row = st.selectbox(
     key=f"detail_whatif_pair_{k}_{scope_key}",
     help="One of the pairs above (highest routing weight, then largest margins).",
 )
-ui.what_if_editor(ctx, int(row), key=f"detail_whatif_{k}")
+if row is not None:
+    ui.what_if_editor(ctx, int(row), key=f"detail_whatif_{k}")

@@ -160,7 +160,7 @@ with top:
             "Adapter",
             ADAPTERS,
             key="pz_new_adapter",
-            format_func=lambda a: ADAPTER_SHORT.get(a, a),
+            format_func=lambda a: ADAPTER_SHORT.get(a) or str(a),
             help=" · ".join(f"{a}: {h}" for a, h in ADAPTER_HELP.items()),
         )
         if n3.button("Create profile", type="primary", key="pz_create", disabled=bool(store.read_only)):
@@ -388,7 +388,7 @@ c_adapter.selectbox(
     on_change=on_adapter_change,
     args=(adapter_key,),
     disabled=bool(store.read_only),
-    format_func=lambda a: ADAPTER_SHORT.get(a, a),
+    format_func=lambda a: ADAPTER_SHORT.get(a) or str(a),
     help="Changing it refits the same labels with the other adapter (for every session on this profile). "
     + " · ".join(f"{a}: {h}" for a, h in ADAPTER_HELP.items()),
 )
@@ -771,7 +771,7 @@ with c1:
             go.Scatter(
                 x=g["labels"],
                 y=g["weight"],
-                name=ui.chart(ctx.expert_titles()[int(e[1:])]),
+                name=ui.chart(ctx.expert_titles()[int(str(e)[1:])]),
                 mode="lines+markers",
                 line=dict(color=ui.expert_color(int(str(e)[1:]))),  # (e: "E3"; pandas types keys Hashable)
             )

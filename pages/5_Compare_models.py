@@ -199,7 +199,7 @@ if len(idx):
     ui.table(table, max_rows=12)
     st.download_button(
         "Download (CSV)",
-        to_csv(table.to_dict("records")),  # cells a spreadsheet would run as formulas are quoted
+        to_csv(pd.DataFrame(table).to_dict(orient="records")),  # formula-like cells are quoted
         "disagreements.csv",
         "text/csv",
         key="cmp_dl",

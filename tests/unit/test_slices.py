@@ -179,7 +179,8 @@ def test_restrict_narrows_every_subset_to_a_slice_and_names_it():
     cut = summary.restrict(rel, np.array([2, 5]), "mine")
     assert [s.index.tolist() for s in cut.scopes] == [[2], [2, 5]]
     assert cut.headline.label == "held-out test split ∩ slice mine"
-    assert summary.never_trained(cut).tolist() == [2, 5]  # (no train or validation scope in this one)
+    free = summary.never_trained(cut)
+    assert free is not None and free.tolist() == [2, 5]  # (no train or validation scope in this one)
     unsplit = summary.DataRelation("unsplit", None, [summary.Scope("all", "all", np.arange(3))])
     assert summary.never_trained(unsplit) is None
 
@@ -192,9 +193,12 @@ def test_never_trained_is_the_test_split_and_the_pairs_outside_the_splits():
         summary.Scope("unsplit", "outside", np.array([5])),
         summary.Scope("all", "all", np.arange(6)),
     ]
-    assert summary.never_trained(summary.DataRelation("training", "x", scopes)).tolist() == [0, 1, 5]
-    foreign = summary.DataRelation("foreign", "x", [summary.Scope("all", "all", np.arange(4))])
-    assert summary.never_trained(foreign).tolist() == [0, 1, 2, 3]
+    free = summary.never_trained(summary.DataRelation("training", "x", scopes))
+    assert free is not None and free.tolist() == [0, 1, 5]
+    foreign = summary.never_trained(
+        summary.DataRelation("foreign", "x", [summary.Scope("all", "all", np.arange(4))])
+    )
+    assert foreign is not None and foreign.tolist() == [0, 1, 2, 3]
 
 
 def test_the_map_selection_is_narrowed_by_the_search_and_the_slice():
