@@ -317,7 +317,7 @@ def on_undo(profile_id: int) -> None:
     else:
         flash(
             "success",
-            f"Undone: label #{gone.id} (pair {gone.pair_id}); {store.count_labels(profile_id)} labels left.",
+            f"Undone: your last label (pair {gone.pair_id}); {store.count_labels(profile_id)} labels left.",
         )
 
 
