@@ -55,29 +55,44 @@ def build_default_if_missing() -> None:
     note.empty()
 
 
-def expert_cards(ctx, used: np.ndarray) -> None:
+def expert_cards(ctx, scope) -> None:
+    """One card per expert, its numbers on `scope` (the headline subset); experts that lead no pair of the
+    file are one line, not a card each."""
+    from moe_reward.evaluate.experts import EXPERT_STATS, describe_unused, unused_experts
+
     descriptions = {d.expert: d for d in ctx.descriptions()}
     if not descriptions:
         st.caption("Expert descriptions are unavailable (moe_reward.evaluate.describe is not installed).")
-    s = ctx.scores
-    routed = s.routing > 0
-    # An expert is judged where the router uses it (its accuracy on all pairs mixes in other contexts).
-    acc_routed = [
-        float(s.expert_correct[routed[:, k], k].mean()) if routed[:, k].any() else float("nan")
-        for k in range(ctx.k)
-    ]
-    cols = st.columns(min(4, ctx.k))
-    for k in range(ctx.k):
-        with cols[k % len(cols)].container(border=True):
+    rows = ctx.expert_summaries(scope)
+    unused = set(unused_experts(ctx.scores)) if ctx.k > 1 else set()
+    shown = [r for r in rows if r.expert not in unused]
+    lead = EXPERT_STATS["top_accuracy"]
+    st.caption(
+        f"Each card's numbers are on the {ui.md(scope.label)} ({scope.n} pairs). {ui.md(lead.label)}: "
+        f"{ui.md(lead.definition)} Descriptions are drawn from all {len(ctx.features)} pairs of the file."
+    )
+    cols = st.columns(min(4, max(len(shown), 1)))
+    for i, r in enumerate(shown):
+        k = r.expert
+        with cols[i % len(cols)].container(border=True):
             d = descriptions.get(k)
             st.image(ui.swatch(ui.expert_color(k)), width=48)
-            st.markdown(f"**E{k}**")
+            st.markdown(f"**{ui.md(r.title)}**")
             if d is not None and d.label:
                 st.text(d.label)
-            st.caption(
-                f"top expert for {used[k]:.0%} of the {len(s.margin)} pairs · accuracy where routed "
-                f"{ui.fmt(acc_routed[k], 2)}"
+            st.metric(
+                lead.label,
+                ui.fmt(r.top_accuracy),
+                delta=f"{scope.label} · {r.n_top} pairs",
+                delta_color="off",
+                delta_arrow="off",
+                help=f"{lead.definition} On the {scope.label}.",
             )
+            st.caption(
+                f"top expert for {r.n_top} of the {r.n_pairs} pairs ({r.top_share:.0%})",
+                help=EXPERT_STATS["top_share"].definition,
+            )
+            ui.below_chance_caption(r.top_accuracy, r.n_top, "its pairs")
             if d is not None:
                 if d.prompt_keywords:
                     st.text("prompt words: " + ", ".join(t for t, _ in d.prompt_keywords[:5]))
@@ -98,6 +113,8 @@ def expert_cards(ctx, used: np.ndarray) -> None:
                 args=(k,),
             ):
                 st.switch_page("pages/3_Expert_detail.py")
+    if unused:
+        st.caption(ui.md(describe_unused(sorted(unused), len(ctx.features))))
 
 
 def overview() -> None:
@@ -118,8 +135,9 @@ def overview() -> None:
     )
     if scope.key == "test":
         st.caption(
-            f"Headline numbers are on the held-out test split: {scope.n} pairs of the training data that "
-            "the model never saw while training or choosing its checkpoint."
+            f"Headline numbers are on the {ui.md(scope.label)}: {scope.n} "
+            f"pair{'s' if scope.n != 1 else ''} of the training data that the model never saw while training "
+            "or choosing its checkpoint."
         )
     values = ui.summary.headline_values(ev)
     cols = st.columns(4)
@@ -134,7 +152,9 @@ def overview() -> None:
         text=f"{values['experts_in_use']} / {ctx.k}",
     )
 
-    rows = []
+    ui.below_chance_caption(values["accuracy"], scope.n, scope.label)
+
+    rows, notes = [], []
     for sc in rel.scopes:
         _, e = ctx.scope_evaluation(sc.key)
         v = ui.summary.headline_values(e)
@@ -147,19 +167,28 @@ def overview() -> None:
                 "routing entropy": v["routing_entropy_normalized"],
             }
         )
+        notes.append((sc.label, ui.summary.subset_note(sc, e)))
     if len(rows) > 1:
         st.markdown("**The same statistics on every subset of this file**")
         ui.table(pd.DataFrame(rows).round(4))
         st.caption(
-            "A model is only as good as its held-out numbers; the training split shows how much it fits "
-            "the pairs it learned from."
+            "A model is only as good as its held-out numbers. What the other subsets are for, and why a "
+            "number on them is low:"
         )
+        st.markdown("\n".join(f"- *{ui.md(label)}*: {ui.md(note)}" for label, note in notes if note))
 
     names = ctx.expert_names()
     used = np.asarray(ev["expert_utilization"])
     fig = go.Figure(
-        go.Bar(x=names, y=used, marker_color=[ui.expert_color(k) for k in range(ctx.k)], name="top-1 share")
+        go.Bar(
+            x=names,
+            y=used,
+            marker_color=[ui.expert_color(k) for k in range(ctx.k)],
+            name="top-1 share",
+            showlegend=False,
+        )
     )
+    ui.legend_entry(fig, "top-1 share (bar, in the expert's colour)", ui.NEUTRAL, "square")
     fig.add_scatter(
         x=names,
         y=ev["expert_load"],
@@ -168,18 +197,21 @@ def overview() -> None:
         marker=dict(symbol="diamond", size=10, color="black"),
     )
     fig.update_layout(
-        height=280,
-        margin=dict(l=10, r=10, t=40, b=10),
+        height=300,
+        margin=dict(l=10, r=10, t=60, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"),
         title=f"Expert utilization ({scope.label}, {scope.n} pairs)",
         xaxis_title="expert",
         yaxis_title="share of pairs",
     )
-    ui.expert_axis(fig, "x", ctx.k)
+    ui.expert_axis(fig, "x", ctx.k, ctx.names)
     st.plotly_chart(fig, width="stretch", key="ov_util")
 
     ui.diagnostics_section(
         ui.summary.scope_diagnostics(ev, ui.model_metrics(ctx.model_dir), on_test_split=scope.key == "test"),
         ctx.k,
+        "held-out test split" if ctx.slice is None else "whole held-out test split (not only the slice)",
+        ctx.names,
     )
     story = ui.summary.training_story(ui.model_metrics(ctx.model_dir))
     if story:
@@ -188,7 +220,7 @@ def overview() -> None:
                 st.markdown("- " + ui.md(line))
 
     st.subheader("Experts")
-    expert_cards(ctx, np.asarray(ctx.evaluation["expert_utilization"]))
+    expert_cards(ctx, scope)
     if ev["per_group"]:
         st.subheader(f"Accuracy per group ({scope.label})")
         ui.table(
@@ -204,11 +236,13 @@ def overview() -> None:
 
 
 st.set_page_config(page_title=ui.PAGE_TITLE, page_icon=str(ui.ICON), layout="wide")
-build_default_if_missing()
-ui.sidebar(ui.workspace())
-st.session_state[ui.ENTRY_SIDEBAR] = True
+# The navigation first: until st.navigation runs, Streamlit lists the raw files of pages/ ("app",
+# "Data and training") in the sidebar, which a first start (building the default model) would show.
 navigation = st.navigation(
     [st.Page(overview, title="Overview", icon=":material/dashboard:", default=True)]
     + [st.Page(path, title=title, icon=icon) for path, title, icon in PAGES]
 )
+build_default_if_missing()
+ui.sidebar(ui.workspace())
+st.session_state[ui.ENTRY_SIDEBAR] = True
 navigation.run()

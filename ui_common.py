@@ -21,11 +21,21 @@ import pandas as pd
 import streamlit as st
 
 from moe_reward.app import pipeline
-from moe_reward.app.colors import EXPERT_COLORS, category_colors, expert_color, hex_to_rgb, natural_sorted
-from moe_reward.app.workspace import DataFile, Workspace, default_root, file_id, model_training_data
+from moe_reward.app.colors import (
+    EXPERT_COLORS,
+    NEUTRAL,
+    category_colors,
+    expert_color,
+    group_colors,
+    hex_to_rgb,
+    natural_sorted,
+)
+from moe_reward.app.slices import Slice, list_slices, slice_index
+from moe_reward.app.workspace import DataFile, Workspace, default_root, file_id, model_id, model_training_data
 from moe_reward.embed.backbone import BackboneSpec
 from moe_reward.embed.features import PairFeatures
 from moe_reward.evaluate import summary
+from moe_reward.evaluate.experts import ExpertSummary, expert_title, summarize_experts
 from moe_reward.evaluate.metrics import Evaluation, PairScores, evaluate, groups_of, score_pairs
 from moe_reward.model.moe import SparseMoERewardModel, load_metrics
 from moe_reward.personalize.store import LabelStore
@@ -35,7 +45,15 @@ ENTRY_SIDEBAR = "_sidebar_drawn_by_app"  # set by app.py: the sidebar is drawn b
 ICON = Path(__file__).resolve().parent / "assets" / "icon.png"  # a local file: no request to a font host
 URL_STATE = "_url_view"  # the query parameters this session was opened with, consumed once by the pages
 SHARED_EXPERT = "expert"  # the expert picked on any page (Expert map, Expert detail), an int
-__all__ = ["EXPERT_COLORS", "category_colors", "expert_color", "natural_sorted", "summary"]
+__all__ = [
+    "EXPERT_COLORS",
+    "NEUTRAL",
+    "category_colors",
+    "expert_color",
+    "group_colors",
+    "natural_sorted",
+    "summary",
+]
 
 
 # ----------------------------------------------------------------------------- cached resources
@@ -62,7 +80,7 @@ def label_store(db_path: str) -> LabelStore:
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _load_model(path: str, _fid: str) -> SparseMoERewardModel:
+def _load_model(path: str, fid: str) -> SparseMoERewardModel:
     return SparseMoERewardModel.from_pretrained(path)
 
 
@@ -75,7 +93,7 @@ def backbone_spec(model: SparseMoERewardModel) -> BackboneSpec:
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _load_features(root: str, data: str, _fid: str, spec: tuple) -> PairFeatures:
+def _load_features(root: str, data: str, fid: str, spec: tuple) -> PairFeatures:
     return Workspace(root).features_for(data, BackboneSpec(*spec))
 
 
@@ -109,7 +127,9 @@ def background_jobs() -> None:
     from moe_reward.app import jobs
 
     def running():
-        return [j for j in jobs.all_jobs(active_only=True) if j.key.startswith(("embed:", "train:"))]
+        return jobs.visible(
+            [j for j in jobs.all_jobs(active_only=True) if j.key.startswith(("embed:", "train:"))]
+        )
 
     if not running():
         return
@@ -160,6 +180,18 @@ def _scope_evaluation(
     return evaluate(_model, _features.subset(_index), _scores.subset(_index))
 
 
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _expert_summaries(
+    model_fid: str, data_fid: str, scope: str, names: tuple, _scores: PairScores, _index
+) -> list[ExpertSummary]:
+    return summarize_experts(_scores, _index, list(names))
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _slice_rows(data_fid: str, slice_key: str, _slice: Slice, _ids: list[str]) -> np.ndarray:
+    return slice_index(_slice, _ids)
+
+
 @st.cache_resource(show_spinner="Describing experts…", max_entries=8)
 def _descriptions(model_fid: str, data_fid: str, cache_dir: str, _model, _features, _scores) -> list:
     """describe.py's expert descriptions, kept as JSON in the workspace (a few seconds on 10k pairs)."""
@@ -207,6 +239,7 @@ class Context:
     features: PairFeatures
     model_fid: str
     data_fid: str
+    slice: Slice | None = None  # the saved slice picked in the sidebar: every subset is narrowed to it
 
     @property
     def k(self) -> int:
@@ -222,8 +255,21 @@ class Context:
         return _evaluation(self.model_fid, self.data_fid, self.model, self.features, self.scores)
 
     @property
-    def relation(self) -> summary.DataRelation:
-        """How this data relates to the model's training data, and the subsets a number can be on."""
+    def slice_key(self) -> str:
+        """'' without a slice; else what identifies the slice's content (part of cache keys)."""
+        s = self.slice
+        return "" if s is None else f"{s.name}|{s.created}|{s.n}"
+
+    @property
+    def slice_rows(self) -> np.ndarray | None:
+        """Rows of the data file in the picked slice (None: no slice picked)."""
+        if self.slice is None:
+            return None
+        return _slice_rows(self.data_fid, self.slice_key, self.slice, self.features.ids)
+
+    @property
+    def unsliced_relation(self) -> summary.DataRelation:
+        """How this data relates to the model's training data, whatever the slice."""
         return _relation(
             self.model_fid,
             self.data_fid,
@@ -233,13 +279,38 @@ class Context:
             self.features,
         )
 
+    @property
+    def relation(self) -> summary.DataRelation:
+        """How this data relates to the model's training data, and the subsets a number can be on (each
+        narrowed to the slice picked in the sidebar, and named so)."""
+        rel = self.unsliced_relation
+        rows = self.slice_rows
+        return rel if rows is None or self.slice is None else summary.restrict(rel, rows, self.slice.name)
+
     def scope_evaluation(self, key: str | None = None) -> tuple[summary.Scope, Evaluation]:
         """(scope, statistics on it); the headline scope (held-out test split when there is one) by default."""
         scope = self.relation.scope(key) if key else self.relation.headline
-        if scope.key == "all":
+        if scope.key == "all" and self.slice is None:
             return scope, self.evaluation
         return scope, _scope_evaluation(
-            self.model_fid, self.data_fid, scope.key, self.model, self.features, self.scores, scope.index
+            self.model_fid,
+            self.data_fid,
+            f"{scope.key}|{self.slice_key}",
+            self.model,
+            self.features,
+            self.scores,
+            scope.index,
+        )
+
+    def expert_summaries(self, scope: summary.Scope) -> list[ExpertSummary]:
+        """Every expert's statistics on one subset (moe_reward.evaluate.experts: one definition each)."""
+        return _expert_summaries(
+            self.model_fid,
+            self.data_fid,
+            f"{scope.key}|{self.slice_key}",
+            tuple(self.names),
+            self.scores,
+            scope.index,
         )
 
     def descriptions(self) -> list:
@@ -269,15 +340,28 @@ class Context:
         return g if g is not None else np.array(["(none)"] * len(self.features))
 
     def expert_names(self) -> list[str]:
-        """Short names for chart axes and legends: 'E0', 'E1', ..."""
+        """Short ids for chart categories and legends: 'E0', 'E1', ... (names go on the tick labels)."""
         return [f"E{k}" for k in range(self.k)]
 
+    @property
+    def names(self) -> list[str]:
+        """The analyst's names of the experts ('' where unnamed), stored in the model's config.json."""
+        given = list(self.model.config.expert_names or [])
+        return [given[k] if k < len(given) else "" for k in range(self.k)]
+
+    def expert_titles(self) -> list[str]:
+        """'E3 · brevity' where the analyst named expert 3, else 'E3'."""
+        return [expert_title(k, self.names) for k in range(self.k)]
+
     def expert_labels(self) -> list[str]:
-        """'E3 · prefers: shorter, …' when the model or the descriptions name an expert, else 'E3'."""
-        names = list(self.model.config.expert_names or [])
-        if not names:
-            names = [getattr(d, "label", "") for d in self.descriptions()]
-        return [f"E{k} · {names[k]}" if k < len(names) and names[k] else f"E{k}" for k in range(self.k)]
+        """For selectors: 'E3 · brevity' when named, else 'E3 · prefers: shorter, …' from the
+        descriptions, else 'E3'."""
+        described = {d.expert: getattr(d, "label", "") for d in self.descriptions()}
+        out = []
+        for k in range(self.k):
+            name = self.names[k] or described.get(k, "")
+            out.append(f"E{k} · {name}" if name else f"E{k}")
+        return out
 
     def pair_table(self, index: np.ndarray | None = None, routing: bool = True) -> pd.DataFrame:
         """One row per pair: id, group, user, texts, margin, correctness, top expert (+ routing weights)."""
@@ -332,6 +416,18 @@ def training_data_label(ws: Workspace, model_dir: Path, data: list[DataFile]) ->
 _default_data_label = training_data_label  # (older name)
 
 
+def data_label_of(ws: Workspace, model_dir: Path) -> str:
+    """The data a model was trained on, as the dataset selector names it (a file name when it is not
+    listed; never a local absolute path)."""
+    recorded = model_training_data(model_dir)
+    if not recorded:
+        return "unrecorded"
+    for d in ws.list_data():
+        if _matches(ws, recorded, d.path):
+            return d.label
+    return "controlled" if recorded == "controlled" else Path(recorded).name
+
+
 # The sidebar's choice lives in these plain keys; the widgets are views of them. (A widget drawn by the
 # entry script before st.navigation can come back as a new widget on the first rerun after a page load,
 # at its default; re-seeding it from the plain key every run keeps the user's choice.)
@@ -372,6 +468,9 @@ def _restore_from_url(models: list[str], labels: list[str]) -> None:
     expert = st.query_params.get("expert")
     if expert is not None and str(expert).isdigit():
         st.session_state[SHARED_EXPERT] = int(expert)
+    picked = st.query_params.get("slice")
+    if picked:
+        st.session_state[SLICE_CHOICE] = picked  # kept only if such a slice exists (slice_selector)
 
 
 def open_expert(k: int) -> None:
@@ -404,7 +503,12 @@ def init_state(
 def share_view(**params) -> None:
     """Write the current view into the URL (model, data and the page's own parameters), so that the
     address bar is a link that reopens this view."""
-    base = {"model": st.session_state.get("model_name"), "data": st.session_state.get("data_label")}
+    picked = st.session_state.get("slice_name")
+    base = {
+        "model": st.session_state.get("model_name"),
+        "data": st.session_state.get("data_label"),
+        "slice": picked if picked and picked != NO_SLICE else None,
+    }
     wanted: dict[str, list[str]] = {}
     for k, v in {**base, **params}.items():
         if v is None or v == "" or (isinstance(v, (list, tuple)) and not v):
@@ -427,8 +531,49 @@ def view_link(**params) -> str:
     )
 
 
+TRAIN_JOB = "dt_job"  # (job key, model name) of the training this session started on Data & training
+
+
+def finish_own_training() -> None:
+    """When this session's training has ended (on whatever page the user is): select the new model and
+    its data, and keep the result (or the error) for Data & training to show."""
+    from moe_reward.app import jobs
+
+    key, name = st.session_state.get(TRAIN_JOB, (None, None))
+    if key is None:
+        return
+    job = jobs.get(key)
+    if job is not None and job.active:
+        return
+    st.session_state.pop(TRAIN_JOB, None)
+    if job is None:
+        return
+    jobs.forget(key)
+    if job.status == jobs.FAILED:
+        st.session_state["dt_failed"] = (name, job.error, job.details)
+        st.toast(f"Training {name} failed: see Data & training.", icon=":material/error:")
+        return
+    m = job.result
+    test = m["test"]
+    schedule = f"{m['epochs_run']} epochs run of at most {m['epochs_planned']}"
+    if m["epochs_planned"] > m.get("epochs_requested", m["epochs_planned"]):
+        schedule += (
+            f" ({m['epochs_requested']} requested; raised so that {m['splits']['train']} training pairs get "
+            f"at least {m['train_config']['min_steps']} optimizer steps)"
+        )
+    st.session_state["_pending_model"] = name
+    st.session_state["dt_trained"] = (
+        f"Trained {name}: {m['test_subset']} accuracy {test['accuracy']:.3f} on {test['n_pairs']} pairs, "
+        f"routing NMI {fmt(test['routing_nmi'])}; {schedule}, kept epoch {m['best_epoch']}; "
+        f"{m['train_seconds']:.1f} s. It is now selected in the sidebar, with the data it was trained on."
+    )
+    st.session_state["dt_warnings"] = list(m.get("warnings") or [])
+    st.toast(f"Trained {name}: it is now selected.", icon=":material/check_circle:")
+
+
 def sidebar(ws: Workspace) -> tuple[str, DataFile] | None:
     """Model + dataset selectors (keys shared by every page through `st.session_state`)."""
+    finish_own_training()
     models = ws.list_models()
     data = ws.list_data()
     with st.sidebar:
@@ -464,16 +609,84 @@ def sidebar(ws: Workspace) -> tuple[str, DataFile] | None:
             labels,
             key="data_label",
             on_change=_on_data_change,
+            format_func=short_data_label,
             help="Selecting a model selects the data it was trained on; pick another file to see "
             "how it transfers.",
         )
         picked = data[labels.index(label)]
+        if short_data_label(label) != label:
+            st.caption(f"File: {md(label)}")
         if not same_data(ws, ws.model_path(name), picked):
             st.caption(
                 f"Trained on {md(Path(model_training_data(ws.model_path(name)) or 'unrecorded data').name)}, "
                 "not on this file."
             )
+        slice_selector(ws)
     return name, picked
+
+
+def short_data_label(label: str) -> str:
+    """What the dataset selector shows (it cuts long text): 'controlled (features)' for
+    'data/controlled/features.safetensors', the path under data/ or uploads/ otherwise."""
+    short = label.split("/", 1)[1] if label.startswith(("data/", "uploads/")) else label
+    folder, _, leaf = short.rpartition("/")
+    if leaf == "features.safetensors" and folder:
+        return f"{folder} (features)"
+    return short
+
+
+NO_SLICE = "(all pairs)"
+SLICE_CHOICE = "_chosen_slice"  # the sidebar's slice (a plain key, re-seeded into the widget every run)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _slices(folder: str, stamp: tuple) -> tuple[dict[str, Slice], dict[str, str]]:
+    found, problems = list_slices(folder)
+    return {s.name: s for s in found}, problems
+
+
+def saved_slices(ws: Workspace) -> tuple[dict[str, Slice], dict[str, str]]:
+    """The workspace's saved slices by name (read again only when a slice file changes), and the files
+    that do not load, with why."""
+    folder = ws.slices_dir
+    try:
+        stamp = tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.glob("*.json")))
+    except OSError:
+        stamp = ()
+    return _slices(str(folder), stamp)
+
+
+def slice_selector(ws: Workspace) -> None:
+    """The sidebar's slice: a saved selection that narrows every page's numbers to its pairs."""
+    by_name, problems = saved_slices(ws)
+    options = [NO_SLICE, *sorted(by_name)]
+    pending = st.session_state.pop("_pending_slice", None)  # e.g. just saved (before the widget exists)
+    if pending in by_name:
+        st.session_state[SLICE_CHOICE] = pending
+    if st.session_state.get(SLICE_CHOICE) not in options:
+        st.session_state[SLICE_CHOICE] = NO_SLICE
+    st.session_state["slice_name"] = st.session_state[SLICE_CHOICE]
+    st.selectbox(
+        "Slice",
+        options,
+        key="slice_name",
+        on_change=lambda: st.session_state.__setitem__(SLICE_CHOICE, st.session_state.get("slice_name")),
+        format_func=lambda n: n if n == NO_SLICE else f"{n} ({by_name[n].n} pairs)",
+        help="A saved selection of pairs (a search, a map selection, filters). Picked, every page shows "
+        "its numbers on the slice's pairs only, and says so.",
+    )
+    picked = by_name.get(st.session_state["slice_name"])
+    if picked is not None:
+        st.caption(f"{md(picked.how)}: {md(picked.description or 'pairs picked by id')}")
+    for file, why in problems.items():
+        st.caption(f"Skipped slice {md(file)}: {md(why)}")
+
+
+def current_slice(ws: Workspace) -> Slice | None:
+    name = st.session_state.get("slice_name")
+    if not name or name == NO_SLICE:
+        return None
+    return saved_slices(ws)[0].get(name)
 
 
 def current_selection(ws: Workspace) -> tuple[str, DataFile] | None:
@@ -510,9 +723,18 @@ def context() -> Context | None:
             "(a different backbone); pick another dataset or model."
         )
         return None
-    ctx = Context(ws, name, model_dir, model, data, features, file_id(model_dir), file_id(data.path))
+    ctx = Context(
+        ws, name, model_dir, model, data, features, model_id(model_dir), file_id(data.path), current_slice(ws)
+    )
     if ctx.relation.warning:
         st.warning(md(ctx.relation.warning), icon=":material/warning:")
+    rows = ctx.slice_rows
+    if ctx.slice is not None and rows is not None:
+        st.info(
+            f"Slice **{md(ctx.slice.name)}**: {len(rows)} of its {ctx.slice.n} pairs are in this file; "
+            "the numbers on this page are on them only. Pick “(all pairs)” in the sidebar to see everything.",
+            icon=":material/filter_alt:",
+        )
     return ctx
 
 
@@ -530,8 +752,21 @@ def model_metrics(model_dir: Path) -> dict:
 
 
 def page_header(title: str, what: str) -> None:
+    _through_the_entry_script()
     st.title(title)
     st.caption(what)
+
+
+def _through_the_entry_script() -> None:
+    """A fresh server whose first visitor opens a page's own address (/Data_and_training) runs that page
+    file alone, in Streamlit's old pages/ mode: the sidebar lists the raw files ("app", "Data and
+    training") and app.py's navigation and sidebar never run. Leave that mode for good (it is one flag per
+    server, which app.py's st.navigation also clears) and run again, now through app.py."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory and not st.session_state.get(ENTRY_SIDEBAR):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 _MD_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
@@ -591,15 +826,57 @@ def swatch(color: str, width: int = 48, height: int = 10) -> np.ndarray:
     return np.tile(np.array(hex_to_rgb(color), dtype=np.uint8), (height, width, 1))
 
 
-def expert_axis(fig, axis: str = "x", k: int | None = None) -> None:
-    """Experts in numeric order on a categorical axis (E0, E1, …, E10, not E0, E1, E10)."""
-    names = [f"E{i}" for i in range(k)] if k else None
+def expert_ticks(k: int, names: list[str]) -> list[str]:
+    """Tick labels 'E3' or 'E3<br>brevity' (the name escaped: plotly reads HTML)."""
+    return [f"E{i}<br>{chart(names[i])}" if i < len(names) and names[i] else f"E{i}" for i in range(k)]
+
+
+def expert_axis(fig, axis: str = "x", k: int | None = None, names: list[str] | None = None) -> None:
+    """Experts in numeric order on a categorical axis (E0, E1, …, E10, not E0, E1, E10); with the
+    analyst's `names`, each named expert's tick reads 'E3 · brevity' (the categories stay 'E3')."""
+    ids = [f"E{i}" for i in range(k)] if k else None
     update = fig.update_xaxes if axis == "x" else fig.update_yaxes
-    if names:
-        update(categoryorder="array", categoryarray=names)
+    if ids:
+        update(categoryorder="array", categoryarray=ids)
+        if names and any(names):
+            update(
+                tickmode="array",
+                tickvals=ids,
+                ticktext=expert_ticks(len(ids), names),
+            )
 
 
-def diagnostics_section(diagnostics: dict | None, k: int, where: str = "held-out test split") -> None:
+def legend_entry(fig, name: str, color: str = NEUTRAL, symbol: str = "square", pattern: str = "") -> None:
+    """A legend line standing for traces drawn in several colours (bars in each expert's colour, whose
+    own legend swatch would show the first expert's colour only): a neutral swatch, no data."""
+    import plotly.graph_objects as go
+
+    if symbol == "square":
+        fig.add_trace(
+            go.Bar(
+                x=[None],
+                y=[None],
+                name=name,
+                marker_color=color,
+                marker_pattern_shape=pattern,
+                hoverinfo="skip",
+            )
+        )
+    else:
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=name,
+                marker=dict(color=color, symbol=symbol, size=10),
+            )
+        )
+
+
+def diagnostics_section(
+    diagnostics: dict | None, k: int, where: str = "held-out test split", names: list[str] | None = None
+) -> None:
     """The specialization diagnostics of a model (when its evaluation has them): one sentence per number,
     and the group × expert contingency table."""
     if not diagnostics:
@@ -619,7 +896,7 @@ def diagnostics_section(diagnostics: dict | None, k: int, where: str = "held-out
     if isinstance(contingency, dict) and contingency:
         frame = pd.DataFrame(
             {g: list(v) + [0] * (k - len(v)) for g, v in contingency.items()},
-            index=[f"E{e}" for e in range(k)],
+            index=[expert_title(e, names) for e in range(k)],
         ).T
         frame.index.name = "group"
         st.markdown("**Group × top expert** (pairs)")
@@ -669,7 +946,7 @@ def precompute_default_map(ws: Workspace, model_dir: Path, progress=None) -> Non
         return
     model = load_model(model_dir)
     features = load_features(ws, data.path, backbone_spec(model))
-    parts = (file_id(model_dir), file_id(data.path))
+    parts = (model_id(model_dir), file_id(data.path))
     scores = _scores(parts[0], parts[1], model, features)
     precompute_views(features, scores, ws.projections_dir, parts, umap=False, progress=progress)
     for params in PRECOMPUTED_UMAP:
@@ -767,3 +1044,295 @@ def rlhf_snippets(
         st.code(s["serve"], language="bash", wrap_lines=True)
         st.code(s["curl"], language="bash", wrap_lines=True)
         st.code(s["python"], language="python", wrap_lines=True)
+
+
+# ----------------------------------------------------------------------------- small shared views
+
+
+def below_chance_caption(accuracy, n: int, what: str) -> None:
+    """A caption that says why an accuracy under 0.5 is there (nothing when it is not)."""
+    note = summary.below_chance_note(accuracy, n)
+    if note:
+        st.caption(f"Accuracy on {md(what)} is under 0.5: {md(note)}.")
+
+
+def count_axis(fig, largest: int, axis: str = "y") -> None:
+    """An axis of pair counts: whole numbers only (no '0 1 1' ticks when counts are small)."""
+    update = fig.update_yaxes if axis == "y" else fig.update_xaxes
+    update(tickformat="d", rangemode="tozero")
+    if largest <= 5:
+        update(dtick=1, range=[0, max(largest, 1) + 0.5])
+
+
+def what_if_view(
+    ctx: Context,
+    w,
+    key: str,
+    sides: tuple[str, str] = ("original", "edited"),
+    responses: tuple[str, str] = ("chosen", "rejected"),
+) -> None:
+    """A what-if (moe_reward.app.whatif.WhatIf): one sentence, the model's margin before and after, and
+    the routing and every expert's margin side by side (`responses` names the two responses)."""
+    import plotly.graph_objects as go
+
+    before, after = sides
+    first, second = responses
+    o, e = w.original, w.edited
+    st.markdown(md(w.summary(responses)))
+    m = st.columns(3)
+    m[0].metric(
+        f"Margin ({before})", f"{o.margin:+.3f}", help="reward(chosen) − reward(rejected), routed mix"
+    )
+    m[1].metric(
+        f"Margin ({after})",
+        f"{e.margin:+.3f}",
+        delta=round(e.margin - o.margin, 3),
+        help=f"reward(chosen) − reward(rejected), routed mix; the delta is {after} − {before}",
+    )
+    titles = ctx.expert_titles()
+    m[2].metric(
+        f"Top expert ({after})",
+        titles[e.top_expert],
+        delta=None if e.top_expert == o.top_expert else f"was {titles[o.top_expert]}",
+        delta_color="off",
+    )
+    ids = ctx.expert_names()
+    colors = [expert_color(k) for k in range(ctx.k)]
+    left, right = st.columns(2)
+    for col, title, ytitle, a, b, name in (
+        (left, "Routing of the prompt", "weight", o.routing, e.routing, "routing"),
+        (
+            right,
+            f"Each expert's margin ({first} − {second})",
+            "margin",
+            o.expert_margins,
+            e.expert_margins,
+            "margins",
+        ),
+    ):
+        fig = go.Figure(
+            [
+                go.Bar(
+                    x=ids, y=a, name=before, marker_color=colors, marker_pattern_shape="/", showlegend=False
+                ),
+                go.Bar(x=ids, y=b, name=after, marker_color=colors, showlegend=False),
+            ]
+        )
+        legend_entry(fig, f"{before} (hatched)", pattern="/")
+        legend_entry(fig, f"{after} (solid)")
+        fig.update_layout(
+            title=title,
+            barmode="group",
+            height=360,
+            margin=dict(t=40, b=10),
+            xaxis_title="expert",
+            yaxis_title=ytitle,
+            legend=dict(orientation="h", yanchor="top", y=-0.3, x=0),
+        )
+        if name == "routing":
+            fig.update_yaxes(range=[0, 1])
+        expert_axis(fig, "x", ctx.k, ctx.names)
+        col.plotly_chart(fig, width="stretch", key=f"{key}_{name}")
+    arrow = lambda x, y: f"{x:+.3f} → {y:+.3f}"  # noqa: E731
+    table(
+        pd.DataFrame(
+            {
+                "expert": ctx.expert_titles(),
+                f"routing ({before} → {after})": [
+                    f"{x:.3f} → {y:.3f}" for x, y in zip(o.routing, e.routing, strict=True)
+                ],
+                f"reward of {first}": [
+                    arrow(x, y) for x, y in zip(o.chosen_rewards, e.chosen_rewards, strict=True)
+                ],
+                f"reward of {second}": [
+                    arrow(x, y) for x, y in zip(o.rejected_rewards, e.rejected_rewards, strict=True)
+                ],
+                f"margin ({first} − {second})": [
+                    arrow(x, y) for x, y in zip(o.expert_margins, e.expert_margins, strict=True)
+                ],
+            }
+        )
+    )
+
+
+def what_if_compare(
+    ctx: Context, before: tuple[str, str, str], after: tuple[str, str, str], key: str
+) -> None:
+    """Score your own: the pair scored now beside the one scored before it (A and B)."""
+    from moe_reward.app.whatif import what_if
+
+    wanted = (ctx.model_fid, tuple(before), tuple(after))
+    kept = st.session_state.get(f"{key}_result")
+    if kept is None or kept[0] != wanted:
+        try:
+            kept = (wanted, what_if(ctx.model, ctx.backbone(), before, after))
+        except (ValueError, OSError, RuntimeError) as exc:
+            st.error(md(exc))
+            return
+        st.session_state[f"{key}_result"] = kept
+    what_if_view(ctx, kept[1], key, sides=("before", "now"), responses=("A", "B"))
+
+
+def expert_weights_table(ctx: Context, weights, start=None) -> None:
+    """Each expert's name and description beside its weight in a profile (Personalize)."""
+    described = {d.expert: getattr(d, "label", "") for d in ctx.descriptions()}
+    frame = pd.DataFrame(
+        {
+            "expert": ctx.expert_titles(),
+            "what it prefers": [described.get(k, "") for k in range(ctx.k)],
+            **(
+                {"weight at the start": np.round(np.asarray(start, dtype=float), 3)}
+                if start is not None
+                else {}
+            ),
+            "weight now": np.round(np.asarray(weights, dtype=float), 3),
+        }
+    )
+    table(frame)
+
+
+def expert_rewards_table(ctx: Context, a, b) -> None:
+    """Each expert's name and description beside its rewards of two responses (Score your own)."""
+    from moe_reward.app.whatif import compare_responses
+
+    described = {d.expert: getattr(d, "label", "") for d in ctx.descriptions()}
+    frame = pd.DataFrame(
+        {
+            "expert": ctx.expert_titles(),
+            "what it prefers": [described.get(k, "") for k in range(ctx.k)],
+            **compare_responses(a, b),
+        }
+    )
+    table(frame)
+
+
+def what_if_editor(ctx: Context, row: int, key: str) -> None:
+    """Edit pair `row`'s prompt or responses and score the edit against the original (Expert detail)."""
+    from moe_reward.app.whatif import what_if
+
+    p = ctx.features.pairs[row]
+    with st.form(f"{key}_form_{row}"):
+        prompt = st.text_area("Prompt", value=p.prompt, key=f"{key}_prompt_{row}")
+        c1, c2 = st.columns(2)
+        chosen = c1.text_area("Chosen response", value=p.chosen, height=150, key=f"{key}_chosen_{row}")
+        rejected = c2.text_area(
+            "Rejected response", value=p.rejected, height=150, key=f"{key}_rejected_{row}"
+        )
+        go_score = st.form_submit_button("Score the edit", type="primary")
+    if go_score:
+        try:
+            with st.spinner("Embedding both versions (the backbone loads once)…"):
+                result = what_if(
+                    ctx.model, ctx.backbone(), (p.prompt, p.chosen, p.rejected), (prompt, chosen, rejected)
+                )
+        except (ValueError, OSError, RuntimeError) as exc:
+            st.error(md(exc))
+            return
+        st.session_state[f"{key}_result"] = (ctx.model_fid, row, result)
+    found = st.session_state.get(f"{key}_result")
+    if found is None or found[0] != ctx.model_fid or found[1] != row:
+        st.caption(
+            "Change any of the three texts and press **Score the edit**: both versions are embedded the same "
+            "way, so what moves comes from the edit alone."
+        )
+        return
+    what_if_view(ctx, found[2], key)
+
+
+def search_box(ctx: Context, key: str, label: str = "Search the texts") -> tuple[str, np.ndarray | None]:
+    """A text search over the pairs' prompt and responses (moe_reward.evaluate.search): (query, rows of
+    every pair of the file that match), or (query, None) when the box is empty or the query is invalid
+    (the error is shown)."""
+    from moe_reward.evaluate.search import MAX_QUERY
+
+    query = st.text_input(
+        label,
+        key=key,
+        max_chars=MAX_QUERY,
+        placeholder='words or "a phrase"',
+        help="Pairs whose prompt, chosen or rejected response contains every word (case-insensitive); "
+        "put a phrase in double quotes. `moe-reward search` does the same.",
+    ).strip()
+    if not query:
+        return "", None
+    try:
+        return query, _search(ctx.data_fid, query, ctx.features.pairs)
+    except ValueError as exc:
+        st.error(md(exc))
+        return query, None
+
+
+@st.cache_resource(show_spinner="Searching…", max_entries=32)
+def _search(data_fid: str, query: str, _pairs) -> np.ndarray:
+    from moe_reward.evaluate.search import search_pairs
+
+    return search_pairs(_pairs, query)
+
+
+def save_slice_form(ctx: Context, rows: np.ndarray, how: str, description: str, key: str) -> None:
+    """'Save these pairs as a slice': a name, an explicit choice to replace a slice of that name, and the
+    slice saved in the workspace (moe_reward.app.slices), then picked in the sidebar."""
+    from moe_reward.app.slices import Slice, SliceError, save_slice
+
+    if ctx.ws.read_only:
+        st.caption(f"Slices cannot be saved: {md(ctx.ws.read_only)}.")
+        return
+    with st.expander(f"Save these {len(rows)} pairs as a slice", icon=":material/bookmark_add:"):
+        with st.form(f"{key}_form", border=False):
+            name = st.text_input("Slice name", key=f"{key}_name", placeholder="e.g. step-prompts")
+            replace = st.checkbox("Replace a slice with the same name", key=f"{key}_replace")
+            st.caption(f"{how}: {md(description)}")
+            save = st.form_submit_button("Save slice", type="primary")
+        if save:
+            ids = ctx.features.ids
+            slc = Slice(
+                name.strip(), [ids[i] for i in rows], how, description, ctx.data.label, ctx.model_name
+            )
+            try:
+                save_slice(ctx.ws.slices_dir, slc, overwrite=replace)
+            except (SliceError, OSError) as exc:
+                st.error(md(exc))
+            else:
+                st.session_state["_pending_slice"] = slc.name
+                st.session_state["_slice_saved"] = (
+                    f"Saved slice {slc.name} ({slc.n} pairs); it is now picked in the sidebar."
+                )
+                st.rerun()
+    saved = st.session_state.pop("_slice_saved", None)
+    if saved:
+        st.success(md(saved))
+
+
+def map_search(ctx: Context, key: str) -> tuple[str, np.ndarray | None]:
+    """The Expert map's search box (its query is part of the link: `q`)."""
+    init_state(key, "q", str)
+    return search_box(ctx, key, label="Search the texts (selects the matching pairs)")
+
+
+def ring_pairs(fig, xy: np.ndarray, rows: np.ndarray, name: str, size: float) -> None:
+    """Rings around some pairs of a map (search matches), drawn over the points."""
+    import plotly.graph_objects as go
+
+    fig.add_trace(
+        go.Scattergl(
+            x=xy[rows, 0],
+            y=xy[rows, 1],
+            mode="markers",
+            name=chart(name[:60]),
+            hoverinfo="skip",
+            marker=dict(size=size, color="rgba(0,0,0,0)", line=dict(width=1.5, color="black")),
+        )
+    )
+
+
+def selection_description(query: str, region: str) -> str:
+    """How a map selection was made, in words: 'a box on PCA of …; prompt, chosen or rejected contains "x"'."""
+    from moe_reward.evaluate.search import describe_query
+
+    parts = [f"a region of the {region}"] if region else []
+    if query:
+        try:
+            parts.append(describe_query(query))
+        except ValueError:
+            pass
+    return "; ".join(parts) or "pairs picked on the map"

@@ -40,7 +40,7 @@ st.session_state["rs_groups"] = [
     g for g in st.session_state["rs_groups"] if g in all_groups
 ]  # another dataset
 with st.container(border=True):
-    c0, c1, c2, c3 = st.columns([2, 2, 1, 2])
+    c0, c1, c2, c3, c4 = st.columns([2, 2, 1, 2, 2])
     scope_key = c0.selectbox(
         "Pairs of",
         list(scopes),
@@ -55,7 +55,11 @@ with st.container(border=True):
         "tuple[float, float]",
         c3.slider("Routing confidence (weight of the top expert)", 0.0, 1.0, step=0.05, key="rs_conf"),
     )
+    ui.init_state("rs_search", "q", str)
+    with c4:
+        query, found = ui.search_box(ctx, "rs_search")
 ui.share_view(
+    q=query or None,
     subset=scope_key,
     group=picked_groups if len(picked_groups) < len(all_groups) else None,
     correct=correctness if correctness != "all" else None,
@@ -72,6 +76,11 @@ mask = (
 )
 if correctness != "all":
     mask &= s.correct if correctness == "correct" else ~s.correct
+if query:
+    matched = np.zeros(len(s.margin), dtype=bool)
+    if found is not None:
+        matched[found] = True
+    mask &= matched
 idx = np.flatnonzero(mask)
 unfiltered = len(idx) == scope.n
 st.caption(
@@ -98,7 +107,7 @@ else:
     ev = filtered_evaluation(
         ctx.model_fid,
         ctx.data_fid,
-        (scope_key, tuple(picked_groups), correctness, conf_lo, conf_hi),
+        (scope_key, ctx.slice_key, tuple(picked_groups), correctness, conf_lo, conf_hi, query),
         ctx.model,
         ctx.features,
         s,
@@ -111,12 +120,16 @@ ui.stat_metric(m[0], "accuracy", values["accuracy"], where)
 ui.stat_metric(m[1], "routing_nmi", values["routing_nmi"], where)
 ui.stat_metric(m[2], "routing_entropy_normalized", values["routing_entropy_normalized"], where)
 ui.stat_metric(m[3], "active_experts_per_pair", values["active_experts_per_pair"], where)
+ui.below_chance_caption(values["accuracy"], len(idx), where.label)
 
 colors = [ui.expert_color(k) for k in range(ctx.k)]
 left, right = st.columns(2)
 with left:
     fig = go.Figure()
-    fig.add_bar(x=names, y=ev["expert_utilization"], name="top-1 share", marker_color=colors)
+    fig.add_bar(
+        x=names, y=ev["expert_utilization"], name="top-1 share", marker_color=colors, showlegend=False
+    )
+    ui.legend_entry(fig, "top-1 share (bar, in the expert's colour)")
     fig.add_scatter(
         x=names,
         y=ev["expert_load"],
@@ -127,17 +140,18 @@ with left:
     fig.update_layout(
         title="Expert utilization",
         height=340,
-        margin=dict(t=40, b=10),
+        margin=dict(t=70, b=10),
         xaxis_title="expert",
         yaxis_title="share of pairs",
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
     )
-    ui.expert_axis(fig, "x", ctx.k)
+    ui.expert_axis(fig, "x", ctx.k, ctx.names)
     st.plotly_chart(fig, width="stretch", key="rs_util")
 with right:
     k = max(ctx.k, 2)
     ent = -(sub.router_probs * np.log(np.clip(sub.router_probs, 1e-12, None))).sum(-1) / np.log(k)
     present = ui.natural_sorted(set(groups[idx]))
-    gcol = ui.category_colors(all_groups)
+    gcol = ui.group_colors(all_groups)
     fig = go.Figure(
         [
             go.Histogram(
@@ -163,7 +177,8 @@ with right:
     st.plotly_chart(fig, width="stretch", key="rs_entropy")
 
 left, right = st.columns(2)
-counts = pd.DataFrame(ev["group_expert_counts"], index=names).T.rename(index=ui.chart)
+titles = [ui.chart(t) for t in ctx.expert_titles()]
+counts = pd.DataFrame(ev["group_expert_counts"], index=titles).T.rename(index=ui.chart)
 with left:
     fig = px.imshow(
         counts,
@@ -177,7 +192,7 @@ with left:
     st.plotly_chart(fig, width="stretch", key="rs_heat")
 with right:
     acc = pd.DataFrame(ev["per_expert_group_accuracy"]).rename(
-        columns=lambda e: names[int(e)], index=ui.chart
+        columns=lambda e: titles[int(e)], index=ui.chart
     )
     fig = px.imshow(
         acc,
@@ -192,9 +207,9 @@ with right:
     fig.update_layout(height=max(360, 60 + 26 * len(acc)), margin=dict(t=40, b=10))
     st.plotly_chart(fig, width="stretch", key="rs_acc")
 
-left, right = st.columns(2)
+left, right = st.columns([2, 3])
 with left:
-    co = pd.DataFrame(ev["coactivation"], index=names, columns=names)
+    co = pd.DataFrame(ev["coactivation"], index=titles, columns=titles)
     fig = px.imshow(
         co,
         text_auto=".2f",  # pyright: ignore[reportArgumentType] (plotly is untyped: a format is allowed)
@@ -206,25 +221,41 @@ with left:
     fig.update_layout(height=360, margin=dict(t=40, b=10))
     st.plotly_chart(fig, width="stretch", key="rs_co")
 with right:
-    routed = sub.routing > 0
-    rows = []
-    for k, name in enumerate(names):
-        use = routed[:, k]
-        rows.append(
-            {
-                "expert": name,
-                "pairs routed": int(use.sum()),
-                "accuracy where routed": round(float(sub.expert_correct[use, k].mean()), 4)
-                if use.any()
-                else None,
-                "mean weight where routed": round(float(sub.routing[use, k].mean()), 4)
-                if use.any()
-                else None,
-            }
-        )
-    st.markdown("**Experts where they are used**")
-    ui.table(pd.DataFrame(rows))
+    from moe_reward.evaluate.experts import EXPERT_STATS, summarize_experts
 
+    rows = [
+        {
+            "expert": r.title,
+            "leads": r.n_top,
+            "accuracy on its pairs": None if r.top_accuracy is None else round(r.top_accuracy, 3),
+            "own margin on them": None if r.own_top_accuracy is None else round(r.own_top_accuracy, 3),
+            "takes part in": r.n_routed,
+            "mean weight": round(r.mean_weight, 3),
+        }
+        for r in summarize_experts(s, idx, ctx.names)
+    ]
+    st.markdown(f"**Each expert on the {len(idx)} pairs**")
+    ui.table(pd.DataFrame(rows))
+    st.caption(
+        "leads: pairs whose top expert it is. takes part in: pairs with a non-zero routing weight. "
+        + " ".join(
+            f"{EXPERT_STATS[key].label}: {EXPERT_STATS[key].definition}"
+            for key in ("top_accuracy", "own_top_accuracy", "mean_weight")
+        )
+    )
+
+filters = [scope.label]
+if len(picked_groups) < len(all_groups):
+    filters.append("groups " + ", ".join(picked_groups))
+if correctness != "all":
+    filters.append(f"{correctness} pairs")
+if (conf_lo, conf_hi) != (0.0, 1.0):
+    filters.append(f"top-expert weight {conf_lo:g}–{conf_hi:g}")
+if query:
+    from moe_reward.evaluate.search import describe_query
+
+    filters.append(describe_query(query))
+ui.save_slice_form(ctx, idx, "search" if query else "filter", "; ".join(filters), "rs_slice")
 with st.expander(f"Filtered pairs ({len(idx)})"):
     shown = idx[:1000]  # a table is for reading; `moe-reward select` exports them all
     if len(idx) > len(shown):

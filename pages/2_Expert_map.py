@@ -31,6 +31,7 @@ from moe_reward.evaluate.projection import (
     umap_is_warm,
     warm_up_umap,
 )
+from moe_reward.evaluate.search import narrow_selection
 
 SOURCES = {
     "router": "routing (router logits)",
@@ -99,7 +100,7 @@ highlight = c4.selectbox(
     "Expert",
     [None, *range(k_experts)],
     key="map_expert",
-    format_func=lambda e: "all" if e is None else f"E{e}",
+    format_func=lambda e: "all" if e is None else ctx.expert_titles()[e],
     help="Bring one expert's pairs forward",
 )
 if highlight is not None:
@@ -130,6 +131,7 @@ with st.expander("Drawing and UMAP settings"):
     )
     seed = int(d5.number_input("UMAP seed", 0, 10_000, 0, key="umap_seed"))
 
+query, found = ui.map_search(ctx, "map_search")  # matches are ringed on the map and selected below
 wanted = ProjectionParams(layout, source, n_neighbors, min_dist, metric, seed)
 params, note = wanted, None
 warmup = jobs.get("umap-warmup")
@@ -299,6 +301,10 @@ if highlight is not None and color_by != "top expert":
             ),
         )
     )
+if found is not None and len(found):
+    ui.ring_pairs(fig, xy, found[:cap], f"search: {query}", size + 6)
+elif ctx.slice is not None and ctx.slice_rows is not None and len(ctx.slice_rows):
+    ui.ring_pairs(fig, xy, ctx.slice_rows[:cap], f"slice {ctx.slice.name}", size + 6)
 if params.method == "anchors":
     pos = anchor_positions(k_experts) * 1.08
     fig.add_trace(
@@ -386,7 +392,14 @@ if box and len(box) == 4 and st.session_state.get("map_box_view") == view_id:
 elif lasso and lasso[0] == view_id:
     selected = points_in_polygon(xy, lasso[1], lasso[2])
 
+# A text search selects too: with a box or lasso, the pairs in both.
+region = bool(
+    (box and len(box) == 4 and st.session_state.get("map_box_view") == view_id)
+    or (lasso and lasso[0] == view_id)
+)
+selected = narrow_selection(selected, region, found, ctx.slice_rows)  # the search and the slice narrow it
 ui.share_view(
+    q=query or None,
     view=source,
     layout=layout,
     color=color_by if color_by != COLOURS[0] else None,
@@ -448,6 +461,10 @@ if sel_row is not None:
 
 # ----------------------------------------------------------------------------- the linked table
 st.subheader(f"Selection: {len(selected)} pairs")
+if query:
+    st.caption(
+        ui.md(f"{'The region ∩ ' if region else ''}pairs whose texts contain every word of “{query}”.")
+    )
 if not len(selected):
     st.caption(
         "Drag a box or a lasso on the map to select pairs (all pairs in the region, drawn or not); their "
@@ -480,7 +497,9 @@ if chosen_rows:
 
 
 def _csv() -> bytes:
-    return ctx.pair_table(selected).to_csv(index=False).encode("utf-8")
+    from moe_reward.app.export import to_csv
+
+    return to_csv(ctx.pair_table(selected).to_dict(orient="records"))  # spreadsheet-safe cells
 
 
 def _jsonl() -> bytes:
@@ -499,4 +518,11 @@ c1, c2 = st.columns(2)
 c1.download_button(f"Download all {len(selected)} (CSV)", _csv, "selection.csv", "text/csv", key="dl_csv")
 c2.download_button(
     f"Download all {len(selected)} (JSONL)", _jsonl, "selection.jsonl", "application/jsonl", key="dl_jsonl"
+)
+ui.save_slice_form(
+    ctx,
+    selected,
+    "search" if query and not region else ("lasso" if lasso else "box") if region else "filter",
+    ui.selection_description(query, params.title() if region else ""),
+    "map_slice",
 )

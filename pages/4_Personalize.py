@@ -62,6 +62,12 @@ class ShownPair(TypedDict):
 NEW_PROFILE = "New profile…"  # plain text (a "＋" glyph is a missing-font box in Debian's Chromium)
 FIRST_PROFILE = "default"  # what a new annotator's first label creates
 MODES = ("Active choice", "Random", "Type your own pair")
+ADAPTER_SHORT = {
+    "hedge": "hedge (online)",
+    "batch": "batch (DRM)",
+    "gradient": "gradient (LoRe)",
+    "signed": "signed (±)",
+}
 ADAPTER_HELP = {
     "hedge": "multiplicative weights, one label at a time",
     "batch": "closed form over all labels (DRM)",
@@ -133,8 +139,14 @@ with top:
     options = (existing or [FIRST_PROFILE]) + [NEW_PROFILE]
     if st.session_state.get("pz_pending_profile"):  # just created: select it (before the widget exists)
         st.session_state["pz_profile"] = st.session_state.pop("pz_pending_profile")
-    if st.session_state.get("pz_profile") not in options:
+    asked = st.session_state.get("pz_profile")
+    if asked not in options:
         st.session_state["pz_profile"] = options[0]  # the most recently used profile, or a first one
+        if asked:  # a link (or an earlier choice) named a profile this annotator does not have here
+            st.warning(
+                f"{ui.md(annotator)} has no profile “{ui.md(asked)}” on {ui.md(ctx.model_name)}; showing "
+                f"“{ui.md(options[0])}”. Pick “{NEW_PROFILE}” to create it."
+            )
     choice = c2.selectbox(
         "Profile",
         options,
@@ -145,7 +157,11 @@ with top:
         n1, n2, n3 = st.columns([1.2, 1.5, 1], vertical_alignment="bottom")
         new_name = n1.text_input("New profile name", value=f"profile-{len(existing) + 1}", key="pz_new_name")
         new_adapter = n2.selectbox(
-            "Adapter", ADAPTERS, key="pz_new_adapter", format_func=lambda a: f"{a}: {ADAPTER_HELP.get(a, '')}"
+            "Adapter",
+            ADAPTERS,
+            key="pz_new_adapter",
+            format_func=lambda a: ADAPTER_SHORT.get(a) or str(a),
+            help=" · ".join(f"{a}: {h}" for a, h in ADAPTER_HELP.items()),
         )
         if n3.button("Create profile", type="primary", key="pz_create", disabled=bool(store.read_only)):
             try:
@@ -251,7 +267,7 @@ def on_label(req: dict, a_preferred: bool) -> None:
             )
             source = "manual"
         profile_id = profile_id_for_write()
-        label_id = store.record_label(
+        store.record_label(
             Label(annotator, pid, prompt, pref, other, profile_id=profile_id, source=source),
             m,
             a,
@@ -274,7 +290,7 @@ def on_label(req: dict, a_preferred: bool) -> None:
         state_now["typed"] = None
     flash(
         "success",
-        f"Saved label #{label_id} for pair {pid} ({store.count_labels(profile_id)} labels in this profile).",
+        f"Saved label {store.count_labels(profile_id)} of this profile, for pair {pid}.",
     )
 
 
@@ -301,7 +317,7 @@ def on_undo(profile_id: int) -> None:
     else:
         flash(
             "success",
-            f"Undone: label #{gone.id} (pair {gone.pair_id}); {store.count_labels(profile_id)} labels left.",
+            f"Undone: your last label (pair {gone.pair_id}); {store.count_labels(profile_id)} labels left.",
         )
 
 
@@ -372,8 +388,9 @@ c_adapter.selectbox(
     on_change=on_adapter_change,
     args=(adapter_key,),
     disabled=bool(store.read_only),
-    format_func=lambda a: f"{a}: {ADAPTER_HELP.get(a, '')}",
-    help="Changing it refits the same labels with the other adapter (for every session on this profile).",
+    format_func=lambda a: ADAPTER_SHORT.get(a) or str(a),
+    help="Changing it refits the same labels with the other adapter (for every session on this profile). "
+    + " · ".join(f"{a}: {h}" for a, h in ADAPTER_HELP.items()),
 )
 mode = c_mode.selectbox(
     "Next pair",
@@ -702,10 +719,15 @@ with right:
         [
             go.Bar(x=names, y=shift["before"], name="start", marker_color="#BAB0AC"),
             go.Bar(
-                x=names, y=shift["after"], name="now", marker_color=[ui.expert_color(k) for k in range(ctx.k)]
+                x=names,
+                y=shift["after"],
+                name="now",
+                marker_color=[ui.expert_color(k) for k in range(ctx.k)],
+                showlegend=False,
             ),
         ]
     )
+    ui.legend_entry(fig, "now (in the expert's colour)", "#54575e")
     fig.update_layout(
         title="Profile: expert weights",
         barmode="group",
@@ -718,7 +740,7 @@ with right:
             max(1e-9, max(shift["before"] + shift["after"])) * 1.15,
         ],
     )
-    ui.expert_axis(fig, "x", ctx.k)
+    ui.expert_axis(fig, "x", ctx.k, ctx.names)
     st.plotly_chart(fig, width="stretch", key="pz_weights")
     st.caption("weights now: " + " · ".join(f"E{k} {w:.3f}" for k, w in enumerate(shift["after"])))
     span = span_report(adapter)
@@ -749,7 +771,7 @@ with c1:
             go.Scatter(
                 x=g["labels"],
                 y=g["weight"],
-                name=e,
+                name=ui.chart(ctx.expert_titles()[int(str(e)[1:])]),
                 mode="lines+markers",
                 line=dict(color=ui.expert_color(int(str(e)[1:]))),  # (e: "E3"; pandas types keys Hashable)
             )
@@ -760,10 +782,10 @@ with c1:
         title="Weight history",
         xaxis_title="labels",
         yaxis_title="weight",
-        height=320,
+        height=max(320, 90 + 21 * ctx.k),  # room for every expert in the legend
         margin=dict(t=40, b=10),
-        xaxis=dict(tickformat="d", rangemode="tozero"),
     )
+    ui.count_axis(fig, len(history) - 1, axis="x")
     st.plotly_chart(fig, width="stretch", key="pz_history")
 with c2:
     if len(held_out):
@@ -790,6 +812,7 @@ with c2:
     else:
         st.caption("Pick a persona to measure the profile on that persona's held-out pairs.")
 
+ui.expert_weights_table(ctx, shift["after"], shift["before"])  # names and descriptions beside the weights
 if adapter.n_labels:
     st.markdown("**The label that moved each expert most**")
     rows = []
@@ -798,7 +821,7 @@ if adapter.n_labels:
             r = id_to_row.get(pid)
             rows.append(
                 {
-                    "expert": names[int(k)],
+                    "expert": ctx.expert_titles()[int(k)],
                     "pair": pid,
                     "weight change": round(delta, 4),
                     "prompt": pairs[r].prompt if r is not None else "",

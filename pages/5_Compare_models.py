@@ -9,6 +9,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
+from moe_reward.app.export import to_csv
+from moe_reward.evaluate.compare import comparison_scope
 from moe_reward.evaluate.metrics import Evaluation, disagreements, evaluate, score_pairs
 
 ui.page_header(
@@ -54,8 +56,8 @@ def scored(model_fid: str, data_fid: str, _model, _features):
     return s, evaluate(_model, _features, s)
 
 
-a_scores, a_eval = ctx.scores, ctx.evaluation
-b_scores, b_eval = scored(ui.file_id(b_dir), ctx.data_fid, b_model, b_features)
+a_scores = ctx.scores
+b_scores, _ = scored(ui.model_id(b_dir), ctx.data_fid, b_model, b_features)
 label_a, label_b = f"A: {ctx.model_name}", f"B: {other}"
 
 
@@ -64,22 +66,32 @@ def relation_of(model_fid: str, data_fid: str, model_dir: str, _features):
     return ui.summary.relate(model_dir, _features)
 
 
-# Each model on its own held-out pairs of this file when it has some (its test split), else on all pairs.
+# One subset for both models: the page model's held-out test split (or the pairs it never trained on),
+# less any pair the other model trained on. Without a saved split that cannot be told: all pairs, said so.
+rel_a = relation_of(ctx.model_fid, ctx.data_fid, str(ctx.model_dir), ctx.features)
+rel_b = relation_of(ui.model_id(b_dir), ctx.data_fid, str(b_dir), ctx.features)
+scope, warning = comparison_scope(
+    rel_a, rel_b, len(ctx.features), ctx.slice_rows, ctx.slice.name if ctx.slice is not None else ""
+)
+if warning:
+    st.warning(warning)
+st.caption(f"Both models, every number and chart below: the **{ui.md(scope.describe())}**.")
+if not scope.n:
+    st.warning("No pair to compare on.")
+    st.stop()
+scope_id = f"{scope.key}|{scope.label}|{scope.n}"
+a_eval = scored_subset(ctx.model_fid, ctx.data_fid, scope_id, ctx.model, ctx.features, a_scores, scope.index)
+b_eval = scored_subset(
+    ui.model_id(b_dir), ctx.data_fid, scope_id, b_model, ctx.features, b_scores, scope.index
+)
+
 rows = []
-for label, model, mdir, scores_ in (
-    (label_a, ctx.model, ctx.model_dir, a_scores),
-    (label_b, b_model, b_dir, b_scores),
-):
-    rel = relation_of(ui.file_id(mdir), ctx.data_fid, str(mdir), ctx.features)
-    scope = rel.headline
-    ev = scored_subset(ui.file_id(mdir), ctx.data_fid, scope.key, model, ctx.features, scores_, scope.index)
+for label, model, ev in ((label_a, ctx.model, a_eval), (label_b, b_model, b_eval)):
     v = ui.summary.headline_values(ev)
     rows.append(
         {
             "model": label,
             "kind": model.describe(),
-            "pairs of": scope.label,
-            "pairs": scope.n,
             "accuracy": v["accuracy"],
             "routing NMI": v["routing_nmi"],
             "routing entropy": v["routing_entropy_normalized"],
@@ -93,11 +105,8 @@ st.caption(
         for s in (ui.summary.STATS[key] for key in ("accuracy", "routing_nmi", "routing_entropy_normalized"))
     )
 )
-if len({r["pairs of"] for r in rows}) > 1 or len({r["pairs"] for r in rows}) > 1:
-    st.caption(
-        "The two models are on different pairs of this file (each on its own held-out test split); the "
-        "charts below use all pairs of the file for both."
-    )
+for r in rows:
+    ui.below_chance_caption(r["accuracy"], scope.n, f"{r['model']}'s pairs")
 
 groups = sorted(set(a_eval["per_group"]) | set(b_eval["per_group"]))
 if groups:
@@ -112,7 +121,7 @@ if groups:
         ]
     )
     fig.update_layout(
-        title=f"Accuracy per group (all {len(ctx.features)} pairs of the file)",
+        title=f"Accuracy per group ({scope.describe()})",
         barmode="group",
         yaxis_range=[0, 1],
         height=340,
@@ -175,22 +184,24 @@ else:
     st.caption("Thick lines: the kinds of the two models compared. Mean ± sd over seeds.")
 
 st.subheader("Pairs they disagree on")
-idx = disagreements(a_scores, b_scores, limit=200)
+a_sub, b_sub = a_scores.subset(scope.index), b_scores.subset(scope.index)
+idx = scope.index[disagreements(a_sub, b_sub, limit=200)]
 st.caption(
-    f"{int((a_scores.correct != b_scores.correct).sum())} pairs where exactly one model picks the chosen "
-    "response; the most confident disagreements first."
+    f"{int((a_sub.correct != b_sub.correct).sum())} of the {scope.describe()} where exactly one model picks "
+    "the chosen response; the most confident disagreements first."
 )
 if len(idx):
     table = ctx.pair_table(idx, routing=False)[["id", "group", "user", "prompt", "chosen", "rejected"]]
     table.insert(1, "A correct", a_scores.correct[idx])
     table.insert(2, "A P(chosen)", a_scores.prob_chosen[idx].round(3))
     table.insert(3, "B P(chosen)", b_scores.prob_chosen[idx].round(3))
-    table.insert(4, "A top expert", [f"E{e}" for e in a_scores.top_expert[idx]])
-    table.insert(5, "B top expert", [f"E{e}" for e in b_scores.top_expert[idx]])
+    b_names = list(b_model.config.expert_names or [])
+    table.insert(4, "A top expert", [ui.expert_title(e, ctx.names) for e in a_scores.top_expert[idx]])
+    table.insert(5, "B top expert", [ui.expert_title(e, b_names) for e in b_scores.top_expert[idx]])
     ui.table(table, max_rows=12)
     st.download_button(
         "Download (CSV)",
-        table.to_csv(index=False).encode("utf-8"),
+        to_csv(pd.DataFrame(table).to_dict(orient="records")),  # formula-like cells are quoted
         "disagreements.csv",
         "text/csv",
         key="cmp_dl",

@@ -54,6 +54,9 @@ if go_score:
             st.error(f"That profile has {weights.shape[0]} weights; the model has {ctx.k} experts.")
             st.stop()
     with st.spinner("Embedding (the backbone loads once)…"):
+        previous = st.session_state.get("score_texts")
+        st.session_state["score_before"] = previous if previous != (prompt, resp_a, resp_b) else None
+        st.session_state["score_texts"] = (prompt, resp_a, resp_b)
         st.session_state["score_result"] = (
             score_texts(ctx.model, ctx.backbone(), prompt, [resp_a, resp_b], user_weights=weights),
             profile_pick,
@@ -121,10 +124,19 @@ left, right = st.columns(2)
 with left:
     fig = go.Figure(
         [
-            go.Bar(x=names, y=a.expert_rewards, name="A", marker_color=colors),
-            go.Bar(x=names, y=b.expert_rewards, name="B", marker_color=colors, marker_pattern_shape="/"),
+            go.Bar(x=names, y=a.expert_rewards, name="A", marker_color=colors, showlegend=False),
+            go.Bar(
+                x=names,
+                y=b.expert_rewards,
+                name="B",
+                marker_color=colors,
+                marker_pattern_shape="/",
+                showlegend=False,
+            ),
         ]
     )
+    ui.legend_entry(fig, "A (solid)")
+    ui.legend_entry(fig, "B (hatched)", pattern="/")
     fig.update_layout(
         title="Each expert's reward (hatched: B)",
         barmode="group",
@@ -133,15 +145,16 @@ with left:
         xaxis_title="expert",
         yaxis_title="reward",
     )
-    ui.expert_axis(fig, "x", ctx.k)
+    ui.expert_axis(fig, "x", ctx.k, ctx.names)
     st.plotly_chart(fig, width="stretch", key="score_experts")
 with right:
     fig = go.Figure(
         [
             go.Bar(x=names, y=a.router_probs, name="router softmax", marker_color="#BAB0AC"),
-            go.Bar(x=names, y=a.routing, name="routing used", marker_color=colors),
+            go.Bar(x=names, y=a.routing, name="routing used", marker_color=colors, showlegend=False),
         ]
     )
+    ui.legend_entry(fig, "routing used (in the expert's colour)", "#54575e")
     fig.update_layout(
         title="Routing of this prompt",
         barmode="group",
@@ -151,23 +164,10 @@ with right:
         xaxis_title="expert",
         yaxis_title="weight",
     )
-    ui.expert_axis(fig, "x", ctx.k)
+    ui.expert_axis(fig, "x", ctx.k, ctx.names)
     st.plotly_chart(fig, width="stretch", key="score_routing")
 
-table = pd.DataFrame(
-    {
-        "expert": names,
-        "reward A": np.round(a.expert_rewards, 4),
-        "reward B": np.round(b.expert_rewards, 4),
-        "A − B": np.round(np.subtract(a.expert_rewards, b.expert_rewards), 4),
-        "prefers": [
-            "A" if x > y else "B" if y > x else "tie"
-            for x, y in zip(a.expert_rewards, b.expert_rewards, strict=True)
-        ],
-        "routing": np.round(a.routing, 4),
-    }
-)
-ui.table(table)
+ui.expert_rewards_table(ctx, a, b)  # each expert's name and description beside its rewards
 rows = [{"": "routed mix", "A": round(a.reward, 4), "B": round(b.reward, 4), "prefers": model_win}]
 if a.personalized_reward is not None:
     rows.append(
@@ -179,3 +179,8 @@ if a.personalized_reward is not None:
         }
     )
 ui.table(pd.DataFrame(rows), width="content")
+
+before = st.session_state.get("score_before")
+if before is not None:
+    st.subheader("What changed since the previous scoring")
+    ui.what_if_compare(ctx, before, st.session_state["score_texts"], key="score_whatif")

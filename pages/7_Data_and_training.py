@@ -34,10 +34,12 @@ if ws.read_only:
         f"{ui.md(ws.read_only)}: uploads and training are off; everything here can still be read.",
         icon=":material/lock:",
     )
+# After a save the uploader starts empty (a new key): the saved file is not checked again, so "will be
+# replaced" never shows next to "Saved".
 upload = st.file_uploader(
     "Preference file",
     type=["jsonl", "ndjson", "json", "csv", "parquet", "gz"],
-    key="dt_upload",
+    key=f"dt_upload_{st.session_state.get('dt_upload_round', 0)}",
     disabled=bool(ws.read_only),
 )
 if upload is not None and not ws.read_only:
@@ -116,6 +118,8 @@ if upload is not None and not ws.read_only:
                     )
                 else:
                     st.session_state["dt_message"] = f"Saved uploads/{target.name} ({len(pairs)} pairs)."
+                    st.session_state["dt_upload_round"] = st.session_state.get("dt_upload_round", 0) + 1
+                    st.session_state["dt_data"] = f"uploads/{target.name}"  # train on it next
                     st.rerun()
     finally:
         shutil.rmtree(probe.parent, ignore_errors=True)
@@ -128,21 +132,54 @@ data = ws.list_data()
 if not data:
     st.info("No data file yet: upload one above.")
     st.stop()
-with st.form("train_form"):
+TRAIN_JOB = ui.TRAIN_JOB  # this session's training job (it runs on when the user leaves the page)
+FORM_DEFAULTS = {
+    "dt_name": "my-sparse",
+    "dt_backbone": DEFAULT_BACKBONE,
+    "dt_kind": MODEL_KINDS[0],
+    "dt_k": 8,
+    "dt_topk": 2,
+    "dt_epochs": TrainConfig().epochs,
+    "dt_router_input": ROUTER_INPUTS[0],
+    "dt_split_by": "prompt",
+    "dt_overwrite": False,
+}
+# What was entered is kept across page changes and runs (Streamlit drops a widget's state when its page
+# is left): the widgets are views of these values.
+KEPT = "_dt_form"
+for key, value in {**FORM_DEFAULTS, **(st.session_state.get(KEPT) or {})}.items():
+    if key not in st.session_state:
+        st.session_state[key] = value
+labels = [d.label for d in data]
+if st.session_state.get("dt_data") not in labels:
+    st.session_state["dt_data"] = labels[0]
+
+
+def own_job():
+    """This session's training job while it runs (or None)."""
+    from moe_reward.app import jobs
+
+    key, _ = st.session_state.get(TRAIN_JOB, (None, None))
+    job = jobs.get(key) if key else None
+    return job if job is not None and job.active else None
+
+
+running = own_job()
+# Enter in a text field does not submit: training starts from the button only.
+with st.form("train_form", enter_to_submit=False):
     c1, c2, c3 = st.columns(3)
-    data_label = c1.selectbox("Data", [d.label for d in data], key="dt_data")
-    name = c2.text_input("Model name", value="my-sparse", key="dt_name")
+    data_label = c1.selectbox("Data", labels, key="dt_data")
+    name = c2.text_input("Model name", key="dt_name")
     backbone = c3.text_input(
         "Backbone",
-        value=DEFAULT_BACKBONE,
         key="dt_backbone",
         help="The shipped MiniLM, or a local path to any transformers encoder/decoder",
     )
     c1, c2, c3, c4 = st.columns(4)
     kind = c1.selectbox("Model kind", MODEL_KINDS, key="dt_kind")
-    experts = c2.number_input("Experts (K)", 1, 64, 8, key="dt_k")
-    top_k = c3.number_input("Top-k (sparse)", 1, 64, 2, key="dt_topk")
-    epochs = c4.number_input("Epochs", 1, 500, TrainConfig().epochs, key="dt_epochs")
+    experts = c2.number_input("Experts (K)", 1, 64, key="dt_k")
+    top_k = c3.number_input("Top-k (sparse)", 1, 64, key="dt_topk")
+    epochs = c4.number_input("Epochs", 1, 500, key="dt_epochs")
     c1, c2 = st.columns(2)
     router_input = c1.selectbox(
         "Router reads",
@@ -153,17 +190,22 @@ with st.form("train_form"):
     )
     split_by = c2.text_input(
         "Split by",
-        value="prompt",
         key="dt_split_by",
         help="keep every value of this field on one side of train / validation / test: prompt, "
         "group, user, id or meta.<key> (e.g. meta.question_id for held-out questions)",
     )
     overwrite = st.checkbox("Replace a model with the same name", key="dt_overwrite")
-    start = st.form_submit_button("Train", type="primary")
+    start = st.form_submit_button(
+        "Train",
+        type="primary",
+        disabled=running is not None,
+        help="Your training runs below; one at a time per session." if running is not None else None,
+    )
+st.session_state[KEPT] = {
+    key: st.session_state[key] for key in ["dt_data", *FORM_DEFAULTS] if key in st.session_state
+}
 
-TRAIN_JOB = "dt_job"  # this session's training job key (the job runs on when the user leaves the page)
-
-if start:
+if start and running is None:
     try:
         check_name(name, "model name")
         req = TrainRequest(
@@ -182,32 +224,7 @@ if start:
         st.error(ui.md(exc))
     else:
         st.session_state[TRAIN_JOB] = (job.key, name)
-
-
-def finish_training(job, model_name: str) -> None:
-    """This session's training ended: keep its result (or error) for the page, select the new model."""
-    from moe_reward.app import jobs
-
-    st.session_state.pop(TRAIN_JOB, None)
-    jobs.forget(job.key)
-    if job.status == jobs.FAILED:
-        st.session_state["dt_failed"] = (model_name, job.error, job.details)
-        return
-    m = job.result
-    test = m["test"]
-    schedule = f"{m['epochs_run']} epochs run of at most {m['epochs_planned']}"
-    if m["epochs_planned"] > m.get("epochs_requested", m["epochs_planned"]):
-        schedule += (
-            f" ({m['epochs_requested']} requested; raised so that {m['splits']['train']} training pairs get "
-            f"at least {m['train_config']['min_steps']} optimizer steps)"
-        )
-    st.session_state["_pending_model"] = model_name
-    st.session_state["dt_message"] = (
-        f"Trained {model_name}: {m['test_subset']} accuracy {test['accuracy']:.3f} on {test['n_pairs']} pairs, "
-        f"routing NMI {ui.fmt(test['routing_nmi'])}; {schedule}, kept epoch {m['best_epoch']}; "
-        f"{m['train_seconds']:.1f} s. It is now selected in the sidebar."
-    )
-    st.session_state["dt_warnings"] = list(m.get("warnings") or [])
+        st.rerun()  # the form shows the button off while this session's training runs
 
 
 def training_progress() -> None:
@@ -217,7 +234,7 @@ def training_progress() -> None:
     key, model_name = st.session_state.get(TRAIN_JOB, (None, None))
     job = jobs.get(key) if key else None
     if job is None or not job.active:
-        st.rerun()  # the whole page: it shows the result
+        st.rerun()  # the whole app: the sidebar selects the new model, this page shows the result
     st.progress(
         min(job.fraction, 1.0),
         text=f"Training {ui.md(model_name)}: {ui.md(job.message or 'starting')} "
@@ -225,18 +242,10 @@ def training_progress() -> None:
     )
 
 
-if TRAIN_JOB in st.session_state:
-    from moe_reward.app import jobs as _jobs
-
-    _key, _name = st.session_state[TRAIN_JOB]
-    _job = _jobs.get(_key)
-    if _job is None:
-        st.session_state.pop(TRAIN_JOB, None)
-    elif not _job.active:
-        finish_training(_job, _name)
-        st.rerun()
-    else:
-        st.fragment(run_every=0.5)(training_progress)()
+if running is not None:
+    st.fragment(run_every=0.5)(training_progress)()
+if st.session_state.get("dt_trained"):
+    st.success(ui.md(st.session_state.pop("dt_trained")))
 for w in st.session_state.pop("dt_warnings", []):
     st.warning(ui.md(w), icon=":material/warning:")
 if "dt_failed" in st.session_state:
@@ -262,7 +271,7 @@ for m in ws.list_models():
             "test pairs": test.get("n_pairs"),
             "routing NMI": test.get("routing_nmi"),
             "epochs run": metrics.get("epochs_run"),
-            "data": metrics.get("data", ""),
+            "data": ui.data_label_of(ws, ws.model_path(m)),
             "warning": "; ".join(metrics.get("warnings") or []),
         }
     )

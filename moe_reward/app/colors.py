@@ -4,7 +4,9 @@
 14 more picked greedily to maximise the smallest CIELAB distance to those already chosen (lightness 30-82,
 chroma > 25, so none is a pale or grey tint). Expert k always gets ``EXPERT_COLORS[k % 24]``; with more
 than 24 experts the map also changes the marker symbol every 24 experts (`expert_symbol`), so no two
-experts look the same. Groups use the same palette in sorted order (numeric parts sorted as numbers).
+experts look the same. Groups (and users) get a palette of their own, `GROUP_COLORS`: 16 colours picked
+the same way but away from every expert colour and the neutral grey (CIELAB distance >= 27 to each), so a
+group never appears in an expert's colour; in sorted order of the names (numeric parts as numbers).
 """
 
 from __future__ import annotations
@@ -38,6 +40,24 @@ EXPERT_COLORS = (
     "#C3D296",
     "#5A3C87",
 )
+GROUP_COLORS = (
+    "#A52DF0",
+    "#871E3C",
+    "#5A96FF",
+    "#870096",
+    "#00C3FF",
+    "#F0B478",
+    "#FF0069",
+    "#0FD25A",
+    "#B40F00",
+    "#4B4B1E",
+    "#B4B4F0",
+    "#004B5A",
+    "#003CF0",
+    "#1E5A00",
+    "#FF78B4",
+    "#4B3C5A",
+)
 SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "x")
 NEUTRAL = "#BAB0AC"  # "everything else": unselected experts, all pairs of a group
 
@@ -67,13 +87,19 @@ def natural_sorted(items: Iterable[str]) -> list[str]:
     return sorted(items, key=natural_key)
 
 
+def group_colors(categories: Iterable[str]) -> dict[str, str]:
+    """A stable colour for each group (or user): `GROUP_COLORS` in natural order of the names."""
+    cats = natural_sorted(set(categories))
+    return {c: GROUP_COLORS[i % len(GROUP_COLORS)] for i, c in enumerate(cats)}
+
+
 def category_colors(categories: Iterable[str]) -> dict[str, str]:
-    """A stable colour for each category (groups, users): the palette in natural order of the names.
-    Expert names ('E3') map to their expert's colour."""
+    """A stable colour for each category: expert ids ('E3') get their expert's colour, anything else
+    (groups, users, 'correct'/'incorrect') the group palette."""
     cats = natural_sorted(set(categories))
     if cats and all(re.fullmatch(r"E\d+", c) for c in cats):
         return {c: expert_color(int(c[1:])) for c in cats}
-    return {c: EXPERT_COLORS[i % len(EXPERT_COLORS)] for i, c in enumerate(cats)}
+    return group_colors(cats)
 
 
 def hex_to_rgb(color: str) -> tuple[int, int, int]:

@@ -40,6 +40,9 @@ class Job:
     submitted: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
+    # keys of other jobs whose progress this one reports as its own (training reports the embedding it
+    # waits for): a list of running work shows this job only, not both
+    covers: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -101,6 +104,12 @@ def all_jobs(active_only: bool = False) -> list[Job]:
     with _lock:
         found = list(_jobs.values())
     return [j for j in found if j.active] if active_only else found
+
+
+def visible(jobs: list[Job]) -> list[Job]:
+    """`jobs` without those another job of the list covers (one piece of work, one entry)."""
+    covered = {key for j in jobs for key in j.covers}
+    return [j for j in jobs if j.key not in covered]
 
 
 def forget(key: str) -> None:

@@ -67,7 +67,7 @@ def _swatch(k: int) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
-def _utilization_figure(ev: Evaluation, k: int, scope: summary.Scope):
+def _utilization_figure(ev: Evaluation, k: int, scope: summary.Scope, expert_names: list[str] | None = None):
     import plotly.graph_objects as go
 
     names = [f"E{e}" for e in range(k)]
@@ -77,7 +77,11 @@ def _utilization_figure(ev: Evaluation, k: int, scope: summary.Scope):
             y=ev["expert_utilization"],
             marker_color=[expert_color(e) for e in range(k)],
             name="top-1 share",
+            showlegend=False,
         )
+    )
+    fig.add_trace(
+        go.Bar(x=[None], y=[None], name="top-1 share (bar, in the expert's colour)", marker_color=NEUTRAL)
     )
     fig.add_scatter(
         x=names,
@@ -96,10 +100,26 @@ def _utilization_figure(ev: Evaluation, k: int, scope: summary.Scope):
         margin=dict(l=60, r=20, t=50, b=50),
     )
     fig.update_xaxes(categoryorder="array", categoryarray=names)
+    _name_ticks(fig, k, expert_names)
     return fig
 
 
-def _weights_figure(before, after, who: str, n_labels: int):
+def _name_ticks(fig, k: int, expert_names: list[str] | None) -> None:
+    """Named experts' ticks read 'E3<br>brevity' (escaped: plotly reads HTML)."""
+    if expert_names and any(expert_names):
+        fig.update_xaxes(
+            tickmode="array",
+            tickvals=[f"E{e}" for e in range(k)],
+            ticktext=[
+                f"E{e}<br>{html.escape(expert_names[e])}"
+                if e < len(expert_names) and expert_names[e]
+                else f"E{e}"
+                for e in range(k)
+            ],
+        )
+
+
+def _weights_figure(before, after, who: str, n_labels: int, expert_names: list[str] | None = None):
     import plotly.graph_objects as go
 
     k = len(before)
@@ -112,6 +132,13 @@ def _weights_figure(before, after, who: str, n_labels: int):
                 y=after,
                 name=f"after {n_labels} labels",
                 marker_color=[expert_color(e) for e in range(k)],
+                showlegend=False,
+            ),
+            go.Bar(
+                x=[None],
+                y=[None],
+                name=f"after {n_labels} labels (in the expert's colour)",
+                marker_color="#54575e",
             ),
         ]
     )
@@ -126,6 +153,7 @@ def _weights_figure(before, after, who: str, n_labels: int):
         margin=dict(l=60, r=20, t=50, b=50),
     )
     fig.update_xaxes(categoryorder="array", categoryarray=names)
+    _name_ticks(fig, k, expert_names)
     return fig
 
 
@@ -187,26 +215,38 @@ def _headline_cards(values: dict, scope: summary.Scope, k: int) -> str:
     return "".join(cards)
 
 
-def _experts_table(descriptions: list, ev: Evaluation, scores, k: int) -> str:
+def _experts_table(descriptions: list, scores, scope: summary.Scope, names: list[str]) -> str:
+    """One row per expert, its numbers on `scope` (evaluate.experts: the cards' and Expert detail's
+    definitions); experts that lead no pair of the data are one line under the table."""
+    from ..evaluate.experts import EXPERT_STATS, describe_unused, summarize_experts, unused_experts
+
     by = {d.expert: d for d in descriptions}
-    routed = scores.routing > 0
+    unused = set(unused_experts(scores)) if scores.routing.shape[1] > 1 else set()
     rows = []
-    for e in range(k):
-        d = by.get(e)
-        acc = float(scores.expert_correct[routed[:, e], e].mean()) if routed[:, e].any() else float("nan")
+    for r in summarize_experts(scores, scope.index, names):
+        if r.expert in unused:
+            continue
+        d = by.get(r.expert)
         corr = sorted((d.feature_correlations if d else {}).items(), key=lambda kv: -abs(kv[1]))[:3]
         rows.append(
             {
-                "expert": _swatch(e) + f"<b>E{e}</b>",
+                "expert": _swatch(r.expert) + f"<b>{esc(r.title)}</b>",
                 "description": esc(d.label if d and d.label else "—"),
-                "top expert for": f"{ev['expert_utilization'][e]:.0%}",
-                "accuracy where routed": _num(acc, 2),
+                "top expert for": f"{r.n_top} ({r.top_share:.0%})",
+                EXPERT_STATS["top_accuracy"].label: _num(r.top_accuracy, 2),
                 "prompt words": esc(", ".join(t for t, _ in (d.prompt_keywords if d else [])[:5])),
                 "words it rewards": esc(", ".join(t for t, _ in (d.chosen_keywords if d else [])[:5])),
-                "text features": esc(", ".join(f"{f} {r:+.2f}" for f, r in corr)),
+                "text features": esc(", ".join(f"{f} {c:+.2f}" for f, c in corr)),
             }
         )
-    return _table(rows)
+    lead = EXPERT_STATS["top_accuracy"]
+    note = (
+        f'<p class="note">Numbers on the {esc(scope.label)} ({scope.n} pairs). Top expert for: '
+        f"{esc(EXPERT_STATS['top_share'].definition)} {esc(lead.label)}: {esc(lead.definition)}</p>"
+    )
+    if unused:
+        note += f'<p class="note">{esc(describe_unused(sorted(unused), len(scores.margin)))}</p>'
+    return _table(rows) + note
 
 
 def _diagnostics_html(diag: dict | None, k: int) -> str:
@@ -291,7 +331,7 @@ def personalization_example(
     }
 
 
-def _personalization_html(ex: dict | None, descriptions: list) -> str:
+def _personalization_html(ex: dict | None, descriptions: list, expert_names: list[str] | None = None) -> str:
     if ex is None:
         return (
             '<p class="note">No user or group in this data has enough pairs outside the training split for an '
@@ -302,22 +342,46 @@ def _personalization_html(ex: dict | None, descriptions: list) -> str:
     kind = "user" if ex["field"] == "user" else "group (standing in for a user whose taste is that group's)"
 
     def names(experts):
+        from ..evaluate.experts import expert_title
+
         return (
-            ", ".join(f"{_swatch(e)}E{e}" + (f" ({esc(label[e])})" if label.get(e) else "") for e in experts)
+            ", ".join(
+                f"{_swatch(e)}{esc(expert_title(e, expert_names))}"
+                + (f" ({esc(label[e])})" if label.get(e) else "")
+                for e in experts
+            )
             or "none"
         )
 
-    rows = [
-        {"profile": "the model's own routing", "accuracy": _num(ex["routed_accuracy"])},
-        {
-            "profile": "the starting profile (average routing, before any label)",
-            "accuracy": _num(ex["prior_accuracy"]),
-        },
-        {"profile": f"after {ex['n_labels']} labels", "accuracy": f"<b>{_num(ex['profile_accuracy'])}</b>"},
-    ]
+    n = ex["n_eval"]
+    why = {
+        "routed_accuracy": "the shared model was trained on other people's labels and routes by the prompt "
+        "alone, not by this user's taste",
+        "prior_accuracy": "every expert at its average weight, whatever the prompt: experts that reward "
+        "opposite things outvote the ones this user agrees with, which is what the labels correct",
+        "profile_accuracy": "the profile after the labels",
+    }
+    rows = []
+    for key, profile in (
+        ("routed_accuracy", "the model's own routing"),
+        ("prior_accuracy", "the starting profile (average routing, before any label)"),
+        ("profile_accuracy", f"after {ex['n_labels']} labels"),
+    ):
+        value = ex[key]
+        note = summary.below_chance_note(value, n)
+        shown = f"<b>{_num(value)}</b>" if key == "profile_accuracy" else _num(value)
+        rows.append(
+            {
+                "profile": profile,
+                "accuracy": shown,
+                "why it is low": esc(f"{why[key]}; {note}") if note else "",
+            }
+        )
+    if not any(r["why it is low"] for r in rows):
+        rows = [{k: v for k, v in r.items() if k != "why it is low"} for r in rows]
     return (
         f"<p>Example: the {kind} <b>{who}</b> labels {ex['n_labels']} of their pairs. Accuracy on their other "
-        f"{ex['n_eval']} pairs, which the profile never saw:</p>"
+        f"{n} pairs, which the profile never saw (0.5 is a coin flip):</p>"
         + _table(rows)
         + f"<p>Experts that gained weight: {names(ex['gained'])}. Experts that lost weight: {names(ex['lost'])}.</p>"
     )
@@ -382,6 +446,7 @@ def build_report(
                 "accuracy": _num(v["accuracy"]),
                 "routing NMI": _num(v["routing_nmi"]),
                 "routing entropy": _num(v["routing_entropy_normalized"]),
+                "what it means": esc(summary.subset_note(sc, e)),
             }
         )
     subsets_html = (
@@ -405,11 +470,11 @@ def build_report(
     outside = [i for sc in rel.scopes if sc.key in ("train", "validation") for i in sc.index]
     example = personalization_example(scores, features, exclude=np.asarray(outside, dtype=np.int64))
 
-    all_ev = evaluate(model, features, scores)
-    figures = {"utilization": _utilization_figure(ev, k, scope)}
+    expert_names = list(model.config.expert_names)
+    figures = {"utilization": _utilization_figure(ev, k, scope, expert_names)}
     if example is not None:
         figures["personalization"] = _weights_figure(
-            example["before"], example["after"], example["who"], example["n_labels"]
+            example["before"], example["after"], example["who"], example["n_labels"], expert_names
         )
     notes = [rel.warning] if rel.warning else []
     if saved.get("checkpoint_untrained"):
@@ -429,15 +494,15 @@ def build_report(
         k=k,
         top_k=model.config.top_k,
         utilization=_figure_html(figures["utilization"], first=True),
-        experts=_experts_table(descriptions, all_ev, scores, k),
+        experts=_experts_table(descriptions, scores, scope, expert_names),
         diagnostics=(f"<p><b>Heterogeneity: {esc(verdict[0])}.</b> {esc(verdict[1])}</p>" if verdict else "")
         + _diagnostics_html(diag, k)
         + _story_html(summary.training_story(saved)),
-        personalization=_personalization_html(example, descriptions)
+        personalization=_personalization_html(example, descriptions, expert_names)
         + (_figure_html(figures["personalization"], first=False) if "personalization" in figures else ""),
         n_all=len(features),
         date=_dt.date.today().isoformat(),
-        model_dir=esc(model_dir),
+        model_dir=esc(model_dir.name),
         data_name=esc(data_name),
     )
     write_text(out, body)

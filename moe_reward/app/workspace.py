@@ -8,6 +8,7 @@ Layout (root = ``$MOE_REWARD_HOME`` or ``./workspace``; data files also come fro
     uploads/<file>                  preference files uploaded through the dashboard
     projections/<hash>.*            cached 2-D maps (see projection.py)
     descriptions/<hash>.json        cached expert descriptions (see describe.py)
+    slices/<name>.json              saved slices: named sets of pair ids (see slices.py)
     experiments/<name>/results.json experiment outputs (see experiment.py)
     labels.sqlite                   annotators, profiles and labels (see store.py)
 
@@ -84,6 +85,7 @@ class Workspace:
                 self.projections_dir,
                 self.experiments_dir,
                 self.descriptions_dir,
+                self.slices_dir,
             ):
                 sub.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.root):
@@ -116,6 +118,10 @@ class Workspace:
     @property
     def descriptions_dir(self) -> Path:
         return self.root / "descriptions"
+
+    @property
+    def slices_dir(self) -> Path:
+        return self.root / "slices"
 
     @property
     def labels_db(self) -> Path:
@@ -244,7 +250,12 @@ class Workspace:
                     shutil.rmtree(staging, ignore_errors=True)
                     release_model_name(held)
 
+            try:  # the embedding it waits for is shown as this job (one piece of work, one entry)
+                covers: tuple[str, ...] = (self.features_job_key(req.data, spec),)
+            except OSError:
+                covers = ()  # (a missing file: the job itself reports it)
             job = jobs.submit(key, run, f"training {name}")
+            job.covers = covers
         except BaseException:
             release_model_name(held)
             raise
@@ -424,6 +435,28 @@ def file_id(path: str | Path) -> str:
         return f"{p.resolve()}|{'|'.join(parts)}"
     stat = p.stat()
     return f"{p.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
+
+
+def model_id(model_dir: str | Path) -> str:
+    """The cache key of what a saved model computes: `file_id` of its directory, except that config.json
+    counts by its content without `expert_names`, so naming an expert (which rewrites only config.json)
+    keeps every score, description and map computed for the model."""
+    d = Path(model_dir)
+    parts = []
+    for c in sorted(d.iterdir()):
+        if not c.is_file():
+            continue
+        if c.name == "config.json":
+            try:
+                raw = json.loads(c.read_text(encoding="utf-8"))
+                raw.pop("expert_names", None)
+                digest = hashlib.sha1(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+            except (OSError, ValueError, AttributeError):
+                digest = str(c.stat().st_mtime_ns)
+            parts.append(f"config.json:{digest}")
+        else:
+            parts.append(f"{c.name}:{c.stat().st_mtime_ns}")
+    return f"{d.resolve()}|{'|'.join(parts)}"
 
 
 def model_training_data(model_dir: str | Path) -> str | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 # Sub-command modules of this package; each exposes `register(subparsers)`.
-EXTRA_COMMANDS = ("personalize", "experiment", "explore", "report", "serve")
+EXTRA_COMMANDS = ("personalize", "experiment", "explore", "report", "serve", "analyst")
 # personalize.ADAPTERS, without importing torch to build the parser (tests/test_personalize.py checks it)
 ADAPTER_NAMES = ("hedge", "batch", "gradient", "signed")
 
@@ -268,6 +268,15 @@ def cmd_eval(args) -> int:
     if res["routing_nmi"] is not None and res["routing_purity"] is not None:
         print(f"routing purity {res['routing_purity']:.4f}")
     print("expert utilization (top-1 share): " + " ".join(f"{u:.3f}" for u in res["expert_utilization"]))
+    names = list(model.config.expert_names)
+    print(
+        "accuracy on the pairs each expert leads (top expert): "
+        + " ".join(
+            f"E{k}{'·' + names[k] if k < len(names) and names[k] else ''} "
+            + ("n/a" if a is None else f"{a:.3f}")
+            for k, a in enumerate(res["expert_top_accuracy"])
+        )
+    )
     _print_diagnostics(res.get("diagnostics"))
     _print_verdict(res)
     if res.get("checkpoint_untrained"):

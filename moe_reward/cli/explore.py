@@ -5,7 +5,7 @@ moe-reward workspace                     models, data files, experiments and lab
 moe-reward project --model M --data D    2-D map (pca now, umap cached) -> CSV          (Expert map)
 moe-reward routing-stats ...             utilization, entropy, group x expert, filters   (Routing statistics)
 moe-reward select ... --out F            export filtered pairs with routing weights     (Expert map selection)
-moe-reward expert --expert K ...         top-routed pairs, margins, agreement            (Expert detail)
+moe-reward expert --expert K ...         its numbers on a subset, top pairs, agreement    (Expert detail)
 moe-reward compare --model A --other B   accuracy, NMI and the pairs they disagree on    (Compare models)
 moe-reward label ...                     store one label in a stored profile (--undo)     (Personalize)
 moe-reward labels --out F                export stored labels (and `--profiles` to list profiles)
@@ -13,7 +13,6 @@ moe-reward labels --out F                export stored labels (and `--profiles` 
 
 from __future__ import annotations
 
-import csv
 import json
 import sqlite3
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.atomic import open_atomic, write_text
+from ..core.atomic import write_text
 from . import ADAPTER_NAMES, bounded_int
 
 CLI_SESSION = "cli"  # the session name of labels stored from the command line (what `label --undo` removes)
@@ -54,6 +53,9 @@ def register(subparsers) -> None:
             "--min-confidence", type=float, default=0.0, help="weight of the top expert, at least"
         )
         sp.add_argument("--max-confidence", type=float, default=1.0)
+        sp.add_argument(
+            "--slice", default=None, help="only the pairs of this saved slice (moe-reward slice list)"
+        )
 
     p = subparsers.add_parser(
         "project", help="2-D map of prompt or pair embeddings (PCA, or UMAP cached on disk)"
@@ -85,10 +87,20 @@ def register(subparsers) -> None:
     s.add_argument("--out", required=True, help=".jsonl or .csv")
     s.set_defaults(func=cmd_select)
 
-    e = subparsers.add_parser("expert", help="one expert: top-routed pairs, largest margins, agreement")
+    e = subparsers.add_parser(
+        "expert", help="one expert on one subset: its numbers, top-routed pairs, largest margins, agreement"
+    )
     model_data(e)
     e.add_argument("--expert", type=int, required=True)
     e.add_argument("--top", type=bounded_int(1, 10_000), default=5, help="pairs listed per table")
+    e.add_argument(
+        "--subset",
+        choices=["test", "validation", "train", "unsplit", "unseen", "all"],
+        default=None,
+        help="which pairs of --data (default: the held-out test split when the data is the model's own)",
+    )
+    e.add_argument("--slice", default=None, help="only the pairs of this saved slice (moe-reward slice list)")
+    e.add_argument("--json", action="store_true", help="print its statistics as JSON (ExpertSummary)")
     e.set_defaults(func=cmd_expert)
 
     c = subparsers.add_parser("compare", help="two models on the same pairs, and the pairs they disagree on")
@@ -206,41 +218,28 @@ def filter_mask(
     return mask
 
 
-def _pair_rows(feats, scores, index) -> list[dict]:
-    rows = []
-    for i in index:
-        p = feats.pairs[i]
-        rows.append(
-            {
-                **{k: v for k, v in p.to_dict().items() if k != "meta"},
-                "margin": round(float(scores.margin[i]), 6),
-                "correct": bool(scores.correct[i]),
-                "top_expert": int(scores.top_expert[i]),
-                "routing": scores.routing[i].round(6).tolist(),
-            }
-        )
+def _slice_rows(args, feats) -> np.ndarray:
+    """Rows of `feats` in the saved slice --slice (an error when none of its pairs is in --data)."""
+    from ..app.slices import read_slice, slice_index
+    from ..app.workspace import Workspace
+
+    slc = read_slice(Workspace().slices_dir, args.slice)
+    rows = slice_index(slc, feats.ids)
+    if not len(rows):
+        raise ValueError(f"{args.data}: none of the {slc.n} pairs of slice {slc.name!r} is in this file")
     return rows
 
 
+def _pair_rows(feats, scores, index) -> list[dict]:
+    from ..app.export import pair_rows
+
+    return pair_rows(feats, scores, index)
+
+
 def _write_rows(rows: list[dict], out: str) -> None:
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".csv":
-        flat = [
-            {
-                **{k: v for k, v in r.items() if k != "routing"},
-                **{f"w_E{k}": w for k, w in enumerate(r.get("routing", []))},
-            }
-            for r in rows
-        ]
-        with open_atomic(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(flat[0]) if flat else ["id"])
-            writer.writeheader()
-            writer.writerows(flat)
-    else:
-        with open_atomic(path, "w") as fh:
-            for r in rows:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    from ..app.export import write_rows
+
+    write_rows(rows, out)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -248,7 +247,7 @@ def _write_rows(rows: list[dict], out: str) -> None:
 
 def cmd_build_default(args) -> int:
     from ..app.pipeline import backbone_spec_for, load_model
-    from ..app.workspace import Workspace, file_id
+    from ..app.workspace import Workspace, file_id, model_id
     from ..evaluate.metrics import score_pairs
     from ..evaluate.projection import precompute_views
 
@@ -263,7 +262,7 @@ def cmd_build_default(args) -> int:
         feats,
         score_pairs(model, feats),
         ws.projections_dir,
-        (file_id(out), file_id(data)),
+        (model_id(out), file_id(data)),
         umap=not args.no_umap,
         progress=lambda m, f: stage(m, 0.5 + 0.5 * f),
     )
@@ -324,7 +323,7 @@ def cmd_workspace(args) -> int:
 
 
 def cmd_project(args) -> int:
-    from ..app.workspace import file_id
+    from ..app.workspace import file_id, model_id
     from ..evaluate.projection import ProjectionParams, project
 
     ws, model_dir, _model, feats, scores = _load(args)
@@ -333,7 +332,7 @@ def cmd_project(args) -> int:
     )
     bar, stage = _bar(args.method)
     proj = project(
-        feats, params, ws.projections_dir, (file_id(model_dir), file_id(args.data)), progress=stage
+        feats, params, ws.projections_dir, (model_id(model_dir), file_id(args.data)), progress=stage
     )
     bar.close()
     print(
@@ -366,6 +365,8 @@ def cmd_routing_stats(args) -> int:
 
     _, _, model, feats, scores = _load(args)
     mask = filter_mask(feats, scores, args.group, args.correct, args.min_confidence, args.max_confidence)
+    if args.slice:
+        mask &= np.isin(np.arange(len(feats)), _slice_rows(args, feats))
     idx = np.flatnonzero(mask)
     if not len(idx):
         print("no pair matches the filters", file=sys.stderr)
@@ -401,6 +402,8 @@ def cmd_select(args) -> int:
     mask = filter_mask(
         feats, scores, args.group, args.correct, args.min_confidence, args.max_confidence, args.expert
     )
+    if args.slice:
+        mask &= np.isin(np.arange(len(feats)), _slice_rows(args, feats))
     rows = _pair_rows(feats, scores, np.flatnonzero(mask))
     _write_rows(rows, args.out)
     print(f"wrote {len(rows)} pairs to {args.out}")
@@ -408,24 +411,46 @@ def cmd_select(args) -> int:
 
 
 def cmd_expert(args) -> int:
+    from ..evaluate.experts import EXPERT_STATS, summarize_experts
     from ..evaluate.metrics import expert_agreement
+    from ..evaluate.summary import relate
 
-    _, _, model, feats, scores = _load(args)
+    _, model_dir, model, feats, scores = _load(args)
     k = args.expert
     if not 0 <= k < model.num_experts:
         raise ValueError(f"--expert must be in [0, {model.num_experts - 1}]")
-    routed = scores.routing[:, k] > 0
+    rel = relate(model_dir, feats, same_file=None, data_name=Path(args.data).name)
+    scope = rel.scope(args.subset) if args.subset else rel.headline
+    if args.subset and scope.key != args.subset:
+        raise ValueError(
+            f"{args.data}: no {args.subset!r} subset for this model (has: {', '.join(s.key for s in rel.scopes)})"
+        )
+    idx = scope.index
+    if getattr(args, "slice", None):
+        idx = np.intersect1d(idx, _slice_rows(args, feats))
+    names = list(model.config.expert_names)
+    r = summarize_experts(scores, idx, names)[k]
+    where = scope.label + (f" ∩ slice {args.slice}" if getattr(args, "slice", None) else "")
+    if args.json:
+        print(json.dumps({"subset": where, **r.to_dict()}, indent=2, ensure_ascii=False))
+        return 0
+    lead = EXPERT_STATS["top_accuracy"]
+    print(f"{r.title} on the {where} ({r.n_pairs} pairs):")
+    acc = "n/a" if r.top_accuracy is None else f"{r.top_accuracy:.3f}"
+    own = "n/a" if r.own_top_accuracy is None else f"{r.own_top_accuracy:.3f}"
     print(
-        f"E{k}: routed {int(routed.sum())} pairs, top expert for {(scores.top_expert == k).mean():.1%}, "
-        f"accuracy where routed {scores.expert_correct[routed, k].mean() if routed.any() else float('nan'):.3f}"
+        f"  top expert for {r.n_top} pairs ({r.top_share:.1%}); {lead.label.lower()} {acc} ({lead.definition})"
+    )
+    print(
+        f"  its own margin on those pairs {own}; takes part in {r.n_routed} pairs; mean routing weight {r.mean_weight:.3f}"
     )
     print("highest routing weight:")
-    for i in np.argsort(-scores.routing[:, k], kind="stable")[: args.top]:
+    for i in idx[np.argsort(-scores.routing[idx, k], kind="stable")[: args.top]]:
         print(f"  {scores.routing[i, k]:.3f}  {feats.pairs[i].id}  {feats.pairs[i].prompt[:70]!r}")
     print("largest margins:")
-    for i in np.argsort(-np.abs(scores.expert_margins[:, k]), kind="stable")[: args.top]:
+    for i in idx[np.argsort(-np.abs(scores.expert_margins[idx, k]), kind="stable")[: args.top]]:
         print(f"  {scores.expert_margins[i, k]:+.3f}  {feats.pairs[i].id}  {feats.pairs[i].prompt[:70]!r}")
-    agree = expert_agreement(scores)[k]
+    agree = expert_agreement(scores.subset(idx))[k] if len(idx) else np.zeros(model.num_experts)
     print("agreement: " + " ".join(f"E{j} {agree[j]:.2f}" for j in range(model.num_experts) if j != k))
     return 0
 

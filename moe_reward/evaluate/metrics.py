@@ -107,6 +107,16 @@ def routing_purity(top_expert: np.ndarray, groups: np.ndarray) -> float:
     return total / max(len(groups), 1)
 
 
+def expert_top_accuracy(top_expert: np.ndarray, correct: np.ndarray, k: int) -> list[float | None]:
+    """Per expert, the model's accuracy on the pairs whose top expert it is (None where there are none).
+
+    `correct` is the per-pair correctness the overall accuracy averages (so both use one definition).
+    Unlike an expert's own accuracy on every pair it takes part in, this reads 1.0 for an expert that
+    decides its pairs perfectly under top-k routing, where the other active experts handle other criteria."""
+    top, credit = np.asarray(top_expert), np.asarray(correct, dtype=float)
+    return [float(credit[top == e].mean()) if (top == e).any() else None for e in range(k)]
+
+
 def groups_of(features: PairFeatures) -> np.ndarray | None:
     groups = [p.group for p in features.pairs]
     return None if all(g is None for g in groups) else np.array([g or "(none)" for g in groups])
@@ -146,6 +156,7 @@ class Evaluation:
     active_experts_per_pair: float
     coactivation: list[list[float]]
     expert_accuracy: list[float]  # each expert's own margin, on every pair
+    expert_top_accuracy: list[float | None]  # the model's accuracy on the pairs an expert leads (top expert)
     distinct_experts: int
     experts_identical: bool
     routing: str  # "routed" or ONE_EXPERT
@@ -227,6 +238,7 @@ def evaluate(
         active_experts_per_pair=float(active.sum(-1).mean()) if n else 0.0,
         coactivation=co.round(6).tolist(),
         expert_accuracy=s.expert_correct.mean(0).round(6).tolist() if n else [0.0] * k,
+        expert_top_accuracy=expert_top_accuracy(top, credit, k),
         distinct_experts=distinct,
         experts_identical=identical,
         routing="routed" if routes else ONE_EXPERT,

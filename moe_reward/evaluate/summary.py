@@ -431,3 +431,72 @@ def relate(
     return DataRelation(
         "foreign", source, [Scope("all", "all pairs (data the model never saw)", everything)], msg, counts
     )
+
+
+# ----------------------------------------------------------------------------- slices and notes
+
+
+def restrict(rel: DataRelation, index: np.ndarray, name: str) -> DataRelation:
+    """The same subsets, each narrowed to the rows `index` (a saved slice), and named so: every number
+    on them says it is on the slice ("held-out test split ∩ slice step-prompts")."""
+    keep = np.asarray(index, dtype=np.int64)
+    scopes = [
+        Scope(s.key, f"{s.label} ∩ slice {name}", np.intersect1d(s.index, keep).astype(np.int64))
+        for s in rel.scopes
+    ]
+    return DataRelation(rel.kind, rel.trained_on, scopes, rel.message, rel.counts)
+
+
+def never_trained(rel: DataRelation) -> np.ndarray | None:
+    """Rows of the file the model neither trained on nor chose its checkpoint with (its test split and
+    the pairs outside its splits; every pair of a file it never saw); None when that cannot be told (no
+    saved split)."""
+    if rel.kind in ("unsplit", "unknown"):
+        return None
+    everything = rel.scope("all").index
+    if rel.kind == "foreign":
+        return everything
+    if rel.kind == "partial":
+        return next((s.index for s in rel.scopes if s.key == "unseen"), np.zeros(0, dtype=np.int64))
+    used = [s.index for s in rel.scopes if s.key in ("train", "validation")]
+    return np.setdiff1d(everything, np.concatenate(used) if used else np.zeros(0, dtype=np.int64))
+
+
+def below_chance_note(accuracy: float | None, n: int) -> str:
+    """Why an accuracy under 0.5 is there ('' when it is not under 0.5): within the noise of a coin flip
+    on n pairs (two standard errors), or a real preference for the rejected responses."""
+    if accuracy is None or accuracy != accuracy or n <= 0 or accuracy >= 0.5:
+        return ""
+    band = 2 * (0.25 / n) ** 0.5
+    if 0.5 - accuracy <= band:
+        return (
+            f"below 0.5 by less than the noise of a coin flip on {n} pairs (±{band:.3f}): the model does "
+            "no better than chance here"
+        )
+    return (
+        f"below chance by more than the noise on {n} pairs (±{band:.3f}): on these pairs the model "
+        "systematically prefers the responses people rejected"
+    )
+
+
+def subset_note(scope: Scope, ev: dict | Evaluation) -> str:
+    """What a row of the 'every subset' table means, and why a number on it is low: what the subset is
+    for, then any below-chance accuracy and a routing NMI of 0 explained."""
+    purpose = {
+        "validation": "chose the checkpoint, so slightly optimistic",
+        "train": "seen in training: how closely the model fits, not how it generalizes",
+        "unsplit": "kept out of training and of the test split (e.g. the labels of held-out users, whose "
+        "tastes differ from the training pairs; Personalize adapts a profile to them)",
+        "all": "mixes training pairs in",
+    }.get(scope.key, "")
+    notes = [purpose] if purpose else []
+    acc_note = below_chance_note(ev.get("accuracy"), scope.n)
+    if acc_note:
+        notes.append(acc_note)
+    groups = ev.get("per_group") or {}
+    if ev.get("routing_nmi") == 0 and scope.n:
+        if len(groups) == 1:
+            notes.append(f"routing NMI is 0 because every pair here is in one group ({next(iter(groups))})")
+        elif len(groups) > 1:
+            notes.append("routing NMI is 0: the top expert does not follow these pairs' groups")
+    return "; ".join(notes)

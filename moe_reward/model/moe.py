@@ -156,6 +156,14 @@ class ModelConfig:
         ):
             if getattr(self, name) > limit:
                 raise ValueError(f"{name} must be <= {limit}, got {getattr(self, name)}")
+        if len(self.expert_names) > self.num_experts:
+            raise ValueError(
+                f"expert_names has {len(self.expert_names)} names for {self.num_experts} experts"
+            )
+        for k, name in enumerate(self.expert_names):
+            problem = expert_name_problem(name)
+            if problem:
+                raise ValueError(f"expert_names[{k}] {_short(name)}: {problem}")
         if len(self.lexical_vocabulary) > MAX_VOCABULARY:
             raise ValueError(
                 f"lexical_vocabulary must have <= {MAX_VOCABULARY} terms, got {len(self.lexical_vocabulary)}"
@@ -469,6 +477,48 @@ class SparseMoERewardModel(nn.Module):
         }
         router = f", router reads {c.router_input}" if c.kind in ROUTED_KINDS else ""
         return f"{c.kind} ({route[c.kind]}, {'MLP' if c.hidden_dim else 'linear'} heads, input {c.input_dim}-d{router})"
+
+
+MAX_EXPERT_NAME = 40  # characters of an analyst's name for an expert
+
+
+def expert_name_problem(name: str) -> str | None:
+    """Why a name cannot name an expert (None when it can; '' means unnamed)."""
+    if name != name.strip():
+        return "no leading or trailing spaces"
+    if len(name) > MAX_EXPERT_NAME:
+        return f"at most {MAX_EXPERT_NAME} characters, got {len(name)}"
+    if any(not ch.isprintable() for ch in name):
+        return "printable characters only (no line breaks or control characters)"
+    return None
+
+
+def set_expert_name(directory: str | Path, expert: int, name: str) -> ModelConfig:
+    """Name expert `expert` of the saved model in `directory` ('' removes its name). Only ``config.json``
+    is rewritten (atomically); the weights and metrics are not touched. Raises ValueError naming the
+    problem: an expert out of range, a bad name, or a name another expert of this model already has.
+    (The model directory's single owner, `model/modeldir.py`, is being written on another branch; this
+    moves there when it lands.)"""
+    src = Path(directory)
+    config = read_config(src)
+    k = config.num_experts
+    if not (isinstance(expert, int) and 0 <= expert < k):
+        raise ValueError(f"{src}: expert must be in [0, {k - 1}], got {expert}")
+    name = " ".join(str(name).split()) if str(name).isprintable() else str(name)
+    problem = expert_name_problem(name)
+    if problem:
+        raise ValueError(f"{src}: expert name {_short(name)}: {problem}")
+    names = list(config.expert_names) + [""] * (k - len(config.expert_names))
+    taken = {n.casefold(): e for e, n in enumerate(names) if n and e != expert}
+    if name and name.casefold() in taken:
+        other = taken[name.casefold()]
+        raise ValueError(f"{src}: E{other} is already named {names[other]!r}; pick another name")
+    names[expert] = name
+    while names and not names[-1]:
+        names.pop()
+    config.expert_names = names
+    atomic.write_text(src / "config.json", json.dumps(asdict(config), indent=2))
+    return config
 
 
 def _read_json_file(path: Path, limit: int) -> object:

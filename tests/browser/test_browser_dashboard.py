@@ -133,9 +133,10 @@ def test_dashboard_tells_the_truth_in_a_browser(dash_server):
             page.get_by_role("option", name="other-sparse").click()
             _wait_text(page, "other-sparse: sparse")
             _wait_idle(page)
-            assert box.nth(1).input_value() == "uploads/other.safetensors"
+            assert box.nth(1).input_value() == "other.safetensors"  # (the selector's short name of it)
+            assert "File: uploads/other.safetensors" in page.locator('[data-testid="stSidebar"]').inner_text()
             box.nth(1).click()
-            page.get_by_role("option", name="uploads/tiny.safetensors").click()
+            page.get_by_role("option", name="tiny.safetensors").click()
             _wait_text(page, "not the data the model was trained on")
             _wait_idle(page)
             page.screenshot(path=str(SHOTS / "dashboard_foreign_data.png"), full_page=True)

@@ -132,7 +132,7 @@ def _label_and_wait(page, n_before: int) -> None:
     page.get_by_role("button", name="A is better").click()
     page.wait_for_function(
         """n => { const t = document.body.innerText;
-        return /Saved label #\\d+/.test(t) || t.includes('already has a label'); }""",
+        return /Saved label \\d+ of this profile/.test(t) || t.includes('already has a label'); }""",
         arg=n_before,
         timeout=60_000,
     )
@@ -170,7 +170,7 @@ def test_one_profile_in_two_browser_sessions(browser, server):
     mine = [r for r in rows if r[3] == rows[0][3]]
     theirs = [r for r in rows if r[3] != rows[0][3]]
     one.get_by_role("button", name="Undo my last label").click()
-    _wait_text(one, "Undone: label #")
+    _wait_text(one, "Undone: your last label")
     _wait_idle(one)
     after = _labels(server.home, "duo")
     assert [r[0] for r in after] == sorted(r[0] for r in mine[:-1] + theirs)
@@ -190,7 +190,7 @@ def test_kill_9_of_the_server_keeps_every_confirmed_label(browser, server):
     confirmed = 0
     for _ in range(5):
         page.get_by_role("button", name="A is better").click()
-        _wait_text(page, f"({confirmed + 1} labels in this profile)")
+        _wait_text(page, f"Saved label {confirmed + 1} of this profile")
         confirmed += 1
         _wait_idle(page)
     page.context.close()

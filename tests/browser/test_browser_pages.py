@@ -124,7 +124,7 @@ def _visit_pages(page) -> None:
             _wait_text(page, "weights now:")
             before = _weights_text(page)
             page.get_by_role("button", name="A is better").click()
-            _wait_text(page, "Saved label #")
+            _wait_text(page, " of this profile, for pair ")
             _wait_idle(page)
             after = _weights_text(page)
             assert after != before, (before, after)

@@ -174,13 +174,10 @@ REDUCTIONS = {
 # What the views compute today (file -> {computation: occurrences}). Issue 17 (layout): this domain logic
 # moves into the library (pages 3, 4 and 7 are being extracted); then its entry here goes. Never add one.
 KNOWN_VIEW_COMPUTATIONS: dict[str, dict[str, int]] = {
-    "app.py": {".mean()": 1},
-    "pages/1_Routing_statistics.py": {"np.log": 2, "np.clip": 1, ".sum()": 2, ".mean()": 2},
+    "pages/1_Routing_statistics.py": {"np.log": 2, "np.clip": 1, ".sum()": 1},
     "pages/2_Expert_map.py": {"np.percentile": 1, "np.abs": 1, "np.log1p": 1, ".sum()": 1},
-    "pages/3_Expert_detail.py": {"np.argsort": 2, "np.abs": 1, ".mean()": 5, ".sum()": 3},
     "pages/4_Personalize.py": {"np.subtract": 1, "np.log": 1, "np.clip": 1, ".mean()": 2, "@": 1},
     "pages/5_Compare_models.py": {".sum()": 1},
-    "pages/6_Score_your_own.py": {"np.subtract": 1},
 }
 
 
