@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from ..core import atomic
 from ..embed.features import PairFeatures
 
 METHODS = ("anchors", "pca", "umap")
@@ -246,9 +245,7 @@ def warm_up_umap(progress: ProgressFn | None = None, cache_dir: str | Path | Non
                 "seconds": round(time.perf_counter() - t0, 3),
                 "warm_estimate": round(warm_part, 3),
             }
-            _atomic_write(
-                root / "umap-warmup.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2))
-            )
+            atomic.write_text(root / "umap-warmup.json", json.dumps(meta, indent=2))
     if progress:
         progress("UMAP compiled", 1.0)
     return time.perf_counter() - t0
@@ -326,26 +323,15 @@ def load_cached(cache_dir: str | Path | None, key: str, n: int) -> np.ndarray | 
     return coords if coords.shape == (n, 2) else None
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_cached(cache_dir: str | Path, key: str, coords: np.ndarray, meta: dict) -> None:
     root = Path(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
-    _atomic_write(
+    atomic.write_with(
         root / f"{key}.safetensors",
         lambda tmp: save_file({"coords": np.ascontiguousarray(coords, dtype=np.float32)}, tmp),
     )
     # The sidecar is written last: a cache entry counts only once both files exist.
-    _atomic_write(root / f"{key}.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic.write_text(root / f"{key}.json", json.dumps(meta, indent=2))
 
 
 def is_cached(
