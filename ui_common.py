@@ -20,12 +20,13 @@ import streamlit as st
 
 from moe_reward.app import pipeline
 from moe_reward.app.colors import EXPERT_COLORS, category_colors, expert_color, hex_to_rgb, natural_sorted
-from moe_reward.app.workspace import DataFile, Workspace, default_root, file_id, model_training_data
+from moe_reward.app.workspace import DataFile, Workspace, default_root, file_id
 from moe_reward.embed.backbone import BackboneSpec
 from moe_reward.embed.features import PairFeatures
 from moe_reward.evaluate import summary
 from moe_reward.evaluate.metrics import PairScores, evaluate, groups_of, score_pairs
-from moe_reward.model.moe import SparseMoERewardModel, load_metrics
+from moe_reward.model import modeldir
+from moe_reward.model.moe import SparseMoERewardModel
 from moe_reward.personalize.store import LabelStore
 
 PAGE_TITLE = "MoE Reward Lens"
@@ -313,12 +314,12 @@ def _matches(ws: Workspace, recorded: str | None, path: Path) -> bool:
 
 
 def same_data(ws: Workspace, model_dir: Path, data: DataFile) -> bool:
-    return _matches(ws, model_training_data(model_dir), data.path)
+    return _matches(ws, modeldir.trained_on(model_dir), data.path)
 
 
 def training_data_label(ws: Workspace, model_dir: Path, data: list[DataFile]) -> str:
     """The data file the model was trained on, when it is listed; else the first one."""
-    recorded = model_training_data(model_dir)
+    recorded = modeldir.trained_on(model_dir)
     for d in data:
         if _matches(ws, recorded, d.path):
             return d.label
@@ -464,7 +465,7 @@ def sidebar(ws: Workspace) -> tuple[str, DataFile] | None:
         picked = data[labels.index(label)]
         if not same_data(ws, ws.model_path(name), picked):
             st.caption(
-                f"Trained on {md(Path(model_training_data(ws.model_path(name)) or 'unrecorded data').name)}, "
+                f"Trained on {md(Path(modeldir.trained_on(ws.model_path(name)) or 'unrecorded data').name)}, "
                 "not on this file."
             )
     return name, picked
@@ -511,7 +512,7 @@ def context() -> Context | None:
 
 
 def model_metrics(model_dir: Path) -> dict:
-    return load_metrics(model_dir)
+    return modeldir.read_metrics(model_dir)
 
 
 def page_header(title: str, what: str) -> None:

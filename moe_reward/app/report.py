@@ -387,12 +387,9 @@ def build_report(
         else ""
     )
 
-    metrics_path = model_dir / "metrics.json"
-    saved = {}
-    if metrics_path.is_file():
-        from ..model.moe import load_metrics
+    from ..model import modeldir
 
-        saved = load_metrics(model_dir)
+    saved = modeldir.read_metrics(model_dir)
     diag = summary.diagnostics_of(ev) or summary.diagnostics_of(saved)
     outside = [i for sc in rel.scopes if sc.key in ("train", "validation") for i in sc.index]
     example = personalization_example(scores, features, exclude=np.asarray(outside, dtype=np.int64))

@@ -3,7 +3,7 @@
 Layout (root = ``$MOE_REWARD_HOME`` or ``./workspace``; data files also come from the repository's
 ``data/`` folder, or ``$MOE_REWARD_DATA_DIR``)::
 
-    models/<name>/{config.json, model.safetensors, metrics.json}
+    models/<name>/{config.json, model.safetensors, metrics.json, split_ids.json}   (see model/modeldir.py)
     features/<hash>.safetensors     embedded data files, keyed by file, mtime and backbone
     uploads/<file>                  preference files uploaded through the dashboard
     projections/<hash>.*            cached 2-D maps (see projection.py)
@@ -34,6 +34,7 @@ from ..data.pairs import default_dataset_path
 from ..embed.backbone import BackboneSpec
 from ..embed.features import MANIFEST, PairFeatures, is_features_path
 from ..embed.pairs import load_features_or_pairs
+from ..model import modeldir
 
 DEFAULT_MODEL = "default-sparse"
 DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".pq", ".safetensors")
@@ -129,7 +130,7 @@ class Workspace:
         if not self.models_dir.is_dir():
             return []
         for d in sorted(self.models_dir.iterdir()):
-            if not d.is_dir() or d.name.startswith(".") or not (d / "config.json").is_file():
+            if not d.is_dir() or d.name.startswith(".") or not modeldir.is_model_dir(d):
                 continue  # hidden (staging) directories and folders that are not models
             problem = model_problem(d)
             if problem is None:
@@ -422,17 +423,6 @@ def file_id(path: str | Path) -> str:
     return f"{p.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
 
 
-def model_training_data(model_dir: str | Path) -> str | None:
-    """The data file a saved model was trained on (from its metrics.json), if recorded (None also when
-    metrics.json cannot be read)."""
-    path = Path(model_dir) / "metrics.json"
-    try:
-        data = json.loads(path.read_text()).get("data") if path.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        return None
-    return data if isinstance(data, str) else None
-
-
 # ----------------------------------------------------------------------------- model directories
 
 _checked: dict[str, tuple[str, str | None]] = {}  # directory -> (file id, problem) of the last check
@@ -456,11 +446,8 @@ def model_problem(model_dir: str | Path) -> str | None:
     problem = None
     try:
         SparseMoERewardModel.from_pretrained(d)
-        metrics = d / "metrics.json"
-        if metrics.is_file() and not isinstance(json.loads(metrics.read_text()), dict):
-            raise ValueError(f"{metrics}: not a JSON object")
-    except json.JSONDecodeError as exc:
-        problem = f"{d / 'metrics.json'}: not valid JSON ({exc.msg}, line {exc.lineno})"
+        modeldir.read_metrics(d)  # its other files too: a page never meets a broken one
+        modeldir.read_split_ids(d, strict=False)
     except (ValueError, OSError, RuntimeError, KeyError, TypeError) as exc:
         problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if str(d) not in problem:

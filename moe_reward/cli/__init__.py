@@ -193,19 +193,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..app.pipeline import features_for_model, load_model, load_split_ids
+    from ..app.pipeline import features_for_model, load_model
     from ..core.atomic import write_text
     from ..evaluate.metrics import evaluate
-    from ..model.moe import load_metrics
+    from ..model import modeldir
 
     model = load_model(args.model)
     feats = features_for_model(model, args.data, skip_bad=args.skip_bad, on_loaded=_report_skipped)
     if args.split != "all":
-        wanted = set(load_split_ids(args.model)[args.split])
+        wanted = set(modeldir.read_split_ids(args.model, strict=True)[args.split])
         n_all = len(feats)
         feats = feats.subset([i for i, p in enumerate(feats.pairs) if p.id in wanted])
         if not len(feats):
-            source = load_metrics(args.model).get("data", "unrecorded data")
+            source = modeldir.trained_on(args.model) or "unrecorded data"
             raise ValueError(
                 f"{args.data}: none of its {n_all} pairs is in the {args.split} split of {args.model} "
                 f"({len(wanted)} pair ids in split_ids.json); the model was trained on {source}. "

@@ -10,6 +10,7 @@ MAX_VOCABULARY = (
 )
 MAX_CONFIG_BYTES = 64 * 1024 * 1024  # a model's config.json (the lexical vocabulary lives in it)
 MAX_METRICS_BYTES = 256 * 1024 * 1024  # a model's metrics.json
+MAX_SPLIT_BYTES = 512 * 1024 * 1024  # a model's split_ids.json
 MAX_PROFILE_BYTES = 64 * 1024 * 1024  # a profile file
 MAX_PROFILE_LABELS = 100_000
 MAX_ADAPTER_STEPS = 10_000

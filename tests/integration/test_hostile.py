@@ -137,15 +137,20 @@ def test_absurd_sizes_fail_fast_without_allocating():
     for bad in ({"num_experts": 10**9}, {"hidden_dim": 1_000_000}, {"input_dim": 10**7}):
         with pytest.raises(ValueError, match="must be <="):
             ModelConfig(**bad)
-    with pytest.raises(ValueError, match="more than the limit"):  # the router over a huge lexical vocabulary
+    with pytest.raises(ValueError, match="lexical_vocabulary must have <= 4096 terms"):
         ModelConfig(num_experts=4096, router_input="lexical", lexical_vocabulary=["w"] * 100_000)
+    with pytest.raises(ValueError, match="more than the limit"):  # the router over the largest vocabulary
+        ModelConfig(
+            num_experts=4096, input_dim=65536, router_input="lexical", lexical_vocabulary=["w"] * 4096
+        )
     _, top = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert top < 5_000_000 and time.perf_counter() - t0 < 2
 
 
 def test_broken_model_directories_raise_checkpoint_errors():
-    from moe_reward.model.moe import CheckpointError, SparseMoERewardModel, load_metrics
+    from moe_reward.model.modeldir import read_metrics
+    from moe_reward.model.moe import CheckpointError, SparseMoERewardModel
 
     broken = [
         p
@@ -161,7 +166,7 @@ def test_broken_model_directories_raise_checkpoint_errors():
             SparseMoERewardModel.from_pretrained(path)
         assert path.name in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(CheckpointError, match="metrics_truncated/metrics.json: bad JSON"):
-        load_metrics(CORPUS / "models" / "metrics_truncated")
+        read_metrics(CORPUS / "models" / "metrics_truncated")
     model = SparseMoERewardModel.from_pretrained(CORPUS / "models" / "ok")
     assert model.num_experts == 3
 

@@ -607,9 +607,8 @@ def _model(kind: str = "sparse", **kw):
         input_dim=DIM,
         num_experts=3,
         top_k=2,
-        router_input="pooled",
         backbone={"backbone": "all-MiniLM-L6-v2", "pooling": "mean", "max_length": 64, "dim": DIM},
-        **kw,
+        **{"router_input": "pooled", **kw},
     )
     return SparseMoERewardModel(cfg)
 
@@ -773,7 +772,7 @@ def model_cases(root: Path) -> list[Case]:
     (model_dir("config_missing") / "config.json").unlink()
     cases.append(_eval("config_missing", False, "config_missing", "missing config.json"))
     for name, content, expect in (
-        ("split_bad_json", '{"test": [', "not a readable split file"),
+        ("split_bad_json", '{"test": [', "bad JSON"),
         (
             "split_wrong_type",
             '{"train": [], "validation": [], "test": "f1"}',
@@ -800,6 +799,46 @@ def model_cases(root: Path) -> list[Case]:
     )
     (root / "models" / "not_a_dir").write_text("x")
     cases.append(_eval("not_a_dir", False, "not_a_dir", "missing config.json"))
+    # issue 20 item 4: tampered values a trained model cannot hold (each flipped or blew up the reward)
+    lexical = dict(router_input="lexical", lexical_vocabulary=["alpha", "beta", "gamma"])
+    tampered = {
+        "idf_negative": (lexical, lambda t: t["lexical_idf"].fill_(-1.0), "'lexical_idf' has values in [-1"),
+        "idf_huge": (lexical, lambda t: t["lexical_idf"].mul_(1e30), "an idf weight is between 1 and"),
+        "heads_huge": ({}, lambda t: t["head"].mul_(1e38), "tensor 'head' holds a value of magnitude"),
+        "head_norm": ({}, lambda t: t["head"].mul_(1e5), "tensor 'head' has a head of norm"),
+        "scale_tiny": (
+            {},
+            lambda t: t["response_scale"].fill_(1e-30),
+            "'response_scale' (a divisor) has a value",
+        ),
+    }
+    for name, (kw, edit, expect) in tampered.items():
+        _edit_tensors(_save_model(root, f"tampered_{name}", _model(**kw)), edit)
+        cases.append(_eval(f"tampered_{name}", False, f"tampered_{name}/model.safetensors", expect))
+    cases.append(
+        Case(
+            "report on tampered heads",
+            [
+                "report",
+                "--model",
+                "{dir}/models/tampered_heads_huge",
+                "--out",
+                "{dir}/runs/r.html",
+                "--no-png",
+            ],
+            False,
+            ["tampered_heads_huge/model.safetensors", "tensor 'head' holds a value of magnitude"],
+        )
+    )
+    # issue 20 item 11: a corrupt config.json is named, not the metrics.json beside it
+    cases.append(
+        Case(
+            "report on a truncated config.json",
+            ["report", "--model", "{dir}/models/config_truncated", "--out", "{dir}/runs/r.html", "--no-png"],
+            False,
+            ["config_truncated/config.json", "bad JSON"],
+        )
+    )
     return cases
 
 

@@ -58,7 +58,9 @@ def test_a_reversed_key_list_is_dropped_with_a_warning(tmp_path):
     cache.put(["a", "b", "c"], np.arange(12, dtype=np.float32).reshape(3, 4))
     shard = _shards(tmp_path)[0]
     _rewrite(shard, lambda m: m.__setitem__("keys", json.dumps(json.loads(m["keys"])[::-1])))
-    with pytest.warns(UserWarning, match=r"test cache: dropped broken shard .*does not match its content digest"):
+    with pytest.warns(
+        UserWarning, match=r"test cache: dropped broken shard .*does not match its content digest"
+    ):
         assert ShardedCache(tmp_path, "test cache").get(["a", "b", "c"]) == {}
     assert not shard.exists()
 
