@@ -333,10 +333,10 @@ def on_params(form_keys: dict) -> None:
             adapter.name, ctx.k, adapter.initial_weights, margin_scale=adapter.margin_scale, **params
         )
         store.save_profile(profile_id_for_write(), spec, adapter=adapter.name)
+    except StoreError as exc:  # (a ValueError too: caught first)
+        flash("error", f"Settings not saved: {exc}")
     except (ValueError, TypeError) as exc:
         flash("error", f"Settings not applied: {exc}")
-    except StoreError as exc:
-        flash("error", f"Settings not saved: {exc}")
     else:
         flash("success", "Settings applied: the profile was refitted on its labels.")
 
@@ -851,10 +851,10 @@ with st.expander("Export / import profile"):
         try:
             spec, new_labels = import_labels(json.loads(upload.getvalue().decode("utf-8")))
             n = store.replace_labels(profile_id_for_write(), spec, new_labels, session=SESSION)
+        except StoreError as exc:  # (a ValueError too: caught first)
+            st.error(f"Nothing was imported: {ui.md(exc)}")
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
             st.error(f"Not a usable profile: {ui.md(exc)}")
-        except StoreError as exc:
-            st.error(f"Nothing was imported: {ui.md(exc)}")
         else:
             flash("success", f"Imported a {spec['name']} profile with {n} labels.")
             st.rerun()

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.errors import MoeRewardError
 from ..data.pairs import default_dataset_path
 from ..embed.backbone import BackboneSpec
 from ..embed.features import MANIFEST, PairFeatures, is_features_path
@@ -66,7 +67,7 @@ class DataFile:
     path: Path
 
 
-class ModelNameTaken(ValueError):
+class ModelNameTaken(MoeRewardError):
     """A model name that exists, or that another session is training right now."""
 
 

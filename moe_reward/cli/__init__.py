@@ -579,8 +579,25 @@ def error_line(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, RecursionError, MemoryError)
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The failures a user can cause and fix: `error: <message>` and exit 2. Anything else is a bug (3).
+
+    - `MoeRewardError` (core/errors.py): every error this package raises on purpose (bad data, broken or
+      tampered model directories, refused labels, unloadable backbones, ...);
+    - ValueError: bad input checked before `MoeRewardError` existed (it is its base class);
+    - OSError, EOFError: files that are missing, unreadable, truncated; a full disk;
+    - RecursionError, MemoryError: input nested too deeply, or too large for this machine;
+    - safetensors' own error for a corrupt file; `train.loop.TrainingDiverged` once training ran."""
+    from ..core.errors import MoeRewardError
+
+    errors: tuple[type[BaseException], ...] = (
+        MoeRewardError,
+        ValueError,
+        OSError,
+        EOFError,
+        RecursionError,
+        MemoryError,
+    )
     train = sys.modules.get(f"{__package__.rpartition('.')[0]}.train.loop")  # (only raised once training ran)
     if train is not None:
         errors += (train.TrainingDiverged,)
@@ -593,6 +610,13 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
+def exit_code(exc: BaseException) -> int:
+    """2 for an expected failure (`expected_errors`), 130 for an interrupt, 3 for anything else (a bug)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return 2 if isinstance(exc, expected_errors()) else 3
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..core.heap import return_freed_memory
 
@@ -603,10 +627,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except _expected_errors() as exc:
-        print(f"error: {error_line(exc)}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 (a bug: still one line, with a way to see the traceback)
+    except Exception as exc:  # noqa: BLE001 (each failure gets one line; see exit_code)
+        code = exit_code(exc)
+        if code == 2:
+            print(f"error: {error_line(exc)}", file=sys.stderr)
+            return 2
         if os.environ.get("MOE_REWARD_DEBUG"):
             raise
         print(

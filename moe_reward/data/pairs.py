@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.atomic import open_atomic
+from ..core.errors import MoeRewardError
 from .readers import RowError, Rows, reader_for
 
 REQUIRED_FIELDS = ("prompt", "chosen", "rejected")
@@ -74,7 +75,7 @@ def _describe_errors(errors: list[RowError], total_rows: int | None) -> str:
     return "\n".join(parts)
 
 
-class DataError(ValueError):
+class DataError(MoeRewardError):
     """Raised when a file or some of its rows are malformed; `.errors` lists every problem."""
 
     def __init__(self, errors: list[RowError], total_rows: int | None = None):

@@ -149,6 +149,15 @@ class ModelConfig:
             raise ValueError(
                 f"lexical_vocabulary must have <= {MAX_VOCABULARY} terms, got {len(self.lexical_vocabulary)}"
             )
+        first: dict[str, int] = {}
+        for i, term in enumerate(self.lexical_vocabulary):
+            if not term.strip():
+                raise ValueError(f"lexical_vocabulary[{i}] is empty: every term is a word or two")
+            if term in first:  # each term is one column of the router's input
+                raise ValueError(
+                    f"lexical_vocabulary[{i}] repeats the term {_short(term)} of lexical_vocabulary[{first[term]}]"
+                )
+            first[term] = i
         size = self.approximate_size()
         if size > MAX_PARAMETERS:
             raise ValueError(

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import MoeRewardError
 from .adapters import Adapter, make_adapter
 
 LABEL_COLUMNS = (
@@ -87,8 +88,9 @@ SPEC_KEYS = ("format", "name", "num_experts", "params", "initial_weights")  # wh
 MAX_IMPORT_LABELS = 100_000
 
 
-class StoreError(RuntimeError):
-    """A write that did not happen (or a file that cannot be opened); the message says which and why."""
+class StoreError(MoeRewardError, RuntimeError):
+    """A write that did not happen (or a file that cannot be opened); the message says which and why.
+    (A `MoeRewardError`; also a RuntimeError, as it was before that root type existed.)"""
 
 
 class StoreReadOnly(StoreError):

@@ -48,14 +48,28 @@ def _run(case, capsys, monkeypatch) -> tuple[int, str]:
     return rc, out.out + out.err
 
 
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for path in root.rglob("*"):
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        out[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_case(case, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("MOE_REWARD_HOME", str(tmp_path / "home"))
+    before = None if case.ok else _snapshot(CORPUS)
     rc, text = _run(case, capsys, monkeypatch)
     assert "Traceback" not in text and "internal error" not in text, text
     assert (rc == 0) == case.ok, f"exit code {rc}:\n{text}"
     for part in case.expect:
         assert part in text, f"{part!r} not in:\n{text}"
+    if before is not None:  # a refusal changes nothing on disk
+        assert _snapshot(CORPUS) == before
 
 
 def _data_files() -> list[Path]:
@@ -141,7 +155,10 @@ def test_absurd_sizes_fail_fast_without_allocating():
         ModelConfig(num_experts=4096, router_input="lexical", lexical_vocabulary=["w"] * 100_000)
     with pytest.raises(ValueError, match="more than the limit"):  # the router over the largest vocabulary
         ModelConfig(
-            num_experts=4096, input_dim=65536, router_input="lexical", lexical_vocabulary=["w"] * 4096
+            num_experts=4096,
+            input_dim=65536,
+            router_input="lexical",
+            lexical_vocabulary=[f"w{i}" for i in range(4096)],
         )
     _, top = tracemalloc.get_traced_memory()
     tracemalloc.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import pickle
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -569,6 +570,33 @@ def data_cases(root: Path) -> list[Case]:
             ["truncated.jsonl.gz: the gzip stream ends early after line"],
         ),
     ]
+    # issue 20 item 11: backbones that are not safe model folders get one line naming them (exit 2)
+    pickled = root / "backbone_pickle"
+    pickled.mkdir(exist_ok=True)
+    (pickled / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    (pickled / "pytorch_model.bin").write_bytes(pickle.dumps({"weight": [0.0] * 8}))
+    for name, backbone, expect in (
+        ("a pickle backbone", "{dir}/backbone_pickle", "its weights are pickle files (pytorch_model.bin)"),
+        ("/etc as a backbone", "/etc", "no config.json in this folder"),
+        ("a data file as a backbone", "{dir}/three.jsonl", "not a folder"),
+        ("a missing backbone folder", "{dir}/no_such_backbone", "no such folder"),
+    ):
+        cases.append(
+            Case(
+                f"embed with {name}",
+                [
+                    "embed",
+                    "--data",
+                    "{dir}/three.jsonl",
+                    "--out",
+                    "{dir}/runs/b.safetensors",
+                    "--backbone",
+                    backbone,
+                ],
+                False,
+                [f"{backbone.split('/')[-1]}': ", expect],
+            )
+        )
     return cases
 
 
@@ -815,6 +843,17 @@ def model_cases(root: Path) -> list[Case]:
     for name, (kw, edit, expect) in tampered.items():
         _edit_tensors(_save_model(root, f"tampered_{name}", _model(**kw)), edit)
         cases.append(_eval(f"tampered_{name}", False, f"tampered_{name}/model.safetensors", expect))
+    # issue 20 item 11: duplicate vocabulary terms are named in config.json (not sklearn's "Vocabulary of size")
+    out = _save_model(root, "vocabulary_duplicate", _model(**lexical))
+    _edit_config(out, lexical_vocabulary=["alpha", "beta", "alpha"])
+    cases.append(
+        _eval(
+            "vocabulary_duplicate",
+            False,
+            "vocabulary_duplicate/config.json",
+            "lexical_vocabulary[2] repeats the term 'alpha' of lexical_vocabulary[0]",
+        )
+    )
     cases.append(
         Case(
             "report on tampered heads",
