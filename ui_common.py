@@ -20,7 +20,9 @@ import streamlit as st
 
 from moe_reward.app import pipeline
 from moe_reward.app.colors import EXPERT_COLORS, category_colors, expert_color, hex_to_rgb, natural_sorted
+from moe_reward.app.query import parse_query_value
 from moe_reward.app.workspace import DataFile, Workspace, default_root, file_id
+from moe_reward.core.limits import MAX_EXPERTS
 from moe_reward.embed.backbone import BackboneSpec
 from moe_reward.embed.features import PairFeatures
 from moe_reward.evaluate import summary
@@ -359,16 +361,16 @@ def _restore_from_url(models: list[str], labels: list[str]) -> None:
         return
     current = {k: st.query_params.get_all(k) for k in st.query_params}
     st.session_state[URL_STATE] = {k: (v[0] if len(v) == 1 else v) for k, v in current.items() if v}
-    model = st.query_params.get("model")
-    if model in models:
+    model = query_param("model", str, models)
+    if model is not None:
         st.session_state[MODEL_CHOICE] = model
         st.session_state.pop(DATA_CHOICE, None)  # the model's own data, unless the link names one
-    data = st.query_params.get("data")
-    if data in labels:
+    data = query_param("data", str, labels)
+    if data is not None:
         st.session_state[DATA_CHOICE] = data
-    expert = st.query_params.get("expert")
-    if expert is not None and str(expert).isdigit():
-        st.session_state[SHARED_EXPERT] = int(expert)
+    expert = query_param("expert", int, lambda k: 0 <= k < MAX_EXPERTS)
+    if expert is not None:
+        st.session_state[SHARED_EXPERT] = expert
 
 
 def open_expert(k: int) -> None:
@@ -378,21 +380,30 @@ def open_expert(k: int) -> None:
     (st.session_state.get(URL_STATE) or {}).pop("expert", None)  # an older link's expert no longer applies
 
 
+def query_param(name: str, parse=str, valid=None):
+    """The one reader of a query parameter of the link this session was opened with: `parse` (``int``,
+    ``float``, ``str`` or any function) applied to it, a valid value or None, never an exception
+    (`moe_reward.app.query.parse_query_value`: ASCII digits only, finite numbers, `valid` a collection
+    or a predicate)."""
+    link = st.session_state.get(URL_STATE)
+    raw = link.get(name) if isinstance(link, dict) else st.query_params.get(name)
+    return parse_query_value(raw, parse, valid)
+
+
 def url_value(name: str, default=None):
-    """A query parameter of the link this session was opened with (for the page it belongs to)."""
-    return (st.session_state.get(URL_STATE) or {}).get(name, default)
+    """A query parameter of the link this session was opened with, as text (for the page it belongs to)."""
+    value = query_param(name, str)
+    return default if value is None else value
 
 
 def init_state(key: str, url_name: str, convert=str, valid=None) -> None:
-    """Before a widget exists: give it the link's value (once per link; afterwards the widget rules)."""
+    """Before a widget exists: give it the link's value (once per link; afterwards the widget rules). The
+    value goes through `query_param`: an invalid one is dropped, never raised."""
     pending = st.session_state.get(URL_STATE) or {}
     if url_name not in pending:
         return
-    try:
-        value = convert(pending.pop(url_name))
-    except (TypeError, ValueError):
-        return
-    if valid is None or (value in valid if not isinstance(value, list) else all(v in valid for v in value)):
+    value = parse_query_value(pending.pop(url_name), convert, valid)
+    if value is not None:
         st.session_state[key] = value
 
 

@@ -17,6 +17,7 @@ import streamlit as st
 import ui_common as ui
 from moe_reward.app import jobs
 from moe_reward.app.colors import NEUTRAL, expert_symbol, rgba
+from moe_reward.core.csvsafe import frame_csv
 from moe_reward.evaluate.projection import (
     METRICS,
     ProjectionParams,
@@ -481,7 +482,7 @@ if chosen_rows:
 
 
 def _csv() -> bytes:
-    return ctx.pair_table(selected).to_csv(index=False).encode("utf-8")
+    return frame_csv(ctx.pair_table(selected))  # safe to open in a spreadsheet
 
 
 def _jsonl() -> bytes:

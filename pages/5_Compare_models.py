@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
+from moe_reward.core.csvsafe import frame_csv
 from moe_reward.evaluate.metrics import disagreements, evaluate, score_pairs
 
 ui.page_header(
@@ -190,7 +191,7 @@ if len(idx):
     ui.table(table, max_rows=12)
     st.download_button(
         "Download (CSV)",
-        table.to_csv(index=False).encode("utf-8"),
+        frame_csv(table),  # safe to open in a spreadsheet
         "disagreements.csv",
         "text/csv",
         key="cmp_dl",

@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
 import numpy as np
 
+from ..core import atomic
+from ..core.pngs import find_chromium, write_pngs  # noqa: F401 (find_chromium: re-exported)
 from ..evaluate import summary
 from .colors import NEUTRAL, expert_color
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html"
 EXAMPLE_LABELS = 8
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 
 
 @dataclass
@@ -124,46 +122,6 @@ def _weights_figure(before, after, who: str, n_labels: int):
     )
     fig.update_xaxes(categoryorder="array", categoryarray=names)
     return fig
-
-
-def find_chromium() -> str | None:
-    path = os.environ.get("BROWSER_PATH")
-    if path and Path(path).exists():
-        return path
-    for c in CHROMIUM_CANDIDATES:
-        if Path(c).exists():
-            return c
-    return shutil.which("chromium")
-
-
-def write_pngs(figures: dict[str, object], out_dir: Path) -> tuple[list[Path], str | None]:
-    """Each figure as PNG through kaleido (one browser for all); ([], reason) when that is not possible."""
-    try:
-        import kaleido
-    except ImportError:
-        return [], "kaleido is not installed"
-    chromium = find_chromium()
-    if chromium is None:
-        return [], "no Chromium found (set BROWSER_PATH)"
-    os.environ.setdefault("BROWSER_PATH", chromium)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".render-") as tmp:
-        staged = [Path(tmp) / f"{name}.png" for name in figures]
-        try:
-            kaleido.write_fig_from_object_sync(
-                [
-                    {"fig": fig, "path": str(p), "opts": {"width": 900, "height": 320}}
-                    for fig, p in zip(figures.values(), staged, strict=True)
-                ]
-            )
-        except Exception as exc:  # noqa: BLE001 - the HTML report stands without its PNG copies
-            return [], f"kaleido could not render: {type(exc).__name__}: {str(exc)[:200]}"
-        written = []
-        for p in staged:
-            if p.is_file():
-                os.replace(p, out_dir / p.name)  # whole files only, never a half-written PNG
-                written.append(out_dir / p.name)
-    return written, None if written else "kaleido wrote nothing"
 
 
 # ----------------------------------------------------------------------------- sections
@@ -421,14 +379,9 @@ def build_report(
         model_dir=esc(model_dir),
         data_name=esc(data_name),
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(body)
-    os.chmod(tmp, 0o644)  # (mkstemp creates it private)
-    os.replace(tmp, out)
+    atomic.write_text(out, body)
     report = Report(out)
     if pngs:
         fig_dir = out.parent / f"{out.stem}_figures"
-        report.pngs, report.png_error = write_pngs(figures, fig_dir)
+        report.pngs, report.png_error = write_pngs(figures, fig_dir, width=900, height=320)
     return report

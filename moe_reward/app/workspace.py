@@ -71,6 +71,19 @@ class ModelNameTaken(MoeRewardError):
     """A model name that exists, or that another session is training right now."""
 
 
+class UploadExists(MoeRewardError):
+    """An upload would replace a file of uploads/ that the user did not choose to replace."""
+
+
+def data_stem(name: str) -> str:
+    """A data file's name without its data suffix ('victim.csv.gz' -> 'victim', 'a.b.jsonl' -> 'a.b')."""
+    lower = name.lower()
+    for suffix in (*GZIPPED, *DATA_SUFFIXES, ".gz"):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
 class Workspace:
     def __init__(self, root: str | Path | None = None, data_dir: str | Path | None = None):
         self.root = Path(root).resolve() if root is not None else default_root()
@@ -303,6 +316,31 @@ class Workspace:
 
     def upload_path(self, filename: str) -> Path:
         return self.uploads_dir / check_name(Path(filename).name, "file name")
+
+    def upload_target(self, filename: str, valid_rows_only: bool = False) -> Path:
+        """Where an upload is saved: uploads/<its name>, or uploads/<its stem>.jsonl for the valid rows of a
+        file with malformed ones. The page asks this once, for its warning and for the save alike."""
+        name = check_name(Path(filename).name, "file name")
+        return self.upload_path(data_stem(name) + ".jsonl" if valid_rows_only else name)
+
+    def save_upload(self, target: Path, write: Callable[[str], None], replace: str | None = None) -> Path:
+        """Write an upload to `target` (from `upload_target`), atomically. A file already there is
+        replaced only when `replace` names it (the user's explicit choice, naming the file that goes);
+        otherwise `UploadExists` and nothing changes on disk, even if the file appeared meanwhile."""
+        from ..core import atomic
+
+        target = Path(target)
+        if target.parent.resolve() != self.uploads_dir.resolve():
+            raise ValueError(f"{target}: uploads are saved in {self.uploads_dir}")
+        if self.read_only:
+            raise OSError(f"cannot save uploads/{target.name}: {self.read_only}")
+        try:
+            return atomic.write_with(target, write, replace=replace == target.name)
+        except FileExistsError:
+            raise UploadExists(
+                f"uploads/{target.name} exists and was not replaced (nothing was saved): choose to replace "
+                f"uploads/{target.name}, or rename your file"
+            ) from None
 
     def list_experiments(self) -> list[Path]:
         return sorted(self.experiments_dir.glob("*/results.json"))

@@ -170,7 +170,13 @@ def cmd_train(args) -> int:
         f"{metrics['test_subset']} accuracy {t['accuracy']:.4f} on {t['n_pairs']} held-out pairs, "
         f"routing NMI {nmi}"
         if t["n_pairs"]
-        else "no held-out pairs (--validation 0 --test 0): accuracy not measured"
+        else "no held-out pairs ("
+        + (
+            "--validation 0 --test 0"
+            if not (args.validation or args.test)
+            else f"the split by {args.split_by or 'prompt'} left none: too few distinct values"
+        )
+        + "): accuracy not measured"
     )
     print(
         f"{model.describe()}: {held_out}, trained in {metrics['train_seconds']:.1f}s on {metrics['splits']['train']} "

@@ -13,7 +13,6 @@ moe-reward labels --out F                export stored labels (and `--profiles` 
 
 from __future__ import annotations
 
-import csv
 import json
 import sqlite3
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.atomic import open_atomic, write_text
+from ..core.csvsafe import write_rows
 from . import ADAPTER_NAMES
 
 CLI_SESSION = "cli"  # the session name of labels stored from the command line (what `label --undo` removes)
@@ -227,10 +227,7 @@ def _write_rows(rows: list[dict], out: str) -> None:
             }
             for r in rows
         ]
-        with open_atomic(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(flat[0]) if flat else ["id"])
-            writer.writeheader()
-            writer.writerows(flat)
+        write_rows(path, flat, list(flat[0]) if flat else ["id"])  # safe to open in a spreadsheet
     else:
         with open_atomic(path, "w") as fh:
             for r in rows:

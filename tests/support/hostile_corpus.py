@@ -199,6 +199,19 @@ def data_cases(root: Path) -> list[Case]:
             "missing_field.csv:2: rejected: missing",
         ),
         _validate(w("nul_bytes.csv", "prompt,chosen,rejected\nq,a\x00b,c\n"), True, "1 valid pairs"),
+        # issue 20 item 11: one message for a file in another encoding, not one error per line
+        _validate(
+            w("utf16.jsonl", good.encode("utf-16")), False, "utf16.jsonl: this file is UTF-16", "1 problems"
+        ),
+        _validate(
+            w("utf16_no_bom.csv", "prompt,chosen,rejected\nq,a,b\n".encode("utf-16-le")),
+            False,
+            "this file is UTF-16",
+        ),
+        _validate(
+            w("utf32.json", json.dumps(GOOD).encode("utf-32")), False, "utf32.json: this file is UTF-32"
+        ),
+        _validate(w("utf16.jsonl.gz", gzip.compress(good.encode("utf-16"))), False, "this file is UTF-16"),
         _validate(
             w("deep_row.jsonl", good + '{"prompt": ' + deep + "}\n"),
             False,
@@ -570,6 +583,28 @@ def data_cases(root: Path) -> list[Case]:
             ["truncated.jsonl.gz: the gzip stream ends early after line"],
         ),
     ]
+    # issue 20 item 10: a split field with one value cannot hold anything out; say so (not "--validation 0")
+    w("constant_group.jsonl", _jsonl([{**r, "group": "same"} for r in _many(6)]))
+    cases.append(
+        Case(
+            "train --split-by a constant field",
+            [
+                "train",
+                "--data",
+                "{dir}/constant_group.jsonl",
+                "--split-by",
+                "group",
+                "--out",
+                "{dir}/runs/const",
+            ],
+            False,
+            [
+                "split field 'group' has 1 distinct value over 6 pairs ('same')",
+                "the test and validation split",
+            ],
+            needs_backbone=True,
+        )
+    )
     # issue 20 item 11: backbones that are not safe model folders get one line naming them (exit 2)
     pickled = root / "backbone_pickle"
     pickled.mkdir(exist_ok=True)
@@ -936,11 +971,91 @@ def profile_cases(root: Path) -> list[Case]:
     return cases
 
 
+def personalize_cases(root: Path) -> list[Case]:
+    """Issue 20 item 2: parameters that made a profile NaN are refused; nothing is written."""
+    base = [
+        "personalize",
+        "--model",
+        "{dir}/models/ok",
+        "--data",
+        "{dir}/feats.safetensors",
+        "--user-field",
+        "group",
+        "--user",
+        "g0",
+        "--k",
+        "4",
+        "--profile-out",
+        "{dir}/runs/profile.json",
+    ]
+    cases = [
+        Case("personalize signed, ordinary rates", [*base[:-2], "--adapter", "signed"], True, ["g0: signed"])
+    ]
+    for adapter, param, expect in (
+        ("signed", "lr=1e308", "params.lr must be in (0, 10], got 1e+308"),
+        ("signed", "l2=1e308", "params.l2 must be in [0, 1000], got 1e+308"),
+        ("gradient", "lr=1e308", "params.lr must be in (0, 10]"),
+        ("gradient", "l2=1e308", "params.l2 must be in [0, 1000]"),
+        ("batch", "temperature=1e-320", "params.temperature must be in [0.001, 1000], got 9.99989e-321"),
+        ("hedge", "eta=NaN", "params.eta must be a finite number"),
+        ("signed", "lr=Infinity", "params.lr must be a finite number"),
+    ):
+        cases.append(
+            Case(
+                f"personalize {adapter} --param {param}",
+                [*base, "--adapter", adapter, "--param", param],
+                False,
+                [expect],
+            )
+        )
+    from moe_reward.personalize.adapters import make_adapter
+
+    good = make_adapter("signed", 3).to_dict()
+    labels = {"pair_ids": ["f0", "f1"], "expert_margins": [[1.0, -2.0, 0.5], [0.3, 0.1, -1.0]]}
+    for name, content, expect in (
+        (
+            "profile_lr_huge.json",
+            {**good, "params": {**good["params"], "lr": 1e308}, "labels": labels},
+            "params.lr",
+        ),
+        (
+            "profile_scale_tiny.json",
+            {**good, "params": {**good["params"], "margin_scale": [1e-300] * 3}},
+            "margin_scale",
+        ),
+        (
+            "profile_margins_huge.json",
+            {**good, "labels": {**labels, "expert_margins": [[1e300] * 3] * 2}},
+            "must be in [-1e+09, 1e+09], got 1e+300",
+        ),
+    ):
+        _write(root, name, json.dumps(content))
+        cases.append(
+            Case(
+                f"score --profile {name}",
+                [
+                    "score",
+                    "--model",
+                    "{dir}/models/ok",
+                    "--prompt",
+                    "q",
+                    "--response",
+                    "a",
+                    "--profile",
+                    "{dir}/" + name,
+                ],
+                False,
+                [name, expect],
+            )
+        )
+    return cases
+
+
 def build(root: str | Path) -> list[Case]:
     """Write the corpus under `root`; the cases that read it."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    return data_cases(root) + model_cases(root) + profile_cases(root)
+    return data_cases(root) + model_cases(root) + profile_cases(root) + personalize_cases(root)
 
 
 def count_inputs(root: str | Path) -> int:
