@@ -506,17 +506,56 @@ def router_from_centroids(
 
 
 def fit_drm_basis(model: SparseMoERewardModel, features: PairFeatures) -> None:
-    """DRM: heads = top-K principal directions of (chosen - rejected) *as the heads see it* (divided by
-    `response_scale`), each oriented to agree with the labels and scaled so its margins have unit spread."""
-    diff = _diff(model, features)  # float32 whatever the features' storage
-    k = model.num_experts
-    _, _, v = torch.linalg.svd(diff - diff.mean(0), full_matrices=False)
-    basis = v[:k].clone()
-    proj = diff @ basis.T
-    sign = torch.where(proj.mean(0) >= 0, 1.0, -1.0)
-    scale = proj.std(0).clamp(min=1e-6)
+    """DRM: K frozen heads over chosen - rejected *as the heads see it* (divided by `response_scale`): the
+    mean difference first (the direction every pair shares), then the top K - 1 principal directions of the
+    differences with that direction taken out (zero heads when the data has fewer directions). Each head
+    is oriented to agree with the labels and scaled by the Bradley-Terry fit along it (a one-dimensional
+    logistic regression on the training pairs, lightly penalized so that separable data stays bounded), so
+    each head alone does at least as well as a constant on its training pairs, and so does any mix of them
+    (the BT loss is convex in the margin).
+
+    (Before: the principal directions of the *centred* differences left out the shared direction, and
+    heads scaled to unit margin spread could not be shrunk by the mixing weights, which sum to 1: on a
+    reversal set DRM's best validation loss was 0.723, worse than a constant's 0.693.)"""
+    diff = _diff(model, features).double()  # float32 storage whatever the features', double for the SVD
+    k, d = model.num_experts, diff.shape[1]
+    dirs: list[torch.Tensor] = []
+    mean = diff.mean(0)
+    if float(mean.norm()) > 1e-8:
+        dirs.append(mean / mean.norm())
+        rest = diff - (diff @ dirs[0])[:, None] * dirs[0]
+    else:
+        rest = diff
+    if k > len(dirs) and len(diff) > 1:
+        _, sv, v = torch.linalg.svd(rest - rest.mean(0), full_matrices=False)
+        dirs += [v[i] for i in range(len(sv)) if float(sv[i]) > 1e-8 * max(float(sv[0]), 1e-30)][
+            : k - len(dirs)
+        ]
+    heads = torch.zeros(k, d, dtype=torch.float64)
+    for i, u in enumerate(dirs):
+        proj = diff @ u
+        sign = 1.0 if float(proj.mean()) >= 0 else -1.0
+        heads[i] = u * sign * _bt_scale(proj * sign)
     with torch.no_grad():
-        model.head.copy_(basis * (sign / scale)[:, None])
+        model.head.copy_(heads.to(model.head.dtype))
+
+
+def _bt_scale(p: torch.Tensor, penalty: float = 1e-3, max_scale: float = 1e3) -> float:
+    """argmin over c >= 0 of mean(softplus(-c p)) + penalty * c^2 * mean(p^2): the Bradley-Terry scale of a
+    fixed direction whose training margins are `p` (Newton's method on a convex function of one variable)."""
+    second = float((p * p).mean())
+    if second < 1e-24:
+        return 0.0
+    c = 0.0
+    for _ in range(100):
+        s = torch.sigmoid(-c * p)
+        grad = float(-(p * s).mean()) + 2 * penalty * c * second
+        hess = float((p * p * s * (1 - s)).mean()) + 2 * penalty * second
+        step = grad / hess
+        c = min(max(c - step, 0.0), max_scale)
+        if abs(step) < 1e-9 * max(c, 1.0):
+            break
+    return c
 
 
 # ----------------------------------------------------------------------------- router input and discovery
