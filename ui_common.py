@@ -373,6 +373,13 @@ def _restore_from_url(models: list[str], labels: list[str]) -> None:
         st.session_state[SHARED_EXPERT] = expert
 
 
+def clicked(*keys: str) -> list[str]:
+    """Which of these buttons were clicked in this page run (for a callback). Streamlit merges clicks that
+    arrive faster than the page redraws into one run and keeps no order between them, so a callback that
+    finds another answer clicked with it cannot tell which came first."""
+    return [k for k in keys if st.session_state.get(k) is True]
+
+
 def open_expert(k: int) -> None:
     """A button callback: show expert k on Expert detail (and the map's highlight)."""
     st.session_state[SHARED_EXPERT] = int(k)

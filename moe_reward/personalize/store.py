@@ -292,9 +292,13 @@ class LabelStore:
     def _rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         if self.read_only and not self.path.is_file():
             return []  # nothing was ever stored here
-        try:
+
+        def attempt() -> list[tuple]:
             with self._connection() as conn:
                 return conn.execute(sql, args).fetchall()
+
+        try:
+            return self._retry_busy(attempt)  # a reader may meet another process's checkpoint: it waits
         except sqlite3.OperationalError as exc:
             # A full disk cannot even hold the WAL index (-shm) that a reader needs. With no WAL content
             # waiting (the last connection checkpointed it), the file itself is complete: read it as is.
@@ -555,6 +559,12 @@ class LabelStore:
         if label.profile_id is None:
             raise ValueError("record_label needs a label with a profile_id (add_label stores one without)")
         if shown is not None and shown != label.pair_id:
+            rows = self._rows(
+                "SELECT id FROM labels WHERE profile_id = ? AND pair_id = ?",
+                (label.profile_id, label.pair_id),
+            )
+            if rows:  # the usual stale click: its pair got its label (a double click while the page redraws)
+                raise DuplicateLabel(label.pair_id, int(rows[0][0]))
             raise StaleClick(label.pair_id, shown)
         label.margins = (
             label.margins if margins is None else [float(x) for x in np.asarray(margins).reshape(-1)]
