@@ -311,3 +311,53 @@ def test_the_installed_entry_point_prints_one_line_not_a_traceback(tmp_path):
         assert (
             out.returncode == rc and message in out.stdout + out.stderr and "Traceback" not in out.stderr
         ), out
+
+
+def test_select_writes_a_csv_that_is_safe_in_a_spreadsheet(tmp_path, monkeypatch, capsys):
+    """Issue 20 item 8: `select --out sel.csv` wrote cells like =cmd|' /C calc'!A0 unchanged."""
+    import csv
+
+    from hostile_corpus import _features
+
+    from moe_reward.core.csvsafe import FORMULA_START
+
+    monkeypatch.setenv("MOE_REWARD_HOME", str(tmp_path / "home"))
+    feats = _features()
+    evil = ["=cmd|' /C calc'!A0", "+1+1", "-2-2", "@SUM(A1:A9)", "\t=1", "\r=1"]
+    for i, p in enumerate(feats.pairs):
+        p.prompt, p.chosen, p.group = (
+            evil[i % len(evil)],
+            evil[(i + 1) % len(evil)],
+            evil[(i + 2) % len(evil)],
+        )
+        p.id = evil[(i + 3) % len(evil)] + str(i)
+    feats.save(tmp_path / "evil.safetensors")
+    out = tmp_path / "sel.csv"
+    rc = main(
+        [
+            "select",
+            "--model",
+            str(CORPUS / "models" / "ok"),
+            "--data",
+            str(tmp_path / "evil.safetensors"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0, capsys.readouterr()
+    rows = list(csv.reader(out.open(newline="")))
+    assert len(rows) == 25
+    cells = [cell for row in rows for cell in row]
+
+    def number(cell: str) -> bool:
+        try:
+            float(cell)
+        except ValueError:
+            return False
+        return True
+
+    assert not [c for c in cells if c.startswith(FORMULA_START) and not number(c)]
+    assert "'=cmd|' /C calc'!A0" in cells  # shown as the text it was, behind the spreadsheets' text mark
+    header = rows[0]
+    margins = [float(r[header.index("margin")]) for r in rows[1:]]
+    assert any(m < 0 for m in margins)  # numbers stay numbers, negative ones included
