@@ -506,36 +506,39 @@ def router_from_centroids(
 
 
 def fit_drm_basis(model: SparseMoERewardModel, features: PairFeatures) -> None:
-    """DRM: K frozen heads over chosen - rejected *as the heads see it* (divided by `response_scale`): the
-    mean difference first (the direction every pair shares), then the top K - 1 principal directions of the
-    differences with that direction taken out (zero heads when the data has fewer directions). Each head
-    is oriented to agree with the labels and scaled by the Bradley-Terry fit along it (a one-dimensional
-    logistic regression on the training pairs, lightly penalized so that separable data stays bounded), so
-    each head alone does at least as well as a constant on its training pairs, and so does any mix of them
-    (the BT loss is convex in the margin).
+    """DRM: K frozen heads over chosen - rejected *as the heads see it* (divided by `response_scale`).
 
-    (Before: the principal directions of the *centred* differences left out the shared direction, and
-    heads scaled to unit margin spread could not be shrunk by the mixing weights, which sum to 1: on a
-    reversal set DRM's best validation loss was 0.723, worse than a constant's 0.693.)"""
+    Head 0 is the mean difference, the direction every pair shares, scaled by the Bradley-Terry fit along it
+    (a one-dimensional logistic regression on the training pairs, lightly penalized so that separable data
+    stays bounded): alone it does at least as well as a constant on its training pairs, and the mixing
+    weights can always fall back on it. Heads 1..K-1 are the top principal directions of the differences
+    with that direction taken out, each oriented to agree with the labels and scaled to unit margin spread
+    (what personalization mixes; zero heads when the data has fewer directions).
+
+    (Before: every head was a principal direction of the *centred* differences, which leave out the shared
+    direction, at unit spread, which the mixing weights (summing to 1) cannot shrink: on a reversal set
+    DRM's best validation loss was 0.723, worse than a constant's 0.693.)"""
     diff = _diff(model, features).double()  # float32 storage whatever the features', double for the SVD
     k, d = model.num_experts, diff.shape[1]
-    dirs: list[torch.Tensor] = []
-    mean = diff.mean(0)
-    if float(mean.norm()) > 1e-8:
-        dirs.append(mean / mean.norm())
-        rest = diff - (diff @ dirs[0])[:, None] * dirs[0]
-    else:
-        rest = diff
-    if k > len(dirs) and len(diff) > 1:
-        _, sv, v = torch.linalg.svd(rest - rest.mean(0), full_matrices=False)
-        dirs += [v[i] for i in range(len(sv)) if float(sv[i]) > 1e-8 * max(float(sv[0]), 1e-30)][
-            : k - len(dirs)
-        ]
     heads = torch.zeros(k, d, dtype=torch.float64)
-    for i, u in enumerate(dirs):
-        proj = diff @ u
-        sign = 1.0 if float(proj.mean()) >= 0 else -1.0
-        heads[i] = u * sign * _bt_scale(proj * sign)
+    mean = diff.mean(0)
+    rest = diff
+    first = 0
+    if float(mean.norm()) > 1e-8:
+        u = mean / mean.norm()
+        heads[0] = u * _bt_scale(diff @ u)
+        rest = diff - (diff @ u)[:, None] * u
+        first = 1
+    if k > first and len(diff) > 1:
+        _, sv, v = torch.linalg.svd(rest - rest.mean(0), full_matrices=False)
+        keep = [i for i in range(len(sv)) if float(sv[i]) > 1e-6 * float(sv[0])][: k - first]
+        if keep:
+            basis = v[keep]
+            proj = diff @ basis.T
+            sign = torch.where(proj.mean(0) >= 0, 1.0, -1.0)
+            spread = proj.std(0)
+            spread = spread.clamp(min=max(1e-3 * float(spread.max()), 1e-6))  # near-empty directions: bounded
+            heads[first : first + len(keep)] = basis * (sign / spread)[:, None]
     with torch.no_grad():
         model.head.copy_(heads.to(model.head.dtype))
 

@@ -71,7 +71,7 @@ def test_drm_beats_a_constant_on_the_reversal_toy():
 
 
 def test_drm_heads_are_bounded_and_the_saved_model_loads(tmp_path):
-    """Heads scaled by the BT fit stay within what a saved model may hold, even on separable data."""
+    """DRM heads stay within what a saved model may hold, even on separable data."""
     from moe_reward.model.moe import MAX_HEAD_NORM, SparseMoERewardModel
 
     features = clean_features(n=40, d=6)
