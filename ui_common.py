@@ -10,8 +10,10 @@ from __future__ import annotations
 import html
 import re
 import threading
+from collections.abc import Callable, Collection
 from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import numpy as np
@@ -387,7 +389,11 @@ def open_expert(k: int) -> None:
     (st.session_state.get(URL_STATE) or {}).pop("expert", None)  # an older link's expert no longer applies
 
 
-def query_param(name: str, parse=str, valid=None):
+def query_param(
+    name: str,
+    parse: Callable[[Any], object] = str,
+    valid: Collection[object] | Callable[[Any], bool] | None = None,
+):
     """The one reader of a query parameter of the link this session was opened with: `parse` (``int``,
     ``float``, ``str`` or any function) applied to it, a valid value or None, never an exception
     (`moe_reward.app.query.parse_query_value`: ASCII digits only, finite numbers, `valid` a collection
@@ -403,9 +409,14 @@ def url_value(name: str, default=None):
     return default if value is None else value
 
 
-def init_state(key: str, url_name: str, convert=str, valid=None) -> None:
+def init_state(
+    key: str,
+    url_name: str,
+    convert: Callable[[Any], object] = str,
+    valid: Collection[object] | Callable[[Any], bool] | None = None,
+) -> None:
     """Before a widget exists: give it the link's value (once per link; afterwards the widget rules). The
-    value goes through `query_param`: an invalid one is dropped, never raised."""
+    value goes through `query_param`'s parser: an invalid one is dropped, never raised."""
     pending = st.session_state.get(URL_STATE) or {}
     if url_name not in pending:
         return
@@ -529,6 +540,15 @@ def context() -> Context | None:
     return ctx
 
 
+def require_context() -> Context:
+    """`context()`, or the end of this page run when there is none (what it shows says why). Typed as a
+    Context, so that functions a page defines see one (a module variable is not narrowed inside them)."""
+    ctx = context()
+    if ctx is None:
+        st.stop()
+    return ctx
+
+
 def model_metrics(model_dir: Path) -> dict:
     return modeldir.read_metrics(model_dir)
 
@@ -578,7 +598,7 @@ def scope_note(scope: summary.Scope) -> str:
     return f"{scope.label} · {scope.n} pairs"
 
 
-def table(frame: pd.DataFrame, max_rows: int = 60, **kwargs) -> None:
+def table(frame: pd.DataFrame | pd.Series, max_rows: int = 60, **kwargs) -> None:
     """A small table shown whole (no inner scroll bar) up to `max_rows` rows."""
     rows = len(frame)
     height = 35 * (min(rows, max_rows) + 1) + 3

@@ -17,6 +17,7 @@ import hashlib
 import json
 import time
 import uuid
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,18 @@ from moe_reward.personalize.store import (
     new_profile_spec,
 )
 
+
+class ShownPair(TypedDict):
+    """The pair on screen: texts as shown (A and B in display order) and its scores for A over B."""
+
+    prompt: str
+    a: str
+    b: str
+    caption: str
+    m_a: np.ndarray  # [K] expert margins of A over B
+    logits: np.ndarray  # [K] router logits of the prompt
+
+
 NEW_PROFILE = "New profile…"  # plain text (a "＋" glyph is a missing-font box in Debian's Chromium)
 FIRST_PROFILE = "default"  # what a new annotator's first label creates
 MODES = ("Active choice", "Random", "Type your own pair")
@@ -58,9 +71,7 @@ ADAPTER_HELP = {
 }
 
 ui.page_header("Personalize", "Label a few pairs: your profile re-weights the experts after every label.")
-ctx = ui.context()
-if ctx is None:
-    st.stop()
+ctx = ui.require_context()
 try:
     store = ui.label_store(str(ctx.ws.labels_db))
 except StoreError as exc:
@@ -326,7 +337,7 @@ def on_reset(profile_id: int) -> None:
 
 def on_adapter_change(widget_key: str) -> None:
     """Another adapter for the same labels: every session on the profile follows (the spec is stored)."""
-    name = st.session_state.get(widget_key)
+    name: str = st.session_state[widget_key]  # (the widget calling back holds its value)
     if rec is None:
         st.session_state.setdefault("pz", {})["pending_adapter"] = name
         return
@@ -522,7 +533,7 @@ def token(*parts) -> str:
 # ----------------------------------------------------------------------------- the pair to label
 can_write = not store.read_only
 with left:
-    req = None
+    req: dict[str, Any] | None = None  # what a label of the pair shown stores (set with `shown`)
     if mode == MODES[2]:
         with st.form("typed_pair"):
             prompt = st.text_area("Prompt", key="pz_typed_prompt")
@@ -551,7 +562,7 @@ with left:
         typed = S.get("typed")
         if typed and typed["id"] not in labeled:
             req = {"typed": typed, "pair": typed["id"]}
-            shown = dict(
+            shown = ShownPair(
                 prompt=typed["prompt"],
                 a=typed["a"],
                 b=typed["b"],
@@ -586,7 +597,7 @@ with left:
             i, p = cur["row"], pairs[cur["row"]]
             req = {"pair": p.id, "row": i, "a_is_chosen": cur["a_is_chosen"]}
             a_text, b_text = (p.chosen, p.rejected) if cur["a_is_chosen"] else (p.rejected, p.chosen)
-            shown = dict(
+            shown = ShownPair(
                 prompt=p.prompt,
                 a=a_text,
                 b=b_text,
@@ -597,7 +608,7 @@ with left:
         else:
             shown = None
             st.success("Every pair in the pool is labeled or skipped.")
-    if shown is not None:
+    if shown is not None and req is not None:  # (set together)
         tok = token(ident, req["pair"], req.get("a_is_chosen"))
         # One keyed block per pair shown: a new pair replaces the whole block, texts and buttons together.
         block = st.container(key=f"pz_pair_{tok}")
@@ -760,7 +771,7 @@ with c1:
                 y=g["weight"],
                 name=e,
                 mode="lines+markers",
-                line=dict(color=ui.expert_color(int(e[1:]))),
+                line=dict(color=ui.expert_color(int(str(e)[1:]))),  # (e: "E3"; pandas types keys Hashable)
             )
             for e, g in frame.groupby("expert", sort=False)
         ]
@@ -826,7 +837,7 @@ def import_labels(d: dict) -> tuple[dict, list[Label]]:
         )
     stored = d.get("labels") or {}
     ids, ms = list(stored.get("pair_ids") or []), list(stored.get("expert_margins") or [])
-    lg = stored.get("router_logits") or [None] * len(ms)
+    lg: list[Any] = stored.get("router_logits") or [None] * len(ms)
     if len(ids) != len(ms) or len(lg) != len(ms):
         raise ValueError(f"{len(ids)} pair ids for {len(ms)} rows of margins")
     if len(ms) > MAX_IMPORT_LABELS:

@@ -15,9 +15,7 @@ ui.page_header(
     "Type a prompt and two responses: see what each expert thinks, how the router "
     "mixes them, and the reward under a personal profile.",
 )
-ctx = ui.context()
-if ctx is None:
-    st.stop()
+ctx = ui.require_context()
 names = ctx.expert_names()
 store = ui.label_store(str(ctx.ws.labels_db))
 
@@ -47,7 +45,7 @@ if go_score:
         st.error("Give a prompt and two responses.")
         st.stop()
     weights = None
-    if profile_pick == "this session's profile":
+    if profile_pick == "this session's profile" and session_adapter is not None:  # (offered only then)
         weights = np.asarray(session_adapter.weights, dtype=np.float32)
     elif profile_pick != "(none)":
         rec = profiles[[f"{p.annotator} / {p.name}" for p in profiles].index(profile_pick)]

@@ -53,10 +53,11 @@ def _publish(tmp: str, path: Path, replace: bool = True) -> None:
     os.unlink(tmp)
 
 
-def write_with(path: str | Path, write: Callable[[str], None], replace: bool = True) -> Path:
+def write_with(path: str | Path, write: Callable[[str], object], replace: bool = True) -> Path:
     """Let `write(tmp_path)` (e.g. ``safetensors.save_file``) write a temporary file, then rename it onto
-    `path`. On any failure the temporary file is removed and `path` is left untouched. With
-    ``replace=False`` an existing `path` is never replaced: FileExistsError, and nothing changed."""
+    `path` (whatever `write` returns is ignored). On any failure the temporary file is removed and `path`
+    is left untouched. With ``replace=False`` an existing `path` is never replaced: FileExistsError, and
+    nothing changed."""
     path = Path(path)
     tmp = _temp_for(path)
     try:
@@ -79,8 +80,7 @@ def open_atomic(
     path = Path(path)
     tmp = _temp_for(path)
     try:
-        kwargs = {} if "b" in mode else {"encoding": encoding, "newline": newline}
-        with open(tmp, mode, **kwargs) as fh:
+        with open(tmp, "wb") if mode == "wb" else open(tmp, "w", encoding=encoding, newline=newline) as fh:
             yield fh
         _publish(tmp, path)
     except BaseException:

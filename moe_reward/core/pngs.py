@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
@@ -28,7 +29,7 @@ def find_chromium() -> str | None:
 
 
 def write_pngs(
-    figures: dict[str, object], out_dir: Path, width: int | None = None, height: int | None = None
+    figures: Mapping[str, object], out_dir: Path, width: int | None = None, height: int | None = None
 ) -> tuple[list[Path], str | None]:
     """Each figure as ``out_dir/<name>.png`` through kaleido (one browser for all), whole files only;
     ([], reason) when that is not possible (nothing is written then)."""

@@ -27,6 +27,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -81,13 +82,14 @@ def fit_lexical(prompts: Sequence[str], max_features: int = MAX_VOCABULARY) -> t
         return [], np.zeros(0, np.float32)
     counter = _counter(max_features=max_features)
     try:
-        counts = counter.fit_transform(distinct)
+        # (scikit-learn ships no types: its inferred return type includes an internal tuple)
+        counts = cast(sparse.csr_matrix, counter.fit_transform(distinct))
     except ValueError:  # "empty vocabulary" / "no terms remain": nothing shared between prompts
         return [], np.zeros(0, np.float32)
     vocabulary = [""] * len(counter.vocabulary_)
     for term, i in counter.vocabulary_.items():
         vocabulary[i] = term
-    df = np.asarray((counts > 0).sum(0)).reshape(-1)
+    df = np.bincount(counts.indices[counts.data > 0], minlength=len(vocabulary))  # prompts with each term
     idf = np.log((1 + len(distinct)) / (1 + df)) + 1.0  # scikit-learn's smoothed idf
     return vocabulary, idf.astype(np.float32)
 
@@ -149,17 +151,16 @@ def prompt_token_states(
         bb = backbone if isinstance(backbone, Backbone) else Backbone(backbone)
         keys = list(todo)
         ids = [head_and_tail(bb.token_ids(todo[h], None), max_tokens) for h in keys]
-        out: list[np.ndarray | None] = [None] * len(ids)
-        done = 0
+        states: dict[int, np.ndarray] = {}
         for idx, hidden, mask in bb.iter_hidden(ids):
             hidden = hidden.float().cpu().numpy()
             lengths = mask.sum(1).cpu().numpy()
             for row, i in enumerate(idx):
-                out[i] = hidden[row, : int(lengths[row])].astype(np.float16)
-            done += len(idx)
+                states[int(i)] = hidden[row, : int(lengths[row])].astype(np.float16)
             if progress:
-                progress(done, len(ids))
-        cache.put(keys, out)  # type: ignore[arg-type]
+                progress(len(states), len(ids))
+        out = [states[i] for i in range(len(ids))]  # (iter_hidden yields every input once)
+        cache.put(keys, out)
         have = {**have, **dict(zip(keys, out, strict=True))}
     return [have[h] for h in hashes]
 
@@ -199,7 +200,11 @@ class RouterData:
         vec = self.vectors(rows)
         vec_t = None if vec is None else torch.from_numpy(vec)
         if self.tokens is None:
-            return vec_t  # type: ignore[return-value]
+            if vec_t is None:
+                raise ValueError("router data without any channel (no vector block, no token states)")
+            return vec_t
+        if self.mask is None or self.index is None:
+            raise ValueError("router data with token states needs their mask and each pair's row")
         u = self.index[rows]
         tokens = torch.from_numpy(np.asarray(self.tokens[u], dtype=np.float32))
         return RouterBatch(vec_t, tokens, torch.from_numpy(self.mask[u]))
