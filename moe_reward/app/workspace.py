@@ -323,7 +323,7 @@ class Workspace:
         name = check_name(Path(filename).name, "file name")
         return self.upload_path(data_stem(name) + ".jsonl" if valid_rows_only else name)
 
-    def save_upload(self, target: Path, write: Callable[[str], None], replace: str | None = None) -> Path:
+    def save_upload(self, target: Path, write: Callable[[str], object], replace: str | None = None) -> Path:
         """Write an upload to `target` (from `upload_target`), atomically. A file already there is
         replaced only when `replace` names it (the user's explicit choice, naming the file that goes);
         otherwise `UploadExists` and nothing changes on disk, even if the file appeared meanwhile."""

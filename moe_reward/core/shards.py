@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from . import atomic
 
@@ -149,7 +150,9 @@ class ShardedCache:
         return {k: index[k] for k in keys if k in index}
 
     # ------------------------------------------------------------------ writing
-    def put(self, keys: Sequence[str], values: np.ndarray | Sequence[np.ndarray], dtype=np.float32) -> None:
+    def put(
+        self, keys: Sequence[str], values: np.ndarray | Sequence[np.ndarray], dtype: DTypeLike = np.float32
+    ) -> None:
         """Store entries, as one new shard: a matrix [N, ...] (one row per key), or a list of N arrays that
         may differ in their first dimension (stored padded, with their lengths). Values are converted to
         `dtype`; what `get` returns afterwards is exactly what a later reader verifies."""

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import DTypeLike
 from tqdm.auto import tqdm
 
 from ..core.shards import ShardedCache, cache_root
@@ -37,8 +38,11 @@ class EmbeddingCache(ShardedCache):
         body = prompt if response is None else f"{prompt}\x00{response}"
         return hashlib.sha1(body.encode("utf-8")).hexdigest()
 
-    def put(self, hashes: Sequence[str], matrix, dtype=np.float32) -> None:
-        super().put(hashes, np.asarray(matrix), dtype=dtype)
+    def put(
+        self, keys: Sequence[str], values: np.ndarray | Sequence[np.ndarray], dtype: DTypeLike = np.float32
+    ) -> None:
+        """One embedding row per text hash (a matrix [N, D], stored float32)."""
+        super().put(keys, np.asarray(values), dtype=dtype)
 
 
 def embed_texts(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Literal, overload
 
 import torch
 
@@ -111,6 +112,12 @@ def trained_on(directory: str | Path) -> str | None:
     (or the model has no metrics.json). A broken metrics.json is a `CheckpointError`."""
     data = read_metrics(directory).get("data")
     return data if isinstance(data, str) and data else None
+
+
+@overload
+def read_split_ids(directory: str | Path, strict: Literal[True] = True) -> dict[str, list[str]]: ...
+@overload
+def read_split_ids(directory: str | Path, strict: bool) -> dict[str, list[str]] | None: ...
 
 
 def read_split_ids(directory: str | Path, strict: bool = True) -> dict[str, list[str]] | None:

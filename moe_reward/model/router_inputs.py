@@ -31,6 +31,7 @@ from typing import cast
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 from scipy import sparse
 
 from ..core.limits import MAX_VOCABULARY
@@ -120,8 +121,11 @@ class TokenStateCache(ShardedCache):
             None if root is None else Path(root) / key, "token-state cache", "its prompts will be read again"
         )
 
-    def put(self, hashes: Sequence[str], states, dtype=np.float16) -> None:
-        super().put(hashes, list(states), dtype=dtype)
+    def put(
+        self, keys: Sequence[str], values: np.ndarray | Sequence[np.ndarray], dtype: DTypeLike = np.float16
+    ) -> None:
+        """Token states [T_i, D] per prompt hash (padded in the shard, stored float16)."""
+        super().put(keys, list(values), dtype=dtype)
 
 
 def head_and_tail(ids: list[int], budget: int) -> list[int]:

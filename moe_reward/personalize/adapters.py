@@ -73,8 +73,9 @@ def check_param(name: str, value: object, source: str = "params") -> None:
     lo, hi, lo_in = PARAM_BOUNDS[name]
     if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)):
         raise ValueError(f"{source}.{name} must be a finite number, got {str(value)[:30]!r}")
-    if not ((lo <= value) if lo_in else (lo < value)) or value > hi:
-        raise ValueError(f"{source}.{name} must be in {'[' if lo_in else '('}{lo:g}, {hi:g}], got {value:g}")
+    number = float(value)
+    if not ((lo <= number) if lo_in else (lo < number)) or number > hi:
+        raise ValueError(f"{source}.{name} must be in {'[' if lo_in else '('}{lo:g}, {hi:g}], got {number:g}")
 
 
 @dataclass

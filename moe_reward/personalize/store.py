@@ -697,7 +697,9 @@ class LabelStore:
         # infinite weights (or that the adapter refuses) are not imported.
         check = adapter_from_spec(spec)
         for lab in labels:
-            check.update(lab.margins, lab.pair_id, lab.logits)
+            check.update(
+                np.asarray(lab.margins), lab.pair_id, None if lab.logits is None else np.asarray(lab.logits)
+            )
 
         def write(conn):
             conn.execute("DELETE FROM labels WHERE profile_id = ?", (profile_id,))
