@@ -30,14 +30,17 @@ from moe_reward.app.colors import (
     hex_to_rgb,
     natural_sorted,
 )
+from moe_reward.app.query import parse_query_value
 from moe_reward.app.slices import Slice, list_slices, slice_index
-from moe_reward.app.workspace import DataFile, Workspace, default_root, file_id, model_id, model_training_data
+from moe_reward.app.workspace import DataFile, Workspace, default_root, file_id, model_id
+from moe_reward.core.limits import MAX_EXPERTS
 from moe_reward.embed.backbone import BackboneSpec
 from moe_reward.embed.features import PairFeatures
 from moe_reward.evaluate import summary
 from moe_reward.evaluate.experts import ExpertSummary, expert_title, summarize_experts
 from moe_reward.evaluate.metrics import Evaluation, PairScores, evaluate, groups_of, score_pairs
-from moe_reward.model.moe import SparseMoERewardModel, load_metrics
+from moe_reward.model import modeldir
+from moe_reward.model.moe import SparseMoERewardModel
 from moe_reward.personalize.store import LabelStore
 
 PAGE_TITLE = "MoE Reward Lens"
@@ -401,12 +404,12 @@ def _matches(ws: Workspace, recorded: str | None, path: Path) -> bool:
 
 
 def same_data(ws: Workspace, model_dir: Path, data: DataFile) -> bool:
-    return _matches(ws, model_training_data(model_dir), data.path)
+    return _matches(ws, modeldir.trained_on(model_dir), data.path)
 
 
 def training_data_label(ws: Workspace, model_dir: Path, data: list[DataFile]) -> str:
     """The data file the model was trained on, when it is listed; else the first one."""
-    recorded = model_training_data(model_dir)
+    recorded = modeldir.trained_on(model_dir)
     for d in data:
         if _matches(ws, recorded, d.path):
             return d.label
@@ -419,7 +422,7 @@ _default_data_label = training_data_label  # (older name)
 def data_label_of(ws: Workspace, model_dir: Path) -> str:
     """The data a model was trained on, as the dataset selector names it (a file name when it is not
     listed; never a local absolute path)."""
-    recorded = model_training_data(model_dir)
+    recorded = modeldir.trained_on(model_dir)
     if not recorded:
         return "unrecorded"
     for d in ws.list_data():
@@ -458,19 +461,26 @@ def _restore_from_url(models: list[str], labels: list[str]) -> None:
         return
     current = {k: st.query_params.get_all(k) for k in st.query_params}
     st.session_state[URL_STATE] = {k: (v[0] if len(v) == 1 else v) for k, v in current.items() if v}
-    model = st.query_params.get("model")
-    if model in models:
+    model = query_param("model", str, models)
+    if model is not None:
         st.session_state[MODEL_CHOICE] = model
         st.session_state.pop(DATA_CHOICE, None)  # the model's own data, unless the link names one
-    data = st.query_params.get("data")
-    if data in labels:
+    data = query_param("data", str, labels)
+    if data is not None:
         st.session_state[DATA_CHOICE] = data
-    expert = st.query_params.get("expert")
-    if expert is not None and str(expert).isdigit():
-        st.session_state[SHARED_EXPERT] = int(expert)
-    picked = st.query_params.get("slice")
+    expert = query_param("expert", int, lambda k: 0 <= k < MAX_EXPERTS)
+    if expert is not None:
+        st.session_state[SHARED_EXPERT] = expert
+    picked = query_param("slice", str)
     if picked:
         st.session_state[SLICE_CHOICE] = picked  # kept only if such a slice exists (slice_selector)
+
+
+def clicked(*keys: str) -> list[str]:
+    """Which of these buttons were clicked in this page run (for a callback). Streamlit merges clicks that
+    arrive faster than the page redraws into one run and keeps no order between them, so a callback that
+    finds another answer clicked with it cannot tell which came first."""
+    return [k for k in keys if st.session_state.get(k) is True]
 
 
 def open_expert(k: int) -> None:
@@ -480,23 +490,39 @@ def open_expert(k: int) -> None:
     (st.session_state.get(URL_STATE) or {}).pop("expert", None)  # an older link's expert no longer applies
 
 
+def query_param(
+    name: str,
+    parse: Callable[[Any], object] = str,
+    valid: Collection[object] | Callable[[Any], bool] | None = None,
+):
+    """The one reader of a query parameter of the link this session was opened with: `parse` (``int``,
+    ``float``, ``str`` or any function) applied to it, a valid value or None, never an exception
+    (`moe_reward.app.query.parse_query_value`: ASCII digits only, finite numbers, `valid` a collection
+    or a predicate)."""
+    link = st.session_state.get(URL_STATE)
+    raw = link.get(name) if isinstance(link, dict) else st.query_params.get(name)
+    return parse_query_value(raw, parse, valid)
+
+
 def url_value(name: str, default=None):
-    """A query parameter of the link this session was opened with (for the page it belongs to)."""
-    return (st.session_state.get(URL_STATE) or {}).get(name, default)
+    """A query parameter of the link this session was opened with, as text (for the page it belongs to)."""
+    value = query_param(name, str)
+    return default if value is None else value
 
 
 def init_state(
-    key: str, url_name: str, convert: Callable[[Any], object] = str, valid: Collection[object] | None = None
+    key: str,
+    url_name: str,
+    convert: Callable[[Any], object] = str,
+    valid: Collection[object] | Callable[[Any], bool] | None = None,
 ) -> None:
-    """Before a widget exists: give it the link's value (once per link; afterwards the widget rules)."""
+    """Before a widget exists: give it the link's value (once per link; afterwards the widget rules). The
+    value goes through `query_param`'s parser: an invalid one is dropped, never raised."""
     pending = st.session_state.get(URL_STATE) or {}
     if url_name not in pending:
         return
-    try:
-        value = convert(pending.pop(url_name))
-    except (TypeError, ValueError):
-        return
-    if valid is None or (value in valid if not isinstance(value, list) else all(v in valid for v in value)):
+    value = parse_query_value(pending.pop(url_name), convert, valid)
+    if value is not None:
         st.session_state[key] = value
 
 
@@ -618,7 +644,7 @@ def sidebar(ws: Workspace) -> tuple[str, DataFile] | None:
             st.caption(f"File: {md(label)}")
         if not same_data(ws, ws.model_path(name), picked):
             st.caption(
-                f"Trained on {md(Path(model_training_data(ws.model_path(name)) or 'unrecorded data').name)}, "
+                f"Trained on {md(Path(modeldir.trained_on(ws.model_path(name)) or 'unrecorded data').name)}, "
                 "not on this file."
             )
         slice_selector(ws)
@@ -748,7 +774,7 @@ def require_context() -> Context:
 
 
 def model_metrics(model_dir: Path) -> dict:
-    return load_metrics(model_dir)
+    return modeldir.read_metrics(model_dir)
 
 
 def page_header(title: str, what: str) -> None:

@@ -17,6 +17,7 @@ import streamlit as st
 import ui_common as ui
 from moe_reward.app import jobs
 from moe_reward.app.colors import NEUTRAL, expert_symbol, rgba
+from moe_reward.core.csvsafe import frame_csv
 from moe_reward.evaluate.projection import (
     METRICS,
     ProjectionParams,
@@ -497,9 +498,7 @@ if chosen_rows:
 
 
 def _csv() -> bytes:
-    from moe_reward.app.export import to_csv
-
-    return to_csv(ctx.pair_table(selected).to_dict(orient="records"))  # spreadsheet-safe cells
+    return frame_csv(ctx.pair_table(selected))  # safe to open in a spreadsheet
 
 
 def _jsonl() -> bytes:

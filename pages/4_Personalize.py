@@ -41,6 +41,7 @@ from moe_reward.personalize.store import (
     MAX_IMPORT_LABELS,
     DuplicateLabel,
     Label,
+    StaleClick,
     StoreError,
     adapter_from_spec,
     adapter_spec,
@@ -239,11 +240,18 @@ def profile_id_for_write() -> int:
 
 
 # ----------------------------------------------------------------------------- the actions (button callbacks)
-def on_label(req: dict, a_preferred: bool) -> None:
-    """Store one label for the pair in `req`, which is the pair that was on screen with this button."""
+def on_label(req: dict, a_preferred: bool, keys: tuple[str, ...] = ()) -> None:
+    """Store one label for the pair in `req`, which is the pair that was on screen with this button (`keys`:
+    both answer buttons of that pair)."""
     state_now = st.session_state.setdefault("pz", {})
     typed = req.get("typed")
     pid = typed["id"] if typed else req["pair"]
+    if len(ui.clicked(*keys)) > 1:  # A and B in one run: Streamlit merged them and kept no order
+        flash(
+            "info",
+            f"Both A and B arrived for pair {pid} at once: neither was stored. Click the one you mean.",
+        )
+        return
     t0 = time.perf_counter()
     try:
         if typed:
@@ -272,12 +280,16 @@ def on_label(req: dict, a_preferred: bool) -> None:
             m,
             a,
             session=SESSION,
+            shown=shown_now(state_now, typed is not None),
         )
     except DuplicateLabel as exc:
         flash(
             "info",
             f"Pair {pid} already has a label in this profile (#{exc.existing_id}): that click was ignored.",
         )
+        return
+    except StaleClick as exc:  # the page had moved on (or the pair was skipped) before the click arrived
+        flash("info", f"{str(exc)[:1].upper()}{str(exc)[1:]}.")
         return
     except StoreError as exc:  # says what happened to the label
         flash("error", str(exc)[:1].upper() + str(exc)[1:])
@@ -292,6 +304,14 @@ def on_label(req: dict, a_preferred: bool) -> None:
         "success",
         f"Saved label {store.count_labels(profile_id)} of this profile, for pair {pid}.",
     )
+
+
+def shown_now(state_now: dict, typed: bool) -> str:
+    """The pair this session shows now ("" for none): the typed pair, or the drawn one unless skipped."""
+    if typed:
+        return (state_now.get("typed") or {}).get("id", "")
+    cur = state_now.get("shown")
+    return "" if cur is None or cur["pair"] in state_now.get("skipped", ()) else cur["pair"]
 
 
 def on_skip(pair_id: str) -> None:
@@ -360,10 +380,10 @@ def on_params(form_keys: dict) -> None:
             adapter.name, ctx.k, adapter.initial_weights, margin_scale=adapter.margin_scale, **params
         )
         store.save_profile(profile_id_for_write(), spec, adapter=adapter.name)
+    except StoreError as exc:  # (a ValueError too: caught first)
+        flash("error", f"Settings not saved: {exc}")
     except (ValueError, TypeError) as exc:
         flash("error", f"Settings not applied: {exc}")
-    except StoreError as exc:
-        flash("error", f"Settings not saved: {exc}")
     else:
         flash("success", "Settings applied: the profile was refitted on its labels.")
 
@@ -630,7 +650,7 @@ with left:
                 f"{letter} is better",
                 key=f"pz_{letter.lower()}_{tok}",
                 on_click=on_label,
-                args=(req, letter == "A"),
+                args=(req, letter == "A", (f"pz_a_{tok}", f"pz_b_{tok}")),
                 disabled=not can_write,
                 type="primary",
                 width="stretch",
@@ -885,10 +905,10 @@ with st.expander("Export / import profile"):
         try:
             spec, new_labels = import_labels(json.loads(upload.getvalue().decode("utf-8")))
             n = store.replace_labels(profile_id_for_write(), spec, new_labels, session=SESSION)
+        except StoreError as exc:  # (a ValueError too: caught first)
+            st.error(f"Nothing was imported: {ui.md(exc)}")
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
             st.error(f"Not a usable profile: {ui.md(exc)}")
-        except StoreError as exc:
-            st.error(f"Nothing was imported: {ui.md(exc)}")
         else:
             flash("success", f"Imported a {spec['name']} profile with {n} labels.")
             st.rerun()

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
-from moe_reward.app.export import to_csv
+from moe_reward.core.csvsafe import frame_csv
 from moe_reward.evaluate.compare import comparison_scope
 from moe_reward.evaluate.metrics import Evaluation, disagreements, evaluate, score_pairs
 
@@ -201,7 +201,7 @@ if len(idx):
     ui.table(table, max_rows=12)
     st.download_button(
         "Download (CSV)",
-        to_csv(pd.DataFrame(table).to_dict(orient="records")),  # formula-like cells are quoted
+        frame_csv(table),  # safe to open in a spreadsheet
         "disagreements.csv",
         "text/csv",
         key="cmp_dl",

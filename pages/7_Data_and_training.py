@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 
@@ -11,7 +10,7 @@ import streamlit as st
 
 import ui_common as ui
 from moe_reward.app.pipeline import TrainRequest
-from moe_reward.app.workspace import check_name, is_data_file
+from moe_reward.app.workspace import UploadExists, check_name, is_data_file
 from moe_reward.data.pairs import DataError, check_split_field, load_pairs, save_jsonl
 from moe_reward.embed.backbone import DEFAULT_BACKBONE
 from moe_reward.model.moe import MODEL_KINDS
@@ -97,20 +96,22 @@ if upload is not None and not ws.read_only:
                 height=240,
             )
             label = "Add to datasets" if not errors else "Add the valid rows only (as JSONL)"
-            if target.exists():
-                st.warning(f"uploads/{target.name} exists and will be replaced.")
+            target = ws.upload_target(upload.name, valid_rows_only=bool(errors))  # the file the button writes
+            replace = target.exists() and st.checkbox(
+                f"Replace uploads/{target.name}: it exists and will be deleted",
+                key=f"dt_replace_{target.name}",
+            )
             if st.button(label, type="primary", key="dt_save"):
-                if errors:
-                    target = ws.upload_path(target.name.split(".")[0] + ".jsonl")
-                tmp = (
-                    probe.parent / f"saving-{target.name}"
-                )  # whole or absent: renamed into place when complete
                 try:
-                    if errors:
-                        save_jsonl(pairs, tmp)
-                    else:
-                        shutil.copyfile(probe, tmp)
-                    os.replace(tmp, target)
+                    ws.save_upload(
+                        target,
+                        (lambda tmp: save_jsonl(pairs, tmp))
+                        if errors
+                        else (lambda tmp: shutil.copyfile(probe, tmp)),
+                        replace=target.name if replace else None,
+                    )
+                except UploadExists as exc:
+                    st.error(ui.md(exc))
                 except OSError as exc:
                     st.error(
                         f"Could not save uploads/{ui.md(target.name)}: {ui.md(exc.strerror or exc)}; nothing "

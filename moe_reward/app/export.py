@@ -1,30 +1,19 @@
-"""Exported pair tables (CSV or JSONL): the one writer of the files `moe-reward select|slice export|labels`
-and the dashboard's download buttons produce.
+"""Exported pair tables (CSV or JSONL): the one builder of the pair rows that `moe-reward select|slice
+export|labels` and the dashboard's download buttons write.
 
-CSV cells are safe to open in a spreadsheet: a text cell that a spreadsheet would read as a formula (one
-starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) gets a leading ``'``. JSONL keeps the
-text as it is. Files are written atomically.
+CSV goes through `core.csvsafe` (the one CSV writer: cells a spreadsheet would run as a formula get a
+leading ``'``); JSONL keeps the text as it is. Files are written atomically.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 
+from ..core import csvsafe
 from ..core.atomic import open_atomic
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(value):
-    """A CSV cell that a spreadsheet shows as text, never runs as a formula (numbers are left alone)."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        return "'" + value
-    return value
 
 
 def pair_rows(features, scores=None, index=None) -> list[dict]:
@@ -53,20 +42,16 @@ def _flat(row: dict) -> dict:
     return out
 
 
-def write_csv(rows: list[dict], fh) -> None:
-    flat = [_flat(r) for r in rows]
+def _columns(flat: list[dict]) -> list[str]:
     names: list[str] = []
     for r in flat:  # every key of every row, in first-seen order
         names.extend(k for k in r if k not in names)
-    writer = csv.DictWriter(fh, fieldnames=names or ["id"])
-    writer.writeheader()
-    writer.writerows({k: spreadsheet_safe(v) for k, v in r.items()} for r in flat)
+    return names or ["id"]
 
 
 def to_csv(rows: list[dict]) -> bytes:
-    buf = io.StringIO(newline="")
-    write_csv(rows, buf)
-    return buf.getvalue().encode("utf-8")
+    flat = [_flat(r) for r in rows]
+    return csvsafe.rows_csv(flat, _columns(flat)).encode("utf-8")
 
 
 def to_jsonl(rows: list[dict]) -> bytes:
@@ -77,9 +62,8 @@ def write_rows(rows: list[dict], out: str | Path) -> Path:
     """`rows` to `out`: CSV when it ends in .csv, JSONL otherwise (atomic)."""
     path = Path(out)
     if path.suffix == ".csv":
-        with open_atomic(path, "w", newline="") as fh:
-            write_csv(rows, fh)
-    else:
-        with open_atomic(path, "wb") as fh:
-            fh.write(to_jsonl(rows))
+        flat = [_flat(r) for r in rows]
+        return csvsafe.write_rows(path, flat, _columns(flat))
+    with open_atomic(path, "wb") as fh:
+        fh.write(to_jsonl(rows))
     return path

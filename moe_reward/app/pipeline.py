@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -11,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core import atomic
 from ..data.pairs import LoadResult, Splits, split_pairs, split_value
 from ..embed.backbone import Backbone, BackboneSpec
-from ..embed.cache import EmbeddingCache, TextCache, embed_texts
-from ..embed.features import PairFeatures, default_cache_dir
+from ..embed.cache import EmbeddingCache, TextCache, default_cache_dir, embed_texts
+from ..embed.features import PairFeatures
 from ..embed.pairs import load_features_or_pairs
 from ..evaluate.metrics import evaluate
+from ..model import modeldir
 from ..model.moe import ModelConfig, SparseMoERewardModel
 from ..train.config import TrainConfig
 from ..train.loop import train_model
@@ -185,7 +184,7 @@ def train_from_data(
     ]
     if out is not None:
         result.model.save_pretrained(out, metrics)
-        atomic.write_text(Path(out) / "split_ids.json", json.dumps({n: parts[n].ids for n in parts}))
+        modeldir.write_split_ids(out, {n: parts[n].ids for n in parts})
     say("done", 1.0)
     return result.model, metrics
 
@@ -226,7 +225,6 @@ def small_sample_warning(n_pairs: int, accuracy: float | None, subset: str = "te
 
 
 MIN_TRAINING_PAIRS = 2
-MAX_SPLIT_FILE_BYTES = 512 * 1024 * 1024
 
 
 def check_training_split(req: TrainRequest, features: PairFeatures, sizes: dict[str, int]) -> None:
@@ -247,29 +245,6 @@ def check_training_split(req: TrainRequest, features: PairFeatures, sizes: dict[
         f"(validation {sizes['validation']}, test {sizes['test']}) and training needs at least "
         f"{MIN_TRAINING_PAIRS}: {fix}"
     )
-
-
-def load_split_ids(directory: str | Path) -> dict[str, list[str]]:
-    """A saved model's ``split_ids.json`` (pair ids per split), checked; a clear error names the file."""
-    path = Path(directory) / "split_ids.json"
-    if not path.is_file():
-        raise ValueError(
-            f"{path}: no saved split (the model was not trained by `moe-reward train`); use --split all"
-        )
-    size = path.stat().st_size
-    if size > MAX_SPLIT_FILE_BYTES:
-        raise ValueError(f"{path}: {size} bytes, more than the limit of {MAX_SPLIT_FILE_BYTES}")
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(f"{path}: not a readable split file ({str(exc)[:120]})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object with train, validation and test id lists")
-    for name in ("train", "validation", "test"):
-        ids = data.get(name)
-        if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
-            raise ValueError(f"{path}: {name}: expected a list of pair ids")
-    return {name: data[name] for name in ("train", "validation", "test")}
 
 
 def load_model(directory: str | Path) -> SparseMoERewardModel:

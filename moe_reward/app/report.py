@@ -15,24 +15,20 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-import os
-import shutil
-import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
 import numpy as np
 
-from ..core.atomic import write_text
+from ..core import atomic
+from ..core.pngs import find_chromium, write_pngs  # noqa: F401 (find_chromium: re-exported)
 from ..evaluate import summary
 from ..evaluate.metrics import Evaluation
 from .colors import NEUTRAL, expert_color
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "report.html"
 EXAMPLE_LABELS = 8
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 
 
 @dataclass
@@ -155,46 +151,6 @@ def _weights_figure(before, after, who: str, n_labels: int, expert_names: list[s
     fig.update_xaxes(categoryorder="array", categoryarray=names)
     _name_ticks(fig, k, expert_names)
     return fig
-
-
-def find_chromium() -> str | None:
-    path = os.environ.get("BROWSER_PATH")
-    if path and Path(path).exists():
-        return path
-    for c in CHROMIUM_CANDIDATES:
-        if Path(c).exists():
-            return c
-    return shutil.which("chromium")
-
-
-def write_pngs(figures: Mapping[str, object], out_dir: Path) -> tuple[list[Path], str | None]:
-    """Each figure as PNG through kaleido (one browser for all); ([], reason) when that is not possible."""
-    try:
-        import kaleido
-    except ImportError:
-        return [], "kaleido is not installed"
-    chromium = find_chromium()
-    if chromium is None:
-        return [], "no Chromium found (set BROWSER_PATH)"
-    os.environ.setdefault("BROWSER_PATH", chromium)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".render-") as tmp:
-        staged = [Path(tmp) / f"{name}.png" for name in figures]
-        try:
-            kaleido.write_fig_from_object_sync(
-                [
-                    {"fig": fig, "path": str(p), "opts": {"width": 900, "height": 320}}
-                    for fig, p in zip(figures.values(), staged, strict=True)
-                ]
-            )
-        except Exception as exc:  # noqa: BLE001 - the HTML report stands without its PNG copies
-            return [], f"kaleido could not render: {type(exc).__name__}: {str(exc)[:200]}"
-        written = []
-        for p in staged:
-            if p.is_file():
-                os.replace(p, out_dir / p.name)  # whole files only, never a half-written PNG
-                written.append(out_dir / p.name)
-    return written, None if written else "kaleido wrote nothing"
 
 
 # ----------------------------------------------------------------------------- sections
@@ -458,14 +414,10 @@ def build_report(
         else ""
     )
 
-    metrics_path = model_dir / "metrics.json"
-    saved = {}
-    if metrics_path.is_file():
-        from ..model.moe import load_metrics
+    from ..model import modeldir
 
-        saved = load_metrics(model_dir)
-    saved_diag = summary.diagnostics_of(saved) if scope.key == "test" else None
-    diag = saved_diag or ev.diagnostics.to_dict()
+    saved = modeldir.read_metrics(model_dir)
+    diag = summary.scope_diagnostics(ev, saved, on_test_split=scope.key == "test") or {}
     verdict = summary.verdict_of(saved.get("test") if scope.key == "test" and saved.get("test") else ev)
     outside = [i for sc in rel.scopes if sc.key in ("train", "validation") for i in sc.index]
     example = personalization_example(scores, features, exclude=np.asarray(outside, dtype=np.int64))
@@ -505,9 +457,9 @@ def build_report(
         model_dir=esc(model_dir.name),
         data_name=esc(data_name),
     )
-    write_text(out, body)
+    atomic.write_text(out, body)
     report = Report(out)
     if pngs:
         fig_dir = out.parent / f"{out.stem}_figures"
-        report.pngs, report.png_error = write_pngs(figures, fig_dir)
+        report.pngs, report.png_error = write_pngs(figures, fig_dir, width=900, height=320)
     return report

@@ -3,7 +3,7 @@
 Layout (root = ``$MOE_REWARD_HOME`` or ``./workspace``; data files also come from the repository's
 ``data/`` folder, or ``$MOE_REWARD_DATA_DIR``)::
 
-    models/<name>/{config.json, model.safetensors, metrics.json}
+    models/<name>/{config.json, model.safetensors, metrics.json, split_ids.json}   (see model/modeldir.py)
     features/<hash>.safetensors     embedded data files, keyed by file, mtime and backbone
     uploads/<file>                  preference files uploaded through the dashboard
     projections/<hash>.*            cached 2-D maps (see projection.py)
@@ -31,10 +31,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.errors import MoeRewardError
 from ..data.pairs import default_dataset_path
 from ..embed.backbone import BackboneSpec
 from ..embed.features import MANIFEST, PairFeatures, is_features_path
 from ..embed.pairs import load_features_or_pairs
+from ..model import modeldir
 
 DEFAULT_MODEL = "default-sparse"
 DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".pq", ".safetensors")
@@ -66,8 +68,21 @@ class DataFile:
     path: Path
 
 
-class ModelNameTaken(ValueError):
+class ModelNameTaken(MoeRewardError):
     """A model name that exists, or that another session is training right now."""
+
+
+class UploadExists(MoeRewardError):
+    """An upload would replace a file of uploads/ that the user did not choose to replace."""
+
+
+def data_stem(name: str) -> str:
+    """A data file's name without its data suffix ('victim.csv.gz' -> 'victim', 'a.b.jsonl' -> 'a.b')."""
+    lower = name.lower()
+    for suffix in (*GZIPPED, *DATA_SUFFIXES, ".gz"):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
 
 
 class Workspace:
@@ -135,7 +150,7 @@ class Workspace:
         if not self.models_dir.is_dir():
             return []
         for d in sorted(self.models_dir.iterdir()):
-            if not d.is_dir() or d.name.startswith(".") or not (d / "config.json").is_file():
+            if not d.is_dir() or d.name.startswith(".") or not modeldir.is_model_dir(d):
                 continue  # hidden (staging) directories and folders that are not models
             problem = model_problem(d)
             if problem is None:
@@ -313,6 +328,31 @@ class Workspace:
     def upload_path(self, filename: str) -> Path:
         return self.uploads_dir / check_name(Path(filename).name, "file name")
 
+    def upload_target(self, filename: str, valid_rows_only: bool = False) -> Path:
+        """Where an upload is saved: uploads/<its name>, or uploads/<its stem>.jsonl for the valid rows of a
+        file with malformed ones. The page asks this once, for its warning and for the save alike."""
+        name = check_name(Path(filename).name, "file name")
+        return self.upload_path(data_stem(name) + ".jsonl" if valid_rows_only else name)
+
+    def save_upload(self, target: Path, write: Callable[[str], object], replace: str | None = None) -> Path:
+        """Write an upload to `target` (from `upload_target`), atomically. A file already there is
+        replaced only when `replace` names it (the user's explicit choice, naming the file that goes);
+        otherwise `UploadExists` and nothing changes on disk, even if the file appeared meanwhile."""
+        from ..core import atomic
+
+        target = Path(target)
+        if target.parent.resolve() != self.uploads_dir.resolve():
+            raise ValueError(f"{target}: uploads are saved in {self.uploads_dir}")
+        if self.read_only:
+            raise OSError(f"cannot save uploads/{target.name}: {self.read_only}")
+        try:
+            return atomic.write_with(target, write, replace=replace == target.name)
+        except FileExistsError:
+            raise UploadExists(
+                f"uploads/{target.name} exists and was not replaced (nothing was saved): choose to replace "
+                f"uploads/{target.name}, or rename your file"
+            ) from None
+
     def list_experiments(self) -> list[Path]:
         return sorted(self.experiments_dir.glob("*/results.json"))
 
@@ -459,17 +499,6 @@ def model_id(model_dir: str | Path) -> str:
     return f"{d.resolve()}|{'|'.join(parts)}"
 
 
-def model_training_data(model_dir: str | Path) -> str | None:
-    """The data file a saved model was trained on (from its metrics.json), if recorded (None also when
-    metrics.json cannot be read)."""
-    path = Path(model_dir) / "metrics.json"
-    try:
-        data = json.loads(path.read_text()).get("data") if path.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        return None
-    return data if isinstance(data, str) else None
-
-
 # ----------------------------------------------------------------------------- model directories
 
 _checked: dict[str, tuple[str, str | None]] = {}  # directory -> (file id, problem) of the last check
@@ -493,11 +522,8 @@ def model_problem(model_dir: str | Path) -> str | None:
     problem = None
     try:
         SparseMoERewardModel.from_pretrained(d)
-        metrics = d / "metrics.json"
-        if metrics.is_file() and not isinstance(json.loads(metrics.read_text()), dict):
-            raise ValueError(f"{metrics}: not a JSON object")
-    except json.JSONDecodeError as exc:
-        problem = f"{d / 'metrics.json'}: not valid JSON ({exc.msg}, line {exc.lineno})"
+        modeldir.read_metrics(d)  # its other files too: a page never meets a broken one
+        modeldir.read_split_ids(d, strict=False)
     except (ValueError, OSError, RuntimeError, KeyError, TypeError) as exc:
         problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if str(d) not in problem:

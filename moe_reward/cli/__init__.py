@@ -170,7 +170,13 @@ def cmd_train(args) -> int:
         f"{metrics['test_subset']} accuracy {_accuracy_text(t)} on {t['n_pairs']} held-out pairs, "
         f"routing NMI {_nmi_text(t)}"
         if t["n_pairs"]
-        else "no held-out pairs (--validation 0 --test 0): accuracy not measured"
+        else "no held-out pairs ("
+        + (
+            "--validation 0 --test 0"
+            if not (args.validation or args.test)
+            else f"the split by {args.split_by or 'prompt'} left none: too few distinct values"
+        )
+        + "): accuracy not measured"
     )
     print(
         f"{model.describe()}: {held_out}, trained in {metrics['train_seconds']:.1f}s on {metrics['splits']['train']} "
@@ -226,31 +232,31 @@ def _print_verdict(ev: dict) -> None:
 
 
 def cmd_eval(args) -> int:
-    from ..app.pipeline import features_for_model, load_model, load_split_ids
+    from ..app.pipeline import features_for_model, load_model
     from ..core.atomic import write_text
     from ..evaluate.metrics import evaluate
-    from ..model.moe import load_metrics
+    from ..model import modeldir
 
     model = load_model(args.model)
     feats = everything = features_for_model(
         model, args.data, skip_bad=args.skip_bad, on_loaded=_report_skipped
     )
     if args.split != "all":
-        wanted = set(load_split_ids(args.model)[args.split])
+        wanted = set(modeldir.read_split_ids(args.model, strict=True)[args.split])
         n_all = len(feats)
         feats = feats.subset([i for i, p in enumerate(feats.pairs) if p.id in wanted])
         if not len(feats):
-            source = load_metrics(args.model).get("data", "unrecorded data")
+            source = modeldir.trained_on(args.model) or "unrecorded data"
             raise ValueError(
                 f"{args.data}: none of its {n_all} pairs is in the {args.split} split of {args.model} "
                 f"({len(wanted)} pair ids in split_ids.json); the model was trained on {source}. "
                 "Evaluate on that data, or pass --split all to evaluate on every pair of this file"
             )
-    metrics = load_metrics(args.model)
+    metrics = modeldir.read_metrics(args.model)
     pool = None
     if args.split == "test":
         # the model's training pairs (train + validation) in this data: the probes are fitted on them
-        splits = load_split_ids(args.model)
+        splits = modeldir.read_split_ids(args.model, strict=True)
         seen = set(splits["train"]) | set(splits["validation"])
         pool = everything.subset([i for i, p in enumerate(everything.pairs) if p.id in seen])
     res = evaluate(
@@ -651,8 +657,25 @@ def error_line(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, RecursionError, MemoryError)
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The failures a user can cause and fix: `error: <message>` and exit 2. Anything else is a bug (3).
+
+    - `MoeRewardError` (core/errors.py): every error this package raises on purpose (bad data, broken or
+      tampered model directories, refused labels, unloadable backbones, ...);
+    - ValueError: bad input checked before `MoeRewardError` existed (it is its base class);
+    - OSError, EOFError: files that are missing, unreadable, truncated; a full disk;
+    - RecursionError, MemoryError: input nested too deeply, or too large for this machine;
+    - safetensors' own error for a corrupt file; `train.loop.TrainingDiverged` once training ran."""
+    from ..core.errors import MoeRewardError
+
+    errors: tuple[type[BaseException], ...] = (
+        MoeRewardError,
+        ValueError,
+        OSError,
+        EOFError,
+        RecursionError,
+        MemoryError,
+    )
     train = sys.modules.get(f"{__name__.rpartition('.')[0]}.train.loop")  # (only raised once training ran)
     if train is not None:
         errors += (train.TrainingDiverged,)
@@ -665,6 +688,13 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
+def exit_code(exc: BaseException) -> int:
+    """2 for an expected failure (`expected_errors`), 130 for an interrupt, 3 for anything else (a bug)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return 2 if isinstance(exc, expected_errors()) else 3
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..core.heap import return_freed_memory
 
@@ -675,10 +705,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except _expected_errors() as exc:
-        print(f"error: {error_line(exc)}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 (a bug: still one line, with a way to see the traceback)
+    except Exception as exc:  # noqa: BLE001 (each failure gets one line; see exit_code)
+        code = exit_code(exc)
+        if code == 2:
+            print(f"error: {error_line(exc)}", file=sys.stderr)
+            return 2
         if os.environ.get("MOE_REWARD_DEBUG"):
             raise
         print(

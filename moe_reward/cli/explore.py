@@ -168,8 +168,10 @@ def _bar(desc: str):
 
 def _model_dir(ws, name: str) -> Path:
     """A directory given on the command line is used as is; a bare name resolves inside models/."""
+    from ..model import modeldir
+
     path = Path(name)
-    if (path / "config.json").is_file():
+    if modeldir.is_model_dir(path):
         return path
     return ws.model_path(name)
 
@@ -289,7 +291,7 @@ def _store_error(exc) -> int:
 
 def cmd_workspace(args) -> int:
     from ..app.workspace import Workspace
-    from ..model.moe import load_metrics
+    from ..model import modeldir
     from ..personalize.store import StoreError
 
     ws = Workspace()
@@ -297,7 +299,7 @@ def cmd_workspace(args) -> int:
     print("models:")
     for name in ws.list_models():
         try:
-            test = load_metrics(ws.model_path(name)).get("test", {})
+            test = modeldir.read_metrics(ws.model_path(name)).get("test", {})
         except (OSError, ValueError):
             test = {}
         acc = test.get("accuracy")

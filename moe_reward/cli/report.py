@@ -23,25 +23,32 @@ def register(subparsers) -> None:
 def model_data_path(model_dir: Path, given: str | None) -> str:
     """--data, else the model's recorded training data ('controlled' is the workspace's default data)."""
     from ..app.workspace import Workspace
-    from ..evaluate.summary import trained_on
+    from ..model import modeldir
 
-    data = given or trained_on(model_dir)
+    data = given or modeldir.trained_on(model_dir)
     if not data:
-        raise ValueError(f"{model_dir}: its metrics.json does not say what it was trained on; pass --data")
+        raise ValueError(
+            f"{model_dir / modeldir.METRICS}: does not say what the model was trained on; pass --data"
+        )
     if data == "controlled":
         return str(Workspace().default_data_path())
     if not Path(data).exists():
-        raise FileNotFoundError(f"{data} (recorded in {model_dir}/metrics.json) is not here; pass --data")
+        raise FileNotFoundError(
+            f"{data} (recorded in {model_dir / modeldir.METRICS}) is not here; pass --data"
+        )
     return data
 
 
 def cmd_report(args) -> int:
+    from ..app.pipeline import load_model
     from ..app.report import build_report
     from ..app.workspace import Workspace
+    from ..model import modeldir
 
     model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
+    if not modeldir.is_model_dir(model_dir) and not model_dir.is_dir():
         model_dir = Workspace().model_path(args.model)
+    load_model(model_dir)  # a broken config.json or model.safetensors is named before anything else
     data = model_data_path(model_dir, args.data)
     same = True  # (only consulted for a model without a saved split)
     if args.data is not None:

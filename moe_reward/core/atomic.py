@@ -31,23 +31,38 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def _publish(tmp: str, path: Path) -> None:
+def _publish(tmp: str, path: Path, replace: bool = True) -> None:
     _fsync(tmp)
     # mkstemp creates the file private (0600); give it the permissions a plain open() would have.
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    if replace:
+        os.replace(tmp, path)
+        return
+    # Never over an existing file: a hard link fails when the name exists (FileExistsError), atomically.
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: the same check, with a small window
+        if path.exists():
+            raise FileExistsError(17, "File exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
-def write_with(path: str | Path, write: Callable[[str], object]) -> Path:
+def write_with(path: str | Path, write: Callable[[str], object], replace: bool = True) -> Path:
     """Let `write(tmp_path)` (e.g. ``safetensors.save_file``) write a temporary file, then rename it onto
-    `path` (whatever `write` returns is ignored). On any failure the temporary file is removed and `path` is left untouched."""
+    `path` (whatever `write` returns is ignored). On any failure the temporary file is removed and `path`
+    is left untouched. With ``replace=False`` an existing `path` is never replaced: FileExistsError, and
+    nothing changed."""
     path = Path(path)
     tmp = _temp_for(path)
     try:
         write(tmp)
-        _publish(tmp, path)
+        _publish(tmp, path, replace)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

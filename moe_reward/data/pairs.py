@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.atomic import open_atomic
+from ..core.errors import MoeRewardError
 from .readers import RowError, Rows, reader_for
 
 REQUIRED_FIELDS = ("prompt", "chosen", "rejected")
@@ -74,7 +75,7 @@ def _describe_errors(errors: list[RowError], total_rows: int | None) -> str:
     return "\n".join(parts)
 
 
-class DataError(ValueError):
+class DataError(MoeRewardError):
     """Raised when a file or some of its rows are malformed; `.errors` lists every problem."""
 
     def __init__(self, errors: list[RowError], total_rows: int | None = None):
@@ -705,6 +706,19 @@ def split_pairs(
         n_test = max(n_test, 1)
     if validation > 0 and n >= 3:
         n_val = max(n_val, 1)
+    empty = [
+        name
+        for name, want, got in (("test", test, n_test), ("validation", validation, n_val))
+        if want and not got
+    ]
+    if empty and by not in (None, "", "prompt"):
+        shown = ", ".join(repr(k.split(":", 1)[1][:40]) for k in keys[:3]) + (", ..." if n > 3 else "")
+        raise ValueError(
+            f"split field {by!r} has {n} distinct value{'s' if n != 1 else ''} over {len(pairs)} pairs ({shown}); "
+            f"all pairs of one value stay on one side, so the {' and '.join(empty)} split would get no pairs "
+            f"(validation {validation:g}, test {test:g} requested): split by a field with more values (e.g. "
+            "prompt), or pass --validation 0 --test 0 to train without held-out pairs"
+        )
     side = {k: "test" for k in keys[:n_test]}
     side.update({k: "validation" for k in keys[n_test : n_test + n_val]})
     out: dict[str, list[int]] = {"train": [], "validation": [], "test": []}

@@ -397,6 +397,39 @@ READERS: dict[str, Callable[[Path], Rows]] = {
 }
 
 
+def _encoding_problem(path: Path) -> RowError | None:
+    """A text file in UTF-16 or UTF-32 (a byte order mark, or the NUL bytes every ASCII character of it
+    has): one file-level error, instead of one "not valid UTF-8" per line."""
+    try:
+        with open_binary(path) as fh:
+            head = fh.read(4)
+    except Exception:  # noqa: BLE001 (the reader itself reports an unreadable file)
+        return None
+    found = None
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        found = "UTF-32"
+    elif head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        found = "UTF-16"
+    elif len(head) == 4 and (
+        (head[1] == head[3] == 0 and head[0] and head[2]) or (head[0] == head[2] == 0 and head[1] and head[3])
+    ):
+        found = "UTF-16"
+    if found is None:
+        return None
+    return RowError(str(path), 0, None, f"this file is {found}, not UTF-8: save it as UTF-8 and try again")
+
+
+def _checked_text(reader: Callable[[Path], Rows]) -> Callable[[Path], Rows]:
+    def read(path: Path) -> Rows:
+        problem = _encoding_problem(path)
+        if problem is not None:
+            yield 0, None, problem
+            return
+        yield from reader(path)
+
+    return read
+
+
 def reader_for(path: Path, fmt: str | None) -> Callable[[Path], Rows]:
     suffixes = [x.lower() for x in path.suffixes]
     if fmt:
@@ -408,4 +441,4 @@ def reader_for(path: Path, fmt: str | None) -> Callable[[Path], Rows]:
     reader = READERS.get(suffix)
     if reader is None:
         raise ValueError(f"{path}: unknown format {suffix!r}; use one of {sorted(READERS)} (optionally .gz)")
-    return reader
+    return reader if reader is _read_parquet else _checked_text(reader)

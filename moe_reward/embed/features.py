@@ -20,14 +20,11 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from ..core import atomic
+from ..core.shards import cache_root
 from ..data.pairs import PreferencePair
 
 FEATURES_FORMAT = "moe-reward-features/1"
 ProgressFn = Callable[[int, int], object]  # (done, total); return ignored
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("MOE_REWARD_CACHE", Path.home() / ".cache" / "moe_reward")) / "embeddings"
 
 
 SHARDS_FORMAT = "moe-reward-feature-shards/1"
@@ -380,7 +377,7 @@ def _mapped_matrices(folder: Path, shards: list[dict], total: int, dim: int) -> 
     shard by shard, atomically) and memory-mapped read-only from there."""
     import shutil
 
-    root = default_cache_dir().parent / "mapped_features" / _shards_key(folder, shards)
+    root = cache_root() / "mapped_features" / _shards_key(folder, shards)
     if not (root / "done.json").is_file():
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = root.with_name(f".{root.name}.{os.getpid()}-{time.time_ns()}.tmp")

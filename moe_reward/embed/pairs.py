@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ..data.pairs import PreferencePair
 from .backbone import DEFAULT_BACKBONE, Backbone, BackboneSpec, resolve_backbone
-from .cache import EmbeddingCache, embed_texts
-from .features import PairFeatures, ProgressFn, default_cache_dir, is_features_path
+from .cache import EmbeddingCache, default_cache_dir, embed_texts
+from .features import PairFeatures, ProgressFn, is_features_path
 
 
 def pair_items(pairs: Sequence[PreferencePair]) -> list[tuple[str, str | None]]:

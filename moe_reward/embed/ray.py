@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from ..data.pairs import PreferencePair
 from .backbone import Backbone, BackboneSpec
-from .cache import EmbeddingCache, embed_texts
-from .features import ProgressFn, ShardWriter, default_cache_dir
+from .cache import EmbeddingCache, default_cache_dir, embed_texts
+from .features import ProgressFn, ShardWriter
 
 
 class _EmbedActor:

@@ -12,7 +12,6 @@ pairs a number can be on, headline first (the held-out test split when the file 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from ..embed.features import PairFeatures
+from ..model import modeldir
 from .metrics import Evaluation
 
-MAX_SPLIT_FILE_BYTES = 512 * 1024 * 1024  # split_ids.json: bounded before it is read
 TOO_FEW_PAIRS = 30  # below this a held-out accuracy means little (binomial sd > 0.09)
 
 
@@ -335,33 +334,6 @@ class DataRelation:
         return " ".join(notes)
 
 
-def read_split_ids(model_dir: str | Path) -> dict[str, list[str]] | None:
-    """The model's saved split (pair ids per split), or None if it has none or it is unreadable."""
-    path = Path(model_dir) / "split_ids.json"
-    if not path.is_file() or path.stat().st_size > MAX_SPLIT_FILE_BYTES:
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    return {
-        k: [str(x) for x in v]
-        for k, v in data.items()
-        if k in ("train", "validation", "test") and isinstance(v, list)
-    }
-
-
-def trained_on(model_dir: str | Path) -> str | None:
-    """The data a saved model was trained on, as recorded in its metrics.json ("data")."""
-    path = Path(model_dir) / "metrics.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("data") if path.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def relate(
     model_dir: str | Path, features: PairFeatures, same_file: bool | None = None, data_name: str = "this data"
 ) -> DataRelation:
@@ -371,9 +343,9 @@ def relate(
     only when the model has no saved split."""
     n = len(features)
     everything = np.arange(n)
-    source = trained_on(model_dir)
+    source = modeldir.trained_on(model_dir)
     source_name = Path(source).name if source and source != "controlled" else (source or "unrecorded data")
-    splits = read_split_ids(model_dir)
+    splits = modeldir.read_split_ids(model_dir, strict=False)
     if splits is None:
         if same_file:
             return DataRelation(

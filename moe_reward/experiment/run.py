@@ -82,6 +82,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..core import atomic
+from ..core.pngs import write_pngs
 from ..data.pairs import check_split_field, pair_key, split_pairs
 from ..embed.backbone import BackboneSpec
 from ..embed.features import PairFeatures
@@ -1013,22 +1014,23 @@ def make_figures(results: dict) -> dict:
 
 
 def write_outputs(results: dict, out: str | Path, figures: bool = True) -> Path:
+    """results.json, results.md and the figures (HTML; PNG too when kaleido and a Chromium can render
+    them: otherwise one warning in results["warnings"], never a failure)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "results.json", json.dumps(results, indent=2))
-    atomic.write_text(out / "results.md", results_markdown(results))
     if figures:
-        try:
-            import kaleido  # noqa: F401  (PNG export only when it is installed)
-
-            png = True
-        except ImportError:
-            png = False
-        for name, fig in make_figures(results).items():
+        figs = make_figures(results)
+        for name, fig in figs.items():
             # "directory": one plotly.min.js beside the pages, so they open offline.
             atomic.write_with(
                 out / f"{name}.html", lambda tmp, fig=fig: fig.write_html(tmp, include_plotlyjs="directory")
             )
-            if png:
-                atomic.write_bytes(out / f"{name}.png", fig.to_image(format="png"))
+        _, problem = write_pngs(figs, out)
+        if problem:
+            note = f"no PNG figures ({problem}); the HTML figures are written"
+            results.setdefault("warnings", [])
+            if note not in results["warnings"]:
+                results["warnings"].append(note)
+    atomic.write_text(out / "results.json", json.dumps(results, indent=2))
+    atomic.write_text(out / "results.md", results_markdown(results))
     return out

@@ -20,7 +20,6 @@ Kinds (all share this interface, so every analysis, adapter and page works on ea
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from dataclasses import asdict, dataclass, field, fields
@@ -28,34 +27,24 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
-from ..core import atomic
-from ..core.limits import (
-    MAX_CONFIG_BYTES,
-    MAX_DIM,
-    MAX_EXPERTS,
-    MAX_MAX_LENGTH,
-    MAX_METRICS_BYTES,
-    MAX_PARAMETERS,
-    MAX_VOCABULARY,
-)
+from ..core.limits import MAX_DIM, MAX_EXPERTS, MAX_MAX_LENGTH, MAX_PARAMETERS, MAX_VOCABULARY
+from . import modeldir
+from .modeldir import CheckpointError, MissingCheckpointFile  # noqa: F401 (re-exported: the model's errors)
 
 MODEL_KINDS = ("sparse", "dense", "single", "drm", "micro")
 ROUTED_KINDS = ("sparse", "dense", "micro")  # kinds whose routing depends on the prompt
 ROUTER_CHANNELS = ("pooled", "lexical", "attention")  # what the router may read (see router_inputs.py)
 POOLINGS = ("auto", "mean", "last")
 
-FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
-
-
-class CheckpointError(ValueError):
-    """A saved model directory that cannot be used; the message names the file and what is wrong with it."""
-
-
-class MissingCheckpointFile(CheckpointError, FileNotFoundError):
-    """A saved model directory without one of its files."""
+# What a trained model may hold (checked on load; anything else is refused naming file and tensor):
+REWARD_TENSORS = ("head", "shared_head", "hidden", "hidden_bias")  # what multiplies into a reward
+MAX_WEIGHT = 1e6  # |value| of a reward tensor; trained heads hold values within +-10
+MAX_HEAD_NORM = 1e4  # L2 norm of an expert's head (trained heads: under 10 on the default data)
+MAX_VALUE = 1e12  # |value| of any other tensor (router logits may be large, never infinite)
+MIN_SCALE = 1e-7  # input standardization divisors (training floors them at 1e-6)
+MAX_IDF = 1.0 + math.log(1e12)  # lexical idf = 1 + log((1 + n) / (1 + df)) with df <= n: in [1, this]
 
 
 def _type_ok(value: object, annotation: str) -> bool | None:
@@ -168,6 +157,15 @@ class ModelConfig:
             raise ValueError(
                 f"lexical_vocabulary must have <= {MAX_VOCABULARY} terms, got {len(self.lexical_vocabulary)}"
             )
+        first: dict[str, int] = {}
+        for i, term in enumerate(self.lexical_vocabulary):
+            if not term.strip():
+                raise ValueError(f"lexical_vocabulary[{i}] is empty: every term is a word or two")
+            if term in first:  # each term is one column of the router's input
+                raise ValueError(
+                    f"lexical_vocabulary[{i}] repeats the term {_short(term)} of lexical_vocabulary[{first[term]}]"
+                )
+            first[term] = i
         size = self.approximate_size()
         if size > MAX_PARAMETERS:
             raise ValueError(
@@ -421,48 +419,44 @@ class SparseMoERewardModel(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:
-        """``config.json`` + ``model.safetensors`` (+ ``metrics.json``): nothing here is pickled. Each file is
-        written atomically (a full disk or a crash leaves the previous file, never a truncated one); the
-        tensors go first, so a new directory interrupted half-way has no config.json and is no model yet.
-        (Overwriting a model, a crash between two files can pair old and new files: `from_pretrained`
-        then reports the mismatch, naming the file.)"""
+        """``config.json`` + ``model.safetensors`` (+ ``metrics.json``), through `modeldir`: nothing here is
+        pickled. Each file is written atomically (a full disk or a crash leaves the previous file, never a
+        truncated one); the tensors go first, so a new directory interrupted half-way has no config.json
+        and is no model yet. (Overwriting a model, a crash between two files can pair old and new files:
+        `from_pretrained` then reports the mismatch, naming the file.)"""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic.write_with(out / "model.safetensors", lambda tmp: save_file(tensors, tmp))
-        atomic.write_text(out / "config.json", json.dumps(asdict(self.config), indent=2))
+        modeldir.write_tensors(out, self.state_dict())
+        modeldir.write_config(out, asdict(self.config))
         if metrics is not None:
-            atomic.write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+            modeldir.write_metrics(out, metrics)
         return out
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> SparseMoERewardModel:
         """Load a saved model, checking everything before use: the config's types and bounds, then the
         tensors' names, shapes and dtypes against what the config implies (read from the file's header,
-        before any tensor is loaded), then that every value is finite. Raises `CheckpointError` (a
-        ValueError) naming the file."""
+        before any tensor is loaded), then their values (finite, and within what training produces:
+        `check_values`). Raises `CheckpointError` (a ValueError) naming the file."""
         src = Path(directory)
         config = read_config(src)
-        path = src / "model.safetensors"
-        if not path.is_file():
-            raise MissingCheckpointFile(f"{src}: not a saved model (missing model.safetensors)")
-        with _open_tensors(path) as fh:
-            header = _tensor_header(fh, path)
-            held = sum(math.prod(shape) for shape, _ in header.values())
+        with modeldir.TensorFile(src) as tf:
+            held = tf.values_held
             # The model is built for real (a meta-device skeleton would import torch._dynamo, ~1 s), so its
             # size is first checked against what the file holds: a config cannot make us allocate far more.
             if config.approximate_size() > 4 * held + (1 << 20):
                 raise CheckpointError(
-                    f"{src / 'config.json'}: describes a model of about {config.approximate_size()} "
-                    f"values, but {path.name} holds {held}"
+                    f"{src / modeldir.CONFIG}: describes a model of about {config.approximate_size()} "
+                    f"values, but {modeldir.TENSORS} holds {held}"
                 )
             try:
                 model = cls(config)
             except (TypeError, ValueError) as exc:
-                raise CheckpointError(f"{src / 'config.json'}: {exc}") from None
+                raise CheckpointError(f"{src / modeldir.CONFIG}: {exc}") from None
             expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-            _check_header(path, header, expected)
-            state = _read_tensors(fh, path, list(expected))
+            tf.check(expected)
+            state = tf.read(list(expected))
+        check_values(tf.path, state)
         model.load_state_dict(state)
         return model.eval()
 
@@ -497,8 +491,7 @@ def set_expert_name(directory: str | Path, expert: int, name: str) -> ModelConfi
     """Name expert `expert` of the saved model in `directory` ('' removes its name). Only ``config.json``
     is rewritten (atomically); the weights and metrics are not touched. Raises ValueError naming the
     problem: an expert out of range, a bad name, or a name another expert of this model already has.
-    (The model directory's single owner, `model/modeldir.py`, is being written on another branch; this
-    moves there when it lands.)"""
+    The file is written by the model directory's owner, `model/modeldir.py`."""
     src = Path(directory)
     config = read_config(src)
     k = config.num_experts
@@ -517,41 +510,15 @@ def set_expert_name(directory: str | Path, expert: int, name: str) -> ModelConfi
     while names and not names[-1]:
         names.pop()
     config.expert_names = names
-    atomic.write_text(src / "config.json", json.dumps(asdict(config), indent=2))
+    modeldir.write_config(src, asdict(config))
     return config
 
 
-def _read_json_file(path: Path, limit: int) -> object:
-    try:
-        size = path.stat().st_size
-        if size > limit:
-            raise CheckpointError(f"{path}: {size} bytes, more than the limit of {limit}")
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except CheckpointError:
-        raise
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        truncated = exc.msg.startswith("Unterminated") or exc.pos >= len(exc.doc) - 1
-        raise CheckpointError(
-            f"{path}: bad JSON at line {exc.lineno} column {exc.colno}: "
-            f"{exc.msg.removesuffix(' starting at')}" + (" (truncated file?)" if truncated else "")
-        ) from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: JSON nested too deeply") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
-
-
 def read_config(directory: str | Path) -> ModelConfig:
-    """A saved model's ``config.json``, checked (types, bounds); `CheckpointError` names the file."""
-    src = Path(directory)
-    path = src / "config.json"
-    if not path.is_file():
-        raise MissingCheckpointFile(f"{src}: not a saved model (missing config.json)")
-    raw = _read_json_file(path, MAX_CONFIG_BYTES)
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    """A saved model's ``config.json`` (read by `modeldir`), checked (types, bounds); `CheckpointError`
+    names the file."""
+    path = Path(directory) / modeldir.CONFIG
+    raw = modeldir.read_config(directory)
     known = {f.name for f in fields(ModelConfig)}
     unknown = sorted(k for k in raw if k not in known)
     if unknown:
@@ -564,86 +531,38 @@ def read_config(directory: str | Path) -> ModelConfig:
         raise CheckpointError(f"{path}: {exc}") from None
 
 
-class _open_tensors:
-    """``with _open_tensors(path) as fh``: safetensors' reader; a corrupt file is a CheckpointError."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        from safetensors import safe_open
-
-        try:
-            size = self.path.stat().st_size
-            if size == 0:
-                raise CheckpointError(f"{self.path}: empty file")
-            if size > 8 * MAX_PARAMETERS + (1 << 24):
-                raise CheckpointError(
-                    f"{self.path}: {size} bytes, more than a model within the limits can hold"
-                )
-            self.ctx = safe_open(str(self.path), framework="pt")
-            return self.ctx.__enter__()
-        except CheckpointError:
-            raise
-        except OSError as exc:
-            raise CheckpointError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
-        except Exception as exc:  # noqa: BLE001 (safetensors raises its own error type for corrupt files)
-            raise CheckpointError(
-                f"{self.path}: not a readable safetensors file ({str(exc)[:200]})"
-            ) from None
-
-    def __exit__(self, *exc) -> None:
-        self.ctx.__exit__(*exc)
-
-
-def _tensor_header(fh, path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Names -> (shape, dtype) from the file's header: nothing is loaded yet."""
-    try:
-        return {k: (tuple(fh.get_slice(k).get_shape()), fh.get_slice(k).get_dtype()) for k in fh.keys()}  # noqa: SIM118
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc)[:200]})") from None
-
-
-def _check_header(
-    path: Path, header: dict[str, tuple[tuple[int, ...], str]], expected: dict[str, tuple[int, ...]]
-) -> None:
-    """The file's tensors against the model's: names, shapes, float dtypes (generic: any parameter or buffer)."""
-    problems = [f"missing tensor {name!r}" for name in sorted(set(expected) - set(header))]
-    problems += [f"unexpected tensor {name!r}" for name in sorted(set(header) - set(expected))]
-    for name in sorted(set(header) & set(expected)):
-        (shape, dtype), want = header[name], expected[name]
-        if shape != want:
-            problems.append(f"tensor {name!r} has shape {list(shape)}, config.json implies {list(want)}")
-        elif dtype not in FLOAT_DTYPES:
-            problems.append(f"tensor {name!r} has dtype {dtype}, expected a float type")
-    if problems:
-        more = f" (and {len(problems) - 3} more problems)" if len(problems) > 3 else ""
-        raise CheckpointError(f"{path}: " + "; ".join(problems[:3]) + more)
-
-
-def _read_tensors(fh, path: Path, names: list[str]) -> dict[str, torch.Tensor]:
-    """The tensors, each finite (and every ``*scale`` divisor positive)."""
-    try:
-        state = {name: fh.get_tensor(name) for name in names}
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc)[:200]})") from None
+def check_values(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """What a trained model can hold; a tampered file is refused naming the tensor: the reward tensors'
+    values within +-`MAX_WEIGHT` and each expert head's norm at most `MAX_HEAD_NORM`, every other value
+    within +-`MAX_VALUE`, standardization divisors at least `MIN_SCALE`, lexical idf weights in [1,
+    `MAX_IDF`] (a negative idf would flip the router's reading of a term; a huge one would drown every
+    other input). Together these keep every output finite for finite inputs (float32)."""
     for name, value in state.items():
-        if not torch.isfinite(value).all():
-            raise CheckpointError(f"{path}: tensor {name!r} has NaN or infinite values")
-        if name.endswith("scale") and not (value > 0).all():
-            raise CheckpointError(f"{path}: tensor {name!r} (a divisor) has values <= 0")
-    return state
-
-
-def load_metrics(directory: str | Path) -> dict:
-    """A saved model's ``metrics.json`` ({} when it has none); `CheckpointError` names a broken file."""
-    path = Path(directory) / "metrics.json"
-    if not path.exists():
-        return {}
-    raw = _read_json_file(path, MAX_METRICS_BYTES)
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    return raw
+        v = value.detach().float()
+        if not v.numel():
+            continue
+        if name.endswith("scale") and float(v.min()) < MIN_SCALE:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} (a divisor) has a value {float(v.min()):.3g}, below {MIN_SCALE:g}"
+            )
+        if name == "lexical_idf" and not (1 - 1e-4 <= float(v.min()) and float(v.max()) <= MAX_IDF):
+            raise CheckpointError(
+                f"{path}: tensor 'lexical_idf' has values in [{float(v.min()):.3g}, {float(v.max()):.3g}]; an idf "
+                f"weight is between 1 and {MAX_IDF:.1f}"
+            )
+        biggest, limit = float(v.abs().max()), MAX_WEIGHT if name in REWARD_TENSORS else MAX_VALUE
+        if biggest > limit:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds a value of magnitude {biggest:.3g}, more than a trained model "
+                f"holds (at most {limit:g})"
+            )
+        if name in ("head", "shared_head"):
+            norm = float(v.reshape(-1, v.shape[-1]).norm(dim=-1).max())
+            if norm > MAX_HEAD_NORM:
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} has a head of norm {norm:.3g}, more than a trained head "
+                    f"(at most {MAX_HEAD_NORM:g})"
+                )
 
 
 def entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -7,7 +7,7 @@ short", "step by step") that decide which preference applies, so the router can 
 - ``pooled``: the backbone's pooled prompt embedding (mean pooling for encoders, the last token's state
   for decoders): `PairFeatures.prompt`, nothing to compute.
 - ``lexical``: TF-IDF of the prompt's word 1- and 2-grams over a vocabulary fitted on the training prompts
-  (terms seen in at least 2 prompts, at most `MAX_VOCABULARY`), sublinear term frequency, unit-length rows.
+  (terms seen in at least 2 prompts, at most `core.limits.MAX_VOCABULARY`), sublinear term frequency, unit-length rows.
   Saved with the model: the vocabulary in ``config.json``, the idf weights as the ``lexical_idf`` tensor.
 - ``attention``: the frozen backbone's token states of the prompt (at most `max_prompt_tokens`: the first
   quarter and the last three quarters of that budget, so a cue at either end survives a long prompt), pooled
@@ -24,9 +24,6 @@ kinds) lets training choose among `AUTO_CANDIDATES` by validation likelihood (`t
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,18 +31,18 @@ from typing import cast
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+from numpy.typing import DTypeLike
 from scipy import sparse
 
-from ..core import atomic
+from ..core.limits import MAX_VOCABULARY
 from ..core.numeric import column_moments
+from ..core.shards import ShardedCache
 from ..embed.backbone import Backbone, BackboneSpec
-from ..embed.cache import drop_broken_shard
-from ..embed.features import PairFeatures, default_cache_dir
+from ..embed.cache import default_cache_dir
+from ..embed.features import PairFeatures
 from .moe import RouterBatch, parse_channels
 
 AUTO_CANDIDATES = ("pooled", "lexical", "pooled+lexical")
-MAX_VOCABULARY = 4096
 NGRAMS = (1, 2)
 MIN_DF = 2
 TOKEN_PATTERN = r"(?u)\b\w+\b"
@@ -115,63 +112,21 @@ def _text_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
-class TokenStateCache:
-    """Per-prompt token states [T, D] (float16) on disk, keyed by backbone, token budget and prompt hash.
-
-    Like `embed.EmbeddingCache`: each `put` writes one new shard (keys JSON first), so concurrent writers
-    never corrupt each other; a shard that cannot be read is skipped (and recomputed on demand).
-    """
+class TokenStateCache(ShardedCache):
+    """Per-prompt token states [T, D] (float16) on disk, keyed by backbone, token budget and prompt hash:
+    a `core.shards.ShardedCache` (each `put` one new verified shard, the states padded with their lengths;
+    a broken or mismatched shard is dropped with a warning and its prompts read again)."""
 
     def __init__(self, root: str | Path | None, key: str):
-        self.dir = None if root is None else Path(root) / key
-        self._index: dict[str, np.ndarray] | None = None
+        super().__init__(
+            None if root is None else Path(root) / key, "token-state cache", "its prompts will be read again"
+        )
 
-    def _load(self) -> dict[str, np.ndarray]:
-        if self._index is None:
-            self._index = {}
-            if self.dir and self.dir.exists():
-                for shard in sorted(self.dir.glob("*.safetensors")):
-                    self._index.update(self._read_shard(shard))
-        return self._index
-
-    @staticmethod
-    def _read_shard(shard: Path) -> dict[str, np.ndarray]:
-        """One shard's token states; a broken shard is deleted with a warning (and recomputed when needed)."""
-        keys_file = shard.with_suffix(".json")
-        if not keys_file.exists():
-            return {}  # a writer between its two renames (the keys go first): not a shard yet
-        try:
-            keys = json.loads(keys_file.read_text(encoding="utf-8"))
-            tensors = load_file(shard)
-            states, lengths = tensors["states"], tensors["lengths"]
-            if not isinstance(keys, list) or states.ndim != 3 or not len(keys) == len(states) == len(lengths):
-                raise ValueError(
-                    f"{len(keys) if isinstance(keys, list) else 'no'} keys for states {states.shape}"
-                )
-            if not np.isfinite(states).all() or (lengths < 0).any() or (lengths > states.shape[1]).any():
-                raise ValueError("NaN, infinite values or impossible lengths")
-        except Exception as exc:  # noqa: BLE001 (any broken shard is dropped and recomputed, never fatal)
-            drop_broken_shard(shard, keys_file, exc, "token-state cache", "its prompts will be read again")
-            return {}
-        return {h: s[: int(n)] for h, s, n in zip(keys, states, lengths, strict=True)}
-
-    def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        index = self._load()
-        return {h: index[h] for h in hashes if h in index}
-
-    def put(self, hashes: Sequence[str], states: list[np.ndarray]) -> None:
-        self._load().update(zip(hashes, states, strict=True))
-        if self.dir is None or not hashes:
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        width = max(len(s) for s in states)
-        padded = np.zeros((len(states), width, states[0].shape[1]), np.float16)
-        for i, s in enumerate(states):
-            padded[i, : len(s)] = s
-        stem = self.dir / f"{time.time_ns()}-{os.getpid()}"
-        atomic.write_text(stem.with_suffix(".json"), json.dumps(list(hashes)))  # keys first: see _read_shard
-        tensors = {"states": padded, "lengths": np.array([len(s) for s in states], np.int32)}
-        atomic.write_with(Path(str(stem) + ".safetensors"), lambda tmp: save_file(tensors, tmp))
+    def put(
+        self, keys: Sequence[str], values: np.ndarray | Sequence[np.ndarray], dtype: DTypeLike = np.float16
+    ) -> None:
+        """Token states [T_i, D] per prompt hash (padded in the shard, stored float16)."""
+        super().put(keys, list(values), dtype=dtype)
 
 
 def head_and_tail(ids: list[int], budget: int) -> list[int]:

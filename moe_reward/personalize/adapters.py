@@ -37,10 +37,45 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ..core.errors import MoeRewardError
 from ..core.limits import MAX_ADAPTER_STEPS, MAX_EXPERTS, MAX_PROFILE_BYTES, MAX_PROFILE_LABELS
 
 ADAPTERS = ("hedge", "batch", "gradient", "signed")
 PROFILE_FORMAT = "moe-reward-profile/1"
+
+# The range of every numeric parameter, checked wherever a value enters (the CLI's --param, the dashboard's
+# settings, a profile file): (low, high, low included). Inside them every update stays finite; on top of
+# that an update whose weights come out non-finite is refused (`NonFiniteProfile`), so no profile is ever
+# stored, shown or written with a NaN or an infinity.
+PARAM_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "eta": (0.0, 100.0, True),
+    "share": (0.0, 0.999, True),
+    "temperature": (1e-3, 1e3, True),
+    "prior_strength": (0.0, 1e6, True),
+    "lr": (0.0, 10.0, False),
+    "steps": (1, MAX_ADAPTER_STEPS, True),
+    "l2": (0.0, 1e3, True),
+    "tol": (0.0, 1.0, True),
+}
+MARGIN_SCALE_BOUNDS = (1e-6, 1e6)
+MAX_MARGIN = 1e9  # |expert margin| of a label (a model's margins are within +-100)
+MAX_LOGIT = 1e12  # |router logit| of a label (an unused expert may sit at -1e4 / tau)
+
+
+class NonFiniteProfile(MoeRewardError):
+    """An update would have made the profile's weights NaN or infinite; the label was not applied."""
+
+
+def check_param(name: str, value: object, source: str = "params") -> None:
+    """One numeric adapter parameter against `PARAM_BOUNDS` (a ValueError naming it otherwise)."""
+    if name not in PARAM_BOUNDS or value is None:
+        return
+    lo, hi, lo_in = PARAM_BOUNDS[name]
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)):
+        raise ValueError(f"{source}.{name} must be a finite number, got {str(value)[:30]!r}")
+    number = float(value)
+    if not ((lo <= number) if lo_in else (lo < number)) or number > hi:
+        raise ValueError(f"{source}.{name} must be in {'[' if lo_in else '('}{lo:g}, {hi:g}], got {number:g}")
 
 
 @dataclass
@@ -70,9 +105,13 @@ def _normalized(w: np.ndarray | Iterable[float] | None, k: int) -> np.ndarray:
     if w is None:
         return np.full(k, 1.0 / k)
     w = np.asarray(w, dtype=np.float64).reshape(-1)
-    if w.shape != (k,) or not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"initial_weights must be {k} non-negative finite numbers with a positive sum")
-    return w / w.sum()
+    with np.errstate(over="ignore"):  # an overflowing sum is refused just below
+        total = w.sum() if w.shape == (k,) else 0.0
+    if w.shape != (k,) or not np.all(np.isfinite(w)) or (w < 0).any() or not 0 < total < np.inf:
+        raise ValueError(
+            f"initial_weights must be {k} non-negative finite numbers with a positive, finite sum"
+        )
+    return w / total
 
 
 def _top_k_mask(logits: np.ndarray, top_k: int | None) -> np.ndarray | None:
@@ -110,9 +149,17 @@ class Adapter:
         self.initial_weights = _normalized(initial_weights, num_experts)
         scale = params.pop("margin_scale", None)
         self.margin_scale = np.ones(num_experts) if scale is None else np.asarray(scale, dtype=np.float64)
-        if self.margin_scale.shape != (num_experts,) or (self.margin_scale <= 0).any():
-            raise ValueError(f"margin_scale must be {num_experts} positive numbers")
+        lo, hi = MARGIN_SCALE_BOUNDS
+        if (
+            self.margin_scale.shape != (num_experts,)
+            or not np.all(np.isfinite(self.margin_scale))
+            or (self.margin_scale < lo).any()
+            or (self.margin_scale > hi).any()
+        ):
+            raise ValueError(f"margin_scale must be {num_experts} numbers in [{lo:g}, {hi:g}]")
         self.params = {**self.defaults, **params}
+        for key, value in self.params.items():
+            check_param(key, value, "params")
         self._validate()
         self.reset()
 
@@ -165,6 +212,11 @@ class Adapter:
         self._ids.append(str(pair_id) if pair_id else f"label-{len(self._ids)}")
         try:
             state = self._next_state(self._states[-1])
+            if not (np.all(np.isfinite(state)) and np.all(np.isfinite(self._weights_of(state)))):
+                raise NonFiniteProfile(
+                    f"the label of pair {self._ids[-1]!r} would make the {self.name} profile's weights NaN or "
+                    f"infinite (parameters {self.params}); it was not applied"
+                )
         except Exception:  # leave the adapter as it was: the label was not applied
             for stack in (self._margins, self._logits, self._ids):
                 stack.pop()
@@ -264,6 +316,9 @@ class Adapter:
             raise ValueError(f"{what}: expected {self.num_experts} values, got shape {np.shape(x)}")
         if not np.all(np.isfinite(v)):
             raise ValueError(f"{what}: contains NaN or inf")
+        limit = MAX_LOGIT if what == "router_logits" else MAX_MARGIN
+        if np.abs(v).max() > limit:
+            raise ValueError(f"{what}: a value of magnitude {np.abs(v).max():.3g}, more than {limit:g}")
         return v
 
     def __repr__(self) -> str:
@@ -503,7 +558,13 @@ def _is_number(x: object) -> bool:
 
 
 def _check_vector(
-    value: object, k: int, what: str, source: str, positive: bool = False, nonnegative: bool = False
+    value: object,
+    k: int,
+    what: str,
+    source: str,
+    positive: bool = False,
+    nonnegative: bool = False,
+    bounds: tuple[float, float] | None = None,
 ) -> None:
     if not isinstance(value, list) or len(value) != k:
         got = f"{len(value)} values" if isinstance(value, list) else type(value).__name__
@@ -513,6 +574,8 @@ def _check_vector(
             raise ValueError(f"{source}: {what}[{i}] is not a finite number: {str(x)[:30]!r}")
         if (positive and x <= 0) or (nonnegative and x < 0):
             raise ValueError(f"{source}: {what}[{i}] must be {'> 0' if positive else '>= 0'}, got {x}")
+        if bounds is not None and not bounds[0] <= x <= bounds[1]:
+            raise ValueError(f"{source}: {what}[{i}] must be in [{bounds[0]:g}, {bounds[1]:g}], got {x:g}")
 
 
 def parse_profile(data: bytes, source: str = "profile") -> dict:
@@ -562,7 +625,7 @@ def check_profile(d: object, source: str = "profile") -> None:
     for key, value in params.items():
         if key == "margin_scale":
             if value is not None:
-                _check_vector(value, k, "params.margin_scale", source, positive=True)
+                _check_vector(value, k, "params.margin_scale", source, bounds=MARGIN_SCALE_BOUNDS)
             continue
         if key not in defaults:
             raise ValueError(
@@ -578,6 +641,10 @@ def check_profile(d: object, source: str = "profile") -> None:
                 raise ValueError(f"{source}: params.{key} must be a number, got null")
             if value is not None and not _is_number(value):
                 raise ValueError(f"{source}: params.{key} must be a finite number, got {str(value)[:30]!r}")
+            try:
+                check_param(key, value, "params")
+            except ValueError as exc:
+                raise ValueError(f"{source}: {exc}") from None
     steps = params.get("steps")
     if steps is not None and not (float(steps).is_integer() and 1 <= steps <= MAX_ADAPTER_STEPS):
         raise ValueError(
@@ -598,7 +665,7 @@ def check_profile(d: object, source: str = "profile") -> None:
             f"{source}: labels.expert_margins must be a list of at most {MAX_PROFILE_LABELS} rows"
         )
     for i, row in enumerate(margins):
-        _check_vector(row, k, f"labels.expert_margins[{i}]", source)
+        _check_vector(row, k, f"labels.expert_margins[{i}]", source, bounds=(-MAX_MARGIN, MAX_MARGIN))
     if ids is not None and not (
         isinstance(ids, list) and len(ids) == len(margins) and all(isinstance(x, str) for x in ids)
     ):
@@ -607,7 +674,7 @@ def check_profile(d: object, source: str = "profile") -> None:
         if not isinstance(logits, list) or len(logits) != len(margins):
             raise ValueError(f"{source}: labels.router_logits must be null or a list of {len(margins)} rows")
         for i, row in enumerate(logits):
-            _check_vector(row, k, f"labels.router_logits[{i}]", source)
+            _check_vector(row, k, f"labels.router_logits[{i}]", source, bounds=(-MAX_LOGIT, MAX_LOGIT))
 
 
 # ----------------------------------------------------------------------------- priors and inputs

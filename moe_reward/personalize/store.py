@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import shutil
 import sqlite3
 import threading
@@ -40,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .adapters import Adapter, make_adapter
+from ..core.errors import MoeRewardError
+from .adapters import MAX_MARGIN, Adapter, make_adapter
 
 LABEL_COLUMNS = (
     "id INTEGER PRIMARY KEY AUTOINCREMENT, annotator_id INTEGER NOT NULL REFERENCES annotators(id), "
@@ -87,8 +89,9 @@ SPEC_KEYS = ("format", "name", "num_experts", "params", "initial_weights")  # wh
 MAX_IMPORT_LABELS = 100_000
 
 
-class StoreError(RuntimeError):
-    """A write that did not happen (or a file that cannot be opened); the message says which and why."""
+class StoreError(MoeRewardError, RuntimeError):
+    """A write that did not happen (or a file that cannot be opened); the message says which and why.
+    (A `MoeRewardError`; also a RuntimeError, as it was before that root type existed.)"""
 
 
 class StoreReadOnly(StoreError):
@@ -104,6 +107,16 @@ class DuplicateLabel(StoreError):
             "this one was not stored"
         )
         self.pair_id, self.existing_id = pair_id, existing_id
+
+
+class StaleClick(StoreError):
+    """A click for a pair that is no longer the one shown (the page moved on, or the pair was skipped);
+    nothing was stored."""
+
+    def __init__(self, pair_id: str, shown: str | None):
+        now = f"now {shown!r} is shown" if shown else "no pair is shown now"
+        super().__init__(f"pair {pair_id!r} is no longer the one shown ({now}); that click was not stored")
+        self.pair_id, self.shown = pair_id, shown
 
 
 @dataclass
@@ -179,24 +192,39 @@ def _is_read_only_error(exc: BaseException) -> bool:
     )
 
 
+_path_locks: dict[str, threading.Lock] = {}
+_path_locks_guard = threading.Lock()
+
+
+def _writer_lock(path: Path) -> threading.Lock:
+    """One lock per database file for the whole process, whatever the number of `LabelStore` objects
+    open on it: writers of this process queue here (and wait as long as it takes) instead of competing
+    for SQLite's lock, where a busy timeout can run out under load (20 threads with a store each: 3-5
+    of them failed with "database is locked" after 10 s)."""
+    key = str(path.resolve())
+    with _path_locks_guard:
+        return _path_locks.setdefault(key, threading.Lock())
+
+
+def _is_busy(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
 class LabelStore:
-    def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000):
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000, write_wait_s: float = 120.0):
+        """`busy_timeout_ms`: how long one attempt waits for SQLite's lock; `write_wait_s`: how long a
+        write keeps retrying while another process holds it, before it gives up with a `StoreError`."""
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
-        self._lock = threading.Lock()  # one writer at a time in this process; busy_timeout across processes
+        self.write_wait_s = write_wait_s
+        self._lock = _writer_lock(self.path)  # one writer at a time in this process; retries across processes
         self.read_only: str | None = None  # why nothing can be written, when nothing can
         self._columns: set[str] = set()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connection() as conn:
-                conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once for the file
-                conn.executescript(SCHEMA)
-                self._migrate(conn)
-                conn.executescript(INDEXES)
-                try:
-                    conn.execute(UNIQUE_PAIR_INDEX)
-                except sqlite3.IntegrityError:
-                    pass  # an older file holds duplicates: the write transaction still refuses new ones
+            with self._lock:
+                self._retry_busy(self._create_schema)
         except (sqlite3.OperationalError, OSError) as exc:
             if not _is_read_only_error(exc):
                 raise StoreError(
@@ -210,6 +238,32 @@ class LabelStore:
                 except sqlite3.DatabaseError as inner:
                     raise StoreError(f"{self.path}: cannot read the label store ({inner})") from inner
         self._columns = self._label_columns()
+
+    def _create_schema(self) -> None:
+        with self._connection() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once for the file
+            conn.executescript(SCHEMA)
+            self._migrate(conn)
+            conn.executescript(INDEXES)
+            try:
+                conn.execute(UNIQUE_PAIR_INDEX)
+            except sqlite3.IntegrityError:
+                pass  # an older file holds duplicates: the write transaction still refuses new ones
+
+    def _retry_busy(self, attempt):
+        """`attempt()`, again while SQLite says another process holds the database (each attempt waits up
+        to `busy_timeout_ms` itself), for up to `write_wait_s` in all; an attempt must change nothing when
+        it fails that way (a transaction that did not begin, or was rolled back)."""
+        deadline = time.monotonic() + self.write_wait_s
+        delay = 0.01
+        while True:
+            try:
+                return attempt()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
 
     # ------------------------------------------------------------------ connections
     @contextmanager
@@ -238,9 +292,13 @@ class LabelStore:
     def _rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         if self.read_only and not self.path.is_file():
             return []  # nothing was ever stored here
-        try:
+
+        def attempt() -> list[tuple]:
             with self._connection() as conn:
                 return conn.execute(sql, args).fetchall()
+
+        try:
+            return self._retry_busy(attempt)  # a reader may meet another process's checkpoint: it waits
         except sqlite3.OperationalError as exc:
             # A full disk cannot even hold the WAL index (-shm) that a reader needs. With no WAL content
             # waiting (the last connection checkpointed it), the file itself is complete: read it as is.
@@ -258,21 +316,24 @@ class LabelStore:
         committed before returning. sqlite errors become `StoreError`s that say nothing was written."""
         if self.read_only:
             raise StoreReadOnly(f"{what} was not saved: {self.read_only}")
-        with self._lock:
-            try:
-                with self._connection() as conn:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        out = fn(conn)
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        raise
-                    return out
-            except sqlite3.DatabaseError as exc:  # full disk, read-only file, lock timeout, broken constraint
-                cls = StoreReadOnly if _is_read_only_error(exc) else StoreError
-                raise cls(f"{what} was not saved: {self.path}: {exc}{_disk_hint(self.path)}") from exc
+
+        def attempt():
+            with self._connection() as conn, self._lock:  # (connecting needs no lock: done in parallel)
+                conn.execute("BEGIN IMMEDIATE")  # busy: nothing began, so the whole attempt can be retried
+                try:
+                    out = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                return out
+
+        try:
+            return self._retry_busy(attempt)
+        except sqlite3.DatabaseError as exc:  # full disk, read-only file, lock timeout, broken constraint
+            cls = StoreReadOnly if _is_read_only_error(exc) else StoreError
+            raise cls(f"{what} was not saved: {self.path}: {exc}{_disk_hint(self.path)}") from exc
 
     def close(self) -> None:
         """Nothing stays open between calls; kept so that callers can release a store explicitly."""
@@ -482,15 +543,32 @@ class LabelStore:
             conn.execute("UPDATE profiles SET updated_at = ? WHERE id = ?", (now, label.profile_id))
         return int(cur.lastrowid)
 
-    def record_label(self, label: Label, margins=None, logits=None, session: str | None = None) -> int:
+    def record_label(
+        self,
+        label: Label,
+        margins=None,
+        logits=None,
+        session: str | None = None,
+        shown: str | None = None,
+    ) -> int:
         """Store one label of a profile, with what its adapter replays (margins oriented preferred minus
         other; router logits optional), in one committed transaction. Returns the label id.
 
-        Raises `DuplicateLabel` when the profile already labeled this pair, `StoreReadOnly`/`StoreError`
-        when the write failed; after a failure the file is asked whether the label is there, so the
-        message never leaves that open."""
+        `shown`: the pair the caller shows now ("" for none; None: not checked). A click carries the pair
+        it was drawn with; when the page has moved on, or the pair was skipped, the click is stale. Raises `StaleClick` when it is not
+        the label's pair, `DuplicateLabel` when the profile already labeled this pair (a second click),
+        `StoreReadOnly`/`StoreError` when the write failed; after a failure the file is asked whether the
+        label is there, so the message never leaves that open."""
         if label.profile_id is None:
             raise ValueError("record_label needs a label with a profile_id (add_label stores one without)")
+        if shown is not None and shown != label.pair_id:
+            rows = self._rows(
+                "SELECT id FROM labels WHERE profile_id = ? AND pair_id = ?",
+                (label.profile_id, label.pair_id),
+            )
+            if rows:  # the usual stale click: its pair got its label (a double click while the page redraws)
+                raise DuplicateLabel(label.pair_id, int(rows[0][0]))
+            raise StaleClick(label.pair_id, shown)
         label.margins = (
             label.margins if margins is None else [float(x) for x in np.asarray(margins).reshape(-1)]
         )
@@ -498,6 +576,8 @@ class LabelStore:
         label.session = session if session is not None else label.session
         if label.margins is None or not np.all(np.isfinite(label.margins)):
             raise ValueError(f"label of pair {label.pair_id!r}: expert margins must be finite numbers")
+        if np.abs(label.margins).max(initial=0.0) > MAX_MARGIN:
+            raise ValueError(f"label of pair {label.pair_id!r}: expert margins beyond +-{MAX_MARGIN:g}")
         rec = self.profile(label.profile_id)
         if rec is None:
             raise ValueError(f"no profile #{label.profile_id}")
@@ -613,6 +693,13 @@ class LabelStore:
             if lab.pair_id in seen:
                 raise ValueError(f"pair {lab.pair_id!r} is labeled twice in the file")
             seen.add(lab.pair_id)
+        # The profile these labels make, before anything is stored: a spec and labels that give NaN or
+        # infinite weights (or that the adapter refuses) are not imported.
+        check = adapter_from_spec(spec)
+        for lab in labels:
+            check.update(
+                np.asarray(lab.margins), lab.pair_id, None if lab.logits is None else np.asarray(lab.logits)
+            )
 
         def write(conn):
             conn.execute("DELETE FROM labels WHERE profile_id = ?", (profile_id,))

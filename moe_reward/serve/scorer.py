@@ -27,7 +27,7 @@ from ..app.pipeline import ScoredResponse, backbone_for, load_model, score_respo
 from ..app.workspace import check_name, default_root
 from ..embed.backbone import Backbone
 from ..embed.cache import EmbeddingCache, MemoryCache
-from ..model.moe import load_metrics
+from ..model import modeldir
 
 MAX_WEIGHT = 1e6  # |explicit weight|: larger ones could overflow a float32 reward
 MAX_PROFILE_REF_CHARS = 400
@@ -144,7 +144,7 @@ class Scorer:
     def describe(self) -> dict:
         """The model, its backbone and its held-out numbers (subset and pair count named)."""
         cfg = self.model.config
-        metrics = load_metrics(self.model_dir)
+        metrics = modeldir.read_metrics(self.model_dir)
         test = metrics.get("test") or {}
         held_out = None
         if (

@@ -66,17 +66,59 @@ class TrainResult:
 
 
 def fit_drm_basis(model: SparseMoERewardModel, features: PairFeatures) -> None:
-    """DRM: heads = top-K principal directions of (chosen - rejected) *as the heads see it* (divided by
-    `response_scale`), each oriented to agree with the labels and scaled so its margins have unit spread."""
-    diff = pair_diff(model, features)  # float32 whatever the features' storage
-    k = model.num_experts
-    _, _, v = torch.linalg.svd(diff - diff.mean(0), full_matrices=False)
-    basis = v[:k].clone()
-    proj = diff @ basis.T
-    sign = torch.where(proj.mean(0) >= 0, 1.0, -1.0)
-    scale = proj.std(0).clamp(min=1e-6)
+    """DRM: K frozen heads over chosen - rejected *as the heads see it* (divided by `response_scale`).
+
+    Head 0 is the mean difference, the direction every pair shares, scaled by the Bradley-Terry fit along it
+    (a one-dimensional logistic regression on the training pairs, lightly penalized so that separable data
+    stays bounded): alone it does at least as well as a constant on its training pairs, and the mixing
+    weights can always fall back on it. Heads 1..K-1 are the top principal directions of the differences
+    with that direction taken out, each oriented to agree with the labels and scaled to unit margin spread
+    (what personalization mixes; zero heads when the data has fewer directions).
+
+    (Before: every head was a principal direction of the *centred* differences, which leave out the shared
+    direction, at unit spread, which the mixing weights (summing to 1) cannot shrink: on a reversal set
+    DRM's best validation loss was 0.723, worse than a constant's 0.693.)"""
+    diff = pair_diff(model, features).double()  # float32 storage whatever the features', double for the SVD
+    k, d = model.num_experts, diff.shape[1]
+    heads = torch.zeros(k, d, dtype=torch.float64)
+    mean = diff.mean(0)
+    rest = diff
+    first = 0
+    if float(mean.norm()) > 1e-8:
+        u = mean / mean.norm()
+        heads[0] = u * _bt_scale(diff @ u)
+        rest = diff - (diff @ u)[:, None] * u
+        first = 1
+    if k > first and len(diff) > 1:
+        _, sv, v = torch.linalg.svd(rest - rest.mean(0), full_matrices=False)
+        keep = [i for i in range(len(sv)) if float(sv[i]) > 1e-6 * float(sv[0])][: k - first]
+        if keep:
+            basis = v[keep]
+            proj = diff @ basis.T
+            sign = torch.where(proj.mean(0) >= 0, 1.0, -1.0)
+            spread = proj.std(0)
+            spread = spread.clamp(min=max(1e-3 * float(spread.max()), 1e-6))  # near-empty directions: bounded
+            heads[first : first + len(keep)] = basis * (sign / spread)[:, None]
     with torch.no_grad():
-        model.head.copy_(basis * (sign / scale)[:, None])
+        model.head.copy_(heads.to(model.head.dtype))
+
+
+def _bt_scale(p: torch.Tensor, penalty: float = 1e-3, max_scale: float = 1e3) -> float:
+    """argmin over c >= 0 of mean(softplus(-c p)) + penalty * c^2 * mean(p^2): the Bradley-Terry scale of a
+    fixed direction whose training margins are `p` (Newton's method on a convex function of one variable)."""
+    second = float((p * p).mean())
+    if second < 1e-24:
+        return 0.0
+    c = 0.0
+    for _ in range(100):
+        s = torch.sigmoid(-c * p)
+        grad = float(-(p * s).mean()) + 2 * penalty * c * second
+        hess = float((p * p * s * (1 - s)).mean()) + 2 * penalty * second
+        step = grad / hess
+        c = min(max(c - step, 0.0), max_scale)
+        if abs(step) < 1e-9 * max(c, 1.0):
+            break
+    return c
 
 
 # ----------------------------------------------------------------------------- building the model to train

@@ -128,6 +128,50 @@ def test_twenty_fast_clicks_label_exactly_the_pairs_on_screen(browser, server):
     page.context.close()
 
 
+# Issue 20 item 9: "A is better", then "B is better" of the same pair 100 ms later, as a hesitant user does.
+CLICK_A_THEN_B = """async () => {
+    let block = null, a = null, b = null;
+    for (let i = 0; i < 1000 && !(block && a && b); i++) {
+        if (i) await new Promise(r => setTimeout(r, 10));
+        const blocks = document.querySelectorAll('[class*="st-key-pz_pair_"]');
+        block = blocks.length === 1 ? blocks[0] : null;
+        a = block && block.querySelector('[class*="st-key-pz_a_"] button');
+        b = block && block.querySelector('[class*="st-key-pz_b_"] button');
+    }
+    if (!block || !a || !b) return null;
+    const caption = [...block.querySelectorAll('[data-testid="stCaptionContainer"]')]
+        .map(e => e.innerText).find(t => t.startsWith('Pair '));
+    const text = letter => block.querySelector('[class*="st-key-pz_card_' + letter + '_"] [data-testid="stText"]').innerText;
+    const shown = {pair: caption ? caption.slice(5).split(' · ')[0] : null, a_text: text('a'), b_text: text('b')};
+    a.click();
+    await new Promise(r => setTimeout(r, 100));
+    shown.b_clicked = b.isConnected;  // the same pair's B button, if the page has not replaced it yet
+    if (b.isConnected) b.click();
+    return shown;
+}"""
+
+
+def test_a_then_b_100_ms_later_never_keeps_the_later_click(browser, server):
+    page = _open_profile(browser, server, "hesitant")
+    rounds = []
+    for _ in range(9):
+        shown = page.evaluate(CLICK_A_THEN_B)
+        assert shown is not None
+        rounds.append(shown)
+        page.wait_for_timeout(400)
+        _wait_idle(page)
+    _no_exception(page)
+    stored = {pair: chosen for _, pair, chosen, _ in _labels(server.home, "hesitant")}
+    for r in rounds:
+        assert stored.get(r["pair"]) in (r["a_text"], None), (r, stored.get(r["pair"]))  # never B's answer
+    kept_a = sum(stored.get(r["pair"]) == r["a_text"] for r in rounds)
+    both_refused = sum(r["pair"] not in stored for r in rounds)
+    assert kept_a + both_refused == 9 and kept_a >= 1
+    page.screenshot(path=str(SHOTS / "labels_a_then_b.png"), full_page=True)
+    print(f"A then B 100 ms apart, 9 rounds: A kept {kept_a}, both refused {both_refused}, B kept 0")
+    page.context.close()
+
+
 def _label_and_wait(page, n_before: int) -> None:
     page.get_by_role("button", name="A is better").click()
     page.wait_for_function(

@@ -465,3 +465,32 @@ def test_experiment_command_end_to_end_with_the_real_backbone(tmp_path, capsys):
     assert results["config"]["users"] == ["terse", "verbose"]
     assert results["config"]["n_pairs"]["train_pool"] == 32
     assert "wrote" in capsys.readouterr().out
+
+
+def test_experiment_without_a_working_chromium_warns_once_and_exits_0(
+    features_file, tmp_path, capsys, monkeypatch
+):
+    """Issue 20 item 7: PNG export is optional. A Chromium that will not start (kaleido's BrowserFailedError)
+    used to end the run as "internal error" (exit 3); now the HTML figures are written and one warning says
+    why there are no PNGs."""
+    monkeypatch.setenv("BROWSER_PATH", "/bin/false")  # exists, and exits at once
+    out = tmp_path / "exp"
+    args = ["--seeds", "1", "--experts", "2", "--top-k", "1", "--epochs", "2", "--min-steps", "10"]
+    args += [
+        "--shots",
+        "0,1",
+        "--draws",
+        "1",
+        "--kinds",
+        "sparse,single",
+        "--adapters",
+        "hedge",
+        "--no-diagnostics",
+    ]
+    code = main(["experiment", "--data", str(features_file), *args, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err.count("warning: no PNG figures") == 1, err
+    assert "BrowserFailedError" in err or "kaleido is not installed" in err
+    assert (out / "routing_nmi.html").is_file() and not list(out.glob("*.png"))
+    assert sum("no PNG figures" in w for w in json.loads((out / "results.json").read_text())["warnings"]) == 1

@@ -48,14 +48,28 @@ def _run(case, capsys, monkeypatch) -> tuple[int, str]:
     return rc, out.out + out.err
 
 
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for path in root.rglob("*"):
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        out[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_case(case, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("MOE_REWARD_HOME", str(tmp_path / "home"))
+    before = None if case.ok else _snapshot(CORPUS)
     rc, text = _run(case, capsys, monkeypatch)
     assert "Traceback" not in text and "internal error" not in text, text
     assert (rc == 0) == case.ok, f"exit code {rc}:\n{text}"
     for part in case.expect:
         assert part in text, f"{part!r} not in:\n{text}"
+    if before is not None:  # a refusal changes nothing on disk
+        assert _snapshot(CORPUS) == before
 
 
 def _data_files() -> list[Path]:
@@ -137,15 +151,23 @@ def test_absurd_sizes_fail_fast_without_allocating():
     for bad in ({"num_experts": 10**9}, {"hidden_dim": 1_000_000}, {"input_dim": 10**7}):
         with pytest.raises(ValueError, match="must be <="):
             ModelConfig(**bad)
-    with pytest.raises(ValueError, match="more than the limit"):  # the router over a huge lexical vocabulary
+    with pytest.raises(ValueError, match="lexical_vocabulary must have <= 4096 terms"):
         ModelConfig(num_experts=4096, router_input="lexical", lexical_vocabulary=["w"] * 100_000)
+    with pytest.raises(ValueError, match="more than the limit"):  # the router over the largest vocabulary
+        ModelConfig(
+            num_experts=4096,
+            input_dim=65536,
+            router_input="lexical",
+            lexical_vocabulary=[f"w{i}" for i in range(4096)],
+        )
     _, top = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert top < 5_000_000 and time.perf_counter() - t0 < 2
 
 
 def test_broken_model_directories_raise_checkpoint_errors():
-    from moe_reward.model.moe import CheckpointError, SparseMoERewardModel, load_metrics
+    from moe_reward.model.modeldir import read_metrics
+    from moe_reward.model.moe import CheckpointError, SparseMoERewardModel
 
     broken = [
         p
@@ -161,7 +183,7 @@ def test_broken_model_directories_raise_checkpoint_errors():
             SparseMoERewardModel.from_pretrained(path)
         assert path.name in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(CheckpointError, match="metrics_truncated/metrics.json: bad JSON"):
-        load_metrics(CORPUS / "models" / "metrics_truncated")
+        read_metrics(CORPUS / "models" / "metrics_truncated")
     model = SparseMoERewardModel.from_pretrained(CORPUS / "models" / "ok")
     assert model.num_experts == 3
 
@@ -289,3 +311,53 @@ def test_the_installed_entry_point_prints_one_line_not_a_traceback(tmp_path):
         assert (
             out.returncode == rc and message in out.stdout + out.stderr and "Traceback" not in out.stderr
         ), out
+
+
+def test_select_writes_a_csv_that_is_safe_in_a_spreadsheet(tmp_path, monkeypatch, capsys):
+    """Issue 20 item 8: `select --out sel.csv` wrote cells like =cmd|' /C calc'!A0 unchanged."""
+    import csv
+
+    from hostile_corpus import _features
+
+    from moe_reward.core.csvsafe import FORMULA_START
+
+    monkeypatch.setenv("MOE_REWARD_HOME", str(tmp_path / "home"))
+    feats = _features()
+    evil = ["=cmd|' /C calc'!A0", "+1+1", "-2-2", "@SUM(A1:A9)", "\t=1", "\r=1"]
+    for i, p in enumerate(feats.pairs):
+        p.prompt, p.chosen, p.group = (
+            evil[i % len(evil)],
+            evil[(i + 1) % len(evil)],
+            evil[(i + 2) % len(evil)],
+        )
+        p.id = evil[(i + 3) % len(evil)] + str(i)
+    feats.save(tmp_path / "evil.safetensors")
+    out = tmp_path / "sel.csv"
+    rc = main(
+        [
+            "select",
+            "--model",
+            str(CORPUS / "models" / "ok"),
+            "--data",
+            str(tmp_path / "evil.safetensors"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0, capsys.readouterr()
+    rows = list(csv.reader(out.open(newline="")))
+    assert len(rows) == 25
+    cells = [cell for row in rows for cell in row]
+
+    def number(cell: str) -> bool:
+        try:
+            float(cell)
+        except ValueError:
+            return False
+        return True
+
+    assert not [c for c in cells if c.startswith(FORMULA_START) and not number(c)]
+    assert "'=cmd|' /C calc'!A0" in cells  # shown as the text it was, behind the spreadsheets' text mark
+    header = rows[0]
+    margins = [float(r[header.index("margin")]) for r in rows[1:]]
+    assert any(m < 0 for m in margins)  # numbers stay numbers, negative ones included

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import pickle
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +205,19 @@ def data_cases(root: Path) -> list[Case]:
             "missing_field.csv:2: rejected: missing",
         ),
         _validate(w("nul_bytes.csv", "prompt,chosen,rejected\nq,a\x00b,c\n"), True, "1 valid pairs"),
+        # issue 20 item 11: one message for a file in another encoding, not one error per line
+        _validate(
+            w("utf16.jsonl", good.encode("utf-16")), False, "utf16.jsonl: this file is UTF-16", "1 problems"
+        ),
+        _validate(
+            w("utf16_no_bom.csv", "prompt,chosen,rejected\nq,a,b\n".encode("utf-16-le")),
+            False,
+            "this file is UTF-16",
+        ),
+        _validate(
+            w("utf32.json", json.dumps(GOOD).encode("utf-32")), False, "utf32.json: this file is UTF-32"
+        ),
+        _validate(w("utf16.jsonl.gz", gzip.compress(good.encode("utf-16"))), False, "this file is UTF-16"),
         _validate(
             w("deep_row.jsonl", good + '{"prompt": ' + deep + "}\n"),
             False,
@@ -575,6 +589,55 @@ def data_cases(root: Path) -> list[Case]:
             ["truncated.jsonl.gz: the gzip stream ends early after line"],
         ),
     ]
+    # issue 20 item 10: a split field with one value cannot hold anything out; say so (not "--validation 0")
+    w("constant_group.jsonl", _jsonl([{**r, "group": "same"} for r in _many(6)]))
+    cases.append(
+        Case(
+            "train --split-by a constant field",
+            [
+                "train",
+                "--data",
+                "{dir}/constant_group.jsonl",
+                "--split-by",
+                "group",
+                "--out",
+                "{dir}/runs/const",
+            ],
+            False,
+            [
+                "split field 'group' has 1 distinct value over 6 pairs ('same')",
+                "the test and validation split",
+            ],
+            needs_backbone=True,
+        )
+    )
+    # issue 20 item 11: backbones that are not safe model folders get one line naming them (exit 2)
+    pickled = root / "backbone_pickle"
+    pickled.mkdir(exist_ok=True)
+    (pickled / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    (pickled / "pytorch_model.bin").write_bytes(pickle.dumps({"weight": [0.0] * 8}))
+    for name, backbone, expect in (
+        ("a pickle backbone", "{dir}/backbone_pickle", "its weights are pickle files (pytorch_model.bin)"),
+        ("/etc as a backbone", "/etc", "no config.json in this folder"),
+        ("a data file as a backbone", "{dir}/three.jsonl", "not a folder"),
+        ("a missing backbone folder", "{dir}/no_such_backbone", "no such folder"),
+    ):
+        cases.append(
+            Case(
+                f"embed with {name}",
+                [
+                    "embed",
+                    "--data",
+                    "{dir}/three.jsonl",
+                    "--out",
+                    "{dir}/runs/b.safetensors",
+                    "--backbone",
+                    backbone,
+                ],
+                False,
+                [f"{backbone.split('/')[-1]}': ", expect],
+            )
+        )
     return cases
 
 
@@ -613,9 +676,8 @@ def _model(kind: str = "sparse", **kw):
         input_dim=DIM,
         num_experts=3,
         top_k=2,
-        router_input="pooled",
         backbone={"backbone": "all-MiniLM-L6-v2", "pooling": "mean", "max_length": 64, "dim": DIM},
-        **kw,
+        **{"router_input": "pooled", **kw},
     )
     return SparseMoERewardModel(cfg)
 
@@ -779,7 +841,7 @@ def model_cases(root: Path) -> list[Case]:
     (model_dir("config_missing") / "config.json").unlink()
     cases.append(_eval("config_missing", False, "config_missing", "missing config.json"))
     for name, content, expect in (
-        ("split_bad_json", '{"test": [', "not a readable split file"),
+        ("split_bad_json", '{"test": [', "bad JSON"),
         (
             "split_wrong_type",
             '{"train": [], "validation": [], "test": "f1"}',
@@ -806,6 +868,57 @@ def model_cases(root: Path) -> list[Case]:
     )
     (root / "models" / "not_a_dir").write_text("x")
     cases.append(_eval("not_a_dir", False, "not_a_dir", "missing config.json"))
+    # issue 20 item 4: tampered values a trained model cannot hold (each flipped or blew up the reward)
+    lexical = dict(router_input="lexical", lexical_vocabulary=["alpha", "beta", "gamma"])
+    tampered = {
+        "idf_negative": (lexical, lambda t: t["lexical_idf"].fill_(-1.0), "'lexical_idf' has values in [-1"),
+        "idf_huge": (lexical, lambda t: t["lexical_idf"].mul_(1e30), "an idf weight is between 1 and"),
+        "heads_huge": ({}, lambda t: t["head"].mul_(1e38), "tensor 'head' holds a value of magnitude"),
+        "head_norm": ({}, lambda t: t["head"].mul_(1e5), "tensor 'head' has a head of norm"),
+        "scale_tiny": (
+            {},
+            lambda t: t["response_scale"].fill_(1e-30),
+            "'response_scale' (a divisor) has a value",
+        ),
+    }
+    for name, (kw, edit, expect) in tampered.items():
+        _edit_tensors(_save_model(root, f"tampered_{name}", _model(**kw)), edit)
+        cases.append(_eval(f"tampered_{name}", False, f"tampered_{name}/model.safetensors", expect))
+    # issue 20 item 11: duplicate vocabulary terms are named in config.json (not sklearn's "Vocabulary of size")
+    out = _save_model(root, "vocabulary_duplicate", _model(**lexical))
+    _edit_config(out, lexical_vocabulary=["alpha", "beta", "alpha"])
+    cases.append(
+        _eval(
+            "vocabulary_duplicate",
+            False,
+            "vocabulary_duplicate/config.json",
+            "lexical_vocabulary[2] repeats the term 'alpha' of lexical_vocabulary[0]",
+        )
+    )
+    cases.append(
+        Case(
+            "report on tampered heads",
+            [
+                "report",
+                "--model",
+                "{dir}/models/tampered_heads_huge",
+                "--out",
+                "{dir}/runs/r.html",
+                "--no-png",
+            ],
+            False,
+            ["tampered_heads_huge/model.safetensors", "tensor 'head' holds a value of magnitude"],
+        )
+    )
+    # issue 20 item 11: a corrupt config.json is named, not the metrics.json beside it
+    cases.append(
+        Case(
+            "report on a truncated config.json",
+            ["report", "--model", "{dir}/models/config_truncated", "--out", "{dir}/runs/r.html", "--no-png"],
+            False,
+            ["config_truncated/config.json", "bad JSON"],
+        )
+    )
     return cases
 
 
@@ -864,11 +977,91 @@ def profile_cases(root: Path) -> list[Case]:
     return cases
 
 
+def personalize_cases(root: Path) -> list[Case]:
+    """Issue 20 item 2: parameters that made a profile NaN are refused; nothing is written."""
+    base = [
+        "personalize",
+        "--model",
+        "{dir}/models/ok",
+        "--data",
+        "{dir}/feats.safetensors",
+        "--user-field",
+        "group",
+        "--user",
+        "g0",
+        "--k",
+        "4",
+        "--profile-out",
+        "{dir}/runs/profile.json",
+    ]
+    cases = [
+        Case("personalize signed, ordinary rates", [*base[:-2], "--adapter", "signed"], True, ["g0: signed"])
+    ]
+    for adapter, param, expect in (
+        ("signed", "lr=1e308", "params.lr must be in (0, 10], got 1e+308"),
+        ("signed", "l2=1e308", "params.l2 must be in [0, 1000], got 1e+308"),
+        ("gradient", "lr=1e308", "params.lr must be in (0, 10]"),
+        ("gradient", "l2=1e308", "params.l2 must be in [0, 1000]"),
+        ("batch", "temperature=1e-320", "params.temperature must be in [0.001, 1000], got 9.99989e-321"),
+        ("hedge", "eta=NaN", "params.eta must be a finite number"),
+        ("signed", "lr=Infinity", "params.lr must be a finite number"),
+    ):
+        cases.append(
+            Case(
+                f"personalize {adapter} --param {param}",
+                [*base, "--adapter", adapter, "--param", param],
+                False,
+                [expect],
+            )
+        )
+    from moe_reward.personalize.adapters import make_adapter
+
+    good = make_adapter("signed", 3).to_dict()
+    labels = {"pair_ids": ["f0", "f1"], "expert_margins": [[1.0, -2.0, 0.5], [0.3, 0.1, -1.0]]}
+    for name, content, expect in (
+        (
+            "profile_lr_huge.json",
+            {**good, "params": {**good["params"], "lr": 1e308}, "labels": labels},
+            "params.lr",
+        ),
+        (
+            "profile_scale_tiny.json",
+            {**good, "params": {**good["params"], "margin_scale": [1e-300] * 3}},
+            "margin_scale",
+        ),
+        (
+            "profile_margins_huge.json",
+            {**good, "labels": {**labels, "expert_margins": [[1e300] * 3] * 2}},
+            "must be in [-1e+09, 1e+09], got 1e+300",
+        ),
+    ):
+        _write(root, name, json.dumps(content))
+        cases.append(
+            Case(
+                f"score --profile {name}",
+                [
+                    "score",
+                    "--model",
+                    "{dir}/models/ok",
+                    "--prompt",
+                    "q",
+                    "--response",
+                    "a",
+                    "--profile",
+                    "{dir}/" + name,
+                ],
+                False,
+                [name, expect],
+            )
+        )
+    return cases
+
+
 def build(root: str | Path) -> list[Case]:
     """Write the corpus under `root`; the cases that read it."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    return data_cases(root) + model_cases(root) + profile_cases(root)
+    return data_cases(root) + model_cases(root) + profile_cases(root) + personalize_cases(root)
 
 
 def count_inputs(root: str | Path) -> int:

@@ -265,3 +265,73 @@ def test_the_cli_offers_every_adapter():
     from moe_reward.cli import ADAPTER_NAMES
 
     assert ADAPTER_NAMES == ADAPTERS
+
+
+# ----------------------------------------------------------------------------- issue 20 item 2: always finite
+
+HOSTILE_PARAMS = [
+    ("signed", {"lr": 1e308}, r"params\.lr must be in \(0, 10\], got 1e\+308"),
+    ("signed", {"l2": 1e308}, r"params\.l2 must be in \[0, 1000\]"),
+    ("gradient", {"lr": 1e308}, r"params\.lr must be in \(0, 10\]"),
+    ("gradient", {"l2": 1e308}, r"params\.l2 must be in \[0, 1000\]"),
+    ("batch", {"temperature": 1e-320}, r"params\.temperature must be in \[0\.001, 1000\]"),
+    ("hedge", {"eta": float("nan")}, r"params\.eta must be a finite number"),
+    ("hedge", {"eta": 1e6}, r"params\.eta must be in \[0, 100\]"),
+    ("signed", {"lr": float("inf")}, r"params\.lr must be a finite number"),
+    ("signed", {"steps": 10**9}, r"params\.steps must be in \[1, 10000\]"),
+    ("hedge", {"margin_scale": [1e-300] * K}, r"margin_scale must be 5 numbers in \[1e-06, 1e\+06\]"),
+]
+
+
+@pytest.mark.parametrize("name, params, message", HOSTILE_PARAMS)
+def test_parameters_outside_their_bounds_are_refused(name, params, message):
+    with pytest.raises(ValueError, match=message):
+        make_adapter(name, K, **params)
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("signed", {"lr": 10.0, "l2": 1000.0, "steps": 300}),
+        ("signed", {"lr": 10.0, "l2": 0.0}),
+        ("gradient", {"lr": 10.0, "l2": 1000.0}),
+        ("batch", {"temperature": 1e-3, "prior_strength": 0.0}),
+        ("hedge", {"eta": 100.0, "share": 0.0}),
+    ],
+)
+def test_weights_stay_finite_at_the_bounds_on_extreme_margins(name, params):
+    """The largest rates the bounds allow, on margins as large as a label may carry (1e9) and with the
+    smallest margin scale: every weight stays finite after every label."""
+    rng = np.random.default_rng(0)
+    adapter = make_adapter(name, K, margin_scale=[1e-6] * K, **params)
+    for i in range(12):
+        w = adapter.update(rng.choice([-1e9, 1e9, 0.0, 3.0], size=K), f"p{i}")
+        assert np.all(np.isfinite(w)), (i, w)
+
+
+def test_an_update_that_would_go_non_finite_is_refused_and_rolled_back(monkeypatch):
+    from moe_reward.personalize.adapters import NonFiniteProfile, SignedAdapter
+
+    adapter = make_adapter("signed", K)
+    adapter.update(np.ones(K), "a")
+    before = adapter.weights.copy()
+    monkeypatch.setattr(SignedAdapter, "_next_state", lambda self, state: state * np.nan)
+    with pytest.raises(NonFiniteProfile, match="pair 'b' would make the signed profile's weights NaN"):
+        adapter.update(np.ones(K), "b")
+    assert adapter.n_labels == 1 and adapter.labeled_ids == ["a"] and np.array_equal(adapter.weights, before)
+
+
+def test_a_profile_file_with_impossible_numbers_is_refused():
+    good = make_adapter("signed", K).to_dict()
+    labels = {"pair_ids": ["a"], "expert_margins": [[1.0] * K]}
+    for params, message in (
+        ({**good["params"], "lr": 1e308}, "params.lr must be in"),
+        ({**good["params"], "margin_scale": [1e-300] * K}, "params.margin_scale"),
+    ):
+        with pytest.raises(ValueError, match=r"upload\.json: params\."):
+            Adapter.from_dict({**good, "params": params, "labels": labels}, "upload.json")
+        assert message
+    with pytest.raises(ValueError, match=r"upload\.json: labels\.expert_margins\[0\]\[0\] must be in"):
+        Adapter.from_dict({**good, "labels": {**labels, "expert_margins": [[1e300] * K]}}, "upload.json")
+    with pytest.raises(ValueError, match="positive, finite sum"):
+        make_adapter("hedge", 2, [1e308, 1e308])
