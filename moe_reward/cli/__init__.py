@@ -333,6 +333,11 @@ def cmd_make_dataset(args) -> int:
     return controlled.main(["--out", args.out, "--seed", str(args.seed), "--noise", str(args.noise)])
 
 
+# What .streamlit/config.toml sets for `streamlit run app.py` from the repository root, for `moe-reward app`
+# started anywhere: no file watcher walking sys.modules after every run, no full GC after every run.
+SERVER_FLAGS = ("--server.fileWatcherType", "none", "--runner.postScriptGC", "false")
+
+
 def cmd_app(args) -> int:
     import subprocess
 
@@ -350,6 +355,7 @@ def cmd_app(args) -> int:
             str(args.port),
             "--browser.gatherUsageStats",
             "false",
+            *SERVER_FLAGS,
         ]
     )
 

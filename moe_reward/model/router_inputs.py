@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,9 +97,50 @@ def fit_lexical(prompts: Sequence[str], max_features: int = MAX_VOCABULARY) -> t
     return vocabulary, idf.astype(np.float32)
 
 
+_TOKENS = re.compile(TOKEN_PATTERN)
+_vocab_index: dict[int, tuple[Sequence[str], dict[str, int]]] = {}  # id(vocabulary) -> (it, term -> column)
+
+
+def _term_index(vocabulary: Sequence[str]) -> dict[str, int]:
+    """term -> column of a (saved, fixed) vocabulary, built once per vocabulary object."""
+    hit = _vocab_index.get(id(vocabulary))
+    if hit is not None and hit[0] is vocabulary:
+        return hit[1]
+    index = {t: i for i, t in enumerate(vocabulary)}
+    if len(_vocab_index) >= 16:
+        _vocab_index.clear()
+    _vocab_index[id(vocabulary)] = (vocabulary, index)
+    return index
+
+
+def term_counts(texts: Sequence[str], vocabulary: Sequence[str]) -> sparse.csr_matrix:
+    """[N, V] counts of a fixed vocabulary's terms, exactly what `_counter(vocabulary).transform(texts)`
+    gives (lower-cased, TOKEN_PATTERN tokens, their NGRAMS joined by one space), without importing
+    scikit-learn: scoring one prompt with a saved model must not pay for that import (seconds, cold)."""
+    index = _term_index(vocabulary)
+    lo, hi = NGRAMS
+    indptr, indices, data = [0], [], []
+    for text in texts:
+        tokens = _TOKENS.findall(text.lower())
+        row: dict[int, int] = {}
+        for n in range(lo, hi + 1):
+            for i in range(len(tokens) - n + 1):
+                j = index.get(tokens[i] if n == 1 else " ".join(tokens[i : i + n]))
+                if j is not None:
+                    row[j] = row.get(j, 0) + 1
+        cols = sorted(row)
+        indices.extend(cols)
+        data.extend(row[c] for c in cols)
+        indptr.append(len(indices))
+    return sparse.csr_matrix(
+        (np.asarray(data, np.int64), np.asarray(indices, np.int32), np.asarray(indptr, np.int64)),
+        shape=(len(texts), len(vocabulary)),
+    )
+
+
 def lexical_matrix(prompts: Sequence[str], vocabulary: Sequence[str], idf: np.ndarray) -> sparse.csr_matrix:
     """[N, V] TF-IDF rows (sublinear tf, unit length; all-zero for a prompt with no known term)."""
-    counts = _counter(vocabulary).transform(_clip(prompts)).astype(np.float32).tocsr()
+    counts = term_counts(_clip(prompts), vocabulary).astype(np.float32).tocsr()
     counts.data = 1.0 + np.log(counts.data)
     tfidf = counts.multiply(np.asarray(idf, np.float32)[None, :]).tocsr()
     norms = np.sqrt(np.asarray(tfidf.multiply(tfidf).sum(1)).reshape(-1))

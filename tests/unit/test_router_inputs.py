@@ -44,3 +44,34 @@ def test_token_state_cache_round_trip_and_broken_shard(tmp_path):
     with pytest.warns(UserWarning, match="dropped broken shard"):
         assert TokenStateCache(tmp_path, "key").get(["a"]) == {}
     assert not shard.exists()  # removed, so the prompts are read again next time
+
+
+def test_term_counts_equal_scikit_learns_count_vectorizer_without_importing_it():
+    """Scoring with a saved lexical router counts its vocabulary's terms without scikit-learn (a cold
+    import of seconds); the counts are exactly CountVectorizer's, on awkward text too."""
+    import subprocess
+    import sys
+
+    from moe_reward.model.router_inputs import _counter, term_counts
+
+    texts = [
+        "Keep it short: how do I boil eggs? Keep it SHORT!",
+        "Explain in depth — why is the sky blue? Ünïcode wörds, café, naïve; x y z",
+        "",
+        "a b c a b c a b",  # repeated terms and bigrams (single letters are tokens here)
+        "tabs\tand\nnew lines, under_scores and digits 42 4.2",
+        "Keep it short",
+    ]
+    vocabulary, _ = fit_lexical(texts + ["keep it short, in depth", "in depth and short"])
+    vocabulary = vocabulary + ["never seen term"]
+    ours = term_counts(texts, vocabulary)
+    theirs = _counter(vocabulary).transform(texts)
+    assert ours.shape == theirs.shape and (ours != theirs).nnz == 0
+    assert ours.sum() > 10  # the texts do hit the vocabulary
+    code = (
+        "import sys; from moe_reward.model.router_inputs import lexical_matrix; import numpy as np; "
+        "lexical_matrix(['keep it short'], ['keep', 'it short'], np.ones(2)); "
+        "print('sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
