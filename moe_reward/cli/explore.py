@@ -460,7 +460,8 @@ def cmd_label(args) -> int:
     label per pair and profile; undo removes only what the command line stored)."""
     from ..app.workspace import Workspace
     from ..personalize.adapters import expert_margins_for, margin_scale_for, prior_from_routing
-    from ..personalize.store import DuplicateLabel, Label, LabelStore, StoreError, new_profile_spec
+    from ..personalize.session import LabelSession
+    from ..personalize.store import DuplicateLabel, LabelStore, StoreError
     from .personalize import _parse_params
 
     if not args.undo and (args.pair is None or args.prefer is None):
@@ -480,34 +481,33 @@ def cmd_label(args) -> int:
             print(f"removed label #{gone.id} (pair {gone.pair_id}); {store.count_labels(rec.id)} labels left")
             return 0
         ws, model_dir, model, feats, scores = _load(args)
-        ids = feats.ids
-        if args.pair not in ids:
+        if args.pair not in feats.ids:
             raise ValueError(f"no pair {args.pair!r} in {args.data}")
-        i = ids.index(args.pair)
         margins, logits = expert_margins_for(model, feats)
-        spec = new_profile_spec(
-            args.adapter,
-            model.num_experts,
+        session = LabelSession(
+            store,
+            args.annotator,
+            args.profile,
+            model_dir.name,
+            feats.pairs,
+            margins,
+            logits,
             prior_from_routing(scores.routing),
-            margin_scale=margin_scale_for(margins),
-            **_parse_params(args.param),
+            margin_scale_for(margins),
+            session=CLI_SESSION,
+            adapter=args.adapter,
         )
+        spec = session.spec(**_parse_params(args.param))  # checked before anything is stored
         rec = store.get_or_create_profile(args.annotator, args.profile, model_dir.name, args.adapter, spec)
         if rec.profile.get("num_experts") not in (None, model.num_experts):
             raise ValueError(
                 f"profile {args.annotator}/{args.profile} is over {rec.profile.get('num_experts')} experts, "
                 f"{model_dir.name} has {model.num_experts}"
             )
-        p = feats.pairs[i]
-        prefer_chosen = args.prefer == "chosen"
-        pref, other = (p.chosen, p.rejected) if prefer_chosen else (p.rejected, p.chosen)
-        label_id = store.record_label(
-            Label(args.annotator, p.id, p.prompt, pref, other, profile_id=rec.id),
-            margins[i] if prefer_chosen else -margins[i],
-            logits[i],
-            session=CLI_SESSION,
-        )
-        state = store.load_profile(rec.id)
+        stored = session.label_row(feats.ids.index(args.pair), prefer_chosen=args.prefer == "chosen")
+        label_id = stored.label_id
+        state = session.load()
+        assert state is not None
     except DuplicateLabel as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
