@@ -154,6 +154,77 @@ class Annotator(threading.Thread):
             session.close()
 
 
+class BrowserAnnotators(threading.Thread):
+    """`count` Chromium pages (one browser, a context each: separate sessions) labeling in turn, while the
+    protocol sessions label beside them: click -> the new label count and weights shown on screen."""
+
+    def __init__(self, url: str, tag: str, count: int, labels: int, think: float, seed: int, start):
+        super().__init__(daemon=True, name=f"browsers-{tag}")
+        self.url, self.count, self.labels, self.think, self.seed, self.barrier = (
+            url,
+            count,
+            labels,
+            think,
+            seed,
+            start,
+        )
+        self.names = [f"bench-{tag}-browser-{i}" for i in range(count)]
+        self.times_ms: list[float] = []
+        self.errors: list[str] = []
+        self.confirmed = {n: 0 for n in self.names}
+
+    def run(self) -> None:
+        import random
+
+        from playwright.sync_api import sync_playwright
+
+        rng = random.Random(self.seed)
+        try:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(
+                    executable_path="/usr/bin/chromium",
+                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+                )
+                pages = []
+                for name in self.names:
+                    page = browser.new_context(viewport={"width": 1400, "height": 1600}).new_page()
+                    page.goto(f"{self.url}/{PAGE}?annotator={name}")
+                    page.get_by_text(WEIGHTS).first.wait_for(timeout=180_000)
+                    pages.append(page)
+                try:
+                    self.barrier.wait()
+                except threading.BrokenBarrierError:
+                    return
+                for j in range(self.labels):
+                    for name, page in zip(self.names, pages, strict=True):
+                        if self.think > 0:
+                            time.sleep(self.think * rng.uniform(0.5, 1.5) / self.count)
+                        want = str(self.confirmed[name] + 1)
+                        try:
+                            button = page.get_by_role(
+                                "button", name=rng.choice(["A is better", "B is better"])
+                            )
+                            button.first.wait_for(timeout=60_000)
+                            t = time.perf_counter()
+                            button.first.click()
+                            page.wait_for_function(
+                                """([label, want]) => [...document.querySelectorAll('[data-testid="stMetric"]')]
+                                .some(m => m.innerText.includes(label) && m.innerText.split('\\n').includes(want))""",
+                                arg=[COUNT, want],
+                                timeout=120_000,
+                            )
+                            self.times_ms.append(1000 * (time.perf_counter() - t))
+                            self.confirmed[name] += 1
+                        except Exception as exc:  # noqa: BLE001 - counted and reported
+                            self.errors.append(
+                                f"{name} label {j + 1}: {type(exc).__name__}: {str(exc)[:160]}"
+                            )
+                browser.close()
+        except Exception as exc:  # noqa: BLE001
+            self.errors.append(f"browser: {type(exc).__name__}: {str(exc)[:200]}")
+            self.barrier.abort()
+
+
 def stored_labels(db: Path, names: list[str]) -> dict[str, tuple[int, int]]:
     """annotator -> (labels, distinct pairs) in the workspace's store."""
     out = {n: (0, 0) for n in names}
@@ -169,25 +240,39 @@ def stored_labels(db: Path, names: list[str]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def run_load(server: Server, tag: str, sessions: int, labels: int, think: float, seed: int) -> dict:
-    barrier = threading.Barrier(sessions)
-    names = [f"bench-{tag}-{sessions}-{i}" for i in range(sessions)]
+def run_load(
+    server: Server, tag: str, sessions: int, labels: int, think: float, seed: int, browsers: int = 0
+) -> dict:
+    """`sessions` annotators at once, `browsers` of them in Chromium (end to end), the rest over the protocol."""
+    browsers = min(browsers, sessions)
+    protocol = sessions - browsers
+    barrier = threading.Barrier(protocol + (1 if browsers else 0))
+    names = [f"bench-{tag}-{sessions}-{i}" for i in range(protocol)]
     threads = [
         Annotator(server.url, name, labels, think, seed * 1000 + i, barrier) for i, name in enumerate(names)
     ]
+    chromium = (
+        BrowserAnnotators(server.url, f"{tag}-{sessions}", browsers, labels, think, seed, barrier)
+        if browsers
+        else None
+    )
     before = load()
     t0 = time.perf_counter()
-    for t in threads:
+    for t in [*threads, *([chromium] if chromium else [])]:
         t.start()
-    for t in threads:
+    for t in [*threads, *([chromium] if chromium else [])]:
         t.join()
     wall = time.perf_counter() - t0
     times = [x for t in threads for x in t.times_ms]
     errors = [f"{t.annotator}: {e}" for t in threads for e in t.errors]
-    counts = stored_labels(server.home / "labels.sqlite", names)
     confirmed = {t.annotator: t.confirmed for t in threads}
-    lost = sum(max(0, confirmed[n] - counts[n][0]) for n in names)
+    if chromium is not None:
+        errors += chromium.errors
+        confirmed.update(chromium.confirmed)
+    counts = stored_labels(server.home / "labels.sqlite", list(confirmed))
+    lost = sum(max(0, confirmed[n] - counts[n][0]) for n in confirmed)
     duplicated = sum(n_labels - distinct for n_labels, distinct in counts.values())
+    e2e = chromium.times_ms if chromium is not None else []
     return {
         "sessions": sessions,
         "labels": labels,
@@ -202,15 +287,25 @@ def run_load(server: Server, tag: str, sessions: int, labels: int, think: float,
         "max_ms": round(max(times), 1) if times else None,
         "clicks_timed": len(times),
         "think_s": think,
+        "browsers": browsers,
+        "browser_p50_ms": round(statistics.median(e2e), 1) if e2e else None,
+        "browser_p95_ms": round(percentile(e2e, 95), 1) if e2e else None,
+        "browser_max_ms": round(max(e2e), 1) if e2e else None,
         "wall_s": round(wall, 1),
         "load": f"{before} -> {load()}",
     }
 
 
 def describe(r: dict) -> str:
+    e2e = (
+        f"; in Chromium ({r['browsers']} of them, end to end) p50 {r['browser_p50_ms']} ms, "
+        f"p95 {r['browser_p95_ms']} ms, max {r['browser_max_ms']} ms"
+        if r.get("browsers")
+        else ""
+    )
     return (
         f"{r['sessions']:2d} sessions x {r['labels']} labels: click -> weights p50 {r['p50_ms']} ms, "
-        f"p95 {r['p95_ms']} ms, max {r['max_ms']} ms; stored {r['labels_stored']}/"
+        f"p95 {r['p95_ms']} ms, max {r['max_ms']} ms{e2e}; stored {r['labels_stored']}/"
         f"{r['sessions'] * r['labels']}, lost {r['lost']}, duplicated {r['duplicated']}, errors {r['errors']} "
         f"({r['wall_s']} s; {r['load']})"
     )
@@ -236,6 +331,12 @@ def main() -> int:
         "--home", default=None, help="a workspace with the default model to copy (default: build)"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--browsers",
+        type=int,
+        default=0,
+        help="of each N sessions, this many in Chromium (end to end; the others over the protocol)",
+    )
     args = ap.parse_args()
     if min(args.sessions) < 1 or args.labels < 1:
         ap.error("--sessions and --labels must be >= 1")
@@ -258,7 +359,9 @@ def main() -> int:
         results: dict[str, list[dict]] = {name: [] for name in codes}
         for n in ns:
             for name, server in servers.items():
-                r = run_load(server, f"{len(results[name])}", n, args.labels, args.think, args.seed)
+                r = run_load(
+                    server, f"{len(results[name])}", n, args.labels, args.think, args.seed, args.browsers
+                )
                 r["code"] = name
                 results[name].append(r)
                 print(f"[{name}] {describe(r)}", flush=True)

@@ -34,6 +34,17 @@ def register(subparsers) -> None:
     )
     b.add_argument("--force", action="store_true", help="rebuild even if it exists")
     b.add_argument(
+        "--train",
+        action="store_true",
+        help="train it here even when the repository ships a default model that matches this code",
+    )
+    b.add_argument(
+        "--ship",
+        action="store_true",
+        help="rebuild the default model the repository ships (data/controlled/default-model/; "
+        "`make default-model`) instead of a workspace's",
+    )
+    b.add_argument(
         "--no-umap", action="store_true", help="precompute only the instant map views (skip UMAP, ~30 s)"
     )
     b.set_defaults(func=cmd_build_default)
@@ -246,7 +257,18 @@ def cmd_build_default(args) -> int:
 
     ws = Workspace()
     bar, stage = _bar("build default")
-    out = ws.ensure_default(progress=lambda m, f: stage(m, 0.5 * f), force=args.force)
+    if args.ship:
+        from ..app.shipped import build
+
+        out, metrics = build(ws.default_data_path(), stage=stage)
+        bar.close()
+        test = metrics["test"]
+        print(
+            f"wrote {out}: held-out ({metrics['test_subset']}, {test['n_pairs']} pairs) accuracy "
+            f"{test['accuracy']:.4f}, routing NMI {test['routing_nmi']:.4f}"
+        )
+        return 0
+    out = ws.ensure_default(progress=lambda m, f: stage(m, 0.5 * f), force=args.force, train=args.train)
     # The Expert map's views, under the keys the dashboard looks them up by (model and data file ids).
     data = ws.default_data_path()
     model = load_model(out)

@@ -154,6 +154,18 @@ def quantize_int8(src: Path, dst: Path) -> None:
         root.setLevel(level)
 
 
+def _runtime_file(folder: Path, runtime: str) -> Path:
+    return folder / ("model.onnx" if runtime == "onnx" else "model-int8.onnx")
+
+
+def cached_onnx_file(model_path: str, runtime: str) -> Path | None:
+    """The ONNX graph of this model and runtime when an earlier run exported it (None: not yet). With it a
+    backbone needs no torch model at all (`Backbone` then skips loading one: seconds, cold)."""
+    _require_onnxruntime()
+    path = _runtime_file(onnx_cache_root() / _model_fingerprint(model_path), runtime)
+    return path if path.is_file() else None
+
+
 def onnx_model_file(model: torch.nn.Module, model_path: str, runtime: str) -> Path:
     """The cached ONNX graph for this model and runtime, exported (and quantized) on first use."""
     _require_onnxruntime()

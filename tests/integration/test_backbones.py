@@ -4,6 +4,9 @@ ONNX Runtime CPU path, precision, memory-bounded batches, per-batch progress, sh
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -162,7 +165,7 @@ def test_onnx_int8_runtime_agrees_with_fp32_and_is_keyed_apart(tmp_path, monkeyp
 
     pairs = load_pairs("controlled").pairs[::500]  # texts of the default data: prompts, prompt + response
     items = [(p.prompt, None) for p in pairs] + [(p.prompt, p.chosen) for p in pairs]
-    ref = Backbone()
+    ref = Backbone(BackboneSpec(runtime="torch"))
     fast = Backbone(BackboneSpec(runtime="onnx-int8"))
     a, b = embed_texts(ref, items, None), embed_texts(fast, items, None)
     cos = (a * b).sum(1)
@@ -176,6 +179,18 @@ def test_onnx_int8_runtime_agrees_with_fp32_and_is_keyed_apart(tmp_path, monkeyp
     assert BackboneSpec.from_metadata(feats.metadata).runtime == "onnx-int8"
     with pytest.raises(ValueError, match="runtime"):
         Backbone(BackboneSpec(runtime="tensorrt"))
+    # Exported once: a later process runs the graph without loading (or importing) the torch model, and
+    # gets the same embeddings for the same batch.
+    code = (
+        "import sys, json; from moe_reward.embed.backbone import Backbone, BackboneSpec; "
+        "from moe_reward.embed.cache import embed_texts; "
+        f"e = embed_texts(Backbone(BackboneSpec(runtime='onnx-int8')), {items!r}, None); "
+        "print(json.dumps([any('modeling_bert' in m for m in sys.modules), e.tolist()]))"
+    )
+    env = {**os.environ, "MOE_REWARD_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    imported_bert, again = json.loads(out.stdout)
+    assert not imported_bert and np.allclose(again, b, atol=1e-6)
 
 
 def _features(n: int, dim: int = 8, seed: int = 0) -> PairFeatures:
