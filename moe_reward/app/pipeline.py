@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,9 +18,10 @@ from ..embed.backbone import Backbone, BackboneSpec
 from ..embed.cache import embed_texts
 from ..embed.features import PairFeatures, default_cache_dir
 from ..embed.pairs import load_features_or_pairs
-from ..evaluate.metrics import evaluate
 from ..model.moe import ModelConfig, SparseMoERewardModel
-from ..train.loop import TrainConfig, train_model
+
+if TYPE_CHECKING:
+    from ..train.loop import TrainConfig
 
 StageFn = Callable[[str, float], None]  # (stage description, fraction done in [0, 1])
 
@@ -60,6 +62,10 @@ def train_from_data(
 ) -> tuple[SparseMoERewardModel, dict]:
     """Load (or reuse) features, split by prompt, train, evaluate on the held-out test split, save.
     `on_loaded` sees the data file's load result (rows dropped by ``skip_bad`` are also in the metrics)."""
+    # (imported here: scoring with a saved model, `moe-reward score`, never pays for training's imports)
+    from ..evaluate.metrics import evaluate
+    from ..train.loop import TrainConfig, train_model
+
     say = stage or (lambda _msg, _frac: None)
     t0 = time.perf_counter()
     skipped: dict = {}
@@ -291,7 +297,7 @@ def score_texts(
         [PreferencePair(prompt, "-", "+")] * n,
         backbone.metadata(),
     )
-    p = router_data(model, rows, backbone=backbone, cache_dir=root).batch(slice(0, n))
+    p = router_data(model, rows, backbone=backbone, cache_dir=root, dense=True).batch(slice(0, n))
     out = model(p, torch.from_numpy(emb[1:]))
     personal = None
     if user_weights is not None:

@@ -213,8 +213,6 @@ class Backbone:
     ):
         """Loads `spec.name` (a hub id or a local folder); or wraps a `model` and `tokenizer` already in
         memory (e.g. one built from a config, as `bench/bench_decoder.py` does), which `spec.name` then names."""
-        from transformers import AutoTokenizer
-
         from .runtimes import RUNTIMES
 
         self.spec = spec or BackboneSpec()
@@ -236,20 +234,32 @@ class Backbone:
             from .runtimes import cached_onnx_file
 
             exported = cached_onnx_file(path, self.spec.runtime)  # exported before: no torch model needed
-        try:
-            with _quiet_transformers():
-                self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
-                if model is not None:
-                    self._model = model.to(self.dtype).eval().to(self.device)
-                    self.config = self._model.config
-                elif exported is not None:
-                    from transformers import AutoConfig
+        light = None
+        if exported is not None and tokenizer is None:
+            from .tokenizer import light_encoder
 
-                    self.config = AutoConfig.from_pretrained(path)
-                else:
-                    self.config = self.model.config  # loads it
-        except OSError as exc:
-            raise ValueError(f"backbone {self.spec.name!r}: {exc}") from exc
+            light = light_encoder(path)  # tokenizer.json and config.json read without transformers
+        if light is not None:
+            self.tokenizer, self.config = light
+        else:
+            from transformers import AutoTokenizer
+
+            try:
+                with _quiet_transformers():
+                    self.tokenizer = (
+                        tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+                    )
+                    if model is not None:
+                        self._model = model.to(self.dtype).eval().to(self.device)
+                        self.config = self._model.config
+                    elif exported is not None:
+                        from transformers import AutoConfig
+
+                        self.config = AutoConfig.from_pretrained(path)
+                    else:
+                        self.config = self.model.config  # loads it
+            except OSError as exc:
+                raise ValueError(f"backbone {self.spec.name!r}: {exc}") from exc
         self.is_decoder = _is_decoder(self.config)
         self.pooling = (
             self.spec.pooling if self.spec.pooling != "auto" else ("last" if self.is_decoder else "mean")

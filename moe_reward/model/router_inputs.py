@@ -31,17 +31,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
-from scipy import sparse
 
 from ..core import atomic
 from ..embed.backbone import Backbone, BackboneSpec
 from ..embed.cache import drop_broken_shard
 from ..embed.features import PairFeatures, default_cache_dir
 from .moe import RouterBatch, parse_channels
+
+if TYPE_CHECKING:
+    pass
 
 AUTO_CANDIDATES = ("pooled", "lexical", "pooled+lexical")
 MAX_VOCABULARY = 4096
@@ -113,7 +116,14 @@ def _term_index(vocabulary: Sequence[str]) -> dict[str, int]:
     return index
 
 
-def term_counts(texts: Sequence[str], vocabulary: Sequence[str]) -> sparse.csr_matrix:
+def _issparse(x) -> bool:
+    return hasattr(x, "tocsr")  # a scipy sparse matrix (without importing scipy to ask)
+
+
+DENSE_ROWS = 256  # lexical rows for at most this many prompts are built dense (numpy only: no scipy import)
+
+
+def term_counts(texts: Sequence[str], vocabulary: Sequence[str], dense: bool = False):
     """[N, V] counts of a fixed vocabulary's terms, exactly what `_counter(vocabulary).transform(texts)`
     gives (lower-cased, TOKEN_PATTERN tokens, their NGRAMS joined by one space), without importing
     scikit-learn: scoring one prompt with a saved model must not pay for that import (seconds, cold)."""
@@ -132,17 +142,39 @@ def term_counts(texts: Sequence[str], vocabulary: Sequence[str]) -> sparse.csr_m
         indices.extend(cols)
         data.extend(row[c] for c in cols)
         indptr.append(len(indices))
+    if dense:
+        out = np.zeros((len(texts), len(vocabulary)), np.int64)
+        for r in range(len(texts)):
+            out[r, indices[indptr[r] : indptr[r + 1]]] = data[indptr[r] : indptr[r + 1]]
+        return out
+    from scipy import sparse
+
     return sparse.csr_matrix(
         (np.asarray(data, np.int64), np.asarray(indices, np.int32), np.asarray(indptr, np.int64)),
         shape=(len(texts), len(vocabulary)),
     )
 
 
-def lexical_matrix(prompts: Sequence[str], vocabulary: Sequence[str], idf: np.ndarray) -> sparse.csr_matrix:
-    """[N, V] TF-IDF rows (sublinear tf, unit length; all-zero for a prompt with no known term)."""
+def lexical_matrix(prompts: Sequence[str], vocabulary: Sequence[str], idf: np.ndarray, dense: bool = False):
+    """[N, V] TF-IDF rows (sublinear tf, unit length; all-zero for a prompt with no known term): a scipy
+    CSR matrix; with `dense` (scoring a few texts: at most DENSE_ROWS) the same values as a numpy array,
+    computed without importing scipy."""
+    idf32 = np.asarray(idf, np.float32)
+    if dense:
+        if len(prompts) > DENSE_ROWS:
+            raise ValueError(f"dense lexical rows for at most {DENSE_ROWS} prompts, got {len(prompts)}")
+        counts = term_counts(_clip(prompts), vocabulary, dense=True).astype(np.float32)
+        hit = counts > 0
+        tf = np.zeros_like(counts)
+        tf[hit] = 1.0 + np.log(counts[hit])
+        tfidf = tf * idf32[None, :]
+        norms = np.sqrt((tfidf * tfidf).sum(1, dtype=np.float32))
+        return (tfidf / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
+    from scipy import sparse
+
     counts = term_counts(_clip(prompts), vocabulary).astype(np.float32).tocsr()
     counts.data = 1.0 + np.log(counts.data)
-    tfidf = counts.multiply(np.asarray(idf, np.float32)[None, :]).tocsr()
+    tfidf = counts.multiply(idf32[None, :]).tocsr()
     norms = np.sqrt(np.asarray(tfidf.multiply(tfidf).sum(1)).reshape(-1))
     return sparse.diags(1.0 / np.maximum(norms, 1e-12)).dot(tfidf).tocsr().astype(np.float32)
 
@@ -283,7 +315,7 @@ class RouterData:
         parts = []
         for b in self.blocks:
             part = b[rows]
-            parts.append(part.toarray() if sparse.issparse(part) else np.asarray(part))
+            parts.append(part.toarray() if _issparse(part) else np.asarray(part))
         return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
 
     def batch(self, rows: np.ndarray | slice) -> torch.Tensor | RouterBatch:
@@ -308,7 +340,7 @@ class RouterData:
         """Per-dimension mean and std of the vector channels (sparse blocks without densifying)."""
         means, stds = [], []
         for b in self.blocks:
-            if sparse.issparse(b):
+            if _issparse(b):
                 m = np.asarray(b.mean(0)).reshape(-1)
                 sq = np.asarray(b.multiply(b).mean(0)).reshape(-1)
             else:  # in chunks: no float64 copy of the whole block (a million prompts at scale)
@@ -347,8 +379,10 @@ def build_router_data(
     max_prompt_tokens: int = 64,
     backbone: Backbone | BackboneSpec | None = None,
     cache_dir: str | Path | None = "default",
+    dense: bool = False,
 ) -> RouterData:
-    """Router inputs of `features` for the given channels (see the module docstring)."""
+    """Router inputs of `features` for the given channels (see the module docstring); `dense`: the lexical
+    block as a numpy array (a few rows being scored; see `lexical_matrix`)."""
     prompts = [p.prompt for p in features.pairs]
     blocks: list = []
     if "pooled" in channels:
@@ -357,7 +391,9 @@ def build_router_data(
         if not len(vocabulary):
             raise ValueError("the lexical router channel needs a fitted vocabulary")
         blocks.append(
-            lexical_matrix(prompts, vocabulary, idf if idf is not None else np.ones(len(vocabulary)))
+            lexical_matrix(
+                prompts, vocabulary, idf if idf is not None else np.ones(len(vocabulary)), dense=dense
+            )
         )
     data = RouterData(blocks)
     if "attention" in channels:
@@ -390,12 +426,13 @@ def router_data(
     features: PairFeatures,
     backbone: Backbone | BackboneSpec | None = None,
     cache_dir: str | Path | None = "default",
+    dense: bool = False,
 ) -> RouterData:
     """What `model`'s router reads for these pairs (its channels, vocabulary and token budget)."""
     cfg = model.config
     idf = model.lexical_idf.detach().cpu().numpy() if cfg.lexical_vocabulary else None
     return build_router_data(
-        cfg.channels, features, cfg.lexical_vocabulary, idf, cfg.max_prompt_tokens, backbone, cache_dir
+        cfg.channels, features, cfg.lexical_vocabulary, idf, cfg.max_prompt_tokens, backbone, cache_dir, dense
     )
 
 

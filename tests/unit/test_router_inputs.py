@@ -68,10 +68,14 @@ def test_term_counts_equal_scikit_learns_count_vectorizer_without_importing_it()
     theirs = _counter(vocabulary).transform(texts)
     assert ours.shape == theirs.shape and (ours != theirs).nnz == 0
     assert ours.sum() > 10  # the texts do hit the vocabulary
+    # scoring a few prompts (dense rows): the same values, and neither scikit-learn nor scipy imported
+    sparse_rows = lexical_matrix(texts, vocabulary, np.linspace(1, 2, len(vocabulary)))
+    dense_rows = lexical_matrix(texts, vocabulary, np.linspace(1, 2, len(vocabulary)), dense=True)
+    assert isinstance(dense_rows, np.ndarray) and np.allclose(sparse_rows.toarray(), dense_rows, atol=1e-7)
     code = (
         "import sys; from moe_reward.model.router_inputs import lexical_matrix; import numpy as np; "
-        "lexical_matrix(['keep it short'], ['keep', 'it short'], np.ones(2)); "
-        "print('sklearn' in sys.modules)"
+        "lexical_matrix(['keep it short'], ['keep', 'it short'], np.ones(2), dense=True); "
+        "print('sklearn' in sys.modules, 'scipy' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"

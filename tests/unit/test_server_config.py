@@ -4,8 +4,9 @@ from the repository root reads .streamlit/config.toml; `moe-reward app` passes t
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import pytest
 
 from moe_reward.cli import SERVER_FLAGS
 
@@ -13,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_config_and_moe_reward_app_turn_off_the_per_run_costs():
+    tomllib = pytest.importorskip("tomllib")  # (Python 3.11+)
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["fileWatcherType"] == "none"
     assert config["runner"]["postScriptGC"] is False
