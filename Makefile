@@ -1,4 +1,4 @@
-.PHONY: install check lint format test bench app dataset default-artifacts default-model
+.PHONY: install check lint typecheck format test bench app dataset default-artifacts default-model
 
 install:
 	pip install -r requirements.txt && pip install --no-deps -e .
@@ -9,6 +9,10 @@ lint:
 	ruff check $(PY_SOURCES)
 	ruff format --check $(PY_SOURCES)
 
+# basedpyright, standard mode ([tool.basedpyright] in pyproject.toml): moe_reward, pages, app.py, ui_common.py
+typecheck:
+	basedpyright
+
 format:
 	ruff format $(PY_SOURCES)
 	ruff check --fix $(PY_SOURCES)
@@ -16,7 +20,7 @@ format:
 test:
 	pytest
 
-check: lint test
+check: lint typecheck test
 
 bench:
 	python bench/bench_embed.py && python bench/bench_decoder.py --tiny && python bench/bench_scale.py && python bench/bench_train.py && python bench/bench_personalize.py && python bench/bench_app.py && python bench/bench_map.py

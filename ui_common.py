@@ -11,8 +11,10 @@ import gc
 import html
 import re
 import threading
+from collections.abc import Callable, Collection
 from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import numpy as np
@@ -380,7 +382,9 @@ def url_value(name: str, default=None):
     return (st.session_state.get(URL_STATE) or {}).get(name, default)
 
 
-def init_state(key: str, url_name: str, convert=str, valid=None) -> None:
+def init_state(
+    key: str, url_name: str, convert: Callable[[Any], object] = str, valid: Collection[object] | None = None
+) -> None:
     """Before a widget exists: give it the link's value (once per link; afterwards the widget rules)."""
     pending = st.session_state.get(URL_STATE) or {}
     if url_name not in pending:
@@ -508,6 +512,15 @@ def context() -> Context | None:
     return ctx
 
 
+def require_context() -> Context:
+    """`context()`, or the end of this page run when there is none (what it shows says why). Typed as a
+    Context, so that functions a page defines see one (a module variable is not narrowed inside them)."""
+    ctx = context()
+    if ctx is None:
+        st.stop()
+    return ctx
+
+
 def model_metrics(model_dir: Path) -> dict:
     return load_metrics(model_dir)
 
@@ -557,7 +570,7 @@ def scope_note(scope: summary.Scope) -> str:
     return f"{scope.label} · {scope.n} pairs"
 
 
-def table(frame: pd.DataFrame, max_rows: int = 60, **kwargs) -> None:
+def table(frame: pd.DataFrame | pd.Series, max_rows: int = 60, **kwargs) -> None:
     """A small table shown whole (no inner scroll bar) up to `max_rows` rows."""
     rows = len(frame)
     height = 35 * (min(rows, max_rows) + 1) + 3

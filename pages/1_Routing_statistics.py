@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pandas as pd
 import plotly.express as px
@@ -16,9 +18,7 @@ ui.page_header(
     "Which experts the router uses, for which groups, how confidently, "
     "and how accurate each expert is where it is used.",
 )
-ctx = ui.context()
-if ctx is None:
-    st.stop()
+ctx = ui.require_context()
 
 s, groups, names = ctx.scores, ctx.groups, ctx.expert_names()
 all_groups = ui.natural_sorted(set(groups))
@@ -50,8 +50,10 @@ with st.container(border=True):
     )
     picked_groups = c1.multiselect("Groups", all_groups, key="rs_groups")
     correctness = c2.radio("Pairs", ["all", "correct", "incorrect"], horizontal=True, key="rs_correct")
-    conf_lo, conf_hi = c3.slider(
-        "Routing confidence (weight of the top expert)", 0.0, 1.0, step=0.05, key="rs_conf"
+    # (a range slider: its value, a pair, comes from session state, which streamlit's types cannot see)
+    conf_lo, conf_hi = cast(
+        "tuple[float, float]",
+        c3.slider("Routing confidence (weight of the top expert)", 0.0, 1.0, step=0.05, key="rs_conf"),
     )
 ui.share_view(
     subset=scope_key,
@@ -179,7 +181,7 @@ with right:
     )
     fig = px.imshow(
         acc,
-        text_auto=".2f",
+        text_auto=".2f",  # pyright: ignore[reportArgumentType] (plotly is untyped: a format is allowed)
         aspect="auto",
         zmin=0,
         zmax=1,
@@ -195,7 +197,7 @@ with left:
     co = pd.DataFrame(ev["coactivation"], index=names, columns=names)
     fig = px.imshow(
         co,
-        text_auto=".2f",
+        text_auto=".2f",  # pyright: ignore[reportArgumentType] (plotly is untyped: a format is allowed)
         aspect="auto",
         color_continuous_scale="Purples",
         labels=dict(x="expert", y="expert", color="share"),

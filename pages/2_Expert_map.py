@@ -50,10 +50,7 @@ ui.page_header(
     "so that each expert is a region; other views place it by how the experts judge it or by its text. "
     "Drag a box or lasso to list the pairs inside.",
 )
-picked_ctx = ui.context()
-if picked_ctx is None:
-    st.stop()
-ctx: ui.Context = picked_ctx  # (declared: the fragment below sees a Context, never None)
+ctx = ui.require_context()
 
 s, names = ctx.scores, ctx.expert_names()
 n, k_experts = len(ctx.features), ctx.k
@@ -290,7 +287,8 @@ def map_and_selection() -> None:
                 )
             )
         if highlight is not None and color_by == "top expert":  # drawn last: on top of everything
-            fig.data = tuple(sorted(fig.data, key=lambda t: t.name == f"E{highlight}"))
+            # (plotly is untyped: its inferred `fig.data` is not the traces)
+            fig.data = tuple(sorted(fig.data, key=lambda t: t.name == f"E{highlight}"))  # pyright: ignore[reportAttributeAccessIssue]
     if highlight is not None and color_by != "top expert":
         m = draw[s.top_expert[draw] == highlight]
         fig.add_trace(

@@ -17,9 +17,7 @@ ui.page_header(
     "Everything about one expert: what it prefers, where the router sends it work, "
     "and which other experts agree with it.",
 )
-ctx = ui.context()
-if ctx is None:
-    st.stop()
+ctx = ui.require_context()
 
 s, names, groups = ctx.scores, ctx.expert_names(), ctx.groups
 labels = ctx.expert_labels()

@@ -22,6 +22,7 @@ import hashlib
 import json
 import time
 import uuid
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -34,13 +35,19 @@ from moe_reward.personalize.adapters import (
     ADAPTERS,
     Adapter,
     margin_scale_for,
-    personalized_accuracy,
     prior_from_routing,
     sigmoid,
     span_report,
     weight_shift,
 )
-from moe_reward.personalize.session import LabelSession, ScreenClaims, Shown, TypedPair
+from moe_reward.personalize.session import (
+    LabelSession,
+    ScreenClaims,
+    Shown,
+    TypedPair,
+    persona_accuracy,
+    typed_pair,
+)
 from moe_reward.personalize.store import (
     MAX_IMPORT_LABELS,
     DuplicateLabel,
@@ -50,6 +57,18 @@ from moe_reward.personalize.store import (
     adapter_spec,
     new_profile_spec,
 )
+
+
+class ShownPair(TypedDict):
+    """The pair on screen: texts as shown (A and B in display order) and its scores for A over B."""
+
+    prompt: str
+    a: str
+    b: str
+    caption: str
+    m_a: np.ndarray  # [K] expert margins of A over B
+    logits: np.ndarray  # [K] router logits of the prompt
+
 
 NEW_PROFILE = "New profile…"  # plain text (a "＋" glyph is a missing-font box in Debian's Chromium)
 FIRST_PROFILE = "default"  # what a new annotator's first label creates
@@ -63,10 +82,7 @@ ADAPTER_HELP = {
 AUTOPLAY_SECONDS = 1.0  # one simulated label about every second
 
 ui.page_header("Personalize", "Label a few pairs: your profile re-weights the experts after every label.")
-picked = ui.context()
-if picked is None:
-    st.stop()
-ctx: ui.Context = picked  # (declared: the callbacks and the fragment below see a Context, never None)
+ctx = ui.require_context()
 try:
     store = ui.label_store(str(ctx.ws.labels_db))
 except StoreError as exc:
@@ -495,14 +511,7 @@ def pick_pair(adapter: Adapter, labeled: set[str]) -> tuple[dict | None, tuple |
                     preload_backbone_imports()
                     scored = score_texts(ctx.model, ctx.backbone(), prompt, [a, b])
                 digest = hashlib.sha1(f"{prompt}\x00{a}\x00{b}".encode()).hexdigest()[:12]
-                S["typed"] = TypedPair(
-                    f"typed-{digest}",
-                    prompt,
-                    a,
-                    b,
-                    tuple(np.subtract(scored[0].expert_rewards, scored[1].expert_rewards).tolist()),
-                    tuple(np.log(np.clip(scored[0].router_probs, 1e-12, None)).tolist()),
-                )
+                S["typed"] = typed_pair(f"typed-{digest}", prompt, a, b, scored)
         typed = S.get("typed")
         if typed is None or typed.pair_id in labeled:
             return None, None
@@ -725,9 +734,10 @@ def draw_profile(adapter: Adapter, state) -> None:
     with c2:
         if len(held_out):
             # Accuracy of every profile in the history on the persona's held-out pairs (weights-only mix).
-            accs = ((margins[held_out] @ history.T) > 0).mean(0)
-            base = float(ctx.scores.correct[held_out].mean())
-            now = personalized_accuracy(adapter, margins[held_out], logits[held_out])
+            measured = persona_accuracy(
+                adapter, margins[held_out], logits[held_out], ctx.scores.correct[held_out]
+            )
+            accs, base, now = measured.curve, measured.model, measured.now
             m1, m2, m3 = st.columns(3)
             m1.metric("Held-out accuracy now", f"{now:.3f}", delta=f"{now - accs[0]:+.3f} vs start")
             m2.metric("Starting profile", f"{accs[0]:.3f}")
@@ -790,7 +800,7 @@ def import_labels(d: dict) -> tuple[dict, list[Label]]:
         )
     stored = d.get("labels") or {}
     ids, ms = list(stored.get("pair_ids") or []), list(stored.get("expert_margins") or [])
-    lg = stored.get("router_logits") or [None] * len(ms)
+    lg: list[Any] = stored.get("router_logits") or [None] * len(ms)
     if len(ids) != len(ms) or len(lg) != len(ms):
         raise ValueError(f"{len(ids)} pair ids for {len(ms)} rows of margins")
     if len(ms) > MAX_IMPORT_LABELS:

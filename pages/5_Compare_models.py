@@ -16,9 +16,7 @@ ui.page_header(
     "Two models on the dataset picked in the sidebar: accuracy, per-group accuracy, "
     "routing NMI, the pairs they disagree on, and personalization curves from experiments.",
 )
-ctx = ui.context()
-if ctx is None:
-    st.stop()
+ctx = ui.require_context()
 
 models = ctx.ws.list_models()
 others = [m for m in models if m != ctx.model_name]  # never a model with itself

@@ -20,10 +20,7 @@ ui.page_header(
     "Type a prompt and two responses: see what each expert thinks, how the router "
     "mixes them, and the reward under a personal profile.",
 )
-picked = ui.context()
-if picked is None:
-    st.stop()
-ctx: ui.Context = picked  # (declared: the fragment below sees a Context, never None)
+ctx = ui.require_context()
 names = ctx.expert_names()
 store = ui.label_store(str(ctx.ws.labels_db))
 

@@ -18,12 +18,14 @@ import html
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
 import numpy as np
 
+from ..core.atomic import write_text
 from ..evaluate import summary
 from .colors import NEUTRAL, expert_color
 
@@ -136,7 +138,7 @@ def find_chromium() -> str | None:
     return shutil.which("chromium")
 
 
-def write_pngs(figures: dict[str, object], out_dir: Path) -> tuple[list[Path], str | None]:
+def write_pngs(figures: Mapping[str, object], out_dir: Path) -> tuple[list[Path], str | None]:
     """Each figure as PNG through kaleido (one browser for all); ([], reason) when that is not possible."""
     try:
         import kaleido
@@ -424,12 +426,7 @@ def build_report(
         model_dir=esc(model_dir),
         data_name=esc(data_name),
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(body)
-    os.chmod(tmp, 0o644)  # (mkstemp creates it private)
-    os.replace(tmp, out)
+    write_text(out, body)
     report = Report(out)
     if pngs:
         fig_dir = out.parent / f"{out.stem}_figures"

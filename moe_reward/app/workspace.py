@@ -40,7 +40,7 @@ DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".pq", ".safe
 GZIPPED = (".jsonl.gz", ".ndjson.gz", ".json.gz", ".csv.gz")  # data.load_pairs reads these too
 REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
-ProgressFn = Callable[[str, float], None]  # (stage description, fraction done in [0, 1])
+ProgressFn = Callable[[str, float], object]  # (stage description, fraction done in [0, 1]); return ignored
 
 
 def default_root() -> Path:
@@ -413,9 +413,11 @@ class Workspace:
         else:
             if shipped.exists() and not train:
                 say(f"training the default model here ({why})", 0.6)
-            train_from_data(
-                ship.default_request(feats), out, stage=lambda m, f: say(m, 0.6 + 0.35 * f), features=feats
-            )
+
+            def stage(msg: str, frac: float) -> None:
+                say(msg, 0.6 + 0.35 * frac)
+
+            train_from_data(ship.default_request(feats), out, stage=stage, features=feats)
         say("projecting (PCA)", 0.97)
         project(feats, ProjectionParams(method="pca"), self.projections_dir, key_parts=(str(out), str(data)))
         say("ready", 1.0)

@@ -142,6 +142,7 @@ def cmd_train(args) -> int:
         )
         if getattr(args, k) is not None
     }
+    train_cfg = TrainConfig.for_kind(args.model, **overrides)
     req = TrainRequest(
         data=args.data,
         kind=args.model,
@@ -157,7 +158,7 @@ def cmd_train(args) -> int:
         exclude_user_pairs=args.exclude_user_pairs,
         router_input=args.router_input,
         split_by=args.split_by,
-        train=TrainConfig.for_kind(args.model, **overrides),
+        train=train_cfg,
     )
     bar, stage = _progress_bar(f"train {args.model}")
     try:
@@ -184,7 +185,7 @@ def cmd_train(args) -> int:
         print(
             f"  schedule: {metrics['epochs_run']} epochs run of at most {metrics['epochs_planned']} "
             f"({metrics['epochs_requested']} requested; raised so that {metrics['splits']['train']} training pairs get "
-            f"at least {req.train.min_steps} optimizer steps)"
+            f"at least {train_cfg.min_steps} optimizer steps)"
         )
     _print_diagnostics(t.get("diagnostics"))
     for warning in metrics.get("warnings", []):
@@ -588,7 +589,7 @@ def error_line(exc: BaseException) -> str:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     errors: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, RecursionError, MemoryError)
-    train = sys.modules.get(f"{__package__.rpartition('.')[0]}.train.loop")  # (only raised once training ran)
+    train = sys.modules.get(f"{__name__.rpartition('.')[0]}.train.loop")  # (only raised once training ran)
     if train is not None:
         errors += (train.TrainingDiverged,)
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.atomic import open_atomic, write_text
-from . import ADAPTER_NAMES
+from . import ADAPTER_NAMES, bounded_int
 
 CLI_SESSION = "cli"  # the session name of labels stored from the command line (what `label --undo` removes)
 
@@ -99,7 +99,7 @@ def register(subparsers) -> None:
     e = subparsers.add_parser("expert", help="one expert: top-routed pairs, largest margins, agreement")
     model_data(e)
     e.add_argument("--expert", type=int, required=True)
-    e.add_argument("--top", type=int, default=5)
+    e.add_argument("--top", type=bounded_int(1, 10_000), default=5, help="pairs listed per table")
     e.set_defaults(func=cmd_expert)
 
     c = subparsers.add_parser("compare", help="two models on the same pairs, and the pairs they disagree on")
@@ -195,7 +195,15 @@ def filter_mask(
     feats, scores, groups=None, correct="all", min_conf=0.0, max_conf=1.0, expert=None
 ) -> np.ndarray:
     """The Routing statistics / Expert map filters, as one boolean mask over the pairs."""
+    from ..core.checks import check_choice, check_number
     from ..evaluate.metrics import groups_of
+
+    check_choice("--correct", correct, ("all", "yes", "no"))
+    lo = check_number("--min-confidence", min_conf, 0.0, 1.0)
+    if check_number("--max-confidence", max_conf, 0.0, 1.0) < lo:
+        raise ValueError(
+            f"--max-confidence ({max_conf}) is below --min-confidence ({min_conf}): no pair fits"
+        )
 
     g = groups_of(feats)
     g = g if g is not None else np.array(["(none)"] * len(feats))
@@ -497,7 +505,7 @@ def cmd_label(args) -> int:
         if args.undo:
             rec = store.find_profile(args.annotator, args.profile, model_dir.name)
             gone = None if rec is None else store.undo_last(rec.id, CLI_SESSION)
-            if gone is None:
+            if rec is None or gone is None:
                 print(f"no label stored from the command line in {args.annotator}/{args.profile}")
                 return 1
             print(f"removed label #{gone.id} (pair {gone.pair_id}); {store.count_labels(rec.id)} labels left")

@@ -40,9 +40,9 @@ def _publish(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_with(path: str | Path, write: Callable[[str], None]) -> Path:
+def write_with(path: str | Path, write: Callable[[str], object]) -> Path:
     """Let `write(tmp_path)` (e.g. ``safetensors.save_file``) write a temporary file, then rename it onto
-    `path`. On any failure the temporary file is removed and `path` is left untouched."""
+    `path` (whatever `write` returns is ignored). On any failure the temporary file is removed and `path` is left untouched."""
     path = Path(path)
     tmp = _temp_for(path)
     try:
@@ -65,8 +65,7 @@ def open_atomic(
     path = Path(path)
     tmp = _temp_for(path)
     try:
-        kwargs = {} if "b" in mode else {"encoding": encoding, "newline": newline}
-        with open(tmp, mode, **kwargs) as fh:
+        with open(tmp, "wb") if mode == "wb" else open(tmp, "w", encoding=encoding, newline=newline) as fh:
             yield fh
         _publish(tmp, path)
     except BaseException:

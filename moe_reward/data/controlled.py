@@ -3,9 +3,9 @@
 The dataset is a synthetic, fully controlled preference corpus in the spirit of
 category-recovery / attribute-steering experiments and "reasonable preference
 reversal" data.  Every response is composed from hand-written content
-(:mod:`moe_reward.controlled_content`) and six binary attribute switches
-(:data:`AXES`), each of which is measurable from the response text with
-:mod:`moe_reward.text_features`.
+(``controlled_content.json``, loaded by :mod:`moe_reward.data.controlled_content`)
+and six binary attribute switches (:data:`AXES`), each of which is measurable
+from the response text with :mod:`moe_reward.data.text_features`.
 
 Two kinds of pairs are produced (see ``data/README.md`` for the dataset card):
 
@@ -22,8 +22,8 @@ Two kinds of pairs are produced (see ``data/README.md`` for the dataset card):
 
 Regenerate / verify the committed file with::
 
-    python -m moe_reward.controlled --out data/controlled/pairs.jsonl.gz
-    python -m moe_reward.controlled --check data/controlled/pairs.jsonl.gz
+    python -m moe_reward.data.controlled --out data/controlled/pairs.jsonl.gz
+    python -m moe_reward.data.controlled --check data/controlled/pairs.jsonl.gz
 
 Only the standard library is used and all randomness comes from seeded
 ``random.Random`` instances, so the output is byte-for-byte reproducible.

@@ -377,7 +377,7 @@ class _HelpSteer:
         for name in names:
             value = row.get(name)
             try:
-                if isinstance(value, bool):
+                if value is None or isinstance(value, bool):
                     raise TypeError
                 scores[name] = float(value)
             except (TypeError, ValueError):
@@ -582,7 +582,7 @@ def _finish(col: _Collector, skip_bad: bool) -> LoadResult:
 def load_hf_dataset(spec: str, skip_bad: bool = False) -> LoadResult:
     """``owner/name[:split]`` from the Hugging Face hub; optional, never used by tests."""
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets  # pyright: ignore[reportMissingImports] (the optional `hub` extra)
     except ImportError as exc:  # pragma: no cover - optional extra
         raise RuntimeError("loading from the hub needs `pip install moe-reward-lens[hub]`") from exc
     name, _, split = spec.partition(":")

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 MAX_ROW_BYTES = 64 * 1024 * 1024  # one JSONL line, CSV record or JSON array element
 MAX_JSON_OBJECT_BYTES = 256 * 1024 * 1024  # a .json file whose top level is an object is read whole
@@ -52,10 +52,10 @@ def _stream_problem(exc: BaseException, path: Path, after_line: int) -> RowError
     return RowError(str(path), 0, None, reason)
 
 
-def open_binary(path: Path) -> BinaryIO:
+def open_binary(path: Path) -> io.BufferedReader | gzip.GzipFile:
     fh = open(path, "rb")  # noqa: SIM115 (closed by the reader that owns it)
     if path.suffix.lower() == ".gz":
-        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=fh, mode="rb")
     return fh
 
 
@@ -101,7 +101,7 @@ def _loads(text: str) -> Any:
 def _read_jsonl(path: Path) -> Rows:
     first = True
     for lineno, raw, err in _lines(path):
-        if err:
+        if raw is None:  # (then err says why)
             yield lineno, None, err
             continue
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
@@ -173,6 +173,7 @@ class _TextBuffer:
         """The next non-space character ('' at the end of the file)."""
         while True:
             m = _SPACE.match(self.buf, self.pos)
+            assert m is not None  # (r"\s*" matches at every position)
             self.line += self.buf.count("\n", self.pos, m.end())
             self.pos = m.end()
             if self.pos < len(self.buf):
@@ -278,13 +279,7 @@ def _read_json(path: Path) -> Rows:
                 str(path), 0, None, f"bad JSON at line {lineno}: {exc.msg}; the rest of the file was not read"
             ),
         )
-    except ValueError as exc:  # RecursionError-turned-ValueError, or too large
-        yield (
-            0,
-            None,
-            RowError(str(path), 0, None, f"{exc} (line {src.line}); the rest of the file was not read"),
-        )
-    except UnicodeDecodeError as exc:
+    except UnicodeDecodeError as exc:  # (a ValueError: handled first)
         yield (
             0,
             None,
@@ -294,6 +289,12 @@ def _read_json(path: Path) -> Rows:
                 None,
                 f"not valid UTF-8 ({exc.reason}) after line {src.line}; the rest of the file was not read",
             ),
+        )
+    except ValueError as exc:  # RecursionError-turned-ValueError, or too large
+        yield (
+            0,
+            None,
+            RowError(str(path), 0, None, f"{exc} (line {src.line}); the rest of the file was not read"),
         )
     except _STREAM_ERRORS as exc:
         yield 0, None, _stream_problem(exc, path, src.line)

@@ -12,17 +12,28 @@ What gets embedded, and why:
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..core.checks import check_choice, check_int, check_text, short
+from ..core.limits import MAX_MAX_LENGTH
 from .features import ProgressFn
+from .runtimes import RUNTIMES
 
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
+POOLINGS = ("auto", "mean", "last")
+TEMPLATES = ("auto", "plain", "chat")
+PADDINGS = ("auto", "right", "left")
+MAX_BATCH_ROWS = 1 << 16  # texts per batch
+MAX_BATCH_TOKENS = 1 << 24  # padded tokens per batch
+_DEVICE = re.compile(r"auto|[a-z]+(:\d{1,4})?|")  # a torch device type and index ("" and auto: the default)
 CHARS_PER_TOKEN_GUESS = 16  # a text is first cut to (token budget x this) characters before tokenization
 CHARS_PER_TOKEN_LIMIT = 4096  # ... and never tokenized beyond (token budget x this) characters
 
@@ -78,8 +89,24 @@ class BackboneSpec:
     max_batch_tokens: int = 0  # padded tokens per batch; 0 = auto (from free GPU memory; unbounded on CPU)
 
     def __post_init__(self) -> None:
-        if self.runtime == "auto":  # resolved here: cache keys, file keys and metadata name the real one
+        """Checked where it is made (the CLI, the dashboard, a features file's metadata): each bad field
+        gets a ValueError that names it and what is allowed. Runtime "auto" is resolved here (see
+        `default_runtime`): cache keys, file keys and metadata name the runtime that really runs."""
+        check_text("backbone name", self.name)
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_int("max_length", self.max_length, 1, MAX_MAX_LENGTH)
+        check_int("batch_size", self.batch_size, 0, MAX_BATCH_ROWS)
+        if not (self.device is None or (isinstance(self.device, str) and _DEVICE.fullmatch(self.device))):
+            raise ValueError(
+                f"device must be auto, cpu, cuda, cuda:N, mps (a torch device), got {short(self.device)}"
+            )
+        check_choice("precision", self.precision, ("auto", *PRECISIONS))
+        if self.runtime == "auto":
             self.runtime = default_runtime(self.name, self.device, self.precision)
+        check_choice("runtime", self.runtime, RUNTIMES)
+        check_choice("template", self.template, TEMPLATES)
+        check_choice("padding", self.padding, PADDINGS)
+        check_int("max_batch_tokens", self.max_batch_tokens, 0, MAX_BATCH_TOKENS)
 
     def key(self, pooling: str, precision: str = "float32", template: str = "plain") -> str:
         """Cache key: what changes the embeddings (backbone, pooling, length, runtime, precision, template)."""
@@ -96,15 +123,19 @@ class BackboneSpec:
         return hashlib.sha1(body.encode()).hexdigest()[:16]
 
     @classmethod
-    def from_metadata(cls, meta: dict) -> BackboneSpec:
-        """The spec that made a features file or a model's features (its recorded metadata)."""
-        return cls(
-            meta.get("backbone", DEFAULT_BACKBONE),
-            pooling=meta.get("pooling", "auto"),
-            max_length=int(meta.get("max_length", 256)),
-            runtime=meta.get("runtime", "torch"),
-            template=meta.get("template", "auto"),
-        )
+    def from_metadata(cls, meta: dict, source: str = "features metadata") -> BackboneSpec:
+        """The spec that made a features file or a model's features (its recorded metadata); a bad value
+        raises ValueError naming `source` and the field."""
+        try:
+            return cls(
+                meta.get("backbone", DEFAULT_BACKBONE),
+                pooling=meta.get("pooling", "auto"),
+                max_length=meta.get("max_length", 256),
+                runtime=meta.get("runtime", "torch"),
+                template=meta.get("template", "auto"),
+            )
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
 
 
 PRECISIONS = {
@@ -228,7 +259,9 @@ class Backbone:
         if self.spec.runtime != "torch":
             self.dtype = torch.float32
         self._path = path
-        self._model: torch.nn.Module | None = None
+        self._model: Any = None  # a transformers PreTrainedModel (untyped here), loaded when needed
+        self.tokenizer: Any = None  # a transformers tokenizer, or tokenizer.LightTokenizer
+        self.config: Any = None  # the model's config (transformers), or config.json as a namespace
         exported = None
         if model is None and self.spec.runtime != "torch":
             from .runtimes import cached_onnx_file
@@ -319,18 +352,20 @@ class Backbone:
             from .runtimes import OnnxRunner, onnx_model_file
 
             self._runner = OnnxRunner(exported or onnx_model_file(self.model, path, self.spec.runtime))
-        self._encoded: dict[str, list[int]] = {}  # token ids of recent texts (prompts shared by many pairs)
+        # token ids of recent (prompt, need): a prompt shared by many pairs is tokenized once
+        self._encoded: dict[tuple[str, int], list[int]] = {}
         self.truncated = 0  # how many inputs were cut to fit; reported, never silent
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> Any:
         """The `transformers` model (loaded on first use when the ONNX runtimes did not need it)."""
         if self._model is None:
             from transformers import AutoModel
 
+            dtype_kwarg: dict[str, Any] = {_dtype_kwarg(): self.dtype}  # (its name depends on the version)
             try:
                 with _quiet_transformers():
-                    loaded = AutoModel.from_pretrained(self._path, **{_dtype_kwarg(): self.dtype})
+                    loaded = AutoModel.from_pretrained(self._path, **dtype_kwarg)
             except OSError as exc:
                 raise ValueError(f"backbone {self.spec.name!r}: {exc}") from exc
             self._model = loaded.eval().to(self.device)

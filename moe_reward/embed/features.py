@@ -23,7 +23,7 @@ from ..core import atomic
 from ..data.pairs import PreferencePair
 
 FEATURES_FORMAT = "moe-reward-features/1"
-ProgressFn = Callable[[int, int], None]  # (done, total)
+ProgressFn = Callable[[int, int], object]  # (done, total); return ignored
 
 
 def default_cache_dir() -> Path:
@@ -95,7 +95,7 @@ class PairFeatures:
         ):
             return self
         return PairFeatures(
-            *(self.rows(k) for k in ("prompt", "chosen", "rejected")), self.pairs, dict(self.metadata)
+            self.rows("prompt"), self.rows("chosen"), self.rows("rejected"), self.pairs, dict(self.metadata)
         )
 
     def subset(self, index: Sequence[int] | np.ndarray) -> PairFeatures:
@@ -281,7 +281,11 @@ class ShardWriter:
             self._flush(self.shard_rows)
 
     def _flush(self, count: int) -> None:
-        parts = [np.concatenate([b[i] for b in self._buf]) for i in range(3)]
+        parts = [  # prompt, chosen, rejected
+            np.concatenate([b[0] for b in self._buf]),
+            np.concatenate([b[1] for b in self._buf]),
+            np.concatenate([b[2] for b in self._buf]),
+        ]
         pairs = [p for b in self._buf for p in b[3]]
         head = PairFeatures(
             parts[0][:count], parts[1][:count], parts[2][:count], pairs[:count], dict(self.metadata)
@@ -374,7 +378,7 @@ def _mapped_matrices(folder: Path, shards: list[dict], total: int, dim: int) -> 
                 for shard in shards:
                     part = PairFeatures.load(folder / shard["file"], mmap=True)
                     for k, fh in handles.items():
-                        fh.write(memoryview(np.ascontiguousarray(getattr(part, k), np.float16)).cast("B"))
+                        fh.write(np.ascontiguousarray(getattr(part, k), np.float16).data.cast("B"))
                     del part
             finally:
                 for fh in handles.values():

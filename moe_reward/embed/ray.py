@@ -72,11 +72,13 @@ def _connect(address: str | None, num_cpus: int | None):
 
     if ray.is_initialized():
         return False
-    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)  # a fresh local cluster, never a stale one
+    ray.init(
+        address=address or "local",  # "local": a fresh local cluster, never a stale one
+        num_cpus=None if address else num_cpus,  # (a running cluster has its own)
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     return True
 
 

@@ -22,13 +22,18 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from ..core import atomic
+from ..core.checks import check_int, check_number, check_text, short
 from ..data import text_features
 from ..embed.features import PairFeatures
 from .metrics import PairScores, score_pairs
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 DESCRIPTIONS_FORMAT = "moe-reward-expert-descriptions/1"
 
@@ -49,6 +54,8 @@ FEATURE_WORDS: dict[str, tuple[str, str]] = {
     "politeness": ("polite", "not polite"),
     "refusal": ("refuses", "does not refuse"),
 }
+MAX_TOP_N = 1000  # keywords and pairs listed per expert
+MAX_LLM_TIMEOUT = 600.0  # seconds
 LABEL_MIN_CORRELATION = 0.15  # weaker correlations are not worth a word in the label
 # Speaker markers of dialogue formats (HH-RLHF "Human:" / "Assistant:", TRL's "user:" / "assistant:" turns
 # joined by data.py): format, not content, so they never count as keywords.
@@ -86,7 +93,8 @@ def class_tfidf(
         vec = CountVectorizer(
             ngram_range=ngram_range, stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b"
         )
-        counts = vec.fit_transform(docs).toarray().astype(np.float64)
+        # (scikit-learn ships no types: its inferred return type includes an internal tuple)
+        counts = cast("sparse.csr_matrix", vec.fit_transform(docs)).toarray().astype(np.float64)
     except ValueError:  # only stop words
         return [], np.zeros((len(docs), 0))
     tf = counts / np.clip(counts.sum(1, keepdims=True), 1, None)
@@ -147,6 +155,7 @@ def auto_label(
 def describe_experts(
     model, features: PairFeatures, scores: PairScores | None = None, top_n: int = 10
 ) -> list[ExpertDescription]:
+    check_int("top_n", top_n, 1, MAX_TOP_N)
     scores = scores if scores is not None else score_pairs(model, features)
     k_experts = scores.routing.shape[1]
     n = len(features)
@@ -241,7 +250,12 @@ def llm_describe(
     timeout: float = 30.0,
 ) -> str:
     """One sentence from an OpenAI-compatible chat-completions endpoint (e.g. a local server at
-    ``http://localhost:8000/v1``). Raises RuntimeError with the reason on any failure."""
+    ``http://localhost:8000/v1``). Raises RuntimeError with the reason on any failure; ValueError for an
+    endpoint that is not an http(s) URL (never a local file) or a timeout outside (0, 600] seconds."""
+    if not (isinstance(endpoint, str) and re.match(r"https?://[^\s/]+", endpoint)):
+        raise ValueError(f"endpoint must be an http:// or https:// URL, got {short(endpoint)}")
+    check_text("model", model)
+    check_number("timeout", timeout, 0.0, MAX_LLM_TIMEOUT, lo_open=True)
     url = endpoint.rstrip("/")
     if not url.endswith("/chat/completions"):
         url += "/chat/completions"

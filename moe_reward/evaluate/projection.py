@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,13 +33,15 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from ..core.atomic import write_text, write_with
+from ..core.checks import check_choice, check_int, check_number
 from ..embed.features import PairFeatures
 
 METHODS = ("anchors", "pca", "umap")
 SOURCES = ("router", "margins", "prompt", "pair")
 MODEL_SOURCES = ("router", "margins")  # need the model's scores
 METRICS = ("cosine", "euclidean")
-ProgressFn = Callable[[str, float], None]
+ProgressFn = Callable[[str, float], object]  # (stage description, fraction done); return ignored
 
 # Measured here (2 cores, 5,000 points), used until this workspace has timings of its own.
 UMAP_WARM_SECONDS_5K = {"low": 4.0, "high": 11.3}  # 12-d router/margins; 384-d text embeddings
@@ -59,20 +59,16 @@ class ProjectionParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        check_choice("method", self.method, METHODS)
+        check_choice("source", self.source, SOURCES)
         if self.method == "anchors" and self.source != "router":
             raise ValueError(
                 "the 'anchors' layout places pairs by their routing: use it with source 'router'"
             )
-        if not 2 <= self.n_neighbors <= 200:
-            raise ValueError(f"n_neighbors must be in [2, 200], got {self.n_neighbors}")
-        if not 0.0 <= self.min_dist <= 1.0:
-            raise ValueError(f"min_dist must be in [0, 1], got {self.min_dist}")
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        check_int("n_neighbors", self.n_neighbors, 2, 200)
+        check_number("min_dist", self.min_dist, 0.0, 1.0)
+        check_choice("metric", self.metric, METRICS)
+        check_int("seed", self.seed, 0, 2**32 - 1)  # (numpy's seed range)
 
     def key_fields(self) -> dict:
         """Parameters that change the result (PCA and anchors ignore the UMAP ones)."""
@@ -246,9 +242,7 @@ def warm_up_umap(progress: ProgressFn | None = None, cache_dir: str | Path | Non
                 "seconds": round(time.perf_counter() - t0, 3),
                 "warm_estimate": round(warm_part, 3),
             }
-            _atomic_write(
-                root / "umap-warmup.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2))
-            )
+            write_text(root / "umap-warmup.json", json.dumps(meta, indent=2))
     if progress:
         progress("UMAP compiled", 1.0)
     return time.perf_counter() - t0
@@ -326,26 +320,15 @@ def load_cached(cache_dir: str | Path | None, key: str, n: int) -> np.ndarray | 
     return coords if coords.shape == (n, 2) else None
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_cached(cache_dir: str | Path, key: str, coords: np.ndarray, meta: dict) -> None:
     root = Path(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
-    _atomic_write(
+    write_with(
         root / f"{key}.safetensors",
         lambda tmp: save_file({"coords": np.ascontiguousarray(coords, dtype=np.float32)}, tmp),
     )
     # The sidecar is written last: a cache entry counts only once both files exist.
-    _atomic_write(root / f"{key}.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    write_text(root / f"{key}.json", json.dumps(meta, indent=2))
 
 
 def is_cached(

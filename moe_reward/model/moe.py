@@ -215,7 +215,9 @@ class RouterBatch:
     mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return len(self.vector) if self.vector is not None else len(self.tokens)
+        if self.vector is not None:
+            return len(self.vector)
+        return 0 if self.tokens is None else len(self.tokens)
 
 
 def batch_size(prompt: torch.Tensor | RouterBatch) -> int:
@@ -256,6 +258,13 @@ def top_k_gate(probs: torch.Tensor, k: int, select: torch.Tensor | None = None) 
 
 
 class SparseMoERewardModel(nn.Module):
+    # Buffers (register_buffer): declared so that they read as tensors, not `Tensor | Module`.
+    response_scale: torch.Tensor
+    prompt_mean: torch.Tensor
+    prompt_scale: torch.Tensor
+    lexical_idf: torch.Tensor  # lexical router input only
+    token_scale: torch.Tensor  # attention router input only
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -337,7 +346,7 @@ class SparseMoERewardModel(nn.Module):
                 )
             parts.append((vector - self.prompt_mean) / self.prompt_scale)
         if self.queries is not None:
-            if tokens is None:
+            if tokens is None or mask is None:
                 raise ValueError(
                     "this router attends over prompt tokens: build its inputs with router_inputs.router_data"
                 )
@@ -363,7 +372,7 @@ class SparseMoERewardModel(nn.Module):
 
     def routing(
         self,
-        prompt: torch.Tensor,
+        prompt: torch.Tensor | RouterBatch,
         user_weights: torch.Tensor | None = None,
         user_bias: torch.Tensor | None = None,
         noisy: bool = False,
@@ -380,7 +389,7 @@ class SparseMoERewardModel(nn.Module):
     # ------------------------------------------------------------------ forward passes
     def forward(
         self,
-        prompt: torch.Tensor,
+        prompt: torch.Tensor | RouterBatch,
         response: torch.Tensor,
         user_weights: torch.Tensor | None = None,
         user_bias: torch.Tensor | None = None,
@@ -391,7 +400,7 @@ class SparseMoERewardModel(nn.Module):
 
     def pair(
         self,
-        prompt: torch.Tensor,
+        prompt: torch.Tensor | RouterBatch,
         chosen: torch.Tensor,
         rejected: torch.Tensor,
         user_weights: torch.Tensor | None = None,

@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from ..embed.features import PairFeatures, default_cache_dir
 from .moe import RouterBatch, parse_channels
 
 if TYPE_CHECKING:
-    pass
+    from scipy import sparse
 
 AUTO_CANDIDATES = ("pooled", "lexical", "pooled+lexical")
 MAX_VOCABULARY = 4096
@@ -89,13 +89,14 @@ def fit_lexical(prompts: Sequence[str], max_features: int = MAX_VOCABULARY) -> t
         return [], np.zeros(0, np.float32)
     counter = _counter(max_features=max_features)
     try:
-        counts = counter.fit_transform(distinct)
+        # (scikit-learn ships no types: its inferred return type includes an internal tuple)
+        counts = cast("sparse.csr_matrix", counter.fit_transform(distinct))
     except ValueError:  # "empty vocabulary" / "no terms remain": nothing shared between prompts
         return [], np.zeros(0, np.float32)
     vocabulary = [""] * len(counter.vocabulary_)
     for term, i in counter.vocabulary_.items():
         vocabulary[i] = term
-    df = np.asarray((counts > 0).sum(0)).reshape(-1)
+    df = np.bincount(counts.indices[counts.data > 0], minlength=len(vocabulary))  # prompts with each term
     idf = np.log((1 + len(distinct)) / (1 + df)) + 1.0  # scikit-learn's smoothed idf
     return vocabulary, idf.astype(np.float32)
 
@@ -123,10 +124,8 @@ def _issparse(x) -> bool:
 DENSE_ROWS = 256  # lexical rows for at most this many prompts are built dense (numpy only: no scipy import)
 
 
-def term_counts(texts: Sequence[str], vocabulary: Sequence[str], dense: bool = False):
-    """[N, V] counts of a fixed vocabulary's terms, exactly what `_counter(vocabulary).transform(texts)`
-    gives (lower-cased, TOKEN_PATTERN tokens, their NGRAMS joined by one space), without importing
-    scikit-learn: scoring one prompt with a saved model must not pay for that import (seconds, cold)."""
+def _count_rows(texts: Sequence[str], vocabulary: Sequence[str]) -> tuple[list[int], list[int], list[int]]:
+    """(indptr, indices, counts) in CSR order of a fixed vocabulary's terms in each text."""
     index = _term_index(vocabulary)
     lo, hi = NGRAMS
     indptr, indices, data = [0], [], []
@@ -142,41 +141,54 @@ def term_counts(texts: Sequence[str], vocabulary: Sequence[str], dense: bool = F
         indices.extend(cols)
         data.extend(row[c] for c in cols)
         indptr.append(len(indices))
-    if dense:
-        out = np.zeros((len(texts), len(vocabulary)), np.int64)
-        for r in range(len(texts)):
-            out[r, indices[indptr[r] : indptr[r + 1]]] = data[indptr[r] : indptr[r + 1]]
-        return out
+    return indptr, indices, data
+
+
+def term_counts(texts: Sequence[str], vocabulary: Sequence[str]) -> sparse.csr_matrix:
+    """[N, V] counts of a fixed vocabulary's terms, exactly what `_counter(vocabulary).transform(texts)`
+    gives (lower-cased, TOKEN_PATTERN tokens, their NGRAMS joined by one space), without importing
+    scikit-learn: scoring one prompt with a saved model must not pay for that import (seconds, cold)."""
     from scipy import sparse
 
+    indptr, indices, data = _count_rows(texts, vocabulary)
     return sparse.csr_matrix(
         (np.asarray(data, np.int64), np.asarray(indices, np.int32), np.asarray(indptr, np.int64)),
         shape=(len(texts), len(vocabulary)),
     )
 
 
-def lexical_matrix(prompts: Sequence[str], vocabulary: Sequence[str], idf: np.ndarray, dense: bool = False):
-    """[N, V] TF-IDF rows (sublinear tf, unit length; all-zero for a prompt with no known term): a scipy
-    CSR matrix; with `dense` (scoring a few texts: at most DENSE_ROWS) the same values as a numpy array,
-    computed without importing scipy."""
-    idf32 = np.asarray(idf, np.float32)
-    if dense:
-        if len(prompts) > DENSE_ROWS:
-            raise ValueError(f"dense lexical rows for at most {DENSE_ROWS} prompts, got {len(prompts)}")
-        counts = term_counts(_clip(prompts), vocabulary, dense=True).astype(np.float32)
-        hit = counts > 0
-        tf = np.zeros_like(counts)
-        tf[hit] = 1.0 + np.log(counts[hit])
-        tfidf = tf * idf32[None, :]
-        norms = np.sqrt((tfidf * tfidf).sum(1, dtype=np.float32))
-        return (tfidf / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
+def term_count_rows(texts: Sequence[str], vocabulary: Sequence[str]) -> np.ndarray:
+    """`term_counts` as a dense [N, V] array (a few texts), without importing scipy either."""
+    indptr, indices, data = _count_rows(texts, vocabulary)
+    out = np.zeros((len(texts), len(vocabulary)), np.int64)
+    for r in range(len(texts)):
+        out[r, indices[indptr[r] : indptr[r + 1]]] = data[indptr[r] : indptr[r + 1]]
+    return out
+
+
+def lexical_matrix(prompts: Sequence[str], vocabulary: Sequence[str], idf: np.ndarray) -> sparse.csr_matrix:
+    """[N, V] TF-IDF rows (sublinear tf, unit length; all-zero for a prompt with no known term)."""
     from scipy import sparse
 
-    counts = term_counts(_clip(prompts), vocabulary).astype(np.float32).tocsr()
+    counts = term_counts(_clip(prompts), vocabulary).astype(np.float32)
     counts.data = 1.0 + np.log(counts.data)
-    tfidf = counts.multiply(idf32[None, :]).tocsr()
+    tfidf = counts.multiply(np.asarray(idf, np.float32)[None, :]).tocsr()
     norms = np.sqrt(np.asarray(tfidf.multiply(tfidf).sum(1)).reshape(-1))
     return sparse.diags(1.0 / np.maximum(norms, 1e-12)).dot(tfidf).tocsr().astype(np.float32)
+
+
+def lexical_rows(prompts: Sequence[str], vocabulary: Sequence[str], idf: np.ndarray) -> np.ndarray:
+    """`lexical_matrix` for a few prompts (at most DENSE_ROWS: scoring texts) as a dense array, computed
+    with numpy alone: the same values, without importing scipy."""
+    if len(prompts) > DENSE_ROWS:
+        raise ValueError(f"dense lexical rows for at most {DENSE_ROWS} prompts, got {len(prompts)}")
+    counts = term_count_rows(_clip(prompts), vocabulary).astype(np.float32)
+    hit = counts > 0
+    tf = np.zeros_like(counts)
+    tf[hit] = 1.0 + np.log(counts[hit])
+    tfidf = tf * np.asarray(idf, np.float32)[None, :]
+    norms = np.sqrt((tfidf * tfidf).sum(1, dtype=np.float32))
+    return (tfidf / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- attention channel: token states
@@ -272,17 +284,16 @@ def prompt_token_states(
         bb = backbone if isinstance(backbone, Backbone) else Backbone(backbone)
         keys = list(todo)
         ids = [head_and_tail(bb.token_ids(todo[h], None), max_tokens) for h in keys]
-        out: list[np.ndarray | None] = [None] * len(ids)
-        done = 0
+        states: dict[int, np.ndarray] = {}
         for idx, hidden, mask in bb.iter_hidden(ids):
             hidden = hidden.float().cpu().numpy()
             lengths = mask.sum(1).cpu().numpy()
             for row, i in enumerate(idx):
-                out[i] = hidden[row, : int(lengths[row])].astype(np.float16)
-            done += len(idx)
+                states[int(i)] = hidden[row, : int(lengths[row])].astype(np.float16)
             if progress:
-                progress(done, len(ids))
-        cache.put(keys, out)  # type: ignore[arg-type]
+                progress(len(states), len(ids))
+        out = [states[i] for i in range(len(ids))]  # (iter_hidden yields every input once)
+        cache.put(keys, out)
         have = {**have, **dict(zip(keys, out, strict=True))}
     return [have[h] for h in hashes]
 
@@ -322,7 +333,11 @@ class RouterData:
         vec = self.vectors(rows)
         vec_t = None if vec is None else torch.from_numpy(vec)
         if self.tokens is None:
-            return vec_t  # type: ignore[return-value]
+            if vec_t is None:
+                raise ValueError("router data without any channel (no vector block, no token states)")
+            return vec_t
+        if self.mask is None or self.index is None:
+            raise ValueError("router data with token states needs their mask and each pair's row")
         u = self.index[rows]
         tokens = torch.from_numpy(np.asarray(self.tokens[u], dtype=np.float32))
         return RouterBatch(vec_t, tokens, torch.from_numpy(self.mask[u]))
@@ -382,7 +397,7 @@ def build_router_data(
     dense: bool = False,
 ) -> RouterData:
     """Router inputs of `features` for the given channels (see the module docstring); `dense`: the lexical
-    block as a numpy array (a few rows being scored; see `lexical_matrix`)."""
+    block as a numpy array (a few rows being scored: `lexical_rows`)."""
     prompts = [p.prompt for p in features.pairs]
     blocks: list = []
     if "pooled" in channels:
@@ -390,11 +405,8 @@ def build_router_data(
     if "lexical" in channels:
         if not len(vocabulary):
             raise ValueError("the lexical router channel needs a fitted vocabulary")
-        blocks.append(
-            lexical_matrix(
-                prompts, vocabulary, idf if idf is not None else np.ones(len(vocabulary)), dense=dense
-            )
-        )
+        weights = idf if idf is not None else np.ones(len(vocabulary))
+        blocks.append((lexical_rows if dense else lexical_matrix)(prompts, vocabulary, weights))
     data = RouterData(blocks)
     if "attention" in channels:
         distinct = sorted(set(prompts))

@@ -214,7 +214,8 @@ class Adapter:
 
     # -- persistence
     def to_dict(self) -> dict:
-        has_logits = bool(self._logits) and all(a is not None for a in self._logits)
+        logits = [a for a in self._logits if a is not None]
+        has_logits = bool(logits) and len(logits) == len(self._logits)
         params = {**self.params, "margin_scale": self.margin_scale.tolist()}
         return {
             "format": PROFILE_FORMAT,
@@ -227,7 +228,7 @@ class Adapter:
             "labels": {
                 "pair_ids": list(self._ids),
                 "expert_margins": [m.tolist() for m in self._margins],
-                "router_logits": [a.tolist() for a in self._logits] if has_logits else None,
+                "router_logits": [a.tolist() for a in logits] if has_logits else None,
             },
         }
 
@@ -390,18 +391,21 @@ class GradientAdapter(Adapter):
     def _next_state(self, state: np.ndarray) -> np.ndarray:
         p = self.params
         m = np.stack(self._margins)
-        a = None
-        if p["mode"] == "router_bias":
-            if any(x is None for x in self._logits):
-                raise ValueError("mode='router_bias' needs the router logits of every labeled pair")
-            a = np.stack(self._logits)
         z = state.copy()
+        if p["mode"] != "router_bias":
+            return self._adam(z, m, None, None)
+        logits = [x for x in self._logits if x is not None]
+        if len(logits) != len(self._logits):
+            raise ValueError("mode='router_bias' needs the router logits of every labeled pair")
+        a = np.stack(logits)
         # With a top-k gate the objective jumps where the chosen experts change, so solve with the
         # selection held fixed (smooth), re-select, and stop once the selection is stable.
-        mask = None if a is None else _top_k_mask(a + z, p["top_k"])
-        for _ in range(1 if mask is None else 4):
+        mask = _top_k_mask(a + z, p["top_k"])
+        for _ in range(4):
             z = self._adam(z, m, a, mask)
-            new_mask = None if mask is None else _top_k_mask(a + z, p["top_k"])
+            if mask is None:  # no top-k gate: one smooth solve
+                break
+            new_mask = _top_k_mask(a + z, p["top_k"])
             if new_mask is None or np.array_equal(new_mask, mask):
                 break
             mask = new_mask
@@ -542,10 +546,11 @@ def check_profile(d: object, source: str = "profile") -> None:
     if name not in ADAPTERS:
         raise ValueError(f"{source}: name must be one of {ADAPTERS}, got {str(name)[:40]!r}")
     k = d.get("num_experts")
-    if not (isinstance(k, numbers.Integral) and not isinstance(k, bool) and 1 <= k <= MAX_EXPERTS):
+    if not (isinstance(k, numbers.Integral) and not isinstance(k, bool) and 1 <= int(k) <= MAX_EXPERTS):
         raise ValueError(
             f"{source}: num_experts must be an integer in [1, {MAX_EXPERTS}], got {str(k)[:40]!r}"
         )
+    k = int(k)
     if d.get("initial_weights") is not None:
         _check_vector(d["initial_weights"], k, "initial_weights", source, nonnegative=True)
     if d.get("weights") is not None:

@@ -48,6 +48,8 @@ __all__ = [
     "TypedPair",
     "label_in_order",
     "oriented",
+    "persona_accuracy",
+    "typed_pair",
 ]
 
 
@@ -81,6 +83,47 @@ class TypedPair:
     b: str
     margins: tuple[float, ...]
     logits: tuple[float, ...]
+
+
+def typed_pair(pair_id: str, prompt: str, a: str, b: str, scored) -> TypedPair:
+    """A typed pair from `score_texts`'s two results (A, B): expert margins A minus B, router logits of the
+    prompt (log of its softmax)."""
+    first, second = scored
+    margins = np.subtract(first.expert_rewards, second.expert_rewards)
+    logits = np.log(np.clip(first.router_probs, 1e-12, None))
+    return TypedPair(pair_id, prompt, a, b, tuple(margins.tolist()), tuple(logits.tolist()))
+
+
+@dataclass(frozen=True)
+class PersonaAccuracy:
+    """A profile measured on a persona's held-out pairs: after each of its labels (the weights-only mix:
+    `curve[0]` is the starting profile), now (the adapter's own prediction) and under the model's routing."""
+
+    curve: list[float]
+    now: float
+    model: float
+    n_pairs: int
+
+    @property
+    def start(self) -> float:
+        return self.curve[0]
+
+
+def persona_accuracy(
+    adapter: Adapter, margins: np.ndarray, logits: np.ndarray, model_correct
+) -> PersonaAccuracy:
+    """`adapter`'s accuracy on held-out pairs (`margins` chosen minus rejected [N, K], `logits` [N, K]),
+    after each label of its history, and the model's own routing (`model_correct` [N] booleans)."""
+    from .adapters import personalized_accuracy
+
+    history = np.array([adapter.initial_weights] + [h.weights for h in adapter.history])
+    curve = ((np.asarray(margins, np.float64) @ history.T) > 0).mean(0)
+    return PersonaAccuracy(
+        [float(x) for x in curve],
+        personalized_accuracy(adapter, margins, logits),
+        float(np.mean(model_correct)),
+        len(margins),
+    )
 
 
 @dataclass(frozen=True)

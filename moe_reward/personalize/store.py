@@ -397,7 +397,10 @@ class LabelStore:
             )
 
         self._write(add, f"profile {name.strip()!r}")
-        return self.find_profile(annotator, name, model)
+        created = self.find_profile(annotator, name, model)
+        if created is None:  # removed by another session between the write and this read
+            raise StoreError(f"profile {annotator.strip()}/{name.strip()} was deleted while it was created")
+        return created
 
     def profile(self, profile_id: int) -> ProfileRecord | None:
         rows = self._rows(self._PROFILE_SELECT + " WHERE p.id = ?", (profile_id,))

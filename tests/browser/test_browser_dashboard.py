@@ -13,6 +13,7 @@ from browser import (
     CHROMIUM,
     SHOTS,
     _box_select,
+    _cannot_run,
     _no_exception,
     _wait_idle,
     _wait_text,
@@ -182,5 +183,5 @@ def test_dashboard_tells_the_truth_in_a_browser(dash_server):
     try:
         import kaleido  # noqa: F401
     except ImportError:
-        return
-    assert [p.name for p in pngs] == ["utilization.png"] or "utilization.png" in [p.name for p in pngs]
+        _cannot_run("kaleido is missing: the report's PNG figures were not checked (pip install kaleido)")
+    assert "utilization.png" in [p.name for p in pngs], pngs

@@ -404,7 +404,10 @@ def test_no_html_rendering_and_no_pickle_in_the_app():
         ROOT / "app.py",
         ROOT / "ui_common.py",
         *sorted((ROOT / "pages").glob("*.py")),
-        *(ROOT / "moe_reward" / n for n in ("personalize/store.py", "evaluate/projection.py", "app/workspace.py", "cli/explore.py")),
+        *(
+            ROOT / "moe_reward" / n
+            for n in ("personalize/store.py", "evaluate/projection.py", "app/workspace.py", "cli/explore.py")
+        ),
     ]
     for path in sources:
         text = path.read_text()

@@ -6,12 +6,20 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-output" / "screenshots"
+
+
+def _cannot_run(missing: str) -> NoReturn:
+    """A test whose tool is missing: skipped here, failed under CI (where the environment must have it)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"browser test cannot run under CI: {missing}")
+    pytest.skip(missing)
 
 
 def _require_browser():
@@ -24,9 +32,7 @@ def _require_browser():
         except ImportError:
             missing = "python playwright is missing (pip install playwright)"
     if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser test cannot run under CI: {missing}")
-        pytest.skip(missing)
+        _cannot_run(missing)
 
 
 def _wait_idle(page, timeout_s: float = 120) -> None:

@@ -180,6 +180,12 @@ def data_cases(root: Path) -> list[Case]:
             "bad_utf8.jsonl:4",
             "not valid UTF-8",
         ),
+        _validate(  # (UnicodeDecodeError is a ValueError: the JSON reader must name it, not the codec)
+            w("bad_utf8.json", b'[{"prompt": "q", "chosen": "a", "rejected": "b"},\n{"prompt": "\xff\xfe"}]'),
+            False,
+            "bad_utf8.json",
+            "not valid UTF-8 (invalid start byte)",
+        ),
         _validate(
             w("bad_utf8.csv", "prompt,chosen,rejected\nq,a,b\nq3,\xff,b\n".encode("latin-1")),
             False,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from moe_reward.data import controlled as C
+from moe_reward.data import controlled_content as CC
 from moe_reward.data import text_features as TF
 from moe_reward.data.controlled_content import QUESTIONS
 
@@ -91,6 +92,65 @@ def test_seed_changes_output(records):
     other = C.generate(seed=1)
     assert C.dumps(other[:200]) != C.dumps(records[:200])
     assert C.stats(other)["questions"] == C.stats(records)["questions"]
+
+
+# ------------------------------------------------------------ the content file
+def test_content_is_package_data():
+    """The content is a data file next to its loader, shipped with the package (pyproject's package-data)."""
+    assert CC.CONTENT_FILE.parent == Path(C.__file__).parent and CC.CONTENT_FILE.suffix == ".json"
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")  # (tomllib: Python 3.11+ only)
+    assert '"moe_reward.data" = ["controlled_content.json"]' in pyproject
+    questions, keep_case = CC.load_content()
+    assert questions == QUESTIONS and keep_case == CC.KEEP_CASE and "Python" in keep_case
+    assert all(isinstance(q["q"], tuple) and all(isinstance(s, tuple) for s in q["steps"]) for q in questions)
+
+
+def _content(tmp_path, edit) -> Path:
+    doc = json.loads(CC.CONTENT_FILE.read_text(encoding="utf-8"))
+    edit(doc)
+    path = tmp_path / "content.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit, expect",
+    [
+        (
+            lambda d: d["questions"][3].pop("caveat"),
+            r"questions\[3\] \(cooking-04\): missing fields \['caveat'\]",
+        ),
+        (
+            lambda d: d["questions"][0].update(hint="x"),
+            r"questions\[0\] \(cooking-01\): .*unknown fields \['hint'\]",
+        ),
+        (lambda d: d["questions"][1]["steps"].pop(), r"questions\[1\] \(cooking-02\): steps: expected 4"),
+        (lambda d: d["questions"][2].update(q=["only one"]), r"questions\[2\] \(cooking-03\): q: expected 2"),
+        (
+            lambda d: d["questions"][0].update(short=""),
+            r"questions\[0\] \(cooking-01\): short: expected non-empty",
+        ),
+        (lambda d: d["questions"][0].update(example=[]), r"questions\[0\] \(cooking-01\): example:"),
+        (
+            lambda d: d["questions"][1].update(id="cooking-01"),
+            r"questions\[1\]: id 'cooking-01' is used twice",
+        ),
+        (lambda d: d.update(format="other"), "not a controlled-content file"),
+        (lambda d: d.update(keep_case="Python"), "keep_case: expected a list"),
+    ],
+)
+def test_broken_content_file_names_question_and_field(tmp_path, edit, expect):
+    path = _content(tmp_path, edit)
+    with pytest.raises(ValueError, match=expect) as info:
+        CC.load_content(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unreadable_content_file(tmp_path):
+    bad = tmp_path / "content.json"
+    bad.write_text('{"format": ', encoding="utf-8")
+    with pytest.raises(ValueError, match="cannot read the controlled content"):
+        CC.load_content(bad)
 
 
 # --------------------------------------------------------------- coverage

@@ -157,3 +157,24 @@ def test_screen_claims_hide_other_sessions_pairs_until_they_lapse(monkeypatch):
     later = _time.time() + 11
     monkeypatch.setattr("moe_reward.personalize.session.time.time", lambda: later)
     assert claims.elsewhere(ident, "a") == set()
+
+
+def test_typed_pairs_and_persona_accuracy_come_from_the_library():
+    from types import SimpleNamespace
+
+    from moe_reward.personalize.session import persona_accuracy, typed_pair
+
+    a = SimpleNamespace(expert_rewards=[1.0, 0.5, -1.0], router_probs=[0.7, 0.3, 0.0])
+    b = SimpleNamespace(expert_rewards=[0.5, 1.0, -2.0], router_probs=[0.7, 0.3, 0.0])
+    typed = typed_pair("typed-x", "q", "short", "long", (a, b))
+    assert typed.margins == (0.5, -0.5, 1.0) and np.isfinite(typed.logits).all()
+    assert np.allclose(np.exp(typed.logits[:2]), [0.7, 0.3])
+
+    margins = np.array([[1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]])  # expert 0 agrees with 2 of 3 pairs
+    adapter = make_adapter("hedge", 2, [0.5, 0.5])
+    for i in range(3):
+        adapter.update(np.array([1.0, -1.0]), f"p{i}")  # labels that favour expert 0
+    measured = persona_accuracy(adapter, margins, np.zeros_like(margins), [True, False, True])
+    assert measured.n_pairs == 3 and measured.model == pytest.approx(2 / 3)
+    assert measured.start == 0.0 and measured.curve[-1] == pytest.approx(2 / 3)  # ties at the start: 0
+    assert len(measured.curve) == 4 and measured.now == pytest.approx(2 / 3)

@@ -49,9 +49,34 @@ def test_pca_separates_clusters_and_is_sign_stable():
 
 
 def test_pair_source_uses_preference_directions():
-    f = _features()
-    m = embedding_matrix(f, "pair")
-    np.testing.assert_allclose(np.linalg.norm(m, axis=1), 1, atol=1e-5)
+    """The "pair" source is each pair's preference direction, (chosen - rejected) / |chosen - rejected|:
+    pairs labelled along the same direction point (and map) together, whatever their prompt and however
+    large the difference; swapping the label flips it."""
+    rng = np.random.default_rng(1)
+    n, d = 40, 16
+    directions = np.linalg.qr(rng.normal(size=(d, 2)))[0].T  # two orthonormal preference directions
+    group = np.arange(n) % 2  # which direction each pair's label follows
+    rejected = rng.normal(size=(n, d))
+    size = rng.uniform(0.5, 5.0, size=(n, 1))  # how much better the chosen response is: irrelevant
+    chosen = rejected + size * (directions[group] + 0.1 * rng.normal(size=(n, d)))
+    pairs = [PreferencePair(f"q{i}", f"a{i}", f"b{i}", id=f"p{i}") for i in range(n)]
+
+    def source(prompt, chosen, rejected):
+        return embedding_matrix(PairFeatures(prompt, chosen, rejected, pairs, {}), "pair")
+
+    m = source(rng.normal(size=(n, d)), chosen, rejected)
+    diff = chosen - rejected
+    np.testing.assert_allclose(m, diff / np.linalg.norm(diff, axis=1, keepdims=True), atol=1e-5)
+    # projected on the two directions, every pair is closest to the one its label follows
+    along = m @ directions.T
+    assert (along.argmax(1) == group).all() and (along.max(1) > 0.8).all()
+    # the prompt plays no part; the label's side does
+    np.testing.assert_allclose(source(rng.normal(size=(n, d)), chosen, rejected), m, atol=1e-6)
+    np.testing.assert_allclose(source(rng.normal(size=(n, d)), rejected, chosen), -m, atol=1e-6)
+    # so the map of this source separates the two kinds of preference
+    xy = pca_2d(m)
+    a, b = xy[group == 0, 0], xy[group == 1, 0]
+    assert abs(a.mean() - b.mean()) > 4 * max(a.std(), b.std())
 
 
 def test_cache_roundtrip_and_keys(tmp_path):

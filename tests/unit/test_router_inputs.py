@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moe_reward.model.router_inputs import TokenStateCache, fit_lexical, head_and_tail, lexical_matrix
+from moe_reward.model.router_inputs import (
+    TokenStateCache,
+    fit_lexical,
+    head_and_tail,
+    lexical_matrix,
+    lexical_rows,
+)
 
 
 def test_lexical_channel_keeps_shared_terms_and_unit_rows():
@@ -70,11 +76,11 @@ def test_term_counts_equal_scikit_learns_count_vectorizer_without_importing_it()
     assert ours.sum() > 10  # the texts do hit the vocabulary
     # scoring a few prompts (dense rows): the same values, and neither scikit-learn nor scipy imported
     sparse_rows = lexical_matrix(texts, vocabulary, np.linspace(1, 2, len(vocabulary)))
-    dense_rows = lexical_matrix(texts, vocabulary, np.linspace(1, 2, len(vocabulary)), dense=True)
+    dense_rows = lexical_rows(texts, vocabulary, np.linspace(1, 2, len(vocabulary)))
     assert isinstance(dense_rows, np.ndarray) and np.allclose(sparse_rows.toarray(), dense_rows, atol=1e-7)
     code = (
-        "import sys; from moe_reward.model.router_inputs import lexical_matrix; import numpy as np; "
-        "lexical_matrix(['keep it short'], ['keep', 'it short'], np.ones(2), dense=True); "
+        "import sys; from moe_reward.model.router_inputs import lexical_rows; import numpy as np; "
+        "lexical_rows(['keep it short'], ['keep', 'it short'], np.ones(2)); "
         "print('sklearn' in sys.modules, 'scipy' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
