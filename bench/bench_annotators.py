@@ -243,8 +243,9 @@ def stored_labels(db: Path, names: list[str]) -> dict[str, tuple[int, int]]:
 def run_load(
     server: Server, tag: str, sessions: int, labels: int, think: float, seed: int, browsers: int = 0
 ) -> dict:
-    """`sessions` annotators at once, `browsers` of them in Chromium (end to end), the rest over the protocol."""
-    browsers = min(browsers, sessions)
+    """`sessions` annotators at once, `browsers` of them in Chromium (end to end), the rest over the protocol
+    (at least one: the server-side numbers, the single-session baseline's included, come from those)."""
+    browsers = min(browsers, sessions - 1)
     protocol = sessions - browsers
     barrier = threading.Barrier(protocol + (1 if browsers else 0))
     names = [f"bench-{tag}-{sessions}-{i}" for i in range(protocol)]
