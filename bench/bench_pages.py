@@ -7,8 +7,9 @@
    The Overview must show the default model (its "Accuracy" metric); on a ref that trains that model on
    first start, the time includes the training.
 2. **Warm page loads.** On that server, already warm, each page is opened by a new session (``--rounds``
-   times, median and max): server side, and with ``--browser`` in a new Chromium context until the page
-   has finished running and drawn its charts.
+   times, median and max): server side, and with ``--browser`` in Chromium until the page has finished
+   running and drawn its charts, opened in a new tab (a new session; the browser has loaded the app
+   before, so its static files are cached) and reached from the sidebar within one session.
 
 ``--baseline REF`` (e.g. ``main``) measures REF the same way in the same run (each ref's server alone on
 the machine while it is measured); ``HEAD`` is measured as "this checkout" (commit your changes first).
@@ -114,29 +115,50 @@ def warm_pages(server: Server, rounds: int) -> dict:
     return out
 
 
-def browser_times(server: Server, rounds: int, first: bool = False) -> dict:
-    """Chromium: each page in a new context (a new session) until it finished running and drew its charts."""
+def browser_times(server: Server, rounds: int) -> dict:
+    """Chromium, until the page finished running and drew its charts: each page opened in a new tab (a new
+    session) of a browser that has loaded the app before (its static files cached, as a returning user's
+    or a teammate's browser); and moving to each page from the sidebar within one session."""
     from playwright.sync_api import sync_playwright
 
-    out = {}
+    out: dict[str, dict] = {"new_tab": {}, "switch": {}}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
         try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            first = context.new_page()
+            first.goto(server.url)
+            first.get_by_role("heading", name="Overview").first.wait_for(timeout=180_000)
+            wait_settled(first)
             for path, title in PAGES.items():
                 times = []
                 for _ in range(rounds):
-                    context = browser.new_context(viewport={"width": 1400, "height": 1000})
                     page = context.new_page()
                     t = time.perf_counter()
                     page.goto(f"{server.url}/{path}")
                     page.get_by_role("heading", name=title).first.wait_for(timeout=180_000)
                     wait_settled(page)
                     times.append(time.perf_counter() - t)
-                    context.close()
-                out[title] = {"median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3)}
+                    page.close()
+                out["new_tab"][title] = {
+                    "median_s": round(statistics.median(times), 3),
+                    "max_s": round(max(times), 3),
+                }
+            switches: dict[str, list[float]] = {}
+            for _ in range(rounds):
+                for title in [*list(PAGES.values())[1:], "Overview"]:
+                    t = time.perf_counter()
+                    first.get_by_role("link", name=title).first.click()
+                    first.get_by_role("heading", name=title).first.wait_for(timeout=180_000)
+                    wait_settled(first)
+                    switches.setdefault(title, []).append(time.perf_counter() - t)
+            out["switch"] = {
+                title: {"median_s": round(statistics.median(ts), 3), "max_s": round(max(ts), 3)}
+                for title, ts in switches.items()
+            }
         finally:
             browser.close()
     return out
@@ -196,11 +218,13 @@ def measure(name: str, code: Path, scratch: Path, args) -> dict:
             )
         if args.browser:
             result["warm_browser"] = browser_times(server, max(1, args.rounds - 1))
-            for title, t in result["warm_browser"].items():
-                print(
-                    f"[{name}]   warm in Chromium {title:18s} median {t['median_s']:.2f} s, max {t['max_s']:.2f} s",
-                    flush=True,
-                )
+            for kind, what in (("new_tab", "new tab"), ("switch", "from the sidebar")):
+                for title, t in result["warm_browser"][kind].items():
+                    print(
+                        f"[{name}]   Chromium, {what:16s} {title:18s} median {t['median_s']:.2f} s, "
+                        f"max {t['max_s']:.2f} s",
+                        flush=True,
+                    )
     finally:
         server.stop()
     if args.browser:
@@ -246,8 +270,9 @@ def main() -> int:
             + f"; slowest warm page (server side) {worst[0]} {worst[1]['median_s']:.3f} s"
         )
         if "warm_browser" in r:
-            wb = max(r["warm_browser"].items(), key=lambda kv: kv[1]["median_s"])
-            line += f"; slowest warm page in Chromium {wb[0]} {wb[1]['median_s']:.2f} s"
+            for kind, what in (("new_tab", "new tab"), ("switch", "sidebar switch")):
+                wb = max(r["warm_browser"][kind].items(), key=lambda kv: kv[1]["median_s"])
+                line += f"; slowest in Chromium ({what}) {wb[0]} {wb[1]['median_s']:.2f} s"
         print(line + f" ({r['load_before']})")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
