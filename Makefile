@@ -1,4 +1,4 @@
-.PHONY: install check lint typecheck format test bench app dataset default-artifacts
+.PHONY: install check lint typecheck format test bench app dataset default-artifacts default-model
 
 install:
 	pip install -r requirements.txt && pip install --no-deps -e .
@@ -31,6 +31,13 @@ app:
 dataset:
 	python -m moe_reward.data.controlled --out data/controlled/pairs.jsonl
 
-# The shipped features of the default dataset (int8, ids only; texts joined from pairs.jsonl.gz).
+# The shipped features of the default dataset (the default encoder's runtime, onnx-int8; stored int8, ids
+# only: texts joined from pairs.jsonl.gz). Then `make default-model`: the model depends on them.
 default-artifacts:
-	moe-reward embed --data data/controlled/pairs.jsonl.gz --out data/controlled/features.safetensors --dtype int8 --no-records
+	python -m moe_reward.cli embed --data data/controlled/pairs.jsonl.gz --out data/controlled/features.safetensors --dtype int8 --no-records --runtime onnx-int8
+
+# The default model the repository ships (data/controlled/default-model/): a fresh clone shows the Overview
+# without training. Re-run after any change to training or to the features above
+# (tests/integration/test_default_model.py says when).
+default-model:
+	python -m moe_reward.cli build-default --ship

@@ -6,6 +6,8 @@ shared sidebar (so the model and dataset picked stay picked across pages) and ro
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -25,9 +27,10 @@ PAGES = [
 
 
 def build_default_if_missing() -> None:
-    """A fresh clone has no model: embed the controlled dataset, train the default model, project it.
-    One session builds; any other session that opens meanwhile waits for it (a lock shared by sessions).
-    The map's instant views are computed here; its UMAP view runs on in the background."""
+    """A fresh clone has no model: install the default model the repository ships (or train it, when the
+    shipped one does not match this code; moe_reward.app.shipped). One session builds; any other session
+    that opens meanwhile waits for it (a lock shared by sessions). The Expert map's views are prepared
+    after the first page is drawn (`prepare_default_map`)."""
     ws = ui.workspace()
     if ws.list_models():
         return
@@ -39,11 +42,9 @@ def build_default_if_missing() -> None:
         bar = st.progress(0.0, text="starting")
         try:
             out = ws.ensure_default(
-                progress=lambda msg, frac: bar.progress(min(max(0.9 * frac, 0.0), 1.0), text=msg)
+                progress=lambda msg, frac: bar.progress(min(max(frac, 0.0), 1.0), text=msg)
             )
-            ui.precompute_default_map(
-                ws, out, progress=lambda msg, frac: bar.progress(0.9 + 0.1 * frac, text=msg)
-            )
+            st.session_state[DEFAULT_MAP_PENDING] = str(out)
         except Exception as exc:
             note.empty()
             bar.empty()
@@ -53,6 +54,20 @@ def build_default_if_missing() -> None:
             return
     bar.empty()
     note.empty()
+
+
+DEFAULT_MAP_PENDING = "_default_map_pending"
+
+
+def prepare_default_map() -> None:
+    """After the first page of a fresh start is drawn: the map's instant views now, UMAP in the background
+    (computed before the page, they held the Overview back for seconds)."""
+    pending = st.session_state.pop(DEFAULT_MAP_PENDING, None)
+    if pending:
+        try:
+            ui.precompute_default_map(ui.workspace(), Path(pending))
+        except Exception as exc:  # noqa: BLE001 - the map page computes what it misses itself
+            st.caption(f"The Expert map's views will be computed when opened ({ui.md(exc)}).")
 
 
 def expert_cards(ctx, scope) -> None:
@@ -246,3 +261,4 @@ build_default_if_missing()
 ui.sidebar(ui.workspace())
 st.session_state[ui.ENTRY_SIDEBAR] = True
 navigation.run()
+prepare_default_map()

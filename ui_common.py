@@ -7,6 +7,7 @@ User and dataset text is only ever shown through `st.text`/`st.code`/dataframes,
 
 from __future__ import annotations
 
+import gc
 import html
 import re
 import threading
@@ -42,6 +43,11 @@ from moe_reward.evaluate.metrics import Evaluation, PairScores, evaluate, groups
 from moe_reward.model import modeldir
 from moe_reward.model.moe import SparseMoERewardModel
 from moe_reward.personalize.store import LabelStore
+
+# What is imported by now (torch, transformers, pandas, plotly, streamlit: about a million objects) lives as
+# long as the server: out of the garbage collector's sight, a full collection, which holds the GIL and so
+# every session, scans only what the sessions create (see also runner.postScriptGC in .streamlit/config.toml).
+gc.freeze()
 
 PAGE_TITLE = "MoE Reward Lens"
 ENTRY_SIDEBAR = "_sidebar_drawn_by_app"  # set by app.py: the sidebar is drawn before each page runs
@@ -196,21 +202,11 @@ def _slice_rows(data_fid: str, slice_key: str, _slice: Slice, _ids: list[str]) -
 
 
 @st.cache_resource(show_spinner="Describing experts…", max_entries=8)
-def _descriptions(model_fid: str, data_fid: str, cache_dir: str, _model, _features, _scores) -> list:
+def _descriptions(
+    model_fid: str, data_fid: str, _ws: Workspace, _model_dir: Path, _data: Path, _model, _features, _scores
+) -> list:
     """describe.py's expert descriptions, kept as JSON in the workspace (a few seconds on 10k pairs)."""
-    import hashlib
-
-    from moe_reward.evaluate.describe import describe_experts, load_descriptions, save_descriptions
-
-    path = Path(cache_dir) / f"{hashlib.sha1(f'{model_fid}|{data_fid}'.encode()).hexdigest()[:20]}.json"
-    if path.is_file():
-        try:
-            return load_descriptions(path)
-        except (ValueError, KeyError, TypeError):
-            pass  # an older format: describe again
-    out = describe_experts(_model, _features, _scores)
-    save_descriptions(out, path)
-    return out
+    return _ws.descriptions_for(_model_dir, _data, _model, _features, _scores)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -322,7 +318,9 @@ class Context:
             return _descriptions(
                 self.model_fid,
                 self.data_fid,
-                str(self.ws.descriptions_dir),
+                self.ws,
+                self.model_dir,
+                self.data.path,
                 self.model,
                 self.features,
                 self.scores,

@@ -199,329 +199,343 @@ def categories(model_fid: str, data_fid: str, color_by: str, _ctx) -> np.ndarray
     return np.array([f"E{e}" for e in _ctx.scores.top_expert])  # margin colouring samples by expert
 
 
-xy = coords_for(ctx.features, s, params, parts, str(proj_dir))
-if note:
-    st.caption(note)
+@st.fragment
+def map_and_selection() -> None:
+    """The map, the selected pair and the linked table: a box, a lasso or a row click reruns only this
+    (the map's controls above rerun the page)."""
+    xy = coords_for(ctx.features, s, params, parts, str(proj_dir))
+    if note:
+        st.caption(note)
 
-# ----------------------------------------------------------------------------- selection state (all pairs)
-view_id = (
-    f"{params.method}-{params.source}-{params.n_neighbors}-{params.min_dist}-{params.metric}-{params.seed}"
-)
-pair_ids = ctx.features.ids
-ui.init_state("map_box", "box", lambda v: [float(x) for x in str(v).split(",")][:4])
-ui.init_state("map_pair", "pair", str)
-if (
-    "map_box" in st.session_state
-    and len(st.session_state["map_box"]) == 4
-    and st.session_state.get("map_box_view") is None
-):
-    st.session_state["map_box_view"] = view_id  # restored from a link: meant for this view
-selected_pair = st.session_state.get("map_pair")
-sel_row = pair_ids.index(selected_pair) if selected_pair in pair_ids else None
+    # ----------------------------------------------------------------------------- selection state (all pairs)
+    view_id = f"{params.method}-{params.source}-{params.n_neighbors}-{params.min_dist}-{params.metric}-{params.seed}"
+    pair_ids = ctx.features.ids
+    ui.init_state("map_box", "box", lambda v: [float(x) for x in str(v).split(",")][:4])
+    ui.init_state("map_pair", "pair", str)
+    if (
+        "map_box" in st.session_state
+        and len(st.session_state["map_box"]) == 4
+        and st.session_state.get("map_box_view") is None
+    ):
+        st.session_state["map_box_view"] = view_id  # restored from a link: meant for this view
+    selected_pair = st.session_state.get("map_pair")
+    sel_row = pair_ids.index(selected_pair) if selected_pair in pair_ids else None
 
-cats = categories(ctx.model_fid, ctx.data_fid, color_by, ctx)
-draw = draw_sample(cats, cap, seed=0, keep=None if sel_row is None else np.array([sel_row]))
-hover = hover_texts(ctx.data_fid, ctx.features.pairs)
-big = len(draw) < n or n > 5000
-size, opacity = (4, 0.45) if n > 20_000 else (5, 0.6) if n > 2_000 else (7, 0.8)
+    cats = categories(ctx.model_fid, ctx.data_fid, color_by, ctx)
+    draw = draw_sample(cats, cap, seed=0, keep=None if sel_row is None else np.array([sel_row]))
+    hover = hover_texts(ctx.data_fid, ctx.features.pairs)
+    big = len(draw) < n or n > 5000
+    size, opacity = (4, 0.45) if n > 20_000 else (5, 0.6) if n > 2_000 else (7, 0.8)
 
-fig = go.Figure()
-if big:
-    gx, gy, counts = density_grid(xy, bins=150)
-    fig.add_trace(
-        go.Heatmap(
-            x=gx,
-            y=gy,
-            z=np.where(counts > 0, np.log1p(counts), np.nan),
-            colorscale="Greys",
-            showscale=False,
-            opacity=0.35,
-            hoverinfo="skip",
-            name="density (all pairs)",
-            zsmooth=False,
+    fig = go.Figure()
+    if big:
+        gx, gy, counts = density_grid(xy, bins=150)
+        fig.add_trace(
+            go.Heatmap(
+                x=gx,
+                y=gy,
+                z=np.where(counts > 0, np.log1p(counts), np.nan),
+                colorscale="Greys",
+                showscale=False,
+                opacity=0.35,
+                hoverinfo="skip",
+                name="density (all pairs)",
+                zsmooth=False,
+            )
         )
-    )
-if color_by == "reward margin":
-    lim = float(np.percentile(np.abs(s.margin), 98)) or 1.0
-    fig.add_trace(
-        go.Scattergl(
-            x=xy[draw, 0],
-            y=xy[draw, 1],
-            mode="markers",
-            name="pairs",
-            customdata=draw,
-            text=[hover[i] for i in draw],
-            hovertemplate="%{text}<br>margin %{marker.color:.3f}<extra></extra>",
-            marker=dict(
-                size=size,
-                color=s.margin[draw],
-                colorscale="RdBu",
-                cmin=-lim,
-                cmax=lim,
-                opacity=opacity,
-                colorbar=dict(title="margin"),
-            ),
+    if color_by == "reward margin":
+        lim = float(np.percentile(np.abs(s.margin), 98)) or 1.0
+        fig.add_trace(
+            go.Scattergl(
+                x=xy[draw, 0],
+                y=xy[draw, 1],
+                mode="markers",
+                name="pairs",
+                customdata=draw,
+                text=[hover[i] for i in draw],
+                hovertemplate="%{text}<br>margin %{marker.color:.3f}<extra></extra>",
+                marker=dict(
+                    size=size,
+                    color=s.margin[draw],
+                    colorscale="RdBu",
+                    cmin=-lim,
+                    cmax=lim,
+                    opacity=opacity,
+                    colorbar=dict(title="margin"),
+                ),
+            )
         )
-    )
-else:
-    palette = ui.category_colors(set(cats))
-    order = ui.natural_sorted(set(cats[draw]))
-    sizes = {c: int((cats[draw] == c).sum()) for c in order}
-    for cat in sorted(order, key=lambda c: -sizes[c]):  # large groups first: small ones stay visible on top
-        m = draw[cats[draw] == cat]
-        faded = highlight is not None and color_by == "top expert" and cat != f"E{highlight}"
-        color = NEUTRAL if faded else palette[cat]
-        symbol = expert_symbol(int(cat[1:])) if cat.startswith("E") and cat[1:].isdigit() else "circle"
+    else:
+        palette = ui.category_colors(set(cats))
+        order = ui.natural_sorted(set(cats[draw]))
+        sizes = {c: int((cats[draw] == c).sum()) for c in order}
+        for cat in sorted(
+            order, key=lambda c: -sizes[c]
+        ):  # large groups first: small ones stay visible on top
+            m = draw[cats[draw] == cat]
+            faded = highlight is not None and color_by == "top expert" and cat != f"E{highlight}"
+            color = NEUTRAL if faded else palette[cat]
+            symbol = expert_symbol(int(cat[1:])) if cat.startswith("E") and cat[1:].isdigit() else "circle"
+            fig.add_trace(
+                go.Scattergl(
+                    x=xy[m, 0],
+                    y=xy[m, 1],
+                    mode="markers",
+                    name=ui.chart(cat),
+                    customdata=m,
+                    text=[hover[i] for i in m],
+                    hovertemplate="%{text}<extra>" + ui.chart(cat) + "</extra>",
+                    legendrank=order.index(cat),
+                    marker=dict(size=size, color=rgba(color, 0.25 if faded else opacity), symbol=symbol),
+                )
+            )
+        if highlight is not None and color_by == "top expert":  # drawn last: on top of everything
+            # (plotly is untyped: its inferred `fig.data` is not the traces)
+            fig.data = tuple(sorted(fig.data, key=lambda t: t.name == f"E{highlight}"))  # pyright: ignore[reportAttributeAccessIssue]
+    if highlight is not None and color_by != "top expert":
+        m = draw[s.top_expert[draw] == highlight]
         fig.add_trace(
             go.Scattergl(
                 x=xy[m, 0],
                 y=xy[m, 1],
                 mode="markers",
-                name=ui.chart(cat),
-                customdata=m,
-                text=[hover[i] for i in m],
-                hovertemplate="%{text}<extra>" + ui.chart(cat) + "</extra>",
-                legendrank=order.index(cat),
-                marker=dict(size=size, color=rgba(color, 0.25 if faded else opacity), symbol=symbol),
+                name=f"top expert E{highlight}",
+                hoverinfo="skip",
+                marker=dict(
+                    size=size + 5,
+                    color="rgba(0,0,0,0)",
+                    line=dict(width=1.5, color=ui.expert_color(highlight)),
+                ),
             )
         )
-    if highlight is not None and color_by == "top expert":  # drawn last: on top of everything
-        # (plotly is untyped: its inferred `fig.data` is not the traces)
-        fig.data = tuple(sorted(fig.data, key=lambda t: t.name == f"E{highlight}"))  # pyright: ignore[reportAttributeAccessIssue]
-if highlight is not None and color_by != "top expert":
-    m = draw[s.top_expert[draw] == highlight]
-    fig.add_trace(
-        go.Scattergl(
-            x=xy[m, 0],
-            y=xy[m, 1],
-            mode="markers",
-            name=f"top expert E{highlight}",
-            hoverinfo="skip",
-            marker=dict(
-                size=size + 5, color="rgba(0,0,0,0)", line=dict(width=1.5, color=ui.expert_color(highlight))
-            ),
-        )
-    )
-if found is not None and len(found):
-    ui.ring_pairs(fig, xy, found[:cap], f"search: {query}", size + 6)
-elif ctx.slice is not None and ctx.slice_rows is not None and len(ctx.slice_rows):
-    ui.ring_pairs(fig, xy, ctx.slice_rows[:cap], f"slice {ctx.slice.name}", size + 6)
-if params.method == "anchors":
-    pos = anchor_positions(k_experts) * 1.08
-    fig.add_trace(
-        go.Scatter(
-            x=pos[:, 0],
-            y=pos[:, 1],
-            mode="markers+text",
-            text=names,
-            textposition="middle center",
-            name="expert anchors",
-            hoverinfo="skip",
-            showlegend=False,
-            marker=dict(
-                size=26,
-                color=[ui.expert_color(e) for e in range(k_experts)],
-                line=dict(width=1, color="white"),
-            ),
-            textfont=dict(color="white", size=11),
-        )
-    )
-if sel_row is not None:
-    fig.add_trace(
-        go.Scatter(
-            x=[xy[sel_row, 0]],
-            y=[xy[sel_row, 1]],
-            mode="markers",
-            name=f"pair {ui.chart(selected_pair)}",
-            hoverinfo="skip",
-            marker=dict(symbol="star", size=18, color="gold", line=dict(width=1.5, color="black")),
-        )
-    )
-axis = {
-    "anchors": ("← routing mix →", "← routing mix →"),
-    "pca": ("PC 1", "PC 2"),
-    "umap": ("UMAP 1", "UMAP 2"),
-}
-drawn = f"{len(draw)} of {n} pairs drawn over the density of all" if len(draw) < n else f"{n} pairs"
-fig.update_layout(
-    height=620,
-    margin=dict(l=10, r=10, t=40, b=10),
-    dragmode="select",
-    title=f"{params.title()} ({drawn})",
-    legend=dict(itemsizing="constant", title=color_by),
-    xaxis_title=axis[params.method][0],
-    yaxis_title=axis[params.method][1],
-)
-if params.method == "anchors":
-    fig.update_xaxes(showticklabels=False, scaleanchor="y")
-    fig.update_yaxes(showticklabels=False)
-event = st.plotly_chart(
-    fig,
-    width="stretch",
-    key=f"map_{view_id}",
-    on_select="rerun",
-    selection_mode=("box", "lasso"),
-    config={"displaylogo": False},
-)
-
-# A box or lasso selects among all pairs (not only the drawn ones), on the server.
-sel = (event or {}).get("selection", {}) if event else {}
-boxes, lassos = sel.get("box") or [], sel.get("lasso") or []
-if boxes:
-    b = boxes[-1]
-    st.session_state["map_box"] = [
-        float(min(b["x"])),
-        float(max(b["x"])),
-        float(min(b["y"])),
-        float(max(b["y"])),
-    ]
-    st.session_state["map_box_view"] = view_id
-    st.session_state.pop("map_lasso", None)
-elif lassos:
-    st.session_state["map_lasso"] = (view_id, list(lassos[-1]["x"]), list(lassos[-1]["y"]))
-    st.session_state.pop("map_box", None)
-elif st.session_state.get("map_sel_event") and not (sel.get("points") or []):
-    for key in ("map_box", "map_lasso"):  # the selection was cleared on the chart
-        st.session_state.pop(key, None)
-st.session_state["map_sel_event"] = bool(boxes or lassos)
-
-selected = np.zeros(0, dtype=np.int64)
-box = st.session_state.get("map_box")
-lasso = st.session_state.get("map_lasso")
-if box and len(box) == 4 and st.session_state.get("map_box_view") == view_id:
-    selected = points_in_box(xy, box[:2], box[2:])
-elif lasso and lasso[0] == view_id:
-    selected = points_in_polygon(xy, lasso[1], lasso[2])
-
-# A text search selects too: with a box or lasso, the pairs in both.
-region = bool(
-    (box and len(box) == 4 and st.session_state.get("map_box_view") == view_id)
-    or (lasso and lasso[0] == view_id)
-)
-selected = narrow_selection(selected, region, found, ctx.slice_rows)  # the search and the slice narrow it
-ui.share_view(
-    q=query or None,
-    view=source,
-    layout=layout,
-    color=color_by if color_by != COLOURS[0] else None,
-    cap=cap if cap != DEFAULT_CAP else None,
-    expert=highlight,
-    box=",".join(f"{v:.4g}" for v in box) if box and len(selected) else None,
-    pair=selected_pair if sel_row is not None else None,
-)
-
-# ----------------------------------------------------------------------------- the selected pair
-if sel_row is not None:
-    p = ctx.features.pairs[sel_row]
-    with st.container(border=True):
-        st.markdown(
-            f"**Pair {ui.md(p.id)}**"
-            + (f" · group {ui.md(p.group)}" if p.group else "")
-            + f" · top expert E{int(s.top_expert[sel_row])} · margin {s.margin[sel_row]:+.3f} · "
-            + (
-                "the model prefers the chosen response"
-                if s.correct[sel_row]
-                else "the model prefers the rejected response"
+    if found is not None and len(found):
+        ui.ring_pairs(fig, xy, found[:cap], f"search: {query}", size + 6)
+    elif ctx.slice is not None and ctx.slice_rows is not None and len(ctx.slice_rows):
+        ui.ring_pairs(fig, xy, ctx.slice_rows[:cap], f"slice {ctx.slice.name}", size + 6)
+    if params.method == "anchors":
+        pos = anchor_positions(k_experts) * 1.08
+        fig.add_trace(
+            go.Scatter(
+                x=pos[:, 0],
+                y=pos[:, 1],
+                mode="markers+text",
+                text=names,
+                textposition="middle center",
+                name="expert anchors",
+                hoverinfo="skip",
+                showlegend=False,
+                marker=dict(
+                    size=26,
+                    color=[ui.expert_color(e) for e in range(k_experts)],
+                    line=dict(width=1, color="white"),
+                ),
+                textfont=dict(color="white", size=11),
             )
         )
-        st.text("Prompt: " + p.prompt)
-        a, b = st.columns(2)
-        a.text("Chosen: " + p.chosen)
-        b.text("Rejected: " + p.rejected)
-        fig = go.Figure(
-            [
-                go.Bar(
-                    x=names,
-                    y=s.router_probs[sel_row],
-                    name="router softmax",
-                    marker_color=[ui.expert_color(e) for e in range(k_experts)],
-                ),
-                go.Scatter(
-                    x=names,
-                    y=s.expert_margins[sel_row],
-                    name="expert margin",
-                    mode="markers",
-                    marker=dict(symbol="diamond", size=10, color="black"),
-                    yaxis="y2",
-                ),
-            ]
+    if sel_row is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[xy[sel_row, 0]],
+                y=[xy[sel_row, 1]],
+                mode="markers",
+                name=f"pair {ui.chart(selected_pair)}",
+                hoverinfo="skip",
+                marker=dict(symbol="star", size=18, color="gold", line=dict(width=1.5, color="black")),
+            )
         )
-        fig.update_layout(
-            height=260,
-            margin=dict(t=30, b=10),
-            title="Routing and each expert's margin",
-            xaxis_title="expert",
-            yaxis_title="routing probability",
-            yaxis2=dict(title="margin (chosen − rejected)", overlaying="y", side="right"),
+    axis = {
+        "anchors": ("← routing mix →", "← routing mix →"),
+        "pca": ("PC 1", "PC 2"),
+        "umap": ("UMAP 1", "UMAP 2"),
+    }
+    drawn = f"{len(draw)} of {n} pairs drawn over the density of all" if len(draw) < n else f"{n} pairs"
+    fig.update_layout(
+        height=620,
+        margin=dict(l=10, r=10, t=40, b=10),
+        dragmode="select",
+        title=f"{params.title()} ({drawn})",
+        legend=dict(itemsizing="constant", title=color_by),
+        xaxis_title=axis[params.method][0],
+        yaxis_title=axis[params.method][1],
+    )
+    if params.method == "anchors":
+        fig.update_xaxes(showticklabels=False, scaleanchor="y")
+        fig.update_yaxes(showticklabels=False)
+    event = st.plotly_chart(
+        fig,
+        width="stretch",
+        key=f"map_{view_id}",
+        on_select="rerun",
+        selection_mode=("box", "lasso"),
+        config={"displaylogo": False},
+    )
+
+    # A box or lasso selects among all pairs (not only the drawn ones), on the server.
+    sel = (event or {}).get("selection", {}) if event else {}
+    boxes, lassos = sel.get("box") or [], sel.get("lasso") or []
+    if boxes:
+        b = boxes[-1]
+        st.session_state["map_box"] = [
+            float(min(b["x"])),
+            float(max(b["x"])),
+            float(min(b["y"])),
+            float(max(b["y"])),
+        ]
+        st.session_state["map_box_view"] = view_id
+        st.session_state.pop("map_lasso", None)
+    elif lassos:
+        st.session_state["map_lasso"] = (view_id, list(lassos[-1]["x"]), list(lassos[-1]["y"]))
+        st.session_state.pop("map_box", None)
+    elif st.session_state.get("map_sel_event") and not (sel.get("points") or []):
+        for key in ("map_box", "map_lasso"):  # the selection was cleared on the chart
+            st.session_state.pop(key, None)
+    st.session_state["map_sel_event"] = bool(boxes or lassos)
+
+    selected = np.zeros(0, dtype=np.int64)
+    box = st.session_state.get("map_box")
+    lasso = st.session_state.get("map_lasso")
+    if box and len(box) == 4 and st.session_state.get("map_box_view") == view_id:
+        selected = points_in_box(xy, box[:2], box[2:])
+    elif lasso and lasso[0] == view_id:
+        selected = points_in_polygon(xy, lasso[1], lasso[2])
+
+    # A text search selects too: with a box or lasso, the pairs in both.
+    region = bool(
+        (box and len(box) == 4 and st.session_state.get("map_box_view") == view_id)
+        or (lasso and lasso[0] == view_id)
+    )
+    selected = narrow_selection(selected, region, found, ctx.slice_rows)  # the search and the slice narrow it
+    ui.share_view(
+        q=query or None,
+        view=source,
+        layout=layout,
+        color=color_by if color_by != COLOURS[0] else None,
+        cap=cap if cap != DEFAULT_CAP else None,
+        expert=highlight,
+        box=",".join(f"{v:.4g}" for v in box) if box and len(selected) else None,
+        pair=selected_pair if sel_row is not None else None,
+    )
+
+    # ----------------------------------------------------------------------------- the selected pair
+    if sel_row is not None:
+        p = ctx.features.pairs[sel_row]
+        with st.container(border=True):
+            st.markdown(
+                f"**Pair {ui.md(p.id)}**"
+                + (f" · group {ui.md(p.group)}" if p.group else "")
+                + f" · top expert E{int(s.top_expert[sel_row])} · margin {s.margin[sel_row]:+.3f} · "
+                + (
+                    "the model prefers the chosen response"
+                    if s.correct[sel_row]
+                    else "the model prefers the rejected response"
+                )
+            )
+            st.text("Prompt: " + p.prompt)
+            a, b = st.columns(2)
+            a.text("Chosen: " + p.chosen)
+            b.text("Rejected: " + p.rejected)
+            fig = go.Figure(
+                [
+                    go.Bar(
+                        x=names,
+                        y=s.router_probs[sel_row],
+                        name="router softmax",
+                        marker_color=[ui.expert_color(e) for e in range(k_experts)],
+                    ),
+                    go.Scatter(
+                        x=names,
+                        y=s.expert_margins[sel_row],
+                        name="expert margin",
+                        mode="markers",
+                        marker=dict(symbol="diamond", size=10, color="black"),
+                        yaxis="y2",
+                    ),
+                ]
+            )
+            fig.update_layout(
+                height=260,
+                margin=dict(t=30, b=10),
+                title="Routing and each expert's margin",
+                xaxis_title="expert",
+                yaxis_title="routing probability",
+                yaxis2=dict(title="margin (chosen − rejected)", overlaying="y", side="right"),
+            )
+            ui.expert_axis(fig, "x", k_experts)
+            st.plotly_chart(fig, width="stretch", key="map_pair_chart")
+            if st.button("Clear the pair", key="map_pair_clear"):
+                st.session_state.pop("map_pair", None)
+                st.rerun()
+
+    # ----------------------------------------------------------------------------- the linked table
+    st.subheader(f"Selection: {len(selected)} pairs")
+    if query:
+        st.caption(
+            ui.md(f"{'The region ∩ ' if region else ''}pairs whose texts contain every word of “{query}”.")
         )
-        ui.expert_axis(fig, "x", k_experts)
-        st.plotly_chart(fig, width="stretch", key="map_pair_chart")
-        if st.button("Clear the pair", key="map_pair_clear"):
-            st.session_state.pop("map_pair", None)
+    if not len(selected):
+        st.caption(
+            "Drag a box or a lasso on the map to select pairs (all pairs in the region, drawn or not); their "
+            "routing weights appear here. Click a row to see the pair."
+        )
+        return
+    pages = (len(selected) - 1) // TABLE_PAGE + 1
+    page = (
+        int(st.number_input(f"Page (of {pages}, {TABLE_PAGE} rows each)", 1, pages, 1, key="map_page"))
+        if pages > 1
+        else 1
+    )
+    rows = selected[(page - 1) * TABLE_PAGE : page * TABLE_PAGE]
+    table = ctx.pair_table(rows)
+    picked = st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        height=360,
+        key=f"map_table_{view_id}_{page}",
+        on_select="rerun",
+        selection_mode="single-row",
+    )
+    chosen_rows = (picked or {}).get("selection", {}).get("rows", []) if picked else []
+    if chosen_rows:
+        pid = str(table.iloc[chosen_rows[0]]["id"])  # the id the user saw, not a position that may have moved
+        if pid != st.session_state.get("map_pair"):
+            st.session_state["map_pair"] = pid
             st.rerun()
 
-# ----------------------------------------------------------------------------- the linked table
-st.subheader(f"Selection: {len(selected)} pairs")
-if query:
-    st.caption(
-        ui.md(f"{'The region ∩ ' if region else ''}pairs whose texts contain every word of “{query}”.")
-    )
-if not len(selected):
-    st.caption(
-        "Drag a box or a lasso on the map to select pairs (all pairs in the region, drawn or not); their "
-        "routing weights appear here. Click a row to see the pair."
-    )
-    st.stop()
-pages = (len(selected) - 1) // TABLE_PAGE + 1
-page = (
-    int(st.number_input(f"Page (of {pages}, {TABLE_PAGE} rows each)", 1, pages, 1, key="map_page"))
-    if pages > 1
-    else 1
-)
-rows = selected[(page - 1) * TABLE_PAGE : page * TABLE_PAGE]
-table = ctx.pair_table(rows)
-picked = st.dataframe(
-    table,
-    hide_index=True,
-    width="stretch",
-    height=360,
-    key=f"map_table_{view_id}_{page}",
-    on_select="rerun",
-    selection_mode="single-row",
-)
-chosen_rows = (picked or {}).get("selection", {}).get("rows", []) if picked else []
-if chosen_rows:
-    pid = str(table.iloc[chosen_rows[0]]["id"])  # the id the user saw, not a position that may have moved
-    if pid != st.session_state.get("map_pair"):
-        st.session_state["map_pair"] = pid
-        st.rerun()
+    def _csv() -> bytes:
+        return frame_csv(ctx.pair_table(selected))  # safe to open in a spreadsheet
 
-
-def _csv() -> bytes:
-    return frame_csv(ctx.pair_table(selected))  # safe to open in a spreadsheet
-
-
-def _jsonl() -> bytes:
-    pairs = ctx.features.pairs
-    lines = (
-        json.dumps(
-            {**pairs[i].to_dict(), "routing": s.routing[i].round(6).tolist(), "margin": float(s.margin[i])},
-            ensure_ascii=False,
+    def _jsonl() -> bytes:
+        pairs = ctx.features.pairs
+        lines = (
+            json.dumps(
+                {
+                    **pairs[i].to_dict(),
+                    "routing": s.routing[i].round(6).tolist(),
+                    "margin": float(s.margin[i]),
+                },
+                ensure_ascii=False,
+            )
+            for i in selected
         )
-        for i in selected
+        return ("\n".join(lines) + "\n").encode("utf-8")
+
+    c1, c2 = st.columns(2)
+    c1.download_button(f"Download all {len(selected)} (CSV)", _csv, "selection.csv", "text/csv", key="dl_csv")
+    c2.download_button(
+        f"Download all {len(selected)} (JSONL)",
+        _jsonl,
+        "selection.jsonl",
+        "application/jsonl",
+        key="dl_jsonl",
     )
-    return ("\n".join(lines) + "\n").encode("utf-8")
+    ui.save_slice_form(
+        ctx,
+        selected,
+        "search" if query and not region else ("lasso" if lasso else "box") if region else "filter",
+        ui.selection_description(query, params.title() if region else ""),
+        "map_slice",
+    )
 
 
-c1, c2 = st.columns(2)
-c1.download_button(f"Download all {len(selected)} (CSV)", _csv, "selection.csv", "text/csv", key="dl_csv")
-c2.download_button(
-    f"Download all {len(selected)} (JSONL)", _jsonl, "selection.jsonl", "application/jsonl", key="dl_jsonl"
-)
-ui.save_slice_form(
-    ctx,
-    selected,
-    "search" if query and not region else ("lasso" if lasso else "box") if region else "filter",
-    ui.selection_description(query, params.title() if region else ""),
-    "map_slice",
-)
+map_and_selection()

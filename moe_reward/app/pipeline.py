@@ -15,11 +15,9 @@ from ..embed.backbone import Backbone, BackboneSpec
 from ..embed.cache import EmbeddingCache, TextCache, default_cache_dir, embed_texts
 from ..embed.features import PairFeatures
 from ..embed.pairs import load_features_or_pairs
-from ..evaluate.metrics import evaluate
 from ..model import modeldir
 from ..model.moe import ModelConfig, SparseMoERewardModel
-from ..train.config import TrainConfig
-from ..train.loop import train_model
+from ..train.config import TrainConfig  # (train/config.py is light: the loop's imports stay deferred)
 
 StageFn = Callable[[str, float], None]  # (stage description, fraction done in [0, 1])
 
@@ -94,6 +92,10 @@ def train_from_data(
 ) -> tuple[SparseMoERewardModel, dict]:
     """Load (or reuse) features, split by prompt, train, evaluate on the held-out test split, save.
     `on_loaded` sees the data file's load result (rows dropped by ``skip_bad`` are also in the metrics)."""
+    # (imported here: scoring with a saved model, `moe-reward score`, never pays for training's imports)
+    from ..evaluate.metrics import evaluate
+    from ..train.loop import train_model
+
     say = stage or (lambda _msg, _frac: None)
     t0 = time.perf_counter()
     skipped: dict = {}
@@ -340,7 +342,7 @@ def score_responses(
         [PreferencePair(p, "-", "+") for p in prompts],
         backbone.metadata(),
     )
-    p = router_data(model, rows, backbone=backbone, cache_dir=router_cache_dir).batch(slice(0, n))
+    p = router_data(model, rows, backbone=backbone, cache_dir=router_cache_dir, dense=True).batch(slice(0, n))
     out = model(p, response_emb)
     personal = None
     wanted = [] if user_weights is None else [i for i, w in enumerate(user_weights) if w is not None]

@@ -302,13 +302,19 @@ class Workspace:
         for base, tag in ((self.data_dir, "data"), (self.uploads_dir, "uploads")):
             if not base.is_dir():
                 continue
-            # A folder of feature shards (moe-reward embed --engine ray) is one entry, not one per shard.
+            # A folder of feature shards (moe-reward embed --engine ray) is one entry, not one per shard;
+            # a model directory (the shipped default model, data/controlled/default-model/) is no data.
             shard_dirs = {m.parent for m in base.rglob(MANIFEST)}
+            model_dirs = {
+                m.parent for m in base.rglob("model.safetensors") if (m.parent / "config.json").is_file()
+            }
             for path in sorted(base.rglob("*")):
                 hidden = any(
                     part.startswith(".") for part in path.relative_to(base).parts
                 )  # e.g. upload checks
                 if hidden or any(parent in shard_dirs for parent in path.parents):
+                    continue
+                if path in model_dirs or any(parent in model_dirs for parent in path.parents):
                     continue
                 if path in shard_dirs or (path.is_file() and is_data_file(path.name)):
                     out.append(DataFile(f"{tag}/{path.relative_to(base).as_posix()}", path))
@@ -422,10 +428,15 @@ class Workspace:
     def has_default(self) -> bool:
         return DEFAULT_MODEL in self.list_models()
 
-    def ensure_default(self, progress: ProgressFn | None = None, force: bool = False) -> Path:
-        """Features of the controlled dataset, a trained default sparse model and its PCA map (once)."""
+    def ensure_default(
+        self, progress: ProgressFn | None = None, force: bool = False, train: bool = False
+    ) -> Path:
+        """The default sparse model on the controlled dataset, and its PCA map (once). The model the
+        repository ships (moe_reward.app.shipped) is installed when it matches this code and data; else (or
+        with `train`) it is trained here, as the shipped one was."""
         from ..evaluate.projection import ProjectionParams, project
-        from .pipeline import TrainRequest, train_from_data
+        from . import shipped as ship
+        from .pipeline import train_from_data
 
         say = progress or (lambda _m, _f: None)
         out = self.model_path(DEFAULT_MODEL)
@@ -436,29 +447,56 @@ class Workspace:
             raise FileNotFoundError(f"{data}: the controlled dataset is missing (moe-reward make-dataset)")
         say("loading the controlled dataset", 0.0)
         feats = self.features_for(data, progress=lambda m, f: say(m, 0.6 * f))
-        # Persona pairs are the held-out users of the Personalize page: never train on them. One expert
-        # per criterion pole of the controlled data (12), two active per prompt. The test split holds
-        # whole questions (as the README's experiment does), so the headline numbers are on questions the
-        # model never saw.
-        held_out = any(p.user is None for p in feats.pairs)  # only when something is left to train on
-        by_question = all("question_id" in p.meta for p in feats.pairs)
-        req = TrainRequest(
-            data=str(data),
-            experts=12,
-            top_k=2,
-            exclude_user_pairs=held_out,
-            split_by="meta.question_id" if by_question else None,
-            validation=0.15 if by_question else 0.1,
-            test=0.25 if by_question else 0.1,
-        )
+        shipped = ship.shipped_dir(data)
+        why = "asked to train" if train else ship.problem(shipped, data, feats)
+        if why is None:
+            say("installing the default model that ships with the repository", 0.6)
+            staging = ship.install(shipped, self.models_dir / f".shipped-{uuid.uuid4().hex[:8]}")
+            try:
+                self.install_model(staging, DEFAULT_MODEL, overwrite=force)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            described = ship.descriptions(shipped)
+            if described is not None and self.read_only is None:
+                from ..evaluate.describe import save_descriptions
 
-        def stage(msg: str, frac: float) -> None:
-            say(msg, 0.6 + 0.35 * frac)
+                save_descriptions(described, self.descriptions_file(file_id(out), file_id(data)))
+        else:
+            if shipped.exists() and not train:
+                say(f"training the default model here ({why})", 0.6)
 
-        train_from_data(req, out, stage=stage, features=feats)
+            def stage(msg: str, frac: float) -> None:
+                say(msg, 0.6 + 0.35 * frac)
+
+            train_from_data(ship.default_request(feats), out, stage=stage, features=feats)
         say("projecting (PCA)", 0.97)
         project(feats, ProjectionParams(method="pca"), self.projections_dir, key_parts=(str(out), str(data)))
         say("ready", 1.0)
+        return out
+
+    # ------------------------------------------------------------------ expert descriptions
+    def descriptions_file(self, model_fid: str, data_fid: str) -> Path:
+        """Where the expert descriptions of a model (file id) on a data file (file id) are kept."""
+        key = hashlib.sha1(f"{model_fid}|{data_fid}".encode()).hexdigest()[:20]
+        return self.descriptions_dir / f"{key}.json"
+
+    def descriptions_for(self, model_dir: Path, data: Path, model, features, scores) -> list:
+        """describe.py's expert descriptions of a model on a data file: read from descriptions/ when they
+        were made before (by the dashboard, the report or the shipped default), else made and kept."""
+        from ..evaluate.describe import describe_experts, load_descriptions, save_descriptions
+
+        path = self.descriptions_file(file_id(model_dir), file_id(data))
+        if path.is_file():
+            try:
+                return load_descriptions(path)
+            except (ValueError, KeyError, TypeError, OSError):
+                pass  # an older format: describe again
+        out = describe_experts(model, features, scores)
+        if self.read_only is None:
+            try:
+                save_descriptions(out, path)
+            except OSError:
+                pass  # a full disk: described, used, just not kept
         return out
 
 

@@ -33,6 +33,17 @@ def register(subparsers) -> None:
     )
     b.add_argument("--force", action="store_true", help="rebuild even if it exists")
     b.add_argument(
+        "--train",
+        action="store_true",
+        help="train it here even when the repository ships a default model that matches this code",
+    )
+    b.add_argument(
+        "--ship",
+        action="store_true",
+        help="rebuild the default model the repository ships (data/controlled/default-model/; "
+        "`make default-model`) instead of a workspace's",
+    )
+    b.add_argument(
         "--no-umap", action="store_true", help="precompute only the instant map views (skip UMAP, ~30 s)"
     )
     b.set_defaults(func=cmd_build_default)
@@ -255,7 +266,18 @@ def cmd_build_default(args) -> int:
 
     ws = Workspace()
     bar, stage = _bar("build default")
-    out = ws.ensure_default(progress=lambda m, f: stage(m, 0.5 * f), force=args.force)
+    if args.ship:
+        from ..app.shipped import build
+
+        out, metrics = build(ws.default_data_path(), stage=stage)
+        bar.close()
+        test = metrics["test"]
+        print(
+            f"wrote {out}: held-out ({metrics['test_subset']}, {test['n_pairs']} pairs) accuracy "
+            f"{test['accuracy']:.4f}, routing NMI {test['routing_nmi']:.4f}"
+        )
+        return 0
+    out = ws.ensure_default(progress=lambda m, f: stage(m, 0.5 * f), force=args.force, train=args.train)
     # The Expert map's views, under the keys the dashboard looks them up by (model and data file ids).
     data = ws.default_data_path()
     model = load_model(out)
@@ -495,7 +517,8 @@ def cmd_label(args) -> int:
     label per pair and profile; undo removes only what the command line stored)."""
     from ..app.workspace import Workspace
     from ..personalize.adapters import expert_margins_for, margin_scale_for, prior_from_routing
-    from ..personalize.store import DuplicateLabel, Label, LabelStore, StoreError, new_profile_spec
+    from ..personalize.session import LabelSession
+    from ..personalize.store import DuplicateLabel, LabelStore, StoreError
     from .personalize import _parse_params
 
     if not args.undo and (args.pair is None or args.prefer is None):
@@ -515,34 +538,33 @@ def cmd_label(args) -> int:
             print(f"removed label #{gone.id} (pair {gone.pair_id}); {store.count_labels(rec.id)} labels left")
             return 0
         ws, model_dir, model, feats, scores = _load(args)
-        ids = feats.ids
-        if args.pair not in ids:
+        if args.pair not in feats.ids:
             raise ValueError(f"no pair {args.pair!r} in {args.data}")
-        i = ids.index(args.pair)
         margins, logits = expert_margins_for(model, feats)
-        spec = new_profile_spec(
-            args.adapter,
-            model.num_experts,
+        session = LabelSession(
+            store,
+            args.annotator,
+            args.profile,
+            model_dir.name,
+            feats.pairs,
+            margins,
+            logits,
             prior_from_routing(scores.routing),
-            margin_scale=margin_scale_for(margins),
-            **_parse_params(args.param),
+            margin_scale_for(margins),
+            session=CLI_SESSION,
+            adapter=args.adapter,
         )
+        spec = session.spec(**_parse_params(args.param))  # checked before anything is stored
         rec = store.get_or_create_profile(args.annotator, args.profile, model_dir.name, args.adapter, spec)
         if rec.profile.get("num_experts") not in (None, model.num_experts):
             raise ValueError(
                 f"profile {args.annotator}/{args.profile} is over {rec.profile.get('num_experts')} experts, "
                 f"{model_dir.name} has {model.num_experts}"
             )
-        p = feats.pairs[i]
-        prefer_chosen = args.prefer == "chosen"
-        pref, other = (p.chosen, p.rejected) if prefer_chosen else (p.rejected, p.chosen)
-        label_id = store.record_label(
-            Label(args.annotator, p.id, p.prompt, pref, other, profile_id=rec.id),
-            margins[i] if prefer_chosen else -margins[i],
-            logits[i],
-            session=CLI_SESSION,
-        )
-        state = store.load_profile(rec.id)
+        stored = session.label_row(feats.ids.index(args.pair), prefer_chosen=args.prefer == "chosen")
+        label_id = stored.label_id
+        state = session.load()
+        assert state is not None
     except DuplicateLabel as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -68,9 +68,9 @@ def cmd_personalize(args) -> int:
         margin_scale_for,
         personalized_accuracy,
         profile_prior,
-        select_next,
         weight_shift,
     )
+    from ..personalize.session import label_in_order
 
     model = load_model(args.model)
     feats = features_for_model(model, args.data, skip_bad=args.skip_bad)
@@ -110,10 +110,7 @@ def cmd_personalize(args) -> int:
         adapter.fit(margins[chosen], [ids[i] for i in chosen], logits[chosen])
         labeled[chosen] = True
     else:
-        for _ in range(args.k):
-            i = select_next(adapter, margins, labeled)
-            labeled[i] = True
-            adapter.update(margins[i], ids[i], logits[i])
+        labeled[list(label_in_order(adapter, margins, ids, logits, args.k))] = True
     rest = ~labeled
     before = personalized_accuracy(prior, margins[rest])
     after = personalized_accuracy(adapter, margins[rest], logits[rest])

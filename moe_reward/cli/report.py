@@ -56,7 +56,31 @@ def cmd_report(args) -> int:
             same = Path(args.data).resolve() == Path(model_data_path(model_dir, None)).resolve()
         except (ValueError, FileNotFoundError):
             same = None
-    result = build_report(model_dir, data, args.out, same_file=same, pngs=not args.no_png)
+    # What the dashboard computed (or the shipped default carries) is reused: the workspace's features file
+    # of this data (embedded once, with the model's own backbone) and its expert descriptions.
+    from ..app.pipeline import backbone_spec_for, load_model
+    from ..evaluate.metrics import score_pairs
+
+    ws = Workspace()
+    model = load_model(model_dir)
+    features = ws.features_for(data, backbone_spec_for(model))
+    if features.dim != model.config.input_dim:
+        raise ValueError(
+            f"{data}: {features.dim}-d features, but the model expects {model.config.input_dim}-d inputs"
+        )
+    scores = score_pairs(model, features)
+    described = ws.descriptions_for(model_dir, Path(data), model, features, scores)
+    result = build_report(
+        model_dir,
+        data,
+        args.out,
+        model=model,
+        features=features,
+        scores=scores,
+        descriptions=described,
+        same_file=same,
+        pngs=not args.no_png,
+    )
     print(
         f"wrote {result.html}"
         + (

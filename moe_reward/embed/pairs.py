@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..data.pairs import PreferencePair
-from .backbone import DEFAULT_BACKBONE, Backbone, BackboneSpec, resolve_backbone
+from .backbone import Backbone, BackboneSpec, resolve_backbone
 from .cache import EmbeddingCache, default_cache_dir, embed_texts
 from .features import PairFeatures, ProgressFn, is_features_path
 
@@ -55,17 +55,18 @@ def load_features_or_pairs(
 
     if is_features_path(path):
         return PairFeatures.load(path)
-    default = backbone is None or (
-        resolve_backbone(backbone.name) == resolve_backbone(DEFAULT_BACKBONE)
-        and backbone.runtime == "torch"
-        and backbone.max_length == 256
-    )
-    if str(path) == "controlled" and default:
+    if str(path) == "controlled":
         from ..data.pairs import default_dataset_path
 
         shipped = default_dataset_path().parent / "features.safetensors"
         if shipped.is_file():  # the default data ships embedded (make default-artifacts)
-            return PairFeatures.load(shipped)
+            feats = PairFeatures.load(shipped)
+            made = BackboneSpec.from_metadata(feats.metadata)
+            if backbone is None or (
+                resolve_backbone(backbone.name) == resolve_backbone(made.name)
+                and (backbone.runtime, backbone.max_length) == (made.runtime, made.max_length)
+            ):
+                return feats  # else: embedded as asked (another backbone, runtime or length)
     res = load_pairs(path, skip_bad=skip_bad)
     if on_loaded is not None:
         on_loaded(res)

@@ -43,15 +43,29 @@ def _model_fingerprint(model_path: str) -> str:
                 st = f.stat()
                 parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
     import onnxruntime
-    import transformers
 
-    parts += [torch.__version__, transformers.__version__, onnxruntime.__version__, str(ONNX_OPSET)]
+    # (transformers' version from its installed metadata: a run of an exported graph never imports it)
+    parts += [torch.__version__, _version("transformers"), onnxruntime.__version__, str(ONNX_OPSET)]
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _require_onnxruntime() -> None:
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        import onnx  # noqa: F401
+        return version(package)
+    except PackageNotFoundError:
+        import importlib
+
+        return str(getattr(importlib.import_module(package), "__version__", "unknown"))
+
+
+def _require_onnxruntime(exporting: bool = True) -> None:
+    """onnxruntime runs a graph; exporting or quantizing one also needs `onnx` (a second or more to import,
+    which a run of an already exported graph does not pay)."""
+    try:
+        if exporting:
+            import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as exc:
         raise ValueError(
@@ -152,6 +166,18 @@ def quantize_int8(src: Path, dst: Path) -> None:
         )
     finally:
         root.setLevel(level)
+
+
+def _runtime_file(folder: Path, runtime: str) -> Path:
+    return folder / ("model.onnx" if runtime == "onnx" else "model-int8.onnx")
+
+
+def cached_onnx_file(model_path: str, runtime: str) -> Path | None:
+    """The ONNX graph of this model and runtime when an earlier run exported it (None: not yet). With it a
+    backbone needs no torch model at all (`Backbone` then skips loading one: seconds, cold)."""
+    _require_onnxruntime(exporting=False)
+    path = _runtime_file(onnx_cache_root() / _model_fingerprint(model_path), runtime)
+    return path if path.is_file() else None
 
 
 def onnx_model_file(model: torch.nn.Module, model_path: str, runtime: str) -> Path:

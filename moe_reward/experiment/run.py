@@ -97,9 +97,9 @@ from ..personalize.adapters import (
     margin_scale_for,
     personalized_accuracy,
     profile_prior,
-    select_next,
     weight_shift,
 )
+from ..personalize.session import label_in_order
 from ..train.config import TrainConfig
 from ..train.loop import TrainResult, train_model
 
@@ -395,7 +395,7 @@ def active_and_random(
         per_strategy: dict[str, dict[int, list[float]]] = {"active": {}, "random": {}}
         for strategy, rng in runs:
             ad = _adapter(adapter, len(prior), prior, scale, cfg)
-            labeled = np.zeros(len(u.pool), dtype=bool)
+            steps = label_in_order(ad, mp, [u.ids[j] for j in u.pool], ap, horizon, strategy, rng)
             for step in range(horizon + 1):
                 if step in cfg.shots:
                     per_strategy[strategy].setdefault(step, []).append(
@@ -403,9 +403,7 @@ def active_and_random(
                     )
                 if step == horizon:
                     break
-                i = select_next(ad, mp, labeled, strategy=strategy, rng=rng)
-                labeled[i] = True
-                ad.update(mp[i], u.ids[u.pool[i]], ap[i])
+                next(steps)
         for strategy, by_k in per_strategy.items():
             for k, accs in by_k.items():
                 curves[strategy].setdefault(str(k), {})[u.name] = float(np.mean(accs))

@@ -24,15 +24,15 @@ kinds) lets training choose among `AUTO_CANDIDATES` by validation likelihood (`t
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 from numpy.typing import DTypeLike
-from scipy import sparse
 
 from ..core.limits import MAX_VOCABULARY
 from ..core.numeric import column_moments
@@ -41,6 +41,9 @@ from ..embed.backbone import Backbone, BackboneSpec
 from ..embed.cache import default_cache_dir
 from ..embed.features import PairFeatures
 from .moe import RouterBatch, parse_channels
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 AUTO_CANDIDATES = ("pooled", "lexical", "pooled+lexical")
 NGRAMS = (1, 2)
@@ -85,7 +88,7 @@ def fit_lexical(prompts: Sequence[str], max_features: int = MAX_VOCABULARY) -> t
     counter = _counter(max_features=max_features)
     try:
         # (scikit-learn ships no types: its inferred return type includes an internal tuple)
-        counts = cast(sparse.csr_matrix, counter.fit_transform(distinct))
+        counts = cast("sparse.csr_matrix", counter.fit_transform(distinct))
     except ValueError:  # "empty vocabulary" / "no terms remain": nothing shared between prompts
         return [], np.zeros(0, np.float32)
     vocabulary = [""] * len(counter.vocabulary_)
@@ -96,13 +99,94 @@ def fit_lexical(prompts: Sequence[str], max_features: int = MAX_VOCABULARY) -> t
     return vocabulary, idf.astype(np.float32)
 
 
+_TOKENS = re.compile(TOKEN_PATTERN)
+_vocab_index: dict[int, tuple[Sequence[str], dict[str, int]]] = {}  # id(vocabulary) -> (it, term -> column)
+
+
+def _term_index(vocabulary: Sequence[str]) -> dict[str, int]:
+    """term -> column of a (saved, fixed) vocabulary, built once per vocabulary object."""
+    hit = _vocab_index.get(id(vocabulary))
+    if hit is not None and hit[0] is vocabulary:
+        return hit[1]
+    index = {t: i for i, t in enumerate(vocabulary)}
+    if len(_vocab_index) >= 16:
+        _vocab_index.clear()
+    _vocab_index[id(vocabulary)] = (vocabulary, index)
+    return index
+
+
+def _issparse(x) -> bool:
+    return hasattr(x, "tocsr")  # a scipy sparse matrix (without importing scipy to ask)
+
+
+DENSE_ROWS = 256  # lexical rows for at most this many prompts are built dense (numpy only: no scipy import)
+
+
+def _count_rows(texts: Sequence[str], vocabulary: Sequence[str]) -> tuple[list[int], list[int], list[int]]:
+    """(indptr, indices, counts) in CSR order of a fixed vocabulary's terms in each text."""
+    index = _term_index(vocabulary)
+    lo, hi = NGRAMS
+    indptr, indices, data = [0], [], []
+    for text in texts:
+        tokens = _TOKENS.findall(text.lower())
+        row: dict[int, int] = {}
+        for n in range(lo, hi + 1):
+            for i in range(len(tokens) - n + 1):
+                j = index.get(tokens[i] if n == 1 else " ".join(tokens[i : i + n]))
+                if j is not None:
+                    row[j] = row.get(j, 0) + 1
+        cols = sorted(row)
+        indices.extend(cols)
+        data.extend(row[c] for c in cols)
+        indptr.append(len(indices))
+    return indptr, indices, data
+
+
+def term_counts(texts: Sequence[str], vocabulary: Sequence[str]) -> sparse.csr_matrix:
+    """[N, V] counts of a fixed vocabulary's terms, exactly what `_counter(vocabulary).transform(texts)`
+    gives (lower-cased, TOKEN_PATTERN tokens, their NGRAMS joined by one space), without importing
+    scikit-learn: scoring one prompt with a saved model must not pay for that import (seconds, cold)."""
+    from scipy import sparse
+
+    indptr, indices, data = _count_rows(texts, vocabulary)
+    return sparse.csr_matrix(
+        (np.asarray(data, np.int64), np.asarray(indices, np.int32), np.asarray(indptr, np.int64)),
+        shape=(len(texts), len(vocabulary)),
+    )
+
+
+def term_count_rows(texts: Sequence[str], vocabulary: Sequence[str]) -> np.ndarray:
+    """`term_counts` as a dense [N, V] array (a few texts), without importing scipy either."""
+    indptr, indices, data = _count_rows(texts, vocabulary)
+    out = np.zeros((len(texts), len(vocabulary)), np.int64)
+    for r in range(len(texts)):
+        out[r, indices[indptr[r] : indptr[r + 1]]] = data[indptr[r] : indptr[r + 1]]
+    return out
+
+
 def lexical_matrix(prompts: Sequence[str], vocabulary: Sequence[str], idf: np.ndarray) -> sparse.csr_matrix:
     """[N, V] TF-IDF rows (sublinear tf, unit length; all-zero for a prompt with no known term)."""
-    counts = _counter(vocabulary).transform(_clip(prompts)).astype(np.float32).tocsr()
+    from scipy import sparse
+
+    counts = term_counts(_clip(prompts), vocabulary).astype(np.float32)
     counts.data = 1.0 + np.log(counts.data)
     tfidf = counts.multiply(np.asarray(idf, np.float32)[None, :]).tocsr()
     norms = np.sqrt(np.asarray(tfidf.multiply(tfidf).sum(1)).reshape(-1))
     return sparse.diags(1.0 / np.maximum(norms, 1e-12)).dot(tfidf).tocsr().astype(np.float32)
+
+
+def lexical_rows(prompts: Sequence[str], vocabulary: Sequence[str], idf: np.ndarray) -> np.ndarray:
+    """`lexical_matrix` for a few prompts (at most DENSE_ROWS: scoring texts) as a dense array, computed
+    with numpy alone: the same values, without importing scipy."""
+    if len(prompts) > DENSE_ROWS:
+        raise ValueError(f"dense lexical rows for at most {DENSE_ROWS} prompts, got {len(prompts)}")
+    counts = term_count_rows(_clip(prompts), vocabulary).astype(np.float32)
+    hit = counts > 0
+    tf = np.zeros_like(counts)
+    tf[hit] = 1.0 + np.log(counts[hit])
+    tfidf = tf * np.asarray(idf, np.float32)[None, :]
+    norms = np.sqrt((tfidf * tfidf).sum(1, dtype=np.float32))
+    return (tfidf / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- attention channel: token states
@@ -198,7 +282,7 @@ class RouterData:
         parts = []
         for b in self.blocks:
             part = b[rows]
-            parts.append(part.toarray() if sparse.issparse(part) else np.asarray(part))
+            parts.append(part.toarray() if _issparse(part) else np.asarray(part))
         return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
 
     def batch(self, rows: np.ndarray | slice) -> torch.Tensor | RouterBatch:
@@ -227,7 +311,7 @@ class RouterData:
         """Per-dimension mean and std of the vector channels (sparse blocks without densifying)."""
         means, stds = [], []
         for b in self.blocks:
-            if sparse.issparse(b):
+            if _issparse(b):
                 m = np.asarray(b.mean(0)).reshape(-1)
                 sq = np.asarray(b.multiply(b).mean(0)).reshape(-1)
                 means.append(m)
@@ -264,8 +348,10 @@ def build_router_data(
     max_prompt_tokens: int = 64,
     backbone: Backbone | BackboneSpec | None = None,
     cache_dir: str | Path | None = "default",
+    dense: bool = False,
 ) -> RouterData:
-    """Router inputs of `features` for the given channels (see the module docstring)."""
+    """Router inputs of `features` for the given channels (see the module docstring); `dense`: the lexical
+    block as a numpy array (a few rows being scored: `lexical_rows`)."""
     prompts = [p.prompt for p in features.pairs]
     blocks: list = []
     if "pooled" in channels:
@@ -273,9 +359,8 @@ def build_router_data(
     if "lexical" in channels:
         if not len(vocabulary):
             raise ValueError("the lexical router channel needs a fitted vocabulary")
-        blocks.append(
-            lexical_matrix(prompts, vocabulary, idf if idf is not None else np.ones(len(vocabulary)))
-        )
+        weights = idf if idf is not None else np.ones(len(vocabulary))
+        blocks.append((lexical_rows if dense else lexical_matrix)(prompts, vocabulary, weights))
     data = RouterData(blocks)
     if "attention" in channels:
         distinct = sorted(set(prompts))
@@ -307,12 +392,13 @@ def router_data(
     features: PairFeatures,
     backbone: Backbone | BackboneSpec | None = None,
     cache_dir: str | Path | None = "default",
+    dense: bool = False,
 ) -> RouterData:
     """What `model`'s router reads for these pairs (its channels, vocabulary and token budget)."""
     cfg = model.config
     idf = model.lexical_idf.detach().cpu().numpy() if cfg.lexical_vocabulary else None
     return build_router_data(
-        cfg.channels, features, cfg.lexical_vocabulary, idf, cfg.max_prompt_tokens, backbone, cache_dir
+        cfg.channels, features, cfg.lexical_vocabulary, idf, cfg.max_prompt_tokens, backbone, cache_dir, dense
     )
 
 

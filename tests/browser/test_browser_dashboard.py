@@ -10,49 +10,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_workspace import build_tiny_workspace, tiny_features
 from browser import (
     CHROMIUM,
     SHOTS,
     _box_select,
     _cannot_run,
     _no_exception,
-    _require_browser,
     _wait_idle,
     _wait_text,
 )
-from streamlit_server import Server
 
 from moe_reward.app import colors
-from moe_reward.app.pipeline import TrainRequest, train_from_data
-from moe_reward.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def dash_server(tmp_path_factory):
-    _require_browser()
-    home = tmp_path_factory.mktemp("browser-dashboard")
-    ws = build_tiny_workspace(home)
-    other = tiny_features(seed=5)
-    for p in other.pairs:
-        p.id = f"o-{p.id}"
-    other.save(ws.uploads_dir / "other.safetensors")
-    train_from_data(
-        TrainRequest(
-            data=str(ws.uploads_dir / "other.safetensors"),
-            experts=3,
-            top_k=1,
-            train=TrainConfig.for_kind("sparse", epochs=4, min_steps=20, patience=4),
-        ),
-        ws.model_path("other-sparse"),
-        features=other,
-    )
-    srv = Server(home).start()
-    yield srv.url, home
-    srv.stop()
+def dash_server(shared_server):
+    return shared_server  # tests/browser/conftest.py: the tiny workspace and other-sparse on other data
 
 
 def _expert_colours(page) -> dict[str, str]:

@@ -10,18 +10,15 @@ import json
 import re
 
 import pytest
-from app_workspace import build_tiny_workspace
 from browser import (
     CHROMIUM,
     SHOTS,
     _box_select,
     _no_exception,
-    _require_browser,
     _select_model,
     _wait_idle,
     _wait_text,
 )
-from streamlit_server import Server
 
 PAGE_TITLES = [
     "Overview",
@@ -38,13 +35,8 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    _require_browser()
-    home = tmp_path_factory.mktemp("browser-workspace")
-    build_tiny_workspace(home)
-    srv = Server(home).start()
-    yield srv.url, home
-    srv.stop()
+def server(shared_server):
+    return shared_server  # one server with test_browser_dashboard (tests/browser/conftest.py)
 
 
 def _weights_text(page) -> str:

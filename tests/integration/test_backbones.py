@@ -4,6 +4,9 @@ ONNX Runtime CPU path, precision, memory-bounded batches, per-batch progress, sh
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -162,7 +165,7 @@ def test_onnx_int8_runtime_agrees_with_fp32_and_is_keyed_apart(tmp_path, monkeyp
 
     pairs = load_pairs("controlled").pairs[::500]  # texts of the default data: prompts, prompt + response
     items = [(p.prompt, None) for p in pairs] + [(p.prompt, p.chosen) for p in pairs]
-    ref = Backbone()
+    ref = Backbone(BackboneSpec(runtime="torch"))
     fast = Backbone(BackboneSpec(runtime="onnx-int8"))
     a, b = embed_texts(ref, items, None), embed_texts(fast, items, None)
     cos = (a * b).sum(1)
@@ -176,6 +179,58 @@ def test_onnx_int8_runtime_agrees_with_fp32_and_is_keyed_apart(tmp_path, monkeyp
     assert BackboneSpec.from_metadata(feats.metadata).runtime == "onnx-int8"
     with pytest.raises(ValueError, match="runtime"):
         Backbone(BackboneSpec(runtime="tensorrt"))
+    # Exported once: a later process runs the graph without loading (or importing) the torch model, and
+    # gets the same embeddings for the same batch.
+    code = (
+        "import sys, json; from moe_reward.embed.backbone import Backbone, BackboneSpec; "
+        "from moe_reward.embed.cache import embed_texts; "
+        f"e = embed_texts(Backbone(BackboneSpec(runtime='onnx-int8')), {items!r}, None); "
+        "print(json.dumps(['transformers' in sys.modules, e.tolist()]))"
+    )
+    env = {**os.environ, "MOE_REWARD_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    imported_transformers, again = json.loads(out.stdout)
+    assert not imported_transformers and np.allclose(again, b, atol=1e-6)
+
+
+def test_the_light_tokenizer_gives_the_token_ids_of_transformers():
+    """The ONNX runtimes' tokenizer (tokenizer.json through `tokenizers`, no `transformers` import) gives
+    the ids `transformers.AutoTokenizer` gives, on the default data and on awkward text; a folder it cannot
+    vouch for (another tokenizer class) is left to `transformers`."""
+    from transformers import AutoTokenizer
+
+    from moe_reward.data.pairs import load_pairs
+    from moe_reward.embed.backbone import resolve_backbone
+    from moe_reward.embed.tokenizer import light_encoder
+
+    path = resolve_backbone("default")
+    light, config = light_encoder(path)
+    hf = AutoTokenizer.from_pretrained(path)
+    pairs = load_pairs("controlled").pairs[::7]
+    texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)] + [
+        "",
+        "  Ünïcödé  café naïve 日本語 über ﬁ ligatures…  ",
+        "tabs\tnew\nlines\r\nand \u200b zero-width, emoji 🙂 and <b>html</b> & ampersands",
+        "word " * 600,  # longer than the model's 512 positions: no truncation here
+    ]
+    for text in texts:
+        assert light.encode(text, add_special_tokens=False) == hf.encode(text, add_special_tokens=False)
+    assert light("a question", "an answer")["input_ids"] == hf("a question", "an answer")["input_ids"]
+    assert light.pad_token_id == hf.pad_token_id and config.hidden_size == 384
+    from transformers import AutoConfig
+
+    from moe_reward.embed.backbone import _is_decoder
+
+    reference = AutoConfig.from_pretrained(path)
+    assert _is_decoder(config) is _is_decoder(reference) is False
+    for attr in ("hidden_size", "max_position_embeddings", "architectures"):
+        assert getattr(config, attr) == getattr(reference, attr)
+
+
+def test_a_tokenizer_the_light_path_cannot_vouch_for_goes_through_transformers(tiny):
+    from moe_reward.embed.tokenizer import light_encoder
+
+    assert light_encoder(tiny["llama"]) is None and light_encoder(tiny["llama-chat"]) is None
 
 
 def _features(n: int, dim: int = 8, seed: int = 0) -> PairFeatures:

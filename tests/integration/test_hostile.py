@@ -250,9 +250,9 @@ def test_broken_cache_shard_is_dropped_with_a_warning_and_recomputed(tmp_path):
 
 def test_long_texts_are_cut_before_tokenization():
     """A 20 MB text never reaches the tokenizer whole, and the kept tokens are those of the whole text."""
-    from moe_reward.embed.backbone import Backbone
+    from moe_reward.embed.backbone import Backbone, BackboneSpec
 
-    bb = Backbone()
+    bb = Backbone(BackboneSpec(runtime="torch"))  # (tokenization only: any runtime)
     tok = bb.tokenizer
     seen: list[int] = []
     encode = tok.encode

@@ -10,18 +10,20 @@ import numpy as np
 import pytest
 
 from moe_reward.app.pipeline import TrainRequest, train_from_data
-from moe_reward.data.pairs import load_pairs
-from moe_reward.embed.pairs import embed_pairs
+from moe_reward.embed.backbone import BackboneSpec
+from moe_reward.embed.pairs import embed_pairs, load_features_or_pairs
 from moe_reward.evaluate.metrics import evaluate, routing_purity, score_pairs
 
 
 @pytest.fixture(scope="module")
 def length_split():
-    pairs = [p for p in load_pairs("controlled").pairs if p.meta.get("criterion") == "length"]
+    # The controlled data ships embedded (data/controlled/features.safetensors): nothing to embed here.
+    shipped = load_features_or_pairs("controlled")
+    features = shipped.subset([i for i, p in enumerate(shipped.pairs) if p.meta.get("criterion") == "length"])
+    pairs = features.pairs
     assert 300 <= len(pairs) <= 800 and {p.group for p in pairs} == {"concise", "detailed"}
     reversed_ids = {p.meta["reversal_of"] for p in pairs if p.meta.get("reversal_of")}
     assert len(reversed_ids) > 100  # same two texts, opposite labels under opposite cues
-    features = embed_pairs(pairs)
     questions = sorted({p.meta["question_id"] for p in pairs})
     held_out = {q for i, q in enumerate(questions) if i % 5 == 0}
     test = [i for i, p in enumerate(pairs) if p.meta["question_id"] in held_out]
@@ -60,7 +62,7 @@ def test_sparse_matches_dense_on_unseen_questions_of_a_reversal_set(split_seed):
     pairs = reversal_pairs(0, cues_per_side=5)
     for p in pairs:
         p.meta["question_id"] = p.id.split("-")[1]
-    features = embed_pairs(pairs)
+    features = embed_pairs(pairs, BackboneSpec(runtime="torch"))  # (the fp32 embeddings it was tuned on)
     got = {}
     for kind in ("sparse", "dense"):
         req = TrainRequest(

@@ -7,7 +7,10 @@ so a routed model learns two experts. The texts are real (tests/support/reversal
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,8 @@ from moe_reward.app.pipeline import TrainRequest, train_from_data
 from moe_reward.app.workspace import DEFAULT_MODEL, Workspace
 from moe_reward.data.pairs import PreferencePair
 from moe_reward.embed.features import PairFeatures
+from moe_reward.model import modeldir
+from moe_reward.model.moe import SparseMoERewardModel
 from moe_reward.train.config import TrainConfig
 
 DIM = 384
@@ -63,9 +68,43 @@ def tiny_features(seed: int = 0, n_pairs: int | None = TINY_PAIRS) -> PairFeatur
     return PairFeatures(as32(prompt), as32(chosen), as32(rejected), pairs, meta)
 
 
+_templates: dict[tuple, Path] = {}  # (n_pairs, experts) -> a workspace built once in this process
+
+
 def build_tiny_workspace(root: str | Path, n_pairs: int | None = TINY_PAIRS, experts: int = 4) -> Workspace:
     """models/default-sparse (4 experts, top-2) and models/tiny-dense on uploads/tiny.safetensors,
-    plus an experiments/tiny/results.json for the comparison page."""
+    plus an experiments/tiny/results.json for the comparison page.
+
+    Trained once per process and size: later calls copy that workspace (its models then record the copy's
+    upload as their data, saved through the model's own save_pretrained), so the test modules that each
+    want a fresh tiny workspace do not each train the same two models again."""
+    key = (n_pairs, experts)
+    template = _templates.get(key)
+    if template is None or not (template / "models").is_dir():
+        template = Path(tempfile.mkdtemp(prefix="tiny-workspace-"))
+        atexit.register(shutil.rmtree, template, True)
+        _train_tiny_workspace(template, n_pairs, experts)
+        _templates[key] = template
+    return _copy_workspace(template, Path(root))
+
+
+def _copy_workspace(template: Path, root: Path) -> Workspace:
+    root.mkdir(parents=True, exist_ok=True)
+    for sub in ("models", "uploads", "experiments"):
+        shutil.copytree(template / sub, root / sub, dirs_exist_ok=True)
+    ws = Workspace(root)
+    old, new = str(template / "uploads" / "tiny.safetensors"), str(ws.uploads_dir / "tiny.safetensors")
+    for name in ws.list_models():
+        model_dir = ws.model_path(name)
+        metrics = modeldir.read_metrics(model_dir)
+        if metrics.get("data") == old:
+            metrics["data"] = new
+            metrics["request"]["data"] = new
+            SparseMoERewardModel.from_pretrained(model_dir).save_pretrained(model_dir, metrics)
+    return ws
+
+
+def _train_tiny_workspace(root: Path, n_pairs: int | None, experts: int) -> Workspace:
     ws = Workspace(root)
     feats = tiny_features(n_pairs=n_pairs)
     data = ws.uploads_dir / "tiny.safetensors"

@@ -24,18 +24,34 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, home: Path, port: int | None = None):
-        self.home, self.port, self.proc, self.log = home, port or free_port(), None, None
-        self.url = f"http://127.0.0.1:{self.port}"
+    """`streamlit run app.py` of the checkout at `root` (this one by default; a benchmark passes an export of
+    another ref) on the workspace `home`, reading data files from `data_dir` (default: none but the
+    workspace's uploads). `flags` are extra `streamlit run` options; `started` is when start() launched it."""
 
-    def start(self) -> Server:
+    def __init__(
+        self,
+        home: Path,
+        port: int | None = None,
+        root: Path = ROOT,
+        data_dir: Path | None = None,
+        flags: tuple[str, ...] = (),
+        env: dict | None = None,
+    ):
+        self.home, self.port, self.proc, self.log = home, port or free_port(), None, None
+        self.root, self.data_dir, self.flags, self.extra_env = Path(root), data_dir, tuple(flags), env or {}
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.started = 0.0
+
+    def start(self, timeout: float = 90) -> Server:
         env = {
             **os.environ,
             "MOE_REWARD_HOME": str(self.home),
-            "MOE_REWARD_DATA_DIR": str(self.home / "no-repo-data"),
+            "MOE_REWARD_DATA_DIR": str(self.data_dir or self.home / "no-repo-data"),
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         }
         self.log = open(self.home / "server.log", "a")  # noqa: SIM115 - closed in stop() / kill9()
+        self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -51,13 +67,14 @@ class Server:
                 str(self.port),
                 "--browser.gatherUsageStats",
                 "false",
+                *self.flags,
             ],
-            cwd=ROOT,
+            cwd=self.root,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.time() + 90
+        deadline = time.time() + timeout
         while time.time() < deadline and self.proc.poll() is None:
             try:
                 with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from moe_reward.data.pairs import PreferencePair
-from moe_reward.embed.backbone import Backbone
+from moe_reward.embed.backbone import Backbone, BackboneSpec, default_runtime
 from moe_reward.embed.cache import EmbeddingCache, embed_texts
 from moe_reward.embed.features import PairFeatures
 from moe_reward.embed.pairs import embed_pairs
@@ -10,7 +10,9 @@ from moe_reward.embed.pairs import embed_pairs
 
 @pytest.fixture(scope="module")
 def backbone():
-    return Backbone()
+    # torch: these tests check the pipeline (batching must not change an embedding; int8's dynamic
+    # activation quantization does, a little: tests/integration/test_backbones.py measures how much)
+    return Backbone(BackboneSpec(runtime="torch"))
 
 
 PAIRS = [
@@ -98,3 +100,16 @@ def test_shipped_default_features_match_the_dataset():
     f = PairFeatures.load(shipped)
     assert f.ids == [p.id for p in load_pairs(default_dataset_path()).pairs]
     assert f.metadata["backbone"] == "all-MiniLM-L6-v2" and f.dim == 384
+
+
+def test_the_default_runtime_is_int8_for_the_default_encoder_on_the_cpu_only():
+    pytest.importorskip("onnxruntime")
+    assert BackboneSpec().runtime == "onnx-int8" and BackboneSpec("default").runtime == "onnx-int8"
+    assert BackboneSpec(runtime="torch").runtime == "torch"  # asked for: kept
+    assert BackboneSpec("/models/my-reward-model").runtime == "torch"  # any other backbone
+    assert BackboneSpec(precision="bfloat16").runtime == "torch"
+    assert default_runtime("all-MiniLM-L6-v2", device="cuda:0") == "torch"
+    # what a features file or a model recorded wins: older torch files stay torch
+    assert BackboneSpec.from_metadata({"backbone": "all-MiniLM-L6-v2"}).runtime == "torch"
+    assert BackboneSpec.from_metadata({"runtime": "onnx-int8"}).runtime == "onnx-int8"
+    assert BackboneSpec().key("mean") != BackboneSpec(runtime="torch").key("mean")  # cached apart

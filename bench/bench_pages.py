@@ -1,0 +1,284 @@
+"""How fast pages open: the first page after `streamlit run` on a fresh clone, then every page warm.
+
+1. **Fresh clone, first page.** The committed tree of a ref (``git archive``: what a fresh clone holds) is
+   started with ``streamlit run app.py`` on an empty workspace and an empty cache; the time is from
+   launching the command to the Overview's headline numbers received by a session (server side, the
+   websocket protocol of tests/support/streamlit_client.py) and, with ``--browser``, shown in Chromium.
+   The Overview must show the default model (its "Accuracy" metric); on a ref that trains that model on
+   first start, the time includes the training.
+2. **Warm page loads.** On that server, already warm, each page is opened by a new session (``--rounds``
+   times, median and max): server side, and with ``--browser`` in Chromium until the page has finished
+   running and drawn its charts, opened in a new tab (a new session; the browser has loaded the app
+   before, so its static files are cached) and reached from the sidebar within one session.
+
+``--baseline REF`` (e.g. ``main``) measures REF the same way in the same run (each ref's server alone on
+the machine while it is measured); ``HEAD`` is measured as "this checkout" (commit your changes first).
+
+    python bench/bench_pages.py --baseline main --browser --json pages.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
+
+from streamlit_client import StreamlitSession  # noqa: E402
+from streamlit_server import Server  # noqa: E402
+
+# url path -> text that only that page shows once it has run (its title)
+PAGES = {
+    "": "Overview",
+    "Routing_statistics": "Routing statistics",
+    "Expert_map": "Expert map",
+    "Expert_detail": "Expert detail",
+    "Personalize": "Personalize",
+    "Compare_models": "Compare models",
+    "Score_your_own": "Score your own",
+    "Data_and_training": "Data & training",
+}
+CHROMIUM = "/usr/bin/chromium"
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def export_ref(ref: str, into: Path) -> Path:
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def overview_ready(session: StreamlitSession) -> bool:
+    return session.metric("Accuracy") is not None
+
+
+def first_page(code: Path, scratch: Path, timeout: float) -> tuple[Server, dict]:
+    """Start `code` on an empty workspace and cache; seconds to the Overview's numbers (server side)."""
+    home = scratch / "workspace"
+    home.mkdir(parents=True)
+    cache = scratch / "cache"
+    server = Server(home, root=code, data_dir=code / "data", env={"MOE_REWARD_CACHE": str(cache)})
+    server.start(timeout=timeout)
+    up = time.perf_counter() - server.started
+    s = StreamlitSession(server.url, page="", timeout=timeout)
+    s.open()
+    while not overview_ready(s):  # a first start that builds the model shows a progress bar first
+        run = s.runs[-1]
+        if time.perf_counter() - server.started > timeout:
+            raise RuntimeError(f"no Overview numbers within {timeout:.0f} s: {s.texts()[:5]}")
+        time.sleep(0.5)
+        if run.finished is not None:
+            s._rerun(fragment="", widgets=[])  # (what a browser does when the page reruns itself)
+            s.wait_finished()
+    total = time.perf_counter() - server.started
+    accuracy = s.metric("Accuracy")
+    s.close()
+    model = home / "models" / "default-sparse" / "model.safetensors"
+    shipped = code / "data" / "controlled" / "default-model" / "model.safetensors"
+    return server, {
+        "server_up_s": round(up, 2),
+        "first_overview_s": round(total, 2),
+        "default_model": "installed the shipped one"
+        if shipped.is_file() and model.is_file() and filecmp.cmp(model, shipped, shallow=False)
+        else "trained on first start",
+        "accuracy_shown": accuracy,
+    }
+
+
+def warm_pages(server: Server, rounds: int) -> dict:
+    out = {}
+    for path, title in PAGES.items():
+        times = []
+        for _ in range(rounds):
+            s = StreamlitSession(server.url, page=path, timeout=180)
+            t = time.perf_counter()
+            s.open()
+            times.append(time.perf_counter() - t)
+            if s.exceptions:
+                raise RuntimeError(f"{title}: {s.exceptions[0][:200]}")
+            s.close()
+        out[title] = {"median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3)}
+    return out
+
+
+def browser_times(server: Server, rounds: int) -> dict:
+    """Chromium, until the page finished running and drew its charts: each page opened in a new tab (a new
+    session) of a browser that has loaded the app before (its static files cached, as a returning user's
+    or a teammate's browser); and moving to each page from the sidebar within one session."""
+    from playwright.sync_api import sync_playwright
+
+    out: dict[str, dict] = {"new_tab": {}, "switch": {}}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            first = context.new_page()
+            first.goto(server.url)
+            first.get_by_role("heading", name="Overview").first.wait_for(timeout=180_000)
+            wait_settled(first)
+            for path, title in PAGES.items():
+                times = []
+                for _ in range(rounds):
+                    page = context.new_page()
+                    t = time.perf_counter()
+                    page.goto(f"{server.url}/{path}")
+                    page.get_by_role("heading", name=title).first.wait_for(timeout=180_000)
+                    wait_settled(page)
+                    times.append(time.perf_counter() - t)
+                    page.close()
+                out["new_tab"][title] = {
+                    "median_s": round(statistics.median(times), 3),
+                    "max_s": round(max(times), 3),
+                }
+            switches: dict[str, list[float]] = {}
+            for _ in range(rounds):
+                for title in [*list(PAGES.values())[1:], "Overview"]:
+                    t = time.perf_counter()
+                    first.get_by_role("link", name=title).first.click()
+                    first.get_by_role("heading", name=title).first.wait_for(timeout=180_000)
+                    wait_settled(first)
+                    switches.setdefault(title, []).append(time.perf_counter() - t)
+            out["switch"] = {
+                title: {"median_s": round(statistics.median(ts), 3), "max_s": round(max(ts), 3)}
+                for title, ts in switches.items()
+            }
+        finally:
+            browser.close()
+    return out
+
+
+def wait_settled(page, timeout_s: float = 180) -> None:
+    """Until the script run is over (no status widget, nothing stale) and every plotly chart has drawn."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        busy = page.locator('[data-testid="stStatusWidget"], [data-stale="true"]').count()
+        drawn = page.evaluate(
+            "() => [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'))"
+        )
+        if not busy and drawn:
+            return
+        page.wait_for_timeout(50)
+    raise RuntimeError("the page did not settle")
+
+
+def browser_first_page(code: Path, scratch: Path, timeout: float) -> float:
+    """Chromium: `streamlit run` on an empty workspace -> the Overview's numbers on screen."""
+    from playwright.sync_api import sync_playwright
+
+    home = scratch / "workspace-browser"
+    home.mkdir(parents=True)
+    server = Server(
+        home, root=code, data_dir=code / "data", env={"MOE_REWARD_CACHE": str(scratch / "cache-browser")}
+    )
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            server.start(timeout=timeout)
+            page.goto(server.url)
+            page.get_by_text("Experts in use").first.wait_for(timeout=timeout * 1000)
+            seconds = time.perf_counter() - server.started
+            browser.close()
+        return round(seconds, 2)
+    finally:
+        server.stop()
+
+
+def measure(name: str, code: Path, scratch: Path, args) -> dict:
+    print(f"[{name}] fresh clone: starting streamlit on an empty workspace ({load()})", flush=True)
+    server, cold = first_page(code, scratch, args.timeout)
+    try:
+        print(f"[{name}] first page (server side): {cold['first_overview_s']} s", flush=True)
+        result = {"code": name, "fresh_clone": cold, "load_before": load()}
+        result["warm_server_side"] = warm_pages(server, args.rounds)
+        for title, t in result["warm_server_side"].items():
+            print(
+                f"[{name}]   warm {title:18s} median {t['median_s']:.3f} s, max {t['max_s']:.3f} s",
+                flush=True,
+            )
+        if args.browser:
+            result["warm_browser"] = browser_times(server, max(1, args.rounds - 1))
+            for kind, what in (("new_tab", "new tab"), ("switch", "from the sidebar")):
+                for title, t in result["warm_browser"][kind].items():
+                    print(
+                        f"[{name}]   Chromium, {what:16s} {title:18s} median {t['median_s']:.2f} s, "
+                        f"max {t['max_s']:.2f} s",
+                        flush=True,
+                    )
+    finally:
+        server.stop()
+    if args.browser:
+        result["fresh_clone"]["first_overview_browser_s"] = browser_first_page(code, scratch, args.timeout)
+        print(
+            f"[{name}] first page in Chromium: {result['fresh_clone']['first_overview_browser_s']} s",
+            flush=True,
+        )
+    result["load_after"] = load()
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", default=None, help="a git ref measured the same way (e.g. main)")
+    ap.add_argument("--ref", default="HEAD", help="the ref measured as this checkout (default HEAD)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--browser", action="store_true", help="also time the pages in Chromium")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds a first start may take")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="bench-pages-"))
+    results = []
+    try:
+        refs = ([args.baseline] if args.baseline else []) + [args.ref]
+        for i, ref in enumerate(refs):
+            code = export_ref(ref, scratch / f"code-{i}")
+            name = "this checkout" if i == len(refs) - 1 else ref
+            results.append(measure(f"{name} ({ref})", code, scratch / f"run-{i}", args))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print("\nsummary:")
+    for r in results:
+        fc = r["fresh_clone"]
+        worst = max(r["warm_server_side"].items(), key=lambda kv: kv[1]["median_s"])
+        line = (
+            f"  {r['code']:28s} fresh clone -> Overview {fc['first_overview_s']} s (server side)"
+            + (
+                f", {fc['first_overview_browser_s']} s in Chromium"
+                if "first_overview_browser_s" in fc
+                else ""
+            )
+            + f"; slowest warm page (server side) {worst[0]} {worst[1]['median_s']:.3f} s"
+        )
+        if "warm_browser" in r:
+            for kind, what in (("new_tab", "new tab"), ("switch", "sidebar switch")):
+                wb = max(r["warm_browser"][kind].items(), key=lambda kv: kv[1]["median_s"])
+                line += f"; slowest in Chromium ({what}) {wb[0]} {wb[1]['median_s']:.2f} s"
+        print(line + f" ({r['load_before']})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
