@@ -176,7 +176,6 @@ REDUCTIONS = {
 KNOWN_VIEW_COMPUTATIONS: dict[str, dict[str, int]] = {
     "pages/1_Routing_statistics.py": {"np.log": 2, "np.clip": 1, ".sum()": 1},
     "pages/2_Expert_map.py": {"np.percentile": 1, "np.abs": 1, "np.log1p": 1, ".sum()": 1},
-    "pages/4_Personalize.py": {"np.subtract": 1, "np.log": 1, "np.clip": 1, ".mean()": 2, "@": 1},
     "pages/5_Compare_models.py": {".sum()": 1},
 }
 
