@@ -83,6 +83,15 @@ def split_features(
     return splits, parts
 
 
+def train_config_for(req: TrainRequest) -> TrainConfig:
+    """The training configuration a request trains with: its own (or the kind's default), its
+    cross-validation folds keeping the split's units together (`split_by`)."""
+    cfg = req.train or TrainConfig.for_kind(req.kind)
+    if cfg.split_by is None and req.split_by:
+        cfg = replace(cfg, split_by=req.split_by)
+    return cfg
+
+
 def train_from_data(
     req: TrainRequest,
     out: str | Path | None,
@@ -120,9 +129,7 @@ def train_from_data(
             raise ValueError(f"{req.data}: every pair has a user; nothing left to train on without them")
     splits, parts = split_features(features, req.validation, req.test, req.split_seed, req.split_by)
     check_training_split(req, features, {name: len(part) for name, part in parts.items()})
-    cfg = req.train or TrainConfig.for_kind(req.kind)
-    if cfg.split_by is None and req.split_by:  # cross-validation folds keep the split's units together
-        cfg = replace(cfg, split_by=req.split_by)
+    cfg = train_config_for(req)
     mcfg = ModelConfig(
         kind=req.kind,
         input_dim=features.dim,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..core import atomic
 from ..embed.features import PairFeatures
-from .pipeline import TrainRequest
+from .pipeline import TrainRequest, train_config_for
 
 SHIPPED_DIR = "default-model"  # next to the controlled data's features file
 MODEL_FILES = ("config.json", "model.safetensors", "metrics.json", "split_ids.json")
@@ -70,12 +70,11 @@ def shipped_dir(features_path: str | Path) -> Path:
 
 def recipe_differences(metrics: dict, req: TrainRequest) -> list[str]:
     """What differs between the recipe a model's metrics.json records and `req` (with its training config)."""
-    from ..train.loop import TrainConfig
 
     want = {k: v for k, v in asdict(req).items() if k != "train"}
     have = metrics.get("request") or {}
     out = [f"request.{k}: {have.get(k)!r} != {v!r}" for k, v in want.items() if have.get(k) != v]
-    config = asdict(req.train or TrainConfig.for_kind(req.kind))
+    config = asdict(train_config_for(req))
     recorded = metrics.get("train_config") or {}
     for k in sorted(set(config) | set(recorded)):
         if _jsonable(config.get(k)) != recorded.get(k):
