@@ -167,7 +167,28 @@ def overview() -> None:
         text=f"{values['experts_in_use']} / {ctx.k}",
     )
 
+    read_against = [
+        f"{label}: {note}"
+        for label, note in (
+            ("accuracy", ui.summary.chance_note("accuracy", values)),
+            ("routing NMI", ui.summary.chance_note("routing_nmi", values)),
+        )
+        if note
+    ]
+    if read_against:  # every headline number beside what it is read against (its interval, its chance level)
+        st.caption(ui.md("Read against chance: " + "; ".join(read_against) + "."))
     ui.below_chance_caption(values["accuracy"], scope.n, scope.label)
+    saved = ui.model_metrics(ctx.model_dir) or {}
+    if saved.get("checkpoint_untrained"):
+        st.error(
+            "Untrained model: the checkpoint this model kept learnt nothing that holds on its validation "
+            "pairs (neither its loss beat log 2 nor its accuracy beat ½ significantly). Its experts and "
+            "routing below describe noise; retrain with more data or another setting.",
+            icon=":material/warning:",
+        )
+    verdict = ui.summary.verdict_of(ev)
+    if verdict:
+        st.markdown(f"**Heterogeneity: {ui.md(verdict[0])}.** {ui.md(verdict[1])}")
 
     rows, notes = [], []
     for sc in rel.scopes:

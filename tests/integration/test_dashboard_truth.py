@@ -56,6 +56,11 @@ def truth_home(tmp_path_factory) -> Path:
     metrics = json.loads((diag_dir / "metrics.json").read_text())
     metrics["test"]["diagnostics"] = DIAGNOSTICS
     (diag_dir / "metrics.json").write_text(json.dumps(metrics))
+    untrained = ws.model_path("untrained")
+    shutil.copytree(ws.model_path("default-sparse"), untrained)
+    metrics = json.loads((untrained / "metrics.json").read_text())
+    metrics["checkpoint_untrained"] = True
+    (untrained / "metrics.json").write_text(json.dumps(metrics))
     return root
 
 
@@ -529,3 +534,13 @@ def test_report_escapes_dataset_text_and_has_a_personalization_example(tmp_path)
     ex = personalization_example(scores, feats)  # terse-tess / thorough-theo label 8 of their pairs
     assert ex["field"] == "user" and ex["n_labels"] == 8 and ex["n_eval"] == TINY_PAIRS // 2 - 8
     assert abs(sum(ex["after"]) - 1) < 1e-6 and 0 <= ex["profile_accuracy"] <= 1
+
+
+def test_overview_reads_numbers_against_chance_and_says_untrained(home):
+    at = app()
+    caption = next(c.value for c in at.caption if c.value.startswith("Read against chance")).replace("\\", "")
+    assert "accuracy: 95%" in caption and "routing NMI: chance" in caption
+    assert any(m.value.startswith("**Heterogeneity:") for m in at.markdown)
+    assert not any("Untrained model" in e.value for e in at.error)
+    bad = app(model="untrained")
+    assert any("Untrained model" in e.value for e in bad.error)
