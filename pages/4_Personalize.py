@@ -52,6 +52,7 @@ from moe_reward.personalize.store import (
     MAX_IMPORT_LABELS,
     DuplicateLabel,
     Label,
+    StaleClick,
     StoreError,
     adapter_from_spec,
     adapter_spec,
@@ -73,6 +74,12 @@ class ShownPair(TypedDict):
 NEW_PROFILE = "New profile…"  # plain text (a "＋" glyph is a missing-font box in Debian's Chromium)
 FIRST_PROFILE = "default"  # what a new annotator's first label creates
 MODES = ("Active choice", "Random", "Type your own pair")
+ADAPTER_SHORT = {
+    "hedge": "hedge (online)",
+    "batch": "batch (DRM)",
+    "gradient": "gradient (LoRe)",
+    "signed": "signed (±)",
+}
 ADAPTER_HELP = {
     "hedge": "multiplicative weights, one label at a time",
     "batch": "closed form over all labels (DRM)",
@@ -169,8 +176,14 @@ with top:
     options = (existing or [FIRST_PROFILE]) + [NEW_PROFILE]
     if st.session_state.get("pz_pending_profile"):  # just created: select it (before the widget exists)
         st.session_state["pz_profile"] = st.session_state.pop("pz_pending_profile")
-    if st.session_state.get("pz_profile") not in options:
+    asked = st.session_state.get("pz_profile")
+    if asked not in options:
         st.session_state["pz_profile"] = options[0]  # the most recently used profile, or a first one
+        if asked:  # a link (or an earlier choice) named a profile this annotator does not have here
+            st.warning(
+                f"{ui.md(annotator)} has no profile “{ui.md(asked)}” on {ui.md(ctx.model_name)}; showing "
+                f"“{ui.md(options[0])}”. Pick “{NEW_PROFILE}” to create it."
+            )
     choice = c2.selectbox(
         "Profile",
         options,
@@ -181,7 +194,11 @@ with top:
         n1, n2, n3 = st.columns([1.2, 1.5, 1], vertical_alignment="bottom")
         new_name = n1.text_input("New profile name", value=f"profile-{len(existing) + 1}", key="pz_new_name")
         new_adapter = n2.selectbox(
-            "Adapter", ADAPTERS, key="pz_new_adapter", format_func=lambda a: f"{a}: {ADAPTER_HELP.get(a, '')}"
+            "Adapter",
+            ADAPTERS,
+            key="pz_new_adapter",
+            format_func=lambda a: ADAPTER_SHORT.get(a) or str(a),
+            help=" · ".join(f"{a}: {h}" for a, h in ADAPTER_HELP.items()),
         )
         if n3.button("Create profile", type="primary", key="pz_create", disabled=bool(store.read_only)):
             try:
@@ -265,17 +282,53 @@ spec_hash = hashlib.sha1(json.dumps(adapter_spec(adapter), sort_keys=True).encod
 
 
 # ----------------------------------------------------------------------------- the actions (button callbacks)
-def on_label(shown: Shown, a_preferred: bool) -> None:
-    """Store one label for the pair in `shown`, which is the pair that was on screen with this button."""
+def both_answers(pair_id: str, keys: tuple[str, ...]) -> bool:
+    """Whether A and B of one pair arrived in one run (Streamlit merged the clicks and kept no order, so
+    neither can be taken for the user's answer); says so when they did."""
+    if len(ui.clicked(*keys)) < 2:
+        return False
+    flash(
+        "info",
+        f"Both A and B arrived for pair {pair_id} at once: neither was stored. Click the one you mean.",
+    )
+    return True
+
+
+def shown_now(state_now: dict, typed: bool) -> str:
+    """The pair this session shows now ("" for none): the typed pair, or the drawn one unless skipped (in
+    the mode the page is in now). The store refuses a click on any other pair (`StaleClick`), or says it
+    has its label (`DuplicateLabel`)."""
+    if typed != (st.session_state.get("pz_mode", MODES[0]) == MODES[2]):
+        return ""  # the mode changed: the pair this button was drawn with is no longer on screen
+    if typed:
+        cur_typed: TypedPair | None = state_now.get("typed")
+        return "" if cur_typed is None else cur_typed.pair_id
+    cur: Shown | None = state_now.get("shown")
+    return "" if cur is None or cur.pair_id in state_now.get("skipped", ()) else cur.pair_id
+
+
+def stale_note(exc: StaleClick) -> None:
+    """The page had moved on (or the pair was skipped) before the click arrived: nothing was stored."""
+    flash("info", f"{str(exc)[:1].upper()}{str(exc)[1:]}.")
+
+
+def on_label(shown: Shown, a_preferred: bool, keys: tuple[str, ...] = ()) -> None:
+    """Store one label for the pair in `shown`, which is the pair that was on screen with this button
+    (`keys`: both answer buttons of that pair)."""
     state_now = st.session_state.setdefault("pz", {})
+    if both_answers(shown.pair_id, keys):
+        return
     t0 = time.perf_counter()
     try:
-        stored = session.label(shown, a_preferred)
+        stored = session.label(shown, a_preferred, showing=shown_now(state_now, typed=False))
     except DuplicateLabel as exc:
         flash(
             "info",
             f"Pair {shown.pair_id} already has a label in this profile (#{exc.existing_id}): that click was ignored.",
         )
+        return
+    except StaleClick as exc:
+        stale_note(exc)
         return
     except StoreError as exc:  # says what happened to the label
         flash("error", str(exc)[:1].upper() + str(exc)[1:])
@@ -284,32 +337,36 @@ def on_label(shown: Shown, a_preferred: bool) -> None:
         flash("error", f"The label of pair {shown.pair_id} was not saved: {exc}")
         return
     state_now["update_ms"] = (time.perf_counter() - t0) * 1000
-    flash(
-        "success",
-        f"Saved label #{stored.label_id} for pair {stored.pair_id} ({stored.count} labels in this profile).",
-    )
+    flash("success", f"Saved label {stored.count} of this profile, for pair {stored.pair_id}.")
 
 
-def on_label_typed(typed: TypedPair, a_preferred: bool) -> None:
+def on_label_typed(typed: TypedPair, a_preferred: bool, keys: tuple[str, ...] = ()) -> None:
+    """Store one label for the typed pair `typed` (the one on screen with this button; `keys`: both answer
+    buttons)."""
     state_now = st.session_state.setdefault("pz", {})
+    if both_answers(typed.pair_id, keys):
+        return
     t0 = time.perf_counter()
     try:
-        stored = session.label_typed(typed, a_preferred)
+        stored = session.label_typed(typed, a_preferred, showing=shown_now(state_now, typed=True))
     except DuplicateLabel as exc:
         flash(
             "info",
             f"Your pair already has a label in this profile (#{exc.existing_id}): that click was ignored.",
         )
         return
+    except StaleClick as exc:
+        stale_note(exc)
+        return
     except StoreError as exc:
         flash("error", str(exc)[:1].upper() + str(exc)[1:])
         return
+    except ValueError as exc:
+        flash("error", f"The label of your pair was not saved: {exc}")
+        return
     state_now["update_ms"] = (time.perf_counter() - t0) * 1000
     state_now["typed"] = None
-    flash(
-        "success",
-        f"Saved label #{stored.label_id} for pair {stored.pair_id} ({stored.count} labels in this profile).",
-    )
+    flash("success", f"Saved label {stored.count} of this profile, for pair {stored.pair_id}.")
 
 
 def on_skip(pair_id: str) -> None:
@@ -335,7 +392,7 @@ def on_undo() -> None:
         )
     else:
         left = store.count_labels(gone.profile_id) if gone.profile_id is not None else 0
-        flash("success", f"Undone: label #{gone.id} (pair {gone.pair_id}); {left} labels left.")
+        flash("success", f"Undone: your last label (pair {gone.pair_id}); {left} labels left.")
 
 
 def on_reset(profile_id: int) -> None:
@@ -378,10 +435,10 @@ def on_params(form_keys: dict) -> None:
             adapter.name, ctx.k, adapter.initial_weights, margin_scale=adapter.margin_scale, **params
         )
         store.save_profile(session.profile_id(), spec, adapter=adapter.name)
+    except StoreError as exc:  # (a ValueError too: caught first)
+        flash("error", f"Settings not saved: {exc}")
     except (ValueError, TypeError) as exc:
         flash("error", f"Settings not applied: {exc}")
-    except StoreError as exc:
-        flash("error", f"Settings not saved: {exc}")
     else:
         flash("success", "Settings applied: the profile was refitted on its labels.")
 
@@ -423,8 +480,9 @@ c_adapter.selectbox(
     on_change=on_adapter_change,
     args=(adapter_key,),
     disabled=bool(store.read_only),
-    format_func=lambda a: f"{a}: {ADAPTER_HELP.get(a, '')}",
-    help="Changing it refits the same labels with the other adapter (for every session on this profile).",
+    format_func=lambda a: ADAPTER_SHORT.get(a) or str(a),
+    help="Changing it refits the same labels with the other adapter (for every session on this profile). "
+    + " · ".join(f"{a}: {h}" for a, h in ADAPTER_HELP.items()),
 )
 mode = c_mode.selectbox(
     "Next pair",
@@ -586,7 +644,7 @@ def draw_pair(shown: dict, carried: tuple, adapter: Adapter) -> None:
             f"{letter} is better",
             key=f"pz_{letter.lower()}_{tok}",
             on_click=callback,
-            args=(carried[1], letter == "A"),
+            args=(carried[1], letter == "A", (f"pz_a_{tok}", f"pz_b_{tok}")),
             disabled=not can_write,
             type="primary",
             width="stretch",
@@ -679,17 +737,26 @@ def draw_profile(adapter: Adapter, state) -> None:
         fig = go.Figure(
             data=[
                 dict(type="bar", x=names, y=shift["before"], name="start", marker=dict(color="#BAB0AC")),
-                dict(type="bar", x=names, y=shift["after"], name="now", marker=dict(color=expert_colors)),
+                dict(
+                    type="bar",
+                    x=names,
+                    y=shift["after"],
+                    name="now",
+                    marker=dict(color=expert_colors),
+                    showlegend=False,
+                ),
             ],
             layout=dict(
                 title=dict(text="Profile: expert weights"),
                 barmode="group",
                 height=300,
                 margin=dict(t=40, b=10),
-                xaxis=dict(title=dict(text="expert"), categoryorder="array", categoryarray=names),
+                xaxis=dict(title=dict(text="expert")),
                 yaxis=dict(title=dict(text="weight"), range=[min(0.0, min(shift["after"]) * 1.15), top]),
             ),
         )
+        ui.legend_entry(fig, "now (in the expert's colour)", "#54575e")
+        ui.expert_axis(fig, "x", ctx.k, ctx.names)
         st.plotly_chart(fig, width="stretch", key="pz_weights")
         st.caption("weights now: " + " · ".join(f"E{k} {w:.3f}" for k, w in enumerate(shift["after"])))
         span = span_report(adapter)
@@ -708,6 +775,7 @@ def draw_profile(adapter: Adapter, state) -> None:
             st.caption(f"last label saved in {S['update_ms']:.1f} ms")
 
     history = np.array([adapter.initial_weights] + [h.weights for h in adapter.history])
+    titles = ctx.expert_titles()  # 'E3 · brevity' where the analyst named the expert
     with c1:
         steps = list(range(len(history)))
         fig = go.Figure(
@@ -716,7 +784,7 @@ def draw_profile(adapter: Adapter, state) -> None:
                     type="scatter",
                     x=steps,
                     y=history[:, k],
-                    name=names[k],
+                    name=ui.chart(titles[k]),
                     mode="lines+markers",
                     line=dict(color=expert_colors[k]),
                 )
@@ -724,12 +792,13 @@ def draw_profile(adapter: Adapter, state) -> None:
             ],
             layout=dict(
                 title=dict(text="Weight history"),
-                height=320,
+                height=max(320, 90 + 21 * ctx.k),  # room for every expert in the legend
                 margin=dict(t=40, b=10),
-                xaxis=dict(title=dict(text="labels"), tickformat="d", rangemode="tozero"),
+                xaxis=dict(title=dict(text="labels")),
                 yaxis=dict(title=dict(text="weight")),
             ),
         )
+        ui.count_axis(fig, len(history) - 1, axis="x")
         st.plotly_chart(fig, width="stretch", key="pz_history")
     with c2:
         if len(held_out):
@@ -774,6 +843,7 @@ def draw_profile(adapter: Adapter, state) -> None:
         else:
             st.caption("Pick a persona to measure the profile on that persona's held-out pairs.")
 
+    ui.expert_weights_table(ctx, shift["after"], shift["before"])  # names and descriptions beside the weights
     if adapter.n_labels:
         st.markdown("**The label that moved each expert most**")
         rows = []
@@ -782,7 +852,7 @@ def draw_profile(adapter: Adapter, state) -> None:
                 r = id_to_row.get(pid)
                 rows.append(
                     {
-                        "expert": names[int(k)],
+                        "expert": titles[int(k)],
                         "pair": pid,
                         "weight change": round(delta, 4),
                         "prompt": pairs[r].prompt if r is not None else "",
@@ -861,10 +931,10 @@ def draw_export_import() -> None:
             try:
                 spec, new_labels = import_labels(json.loads(upload.getvalue().decode("utf-8")))
                 n = store.replace_labels(session.profile_id(), spec, new_labels, session=SESSION)
+            except StoreError as exc:  # (a ValueError too: caught first)
+                st.error(f"Nothing was imported: {ui.md(exc)}")
             except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
                 st.error(f"Not a usable profile: {ui.md(exc)}")
-            except StoreError as exc:
-                st.error(f"Nothing was imported: {ui.md(exc)}")
             else:
                 flash("success", f"Imported a {spec['name']} profile with {n} labels.")
                 st.rerun()  # the whole page: the adapter and its settings may have changed
@@ -887,6 +957,10 @@ def labeling() -> None:
             draw_pair(shown, carried, adapter)
         draw_actions(shown, adapter, state)
     draw_profile(adapter, state)
+    # In the fragment, so that a label reruns it: the first label stores the profile, and the calls then
+    # name it instead of the starting weights.
+    rec = state.profile if state is not None else None
+    ui.rlhf_snippets(ctx, f"{annotator}/{profile_name}" if rec is not None else None, adapter.weights)
 
 
 expert_colors = [ui.expert_color(k) for k in range(ctx.k)]

@@ -62,10 +62,21 @@ def scorer() -> None:
                 st.error(f"That profile has {weights.shape[0]} weights; the model has {ctx.k} experts.")
                 return
         with st.spinner("Embedding (the backbone loads once)…"):
+            previous = st.session_state.get("score_texts")
+            st.session_state["score_before"] = previous if previous != (prompt, resp_a, resp_b) else None
+            st.session_state["score_texts"] = (prompt, resp_a, resp_b)
             st.session_state["score_result"] = (
                 score_texts(ctx.model, ctx.backbone(), prompt, [resp_a, resp_b], user_weights=weights),
                 profile_pick,
             )
+
+    stored = {f"{p.annotator} / {p.name}": f"{p.annotator}/{p.name}" for p in profiles}
+    session_weights = (
+        session_adapter.weights
+        if profile_pick == "this session's profile" and session_adapter is not None
+        else None
+    )
+    ui.rlhf_snippets(ctx, stored.get(profile_pick), session_weights, prompt, resp_a)
 
     result = st.session_state.get("score_result")
     if result is None:
@@ -119,10 +130,19 @@ def scorer() -> None:
     with left:
         fig = go.Figure(
             [
-                go.Bar(x=names, y=a.expert_rewards, name="A", marker_color=colors),
-                go.Bar(x=names, y=b.expert_rewards, name="B", marker_color=colors, marker_pattern_shape="/"),
+                go.Bar(x=names, y=a.expert_rewards, name="A", marker_color=colors, showlegend=False),
+                go.Bar(
+                    x=names,
+                    y=b.expert_rewards,
+                    name="B",
+                    marker_color=colors,
+                    marker_pattern_shape="/",
+                    showlegend=False,
+                ),
             ]
         )
+        ui.legend_entry(fig, "A (solid)")
+        ui.legend_entry(fig, "B (hatched)", pattern="/")
         fig.update_layout(
             title="Each expert's reward (hatched: B)",
             barmode="group",
@@ -131,15 +151,16 @@ def scorer() -> None:
             xaxis_title="expert",
             yaxis_title="reward",
         )
-        ui.expert_axis(fig, "x", ctx.k)
+        ui.expert_axis(fig, "x", ctx.k, ctx.names)
         st.plotly_chart(fig, width="stretch", key="score_experts")
     with right:
         fig = go.Figure(
             [
                 go.Bar(x=names, y=a.router_probs, name="router softmax", marker_color="#BAB0AC"),
-                go.Bar(x=names, y=a.routing, name="routing used", marker_color=colors),
+                go.Bar(x=names, y=a.routing, name="routing used", marker_color=colors, showlegend=False),
             ]
         )
+        ui.legend_entry(fig, "routing used (in the expert's colour)", "#54575e")
         fig.update_layout(
             title="Routing of this prompt",
             barmode="group",
@@ -149,23 +170,10 @@ def scorer() -> None:
             xaxis_title="expert",
             yaxis_title="weight",
         )
-        ui.expert_axis(fig, "x", ctx.k)
+        ui.expert_axis(fig, "x", ctx.k, ctx.names)
         st.plotly_chart(fig, width="stretch", key="score_routing")
 
-    table = pd.DataFrame(
-        {
-            "expert": names,
-            "reward A": np.round(a.expert_rewards, 4),
-            "reward B": np.round(b.expert_rewards, 4),
-            "A − B": np.round(np.subtract(a.expert_rewards, b.expert_rewards), 4),
-            "prefers": [
-                "A" if x > y else "B" if y > x else "tie"
-                for x, y in zip(a.expert_rewards, b.expert_rewards, strict=True)
-            ],
-            "routing": np.round(a.routing, 4),
-        }
-    )
-    ui.table(table)
+    ui.expert_rewards_table(ctx, a, b)  # each expert's name and description beside its rewards
     rows = [{"": "routed mix", "A": round(a.reward, 4), "B": round(b.reward, 4), "prefers": model_win}]
     if a.personalized_reward is not None:
         rows.append(
@@ -177,6 +185,11 @@ def scorer() -> None:
             }
         )
     ui.table(pd.DataFrame(rows), width="content")
+
+    before = st.session_state.get("score_before")
+    if before is not None:
+        st.subheader("What changed since the previous scoring")
+        ui.what_if_compare(ctx, before, st.session_state["score_texts"], key="score_whatif")
 
 
 scorer()

@@ -9,7 +9,8 @@ The Personalize page and `moe-reward label` both go through `LabelSession`, so t
   buttons carry a `Shown` (pair id, row, which response was A), and `label` stores exactly that pair in
   that orientation. Nothing here reads "the pair on screen now": a click that arrives while the page is
   redrawing, or twice, labels the pair it was drawn with, or is refused by the store (`DuplicateLabel`:
-  one label per pair and profile).
+  one label per pair and profile; `StaleClick`: the caller says, with `showing`, that it shows another
+  pair now).
 - **The labels are the profile.** `load` rebuilds it from the store (only the labels added since the
   caller's previous state are replayed); `next_row` picks the next pair among those neither labeled in
   the profile nor excluded by the caller (skipped, or on another session's screen: `ScreenClaims`).
@@ -210,17 +211,29 @@ class LabelSession:
         return adapter_from_spec(self.spec())
 
     # ------------------------------------------------------------------ storing labels
-    def label(self, shown: Shown, a_preferred: bool, source: str = "manual") -> Stored:
+    def label(
+        self, shown: Shown, a_preferred: bool, source: str = "manual", showing: str | None = None
+    ) -> Stored:
         """Store the label of a click on a pair as it was shown (`a_preferred`: the user picked A).
-        Raises `DuplicateLabel` when the profile already has a label for that pair, `ValueError` when the
+        `showing`: the pair id the caller shows now ("" for none; None: not checked), given to the store,
+        which refuses a click on any other pair. Raises `DuplicateLabel` when the profile already has a
+        label for that pair, `StaleClick` when that pair is no longer the one shown, `ValueError` when the
         pair is no longer in this dataset, `StoreError` when the store failed (its message says whether the
         label was kept)."""
-        return self.label_row(shown.row, shown.prefers_chosen(a_preferred), source, pair_id=shown.pair_id)
+        return self.label_row(
+            shown.row, shown.prefers_chosen(a_preferred), source, pair_id=shown.pair_id, showing=showing
+        )
 
     def label_row(
-        self, row: int, prefer_chosen: bool, source: str = "manual", pair_id: str | None = None
+        self,
+        row: int,
+        prefer_chosen: bool,
+        source: str = "manual",
+        pair_id: str | None = None,
+        showing: str | None = None,
     ) -> Stored:
-        """Store a label on dataset row `row`: the annotator prefers its chosen response or not."""
+        """Store a label on dataset row `row`: the annotator prefers its chosen response or not
+        (`showing`: as in `label`)."""
         if not 0 <= row < len(self.pairs) or (pair_id is not None and self.pairs[row].id != pair_id):
             raise ValueError(f"pair {pair_id if pair_id is not None else row!r} is no longer in this dataset")
         p = self.pairs[row]
@@ -231,11 +244,12 @@ class LabelSession:
             oriented(self.margins[row], prefer_chosen),
             self.logits[row],
             session=self.session,
+            shown=showing,
         )
         return Stored(label_id, p.id, self.store.count_labels(profile_id))
 
-    def label_typed(self, typed: TypedPair, a_preferred: bool) -> Stored:
-        """Store the label of a typed pair (its margins are A minus B)."""
+    def label_typed(self, typed: TypedPair, a_preferred: bool, showing: str | None = None) -> Stored:
+        """Store the label of a typed pair (its margins are A minus B; `showing`: as in `label`)."""
         preferred, other = (typed.a, typed.b) if a_preferred else (typed.b, typed.a)
         profile_id = self.profile_id()
         label_id = self.store.record_label(
@@ -251,6 +265,7 @@ class LabelSession:
             oriented(typed.margins, a_preferred),
             list(typed.logits),
             session=self.session,
+            shown=showing,
         )
         return Stored(label_id, typed.pair_id, self.store.count_labels(profile_id))
 
