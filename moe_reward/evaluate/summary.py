@@ -180,12 +180,12 @@ def diagnostic_subset(key: str, diagnostics: dict) -> str:
     if key.startswith("router_probe"):
         n = diagnostics.get("router_probe_pairs") or 0
         p = diagnostics.get("router_probe_p")
-        chance = f", p = {p:.3f} vs shuffled groups" if isinstance(p, (int, float)) else ""
-        return f"{diagnostics.get('folds') or 'k'}-fold CV on {n} training pairs{chance}"
+        chance = f" · p {p:.3f}" if isinstance(p, (int, float)) else ""
+        return f"CV on {n:,} training pairs{chance}"
     if key == "oracle_routing_accuracy":
         pooled = diagnostics.get("pooled_head_accuracy")
         vs = f" · one head {pooled:.3f}" if isinstance(pooled, (int, float)) else ""
-        return f"held-out test split · {diagnostics.get('oracle_pairs') or 0} pairs{vs}"
+        return f"{diagnostics.get('oracle_pairs') or 0:,} test pairs{vs}"
     if key == "discovery_efficiency":
         ci = diagnostics.get("discovery_efficiency_ci")
         return (
@@ -196,16 +196,46 @@ def diagnostic_subset(key: str, diagnostics: dict) -> str:
     return ""
 
 
+# Diagnostics that only a model's training run can compute (they need its training pairs), by the key
+# that says whether they were: a live evaluation without those pairs leaves them to the saved metrics.json.
+SAVED_DIAGNOSTICS = {
+    "router_probe_nmi": (
+        "router_probe_nmi",
+        "router_probe_accuracy",
+        "router_probe_p",
+        "router_probe_pairs",
+        "folds",
+    ),
+    "oracle_routing_accuracy": (
+        "oracle_routing_accuracy",
+        "pooled_head_accuracy",
+        "oracle_gain",
+        "oracle_gain_se",
+        "oracle_gain_p",
+        "oracle_pairs",
+    ),
+    "discovery_efficiency": ("discovery_efficiency", "discovery_efficiency_ci"),
+}
+
+
 def scope_diagnostics(
     live: dict | Evaluation | None, metrics: dict | None, on_test_split: bool
 ) -> dict | None:
     """The diagnostics to show beside an evaluation: the live ones, and -- when the evaluation is on the
     model's own held-out test split, the scope its metrics.json was written for -- the saved values of
     those the live evaluation could not compute (the router probe and oracle need the training pairs)."""
-    now = {k: v for k, v in (diagnostics_of(live) or {}).items() if v is not None}
-    if on_test_split:
-        now = {**(diagnostics_of(metrics) or {}), **now}
-    return now or None
+    now = dict(diagnostics_of(live) or {})
+    saved = diagnostics_of(metrics) or {}
+    if on_test_split and saved:
+        for lead, keys in SAVED_DIAGNOSTICS.items():
+            if now.get(lead) is None and saved.get(lead) is not None:
+                now.update({k: saved[k] for k in keys if k in saved})
+                reasons = dict(now.get("reasons") or {})
+                reasons.pop(lead, None)
+                now["reasons"] = reasons
+        for k, v in saved.items():
+            now.setdefault(k, v)
+    return {k: v for k, v in now.items() if v is not None} or None
 
 
 def training_story(metrics: dict | None) -> list[str]:
