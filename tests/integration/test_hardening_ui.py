@@ -60,7 +60,9 @@ GOOD = [
 
 def _upload(name: str, content: bytes) -> AppTest:
     at = page("pages/7_Data_and_training.py")
-    at.file_uploader(key="dt_upload").set_value((name, content, "application/octet-stream")).run()
+    # (the uploader's key carries a round number: a fresh uploader after each saved upload)
+    uploader = next(u for u in at.get("file_uploader") if str(u.key).startswith("dt_upload"))
+    uploader.set_value((name, content, "application/octet-stream")).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
