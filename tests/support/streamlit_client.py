@@ -153,7 +153,9 @@ class StreamlitSession:
                 if run is not None:
                     run.arrivals.append((now, path, element))
             elif kind == "script_finished":
-                if run is not None and run.finished is None:
+                if msg.script_finished == ForwardMsg.FINISHED_EARLY_FOR_RERUN:
+                    pass  # st.rerun(): the server runs the script again for this same request
+                elif run is not None and run.finished is None:
                     run.finished, run.status = now, msg.script_finished
                     # as the frontend does: what this run did not draw again is gone
                     stale = [
