@@ -312,61 +312,58 @@ def stale_note(exc: StaleClick) -> None:
     flash("info", f"{str(exc)[:1].upper()}{str(exc)[1:]}.")
 
 
+def store_label(store_it, which: str, keys: tuple[str, ...], pair_id: str) -> bool:
+    """Run `store_it()` (one LabelSession call for the pair that was on screen with the clicked button) and
+    say what happened; `which` names the pair in messages. True when the label was stored."""
+    if both_answers(pair_id, keys):
+        return False
+    state_now = st.session_state.setdefault("pz", {})
+    t0 = time.perf_counter()
+    try:
+        stored = store_it()
+    except DuplicateLabel as exc:
+        flash(
+            "info",
+            f"{which} already has a label in this profile (#{exc.existing_id}): that click was ignored.",
+        )
+        return False
+    except StaleClick as exc:
+        stale_note(exc)
+        return False
+    except StoreError as exc:  # says what happened to the label
+        flash("error", str(exc)[:1].upper() + str(exc)[1:])
+        return False
+    except ValueError as exc:
+        flash("error", f"The label of {which[:1].lower()}{which[1:]} was not saved: {exc}")
+        return False
+    state_now["update_ms"] = (time.perf_counter() - t0) * 1000
+    flash("success", f"Saved label {stored.count} of this profile, for pair {stored.pair_id}.")
+    return True
+
+
 def on_label(shown: Shown, a_preferred: bool, keys: tuple[str, ...] = ()) -> None:
     """Store one label for the pair in `shown`, which is the pair that was on screen with this button
     (`keys`: both answer buttons of that pair)."""
     state_now = st.session_state.setdefault("pz", {})
-    if both_answers(shown.pair_id, keys):
-        return
-    t0 = time.perf_counter()
-    try:
-        stored = session.label(shown, a_preferred, showing=shown_now(state_now, typed=False))
-    except DuplicateLabel as exc:
-        flash(
-            "info",
-            f"Pair {shown.pair_id} already has a label in this profile (#{exc.existing_id}): that click was ignored.",
-        )
-        return
-    except StaleClick as exc:
-        stale_note(exc)
-        return
-    except StoreError as exc:  # says what happened to the label
-        flash("error", str(exc)[:1].upper() + str(exc)[1:])
-        return
-    except ValueError as exc:
-        flash("error", f"The label of pair {shown.pair_id} was not saved: {exc}")
-        return
-    state_now["update_ms"] = (time.perf_counter() - t0) * 1000
-    flash("success", f"Saved label {stored.count} of this profile, for pair {stored.pair_id}.")
+    store_label(
+        lambda: session.label(shown, a_preferred, showing=shown_now(state_now, typed=False)),
+        f"Pair {shown.pair_id}",
+        keys,
+        shown.pair_id,
+    )
 
 
 def on_label_typed(typed: TypedPair, a_preferred: bool, keys: tuple[str, ...] = ()) -> None:
     """Store one label for the typed pair `typed` (the one on screen with this button; `keys`: both answer
     buttons)."""
     state_now = st.session_state.setdefault("pz", {})
-    if both_answers(typed.pair_id, keys):
-        return
-    t0 = time.perf_counter()
-    try:
-        stored = session.label_typed(typed, a_preferred, showing=shown_now(state_now, typed=True))
-    except DuplicateLabel as exc:
-        flash(
-            "info",
-            f"Your pair already has a label in this profile (#{exc.existing_id}): that click was ignored.",
-        )
-        return
-    except StaleClick as exc:
-        stale_note(exc)
-        return
-    except StoreError as exc:
-        flash("error", str(exc)[:1].upper() + str(exc)[1:])
-        return
-    except ValueError as exc:
-        flash("error", f"The label of your pair was not saved: {exc}")
-        return
-    state_now["update_ms"] = (time.perf_counter() - t0) * 1000
-    state_now["typed"] = None
-    flash("success", f"Saved label {stored.count} of this profile, for pair {stored.pair_id}.")
+    if store_label(
+        lambda: session.label_typed(typed, a_preferred, showing=shown_now(state_now, typed=True)),
+        "Your pair",
+        keys,
+        typed.pair_id,
+    ):
+        state_now["typed"] = None
 
 
 def on_skip(pair_id: str) -> None:
