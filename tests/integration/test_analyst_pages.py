@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from app_pages import open_page, use_workspace
 from app_workspace import build_tiny_workspace, tiny_features
 
 from moe_reward.app.slices import Slice, save_slice
@@ -21,7 +22,6 @@ from moe_reward.evaluate.summary import relate
 from moe_reward.model.moe import SparseMoERewardModel
 
 streamlit = pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = "uploads/tiny.safetensors"
@@ -44,20 +44,10 @@ def analyst_home(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def home(analyst_home, monkeypatch) -> Path:
-    monkeypatch.setenv("MOE_REWARD_HOME", str(analyst_home))
-    monkeypatch.setenv("MOE_REWARD_DATA_DIR", str(analyst_home / "no-repo-data"))
-    monkeypatch.syspath_prepend(str(ROOT))
-    monkeypatch.chdir(ROOT)
-    return analyst_home
+    return use_workspace(monkeypatch, analyst_home)
 
 
-def app(page: str = "app.py", **query) -> AppTest:
-    at = AppTest.from_file(str(ROOT / page), default_timeout=120)
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+app = open_page
 
 
 def scored(home: Path, name: str):

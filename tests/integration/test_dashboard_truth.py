@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from app_pages import open_page, use_workspace
 from app_workspace import TINY_PAIRS, build_tiny_workspace, tiny_features
 
 from moe_reward.app import colors
@@ -66,20 +67,10 @@ def truth_home(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def home(truth_home, monkeypatch) -> Path:
-    monkeypatch.setenv("MOE_REWARD_HOME", str(truth_home))
-    monkeypatch.setenv("MOE_REWARD_DATA_DIR", str(truth_home / "no-repo-data"))
-    monkeypatch.syspath_prepend(str(ROOT))
-    monkeypatch.chdir(ROOT)
-    return truth_home
+    return use_workspace(monkeypatch, truth_home)
 
 
-def app(page: str = "app.py", **query) -> AppTest:
-    at = AppTest.from_file(str(ROOT / page), default_timeout=120)
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+app = open_page
 
 
 def metric(at: AppTest, prefix: str):
