@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from app_pages import use_workspace
 from app_workspace import build_tiny_workspace
 
 streamlit = pytest.importorskip("streamlit")
@@ -36,11 +37,7 @@ def tiny_home(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def home(tiny_home, monkeypatch) -> Path:
-    monkeypatch.setenv("MOE_REWARD_HOME", str(tiny_home))
-    monkeypatch.setenv("MOE_REWARD_DATA_DIR", str(tiny_home / "no-repo-data"))
-    monkeypatch.syspath_prepend(str(ROOT))
-    monkeypatch.chdir(ROOT)
-    return tiny_home
+    return use_workspace(monkeypatch, tiny_home)  # pages import ui_common, as under `streamlit run`
 
 
 def page(path: str, **query) -> AppTest:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import fs_limits
 import pytest
+from app_pages import use_workspace
 from app_workspace import build_tiny_workspace
 
 from moe_reward.app import jobs
@@ -228,10 +229,7 @@ def test_embedding_runs_once_whatever_the_pages_do(tmp_path, home, monkeypatch):
 
     monkeypatch.setattr(workspace_module, "load_features_or_pairs", slow_embedding)
     monkeypatch.setattr(workspace_module, "preload_backbone_imports", lambda: None)
-    monkeypatch.setenv("MOE_REWARD_HOME", str(home))
-    monkeypatch.setenv("MOE_REWARD_DATA_DIR", str(home / "no-repo-data"))
-    monkeypatch.syspath_prepend(str(ROOT))
-    monkeypatch.chdir(ROOT)
+    use_workspace(monkeypatch, home)
     ws = Workspace(home)
     try:
         first = ws.features_in_background(data)

@@ -956,25 +956,24 @@ def profile_cases(root: Path) -> list[Case]:
     cases = []
     for name, (content, expect) in profiles.items():
         _write(root, name, content if isinstance(content, str) else json.dumps(content))
-        cases.append(
-            Case(
-                f"score --profile {name}",
-                [
-                    "score",
-                    "--model",
-                    "{dir}/models/ok",
-                    "--prompt",
-                    "q",
-                    "--response",
-                    "a",
-                    "--profile",
-                    "{dir}/" + name,
-                ],
-                False,
-                [name, expect],
-            )
-        )
+        cases.append(_score_profile_case(name, expect))
     return cases
+
+
+def _score_profile_case(name: str, expect: str) -> Case:
+    """`score --profile FILE` on the ok model must refuse the profile file `name`, saying `expect`."""
+    args = [
+        "score",
+        "--model",
+        "{dir}/models/ok",
+        "--prompt",
+        "q",
+        "--response",
+        "a",
+        "--profile",
+        "{dir}/" + name,
+    ]
+    return Case(f"score --profile {name}", args, False, [name, expect])
 
 
 def personalize_cases(root: Path) -> list[Case]:
@@ -1036,24 +1035,7 @@ def personalize_cases(root: Path) -> list[Case]:
         ),
     ):
         _write(root, name, json.dumps(content))
-        cases.append(
-            Case(
-                f"score --profile {name}",
-                [
-                    "score",
-                    "--model",
-                    "{dir}/models/ok",
-                    "--prompt",
-                    "q",
-                    "--response",
-                    "a",
-                    "--profile",
-                    "{dir}/" + name,
-                ],
-                False,
-                [name, expect],
-            )
-        )
+        cases.append(_score_profile_case(name, expect))
     return cases
 
 
