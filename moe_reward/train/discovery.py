@@ -118,6 +118,9 @@ class ContextFit:
         return self.context_free_loss - self.validation_loss > 2 * self.gain_se
 
 
+DENSE_PROJECTION_CELLS = 4_000_000  # a sparse block up to this many cells (16 MB) is multiplied dense
+
+
 def _projector(
     model: SparseMoERewardModel, router: RouterData, rows: np.ndarray
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -131,7 +134,9 @@ def _projector(
     for b in router.blocks:
         sub, sl = b[rows], slice(start, start + b.shape[1])
         start += b.shape[1]
-        if sparse.issparse(sub):
+        if sparse.issparse(sub) and sub.shape[0] * sub.shape[1] <= DENSE_PROJECTION_CELLS:
+            t = torch.from_numpy(np.asarray(sub.toarray(), dtype=np.float32))  # small: dense is faster
+        elif sparse.issparse(sub):
             coo = sub.tocoo()
             t = torch.sparse_coo_tensor(
                 torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)),

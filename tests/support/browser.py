@@ -35,29 +35,42 @@ def _require_browser():
         _cannot_run(missing)
 
 
-def _wait_idle(page, timeout_s: float = 120) -> None:
-    """Wait until the script run finished: neither the status widget ('Running...') nor an element marked
-    stale (headless Streamlit may show no status widget) for a whole second; then every plotly chart drawn."""
+IDLE_JS = """() => {
+    if (!window.__lastMutation) {  // when the page last changed or was busy (re-installed after a navigation)
+        window.__lastMutation = performance.now();
+        new MutationObserver(() => { window.__lastMutation = performance.now(); })
+            .observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true});
+        let tick = performance.now();  // a late timer: the main thread was busy (drawing), not settled
+        setInterval(() => {
+            const now = performance.now();
+            if (now - tick > 150) window.__lastMutation = now;
+            tick = now;
+        }, 50);
+        return -1;
+    }
+    const app = document.querySelector('[data-testid="stApp"]');
+    const idle = !!app && app.dataset.testScriptState === 'notRunning'
+        && app.dataset.testConnectionState === 'CONNECTED'
+        && !document.querySelector('[data-testid="stStatusWidget"], [data-stale="true"]')
+        && !document.body.innerText.includes('Running in the background')
+        && [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'));
+    return idle ? performance.now() - window.__lastMutation : -1;
+}"""
+
+
+def _wait_idle(page, timeout_s: float = 120, quiet_ms: float = 300) -> None:
+    """Wait until the page settled: the app says no script is running (stApp's data-test-script-state, what
+    Streamlit's own browser tests read) and it is connected; nothing is stale or shows the status widget; no
+    background job is listed (its panel reruns the page when the job ends); every plotly chart has its SVG;
+    and for `quiet_ms` the page has neither changed nor kept its main thread busy (the browser draws what a
+    run sent after the run ended, Plotly blocking it for a second on a loaded machine; and a widget's rerun
+    can start just after a run ends). Playwright's Chromium does not throttle timers in background tabs."""
     deadline = time.time() + timeout_s
-    quiet_since = None
     while time.time() < deadline:
-        running = page.locator('[data-testid="stStatusWidget"], [data-stale="true"]').count() > 0
-        if running:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.time()
-        elif time.time() - quiet_since > 1.0:
-            break
-        page.wait_for_timeout(100)
-    else:
-        raise AssertionError("the app did not finish running")
-    # charts draw after the script run: wait until every plotly chart has its SVG
-    page.wait_for_function(
-        """() => [...document.querySelectorAll('.js-plotly-plot')]
-        .every(p => p.querySelector('.main-svg'))""",
-        timeout=30_000,
-    )
-    page.wait_for_timeout(700)
+        if page.evaluate(IDLE_JS) >= quiet_ms:
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError("the app did not finish running")
 
 
 def _wait_text(page, text: str, timeout_ms: int = 60_000) -> None:

@@ -101,8 +101,14 @@ def buried():
     return topic_split(buried_cue_data())
 
 
-def test_discovery_recovers_criteria_buried_in_topical_prompts_on_unseen_topics(buried):
-    result = train(buried)
+@pytest.fixture(scope="module")
+def buried_sparse(buried):
+    """The sparse model with the default router input on the buried cues (read, never changed, by tests)."""
+    return train(buried)
+
+
+def test_discovery_recovers_criteria_buried_in_topical_prompts_on_unseen_topics(buried, buried_sparse):
+    result = buried_sparse
     assert result.discovery.router_input in (
         "lexical",
         "pooled+lexical",
@@ -138,16 +144,21 @@ def global_preference_data(seed: int = 1) -> PairFeatures:
     return PairFeatures(feats.prompt, c, r, feats.pairs, feats.metadata)
 
 
-def test_no_context_signal_starts_every_expert_as_the_shared_head():
-    """Labels that ignore the prompt: discovery says so and the sparse model is a single head at start."""
+@pytest.fixture(scope="module")
+def noise():
+    """Labels that ignore the prompt: the split, the sparse model and the single head trained on it."""
     parts = topic_split(global_preference_data())
-    result = train(parts)
+    return parts, train(parts), train(parts, kind="single", experts=1)
+
+
+def test_no_context_signal_starts_every_expert_as_the_shared_head(noise):
+    """Labels that ignore the prompt: discovery says so and the sparse model is a single head at start."""
+    parts, result, single = noise
     assert result.discovery.context_helps is False and result.discovery.warm_start == "global"
     assert any(
         "Every expert is the single-head model, because the prompt did not predict the preference" in line
         for line in training_story({"discovery": result.discovery.to_dict(), "best_epoch": result.best_epoch})
     )
-    single = train(parts, kind="single", experts=1)
     acc = evaluate(result.model, parts["test"])["accuracy"]
     assert acc >= evaluate(single.model, parts["test"])["accuracy"] - 0.02
 
@@ -178,10 +189,10 @@ def test_lexical_channel_is_saved_with_the_model(buried, tmp_path):
     assert "keep it short" in again.config.lexical_vocabulary or "short" in again.config.lexical_vocabulary
 
 
-def test_drm_heads_are_the_mean_direction_then_principal_directions_at_unit_spread():
+def test_drm_heads_are_the_mean_direction_then_principal_directions_at_unit_spread(noise):
     """Head 0 points along the mean chosen - rejected difference (as the heads see it) at its Bradley-Terry
     scale, so alone it does better than a constant on training; the other heads have unit margin spread."""
-    parts = topic_split(global_preference_data())
+    parts = noise[0]
     result = train(parts, kind="drm", experts=4)
     model = result.model
     diff = torch.from_numpy(parts["train"].chosen - parts["train"].rejected)
@@ -282,15 +293,14 @@ def test_more_experts_than_criteria_keeps_one_expert_per_criterion(buried):
     assert sum(u > 0 for u in ev["expert_utilization"]) == result.discovery.clusters
 
 
-def test_a_routed_start_must_beat_one_head_on_held_out_folds(buried):
+def test_a_routed_start_must_beat_one_head_on_held_out_folds(buried, buried_sparse, noise):
     """The routed start is kept only if, refitted on folds of the training pairs, it beats one head on the
     held-out fold beyond the Bonferroni bar: the buried cues pass; the same configuration on labels that
     ignore the prompt does not, and the sparse model is then exactly the single baseline."""
     from moe_reward.model.router_inputs import fit_lexical
     from moe_reward.train.discovery import RoutedStart, cross_validate_routing
 
-    result = train(buried)
-    d = result.discovery
+    d = buried_sparse.discovery
     assert d.decision == "routed" and d.cv["significant"] and d.cv["gain"] > d.cv["z"] * d.cv["se"]
     assert d.cv["candidates"] == len(d.counts_tried) * 3  # three router inputs compared on validation
     start = RoutedStart(d.router_input, d.l2, d.clusters, d.head_anchor, d.head_l2)
@@ -299,9 +309,9 @@ def test_a_routed_start_must_beat_one_head_on_held_out_folds(buried):
     )  # 5 folds: the same verdicts as 10, half the time
     vocabulary, idf = fit_lexical([p.prompt for p in buried["train"].pairs])
     model_config = ModelConfig(kind="sparse", input_dim=DIM, num_experts=6, top_k=1)
-    noise = topic_split(global_preference_data())["train"]
-    nv, nidf = fit_lexical([p.prompt for p in noise.pairs])
-    test = cross_validate_routing(model_config, start, noise, nv, nidf, cfg, candidates=d.cv["candidates"])
+    ignored = noise[0]["train"]
+    nv, nidf = fit_lexical([p.prompt for p in ignored.pairs])
+    test = cross_validate_routing(model_config, start, ignored, nv, nidf, cfg, candidates=d.cv["candidates"])
     assert not test.significant and test.gain < test.z * test.se
     again = cross_validate_routing(
         model_config, start, buried["train"], vocabulary, idf, cfg, d.cv["candidates"]
@@ -309,11 +319,9 @@ def test_a_routed_start_must_beat_one_head_on_held_out_folds(buried):
     assert again.significant
 
 
-def test_a_sparse_model_that_finds_no_experts_is_the_single_baseline():
-    parts = topic_split(global_preference_data())
-    sparse = train(parts)
+def test_a_sparse_model_that_finds_no_experts_is_the_single_baseline(noise):
+    parts, sparse, single = noise
     assert sparse.discovery.decision == "single head" and sparse.discovery.decision_reason
-    single = train(parts, kind="single", experts=1)
     heads = sparse.model.head
     assert torch.equal(heads, single.model.head.expand_as(heads))  # every expert is the single head
     a, b = score_pairs(sparse.model, parts["test"]), score_pairs(single.model, parts["test"])
