@@ -121,41 +121,57 @@ class ContextFit:
 DENSE_PROJECTION_CELLS = 4_000_000  # a sparse block up to this many cells (16 MB) is multiplied dense
 
 
-def _projector(
-    model: SparseMoERewardModel, router: RouterData, rows: np.ndarray
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """u -> (standardized router features of `rows`) @ u. Vector channels are multiplied block by block
-    without densifying the sparse lexical one: ((x - mean) / scale) @ u = x @ (u / scale) - (mean / scale) @ u;
-    with an attention channel the model computes the features (its queries are being fitted)."""
-    if model.queries is not None:
-        return lambda u: model.router_features(router.batch(rows)) @ u
-    mean, scale = model.prompt_mean, model.prompt_scale
-    blocks, start = [], 0
-    for b in router.blocks:
-        sub, sl = b[rows], slice(start, start + b.shape[1])
-        start += b.shape[1]
-        if sparse.issparse(sub) and sub.shape[0] * sub.shape[1] <= DENSE_PROJECTION_CELLS:
-            t = torch.from_numpy(np.asarray(sub.toarray(), dtype=np.float32))  # small: dense is faster
-        elif sparse.issparse(sub):
-            coo = sub.tocoo()
-            t = torch.sparse_coo_tensor(
-                torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)),
-                torch.from_numpy(coo.data.astype(np.float32)),
-                coo.shape,
-                check_invariants=False,
-            ).coalesce()
-        else:
-            t = torch.from_numpy(np.ascontiguousarray(sub, dtype=np.float32))
-        blocks.append((t, sl))
+class _Projection:
+    """X u and its adjoint X^T a for the standardized router features X of some rows, X = (R - mean) / scale
+    column-wise. The vector channels are multiplied block by block; a large sparse lexical block stays sparse
+    (X u = R (u / scale) - (mean / scale) u), a small one is multiplied dense (faster)."""
 
-    def project(u: torch.Tensor) -> torch.Tensor:
-        us = u / scale[:, None]
-        out = -(mean @ us)
-        for t, sl in blocks:
+    def __init__(self, model: SparseMoERewardModel, router: RouterData, rows: np.ndarray):
+        self.mean, self.scale = model.prompt_mean.detach(), model.prompt_scale.detach()
+        self.blocks: list[tuple[torch.Tensor, torch.Tensor, slice]] = []  # (R block, its transpose, columns)
+        start = 0
+        for b in router.blocks:
+            sub, sl = b[rows], slice(start, start + b.shape[1])
+            start += b.shape[1]
+            if sparse.issparse(sub) and sub.shape[0] * sub.shape[1] > DENSE_PROJECTION_CELLS:
+                t = _sparse_tensor(sub)
+                self.blocks.append((t, _sparse_tensor(sub.T), sl))
+            else:
+                dense = sub.toarray() if sparse.issparse(sub) else sub
+                t = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+                self.blocks.append((t, t.T, sl))
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        us = u / self.scale[:, None]
+        out = -(self.mean @ us)
+        for t, _, sl in self.blocks:
             out = out + (torch.sparse.mm(t, us[sl]) if t.is_sparse else t @ us[sl])
         return out
 
-    return project
+    def adjoint(self, a: torch.Tensor) -> torch.Tensor:
+        """X^T a ([W, r] for a of [n, r]): the gradient of sum(X u * a) with respect to u."""
+        parts = [torch.sparse.mm(tt, a) if tt.is_sparse else tt @ a for _, tt, _ in self.blocks]
+        return (torch.cat(parts) - self.mean[:, None] * a.sum(0)) / self.scale[:, None]
+
+
+def _sparse_tensor(m) -> torch.Tensor:
+    coo = m.tocoo()
+    return torch.sparse_coo_tensor(
+        torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64)),
+        torch.from_numpy(coo.data.astype(np.float32)),
+        coo.shape,
+        check_invariants=False,
+    ).coalesce()
+
+
+def _projector(
+    model: SparseMoERewardModel, router: RouterData, rows: np.ndarray
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """u -> (standardized router features of `rows`) @ u (`_Projection`); with an attention channel the model
+    computes the features (its queries are being fitted)."""
+    if model.queries is not None:
+        return lambda u: model.router_features(router.batch(rows)) @ u
+    return _Projection(model, router, rows)
 
 
 def fit_context_preferences(
@@ -191,11 +207,14 @@ def fit_context_preferences(
     for step in range(steps):
         j = step % len(chunks)
         dd = diff[chunks[j]]
-        margin = (project[j](u) * (dd @ v)).sum(-1) + dd @ w0
-        penalty = (u**2).sum() + (v**2).sum() + (w0**2).sum()  # not the queries: where to look is free
-        loss = F.softplus(-margin).mean() + l2 * penalty
-        opt.zero_grad()
-        loss.backward()
+        if isinstance(project[j], _Projection):  # no attention: the gradient written out (4x faster)
+            _context_gradients(project[j], dd, u, v, w0, l2)  # type: ignore[arg-type]
+        else:
+            margin = (project[j](u) * (dd @ v)).sum(-1) + dd @ w0
+            penalty = (u**2).sum() + (v**2).sum() + (w0**2).sum()  # not the queries: where to look is free
+            loss = F.softplus(-margin).mean() + l2 * penalty
+            opt.zero_grad()
+            loss.backward()
         opt.step(one_cycle_lr(step, steps, lr))
 
     @torch.no_grad()
@@ -230,6 +249,19 @@ def fit_context_preferences(
     )
 
 
+@torch.no_grad()
+def _context_gradients(
+    project: _Projection, dd: torch.Tensor, u: torch.Tensor, v: torch.Tensor, w0: torch.Tensor, l2: float
+) -> None:
+    """Set u.grad, v.grad, w0.grad of mean softplus(-margin) + l2 (|u|^2 + |v|^2 + |w0|^2) with
+    margin_i = (X_i u) . (D_i v) + D_i . w0 (what autograd would give, without its per-step cost)."""
+    pu, dv = project(u), dd @ v
+    g = torch.sigmoid((pu * dv).sum(-1) + dd @ w0).sub_(1).div_(len(dd))  # d mean softplus(-m) / dm
+    u.grad = project.adjoint(g[:, None] * dv).add_(u, alpha=2 * l2)
+    v.grad = torch.addmm(v, dd.T, g[:, None] * pu, beta=2 * l2)
+    w0.grad = torch.addmv(w0, dd.T, g, beta=2 * l2)
+
+
 def kmeans(x: torch.Tensor, k: int, seed: int, n_init: int = 10) -> torch.Tensor:
     """Euclidean k-means (scikit-learn, k-means++ with `n_init` restarts); the cluster of each row."""
     import warnings
@@ -261,14 +293,15 @@ def fit_bt_heads(
     stays near its anchor instead of memorizing its few pairs."""
     delta = torch.zeros(k, diff.shape[1], requires_grad=True)
     onehot = F.one_hot(assign, k).float()
-    counts = onehot.sum(0).clamp(min=1)
+    weight = onehot / onehot.sum(0).clamp(min=1)  # each cluster's pairs averaged
     opt = AdamW([delta], lr=lr)
-    for _ in range(steps):
-        heads = anchor + delta
-        loss = ((onehot * F.softplus(-(diff @ heads.T))).sum(0) / counts).sum() + l2 * (delta**2).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with torch.no_grad():  # loss sum_k mean_{i in k} softplus(-diff_i . head_k) + l2 |delta|^2, its gradient:
+        for _ in range(steps):
+            g = (
+                torch.sigmoid(diff @ (anchor + delta).T).sub_(1).mul_(weight)
+            )  # d softplus(-m)/dm = sigmoid(m) - 1
+            delta.grad = torch.addmm(delta, g.T, diff, beta=2 * l2)
+            opt.step()
     return (anchor + delta).detach()
 
 

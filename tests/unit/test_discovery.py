@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from moe_reward.data.pairs import PreferencePair, split_pairs
 from moe_reward.embed.features import PairFeatures
@@ -328,3 +329,55 @@ def test_a_sparse_model_that_finds_no_experts_is_the_single_baseline(noise):
     assert np.allclose(a.margin, b.margin, atol=1e-6)
     story = training_story({"discovery": sparse.discovery.to_dict(), "best_epoch": sparse.best_epoch})
     assert any("single" in line for line in story)
+
+
+# ----------------------------------------------------------------------------- written-out gradients
+
+
+@pytest.mark.parametrize("dense_cells", [0, 10**9])  # the lexical block kept sparse, or multiplied dense
+def test_written_out_gradients_equal_autograd(monkeypatch, dense_cells):
+    """Discovery's inner fits set their gradients by hand (autograd's per-step cost dominated them): the
+    projection, its adjoint and both fits' gradients are what autograd computes on the same loss."""
+    from types import SimpleNamespace
+
+    from scipy import sparse
+
+    from moe_reward.train import discovery
+    from moe_reward.train.objective import AdamW
+
+    monkeypatch.setattr(discovery, "DENSE_PROJECTION_CELLS", dense_cells)
+    g = torch.Generator().manual_seed(0)
+    n, d, r = 40, 5, 3
+    dense = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
+    lexical = sparse.random(n, 7, density=0.3, random_state=0, format="csr", dtype=np.float32)
+    mean, scale = torch.randn(11, generator=g), torch.rand(11, generator=g) + 0.5
+    model = SimpleNamespace(prompt_mean=mean, prompt_scale=scale)
+    rows = np.arange(3, n)
+    proj = discovery._Projection(model, SimpleNamespace(blocks=[dense, lexical]), rows)  # pyright: ignore[reportArgumentType]
+    assert proj.blocks[1][0].is_sparse == (dense_cells == 0)
+    x = (torch.from_numpy(np.hstack([dense, lexical.toarray()])[rows]) - mean) / scale
+    u = torch.randn(11, r, generator=g, requires_grad=True)
+    v = torch.randn(d, r, generator=g, requires_grad=True)
+    w0 = torch.randn(d, generator=g, requires_grad=True)
+    dd, l2 = torch.randn(len(rows), d, generator=g), 0.03
+    assert torch.allclose(proj(u), x @ u, atol=1e-5)
+    loss = F.softplus(-((x @ u) * (dd @ v)).sum(-1) - dd @ w0).mean() + l2 * sum(
+        (p**2).sum() for p in (u, v, w0)
+    )
+    want = torch.autograd.grad(loss, [u, v, w0])
+    discovery._context_gradients(proj, dd, u, v, w0, l2)
+    for p, expected in zip((u, v, w0), want, strict=True):
+        assert p.grad is not None and torch.allclose(p.grad, expected, atol=1e-6), p.shape
+
+    # fit_bt_heads against the same fit through autograd
+    assign, anchor = torch.randint(0, 3, (len(rows),), generator=g), torch.randn(d, generator=g)
+    delta = torch.zeros(3, d, requires_grad=True)
+    onehot = F.one_hot(assign, 3).float()
+    opt = AdamW([delta], lr=0.05)
+    for _ in range(200):
+        heads = anchor + delta
+        bt = ((onehot * F.softplus(-(dd @ heads.T))).sum(0) / onehot.sum(0).clamp(min=1)).sum()
+        opt.zero_grad()
+        (bt + l2 * (delta**2).sum()).backward()
+        opt.step()
+    assert torch.allclose(discovery.fit_bt_heads(dd, assign, 3, anchor, l2), anchor + delta, atol=1e-5)
