@@ -344,7 +344,9 @@ def test_ensure_default_builds_model_and_projection_once(tmp_path, monkeypatch):
     from moe_reward.app.workspace import DEFAULT_MODEL, Workspace
 
     data = tmp_path / "data"
-    tiny_features().save(data / "controlled" / "features.safetensors")  # the shipped-features path
+    tiny_features(n_pairs=None).save(
+        data / "controlled" / "features.safetensors"
+    )  # the shipped-features path
     ws = Workspace(tmp_path / "ws", data_dir=data)
     assert not ws.has_default()
     stages: list[tuple[str, float]] = []
@@ -384,7 +386,7 @@ def test_features_are_embedded_once_then_read_from_disk(tmp_path, monkeypatch):
 def test_fresh_clone_builds_the_default_model_on_first_start(tmp_path, monkeypatch):
     from app_workspace import tiny_features
 
-    tiny_features().save(tmp_path / "data" / "controlled" / "features.safetensors")
+    tiny_features(n_pairs=None).save(tmp_path / "data" / "controlled" / "features.safetensors")
     monkeypatch.setenv("MOE_REWARD_HOME", str(tmp_path / "fresh"))
     monkeypatch.setenv("MOE_REWARD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.syspath_prepend(str(ROOT))

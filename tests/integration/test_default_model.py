@@ -84,7 +84,7 @@ def test_a_shipped_model_that_no_longer_matches_is_trained_instead(tmp_path):
     from app_workspace import tiny_features
 
     data = tmp_path / "data" / "controlled" / "features.safetensors"
-    tiny_features().save(data)
+    tiny_features(n_pairs=None).save(data)
     out, metrics = ship.build(data)
     assert out == data.parent / ship.SHIPPED_DIR and metrics["data"] == "controlled"
     feats = PairFeatures.load(data)
@@ -93,7 +93,7 @@ def test_a_shipped_model_that_no_longer_matches_is_trained_instead(tmp_path):
     installed = ws.ensure_default()
     assert filecmp.cmp(installed / "model.safetensors", out / "model.safetensors", shallow=False)
 
-    tiny_features(seed=1).save(data)  # the features changed, the shipped model did not
+    tiny_features(seed=1, n_pairs=None).save(data)  # the features changed, the shipped model did not
     why = ship.problem(out, data, PairFeatures.load(data))
     assert why is not None and "another version of features.safetensors" in why
     stages: list[str] = []
