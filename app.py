@@ -92,9 +92,8 @@ def expert_cards(ctx, scope) -> None:
         with cols[i % len(cols)].container(border=True):
             d = descriptions.get(k)
             st.image(ui.swatch(ui.expert_color(k)), width=48)
-            st.markdown(f"**{ui.md(r.title)}**")
-            if d is not None and d.label:
-                st.text(d.label)
+            label = f"  \n{ui.md(d.label)}" if d is not None and d.label else ""
+            st.markdown(f"**{ui.md(r.title)}**{label}")  # a new tab draws every element of 12 cards
             st.metric(
                 lead.label,
                 ui.fmt(r.top_accuracy),
@@ -108,17 +107,20 @@ def expert_cards(ctx, scope) -> None:
                 help=EXPERT_STATS["top_share"].definition,
             )
             ui.below_chance_caption(r.top_accuracy, r.n_top, "its pairs")
-            if d is not None:
+            if d is not None:  # one text element
+                lines = []
                 if d.prompt_keywords:
-                    st.text("prompt words: " + ", ".join(t for t, _ in d.prompt_keywords[:5]))
+                    lines.append("prompt words: " + ", ".join(t for t, _ in d.prompt_keywords[:5]))
                 if d.chosen_keywords:
-                    st.text("words it rewards: " + ", ".join(t for t, _ in d.chosen_keywords[:5]))
+                    lines.append("words it rewards: " + ", ".join(t for t, _ in d.chosen_keywords[:5]))
                 if d.groups:
                     top = sorted(d.groups.items(), key=lambda kv: -kv[1])[:3]
-                    st.text("groups: " + ", ".join(f"{g} ({n})" for g, n in top))
+                    lines.append("groups: " + ", ".join(f"{g} ({n})" for g, n in top))
                 if d.feature_correlations:
                     best = sorted(d.feature_correlations.items(), key=lambda kv: -abs(kv[1]))[:3]
-                    st.text("features: " + ", ".join(f"{f} {r:+.2f}" for f, r in best))
+                    lines.append("features: " + ", ".join(f"{f} {c:+.2f}" for f, c in best))
+                if lines:
+                    st.text("\n".join(lines))
             if st.button(
                 f"E{k} in detail",
                 key=f"ov_open_{k}",

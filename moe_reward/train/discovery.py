@@ -206,11 +206,11 @@ def fit_context_preferences(
     project = [_projector(model, router, c) for c in chunks]  # what the router reads, times U
     for step in range(steps):
         j = step % len(chunks)
-        dd = diff[chunks[j]]
-        if isinstance(project[j], _Projection):  # no attention: the gradient written out (4x faster)
-            _context_gradients(project[j], dd, u, v, w0, l2)  # type: ignore[arg-type]
+        dd, p = diff[chunks[j]], project[j]
+        if isinstance(p, _Projection):  # no attention channel: the gradient written out (4x faster)
+            _context_gradients(p, dd, u, v, w0, l2)
         else:
-            margin = (project[j](u) * (dd @ v)).sum(-1) + dd @ w0
+            margin = (p(u) * (dd @ v)).sum(-1) + dd @ w0
             penalty = (u**2).sum() + (v**2).sum() + (w0**2).sum()  # not the queries: where to look is free
             loss = F.softplus(-margin).mean() + l2 * penalty
             opt.zero_grad()
@@ -295,11 +295,11 @@ def fit_bt_heads(
     onehot = F.one_hot(assign, k).float()
     weight = onehot / onehot.sum(0).clamp(min=1)  # each cluster's pairs averaged
     opt = AdamW([delta], lr=lr)
-    with torch.no_grad():  # loss sum_k mean_{i in k} softplus(-diff_i . head_k) + l2 |delta|^2, its gradient:
+    # The loss sum_k mean_{i in k} softplus(-diff_i . head_k) + l2 |delta|^2 and its gradient written out
+    # (d softplus(-m) / dm = sigmoid(m) - 1): autograd's per-step cost was most of the time.
+    with torch.no_grad():
         for _ in range(steps):
-            g = (
-                torch.sigmoid(diff @ (anchor + delta).T).sub_(1).mul_(weight)
-            )  # d softplus(-m)/dm = sigmoid(m) - 1
+            g = torch.sigmoid(diff @ (anchor + delta).T).sub_(1).mul_(weight)
             delta.grad = torch.addmm(delta, g.T, diff, beta=2 * l2)
             opt.step()
     return (anchor + delta).detach()

@@ -42,7 +42,9 @@ def test_every_error_of_the_package_derives_from_the_root():
     ],
     ids=lambda x: type(x).__name__ if isinstance(x, BaseException) else str(x),
 )
-def test_exit_codes(exc, code, monkeypatch, capsys):
+def test_exit_codes(exc, code, monkeypatch, capfd):
+    """(capfd, not capsys: after a Ray or Streamlit test in the same process, sys.stderr may be a stream
+    onto file descriptor 2 that capsys does not see; under xdist that order happens.)"""
     assert cli.exit_code(exc) == code
 
     def fail(_args):
@@ -51,7 +53,7 @@ def test_exit_codes(exc, code, monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_validate", fail)
     monkeypatch.delenv("MOE_REWARD_DEBUG", raising=False)
     assert cli.main(["validate", "--data", "x.jsonl"]) == code
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert ("internal error" in err) == (code == 3)
 

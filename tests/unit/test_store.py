@@ -394,10 +394,16 @@ def _process_writer(path: str, worker: int, n: int) -> None:
         store.record_label(Label(f"proc{worker}", f"p{i}", "q", "a", "b", profile_id=prof.id), _margins(i))
 
 
-def test_writers_in_other_processes_retry_instead_of_failing(tmp_path):
+def test_writers_in_other_processes_retry_instead_of_failing(tmp_path, monkeypatch):
     """Across processes SQLite's lock decides; with a 1 ms busy timeout each write retries (backing off) for
     up to `write_wait_s` instead of failing."""
     import multiprocessing
+    import sys
+    import types
+
+    # A spawned child first runs the parent's __main__ file; after a Streamlit AppTest in this process that
+    # is the last page it ran (Streamlit makes each script __main__), so the children start from a bare one.
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
 
     path = tmp_path / "labels.sqlite"
     LabelStore(path)
