@@ -176,12 +176,20 @@ def test_a_then_b_100_ms_later_never_keeps_the_later_click(browser, server):
     page.context.close()
 
 
-def _label_and_wait(page, n_before: int) -> None:
+# The note a stored label leaves (N counts the profile's labels), and how the page's current one is read.
+SAVED_NOTE = r"Saved label \d+ of this profile[^\n]*"
+NOTE_JS = "p => { const m = new RegExp(p).exec(document.body.innerText); return m ? m[0] : null; }"
+
+
+def _label_and_wait(page) -> None:
+    """Click "A is better" and wait until this click was answered: a new "Saved label N ..." note (the one
+    already on the page is from the previous click) or a refusal; then until the page is idle."""
+    before = page.evaluate(NOTE_JS, SAVED_NOTE)
     page.get_by_role("button", name="A is better").click()
     page.wait_for_function(
-        """n => { const t = document.body.innerText;
-        return /Saved label \\d+ of this profile/.test(t) || t.includes('already has a label'); }""",
-        arg=n_before,
+        """([p, before]) => { const t = document.body.innerText, m = new RegExp(p).exec(t);
+        return (m !== null && m[0] !== before) || t.includes('already has a label'); }""",
+        arg=[SAVED_NOTE, before],
         timeout=60_000,
     )
     _wait_idle(page)
@@ -202,9 +210,9 @@ def _count_metric(page, expected: int | None = None, timeout_s: float = 60) -> i
 def test_one_profile_in_two_browser_sessions(browser, server):
     one = _open_profile(browser, server, "duo")
     two = _open_profile(browser, server, "duo")
-    for i in range(2):
+    for _ in range(2):
         for page in (one, two):
-            _label_and_wait(page, i)
+            _label_and_wait(page)
     rows = _labels(server.home, "duo")
     sessions = {s for *_, s in rows}
     assert len(sessions) == 2 and len(rows) == 4  # the sessions are shown different pairs: no click refused
@@ -222,7 +230,7 @@ def test_one_profile_in_two_browser_sessions(browser, server):
     _wait_idle(one)
     after = _labels(server.home, "duo")
     assert [r[0] for r in after] == sorted(r[0] for r in mine[:-1] + theirs)
-    _label_and_wait(two, 0)  # label ids are never reused: the undone one stays unused
+    _label_and_wait(two)  # label ids are never reused: the undone one stays unused
     newest = _labels(server.home, "duo")[-1][0]
     assert newest > max(r[0] for r in rows)
     one.get_by_role("button", name="Skip").click()
