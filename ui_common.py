@@ -941,6 +941,13 @@ def projection_job_key(ctx: Context, params) -> str:
     return f"project:{cache_key(params, map_key(ctx), len(ctx.features))}"
 
 
+def umap_warmup_key(n: int) -> str:
+    """The background job that compiles UMAP for maps of n pairs (one per code path and server)."""
+    from moe_reward.evaluate.projection import umap_path
+
+    return f"umap-warmup-{umap_path(n)}"
+
+
 def submit_projection(ctx: Context, params):
     """Compute a map in the background (moe_reward.app.jobs): one job per (model, data, parameters) per server."""
     from moe_reward.app import jobs
@@ -949,12 +956,13 @@ def submit_projection(ctx: Context, params):
     features, scores, cache_dir, parts = ctx.features, ctx.scores, ctx.ws.projections_dir, map_key(ctx)
 
     def run(report):
-        warmup = jobs.get("umap-warmup")
+        warmup_key = umap_warmup_key(len(features))
+        warmup = jobs.get(warmup_key)
         if params.method == "umap" and warmup is not None and warmup.active:
             # one compilation at a time: wait for the warm-up instead of competing with it for the cores
             while warmup.active:
                 report(f"compiling UMAP (once per server): {warmup.message}", 0.02)
-                jobs.wait("umap-warmup", timeout=0.5)
+                jobs.wait(warmup_key, timeout=0.5)
         return project(features, params, cache_dir, parts, progress=report, scores=scores)
 
     return jobs.submit(projection_job_key(ctx, params), run, f"{params.title()} of {len(features)} pairs")

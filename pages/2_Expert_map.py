@@ -30,6 +30,7 @@ from moe_reward.evaluate.projection import (
     points_in_polygon,
     project,
     umap_is_warm,
+    umap_path,
     warm_up_umap,
 )
 from moe_reward.evaluate.search import narrow_selection
@@ -135,12 +136,15 @@ with st.expander("Drawing and UMAP settings"):
 query, found = ui.map_search(ctx, "map_search")  # matches are ringed on the map and selected below
 wanted = ProjectionParams(layout, source, n_neighbors, min_dist, metric, seed)
 params, note = wanted, None
-warmup = jobs.get("umap-warmup")
+warmup_key = ui.umap_warmup_key(n)  # a small map compiles only the code that small maps run
+warmup = jobs.get(warmup_key)
 if (
-    layout == "umap" and not umap_is_warm() and warmup is None
+    layout == "umap" and not umap_is_warm(n) and warmup is None
 ):  # compile it while the user sets the parameters
     warmup = jobs.submit(
-        "umap-warmup", lambda report: warm_up_umap(report, proj_dir), "compiling UMAP (once per server)"
+        warmup_key,
+        lambda report, n=n: warm_up_umap(report, proj_dir, n),
+        f"compiling UMAP for {'small' if umap_path(n) == 'exact' else 'large'} maps (once per server)",
     )
 if layout == "umap" and not is_cached(ctx.features, wanted, proj_dir, parts):
     params = ProjectionParams("anchors" if source == "router" else "pca", source)

@@ -10,8 +10,8 @@ Sources (what each point's vector is):
 
 Methods: ``anchors`` (router only: each expert is a fixed point on a circle and a pair sits at the mix of
 the experts by its routing probabilities; instant at any size), ``pca`` (instant) and ``umap``
-(non-linear; seconds once numba has compiled, ~30 s more the first time in a process, so the dashboard
-runs it as a background job). Results are cached on disk under (model, data, parameters) as a
+(non-linear; seconds once numba has compiled, ~30 s more the first time in a process on 4,096 points or
+more and ~10 s below that, so the dashboard runs it as a background job). Results are cached on disk under (model, data, parameters) as a
 safetensors file of coordinates plus a JSON sidecar (timings included, which `estimate_seconds` reads),
 never a pickle. Measured on 2 cores for 5,000 pairs (bench/bench_map.py prints the first three): PCA
 0.003 s on 12-d router logits and ~1 s on 384-d prompts; UMAP 4.2 s warm (12-d), 11 s warm (384-d
@@ -46,7 +46,15 @@ ProgressFn = Callable[[str, float], object]  # (stage description, fraction done
 # Measured here (2 cores, 5,000 points), used until this workspace has timings of its own.
 UMAP_WARM_SECONDS_5K = {"low": 4.0, "high": 11.3}  # 12-d router/margins; 384-d text embeddings
 UMAP_COLD_EXTRA_SECONDS = 30.0  # import + numba compilation, once per process (bench_map.py: 34 s - 4 s)
-_umap_warm = threading.Event()  # set once a UMAP fit finished in this process
+# UMAP finds neighbours exactly below this many points and by nearest-neighbour descent from it on
+# (umap.UMAP.fit): the two paths compile different numba code. Measured on 2 cores, cold then warm:
+# 200 points 10.9 s then 0.2 s; 4,200 points 43.6 s then 3.6 s; a first 200-point fit after a 4,200-point
+# one still compiled for 6.8 s.
+UMAP_EXACT_BELOW = 4096
+UMAP_COLD_EXTRA_SECONDS_EXACT = 10.0
+UMAP_WARM_UP_POINTS = {"exact": 300, "descent": 4200}
+_umap_warm: set[str] = set()  # the paths ("exact", "descent") a UMAP fit has finished on in this process
+_umap_warm_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -209,22 +217,35 @@ def umap_2d(
     finally:
         done.set()
         ticker.join(timeout=2)
-    _umap_warm.set()
+    with _umap_warm_lock:
+        _umap_warm.add(umap_path(n))
     return np.asarray(coords, dtype=np.float32)
 
 
-def umap_is_warm() -> bool:
-    """Whether this process has already fitted a UMAP (numba compiled: later fits skip ~30 s)."""
-    return _umap_warm.is_set()
+def umap_path(n: int) -> str:
+    """Which of UMAP's two code paths a fit of n points takes: "exact" neighbours or "descent"."""
+    return "exact" if n < UMAP_EXACT_BELOW else "descent"
 
 
-def warm_up_umap(progress: ProgressFn | None = None, cache_dir: str | Path | None = None) -> float:
-    """Compile UMAP's numba code once in this process by fitting 4,200 random points (over 4,096, so the
-    nearest-neighbour descent used on real maps compiles too); the Expert map runs it as a background job
-    as soon as UMAP is chosen, so that the fit requested next takes seconds. Returns the seconds spent."""
+def umap_is_warm(n: int | None = None) -> bool:
+    """Whether this process has already fitted a UMAP on the path of n points (numba compiled: later fits
+    skip the compilation); n None: on either path."""
+    with _umap_warm_lock:
+        return bool(_umap_warm) if n is None else umap_path(n) in _umap_warm
+
+
+def warm_up_umap(
+    progress: ProgressFn | None = None, cache_dir: str | Path | None = None, n: int = UMAP_EXACT_BELOW
+) -> float:
+    """Compile, once in this process, the UMAP code that a map of n points runs, by fitting random points
+    on the same path (`UMAP_WARM_UP_POINTS`: 300 below 4,096 points, where neighbours are exact; 4,200 from
+    there on, so that the nearest-neighbour descent compiles too). The Expert map runs it as a background
+    job as soon as UMAP is chosen, so that the fit requested next takes seconds; a small map does not pay
+    for the large path's compilation (about 33 s more on 2 cores). Returns the seconds spent."""
     t0 = time.perf_counter()
-    if not umap_is_warm():
-        x = np.random.default_rng(0).normal(size=(4200, 8)).astype(np.float32)
+    if not umap_is_warm(n):
+        size = UMAP_WARM_UP_POINTS[umap_path(n)]
+        x = np.random.default_rng(0).normal(size=(size, 8)).astype(np.float32)
         params = ProjectionParams("umap", "router", metric="euclidean")
         warm_part = estimate_seconds(params, len(x), x.shape[1], cache_dir, warm=True)
         umap_2d(
@@ -242,7 +263,7 @@ def warm_up_umap(progress: ProgressFn | None = None, cache_dir: str | Path | Non
                 "seconds": round(time.perf_counter() - t0, 3),
                 "warm_estimate": round(warm_part, 3),
             }
-            write_text(root / "umap-warmup.json", json.dumps(meta, indent=2))
+            write_text(root / f"umap-warmup-{umap_path(size)}.json", json.dumps(meta, indent=2))
     if progress:
         progress("UMAP compiled", 1.0)
     return time.perf_counter() - t0
@@ -275,11 +296,12 @@ def estimate_seconds(
 ) -> float:
     """Seconds a projection of n points will take here: this workspace's previous UMAP timings (warm
     ones, scaled as n^1.1) when there are any, else the timings measured on 2 cores, plus the one-off
-    compilation when this process has not fitted a UMAP yet (less `compiling_for` seconds when a
-    warm-up is already under way)."""
+    compilation when this process has not fitted a UMAP of n's path yet (`umap_path`; this workspace's
+    own cold fits on that path when it has any; less `compiling_for` seconds when a warm-up is already
+    under way)."""
     if params.method != "umap":
         return 0.05 + 2e-7 * n * dim
-    warm = umap_is_warm() if warm is None else warm
+    warm = umap_is_warm(n) if warm is None else warm
     past = [
         m
         for m in _history(cache_dir)
@@ -292,8 +314,14 @@ def estimate_seconds(
         base = UMAP_WARM_SECONDS_5K["high" if dim > 64 else "low"] * (n / 5000) ** 1.1
     if warm:
         return base
-    cold = [m["seconds"] - m.get("warm_estimate", 0) for m in _history(cache_dir) if not m.get("warm")]
-    extra = float(np.median(cold)) if cold else UMAP_COLD_EXTRA_SECONDS
+    path = umap_path(n)
+    cold = [
+        m["seconds"] - m.get("warm_estimate", 0)
+        for m in _history(cache_dir)
+        if not m.get("warm") and umap_path(int(m.get("n", 0))) == path
+    ]
+    shipped = UMAP_COLD_EXTRA_SECONDS if path == "descent" else UMAP_COLD_EXTRA_SECONDS_EXACT
+    extra = float(np.median(cold)) if cold else shipped
     return base + max(extra - compiling_for, 0.0)
 
 
@@ -358,7 +386,7 @@ def project(
             progress("from the cache", 1.0)
         return Projection(hit, params, 0.0, True)
     t0 = time.perf_counter()
-    warm = umap_is_warm()
+    warm = umap_is_warm(n)
     if params.method == "anchors":
         if scores is None:
             raise ValueError("the anchors layout needs the model's scores")

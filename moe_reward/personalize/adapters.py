@@ -35,7 +35,6 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 from ..core.errors import MoeRewardError
 from ..core.limits import MAX_ADAPTER_STEPS, MAX_EXPERTS, MAX_PROFILE_BYTES, MAX_PROFILE_LABELS
@@ -692,40 +691,44 @@ def prior_from_routing(routing: np.ndarray, floor: float = 0.05) -> np.ndarray:
     return (1 - floor) * mean + floor / k
 
 
-@torch.no_grad()
 def profile_prior(model, features=None, floor: float = 0.05, batch: int = 8192) -> np.ndarray:
     """The starting profile for a new user: the model's average routing over `features` (its training
     features, typically), or its global weights for prompt-independent kinds, or uniform."""
-    k = model.num_experts
-    if features is not None and len(features):
-        from ..model.router_inputs import router_data
+    import torch  # (here, with a model: the adapters and the label store run without torch)
 
-        router = router_data(model, features)
-        parts = []
-        for s in range(0, len(features), batch):
-            parts.append(model.routing(router.batch(slice(s, s + batch)))[0].numpy())
-        return prior_from_routing(np.concatenate(parts), floor)
-    if hasattr(model, "global_logits"):
-        return prior_from_routing(torch.softmax(model.global_logits, -1).numpy()[None], floor)
+    k = model.num_experts
+    with torch.no_grad():
+        if features is not None and len(features):
+            from ..model.router_inputs import router_data
+
+            router = router_data(model, features)
+            parts = []
+            for s in range(0, len(features), batch):
+                parts.append(model.routing(router.batch(slice(s, s + batch)))[0].numpy())
+            return prior_from_routing(np.concatenate(parts), floor)
+        if hasattr(model, "global_logits"):
+            return prior_from_routing(torch.softmax(model.global_logits, -1).numpy()[None], floor)
     return np.full(k, 1.0 / k)
 
 
-@torch.no_grad()
 def expert_margins_for(model, features, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """([N, K] expert margins chosen - rejected, [N, K] router logits of each pair's prompt)."""
+    import torch
+
     from ..model.router_inputs import router_data
 
     model.eval()
     router = router_data(model, features)
     margins, logits = [], []
-    for s in range(0, len(features), batch):
-        c, r = (
-            torch.from_numpy(np.ascontiguousarray(x[s : s + batch], np.float32))
-            for x in (features.chosen, features.rejected)
-        )
-        out = model.pair(router.batch(slice(s, s + batch)), c, r)
-        margins.append(out.expert_margins.numpy())
-        logits.append(out.router_logits.numpy())
+    with torch.no_grad():
+        for s in range(0, len(features), batch):
+            c, r = (
+                torch.from_numpy(np.ascontiguousarray(x[s : s + batch], np.float32))
+                for x in (features.chosen, features.rejected)
+            )
+            out = model.pair(router.batch(slice(s, s + batch)), c, r)
+            margins.append(out.expert_margins.numpy())
+            logits.append(out.router_logits.numpy())
     k = model.num_experts
     if not margins:
         return np.zeros((0, k)), np.zeros((0, k))

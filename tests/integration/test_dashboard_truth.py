@@ -444,7 +444,7 @@ def test_time_estimates_learn_from_this_workspace(tmp_path):
     )
     learned = pj.estimate_seconds(p, 8000, 12, tmp_path, warm=True)
     assert learned == pytest.approx(20.0, rel=1e-6)  # this machine's own timing, not the shipped constant
-    (tmp_path / "umap-warmup.json").write_text(
+    (tmp_path / "umap-warmup-descent.json").write_text(
         json.dumps(
             {
                 "params": {"method": "umap"},
@@ -460,6 +460,12 @@ def test_time_estimates_learn_from_this_workspace(tmp_path):
         20.0 + 45.0
     )  # its compile time
     assert pj.estimate_seconds(p, 8000, 12, tmp_path, warm=False, compiling_for=40) == pytest.approx(25.0)
+    # a map under 4,096 points runs UMAP's exact-neighbour code: the large maps' compile time is not its own
+    small = pj.estimate_seconds(p, 1000, 12, tmp_path, warm=False) - pj.estimate_seconds(
+        p, 1000, 12, tmp_path, warm=True
+    )
+    assert small == pytest.approx(pj.UMAP_COLD_EXTRA_SECONDS_EXACT)
+    assert pj.umap_path(4095) == "exact" and pj.umap_path(4096) == "descent"
     assert pj.estimate_seconds(pj.ProjectionParams("pca", "router"), 5000, 12) < 1
 
 

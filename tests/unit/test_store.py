@@ -415,3 +415,13 @@ def test_writers_in_other_processes_retry_instead_of_failing(tmp_path, monkeypat
         p.join(timeout=300)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     assert LabelStore(path).count_labels() == 60
+
+
+def test_the_label_store_and_the_adapters_import_without_torch():
+    """Writers in other processes (and tools that only read profiles) do not pay torch's import."""
+    import subprocess
+    import sys
+
+    code = "import sys, moe_reward.personalize.store, moe_reward.personalize.adapters; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
