@@ -48,6 +48,18 @@ FIRST = (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _share_tiny_workspaces(tmp_path_factory) -> None:
+    """xdist workers share the tiny workspaces they train (tests/support/app_workspace.py): under
+    pytest-xdist each worker's temporary root sits in one folder of the run."""
+    import app_workspace
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    app_workspace.SHARED_DIR = base / "shared-tiny-workspaces"
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`-n`, `--dist loadgroup`, see pyproject.toml) a module's tests run on one worker,

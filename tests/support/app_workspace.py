@@ -69,23 +69,46 @@ def tiny_features(seed: int = 0, n_pairs: int | None = TINY_PAIRS) -> PairFeatur
 
 
 _templates: dict[tuple, Path] = {}  # (n_pairs, experts) -> a workspace built once in this process
+# Where processes that run tests side by side (pytest-xdist workers) share the workspaces they built; set by
+# tests/conftest.py. None: each process builds its own.
+SHARED_DIR: Path | None = None
 
 
 def build_tiny_workspace(root: str | Path, n_pairs: int | None = TINY_PAIRS, experts: int = 4) -> Workspace:
     """models/default-sparse (4 experts, top-2) and models/tiny-dense on uploads/tiny.safetensors,
     plus an experiments/tiny/results.json for the comparison page.
 
-    Trained once per process and size: later calls copy that workspace (its models then record the copy's
-    upload as their data, saved through the model's own save_pretrained), so the test modules that each
-    want a fresh tiny workspace do not each train the same two models again."""
+    Trained once per process and size (and once per test run where `SHARED_DIR` is set): later calls copy
+    that workspace (its models then record the copy's upload as their data, saved through the model's own
+    save_pretrained), so the test modules that each want a fresh tiny workspace do not each train the same
+    two models again."""
     key = (n_pairs, experts)
     template = _templates.get(key)
     if template is None or not (template / "models").is_dir():
-        template = Path(tempfile.mkdtemp(prefix="tiny-workspace-"))
-        atexit.register(shutil.rmtree, template, True)
-        _train_tiny_workspace(template, n_pairs, experts)
+        template = _shared_template(key) if SHARED_DIR is not None else None
+        if template is None:
+            template = Path(tempfile.mkdtemp(prefix="tiny-workspace-"))
+            atexit.register(shutil.rmtree, template, True)
+            _train_tiny_workspace(template, n_pairs, experts)
         _templates[key] = template
     return _copy_workspace(template, Path(root))
+
+
+def _shared_template(key: tuple) -> Path:
+    """The workspace of `key` under SHARED_DIR: trained in a private folder and renamed into place, so a
+    process sees either none or a whole one; when two processes race, the first rename wins and the
+    other's copy is dropped (training is seeded: both are the same)."""
+    assert SHARED_DIR is not None
+    final = SHARED_DIR / f"tiny-{key[0]}-{key[1]}"
+    if not (final / "models").is_dir():
+        SHARED_DIR.mkdir(parents=True, exist_ok=True)
+        mine = Path(tempfile.mkdtemp(prefix="building-", dir=SHARED_DIR))
+        _train_tiny_workspace(mine, *key)
+        try:
+            mine.rename(final)
+        except OSError:  # another process renamed its copy first
+            shutil.rmtree(mine, ignore_errors=True)
+    return final
 
 
 def _copy_workspace(template: Path, root: Path) -> Workspace:
@@ -93,7 +116,8 @@ def _copy_workspace(template: Path, root: Path) -> Workspace:
     for sub in ("models", "uploads", "experiments"):
         shutil.copytree(template / sub, root / sub, dirs_exist_ok=True)
     ws = Workspace(root)
-    old, new = str(template / "uploads" / "tiny.safetensors"), str(ws.uploads_dir / "tiny.safetensors")
+    trained_in = Path((template / "trained-in.txt").read_text())  # (a shared template was renamed after)
+    old, new = str(trained_in / "uploads" / "tiny.safetensors"), str(ws.uploads_dir / "tiny.safetensors")
     for name in ws.list_models():
         model_dir = ws.model_path(name)
         metrics = modeldir.read_metrics(model_dir)
@@ -106,6 +130,7 @@ def _copy_workspace(template: Path, root: Path) -> Workspace:
 
 def _train_tiny_workspace(root: Path, n_pairs: int | None, experts: int) -> Workspace:
     ws = Workspace(root)
+    (root / "trained-in.txt").write_text(str(root))
     feats = tiny_features(n_pairs=n_pairs)
     data = ws.uploads_dir / "tiny.safetensors"
     feats.save(data)
