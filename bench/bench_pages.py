@@ -14,6 +14,11 @@
 ``--baseline REF`` (e.g. ``main``) measures REF the same way in the same run (each ref's server alone on
 the machine while it is measured); ``HEAD`` is measured as "this checkout" (commit your changes first).
 
+``--floor`` (with ``--browser``) also opens, the same way, three one-element pages of a bare Streamlit app:
+a title only, a title and one Plotly bar chart, a title and one Vega-Lite bar chart. They are the least a
+new tab costs on this machine without a chart and with the first chart of each library (its script chunk
+is loaded and run in every new tab).
+
     python bench/bench_pages.py --baseline main --browser --json pages.json
 """
 
@@ -164,6 +169,65 @@ def browser_times(server: Server, rounds: int) -> dict:
     return out
 
 
+FLOOR_APP = """import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+chart = st.query_params.get("chart", "none")
+st.title("Floor")
+names, values = [f"E{k}" for k in range(12)], list(range(12))
+if chart == "plotly":
+    st.plotly_chart(go.Figure(go.Bar(x=names, y=values)).update_layout(height=300))
+elif chart == "vega":
+    st.bar_chart(pd.DataFrame({"expert": names, "share": values}), x="expert", y="share", height=300)
+"""
+FLOOR_READY = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    const vega = document.querySelectorAll('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg');
+    const plotly = [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.querySelector('.main-svg'));
+    return !!app && app.dataset.testScriptState === 'notRunning'
+        && !document.querySelector('[data-testid="stSkeleton"]') && vega.length + plotly.length >= NEED;
+}"""
+
+
+def floor_times(scratch: Path, rounds: int) -> dict:
+    """New tabs on a bare Streamlit app (`FLOOR_APP`): no chart, one Plotly chart, one Vega-Lite chart."""
+    from playwright.sync_api import sync_playwright
+
+    root = scratch / "floor"
+    root.mkdir(parents=True)
+    (root / "app.py").write_text(FLOOR_APP)
+    server = Server(root, root=root).start()
+    out = {}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            try:
+                context = browser.new_context(viewport={"width": 1400, "height": 1000})
+                for chart in ("none", "plotly", "vega") * 2:  # the first pass fills the cache; the second counts
+                    times = []
+                    for _ in range(rounds):
+                        page = context.new_page()
+                        t = time.perf_counter()
+                        page.goto(f"{server.url}/?chart={chart}")
+                        ready = FLOOR_READY.replace("NEED", "0" if chart == "none" else "1")
+                        page.wait_for_function(ready, timeout=180_000, polling=20)
+                        times.append(time.perf_counter() - t)
+                        page.close()
+                    out[chart] = {
+                        "median_s": round(statistics.median(times), 3),
+                        "max_s": round(max(times), 3),
+                    }
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+    return out
+
+
 def wait_settled(page, timeout_s: float = 180) -> None:
     """Until the script run is over (no status widget, nothing stale) and every plotly chart has drawn."""
     deadline = time.time() + timeout_s
@@ -244,6 +308,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--browser", action="store_true", help="also time the pages in Chromium")
     ap.add_argument("--timeout", type=float, default=900, help="seconds a first start may take")
+    ap.add_argument("--floor", action="store_true", help="with --browser: a bare app's new tabs, see above")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-pages-"))
@@ -274,6 +339,25 @@ def main() -> int:
                 wb = max(r["warm_browser"][kind].items(), key=lambda kv: kv[1]["median_s"])
                 line += f"; slowest in Chromium ({what}) {wb[0]} {wb[1]['median_s']:.2f} s"
         print(line + f" ({r['load_before']})")
+    if args.floor and args.browser:
+        floor_scratch = Path(tempfile.mkdtemp(prefix="bench-pages-floor-"))
+        try:
+            floor = floor_times(floor_scratch, args.rounds)
+        finally:
+            shutil.rmtree(floor_scratch, ignore_errors=True)
+        print(
+            "  a bare Streamlit app, new tab (median): "
+            + ", ".join(
+                f"{what} {floor[chart]['median_s']:.2f} s"
+                for chart, what in (
+                    ("none", "no chart"),
+                    ("plotly", "one Plotly chart"),
+                    ("vega", "one Vega-Lite chart"),
+                )
+            )
+            + f" ({load()})"
+        )
+        results.append({"code": "floor", "new_tab": floor})
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}")
