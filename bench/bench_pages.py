@@ -207,7 +207,11 @@ def floor_times(scratch: Path, rounds: int) -> dict:
             )
             try:
                 context = browser.new_context(viewport={"width": 1400, "height": 1000})
-                for chart in ("none", "plotly", "vega") * 2:  # the first pass fills the cache; the second counts
+                for chart in (
+                    "none",
+                    "plotly",
+                    "vega",
+                ) * 2:  # the first pass fills the cache; the second counts
                     times = []
                     for _ in range(rounds):
                         page = context.new_page()
