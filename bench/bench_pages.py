@@ -128,10 +128,7 @@ def browser_times(server: Server, rounds: int) -> dict:
 
     out: dict[str, dict] = {"new_tab": {}, "switch": {}}
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch(pw)
         try:
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
             first = context.new_page()
@@ -201,10 +198,7 @@ def floor_times(scratch: Path, rounds: int) -> dict:
     out = {}
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
+            browser = launch(pw)
             try:
                 context = browser.new_context(viewport={"width": 1400, "height": 1000})
                 for chart in (
@@ -232,6 +226,13 @@ def floor_times(scratch: Path, rounds: int) -> dict:
     return out
 
 
+def launch(pw):
+    """Chromium as every measurement here runs it: headless, no sandbox, no GPU, no background traffic."""
+    return pw.chromium.launch(
+        executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    )
+
+
 def wait_settled(page, timeout_s: float = 180) -> None:
     """Until the script run is over (no status widget, nothing stale) and every plotly chart has drawn."""
     deadline = time.time() + timeout_s
@@ -257,10 +258,7 @@ def browser_first_page(code: Path, scratch: Path, timeout: float) -> float:
     )
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
+            browser = launch(pw)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             server.start(timeout=timeout)
             page.goto(server.url)

@@ -11,9 +11,9 @@ Sources (what each point's vector is):
 Methods: ``anchors`` (router only: each expert is a fixed point on a circle and a pair sits at the mix of
 the experts by its routing probabilities; instant at any size), ``pca`` (instant) and ``umap``
 (non-linear; seconds once numba has compiled, ~30 s more the first time in a process on 4,096 points or
-more and ~10 s below that, so the dashboard runs it as a background job). Results are cached on disk under (model, data, parameters) as a
-safetensors file of coordinates plus a JSON sidecar (timings included, which `estimate_seconds` reads),
-never a pickle. Measured on 2 cores for 5,000 pairs (bench/bench_map.py prints the first three): PCA
+more and ~10 s below that, so the dashboard runs it as a background job). Results are cached on disk
+under (model, data, parameters) as a safetensors file of coordinates plus a JSON sidecar (timings
+included, which `estimate_seconds` reads), never a pickle. Measured on 2 cores for 5,000 pairs (bench/bench_map.py prints the first three): PCA
 0.003 s on 12-d router logits and ~1 s on 384-d prompts; UMAP 4.2 s warm (12-d), 11 s warm (384-d
 cosine), 34 s for the first fit of a process (numba compilation), which the dashboard starts in the
 background as soon as UMAP is chosen; openTSNE 35 s (2 threads), PaCMAP 15 s (12-d, after its own
