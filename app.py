@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
+from moe_reward.app import charts
 
 PAGES = [
     ("pages/1_Routing_statistics.py", "Routing statistics", ":material/bar_chart:"),
@@ -215,35 +215,18 @@ def overview() -> None:
         )
         st.markdown("\n".join(f"- *{ui.md(label)}*: {ui.md(note)}" for label, note in notes if note))
 
-    names = ctx.expert_names()
     used = np.asarray(ev["expert_utilization"])
-    fig = go.Figure(
-        go.Bar(
-            x=names,
-            y=used,
-            marker_color=[ui.expert_color(k) for k in range(ctx.k)],
-            name="top-1 share",
-            showlegend=False,
-        )
-    )
-    ui.legend_entry(fig, "top-1 share (bar, in the expert's colour)", ui.NEUTRAL, "square")
-    fig.add_scatter(
-        x=names,
-        y=ev["expert_load"],
-        mode="markers",
-        name="mean routing weight",
-        marker=dict(symbol="diamond", size=10, color="black"),
-    )
-    fig.update_layout(
-        height=300,
-        margin=dict(l=10, r=10, t=60, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"),
+    spec = charts.expert_bars(
+        ctx.expert_titles(),
+        [ui.expert_color(k) for k in range(ctx.k)],
+        {"top-1 share": used},
+        points={"mean routing weight": ev["expert_load"]},
         title=f"Expert utilization ({scope.label}, {scope.n} pairs)",
-        xaxis_title="expert",
-        yaxis_title="share of pairs",
+        subtitle="bars: the share of pairs each expert leads (top-1), in the expert's colour",
+        y_title="share of pairs",
+        height=300,
     )
-    ui.expert_axis(fig, "x", ctx.k, ctx.names)
-    st.plotly_chart(fig, width="stretch", key="ov_util")
+    ui.vega(spec, key="ov_util")
 
     ui.diagnostics_section(
         ui.summary.scope_diagnostics(ev, ui.model_metrics(ctx.model_dir), on_test_split=scope.key == "test"),

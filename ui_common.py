@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from moe_reward.app import pipeline
+from moe_reward.app import charts, pipeline
 from moe_reward.app.colors import (
     EXPERT_COLORS,
     NEUTRAL,
@@ -870,6 +870,11 @@ def expert_axis(fig, axis: str = "x", k: int | None = None, names: list[str] | N
             )
 
 
+def vega(spec: dict, key: str, container=None) -> None:
+    """A Vega-Lite chart of moe_reward.app.charts, as wide as its column."""
+    (container or st).vega_lite_chart(spec, width="stretch", key=key)
+
+
 def legend_entry(fig, name: str, color: str = NEUTRAL, symbol: str = "square", pattern: str = "") -> None:
     """A legend line standing for traces drawn in several colours (bars in each expert's colour, whose
     own legend swatch would show the first expert's colour only): a neutral swatch, no data."""
@@ -1105,8 +1110,6 @@ def what_if_view(
 ) -> None:
     """A what-if (moe_reward.app.whatif.WhatIf): one sentence, the model's margin before and after, and
     the routing and every expert's margin side by side (`responses` names the two responses)."""
-    import plotly.graph_objects as go
-
     before, after = sides
     first, second = responses
     o, e = w.original, w.edited
@@ -1128,7 +1131,6 @@ def what_if_view(
         delta=None if e.top_expert == o.top_expert else f"was {titles[o.top_expert]}",
         delta_color="off",
     )
-    ids = ctx.expert_names()
     colors = [expert_color(k) for k in range(ctx.k)]
     left, right = st.columns(2)
     for col, title, ytitle, a, b, name in (
@@ -1142,29 +1144,17 @@ def what_if_view(
             "margins",
         ),
     ):
-        fig = go.Figure(
-            [
-                go.Bar(
-                    x=ids, y=a, name=before, marker_color=colors, marker_pattern_shape="/", showlegend=False
-                ),
-                go.Bar(x=ids, y=b, name=after, marker_color=colors, showlegend=False),
-            ]
-        )
-        legend_entry(fig, f"{before} (hatched)", pattern="/")
-        legend_entry(fig, f"{after} (solid)")
-        fig.update_layout(
+        spec = charts.expert_bars(
+            titles,
+            colors,
+            {before: a, after: b},
             title=title,
-            barmode="group",
+            subtitle=f"{before} faded, {after} solid, in each expert's colour",
+            y_title=ytitle,
+            y_domain=(0, 1) if name == "routing" else None,
             height=360,
-            margin=dict(t=40, b=10),
-            xaxis_title="expert",
-            yaxis_title=ytitle,
-            legend=dict(orientation="h", yanchor="top", y=-0.3, x=0),
         )
-        if name == "routing":
-            fig.update_yaxes(range=[0, 1])
-        expert_axis(fig, "x", ctx.k, ctx.names)
-        col.plotly_chart(fig, width="stretch", key=f"{key}_{name}")
+        vega(spec, key=f"{key}_{name}", container=col)
     arrow = lambda x, y: f"{x:+.3f} → {y:+.3f}"  # noqa: E731
     table(
         pd.DataFrame(

@@ -9,7 +9,9 @@
 2. **Warm page loads.** On that server, already warm, each page is opened by a new session (``--rounds``
    times, median and max): server side, and with ``--browser`` in Chromium until the page has finished
    running and drawn its charts, opened in a new tab (a new session; the browser has loaded the app
-   before, so its static files are cached) and reached from the sidebar within one session.
+   before, so its static files are cached) and reached from the sidebar within one session. The tabs are
+   those of a browser profile on disk, as a returning user's (HTTP cache and V8's cache of compiled
+   scripts kept between tabs); ``--private`` opens them in a private window instead (in-memory cache).
 
 ``--baseline REF`` (e.g. ``main``) measures REF the same way in the same run (each ref's server alone on
 the machine while it is measured); ``HEAD`` is measured as "this checkout" (commit your changes first).
@@ -120,7 +122,7 @@ def warm_pages(server: Server, rounds: int) -> dict:
     return out
 
 
-def browser_times(server: Server, rounds: int) -> dict:
+def browser_times(server: Server, rounds: int, private: bool = False) -> dict:
     """Chromium, until the page finished running and drew its charts: each page opened in a new tab (a new
     session) of a browser that has loaded the app before (its static files cached, as a returning user's
     or a teammate's browser); and moving to each page from the sidebar within one session."""
@@ -128,9 +130,8 @@ def browser_times(server: Server, rounds: int) -> dict:
 
     out: dict[str, dict] = {"new_tab": {}, "switch": {}}
     with sync_playwright() as pw:
-        browser = launch(pw)
+        context, close = open_context(pw, private)
         try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
             first = context.new_page()
             first.goto(server.url)
             first.get_by_role("heading", name="Overview").first.wait_for(timeout=180_000)
@@ -162,7 +163,7 @@ def browser_times(server: Server, rounds: int) -> dict:
                 for title, ts in switches.items()
             }
         finally:
-            browser.close()
+            close()
     return out
 
 
@@ -187,7 +188,7 @@ FLOOR_READY = """() => {
 }"""
 
 
-def floor_times(scratch: Path, rounds: int) -> dict:
+def floor_times(scratch: Path, rounds: int, private: bool = False) -> dict:
     """New tabs on a bare Streamlit app (`FLOOR_APP`): no chart, one Plotly chart, one Vega-Lite chart."""
     from playwright.sync_api import sync_playwright
 
@@ -198,9 +199,8 @@ def floor_times(scratch: Path, rounds: int) -> dict:
     out = {}
     try:
         with sync_playwright() as pw:
-            browser = launch(pw)
+            context, close = open_context(pw, private)
             try:
-                context = browser.new_context(viewport={"width": 1400, "height": 1000})
                 for chart in (
                     "none",
                     "plotly",
@@ -220,26 +220,49 @@ def floor_times(scratch: Path, rounds: int) -> dict:
                         "max_s": round(max(times), 3),
                     }
             finally:
-                browser.close()
+                close()
     finally:
         server.stop()
     return out
 
 
+def open_context(pw, private: bool):
+    """(context, close): the browser the new tabs open in. A profile of its own on disk, as a returning
+    user's browser (its HTTP cache and V8's cache of compiled code persist between tabs), or with `private`,
+    a private window (an in-memory cache only)."""
+    if private:
+        browser = launch(pw)
+        return browser.new_context(viewport={"width": 1400, "height": 1000}), browser.close
+    profile = tempfile.mkdtemp(prefix="bench-pages-profile-")
+    context = pw.chromium.launch_persistent_context(
+        profile, executable_path=CHROMIUM, args=list(CHROMIUM_ARGS), viewport={"width": 1400, "height": 1000}
+    )
+
+    def close() -> None:
+        context.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+    return context, close
+
+
+CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networking")
+
+
 def launch(pw):
     """Chromium as every measurement here runs it: headless, no sandbox, no GPU, no background traffic."""
-    return pw.chromium.launch(
-        executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    )
+    return pw.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
 
 
 def wait_settled(page, timeout_s: float = 180) -> None:
-    """Until the script run is over (no status widget, nothing stale) and every plotly chart has drawn."""
+    """Until the script run is over (no status widget, nothing stale) and every chart (Plotly, Vega-Lite) has
+    drawn."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         busy = page.locator('[data-testid="stStatusWidget"], [data-stale="true"]').count()
         drawn = page.evaluate(
             "() => [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'))"
+            " && [...document.querySelectorAll('[data-testid=\"stVegaLiteChart\"]')]"
+            ".every(c => c.querySelector('svg, canvas'))"
         )
         if not busy and drawn:
             return
@@ -283,7 +306,7 @@ def measure(name: str, code: Path, scratch: Path, args) -> dict:
                 flush=True,
             )
         if args.browser:
-            result["warm_browser"] = browser_times(server, max(1, args.rounds - 1))
+            result["warm_browser"] = browser_times(server, max(1, args.rounds - 1), args.private)
             for kind, what in (("new_tab", "new tab"), ("switch", "from the sidebar")):
                 for title, t in result["warm_browser"][kind].items():
                     print(
@@ -311,6 +334,11 @@ def main() -> int:
     ap.add_argument("--browser", action="store_true", help="also time the pages in Chromium")
     ap.add_argument("--timeout", type=float, default=900, help="seconds a first start may take")
     ap.add_argument("--floor", action="store_true", help="with --browser: a bare app's new tabs, see above")
+    ap.add_argument(
+        "--private",
+        action="store_true",
+        help="with --browser: new tabs of a private window, not of a profile",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-pages-"))
@@ -344,7 +372,7 @@ def main() -> int:
     if args.floor and args.browser:
         floor_scratch = Path(tempfile.mkdtemp(prefix="bench-pages-floor-"))
         try:
-            floor = floor_times(floor_scratch, args.rounds)
+            floor = floor_times(floor_scratch, args.rounds, args.private)
         finally:
             shutil.rmtree(floor_scratch, ignore_errors=True)
         print(

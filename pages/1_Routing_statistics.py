@@ -6,11 +6,10 @@ from typing import cast
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
+from moe_reward.app import charts
 from moe_reward.evaluate.metrics import Evaluation, evaluate
 
 ui.page_header(
@@ -123,103 +122,76 @@ ui.stat_metric(m[3], "active_experts_per_pair", values["active_experts_per_pair"
 ui.below_chance_caption(values["accuracy"], len(idx), where.label)
 
 colors = [ui.expert_color(k) for k in range(ctx.k)]
+titles = ctx.expert_titles()
 left, right = st.columns(2)
 with left:
-    fig = go.Figure()
-    fig.add_bar(
-        x=names, y=ev["expert_utilization"], name="top-1 share", marker_color=colors, showlegend=False
-    )
-    ui.legend_entry(fig, "top-1 share (bar, in the expert's colour)")
-    fig.add_scatter(
-        x=names,
-        y=ev["expert_load"],
-        name="mean routing weight",
-        mode="markers",
-        marker=dict(symbol="diamond", size=10, color="black"),
-    )
-    fig.update_layout(
+    spec = charts.expert_bars(
+        titles,
+        colors,
+        {"top-1 share": ev["expert_utilization"]},
+        points={"mean routing weight": ev["expert_load"]},
         title="Expert utilization",
-        height=340,
-        margin=dict(t=70, b=10),
-        xaxis_title="expert",
-        yaxis_title="share of pairs",
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+        subtitle="bars: the share of pairs each expert leads (top-1), in the expert's colour",
+        y_title="share of pairs",
     )
-    ui.expert_axis(fig, "x", ctx.k, ctx.names)
-    st.plotly_chart(fig, width="stretch", key="rs_util")
+    ui.vega(spec, key="rs_util")
 with right:
     k = max(ctx.k, 2)
     ent = -(sub.router_probs * np.log(np.clip(sub.router_probs, 1e-12, None))).sum(-1) / np.log(k)
     present = ui.natural_sorted(set(groups[idx]))
     gcol = ui.group_colors(all_groups)
-    fig = go.Figure(
-        [
-            go.Histogram(
-                x=ent[groups[idx] == g],
-                name=ui.chart(g),
-                opacity=0.6,
-                nbinsx=30,
-                marker_color=gcol[g],
-                xbins=dict(start=0, end=1, size=1 / 30),
-            )
-            for g in present
-        ]
-    )
-    fig.update_layout(
+    spec = charts.histogram(
+        {str(g): ent[groups[idx] == g] for g in present},
+        {str(g): gcol[g] for g in present},
+        np.linspace(0.0, 1.0, 31),
         title="Routing entropy per pair (normalized: 0 = one expert, 1 = all equal)",
-        height=340,
-        margin=dict(t=40, b=10),
-        barmode="overlay",
-        xaxis_title="routing entropy / log K",
-        yaxis_title="pairs",
-        xaxis_range=[0, 1],
+        x_title="routing entropy / log K",
     )
-    st.plotly_chart(fig, width="stretch", key="rs_entropy")
+    ui.vega(spec, key="rs_entropy")
 
 left, right = st.columns(2)
-titles = [ui.chart(t) for t in ctx.expert_titles()]
-counts = pd.DataFrame(ev["group_expert_counts"], index=titles).T.rename(index=ui.chart)
+counts = pd.DataFrame(ev["group_expert_counts"], index=titles).T
 with left:
-    fig = px.imshow(
-        counts,
-        text_auto=True,
-        aspect="auto",
-        color_continuous_scale="Blues",
-        labels=dict(x="top expert", y="group", color="pairs"),
+    spec = charts.heatmap(
+        counts.to_numpy(),
+        [str(g) for g in counts.index],
+        titles,
         title="Group × top expert (pairs)",
+        x_title="top expert",
+        y_title="group",
+        color_title="pairs",
+        fmt="d",
     )
-    fig.update_layout(height=max(360, 60 + 26 * len(counts)), margin=dict(t=40, b=10))
-    st.plotly_chart(fig, width="stretch", key="rs_heat")
+    ui.vega(spec, key="rs_heat")
 with right:
-    acc = pd.DataFrame(ev["per_expert_group_accuracy"]).rename(
-        columns=lambda e: titles[int(e)], index=ui.chart
-    )
-    fig = px.imshow(
-        acc,
-        text_auto=".2f",  # pyright: ignore[reportArgumentType] (plotly is untyped: a format is allowed)
-        aspect="auto",
-        zmin=0,
-        zmax=1,
-        color_continuous_scale="RdYlGn",
-        labels=dict(x="expert", y="group", color="accuracy"),
+    acc = pd.DataFrame(ev["per_expert_group_accuracy"]).rename(columns=lambda e: titles[int(e)])
+    spec = charts.heatmap(
+        acc.to_numpy(dtype=float),
+        [str(g) for g in acc.index],
+        list(acc.columns),
         title="Each expert's accuracy per group (its own margin's sign)",
+        x_title="expert",
+        y_title="group",
+        color_title="accuracy",
+        scheme="redyellowgreen",
+        domain=(0, 1),
     )
-    fig.update_layout(height=max(360, 60 + 26 * len(acc)), margin=dict(t=40, b=10))
-    st.plotly_chart(fig, width="stretch", key="rs_acc")
+    ui.vega(spec, key="rs_acc")
 
 left, right = st.columns([2, 3])
 with left:
-    co = pd.DataFrame(ev["coactivation"], index=titles, columns=titles)
-    fig = px.imshow(
-        co,
-        text_auto=".2f",  # pyright: ignore[reportArgumentType] (plotly is untyped: a format is allowed)
-        aspect="auto",
-        color_continuous_scale="Purples",
-        labels=dict(x="expert", y="expert", color="share"),
+    spec = charts.heatmap(
+        np.asarray(ev["coactivation"], dtype=float),
+        titles,
+        titles,
         title="Top-k co-activation (share of pairs using both experts)",
+        x_title="expert",
+        y_title="expert",
+        color_title="share",
+        scheme="purples",
+        height=360,
     )
-    fig.update_layout(height=360, margin=dict(t=40, b=10))
-    st.plotly_chart(fig, width="stretch", key="rs_co")
+    ui.vega(spec, key="rs_co")
 with right:
     from moe_reward.evaluate.experts import EXPERT_STATS, summarize_experts
 

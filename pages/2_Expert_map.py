@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
-from moe_reward.app import jobs
+from moe_reward.app import charts, jobs
 from moe_reward.app.colors import NEUTRAL, expert_symbol, rgba
 from moe_reward.core.csvsafe import frame_csv
 from moe_reward.evaluate.projection import (
@@ -438,34 +438,18 @@ def map_and_selection() -> None:
             a, b = st.columns(2)
             a.text("Chosen: " + p.chosen)
             b.text("Rejected: " + p.rejected)
-            fig = go.Figure(
-                [
-                    go.Bar(
-                        x=names,
-                        y=s.router_probs[sel_row],
-                        name="router softmax",
-                        marker_color=[ui.expert_color(e) for e in range(k_experts)],
-                    ),
-                    go.Scatter(
-                        x=names,
-                        y=s.expert_margins[sel_row],
-                        name="expert margin",
-                        mode="markers",
-                        marker=dict(symbol="diamond", size=10, color="black"),
-                        yaxis="y2",
-                    ),
-                ]
-            )
-            fig.update_layout(
-                height=260,
-                margin=dict(t=30, b=10),
+            spec = charts.expert_bars(
+                ctx.expert_titles(),
+                [ui.expert_color(e) for e in range(k_experts)],
+                {"router softmax": s.router_probs[sel_row]},
+                points={"expert margin": s.expert_margins[sel_row]},
+                points_axis="margin (chosen − rejected)",
                 title="Routing and each expert's margin",
-                xaxis_title="expert",
-                yaxis_title="routing probability",
-                yaxis2=dict(title="margin (chosen − rejected)", overlaying="y", side="right"),
+                subtitle="bars: router softmax, in each expert's colour (left axis); diamonds: margins (right)",
+                y_title="routing probability",
+                height=260,
             )
-            ui.expert_axis(fig, "x", k_experts)
-            st.plotly_chart(fig, width="stretch", key="map_pair_chart")
+            ui.vega(spec, key="map_pair_chart")
             if st.button("Clear the pair", key="map_pair_clear"):
                 st.session_state.pop("map_pair", None)
                 st.rerun()

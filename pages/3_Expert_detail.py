@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
+from moe_reward.app import charts
 from moe_reward.app.colors import NEUTRAL
 from moe_reward.evaluate.experts import EXPERT_STATS, expert_groups, expert_pairs
 from moe_reward.evaluate.metrics import expert_agreement
@@ -152,19 +151,17 @@ with st.container(border=True):
 # ----------------------------------------------------------------------------- its groups
 group_rows = expert_groups(ctx.scores, groups, k, idx, order=ui.natural_sorted(set(groups[idx])))
 if len(group_rows) > 1:
-    counts = [r.n_top for r in group_rows]
-    fig = go.Figure(
-        go.Bar(x=[ui.chart(r.group) for r in group_rows], y=counts, marker_color=color, showlegend=False)
-    )
-    fig.update_layout(
-        title=f"Groups of the {summary.n_top} pairs whose top expert is {ui.chart(title)} ({ui.chart(scope.label)})",
+    spec = charts.category_bars(
+        [r.group for r in group_rows],
+        {"pairs": [r.n_top for r in group_rows]},
+        colors={"pairs": color},
+        title=f"Groups of the {summary.n_top} pairs whose top expert is {title} ({scope.label})",
+        x_title="group",
+        y_title="pairs",
+        integer=True,
         height=300,
-        margin=dict(t=40, b=10),
-        xaxis_title="group",
-        yaxis_title="pairs",
     )
-    ui.count_axis(fig, max(counts, default=0))
-    st.plotly_chart(fig, width="stretch", key="detail_contingency")
+    ui.vega(spec, key="detail_contingency")
     st.caption("The model's specialization diagnostics (probe NMI, oracle routing) are on the Overview.")
 
 cols_shown = ["id", "group", "user", "prompt", "chosen", "rejected", "margin", "correct", "top_expert"]
@@ -184,62 +181,30 @@ with right:
 routed = s.routing[:, k] > 0
 left, right = st.columns(2)
 with left:
-    frame = pd.DataFrame(
-        {
-            "expert margin (chosen − rejected)": s.expert_margins[:, k],
-            "pairs": np.where(routed, f"E{k} · routed here", "not routed here"),
-        }
-    )
-    fig = px.histogram(
-        frame,
-        x="expert margin (chosen − rejected)",
-        color="pairs",
-        nbins=40,
-        barmode="overlay",
+    em = s.expert_margins[:, k]
+    finite = em[np.isfinite(em)]
+    spec = charts.histogram(
+        {f"E{k} · routed here": em[routed], "not routed here": em[~routed]},
+        {f"E{k} · routed here": color, "not routed here": NEUTRAL},
+        np.histogram_bin_edges(finite if len(finite) else np.zeros(1), bins=40),
         title=f"Margin distribution ({scope.n} pairs)",
-        height=340,
-        opacity=0.7,
-        color_discrete_map={f"E{k} · routed here": color, "not routed here": NEUTRAL},
-        category_orders={"pairs": [f"E{k} · routed here", "not routed here"]},
+        x_title="expert margin (chosen − rejected)",
+        rule=0.0,
     )
-    fig.add_vline(x=0, line_dash="dash", line_color="grey")
-    fig.update_layout(margin=dict(t=40, b=10), yaxis_title="pairs")
-    st.plotly_chart(fig, width="stretch", key="detail_hist")
+    ui.vega(spec, key="detail_hist")
 with right:
-    rows = [
-        {"group": ui.chart(r.group), "own": r.own_accuracy, "leads": r.top_accuracy, "n": r.n_top}
-        for r in group_rows
-    ]
-    acc = pd.DataFrame(rows)
-    fig = go.Figure(
-        [
-            go.Bar(
-                x=acc["group"],
-                y=acc["own"],
-                name="its own margin, all pairs of the group",
-                marker_color=NEUTRAL,
-            ),
-            go.Bar(
-                x=acc["group"],
-                y=acc["leads"],
-                name=f"the model, on the group's pairs E{k} leads",
-                marker_color=color,
-                customdata=acc["n"],
-                hovertemplate="%{x}: %{y:.3f} on %{customdata} pairs<extra></extra>",
-            ),
-        ]
-    )
-    fig.update_layout(
+    own, leads = "its own margin, all pairs of the group", f"the model, on the group's pairs E{k} leads"
+    spec = charts.category_bars(
+        [r.group for r in group_rows],
+        {own: [r.own_accuracy for r in group_rows], leads: [r.top_accuracy for r in group_rows]},
+        colors={own: NEUTRAL, leads: color},
+        counts={leads: [r.n_top for r in group_rows]},
         title="Accuracy per group",
-        barmode="group",
-        yaxis_range=[0, 1],
-        height=340,
-        margin=dict(t=40, b=10),
-        xaxis_title="group",
-        yaxis_title="accuracy",
-        legend=dict(orientation="h", yanchor="top", y=-0.35),
+        x_title="group",
+        y_title="accuracy",
+        y_domain=(0, 1),
     )
-    st.plotly_chart(fig, width="stretch", key="detail_group")
+    ui.vega(spec, key="detail_group")
 
 agree = expert_agreement(s)[k]
 others = [j for j in range(ctx.k) if j != k]
@@ -248,29 +213,24 @@ if others:
     frame = pd.DataFrame(
         {
             "expert": [names[j] for j in others],
-            "title": [ui.chart(titles[j]) for j in others],
+            "title": [titles[j] for j in others],
             "agreement": [float(agree[j]) for j in others],
         }
     )
-    frame = frame.sort_values("agreement")
-    fig = go.Figure(
-        go.Bar(
-            x=frame["agreement"],
-            y=frame["title"],
-            orientation="h",
-            marker_color=[ui.expert_color(int(e[1:])) for e in frame["expert"]],
-        )
+    frame = frame.sort_values("agreement", ascending=False)
+    spec = charts.category_bars(
+        list(frame["title"]),
+        {"agreement": list(frame["agreement"])},
+        bar_colors=[ui.expert_color(int(e[1:])) for e in frame["expert"]],
+        title=f"Agreement of {title} with the other experts (share of the {scope.n} pairs with the same winner)",
+        x_title="expert",
+        y_title="share of pairs on which both pick the same response",
+        y_domain=(0, 1),
+        horizontal=True,
+        rule=0.5,
+        height=130 + 32 * len(others),  # (a Vega-Lite height in Streamlit holds the title and axes)
     )
-    fig.update_layout(
-        title=f"Agreement of {ui.chart(title)} with the other experts (share of the {scope.n} pairs with the same winner)",
-        height=80 + 40 * len(others),
-        xaxis_range=[0, 1],
-        margin=dict(t=40, b=10),
-        xaxis_title="share of pairs on which both pick the same response",
-        yaxis_title="expert",
-    )
-    fig.add_vline(x=0.5, line_dash="dot", line_color="grey")
-    st.plotly_chart(fig, width="stretch", key="detail_agree")
+    ui.vega(spec, key="detail_agree")
     st.caption(
         f"Agrees most with {ui.md(frame.loc[frame.agreement.idxmax(), 'title'])}, "
         f"disagrees most with {ui.md(frame.loc[frame.agreement.idxmin(), 'title'])}."

@@ -26,10 +26,10 @@ from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
+from moe_reward.app import charts
 from moe_reward.data.pairs import split_pairs
 from moe_reward.personalize.adapters import (
     ADAPTERS,
@@ -728,33 +728,18 @@ def draw_profile(adapter: Adapter, state) -> None:
                 state.unusable,
                 help="Labels stored by an older version that the profile cannot replay",
             )
-        # Figures are built from plain dicts (one validation pass, no magic-underscore paths): this runs on
-        # every click of every session.
         top = max(1e-9, max(shift["before"] + shift["after"])) * 1.15
-        fig = go.Figure(
-            data=[
-                dict(type="bar", x=names, y=shift["before"], name="start", marker=dict(color="#BAB0AC")),
-                dict(
-                    type="bar",
-                    x=names,
-                    y=shift["after"],
-                    name="now",
-                    marker=dict(color=expert_colors),
-                    showlegend=False,
-                ),
-            ],
-            layout=dict(
-                title=dict(text="Profile: expert weights"),
-                barmode="group",
-                height=300,
-                margin=dict(t=40, b=10),
-                xaxis=dict(title=dict(text="expert")),
-                yaxis=dict(title=dict(text="weight"), range=[min(0.0, min(shift["after"]) * 1.15), top]),
-            ),
+        spec = charts.expert_bars(
+            ctx.expert_titles(),
+            expert_colors,
+            {"start": shift["before"], "now": shift["after"]},
+            title="Profile: expert weights",
+            subtitle="start faded, now solid, in each expert's colour",
+            y_title="weight",
+            y_domain=(min(0.0, min(shift["after"]) * 1.15), top),
+            height=300,
         )
-        ui.legend_entry(fig, "now (in the expert's colour)", "#54575e")
-        ui.expert_axis(fig, "x", ctx.k, ctx.names)
-        st.plotly_chart(fig, width="stretch", key="pz_weights")
+        ui.vega(spec, key="pz_weights")
         st.caption("weights now: " + " · ".join(f"E{k} {w:.3f}" for k, w in enumerate(shift["after"])))
         span = span_report(adapter)
         if span["outside"]:
@@ -774,29 +759,16 @@ def draw_profile(adapter: Adapter, state) -> None:
     history = np.array([adapter.initial_weights] + [h.weights for h in adapter.history])
     titles = ctx.expert_titles()  # 'E3 · brevity' where the analyst named the expert
     with c1:
-        steps = list(range(len(history)))
-        fig = go.Figure(
-            data=[
-                dict(
-                    type="scatter",
-                    x=steps,
-                    y=history[:, k],
-                    name=ui.chart(titles[k]),
-                    mode="lines+markers",
-                    line=dict(color=expert_colors[k]),
-                )
-                for k in range(ctx.k)
-            ],
-            layout=dict(
-                title=dict(text="Weight history"),
-                height=max(320, 90 + 21 * ctx.k),  # room for every expert in the legend
-                margin=dict(t=40, b=10),
-                xaxis=dict(title=dict(text="labels")),
-                yaxis=dict(title=dict(text="weight")),
-            ),
+        spec = charts.lines(
+            list(range(len(history))),
+            {titles[k]: history[:, k] for k in range(ctx.k)},
+            colors={titles[k]: expert_colors[k] for k in range(ctx.k)},
+            title="Weight history",
+            x_title="labels",
+            y_title="weight",
+            height=max(320, 90 + 21 * ctx.k),  # room for every expert in the legend
         )
-        ui.count_axis(fig, len(history) - 1, axis="x")
-        st.plotly_chart(fig, width="stretch", key="pz_history")
+        ui.vega(spec, key="pz_history")
     with c2:
         if len(held_out):
             # Accuracy of every profile in the history on the persona's held-out pairs (weights-only mix).
@@ -808,35 +780,17 @@ def draw_profile(adapter: Adapter, state) -> None:
             m1.metric("Held-out accuracy now", f"{now:.3f}", delta=f"{now - accs[0]:+.3f} vs start")
             m2.metric("Starting profile", f"{accs[0]:.3f}")
             m3.metric("Model's own routing", f"{base:.3f}")
-            fig = go.Figure(
-                data=[
-                    dict(
-                        type="scatter", x=list(range(len(accs))), y=accs, mode="lines+markers", name="profile"
-                    )
-                ],
-                layout=dict(
-                    title=dict(text=f"Accuracy on {ui.chart(persona)}'s {len(held_out)} held-out pairs"),
-                    height=260,
-                    margin=dict(t=40, b=10),
-                    xaxis=dict(title=dict(text="labels"), tickformat="d"),
-                    yaxis=dict(title=dict(text="accuracy"), range=[0, 1.05]),
-                    shapes=[
-                        dict(type="line", xref="paper", x0=0, x1=1, y0=base, y1=base, line=dict(dash="dot"))
-                    ],
-                    annotations=[
-                        dict(
-                            text="model routing",
-                            xref="paper",
-                            x=1,
-                            y=base,
-                            xanchor="right",
-                            yanchor="bottom",
-                            showarrow=False,
-                        )
-                    ],
-                ),
+            spec = charts.lines(
+                list(range(len(accs))),
+                {"profile": accs},
+                title=f"Accuracy on {persona}'s {len(held_out)} held-out pairs",
+                x_title="labels",
+                y_title="accuracy",
+                y_domain=(0, 1.05),
+                hline=(base, "model routing"),
+                height=260,
             )
-            st.plotly_chart(fig, width="stretch", key="pz_accuracy")
+            ui.vega(spec, key="pz_accuracy")
         else:
             st.caption("Pick a persona to measure the profile on that persona's held-out pairs.")
 

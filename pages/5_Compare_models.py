@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
+from moe_reward.app import charts
 from moe_reward.core.csvsafe import frame_csv
 from moe_reward.evaluate.compare import comparison_scope
 from moe_reward.evaluate.metrics import Evaluation, disagreements, evaluate, score_pairs
@@ -110,26 +110,19 @@ for r in rows:
 
 groups = sorted(set(a_eval["per_group"]) | set(b_eval["per_group"]))
 if groups:
-    fig = go.Figure(
-        [
-            go.Bar(
-                x=[ui.chart(g) for g in groups],
-                y=[ev["per_group"].get(g, {}).get("accuracy") for g in groups],
-                name=label,
-            )
+    spec = charts.category_bars(
+        groups,
+        {
+            label: [ev["per_group"].get(g, {}).get("accuracy") for g in groups]
             for label, ev in ((label_a, a_eval), (label_b, b_eval))
-        ]
-    )
-    fig.update_layout(
+        },
+        colors={label_a: "#4C78A8", label_b: "#F58518"},
         title=f"Accuracy per group ({scope.describe()})",
-        barmode="group",
-        yaxis_range=[0, 1],
-        height=340,
-        margin=dict(t=40, b=10),
-        xaxis_title="group",
-        yaxis_title="accuracy",
+        x_title="group",
+        y_title="accuracy",
+        y_domain=(0, 1),
     )
-    st.plotly_chart(fig, width="stretch", key="cmp_groups")
+    ui.vega(spec, key="cmp_groups")
 
 st.subheader("Personalization curves")
 experiments = ctx.ws.list_experiments()
@@ -146,41 +139,39 @@ else:
         st.error(f"Could not read {ui.md(pick)}/results.json: {ui.md(exc)}")
         results = {}
     kinds = {ctx.model.config.kind, b_model.config.kind}
-    fig = go.Figure()
+    xs: dict[str, list[int]] = {}
+    ys: dict[str, list[float]] = {}
+    sds: dict[str, list[float]] = {}
+    widths: dict[str, float] = {}
     for kind, res in results.get("models", {}).items():
         for adapter, curve in res.get("personalization", {}).items():
+            name = f"{kind} · {adapter}"
             ks = sorted(curve, key=int)
-            mean = [curve[k]["mean"] for k in ks]
-            sd = [curve[k]["sd"] or 0 for k in ks]
-            fig.add_trace(
-                go.Scatter(
-                    x=[int(k) for k in ks],
-                    y=mean,
-                    error_y=dict(type="data", array=sd, visible=True),
-                    mode="lines+markers",
-                    name=ui.chart(f"{kind} · {adapter}"),
-                    line=dict(width=3 if kind in kinds else 1),
-                )
-            )
+            xs[name] = [int(k) for k in ks]
+            ys[name] = [curve[k]["mean"] for k in ks]
+            sds[name] = [curve[k]["sd"] or 0 for k in ks]
+            widths[name] = 3 if kind in kinds else 1
     oracle = {k: v for k, v in results.get("oracle", {}).items() if k.isdigit()}
+    dashed = []
     if oracle:
+        name = "oracle (user-only head)"
         ks = sorted(oracle, key=int)
-        fig.add_trace(
-            go.Scatter(
-                x=[int(k) for k in ks],
-                y=[oracle[k]["mean"] for k in ks],
-                mode="lines",
-                name="oracle (user-only head)",
-                line=dict(dash="dash", color="black"),
-            )
-        )
-    fig.update_layout(
-        xaxis_title="labels from the user (k)",
-        yaxis_title="accuracy on the user's held-out pairs",
+        xs[name], ys[name] = [int(k) for k in ks], [oracle[k]["mean"] for k in ks]
+        widths[name], dashed = 2, [name]
+    spec = charts.lines(
+        [],
+        ys,
+        xs=xs,
+        errors=sds,
+        widths=widths,
+        dashed=dashed,
+        colors={name: "black" for name in dashed} or None,
+        title=f"{pick}: accuracy after k labels (mean ± sd over seeds)",
+        x_title="labels from the user (k)",
+        y_title="accuracy on the user's held-out pairs",
         height=400,
-        margin=dict(t=30, b=10),
     )
-    st.plotly_chart(fig, width="stretch", key="cmp_curves")
+    ui.vega(spec, key="cmp_curves")
     st.caption("Thick lines: the kinds of the two models compared. Mean ± sd over seeds.")
 
 st.subheader("Pairs they disagree on")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
+from moe_reward.app import charts
 from moe_reward.app.pipeline import score_texts
 
 ui.page_header(
@@ -126,52 +126,30 @@ def scorer() -> None:
     st.markdown("  \n".join(lines))
 
     colors = [ui.expert_color(k) for k in range(ctx.k)]
+    titles = ctx.expert_titles()
     left, right = st.columns(2)
     with left:
-        fig = go.Figure(
-            [
-                go.Bar(x=names, y=a.expert_rewards, name="A", marker_color=colors, showlegend=False),
-                go.Bar(
-                    x=names,
-                    y=b.expert_rewards,
-                    name="B",
-                    marker_color=colors,
-                    marker_pattern_shape="/",
-                    showlegend=False,
-                ),
-            ]
+        spec = charts.expert_bars(
+            titles,
+            colors,
+            {"A": a.expert_rewards, "B": b.expert_rewards},
+            faded="B",
+            title="Each expert's reward",
+            subtitle="A solid, B faded, in each expert's colour",
+            y_title="reward",
         )
-        ui.legend_entry(fig, "A (solid)")
-        ui.legend_entry(fig, "B (hatched)", pattern="/")
-        fig.update_layout(
-            title="Each expert's reward (hatched: B)",
-            barmode="group",
-            height=340,
-            margin=dict(t=40, b=10),
-            xaxis_title="expert",
-            yaxis_title="reward",
-        )
-        ui.expert_axis(fig, "x", ctx.k, ctx.names)
-        st.plotly_chart(fig, width="stretch", key="score_experts")
+        ui.vega(spec, key="score_experts")
     with right:
-        fig = go.Figure(
-            [
-                go.Bar(x=names, y=a.router_probs, name="router softmax", marker_color="#BAB0AC"),
-                go.Bar(x=names, y=a.routing, name="routing used", marker_color=colors, showlegend=False),
-            ]
-        )
-        ui.legend_entry(fig, "routing used (in the expert's colour)", "#54575e")
-        fig.update_layout(
+        spec = charts.expert_bars(
+            titles,
+            colors,
+            {"router softmax": a.router_probs, "routing used": a.routing},
             title="Routing of this prompt",
-            barmode="group",
-            yaxis_range=[0, 1],
-            height=340,
-            margin=dict(t=40, b=10),
-            xaxis_title="expert",
-            yaxis_title="weight",
+            subtitle="router softmax faded, routing used (after top-k) solid",
+            y_title="weight",
+            y_domain=(0, 1),
         )
-        ui.expert_axis(fig, "x", ctx.k, ctx.names)
-        st.plotly_chart(fig, width="stretch", key="score_routing")
+        ui.vega(spec, key="score_routing")
 
     ui.expert_rewards_table(ctx, a, b)  # each expert's name and description beside its rewards
     rows = [{"": "routed mix", "A": round(a.reward, 4), "B": round(b.reward, 4), "prefers": model_win}]

@@ -6,6 +6,7 @@ and no request to any host but the app's own. Screenshots go to test-output/scre
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from browser import (
     _no_exception,
     _wait_idle,
     _wait_text,
+    vega_marks,
 )
 
 from moe_reward.app import colors
@@ -32,23 +34,23 @@ def dash_server(shared_server):
 
 
 def _expert_colours(page) -> dict[str, str]:
-    """{'E3': colour} from every plotly chart on the page (bars coloured per expert, traces named E3)."""
+    """{'E3': colour} from every chart drawn on the page: Vega-Lite bars of an expert (their ARIA label names
+    it: bars over experts, or a series such as 'E3 · routed here'), the Expert map's Plotly traces named E3."""
     found = page.evaluate("""() => {
         const out = {};
         for (const gd of document.querySelectorAll('.js-plotly-plot')) {
             for (const t of gd.data || []) {
                 const col = t.marker && t.marker.color;
-                for (const axis of ['x', 'y']) {
-                    const cats = t[axis];
-                    if (Array.isArray(col) && Array.isArray(cats) && col.length === cats.length
-                        && cats.every(c => /^E\\d+$/.test(String(c)))) cats.forEach((c, i) => { out[c] = col[i]; });
-                }
                 const m = /^(E\\d+)( ·|$)/.exec(String(t.name || ''));
                 if (m && typeof col === 'string') out[m[1]] = col;
             }
         }
         return out;
     }""")
+    for kind, fields, fill in vega_marks(page):
+        m = re.match(r"(E\d+)(?:$| ·)", fields.get("expert") or fields.get("series") or "")
+        if kind == "bar" and m and fill and fill.startswith("#"):
+            found[m.group(1)] = fill
     return found
 
 

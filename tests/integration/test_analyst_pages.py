@@ -9,11 +9,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import page_charts
 import pytest
 import torch
 from app_pages import open_page, use_workspace
 from app_workspace import build_tiny_workspace, tiny_features
 
+from moe_reward.app.colors import expert_color
 from moe_reward.app.slices import Slice, save_slice
 from moe_reward.evaluate.experts import summarize_experts, unused_experts
 from moe_reward.evaluate.metrics import score_pairs
@@ -87,9 +89,10 @@ def test_naming_an_expert_on_expert_detail_shows_it_on_every_page(home):
     assert detail.selectbox(key="detail_expert").options[1] == "E1 · deep dives"
     overview = app(model="default-sparse", data=DATA)
     assert any(m.value.startswith("**E1 · deep dives**") for m in overview.markdown)  # the card title
-    charts = [json.loads(c.proto.spec) for c in overview.get("plotly_chart")]
-    ticks = charts[0]["layout"]["xaxis"]["ticktext"]
-    assert ticks[1] == "E1<br>deep dives" and ticks[0] == "E0"
+    util = page_charts.vega_specs(overview)[0]
+    assert page_charts.title(util).startswith("Expert utilization")
+    assert list(page_charts.series_values(util, "top-1 share"))[:2] == ["E0", "E1 · deep dives"]
+    assert page_charts.expert_colors(util)["E1"] == expert_color(1)
     routing = app("pages/1_Routing_statistics.py", model="default-sparse", data=DATA)
     table = next(d.value for d in routing.dataframe if "leads" in d.value.columns)
     assert table["expert"].tolist()[1] == "E1 · deep dives"
@@ -161,8 +164,8 @@ def test_compare_puts_both_models_on_the_same_held_out_pairs(home):
     assert any(f"A's held\\-out test split, {len(a)} pairs" in c.value for c in at.caption), [
         c.value for c in at.caption
     ]
-    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert f"A's held-out test split, {len(a)} pairs" in charts[0]["layout"]["title"]["text"]
+    groups = page_charts.vega_specs(at)[0]
+    assert f"A's held-out test split, {len(a)} pairs" in page_charts.title(groups)
 
 
 def test_overview_explains_below_chance_numbers(home):

@@ -6,6 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import page_charts
 import pytest
 from app_pages import use_workspace
 from app_workspace import build_tiny_workspace
@@ -67,7 +68,7 @@ def test_overview_with_navigation(home):
 
 def test_routing_statistics_filters(home):
     at = run(PAGES["routing"])
-    assert len(at.get("plotly_chart")) >= 5
+    assert len(page_charts.vega_specs(at)) >= 5
     at.radio(key="rs_correct").set_value("incorrect").run()
     assert not at.exception
     at.multiselect(key="rs_groups").set_value(["deep"]).run()
@@ -92,7 +93,7 @@ def test_expert_detail(home):
     at = run(PAGES["detail"])
     at.selectbox(key="detail_expert").select(1).run()
     assert not at.exception
-    assert len(at.get("plotly_chart")) >= 3
+    assert len(page_charts.vega_specs(at)) >= 3
 
 
 def _db_labels(home: Path) -> list[tuple]:
@@ -207,7 +208,7 @@ def test_compare_models(home):
     at = run(PAGES["compare"])
     assert at.selectbox(key="cmp_other").value == "tiny-dense"
     assert at.selectbox(key="cmp_experiment").value == "tiny"
-    assert len(at.dataframe) >= 1 and len(at.get("plotly_chart")) >= 2
+    assert len(at.dataframe) >= 1 and len(page_charts.vega_specs(at)) >= 2
 
 
 def test_score_your_own_renders(home):

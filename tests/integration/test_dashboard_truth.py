@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import page_charts as charts
 import pytest
 from app_pages import open_page, use_workspace
 from app_workspace import TINY_PAIRS, build_tiny_workspace, tiny_features
@@ -78,28 +79,8 @@ def metric(at: AppTest, prefix: str):
 
 
 def chart_specs(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-
-
-def expert_trace_colors(spec: dict) -> dict[str, str]:
-    """{'E3': colour} from bar charts coloured per expert, or from map traces named E3."""
-    found: dict[str, str] = {}
-    for trace in spec["data"]:
-        marker = trace.get("marker") or {}
-        col = marker.get("color")
-        named = re.match(r"(E\d+)(?:$| ·)", str(trace.get("name", "")))
-        for axis in ("x", "y"):
-            cats = trace.get(axis)
-            if (
-                isinstance(col, list)
-                and isinstance(cats, list)
-                and len(col) == len(cats)
-                and all(re.fullmatch(r"E\d+", str(x)) for x in cats)
-            ):
-                found.update({x: c for x, c in zip(cats, col, strict=True)})
-        if named and isinstance(col, str):
-            found[named.group(1)] = col
-    return found
+    """Every chart the page drew: the Vega-Lite specs, then the Expert map's Plotly figure."""
+    return charts.vega_specs(at) + charts.plotly_specs(at)
 
 
 def same_colour(a: str, b: str) -> bool:
@@ -213,7 +194,7 @@ def test_each_expert_has_one_colour_on_every_page(home):
     for name, at in pages.items():
         found: dict[str, str] = {}
         for spec in chart_specs(at):
-            found.update(expert_trace_colors(spec))
+            found.update(charts.expert_colors(spec))
         seen[name] = found
         assert found, f"no expert-coloured chart on {name}"
     for name, found in seen.items():
@@ -221,7 +202,7 @@ def test_each_expert_has_one_colour_on_every_page(home):
             assert same_colour(col, colors.expert_color(int(expert[1:]))), (name, expert, col)
     assert busy in seen["detail"] and busy in seen["overview"]
     # the map's legend is in numeric order and its traces are the experts
-    map_spec = chart_specs(pages["map"])[0]
+    map_spec = charts.plotly_specs(pages["map"])[0]
     ranked = sorted((t["legendrank"], t["name"]) for t in map_spec["data"] if "legendrank" in t)
     assert [n for _, n in ranked] == colors.natural_sorted(n for _, n in ranked)
 
@@ -331,7 +312,7 @@ def test_compare_never_compares_a_model_with_itself(home, tmp_path, monkeypatch)
     shutil.rmtree(lonely / "models" / "tiny-dense")
     monkeypatch.setenv("MOE_REWARD_HOME", str(lonely))
     alone = app("pages/5_Compare_models.py")
-    assert any("only model in the workspace" in i.value for i in alone.info) and not alone.get("plotly_chart")
+    assert any("only model in the workspace" in i.value for i in alone.info) and not charts.chart_count(alone)
 
 
 def test_small_tables_show_every_row_and_charts_have_axis_titles(home, monkeypatch):
@@ -358,7 +339,11 @@ def test_small_tables_show_every_row_and_charts_have_axis_titles(home, monkeypat
         "pages/3_Expert_detail.py",
         "pages/5_Compare_models.py",
     ):
-        for spec in chart_specs(app(page)):
+        at = app(page)
+        for spec in charts.vega_specs(at):
+            titles = charts.axis_titles(spec)
+            assert titles.get("x") and titles.get("y"), (page, charts.title(spec), titles)
+        for spec in charts.plotly_specs(at):
             layout = spec["layout"]
             for axis in ("xaxis", "yaxis"):
                 title = (layout.get(axis) or {}).get("title") or {}

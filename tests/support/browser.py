@@ -53,7 +53,8 @@ IDLE_JS = """() => {
         && app.dataset.testConnectionState === 'CONNECTED'
         && !document.querySelector('[data-testid="stStatusWidget"], [data-stale="true"]')
         && !document.body.innerText.includes('Running in the background')
-        && [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'));
+        && [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'))
+        && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].every(c => c.querySelector('svg, canvas'));
     return idle ? performance.now() - window.__lastMutation : -1;
 }"""
 
@@ -61,7 +62,7 @@ IDLE_JS = """() => {
 def _wait_idle(page, timeout_s: float = 120, quiet_ms: float = 300) -> None:
     """Wait until the page settled: the app says no script is running (stApp's data-test-script-state, what
     Streamlit's own browser tests read) and it is connected; nothing is stale or shows the status widget; no
-    background job is listed (its panel reruns the page when the job ends); every plotly chart has its SVG;
+    background job is listed (its panel reruns the page when the job ends); every chart has its SVG;
     and for `quiet_ms` the page has neither changed nor kept its main thread busy (the browser draws what a
     run sent after the run ended, Plotly blocking it for a second on a loaded machine; and a widget's rerun
     can start just after a run ends). Playwright's Chromium does not throttle timers in background tabs."""
@@ -103,3 +104,17 @@ def _box_select(page) -> None:
 def _no_exception(page) -> None:
     errors = page.locator('[data-testid="stException"]')
     assert errors.count() == 0, errors.first.inner_text()
+
+
+VEGA_MARKS_JS = """() => [...document.querySelectorAll('[data-testid="stVegaLiteChart"] svg path[aria-roledescription]')]
+    .map(e => [e.getAttribute('aria-roledescription'), e.getAttribute('aria-label') || '', e.getAttribute('fill')])"""
+
+
+def vega_marks(page) -> list[tuple[str, dict[str, str], str]]:
+    """Every mark the page's Vega-Lite charts drew: (kind, {field: value} from its ARIA label, fill). Vega
+    labels each mark with its data ('expert: E1; series: now; value: 0.600'), as a screen reader reads it."""
+    out = []
+    for kind, label, fill in page.evaluate(VEGA_MARKS_JS):
+        fields = dict(part.split(": ", 1) for part in label.split("; ") if ": " in part)
+        out.append((kind, fields, fill))
+    return out
