@@ -253,20 +253,21 @@ def launch(pw):
     return pw.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
 
 
+SETTLED = """() => !document.querySelector(
+        '[data-testid="stStatusWidget"], [data-stale="true"], [data-testid="stSkeleton"]')
+    && [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'))
+    && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].every(c => c.querySelector('svg, canvas'))"""
+
+
 def wait_settled(page, timeout_s: float = 180) -> None:
-    """Until the script run is over (no status widget, nothing stale) and every chart (Plotly, Vega-Lite) has
-    drawn."""
+    """Until the script run is over (no status widget, nothing stale), no element is still loading its
+    script chunk (Streamlit draws a skeleton in its place until then) and every chart (Plotly, Vega-Lite)
+    has drawn."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        busy = page.locator('[data-testid="stStatusWidget"], [data-stale="true"]').count()
-        drawn = page.evaluate(
-            "() => [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'))"
-            " && [...document.querySelectorAll('[data-testid=\"stVegaLiteChart\"]')]"
-            ".every(c => c.querySelector('svg, canvas'))"
-        )
-        if not busy and drawn:
+        if page.evaluate(SETTLED):
             return
-        page.wait_for_timeout(50)
+        page.wait_for_timeout(20)
     raise RuntimeError("the page did not settle")
 
 
