@@ -143,7 +143,8 @@ with right:
     spec = charts.histogram(
         {str(g): ent[groups[idx] == g] for g in present},
         {str(g): gcol[g] for g in present},
-        np.linspace(0.0, 1.0, 31),
+        30,
+        domain=(0.0, 1.0),
         title="Routing entropy per pair (normalized: 0 = one expert, 1 = all equal)",
         x_title="routing entropy / log K",
     )

@@ -3,7 +3,6 @@ margins, whom it agrees with; its name; and a what-if edit of one of its pairs."
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -182,11 +181,10 @@ routed = s.routing[:, k] > 0
 left, right = st.columns(2)
 with left:
     em = s.expert_margins[:, k]
-    finite = em[np.isfinite(em)]
     spec = charts.histogram(
         {f"E{k} · routed here": em[routed], "not routed here": em[~routed]},
         {f"E{k} · routed here": color, "not routed here": NEUTRAL},
-        np.histogram_bin_edges(finite if len(finite) else np.zeros(1), bins=40),
+        40,
         title=f"Margin distribution ({scope.n} pairs)",
         x_title="expert margin (chosen − rejected)",
         rule=0.0,

@@ -250,17 +250,30 @@ def _rule(at: float, axis: str, dash: Sequence[int] = (2, 3)) -> Spec:
 def histogram(
     series: Mapping[str, np.ndarray],
     colors: Mapping[str, str],
-    edges: np.ndarray,
+    bins: int | np.ndarray,
     *,
     title: str,
     x_title: str,
     y_title: str = "pairs",
+    domain: Sequence[float] | None = None,
     rule: float | None = None,
     height: int = 340,
 ) -> Spec:
-    """Overlaid histograms of several series on the same bins (`edges`, counted here with numpy: the
-    spec holds the counts, not the values); non-finite values are left out. `rule`: a dashed line at x."""
-    edges = np.asarray(edges, dtype=np.float64)
+    """Overlaid histograms of several series on the same bins, counted here with numpy (the spec holds the
+    counts, not the values); non-finite values are left out.
+
+    Args:
+        bins: the bin edges, or a number of equal bins over `domain` (default: the finite values' range).
+        domain: (lo, hi) of the x axis when `bins` is a number, e.g. (0, 1) for a normalized entropy.
+        rule: a dashed line at this x (e.g. 0, no margin).
+    """
+    if isinstance(bins, int):
+        finite = [v[np.isfinite(v)] for v in (np.asarray(x, dtype=np.float64) for x in series.values())]
+        pooled = np.concatenate(finite) if finite else np.zeros(0)
+        span = domain if domain is not None else (pooled.min(), pooled.max()) if len(pooled) else (0.0, 1.0)
+        edges = np.histogram_bin_edges(pooled, bins=bins, range=(float(span[0]), float(span[1])))
+    else:
+        edges = np.asarray(bins, dtype=np.float64)
     rows = []
     for name, values in series.items():
         v = np.asarray(values, dtype=np.float64)

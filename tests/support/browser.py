@@ -51,7 +51,7 @@ IDLE_JS = """() => {
     const app = document.querySelector('[data-testid="stApp"]');
     const idle = !!app && app.dataset.testScriptState === 'notRunning'
         && app.dataset.testConnectionState === 'CONNECTED'
-        && !document.querySelector('[data-testid="stStatusWidget"], [data-stale="true"]')
+        && !document.querySelector('[data-testid="stStatusWidget"], [data-stale="true"], [data-testid="stSkeleton"]')
         && !document.body.innerText.includes('Running in the background')
         && [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'))
         && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].every(c => c.querySelector('svg, canvas'));
@@ -62,7 +62,8 @@ IDLE_JS = """() => {
 def _wait_idle(page, timeout_s: float = 120, quiet_ms: float = 300) -> None:
     """Wait until the page settled: the app says no script is running (stApp's data-test-script-state, what
     Streamlit's own browser tests read) and it is connected; nothing is stale or shows the status widget; no
-    background job is listed (its panel reruns the page when the job ends); every chart has its SVG;
+    background job is listed (its panel reruns the page when the job ends); no element still loads its script
+    chunk (a skeleton stands in for it until then); every chart has its SVG;
     and for `quiet_ms` the page has neither changed nor kept its main thread busy (the browser draws what a
     run sent after the run ended, Plotly blocking it for a second on a loaded machine; and a widget's rerun
     can start just after a run ends). Playwright's Chromium does not throttle timers in background tabs."""

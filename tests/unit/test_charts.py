@@ -147,6 +147,19 @@ def test_histogram_counts_every_finite_value_once(valid):
     counted = {name: sum(r["pairs"] for r in rows(spec) if r["series"] == name) for name in ("a", "b")}
     assert counted == {"a": 101, "b": 40}
     assert all(r["hi"] > r["lo"] for r in rows(spec))
+    # a number of bins: over the domain given, else over the finite values of every series
+    fixed = valid(charts.histogram({"a": a}, {"a": "#111111"}, 10, domain=(0, 2), title="t", x_title="x"))
+    assert fixed["layer"][0]["encoding"]["x"]["scale"]["domain"] == [0.0, 2.0]
+    assert max(r["hi"] for r in rows(fixed)) <= 1.2  # the values are in [0, 1): five bins of 0.2
+    pooled = valid(
+        charts.histogram({"a": a, "b": b + 3}, {"a": "#111111", "b": "#222222"}, 8, title="t", x_title="x")
+    )
+    lo, hi = pooled["layer"][0]["encoding"]["x"]["scale"]["domain"]
+    assert lo == pytest.approx(a.min()) and hi == pytest.approx(np.nanmax(b[np.isfinite(b)]) + 3)
+    same = valid(charts.histogram({"a": np.ones(5)}, {"a": "#111111"}, 4, title="t", x_title="x"))
+    assert (
+        sum(r["pairs"] for r in rows(same)) == 5
+    )  # one value everywhere: still counted, in a bin of width 1
 
 
 def test_heatmap_leaves_empty_cells_blank_and_labels_every_other(valid):
