@@ -440,7 +440,8 @@ def lines(
         "field": "series",
         "type": "nominal",
         "sort": names,
-        "legend": {"title": None, "labelLimit": 300},
+        # one curve: the chart's title names it
+        "legend": {"title": None, "labelLimit": 300} if len(names) > 1 else None,
     }
     scale: Spec = {"domain": names}
     if colors:
