@@ -15,6 +15,8 @@
 
 ``--baseline REF`` (e.g. ``main``) measures REF the same way in the same run (each ref's server alone on
 the machine while it is measured); ``HEAD`` is measured as "this checkout" (commit your changes first).
+With ``--browser`` the two refs' new tabs are then also opened in turn, both servers up (A, B, B, A, ...):
+the load of a shared machine changes over minutes, and this compares the refs at the same moments.
 
 ``--floor`` (with ``--browser``) also opens, the same way, three one-element pages of a bare Streamlit app:
 a title only, a title and one Plotly bar chart, a title and one Vega-Lite bar chart. They are the least a
@@ -294,6 +296,58 @@ def browser_first_page(code: Path, scratch: Path, timeout: float) -> float:
         server.stop()
 
 
+def side_by_side(runs: list[tuple[str, Path, Path]], rounds: int, private: bool) -> dict:
+    """New tabs of two refs in turn (A, B, then B, A, ...), each ref's server on the workspace its first start
+    made, both servers up: the machine's load changes over minutes, so the refs are compared at the same
+    moments. {name: {page title: {"median_s", "max_s"}}}."""
+    from playwright.sync_api import sync_playwright
+
+    servers = {
+        name: Server(
+            scratch / "workspace",
+            root=code,
+            data_dir=code / "data",
+            env={"MOE_REWARD_CACHE": str(scratch / "cache")},
+        ).start()
+        for name, code, scratch in runs
+    }
+    times: dict[str, dict[str, list[float]]] = {name: {} for name in servers}
+    try:
+        with sync_playwright() as pw:
+            context, close = open_context(pw, private)
+            try:
+
+                def tab(server: Server, path: str, title: str) -> float:
+                    page = context.new_page()
+                    t = time.perf_counter()
+                    page.goto(f"{server.url}/{path}")
+                    page.get_by_role("heading", name=title).first.wait_for(timeout=180_000)
+                    wait_settled(page)
+                    page.close()
+                    return time.perf_counter() - t
+
+                for server in servers.values():  # every page once: the servers' caches, the browser's
+                    for path, title in PAGES.items():
+                        tab(server, path, title)
+                names = list(servers)
+                for path, title in PAGES.items():
+                    for r in range(rounds):
+                        for name in names if r % 2 == 0 else names[::-1]:
+                            times[name].setdefault(title, []).append(tab(servers[name], path, title))
+            finally:
+                close()
+    finally:
+        for server in servers.values():
+            server.stop()
+    return {
+        name: {
+            title: {"median_s": round(statistics.median(ts), 3), "max_s": round(max(ts), 3)}
+            for title, ts in pages.items()
+        }
+        for name, pages in times.items()
+    }
+
+
 def measure(name: str, code: Path, scratch: Path, args) -> dict:
     print(f"[{name}] fresh clone: starting streamlit on an empty workspace ({load()})", flush=True)
     server, cold = first_page(code, scratch, args.timeout)
@@ -346,10 +400,23 @@ def main() -> int:
     results = []
     try:
         refs = ([args.baseline] if args.baseline else []) + [args.ref]
+        runs = []
         for i, ref in enumerate(refs):
             code = export_ref(ref, scratch / f"code-{i}")
-            name = "this checkout" if i == len(refs) - 1 else ref
-            results.append(measure(f"{name} ({ref})", code, scratch / f"run-{i}", args))
+            name = f"{'this checkout' if i == len(refs) - 1 else ref} ({ref})"
+            results.append(measure(name, code, scratch / f"run-{i}", args))
+            runs.append((name, code, scratch / f"run-{i}"))
+        if args.browser and len(runs) == 2:
+            print(f"new tabs of both refs in turn ({load()})", flush=True)
+            both = side_by_side(runs, max(2, args.rounds), args.private)
+            for result in results:
+                result["new_tab_side_by_side"] = both[result["code"]]
+            for title in PAGES.values():
+                print(
+                    f"  new tab, in turn: {title:18s} "
+                    + ", ".join(f"{name} {both[name][title]['median_s']:.2f} s" for name, _, _ in runs),
+                    flush=True,
+                )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print("\nsummary:")
