@@ -32,6 +32,7 @@ Spec = dict[str, Any]
 Values = Sequence[float | None] | Sequence[float] | Sequence[int] | np.ndarray  # one number per category
 Grid = Sequence[Sequence[float | None]] | np.ndarray
 FADED = 0.4  # the opacity of the first of two series of bars drawn in the same colours
+TABLEAU = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC")
 LEGEND_BELOW = {"orient": "bottom", "title": None, "labelLimit": 400}
 
 
@@ -222,7 +223,7 @@ def category_bars(
         }
     else:
         palette = dict(colors or {})
-        defaults = iter([NEUTRAL, "#4C78A8", "#F58518", "#54A24B", "#E45756", "#B279A2"])
+        defaults = iter([NEUTRAL, *TABLEAU])
         rng = [palette.get(n) or next(defaults) for n in names]
         enc["color"] = {
             "field": "series",
@@ -415,10 +416,11 @@ def lines(
     Args:
         x: the x of every series (e.g. the number of labels), unless `xs` gives a series its own.
         series: series name -> one y per x (None: a gap).
-        colors: series name -> colour (default: Vega-Lite's category colours).
+        colors: series name -> colour; the other series take the category colours in turn (default:
+            Vega-Lite's category colours for all).
         errors: series name -> ± this much around each y, drawn as error bars.
         widths: series name -> line width (default 2).
-        dashed: the series drawn dashed, without markers (e.g. an oracle).
+        dashed: the series drawn dashed (e.g. an oracle).
         hline: (y, label): a dotted horizontal line, labelled at the right.
         integer_x: x counts something (whole-number ticks).
     """
@@ -444,8 +446,9 @@ def lines(
         "legend": {"title": None, "labelLimit": 300} if len(names) > 1 else None,
     }
     scale: Spec = {"domain": names}
-    if colors:
-        scale["range"] = [colors.get(n, NEUTRAL) for n in names]
+    if colors:  # the series without a colour of their own take the category colours in turn
+        others = (c for c in TABLEAU * (len(names) // len(TABLEAU) + 1) if c not in colors.values())
+        scale["range"] = [colors.get(n) or next(others) for n in names]
     color["scale"] = scale
     enc: Spec = {
         "x": xenc,
@@ -472,7 +475,7 @@ def lines(
             "legend": None,
         }
     layers: list[Spec] = [
-        {"data": {"values": data}, "mark": {"type": "line", "point": not dashed}, "encoding": enc}
+        {"data": {"values": data}, "mark": {"type": "line", "point": True}, "encoding": enc}
     ]
     if errors:
         layers.append(

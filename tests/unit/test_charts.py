@@ -212,5 +212,16 @@ def test_lines_with_errors_their_own_x_a_dashed_oracle_and_a_reference(valid):
         pytest.approx((0.7, 0.7)),
     ]
     assert line["encoding"]["strokeDash"]["scale"]["range"] == [[1, 0], [6, 4]]
+    # only the oracle has a colour of its own: the model's curve takes a category colour, not grey
+    coloured = charts.lines(
+        [0, 1],
+        {"sparse": [0.5, 0.6], "oracle": [0.7, 0.8]},
+        colors={"oracle": "black"},
+        title="t",
+        x_title="k",
+        y_title="a",
+    )
+    rng = coloured["layer"][0]["encoding"]["color"]["scale"]["range"]
+    assert rng[1] == "black" and rng[0] == charts.TABLEAU[0]
     assert ref["data"]["values"] == [{"at": 0.5, "label": "model routing"}]
     assert not any(isinstance(v, float) and math.isnan(v) for r in rows(spec) for v in r.values())
