@@ -447,7 +447,7 @@ def map_and_selection() -> None:
                 title="Routing and each expert's margin",
                 subtitle="bars: router softmax, in each expert's colour (left axis); diamonds: margins (right)",
                 y_title="routing probability",
-                height=260,
+                height=380,  # (in Streamlit a Vega-Lite height holds the titles, axes and legend)
             )
             ui.vega(spec, key="map_pair_chart")
             if st.button("Clear the pair", key="map_pair_clear"):
