@@ -850,57 +850,9 @@ def swatch(color: str, width: int = 48, height: int = 10) -> np.ndarray:
     return np.tile(np.array(hex_to_rgb(color), dtype=np.uint8), (height, width, 1))
 
 
-def expert_ticks(k: int, names: list[str]) -> list[str]:
-    """Tick labels 'E3' or 'E3<br>brevity' (the name escaped: plotly reads HTML)."""
-    return [f"E{i}<br>{chart(names[i])}" if i < len(names) and names[i] else f"E{i}" for i in range(k)]
-
-
-def expert_axis(fig, axis: str = "x", k: int | None = None, names: list[str] | None = None) -> None:
-    """Experts in numeric order on a categorical axis (E0, E1, …, E10, not E0, E1, E10); with the
-    analyst's `names`, each named expert's tick reads 'E3 · brevity' (the categories stay 'E3')."""
-    ids = [f"E{i}" for i in range(k)] if k else None
-    update = fig.update_xaxes if axis == "x" else fig.update_yaxes
-    if ids:
-        update(categoryorder="array", categoryarray=ids)
-        if names and any(names):
-            update(
-                tickmode="array",
-                tickvals=ids,
-                ticktext=expert_ticks(len(ids), names),
-            )
-
-
 def vega(spec: dict, key: str, container=None) -> None:
     """A Vega-Lite chart of moe_reward.app.charts, as wide as its column."""
     (container or st).vega_lite_chart(spec, width="stretch", key=key)
-
-
-def legend_entry(fig, name: str, color: str = NEUTRAL, symbol: str = "square", pattern: str = "") -> None:
-    """A legend line standing for traces drawn in several colours (bars in each expert's colour, whose
-    own legend swatch would show the first expert's colour only): a neutral swatch, no data."""
-    import plotly.graph_objects as go
-
-    if symbol == "square":
-        fig.add_trace(
-            go.Bar(
-                x=[None],
-                y=[None],
-                name=name,
-                marker_color=color,
-                marker_pattern_shape=pattern,
-                hoverinfo="skip",
-            )
-        )
-    else:
-        fig.add_trace(
-            go.Scatter(
-                x=[None],
-                y=[None],
-                mode="markers",
-                name=name,
-                marker=dict(color=color, symbol=symbol, size=10),
-            )
-        )
 
 
 def diagnostics_section(
@@ -1091,14 +1043,6 @@ def below_chance_caption(accuracy, n: int, what: str) -> None:
     note = summary.below_chance_note(accuracy, n)
     if note:
         st.caption(f"Accuracy on {md(what)} is under 0.5: {md(note)}.")
-
-
-def count_axis(fig, largest: int, axis: str = "y") -> None:
-    """An axis of pair counts: whole numbers only (no '0 1 1' ticks when counts are small)."""
-    update = fig.update_yaxes if axis == "y" else fig.update_xaxes
-    update(tickformat="d", rangemode="tozero")
-    if largest <= 5:
-        update(dtick=1, range=[0, max(largest, 1) + 0.5])
 
 
 def what_if_view(
