@@ -19,7 +19,7 @@ ui.page_header(
 )
 ctx = ui.require_context()
 
-s, groups, names = ctx.scores, ctx.groups, ctx.expert_names()
+s, groups = ctx.scores, ctx.groups
 all_groups = ui.natural_sorted(set(groups))
 scopes = {sc.key: sc for sc in ctx.relation.scopes}
 

@@ -101,7 +101,6 @@ if store.read_only:
         icon=":material/lock:",
     )
 margins, logits = ctx.margins()
-names = ctx.expert_names()
 pairs = ctx.features.pairs
 SESSION = st.session_state.setdefault(
     "pz_session", uuid.uuid4().hex[:16]

@@ -21,7 +21,6 @@ ui.page_header(
     "mixes them, and the reward under a personal profile.",
 )
 ctx = ui.require_context()
-names = ctx.expert_names()
 store = ui.label_store(str(ctx.ws.labels_db))
 
 

@@ -39,12 +39,13 @@ def title(spec: dict) -> str:
 
 
 def rows(spec: dict, series: str | None = None) -> list[dict]:
-    """The data rows of every layer (of one series)."""
+    """The data rows of every layer (of one series); a nested layer's data is its parent's, counted once."""
     out = []
-    for layer in layers(spec):
-        for row in (layer.get("data") or {}).get("values", []):
-            if series is None or row.get("series") == series:
-                out.append(row)
+    for row in (spec.get("data") or {}).get("values", []):
+        if series is None or row.get("series") == series:
+            out.append(row)
+    for layer in spec.get("layer", []):
+        out += rows(layer, series)
     return out
 
 

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from page_charts import rows
 
 from moe_reward.app import charts
 
@@ -30,14 +31,6 @@ def valid():
         return spec
 
     return check
-
-
-def rows(spec: dict) -> list[dict]:
-    out = []
-    for layer in spec["layer"]:
-        for unit in layer.get("layer", [layer]):
-            out += (unit.get("data") or layer.get("data") or {}).get("values", [])
-    return out
 
 
 def test_the_schema_check_rejects_a_broken_spec(valid):
