@@ -224,7 +224,7 @@ def overview() -> None:
         title=f"Expert utilization ({scope.label}, {scope.n} pairs)",
         subtitle="bars: the share of pairs each expert leads (top-1), in the expert's colour",
         y_title="share of pairs",
-        height=300,
+        height=360,  # (the whole chart: titles, axes and legend included)
     )
     ui.vega(spec, key="ov_util")
 

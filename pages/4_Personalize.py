@@ -736,7 +736,7 @@ def draw_profile(adapter: Adapter, state) -> None:
             subtitle="start faded, now solid, in each expert's colour",
             y_title="weight",
             y_domain=(min(0.0, min(shift["after"]) * 1.15), top),
-            height=300,
+            height=340,  # (the whole chart: titles, axes and legend included)
         )
         ui.vega(spec, key="pz_weights")
         st.caption("weights now: " + " · ".join(f"E{k} {w:.3f}" for k, w in enumerate(shift["after"])))
