@@ -8,7 +8,6 @@ User and dataset text is only ever shown through `st.text`/`st.code`/dataframes,
 from __future__ import annotations
 
 import gc
-import html
 import re
 import threading
 from collections.abc import Callable, Collection
@@ -801,11 +800,6 @@ def md(text) -> str:
     return _MD_SPECIALS.sub(r"\\\1", str(text))
 
 
-def chart(text) -> str:
-    """Dataset text made inert inside plotly labels and hover text (plotly renders a subset of HTML)."""
-    return html.escape(str(text), quote=False)
-
-
 def fmt(x, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and x != x) else f"{x:.{digits}f}"
 
@@ -1273,22 +1267,6 @@ def map_search(ctx: Context, key: str) -> tuple[str, np.ndarray | None]:
     """The Expert map's search box (its query is part of the link: `q`)."""
     init_state(key, "q", str)
     return search_box(ctx, key, label="Search the texts (selects the matching pairs)")
-
-
-def ring_pairs(fig, xy: np.ndarray, rows: np.ndarray, name: str, size: float) -> None:
-    """Rings around some pairs of a map (search matches), drawn over the points."""
-    import plotly.graph_objects as go
-
-    fig.add_trace(
-        go.Scattergl(
-            x=xy[rows, 0],
-            y=xy[rows, 1],
-            mode="markers",
-            name=chart(name[:60]),
-            hoverinfo="skip",
-            marker=dict(size=size, color="rgba(0,0,0,0)", line=dict(width=1.5, color="black")),
-        )
-    )
 
 
 def selection_description(query: str, region: str) -> str:

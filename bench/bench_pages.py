@@ -169,29 +169,48 @@ def browser_times(server: Server, rounds: int, private: bool = False) -> dict:
     return out
 
 
-FLOOR_APP = """import pandas as pd
+FLOOR_APP = """import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 chart = st.query_params.get("chart", "none")
 st.title("Floor")
 names, values = [f"E{k}" for k in range(12)], list(range(12))
+xy, expert = np.random.default_rng(0).normal(size=(600, 2)), np.arange(600) % 12  # a map of 600 pairs
 if chart == "plotly":
     st.plotly_chart(go.Figure(go.Bar(x=names, y=values)).update_layout(height=300))
 elif chart == "vega":
     st.bar_chart(pd.DataFrame({"expert": names, "share": values}), x="expert", y="share", height=300)
+elif chart == "plotly_map":
+    traces = [go.Scattergl(x=xy[expert == k, 0], y=xy[expert == k, 1], mode="markers", name=f"E{k}") for k in range(12)]
+    fig = go.Figure(traces).update_layout(height=620, dragmode="select")
+    st.plotly_chart(fig, on_select="rerun", selection_mode=("box", "lasso"), key="map")
+elif chart == "echarts_map":
+    series = [
+        {"type": "scatter", "name": f"E{k}", "data": [[float(x), float(y)] for x, y in xy[expert == k]]}
+        for k in range(12)
+    ]
+    option = {
+        "animation": False, "legend": {}, "tooltip": {}, "series": series,
+        "xAxis": {"type": "value", "scale": True}, "yAxis": {"type": "value", "scale": True},
+        "brush": {"xAxisIndex": 0, "yAxisIndex": 0}, "toolbox": {"feature": {"brush": {"type": ["rect", "polygon"]}}},
+    }
+    st.echarts_chart(option, height=620, on_select="rerun", key="map")
 """
 FLOOR_READY = """() => {
     const app = document.querySelector('[data-testid="stApp"]');
     const vega = document.querySelectorAll('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg');
     const plotly = [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.querySelector('.main-svg'));
-    return !!app && app.dataset.testScriptState === 'notRunning'
-        && !document.querySelector('[data-testid="stSkeleton"]') && vega.length + plotly.length >= NEED;
+    const echarts = document.querySelectorAll('[data-testid="stEChartsChart"] canvas');
+    return !!app && app.dataset.testScriptState === 'notRunning' && !document.querySelector('[data-testid="stSkeleton"]')
+        && vega.length + plotly.length + echarts.length >= NEED;
 }"""
 
 
 def floor_times(scratch: Path, rounds: int, private: bool = False) -> dict:
-    """New tabs on a bare Streamlit app (`FLOOR_APP`): no chart, one Plotly chart, one Vega-Lite chart."""
+    """New tabs on a bare Streamlit app (`FLOOR_APP`): no chart, one Plotly chart, one Vega-Lite chart, and a
+    600-point map with box and lasso selection drawn by Plotly and by ECharts."""
     from playwright.sync_api import sync_playwright
 
     root = scratch / "floor"
@@ -207,6 +226,8 @@ def floor_times(scratch: Path, rounds: int, private: bool = False) -> dict:
                     "none",
                     "plotly",
                     "vega",
+                    "plotly_map",
+                    "echarts_map",
                 ) * 2:  # the first pass fills the cache; the second counts
                     times = []
                     for _ in range(rounds):
@@ -258,6 +279,7 @@ def launch(pw):
 SETTLED = """() => !document.querySelector(
         '[data-testid="stStatusWidget"], [data-stale="true"], [data-testid="stSkeleton"]')
     && [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'))
+    && [...document.querySelectorAll('[data-testid="stEChartsChart"]')].every(c => c.querySelector('canvas'))
     && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].every(c => c.querySelector('svg, canvas'))"""
 
 
@@ -451,6 +473,8 @@ def main() -> int:
                     ("none", "no chart"),
                     ("plotly", "one Plotly chart"),
                     ("vega", "one Vega-Lite chart"),
+                    ("plotly_map", "a 600-point map in Plotly"),
+                    ("echarts_map", "the same map in ECharts"),
                 )
             )
             + f" ({load()})"

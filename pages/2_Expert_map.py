@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
 import ui_common as ui
-from moe_reward.app import charts, jobs
-from moe_reward.app.colors import NEUTRAL, expert_symbol, rgba
+from moe_reward.app import charts, jobs, map_chart
+from moe_reward.app.colors import NEUTRAL, expert_symbol
 from moe_reward.core.csvsafe import frame_csv
 from moe_reward.evaluate.projection import (
     METRICS,
@@ -46,6 +45,7 @@ COLOURS = ["top expert", "group", "reward margin", "correct"]
 DEFAULT_CAP = 20_000
 MAX_CAP = 1_000_000
 TABLE_PAGE = 500
+MAP_HEIGHT = 640
 
 ui.page_header(
     "Expert map",
@@ -187,9 +187,12 @@ def coords_for(_features, _scores, params: ProjectionParams, key_parts: tuple, c
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def hover_texts(data_fid: str, _pairs) -> list[str]:
-    return [
-        ui.chart(f"{p.id} · {p.group or ''} · {p.prompt[:70]}") for p in _pairs
-    ]  # escaped: plotly reads HTML
+    return [f"{p.id} · {p.group or ''} · {p.prompt[:70]}" for p in _pairs]  # text: the tooltip escapes HTML
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def margin_labels(model_fid: str, data_fid: str, _hover: list[str], _margin: np.ndarray) -> list[str]:
+    return [f"{h} · margin {m:+.3f}" for h, m in zip(_hover, _margin, strict=True)]
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -201,6 +204,13 @@ def categories(model_fid: str, data_fid: str, color_by: str, _ctx) -> np.ndarray
     if color_by == "correct":
         return np.where(_ctx.scores.correct, "correct", "incorrect")
     return np.array([f"E{e}" for e in _ctx.scores.top_expert])  # margin colouring samples by expert
+
+
+def legend_order(layers: list[map_chart.Points], drawn: np.ndarray) -> list[str]:
+    """Legend entries: the categories in natural order ('E2' before 'E10'), then rings and the pair."""
+    names = [p.name for p in layers]
+    cats = [c for c in ui.natural_sorted(set(drawn)) if c in names]
+    return cats + [name for name in names if name not in cats]
 
 
 @st.fragment
@@ -231,120 +241,68 @@ def map_and_selection() -> None:
     big = len(draw) < n or n > 5000
     size, opacity = (4, 0.45) if n > 20_000 else (5, 0.6) if n > 2_000 else (7, 0.8)
 
-    fig = go.Figure()
-    if big:
-        gx, gy, counts = density_grid(xy, bins=150)
-        fig.add_trace(
-            go.Heatmap(
-                x=gx,
-                y=gy,
-                z=np.where(counts > 0, np.log1p(counts), np.nan),
-                colorscale="Greys",
-                showscale=False,
-                opacity=0.35,
-                hoverinfo="skip",
-                name="density (all pairs)",
-                zsmooth=False,
-            )
-        )
+    layers: list[map_chart.Points] = []
     if color_by == "reward margin":
         lim = float(np.percentile(np.abs(s.margin), 98)) or 1.0
-        fig.add_trace(
-            go.Scattergl(
-                x=xy[draw, 0],
-                y=xy[draw, 1],
-                mode="markers",
-                name="pairs",
-                customdata=draw,
-                text=[hover[i] for i in draw],
-                hovertemplate="%{text}<br>margin %{marker.color:.3f}<extra></extra>",
-                marker=dict(
-                    size=size,
-                    color=s.margin[draw],
-                    colorscale="RdBu",
-                    cmin=-lim,
-                    cmax=lim,
-                    opacity=opacity,
-                    colorbar=dict(title="margin"),
-                ),
-            )
+        labels = margin_labels(ctx.model_fid, ctx.data_fid, hover, s.margin)
+        layers.append(
+            map_chart.Points("pairs", draw, size=size, opacity=opacity, labels=labels, values=s.margin)
         )
     else:
         palette = ui.category_colors(set(cats))
         order = ui.natural_sorted(set(cats[draw]))
         sizes = {c: int((cats[draw] == c).sum()) for c in order}
-        for cat in sorted(
-            order, key=lambda c: -sizes[c]
-        ):  # large groups first: small ones stay visible on top
-            m = draw[cats[draw] == cat]
+        by_size = sorted(order, key=lambda c: -sizes[c])  # large groups first: small ones stay visible on top
+        if highlight is not None and color_by == "top expert":  # the one brought forward drawn last
+            by_size.sort(key=lambda c: c == f"E{highlight}")
+        for cat in by_size:
             faded = highlight is not None and color_by == "top expert" and cat != f"E{highlight}"
-            color = NEUTRAL if faded else palette[cat]
-            symbol = expert_symbol(int(cat[1:])) if cat.startswith("E") and cat[1:].isdigit() else "circle"
-            fig.add_trace(
-                go.Scattergl(
-                    x=xy[m, 0],
-                    y=xy[m, 1],
-                    mode="markers",
-                    name=ui.chart(cat),
-                    customdata=m,
-                    text=[hover[i] for i in m],
-                    hovertemplate="%{text}<extra>" + ui.chart(cat) + "</extra>",
-                    legendrank=order.index(cat),
-                    marker=dict(size=size, color=rgba(color, 0.25 if faded else opacity), symbol=symbol),
+            layers.append(
+                map_chart.Points(
+                    cat,
+                    draw[cats[draw] == cat],
+                    color=NEUTRAL if faded else palette[cat],
+                    symbol=expert_symbol(int(cat[1:]))
+                    if cat.startswith("E") and cat[1:].isdigit()
+                    else "circle",
+                    size=size,
+                    opacity=0.25 if faded else opacity,
+                    labels=hover,
                 )
             )
-        if highlight is not None and color_by == "top expert":  # drawn last: on top of everything
-            # (plotly is untyped: its inferred `fig.data` is not the traces)
-            fig.data = tuple(sorted(fig.data, key=lambda t: t.name == f"E{highlight}"))  # pyright: ignore[reportAttributeAccessIssue]
     if highlight is not None and color_by != "top expert":
-        m = draw[s.top_expert[draw] == highlight]
-        fig.add_trace(
-            go.Scattergl(
-                x=xy[m, 0],
-                y=xy[m, 1],
-                mode="markers",
-                name=f"top expert E{highlight}",
-                hoverinfo="skip",
-                marker=dict(
-                    size=size + 5,
-                    color="rgba(0,0,0,0)",
-                    line=dict(width=1.5, color=ui.expert_color(highlight)),
-                ),
+        layers.append(
+            map_chart.Points(
+                f"top expert E{highlight}",
+                draw[s.top_expert[draw] == highlight],
+                color=ui.expert_color(highlight),
+                size=size + 5,
+                ring=True,
             )
         )
     if found is not None and len(found):
-        ui.ring_pairs(fig, xy, found[:cap], f"search: {query}", size + 6)
+        layers.append(
+            map_chart.Points(f"search: {query}"[:60], found[:cap], color="#000000", size=size + 6, ring=True)
+        )
     elif ctx.slice is not None and ctx.slice_rows is not None and len(ctx.slice_rows):
-        ui.ring_pairs(fig, xy, ctx.slice_rows[:cap], f"slice {ctx.slice.name}", size + 6)
-    if params.method == "anchors":
-        pos = anchor_positions(k_experts) * 1.08
-        fig.add_trace(
-            go.Scatter(
-                x=pos[:, 0],
-                y=pos[:, 1],
-                mode="markers+text",
-                text=names,
-                textposition="middle center",
-                name="expert anchors",
-                hoverinfo="skip",
-                showlegend=False,
-                marker=dict(
-                    size=26,
-                    color=[ui.expert_color(e) for e in range(k_experts)],
-                    line=dict(width=1, color="white"),
-                ),
-                textfont=dict(color="white", size=11),
+        layers.append(
+            map_chart.Points(
+                f"slice {ctx.slice.name}"[:60],
+                ctx.slice_rows[:cap],
+                color="#000000",
+                size=size + 6,
+                ring=True,
             )
         )
     if sel_row is not None:
-        fig.add_trace(
-            go.Scatter(
-                x=[xy[sel_row, 0]],
-                y=[xy[sel_row, 1]],
-                mode="markers",
-                name=f"pair {ui.chart(selected_pair)}",
-                hoverinfo="skip",
-                marker=dict(symbol="star", size=18, color="gold", line=dict(width=1.5, color="black")),
+        layers.append(
+            map_chart.Points(
+                f"pair {selected_pair}",
+                np.array([sel_row]),
+                color="#FFD700",
+                symbol=map_chart.STAR,
+                size=22,
+                opacity=1.0,
             )
         )
     axis = {
@@ -353,47 +311,40 @@ def map_and_selection() -> None:
         "umap": ("UMAP 1", "UMAP 2"),
     }
     drawn = f"{len(draw)} of {n} pairs drawn over the density of all" if len(draw) < n else f"{n} pairs"
-    fig.update_layout(
-        height=620,
-        margin=dict(l=10, r=10, t=40, b=10),
-        dragmode="select",
+    option = map_chart.expert_map(
+        xy,
+        layers,
         title=f"{params.title()} ({drawn})",
-        legend=dict(itemsizing="constant", title=color_by),
-        xaxis_title=axis[params.method][0],
-        yaxis_title=axis[params.method][1],
+        subtitle=f"colour: {color_by} · pick the box or lasso tool (top right), then drag to select",
+        axes=axis[params.method],
+        density=map_chart.Density(*density_grid(xy, bins=150)) if big else None,
+        scale=("margin", lim) if color_by == "reward margin" else None,
+        anchors=map_chart.Anchors(
+            anchor_positions(k_experts) * 1.08, names, [ui.expert_color(e) for e in range(k_experts)]
+        )
+        if params.method == "anchors"
+        else None,
+        square=params.method == "anchors",
+        legend=legend_order(layers, cats[draw]),  # experts and groups in numeric order, then the marks
+        height=MAP_HEIGHT,
     )
-    if params.method == "anchors":
-        fig.update_xaxes(showticklabels=False, scaleanchor="y")
-        fig.update_yaxes(showticklabels=False)
-    event = st.plotly_chart(
-        fig,
-        width="stretch",
-        key=f"map_{view_id}",
-        on_select="rerun",
-        selection_mode=("box", "lasso"),
-        config={"displaylogo": False},
-    )
+    event = st.echarts_chart(option, height=MAP_HEIGHT, key=f"map_{view_id}", on_select="rerun")
 
     # A box or lasso selects among all pairs (not only the drawn ones), on the server.
-    sel = (event or {}).get("selection", {}) if event else {}
-    boxes, lassos = sel.get("box") or [], sel.get("lasso") or []
-    if boxes:
-        b = boxes[-1]
-        st.session_state["map_box"] = [
-            float(min(b["x"])),
-            float(max(b["x"])),
-            float(min(b["y"])),
-            float(max(b["y"])),
-        ]
+    region_drawn = map_chart.selected_region((event or {}).get("selection") if event else None)
+    if region_drawn is not None and region_drawn[0] == "box":
+        (x0, x1), (y0, y1) = region_drawn[1]
+        st.session_state["map_box"] = [x0, x1, y0, y1]
         st.session_state["map_box_view"] = view_id
         st.session_state.pop("map_lasso", None)
-    elif lassos:
-        st.session_state["map_lasso"] = (view_id, list(lassos[-1]["x"]), list(lassos[-1]["y"]))
+    elif region_drawn is not None:
+        corners = region_drawn[1]
+        st.session_state["map_lasso"] = (view_id, [c[0] for c in corners], [c[1] for c in corners])
         st.session_state.pop("map_box", None)
-    elif st.session_state.get("map_sel_event") and not (sel.get("points") or []):
+    elif st.session_state.get("map_sel_event"):
         for key in ("map_box", "map_lasso"):  # the selection was cleared on the chart
             st.session_state.pop(key, None)
-    st.session_state["map_sel_event"] = bool(boxes or lassos)
+    st.session_state["map_sel_event"] = region_drawn is not None
 
     selected = np.zeros(0, dtype=np.int64)
     box = st.session_state.get("map_box")

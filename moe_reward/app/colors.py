@@ -58,7 +58,7 @@ GROUP_COLORS = (
     "#FF78B4",
     "#4B3C5A",
 )
-SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "x")
+SYMBOLS = ("circle", "diamond", "rect", "triangle", "pin", "arrow")  # the map's marker shapes (ECharts names)
 NEUTRAL = "#BAB0AC"  # "everything else": unselected experts, all pairs of a group
 
 

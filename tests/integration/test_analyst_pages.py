@@ -155,6 +155,33 @@ def test_search_on_routing_statistics_filters_and_saves_a_slice(home):
     (home / "slices" / "found.json").unlink()
 
 
+def test_map_search_rings_the_matches_and_an_expert_is_brought_forward(home):
+    feats = tiny_features()
+    word = feats.pairs[0].prompt.split()[0].strip("?.!,:")
+    found = search_pairs(feats.pairs, word)
+    assert 0 < len(found) < len(feats)
+    at = app("pages/2_Expert_map.py", model="default-sparse", data=DATA, layout="pca", expert="1")
+    at.text_input(key="map_search").set_value(word).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(s.value == f"Selection: {len(found)} pairs" for s in at.subheader)
+    option = page_charts.echarts_options(at)[0]
+    rings = page_charts.map_series(option, f"search: {word}")
+    assert len(rings) == 1 and len(rings[0]["data"]) == len(found)  # every match ringed, and only they
+    ids = {feats.pairs[i].id for i in found}
+    at_matches = {  # where the matching pairs are drawn (pairs with the same prompt share a place)
+        tuple(d["value"][:2])
+        for series in page_charts.map_series(option)
+        if series["name"].startswith("E")
+        for d in series["data"]
+        if d["name"].split(" · ")[0] in ids
+    }
+    assert {tuple(d["value"]) for d in rings[0]["data"]} == at_matches  # the rings sit on the matches
+    # E1 brought forward: drawn last, in its colour; every other expert in grey
+    experts = [s for s in page_charts.map_series(option) if s["name"].startswith("E")]
+    assert experts[-1]["name"] == "E1" and experts[-1]["itemStyle"]["color"] == expert_color(1)
+    assert all(s["itemStyle"]["color"] == "#BAB0AC" for s in experts[:-1])
+
+
 def test_compare_puts_both_models_on_the_same_held_out_pairs(home):
     at = app("pages/5_Compare_models.py", model="default-sparse", data=DATA)
     feats = tiny_features()

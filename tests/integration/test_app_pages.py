@@ -418,12 +418,11 @@ def test_no_html_rendering_and_no_pickle_in_the_app():
             assert banned not in text, (path, banned)  # (st.cache_data pickles what it caches)
 
 
-def test_markdown_and_chart_escaping(monkeypatch):
+def test_markdown_escaping(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     import ui_common
 
     assert ui_common.md("[x](javascript:alert(1)) **b**") == r"\[x\]\(javascript\:alert\(1\)\) \*\*b\*\*"
-    assert ui_common.chart("<b>x</b>") == "&lt;b&gt;x&lt;/b&gt;"
 
 
 @pytest.mark.slow
@@ -439,7 +438,7 @@ def test_expert_map_umap_in_the_background_is_cached(home):
         jobs.wait(job.key, timeout=300)
     at.run()
     assert not any("not computed yet" in i.value for i in at.info)  # the map is UMAP now
-    assert "UMAP of router logits" in json.dumps(at.get("plotly_chart")[0].proto.spec)
+    assert "UMAP of router logits" in json.dumps(at.get("echarts_chart")[0].proto.spec)
     cached = list((home / "projections").glob("*.json"))
     assert any(json.loads(p.read_text())["params"]["n_neighbors"] == 8 for p in cached)
     again = run(PAGES["map"])  # a new session: the same parameters come from the disk cache, not a new fit

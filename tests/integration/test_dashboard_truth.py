@@ -79,8 +79,8 @@ def metric(at: AppTest, prefix: str):
 
 
 def chart_specs(at: AppTest) -> list[dict]:
-    """Every chart the page drew: the Vega-Lite specs, then the Expert map's Plotly figure."""
-    return charts.vega_specs(at) + charts.plotly_specs(at)
+    """Every chart the page drew: the Vega-Lite specs, then the Expert map's ECharts option."""
+    return charts.vega_specs(at) + charts.echarts_options(at)
 
 
 def same_colour(a: str, b: str) -> bool:
@@ -202,9 +202,13 @@ def test_each_expert_has_one_colour_on_every_page(home):
             assert same_colour(col, colors.expert_color(int(expert[1:]))), (name, expert, col)
     assert busy in seen["detail"] and busy in seen["overview"]
     # the map's legend is in numeric order and its traces are the experts
-    map_spec = charts.plotly_specs(pages["map"])[0]
-    ranked = sorted((t["legendrank"], t["name"]) for t in map_spec["data"] if "legendrank" in t)
-    assert [n for _, n in ranked] == colors.natural_sorted(n for _, n in ranked)
+    map_option = charts.echarts_options(pages["map"])[0]
+    legend = map_option["legend"]["data"]
+    experts = [n for n in legend if re.fullmatch(r"E\d+", n)]
+    assert experts and experts == colors.natural_sorted(experts)
+    assert set(experts) == {
+        s["name"] for s in charts.map_series(map_option) if re.fullmatch(r"E\d+", s["name"])
+    }
 
 
 def test_palette_is_distinct_and_ordered():
@@ -343,15 +347,9 @@ def test_small_tables_show_every_row_and_charts_have_axis_titles(home, monkeypat
         for spec in charts.vega_specs(at):
             titles = charts.axis_titles(spec)
             assert titles.get("x") and titles.get("y"), (page, charts.title(spec), titles)
-        for spec in charts.plotly_specs(at):
-            layout = spec["layout"]
-            for axis in ("xaxis", "yaxis"):
-                title = (layout.get(axis) or {}).get("title") or {}
-                assert title.get("text") if isinstance(title, dict) else title, (
-                    page,
-                    layout.get("title"),
-                    axis,
-                )
+        for option in charts.echarts_options(at):
+            titles = charts.axis_titles(option)
+            assert titles.get("x") and titles.get("y"), (page, option["title"], titles)
 
 
 def test_page_icon_is_a_local_file():

@@ -3,6 +3,7 @@ wait for a Streamlit page to settle in Playwright."""
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
@@ -53,7 +54,7 @@ IDLE_JS = """() => {
         && app.dataset.testConnectionState === 'CONNECTED'
         && !document.querySelector('[data-testid="stStatusWidget"], [data-stale="true"], [data-testid="stSkeleton"]')
         && !document.body.innerText.includes('Running in the background')
-        && [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'))
+        && [...document.querySelectorAll('[data-testid="stEChartsChart"]')].every(c => c.querySelector('canvas'))
         && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].every(c => c.querySelector('svg, canvas'));
     return idle ? performance.now() - window.__lastMutation : -1;
 }"""
@@ -90,15 +91,116 @@ def _select_model(page, name: str) -> None:
     raise AssertionError(f"could not select model {name}")
 
 
+MAP = '[data-testid="stEChartsChart"]'
+
+
+def map_tool(page, tool: str) -> None:
+    """Click one of the Expert map's selection tools ("box", "lasso" or "clear"). ECharts draws its toolbox
+    on the canvas (no DOM node to click), at the top right of the chart: the three icons are found as the
+    three rightmost clusters of dark pixels in that corner, wherever the theme puts them."""
+    import numpy as np
+    from PIL import Image
+
+    chart = page.locator(MAP).first.bounding_box()
+    # below the element toolbar that Streamlit floats over a chart's top edge while the mouse is on it
+    clip = {"x": chart["x"] + chart["width"] - 240, "y": chart["y"] + 12, "width": 240, "height": 48}
+    shot = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=clip))).convert("L"))
+    dark = np.argwhere(shot < 200)
+    scale = shot.shape[1] / clip["width"]  # screenshot pixels per CSS pixel
+    columns = sorted(set(dark[:, 1].tolist()))
+    clusters: list[list[int]] = []
+    for c in columns:
+        if (
+            clusters and c - clusters[-1][-1] <= 8 * scale
+        ):  # an icon's strokes lie within a few pixels of each other
+            clusters[-1].append(c)
+        else:
+            clusters.append([c])
+    icons = clusters[-3:]
+    assert len(icons) == 3, f"the map's toolbox was not found: {clusters}"
+    icon = icons[("box", "lasso", "clear").index(tool)]
+    rows = dark[(dark[:, 1] >= icon[0]) & (dark[:, 1] <= icon[-1]), 0]
+    x = clip["x"] + (icon[0] + icon[-1]) / 2 / scale
+    y = clip["y"] + (rows.min() + rows.max()) / 2 / scale
+    page.mouse.move(x, y)  # the canvas picks its target on hover: a click without one can go unheard
+    page.wait_for_timeout(100)
+    page.mouse.click(x, y)
+
+
+def map_colour_pixels(page, color: str, tolerance: int = 3) -> int:
+    """How many pixels of the Expert map's canvas are drawn in `color` ("#RRGGBB", at any opacity: the canvas
+    is transparent, each point's colour kept with its alpha): what is drawn in an expert's colour (the canvas
+    has no DOM node per point)."""
+    want = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
+    return page.evaluate(
+        """([sel, want, tol]) => {
+            const canvas = document.querySelector(sel + ' canvas');
+            const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+            let n = 0;
+            for (let i = 0; i < data.length; i += 4) {
+                if (data[i + 3] > 0 && Math.abs(data[i] - want[0]) <= tol && Math.abs(data[i + 1] - want[1]) <= tol
+                    && Math.abs(data[i + 2] - want[2]) <= tol) n++;
+            }
+            return n;
+        }""",
+        [MAP, want, tolerance],
+    )
+
+
+def _map_area(page) -> dict:
+    """The map's plotting area in page pixels, a few pixels in (a drag that starts outside it selects
+    nothing): the extent of its grid lines (moe_reward.app.map_chart draws them in #EEEEEE), read off the
+    canvas, since the theme and the layout (the anchors' square) decide where the area lies."""
+    chart = page.locator(MAP).first.bounding_box()
+    box = page.evaluate(
+        """(sel) => {
+            const canvas = document.querySelector(sel + ' canvas');
+            const w = canvas.width, h = canvas.height, ratio = w / canvas.clientWidth;
+            const d = canvas.getContext('2d').getImageData(0, 0, w, h).data;
+            let x0 = w, y0 = h, x1 = -1, y1 = -1;
+            for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
+                const i = 4 * (y * w + x);
+                if (d[i] === 238 && d[i + 1] === 238 && d[i + 2] === 238 && d[i + 3] === 255) {
+                    x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y);
+                }
+            }
+            return x1 < 0 ? null : [x0 / ratio, y0 / ratio, x1 / ratio, y1 / ratio];
+        }""",
+        MAP,
+    )
+    assert box is not None, "the map's plotting area (its grid lines) was not found"
+    x0, y0, x1, y1 = box
+    inset = 4
+    return {
+        "x": chart["x"] + x0 + inset,
+        "y": chart["y"] + y0 + inset,
+        "width": x1 - x0 - 2 * inset,
+        "height": y1 - y0 - 2 * inset,
+    }
+
+
 def _box_select(page) -> None:
-    """Drag a box over most of the map's plotting area (the map's default drag mode is box select)."""
-    area = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
-    x0, y0 = area["x"] + 5, area["y"] + 5
-    x1, y1 = area["x"] + area["width"] - 5, area["y"] + area["height"] - 5
+    """Pick the box tool and drag a box over most of the map's plotting area."""
+    map_tool(page, "box")
+    area = _map_area(page)
+    x0, y0 = area["x"], area["y"]
+    x1, y1 = area["x"] + area["width"], area["y"] + area["height"]
     page.mouse.move(x0, y0)
     page.mouse.down()
     page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=5)
     page.mouse.move(x1, y1, steps=5)
+    page.mouse.up()
+
+
+def _lasso_select(page, corners: list[tuple[float, float]]) -> None:
+    """Pick the lasso tool and draw a polygon through `corners`, fractions (0-1) of the plotting area."""
+    map_tool(page, "lasso")
+    area = _map_area(page)
+    points = [(area["x"] + fx * area["width"], area["y"] + fy * area["height"]) for fx, fy in corners]
+    page.mouse.move(*points[0])
+    page.mouse.down()
+    for x, y in points[1:] + points[:1]:
+        page.mouse.move(x, y, steps=8)
     page.mouse.up()
 
 

@@ -1,5 +1,5 @@
 """Reading the charts a page drew (AppTest): Vega-Lite specs of moe_reward.app.charts, and the Expert
-map's Plotly figure."""
+map's ECharts option (moe_reward.app.map_chart)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,19 @@ def vega_specs(at: AppTest) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
 
 
-def plotly_specs(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+def echarts_options(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("echarts_chart")]
 
 
 def chart_count(at: AppTest) -> int:
-    return len(at.get("vega_lite_chart")) + len(at.get("plotly_chart"))
+    return len(at.get("vega_lite_chart")) + len(at.get("echarts_chart"))
+
+
+def map_series(option: dict, name: str | None = None) -> list[dict]:
+    """The map's scatter series (of one name)."""
+    return [
+        s for s in option.get("series", []) if s.get("type") == "scatter" and name in (None, s.get("name"))
+    ]
 
 
 def layers(spec: dict) -> Iterator[dict]:
@@ -55,14 +62,12 @@ def series_values(spec: dict, series: str, field: str = "value") -> dict[str, fl
 
 
 def expert_colors(spec: dict) -> dict[str, str]:
-    """{'E3': colour} from a Vega-Lite colour scale over experts, or from Plotly traces (bars coloured per
-    expert, or map traces named E3)."""
+    """{'E3': colour} from a Vega-Lite colour scale over experts, or from the map's ECharts series named E3."""
     found: dict[str, str] = {}
-    if "data" in spec and isinstance(spec["data"], list):  # plotly
-        for trace in spec["data"]:
-            marker = trace.get("marker") or {}
-            col = marker.get("color")
-            named = EXPERT.match(str(trace.get("name", "")))
+    if "series" in spec:  # the map (ECharts)
+        for series in map_series(spec):
+            col = (series.get("itemStyle") or {}).get("color")
+            named = EXPERT.match(str(series.get("name", "")))
             if named and isinstance(col, str):
                 found[named.group(1)] = col
         return found
@@ -78,7 +83,9 @@ def expert_colors(spec: dict) -> dict[str, str]:
 
 
 def axis_titles(spec: dict) -> dict[str, str]:
-    """{'x': title, 'y': title} of a Vega-Lite spec's first layer with both axes encoded."""
+    """{'x': title, 'y': title} of a Vega-Lite spec's first layer with both axes encoded, or of the map."""
+    if "series" in spec:  # the map (ECharts): its first x and y axes
+        return {axis: (spec.get(f"{axis}Axis") or [{}])[0].get("name") or "" for axis in ("x", "y")}
     for layer in layers(spec):
         enc = layer.get("encoding") or {}
         if "x" in enc and "y" in enc:
