@@ -10,7 +10,7 @@ Why Vega-Lite and not Plotly: a browser tab loads the chart library of each kind
 Streamlit's Plotly chunk (4.7 MB) takes about a second of CPU to compile and run in every new tab on a
 2-core machine, against about 0.15 s for Vega-Lite (``python bench/bench_pages.py --browser --floor``:
 a bare app's title 0.70 s, with one Plotly bar chart 1.98 s, with one Vega-Lite bar chart 0.84 s).
-The Expert map stays on Plotly: it needs lasso selection, which Vega-Lite lacks.
+The Expert map is drawn by ECharts (``map_chart``): it needs lasso selection, which Vega-Lite lacks.
 
 Conventions. The data sit inline in each layer, so a spec alone says what is drawn (tests read it). An
 expert is a category, its title ('E3', or 'E3 · brevity' once the analyst named it), in numeric order
