@@ -242,6 +242,7 @@ def map_and_selection() -> None:
     size, opacity = (4, 0.45) if n > 20_000 else (5, 0.6) if n > 2_000 else (7, 0.8)
 
     layers: list[map_chart.Points] = []
+    lim = 1.0  # the margin scale's limit (reward margin colouring)
     if color_by == "reward margin":
         lim = float(np.percentile(np.abs(s.margin), 98)) or 1.0
         labels = margin_labels(ctx.model_fid, ctx.data_fid, hover, s.margin)
