@@ -51,7 +51,7 @@ ui.page_header(
     "Expert map",
     "Each point is a pair. By default it is placed by how the router routes its prompt, "
     "so that each expert is a region; other views place it by how the experts judge it or by its text. "
-    "Drag a box or lasso to list the pairs inside.",
+    "Pick the box or lasso tool at the map's top right and drag to list the pairs inside.",
 )
 ctx = ui.require_context()
 
@@ -414,7 +414,8 @@ def map_and_selection() -> None:
         )
     if not len(selected):
         st.caption(
-            "Drag a box or a lasso on the map to select pairs (all pairs in the region, drawn or not); their "
+            "Pick the box or lasso tool at the map's top right and drag to select pairs (all pairs in the region, "
+            "drawn or not; the eraser beside them clears it); their "
             "routing weights appear here. Click a row to see the pair."
         )
         return
