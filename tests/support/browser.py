@@ -179,9 +179,11 @@ def _map_area(page) -> dict:
     }
 
 
-def _box_select(page) -> None:
-    """Pick the box tool and drag a box over most of the map's plotting area."""
-    map_tool(page, "box")
+def _box_select(page, pick: bool = True) -> None:
+    """Pick the box tool (unless `pick` is False: already picked) and drag a box over most of the map's
+    plotting area."""
+    if pick:
+        map_tool(page, "box")
     area = _map_area(page)
     x0, y0 = area["x"], area["y"]
     x1, y1 = area["x"] + area["width"], area["y"] + area["height"]
