@@ -839,9 +839,14 @@ def table(frame: pd.DataFrame | pd.Series, max_rows: int = 60, **kwargs) -> None
     st.dataframe(frame, hide_index=True, width=kwargs.pop("width", "stretch"), height=height, **kwargs)
 
 
-def swatch(color: str, width: int = 48, height: int = 10) -> np.ndarray:
-    """A solid colour bar (an image: shows an expert's colour next to its name without any HTML)."""
-    return np.tile(np.array(hex_to_rgb(color), dtype=np.uint8), (height, width, 1))
+def swatch(color: str, width: int = 48, height: int = 10) -> str:
+    """A solid colour bar: an expert's colour next to its name, without any HTML in the page. An SVG image
+    (Streamlit inlines it as a data URI: no request per card when a page opens)."""
+    r, g, b = hex_to_rgb(color)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{int(width)}" height="{int(height)}">'
+        f'<rect width="{int(width)}" height="{int(height)}" fill="#{r:02X}{g:02X}{b:02X}"/></svg>'
+    )
 
 
 def vega(spec: dict, key: str, container=None) -> None:

@@ -191,6 +191,7 @@ def _label_and_wait(page) -> None:
         return (m !== null && m[0] !== before) || t.includes('already has a label'); }""",
         arg=[SAVED_NOTE, before],
         timeout=60_000,
+        polling=50,  # (not every frame: innerText lays the page out)
     )
     _wait_idle(page)
 

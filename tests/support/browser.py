@@ -53,7 +53,7 @@ IDLE_JS = """() => {
     const idle = !!app && app.dataset.testScriptState === 'notRunning'
         && app.dataset.testConnectionState === 'CONNECTED'
         && !document.querySelector('[data-testid="stStatusWidget"], [data-stale="true"], [data-testid="stSkeleton"]')
-        && !document.body.innerText.includes('Running in the background')
+        && !document.body.textContent.includes('Running in the background')  // (no layout, unlike innerText)
         && [...document.querySelectorAll('[data-testid="stEChartsChart"]')].every(c => c.querySelector('canvas'))
         && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')].every(c => c.querySelector('svg, canvas'));
     return idle ? performance.now() - window.__lastMutation : -1;
@@ -72,12 +72,17 @@ def _wait_idle(page, timeout_s: float = 120, quiet_ms: float = 300) -> None:
     while time.time() < deadline:
         if page.evaluate(IDLE_JS) >= quiet_ms:
             return
-        page.wait_for_timeout(50)
+        page.wait_for_timeout(100)
     raise AssertionError("the app did not finish running")
 
 
 def _wait_text(page, text: str, timeout_ms: int = 60_000) -> None:
-    page.wait_for_function("t => document.body.innerText.includes(t)", arg=text, timeout=timeout_ms)
+    """Wait until the page shows `text`. Checked every 100 ms, not every frame (Playwright's default):
+    reading innerText lays the page out, and a wait of minutes (a training) checked at 60 Hz kept
+    Chromium busy on a core the other tests needed."""
+    page.wait_for_function(
+        "t => document.body.innerText.includes(t)", arg=text, timeout=timeout_ms, polling=100
+    )
 
 
 def _select_model(page, name: str) -> None:
