@@ -495,9 +495,18 @@ def test_personalize_says_when_an_annotator_disagrees_with_every_expert(home):
     assert any("Outside what the experts span" in w.value and "'signed'" in w.value for w in again.warning)
 
 
+SNIPPETS_OPEN = "rlhf_snippets_open"  # ui_common.SNIPPETS_OPEN: the state of the expander
+
+
 def _snippet(at) -> tuple[str, list[str]]:
-    """The label and code blocks of the page's 'Score with ... from a script' expander."""
+    """The label and code blocks of the page's 'Score with ... from a script' expander, opened as a click
+    would open it. Closed, it holds no code block (it draws them when opened)."""
     (box,) = [e for e in at.expander if e.label.startswith("Score with")]
+    if not at.session_state[SNIPPETS_OPEN]:
+        assert not box.code
+        at.session_state[SNIPPETS_OPEN] = True
+        at.run()
+        (box,) = [e for e in at.expander if e.label.startswith("Score with")]
     return box.label, [c.value for c in box.code]
 
 
