@@ -229,10 +229,13 @@ if query:
 
     filters.append(describe_query(query))
 ui.save_slice_form(ctx, idx, "search" if query else "filter", "; ".join(filters), "rs_slice")
-with st.expander(f"Filtered pairs ({len(idx)})"):
+# Drawn when opened (a lazy expander: opening it reruns the page): up to 1000 rows of texts were sent and
+# drawn on every run, closed or not.
+pairs_box = st.expander(f"Filtered pairs ({len(idx)})", key="rs_pairs_open", on_change="rerun")
+if pairs_box.open:
     shown = idx[:1000]  # a table is for reading; `moe-reward select` exports them all
     if len(idx) > len(shown):
-        st.caption(
+        pairs_box.caption(
             f"First {len(shown)} of {len(idx)}; `moe-reward select` with the same filters exports all."
         )
-    st.dataframe(ctx.pair_table(shown), hide_index=True, width="stretch", height=320)
+    pairs_box.dataframe(ctx.pair_table(shown), hide_index=True, width="stretch", height=320)

@@ -74,6 +74,16 @@ def test_routing_statistics_filters(home):
     at.multiselect(key="rs_groups").set_value(["deep"]).run()
     assert not at.exception
     assert any("pairs match the filters" in c.value for c in at.caption)
+    # the filtered pairs are drawn when their expander opens (closed: no table of texts sent)
+    at.radio(key="rs_correct").set_value("all").run()
+    (box,) = [e for e in at.expander if e.label.startswith("Filtered pairs")]
+    assert not [d for d in box.dataframe if "prompt" in d.value.columns]
+    n = int(box.label.split("(")[1].rstrip(")"))
+    at.session_state["rs_pairs_open"] = True
+    at.run()
+    (box,) = [e for e in at.expander if e.label.startswith("Filtered pairs")]
+    (table,) = [d.value for d in box.dataframe if "prompt" in d.value.columns]
+    assert len(table) == min(n, 1000) > 0 and set(table["group"]) == {"deep"}
 
 
 def test_expert_map_views_and_umap_request(home):
