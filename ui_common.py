@@ -1009,15 +1009,7 @@ def rlhf_snippets(
     dataset's first pair). Texts are shown as code, never rendered."""
     from moe_reward.serve.snippets import client_snippets
 
-    first = ctx.features.pairs[0]
     w = None if profile is not None or weights is None else [float(x) for x in weights]
-    s = client_snippets(
-        ctx.model_dir,
-        first.prompt if prompt is None else prompt,
-        first.chosen if response is None else response,
-        profile=profile,
-        weights=w,
-    )
     whose = f"profile {profile}" if profile else "these weights" if w is not None else "the crowd's reward"
     # Drawn when opened (a lazy expander: its opening reruns the page): a code block loads the syntax
     # highlighter's script, ~0.3 s of every new tab in Chromium even inside a closed expander.
@@ -1029,6 +1021,14 @@ def rlhf_snippets(
     )
     if not box.open:
         return
+    first = ctx.features.pairs[0]
+    s = client_snippets(
+        ctx.model_dir,
+        first.prompt if prompt is None else prompt,
+        first.chosen if response is None else response,
+        profile=profile,
+        weights=w,
+    )
     with box:
         st.caption(
             (
