@@ -105,8 +105,3 @@ def category_colors(categories: Iterable[str]) -> dict[str, str]:
 def hex_to_rgb(color: str) -> tuple[int, int, int]:
     c = color.lstrip("#")
     return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
-
-
-def rgba(color: str, alpha: float) -> str:
-    r, g, b = hex_to_rgb(color)
-    return f"rgba({r},{g},{b},{alpha:.2f})"
